@@ -1,0 +1,1 @@
+"""Capturing attention probabilities through diffusers attention processors."""

@@ -1,0 +1,1 @@
+"""Reading inputs over fsspec and decoding images into upright RGB arrays."""

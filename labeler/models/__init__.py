@@ -1,0 +1,1 @@
+"""Loading Stable Diffusion components: real checkpoints and the seeded `tiny` model."""

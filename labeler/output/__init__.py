@@ -1,0 +1,1 @@
+"""COCO annotations: RLE encoding, per-shard parts, and the final merge into JSON and Parquet."""

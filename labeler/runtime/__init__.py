@@ -1,0 +1,1 @@
+"""Planning shards, the run folder, and executing shards (in-process or on Ray)."""

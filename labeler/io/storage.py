@@ -1,0 +1,114 @@
+"""A folder on any fsspec filesystem, with atomic writes.
+
+Local folders write to a temporary name and rename; object stores write each object in one PUT,
+which is atomic by nature (a reader sees the old object, or none, or the whole new one).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+
+
+class Folder:
+    """``root`` on a filesystem; every path argument is relative to it.
+
+    Args:
+        uri: a local path or fsspec URI.
+        storage_options: fsspec options (endpoint, credentials) for the protocol.
+    """
+
+    def __init__(self, uri: str, storage_options: dict | None = None) -> None:
+        self.uri = uri.rstrip("/") or uri
+        self.fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        self.root = root.rstrip("/") or root
+        self.is_local = "file" in _protocols(self.fs)
+
+    def path(self, relative: str) -> str:
+        return posixpath.join(self.root, relative) if relative else self.root
+
+    def uri_of(self, relative: str) -> str:
+        """The URI of ``relative`` (for messages and for handing to other tools)."""
+        return f"{self.uri}/{relative}" if relative else self.uri
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.path(relative))
+
+    def read_json(self, relative: str):
+        return json.loads(self.read_bytes(relative))
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Write ``data`` atomically, creating parent folders."""
+        target = self.path(relative)
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with self.fs.open(staging, "wb") as handle:
+                handle.write(data)
+            self.fs.mv(staging, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def write_json(self, relative: str, value) -> None:
+        self.write_bytes(relative, json.dumps(value, indent=1, sort_keys=True).encode())
+
+    def open_atomic_writer(self, relative: str) -> "AtomicWriter":
+        """A binary file handle whose content appears at ``relative`` only on a clean close."""
+        return AtomicWriter(self, relative)
+
+    def list(self, relative: str) -> list[str]:
+        """Names (not paths) directly under ``relative``; empty when it does not exist."""
+        path = self.path(relative)
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+    def remove(self, relative: str, recursive: bool = False) -> None:
+        if self.exists(relative):
+            self.fs.rm(self.path(relative), recursive=recursive)
+
+    def open(self, relative: str, mode: str = "rb"):
+        return self.fs.open(self.path(relative), mode)
+
+    def files_under(self, relative: str) -> Iterator[str]:
+        """Relative paths of all files under ``relative``."""
+        base = self.path(relative)
+        if not self.fs.exists(base):
+            return
+        for path in self.fs.find(base):
+            yield posixpath.relpath(path, self.root)
+
+
+class AtomicWriter:
+    """Context manager: write to a temporary object, publish on success, discard on error."""
+
+    def __init__(self, folder: Folder, relative: str) -> None:
+        self.folder = folder
+        self.relative = relative
+        self.staging = f"{relative}.tmp-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self):
+        self.folder.fs.makedirs(posixpath.dirname(self.folder.path(self.staging)), exist_ok=True)
+        self.handle = self.folder.fs.open(self.folder.path(self.staging), "wb")
+        return self.handle
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.handle.close()
+        if error_type is None:
+            self.folder.fs.mv(self.folder.path(self.staging), self.folder.path(self.relative))
+        else:
+            self.folder.remove(self.staging)
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

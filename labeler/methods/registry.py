@@ -1,0 +1,34 @@
+"""Build the segmenter a job asks for, on an already loaded backbone."""
+
+from __future__ import annotations
+
+from labeler.config import JobConfig
+
+
+def build_segmenter(config: JobConfig, device: str | None = None):
+    """Load the model and the method once (a worker calls this at start-up).
+
+    Returns:
+        an object following :class:`labeler.methods.base.Segmenter`.
+    """
+    from labeler.models.backbone import load_backbone
+
+    if config.method == "diffseg":
+        from labeler.methods.diffseg import DiffSeg, DiffSegOptions
+
+        settings = config.diffseg
+        backbone = load_backbone(config.model_name, device=device or config.device, dtype=config.dtype)
+        options = DiffSegOptions(
+            kl_threshold=settings.kl_threshold,
+            iterations=settings.iterations,
+            grid_points=settings.grid_points,
+            weights=settings.weights,
+        )
+        return DiffSeg(
+            backbone,
+            options,
+            timestep=settings.timestep,
+            max_label_side=settings.max_label_side,
+            antialias=settings.antialias,
+        )
+    raise ValueError(f"method {config.method!r} is not available in this version")

@@ -1,0 +1,152 @@
+"""The `tiny` model: a seeded, randomly initialised Stable Diffusion built from configs.
+
+It uses the real diffusers/transformers classes (``UNet2DConditionModel``, ``AutoencoderKL``,
+``CLIPTextModel``, ``CLIPTokenizer``, ``DDIMScheduler``) at tiny sizes, with the geometry of
+SD 1.x: 512x512 images, a 64x64 latent, self-attention at 64, 32, 16 and 8 (5, 5, 5 and 1 layers),
+cross-attention on 77 text tokens. It needs no download: it is built once from a fixed seed and
+saved in diffusers layout under the cache folder, then loaded through the same code path as any
+real checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TINY_SEED = 20240101
+TINY_VERSION = 1
+TEXT_WIDTH = 32
+
+UNET_CONFIG = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": [32, 32, 64, 64],
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "cross_attention_dim": TEXT_WIDTH,
+    "attention_head_dim": 2,
+    "norm_num_groups": 8,
+}
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 16, 16, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+TEXT_CONFIG = {
+    "hidden_size": TEXT_WIDTH,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 77,
+    "projection_dim": TEXT_WIDTH,
+}
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable characters that byte-level BPE uses to spell every byte."""
+    printable = list(range(ord("!"), ord("~") + 1))
+    printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def tokenizer_vocabulary() -> tuple[dict[str, int], list[str]]:
+    """A byte-level CLIP vocabulary: every byte alone and word-final, plus the two specials.
+
+    No merges: any text tokenizes into one token per UTF-8 byte, which is all the tiny model needs.
+    """
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [char + "</w>" for char in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}, []
+
+
+def tiny_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the tiny model lives in diffusers layout; built on first use (atomically)."""
+    root = Path(cache_dir or os.environ.get("LABELER_CACHE", Path.home() / ".cache" / "labeler"))
+    target = root / "models" / f"tiny-sd-v{TINY_VERSION}-{_config_digest()}"
+    if not (target / "model_index.json").exists():
+        _build_into(target)
+    return target
+
+
+def _config_digest() -> str:
+    blob = json.dumps(
+        [UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, SCHEDULER_CONFIG, TINY_SEED, torch.__version__],
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _build_into(target: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    logger.info("building the tiny model into %s", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        vocab, merges = tokenizer_vocabulary()
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+        text_config = CLIPTextConfig(
+            vocab_size=len(vocab),
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+            **TEXT_CONFIG,
+        )
+        torch.manual_seed(TINY_SEED)
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        torch.manual_seed(TINY_SEED + 1)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        torch.manual_seed(TINY_SEED + 2)
+        text_encoder = CLIPTextModel(text_config)
+        scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+
+        unet.save_pretrained(staging / "unet")
+        vae.save_pretrained(staging / "vae")
+        text_encoder.save_pretrained(staging / "text_encoder")
+        tokenizer.save_pretrained(staging / "tokenizer")
+        scheduler.save_pretrained(staging / "scheduler")
+        (staging / "model_index.json").write_text(
+            json.dumps({"_class_name": "StableDiffusionPipeline", "_labeler_tiny": TINY_VERSION})
+        )
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "model_index.json").exists():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

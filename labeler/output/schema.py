@@ -1,0 +1,44 @@
+"""Arrow schemas of the Parquet outputs, declared once (failure columns included)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+IMAGE_STATUS_LABELED = "labeled"
+IMAGE_STATUS_FAILED = "failed"
+
+#: ``images.parquet``: one row per input image, labeled or failed.
+IMAGES = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("image_id", pa.int64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("n_annotations", pa.int32()),
+        ("shard_id", pa.string()),
+    ]
+)
+
+#: ``annotations/``: one row per annotation, the COCO fields plus provenance.
+ANNOTATIONS = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("category_id", pa.int64()),
+        ("category_name", pa.string()),
+        ("segmentation_counts", pa.string()),
+        ("segmentation_size", pa.list_(pa.int32(), 2)),
+        ("area", pa.int64()),
+        ("bbox", pa.list_(pa.float64(), 4)),
+        ("iscrowd", pa.int8()),
+        ("score", pa.float64()),
+        ("file_name", pa.string()),
+        ("method", pa.string()),
+        ("model", pa.string()),
+        ("embedding_set", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)

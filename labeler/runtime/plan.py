@@ -1,0 +1,66 @@
+"""Planning: enumerate the collection once, cut it into shards, write the manifest.
+
+Listing is streamed: shards are written as soon as they fill, so memory stays bounded by one
+shard whatever the collection size. Image ids are 1-based positions in the collection order;
+shard ids are hashes of the shard's URIs (content, not position).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+
+from labeler.runtime.run_folder import RunFolder
+
+logger = logging.getLogger(__name__)
+
+
+def shard_id_for(uris: list[str]) -> str:
+    """16 hex chars from the shard's URIs, independent of where the shard sits in the plan."""
+    digest = hashlib.sha256()
+    for uri in uris:
+        digest.update(uri.encode("utf-8", "surrogateescape"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def cut_into_shards(items: Iterable[dict], shard_size: int) -> Iterator[list[dict]]:
+    """Group input items (dicts with at least ``uri``) into shards of at most ``shard_size``.
+
+    Each item gets its ``image_id``: its 1-based position in the collection.
+    """
+    shard: list[dict] = []
+    for position, item in enumerate(items):
+        shard.append({**item, "image_id": position + 1})
+        if len(shard) == shard_size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+def plan_run(run: RunFolder, items: Iterable[dict], shard_size: int) -> dict:
+    """Write the manifest and plan unless a plan already exists (resume); return the plan.
+
+    Args:
+        items: the collection in order, one dict per image with at least ``uri``.
+    """
+    if run.has_plan():
+        return run.read_plan()
+    shards = []
+    seen: set[str] = set()
+    for entries in cut_into_shards(items, shard_size):
+        shard_id = shard_id_for([entry["uri"] for entry in entries])
+        if shard_id in seen:  # a manifest that repeats a whole shard's URIs
+            shard_id = shard_id_for([f"{entry['image_id']}:{entry['uri']}" for entry in entries])
+        seen.add(shard_id)
+        run.write_manifest(shard_id, entries)
+        shards.append(
+            {"shard_id": shard_id, "n_images": len(entries), "first_image_id": entries[0]["image_id"]}
+        )
+    if not shards:
+        raise ValueError("the input holds no images")
+    run.write_plan(shards)
+    logger.info("planned %d images in %d shards", sum(s["n_images"] for s in shards), len(shards))
+    return run.read_plan()

@@ -1,0 +1,130 @@
+"""The run folder contract (``OUTPUT/run/``): configuration, plan, per-shard parts, markers.
+
+Layout::
+
+    run/config.json                 settings + fingerprint; checked on every resume
+    run/plan.json                   shard ids in order and image counts (written after planning)
+    run/manifest/<shard>.jsonl      the shard's images: {"uri", "image_id"} per line
+    run/shards/<shard>/images.parquet, annotations.parquet   committed atomically
+    run/stats/<shard>.json          counts and stage timings, written after the parts
+    run/done/<shard>                completion marker, written last (by the driver)
+    run/logs/<shard>.log            the shard's log
+
+A crash at any point leaves no marker, so the shard is redone, and its parts are keyed by the
+shard id, so the redo overwrites them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from labeler import __version__
+from labeler.config import JobConfig, settings_difference
+from labeler.io.storage import Folder
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigMismatchError(RuntimeError):
+    """The output folder belongs to a run with other settings."""
+
+
+class RunFolder:
+    """The ``run/`` folder under a job's output, and the final outputs beside it."""
+
+    def __init__(self, output: Folder) -> None:
+        self.output = output
+
+    # -- configuration -------------------------------------------------------------------
+    def claim(self, config: JobConfig) -> bool:
+        """Record ``config`` for a new run, or check it against the recorded one.
+
+        Returns:
+            True when resuming an existing run.
+
+        Raises:
+            ConfigMismatchError: the recorded settings differ and ``config.overwrite`` is false.
+        """
+        settings = config.output_settings()
+        if self.output.exists("run/config.json"):
+            recorded = self.output.read_json("run/config.json")
+            if recorded["fingerprint"] == config.fingerprint():
+                return True
+            if not config.overwrite:
+                changes = settings_difference(recorded["settings"], settings)
+                raise ConfigMismatchError(
+                    f"{self.output.uri} holds a run with other settings:\n  "
+                    + "\n  ".join(changes)
+                    + "\nUse the same settings to resume, another --output, or --overwrite."
+                )
+            logger.warning("--overwrite: removing the previous run in %s", self.output.uri)
+            self.clear()
+        self.output.write_json(
+            "run/config.json",
+            {
+                "fingerprint": config.fingerprint(),
+                "settings": settings,
+                "labeler_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+        return False
+
+    def clear(self) -> None:
+        for name in ("run", "annotations", "coco.json", "images.parquet"):
+            self.output.remove(name, recursive=True)
+
+    # -- plan ----------------------------------------------------------------------------
+    def has_plan(self) -> bool:
+        return self.output.exists("run/plan.json")
+
+    def write_manifest(self, shard_id: str, entries: list[dict]) -> None:
+        lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
+        self.output.write_bytes(f"run/manifest/{shard_id}.jsonl", lines.encode())
+
+    def read_manifest(self, shard_id: str) -> list[dict]:
+        text = self.output.read_bytes(f"run/manifest/{shard_id}.jsonl").decode()
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    def write_plan(self, shards: list[dict]) -> None:
+        """``shards``: ``{"shard_id", "n_images", "first_image_id"}`` in collection order."""
+        self.output.write_json(
+            "run/plan.json", {"shards": shards, "n_images": sum(s["n_images"] for s in shards)}
+        )
+
+    def read_plan(self) -> dict:
+        return self.output.read_json("run/plan.json")
+
+    # -- shards --------------------------------------------------------------------------
+    def shard_part(self, shard_id: str, name: str) -> str:
+        return f"run/shards/{shard_id}/{name}"
+
+    def is_done(self, shard_id: str) -> bool:
+        return self.output.exists(f"run/done/{shard_id}")
+
+    def done_shards(self) -> set[str]:
+        return set(self.output.list("run/done"))
+
+    def mark_done(self, shard_id: str) -> None:
+        self.output.write_bytes(f"run/done/{shard_id}", b"")
+
+    def write_stats(self, shard_id: str, stats: dict) -> None:
+        self.output.write_json(f"run/stats/{shard_id}.json", stats)
+
+    def read_stats(self, shard_id: str) -> dict | None:
+        path = f"run/stats/{shard_id}.json"
+        return self.output.read_json(path) if self.output.exists(path) else None
+
+    def write_log(self, shard_id: str, text: str) -> None:
+        self.output.write_bytes(f"run/logs/{shard_id}.log", text.encode())
+
+    def record_failure(self, shard_id: str, error: str, attempts: int) -> None:
+        self.output.write_json(f"run/failed/{shard_id}.json", {"error": error, "attempts": attempts})
+
+    def failed_shards(self) -> dict[str, dict]:
+        return {
+            name.removesuffix(".json"): self.output.read_json(f"run/failed/{name}")
+            for name in self.output.list("run/failed")
+        }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install labeler into it. Usage: scripts/bootstrap.sh [--test]
+# torch goes first, pinned: a bare `torch` requirement resolved by pip can pull several GB of CUDA
+# wheels onto a CPU machine (on machines with a CPU torch 2.13.0 on disk, pip takes that one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  "${pip[@]}" "torch==2.13.0"
+fi
+if [ "${1:-}" = "--test" ]; then
+  "${pip[@]}" -e ".[test]"
+  if [ -x scripts/install_system_deps.sh ]; then scripts/install_system_deps.sh; fi
+else
+  "${pip[@]}" -e .
+fi

@@ -312,17 +312,31 @@ def test_kl_invariant_under_common_bin_permutation():
     assert torch.allclose(
         pairwise_symmetric_kl(a, p), pairwise_symmetric_kl(a[..., perm], p[..., perm]), atol=1e-5
     )
-    assert torch.allclose(symmetric_kl(a, a.flip(1)), symmetric_kl(a[..., perm], a.flip(1)[..., perm]))
+    b = a.flip(1)
+    assert torch.allclose(symmetric_kl(a, b), symmetric_kl(a[..., perm], b[..., perm]))
 
 
-def test_full_precision_context_restores_flags():
+_NEW_PRECISION_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+@pytest.mark.skipif(not _NEW_PRECISION_API, reason="torch without the fp32_precision API")
+def test_full_precision_context_sets_and_restores_flags():
     before = torch.backends.cuda.matmul.fp32_precision
     with full_precision_matmul():
         assert torch.backends.cuda.matmul.fp32_precision == "ieee"
         assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
     assert torch.backends.cuda.matmul.fp32_precision == before
-    pairwise_symmetric_kl(_random_dists((1, 2, 8), 0), _random_dists((1, 3, 8), 1))
-    assert torch.backends.cuda.matmul.fp32_precision == before
+
+
+def test_full_precision_context_keeps_a_user_global_setting():
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # the legacy global API, as users call it
+        pairwise_symmetric_kl(_random_dists((1, 2, 8), 0), _random_dists((1, 3, 8), 1))
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(saved)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +356,8 @@ def test_anchor_grid_reference_default():
 
 
 def test_anchor_grid_other_sizes():
-    assert anchor_grid(16, 4).tolist() == [r * 16 + c for r in (0, 5, 10, 15) for c in (0, 5, 10, 15)]
+    coords = (0, 5, 10, 15)  # step 15 // 3 = 5, start 0
+    assert anchor_grid(16, 4).tolist() == [r * 16 + c for r in coords for c in coords]
     assert anchor_grid(8, 8).tolist() == list(range(64))
     assert anchor_grid(32, 16).tolist()[:3] == [0, 2, 4]  # step 2, start 0
     assert anchor_grid(9, 1).tolist() == [4 * 9 + 4]

@@ -59,6 +59,7 @@ __all__ = [
     "aggregate_attention",
     "anchor_grid",
     "default_weights",
+    "full_precision_matmul",
     "labels_from_attention",
     "labels_from_proposals",
     "merge_proposals",
@@ -382,7 +383,9 @@ def pairwise_symmetric_kl(a: Tensor, p: Tensor, eps: float = DEFAULT_EPS) -> Ten
         (B, K, M) distances in at least fp32, clamped at >= 0 (TF32 disabled for the GEMM).
     """
     if a.dim() != 3 or p.dim() != 3 or a.shape[0] != p.shape[0] or a.shape[2] != p.shape[2]:
-        raise ValueError(f"expected (B, K, N) and (B, M, N), got {tuple(a.shape)}, {tuple(p.shape)}")
+        raise ValueError(
+            f"expected (B, K, N) and (B, M, N), got {tuple(a.shape)} and {tuple(p.shape)}"
+        )
     dtype = _compute_dtype(a, p)
     a, p = a.to(dtype), p.to(dtype)
     log_a, log_p = _safe_log(a, eps), _safe_log(p, eps)
@@ -539,7 +542,9 @@ def labels_from_proposals(
             sum is 0).
     """
     if proposals.dim() != 2 or proposals.shape[1] != side * side or proposals.shape[0] < 1:
-        raise ValueError(f"proposals must have shape (K >= 1, {side * side}), got {tuple(proposals.shape)}")
+        raise ValueError(
+            f"proposals must have shape (K >= 1, {side * side}), got {tuple(proposals.shape)}"
+        )
     h, w = _output_hw(output_size)
     maps = proposals.to(_compute_dtype(proposals)).reshape(1, -1, side, side)
     up = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]

@@ -1,0 +1,613 @@
+"""DiffSeg: unsupervised segmentation from Stable Diffusion self-attention.
+
+The first part of this module is the pure algorithm (no model code): per-resolution attention
+aggregation, iterative KL merging of anchor proposals, and labeling by argmax over upsampled
+proposals. It follows the reference code (google/diffseg @ 77ea596) as specified in
+``shared/reference/diffseg.md`` sections 1.5, 2 and 4.4.
+
+Shapes: ``B`` images, ``S`` the largest attention side, ``N = S * S`` pixels, ``K`` proposals.
+Pixels are flattened row-major: pixel ``(i, j)`` is index ``i * S + j``.
+
+Distance
+    ``D(p, q) = 0.5 * sum((p - q) * (log p - log q))``, the mean of the two KL directions, on the
+    same (halved) scale as the reference, so the reference thresholds (1.1 COCO, 0.9 Cityscapes)
+    apply unchanged.
+
+Epsilon policy
+    Logs are taken of ``clamp(x, min=eps)`` with ``eps = 1e-12`` by default; the values themselves
+    are never changed (so proposals still sum to 1, and a zero bin contributes ``0 * log(eps) = 0``
+    to its own entropy term). The reference takes logs without any epsilon. That is only safe while
+    every entry is positive: fp32 softmax outputs underflow to exactly 0 on very peaked rows, and
+    ``0 * log 0 = 0 * -inf = NaN`` would poison every distance that touches such a row (a NaN never
+    passes ``D < tau``, so an anchor could lose even itself). For strictly positive inputs above
+    ``eps`` the result equals the reference formula.
+
+Precision policy
+    Everything is computed in at least fp32 (fp16/bf16 inputs are upcast). Distances use the exact
+    GEMM reformulation of section 4.4 with TF32 / reduced-precision fp32 matmuls disabled for the
+    duration (terms of size 8-30 cancel into D ~ 1, so TF32 could flip decisions near tau).
+    Distances are clamped at >= 0, and self-distances (anchor vs its own row, proposal vs itself)
+    are set to exactly 0 as in the elementwise form, so every anchor is a member of its own set.
+
+Deviations from the reference (all deliberate)
+    * Iteration 0 is not computed in fp16 and later iterations not in fp64: all distances are fp32
+      GEMMs (max abs error ~4e-6 on 4096 bins). Rare decisions exactly at ``tau`` may differ.
+    * The epsilon clamp above.
+    * Any number of iterations ``>= 1`` is valid (the reference needs at least 2).
+    * Thresholds must be positive (with ``tau <= 0`` the reference produces empty sets and 0/0).
+    * Any set of attention sides whose largest side is a multiple of every other side works; the
+      anchor grid formula is generalised to any side ``>= grid_points``, and proposals are
+      upsampled to any ``(h, w)`` instead of a fixed x8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_EPS",
+    "DiffSegOptions",
+    "aggregate_attention",
+    "anchor_grid",
+    "default_weights",
+    "full_precision_matmul",
+    "labels_from_attention",
+    "labels_from_proposals",
+    "merge_proposals",
+    "pairwise_symmetric_kl",
+    "segment_attention",
+    "symmetric_kl",
+    "upsample_key_maps",
+]
+
+DEFAULT_EPS: float = 1e-12
+"""Lower clamp applied to values before taking their log (see the module docstring)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_threshold(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"KL thresholds must be numbers, got {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"KL thresholds must be > 0, got {value!r}")
+    return float(value)
+
+
+def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+        raise ValueError(f"thresholds must be a sequence of numbers, got {thresholds!r}")
+    if len(thresholds) < 1:
+        raise ValueError("thresholds must hold at least one value (one per merge iteration)")
+    return tuple(_check_threshold(t) for t in thresholds)
+
+
+def _check_eps(eps: object) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise ValueError(f"eps must be a number, got {eps!r}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+    return float(eps)
+
+
+def _normalise_weights(
+    weights: Mapping[int, float] | Sequence[tuple[int, float]] | None,
+) -> tuple[tuple[int, float], ...] | None:
+    """Validate per-side weights; return ``((side, weight), ...)`` sorted by decreasing side."""
+    if weights is None:
+        return None
+    items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
+    if not items:
+        raise ValueError("weights must not be empty (use None for the default weights)")
+    out: dict[int, float] = {}
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise ValueError(f"weights must map side -> weight, got entry {item!r}")
+        side, weight = item
+        _check_positive_int("weight side", side)
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise ValueError(f"weight for side {side} must be a number, got {weight!r}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight for side {side} must be finite and >= 0, got {weight!r}")
+        if side in out:
+            raise ValueError(f"duplicate weight for side {side}")
+        out[int(side)] = float(weight)
+    if not any(w > 0 for w in out.values()):
+        raise ValueError("at least one weight must be > 0")
+    return tuple(sorted(out.items(), reverse=True))
+
+
+@dataclass(frozen=True)
+class DiffSegOptions:
+    """Validated DiffSeg hyper-parameters (reference defaults: COCO-Stuff-27 benchmark).
+
+    Attributes:
+        kl_threshold: tau used at every merge iteration (unless ``thresholds`` is given).
+        iterations: number of merge iterations (iteration 0 plus greedy reductions), >= 1.
+        grid_points: anchors per axis (``grid_points ** 2`` anchors).
+        weights: per-side aggregation weights ``{side: weight}``, used as given (no
+            renormalisation); None means weights proportional to side. Stored as a tuple of
+            ``(side, weight)`` pairs so the options stay hashable.
+        eps: lower clamp applied before logs in the KL distance.
+        thresholds: explicit per-iteration taus; when given it overrides ``kl_threshold`` and
+            ``iterations`` (its length is the number of iterations).
+    """
+
+    kl_threshold: float = 1.1
+    iterations: int = 3
+    grid_points: int = 16
+    weights: Mapping[int, float] | tuple[tuple[int, float], ...] | None = None
+    eps: float = DEFAULT_EPS
+    thresholds: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_threshold(self.kl_threshold)
+        _check_positive_int("iterations", self.iterations)
+        _check_positive_int("grid_points", self.grid_points)
+        _check_eps(self.eps)
+        object.__setattr__(self, "weights", _normalise_weights(self.weights))
+        if self.thresholds is not None:
+            object.__setattr__(self, "thresholds", _check_thresholds(self.thresholds))
+
+    @property
+    def schedule(self) -> tuple[float, ...]:
+        """Per-iteration thresholds actually used."""
+        if self.thresholds is not None:
+            return self.thresholds
+        return (float(self.kl_threshold),) * self.iterations
+
+    @property
+    def weight_map(self) -> dict[int, float] | None:
+        """Weights as a ``{side: weight}`` dict, or None for the default weights."""
+        return None if self.weights is None else dict(self.weights)
+
+
+# --------------------------------------------------------------------------------------------
+# Numerics helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """At least fp32: fp16/bf16 go to fp32, fp64 stays fp64."""
+    dtype = torch.float32
+    for t in tensors:
+        if not t.is_floating_point():
+            raise ValueError(f"expected a floating-point tensor, got {t.dtype}")
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+@contextlib.contextmanager
+def full_precision_matmul() -> Iterator[None]:
+    """Disable TF32 / reduced-precision fp32 matmuls (CUDA and CPU oneDNN), then restore.
+
+    Uses the per-backend ``fp32_precision`` API where torch has it (mixing it with the legacy
+    ``allow_tf32`` flag makes torch raise), else ``allow_tf32`` plus the global matmul precision.
+    Not thread-safe: the flags are process-global.
+    """
+    cuda_mm = torch.backends.cuda.matmul
+    mkldnn_mm = getattr(torch.backends.mkldnn, "matmul", None)
+    if hasattr(cuda_mm, "fp32_precision"):
+        saved = [(cuda_mm, cuda_mm.fp32_precision)]
+        if mkldnn_mm is not None and hasattr(mkldnn_mm, "fp32_precision"):
+            saved.append((mkldnn_mm, mkldnn_mm.fp32_precision))
+        try:
+            for backend, _ in saved:
+                backend.fp32_precision = "ieee"
+            yield
+        finally:
+            for backend, value in saved:
+                backend.fp32_precision = value
+    else:  # pragma: no cover - torch without the fp32_precision API
+        saved_tf32 = cuda_mm.allow_tf32
+        saved_precision = torch.get_float32_matmul_precision()
+        try:
+            cuda_mm.allow_tf32 = False
+            torch.set_float32_matmul_precision("highest")
+            yield
+        finally:
+            torch.set_float32_matmul_precision(saved_precision)
+            cuda_mm.allow_tf32 = saved_tf32
+
+
+def _safe_log(x: Tensor, eps: float) -> Tensor:
+    """``log(clamp(x, min=eps))``; x itself is left unchanged."""
+    return torch.log(torch.clamp(x, min=eps))
+
+
+def _side_of(n: int) -> int:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"pixel count {n} is not a perfect square")
+    return side
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation (reference section 1.5)
+# --------------------------------------------------------------------------------------------
+
+
+def default_weights(sides: Sequence[int]) -> dict[int, float]:
+    """Weights proportional to side: ``s / sum(sides)`` (64/120, 32/120, 16/120, 8/120 for SD)."""
+    total = float(sum(sides))
+    return {s: s / total for s in sides}
+
+
+def upsample_key_maps(maps: Tensor, out_side: int) -> Tensor:
+    """Bilinear (half-pixel, no antialias) upsampling of the key axes of attention maps.
+
+    Args:
+        maps: (B, s*s, s*s) attention, row = query, columns = keys (row-major s x s).
+        out_side: target key side S (a multiple of s).
+
+    Returns:
+        (B, s*s, S*S) in at least fp32, **not** renormalised: with ``r = S / s`` every map's sum
+        is multiplied by exactly ``r**2``.
+    """
+    batch, queries, keys = maps.shape
+    side = _side_of(keys)
+    maps = maps.to(_compute_dtype(maps))
+    if side == out_side:
+        return maps
+    images = maps.reshape(batch, queries, side, side)
+    up = F.interpolate(
+        images, size=(out_side, out_side), mode="bilinear", align_corners=False, antialias=False
+    )
+    return up.reshape(batch, queries, out_side * out_side)
+
+
+def _check_attention(attention: Mapping[int, Tensor]) -> tuple[int, int]:
+    """Validate the per-side attention mapping; return (batch, largest side)."""
+    if not attention:
+        raise ValueError("attention must hold at least one resolution")
+    batches = set()
+    for side, maps in attention.items():
+        _check_positive_int("attention side", side)
+        n = side * side
+        if maps.dim() != 3 or maps.shape[1] != n or maps.shape[2] != n:
+            raise ValueError(
+                f"attention[{side}] must have shape (B, {n}, {n}), got {tuple(maps.shape)}"
+            )
+        batches.add(maps.shape[0])
+    if len(batches) != 1:
+        raise ValueError(f"all resolutions must share the batch size, got {sorted(batches)}")
+    largest = max(attention)
+    bad = [s for s in attention if largest % s]
+    if bad:
+        raise ValueError(f"largest side {largest} is not a multiple of sides {bad}")
+    return batches.pop(), largest
+
+
+def _resolve_weights(
+    sides: Sequence[int], weights: Mapping[int, float] | None
+) -> dict[int, float]:
+    if weights is None:
+        return default_weights(sides)
+    checked = dict(_normalise_weights(weights) or ())
+    stray = [s for s, w in checked.items() if s not in sides and w != 0]
+    if stray:
+        raise ValueError(f"weights given for sides {stray} absent from attention {sorted(sides)}")
+    return {s: checked.get(s, 0.0) for s in sides}
+
+
+def aggregate_attention(
+    attention: Mapping[int, Tensor], weights: Mapping[int, float] | None = None
+) -> Tensor:
+    """Aggregate multi-resolution self-attention into one (B, N, N) matrix P.
+
+    For each side ``s`` with ratio ``r = S / s``: key maps are bilinearly upsampled to S x S
+    (half-pixel centres), each renormalised to sum 1, replicated over r x r query blocks (query
+    ``(I, J)`` takes coarse query ``(I // r, J // r)``), weighted and summed.
+
+    Args:
+        attention: ``{side: (B, side*side, side*side)}`` head/layer-averaged row-stochastic maps.
+        weights: ``{side: weight}`` used as given (no renormalisation); sides missing from it get
+            weight 0. None: weights proportional to side.
+
+    Returns:
+        P: (B, N, N) with N = S*S, S the largest side, in at least fp32. With weights summing to 1
+        every row sums to 1.
+    """
+    batch, largest = _check_attention(attention)
+    resolved = _resolve_weights(list(attention), weights)
+    dtype = _compute_dtype(*attention.values())
+    device = next(iter(attention.values())).device
+    n = largest * largest
+    out = torch.zeros(batch, n, n, dtype=dtype, device=device)
+    for side, maps in attention.items():
+        weight = resolved[side]
+        if weight != 0:
+            _accumulate_side(out, maps.to(device=device, dtype=dtype), side, largest, weight)
+    return out
+
+
+def _accumulate_side(out: Tensor, maps: Tensor, side: int, largest: int, weight: float) -> None:
+    """``out += weight * replicate_queries(renormalise(upsample_keys(maps)))`` in place.
+
+    out: (B, N, N); maps: (B, side*side, side*side).
+    """
+    batch, n = out.shape[0], out.shape[-1]
+    ratio = largest // side
+    up = upsample_key_maps(maps, largest)  # (B, s*s, N)
+    scale = weight / up.sum(dim=-1, keepdim=True)  # (B, s*s, 1)
+    blocks = out.view(batch, side, ratio, side, ratio, n)
+    blocks.addcmul_(up.view(batch, side, 1, side, 1, n), scale.view(batch, side, 1, side, 1, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Symmetric KL (reference sections 2.1 and 4.4)
+# --------------------------------------------------------------------------------------------
+
+
+def symmetric_kl(p: Tensor, q: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Elementwise ``D(p, q) = 0.5 * sum((p - q) * (log p - log q))`` over the last dim.
+
+    Args:
+        p, q: (..., N) distributions, broadcastable against each other.
+        eps: lower clamp before the logs. ``D(p, p)`` is exactly 0.
+
+    Returns:
+        (...) distances in at least fp32.
+    """
+    dtype = _compute_dtype(p, q)
+    p, q = p.to(dtype), q.to(dtype)
+    return 0.5 * ((p - q) * (_safe_log(p, eps) - _safe_log(q, eps))).sum(dim=-1)
+
+
+def pairwise_symmetric_kl(a: Tensor, p: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """All-pairs symmetric KL by one GEMM: ``D = 0.5 * (h_a 1' + 1 h_p' - [A|log A][log P|P]')``.
+
+    Args:
+        a: (B, K, N) distributions.
+        p: (B, M, N) distributions.
+        eps: lower clamp before the logs.
+
+    Returns:
+        (B, K, M) distances in at least fp32, clamped at >= 0 (TF32 disabled for the GEMM).
+    """
+    if a.dim() != 3 or p.dim() != 3 or a.shape[0] != p.shape[0] or a.shape[2] != p.shape[2]:
+        raise ValueError(
+            f"expected (B, K, N) and (B, M, N), got {tuple(a.shape)} and {tuple(p.shape)}"
+        )
+    dtype = _compute_dtype(a, p)
+    a, p = a.to(dtype), p.to(dtype)
+    log_a, log_p = _safe_log(a, eps), _safe_log(p, eps)
+    h_a = (a * log_a).sum(dim=-1)  # (B, K)
+    h_p = (p * log_p).sum(dim=-1)  # (B, M)
+    with full_precision_matmul():
+        cross = torch.bmm(torch.cat([a, log_a], dim=-1), torch.cat([log_p, p], dim=-1).mT)
+    dist = 0.5 * (h_a.unsqueeze(-1) + h_p.unsqueeze(-2) - cross)
+    return dist.clamp_(min=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Anchors and merging (reference sections 2.2 - 2.5)
+# --------------------------------------------------------------------------------------------
+
+
+def anchor_grid(side: int, points: int = 16) -> Tensor:
+    """Flat (row-major) indices of the ``points x points`` anchor query pixels.
+
+    Per axis: ``step = (side - 1) // (points - 1)``, ``start = (side - 1 - step * (points - 1))
+    // 2``, coordinates ``start + step * k`` (side 64, 16 points: 1, 5, ..., 61). One point sits at
+    ``(side - 1) // 2``.
+
+    Returns:
+        (points * points,) int64 indices ``row * side + col``, rows major.
+    """
+    _check_positive_int("side", side)
+    _check_positive_int("grid points", points)
+    if side < points:
+        raise ValueError(f"side {side} is smaller than grid points {points}")
+    step = (side - 1) // (points - 1) if points > 1 else 0
+    start = (side - 1 - step * (points - 1)) // 2
+    coords = start + step * torch.arange(points)
+    return (coords[:, None] * side + coords[None, :]).reshape(-1)
+
+
+def _fill_self_distance(dist: Tensor, columns: Tensor) -> None:
+    """Set ``dist[:, k, columns[k]] = 0`` in place (a distribution is at distance 0 from itself)."""
+    rows = torch.arange(columns.numel(), device=dist.device)
+    dist[:, rows, columns.to(dist.device)] = 0
+
+
+def _member_means(members: Tensor, maps: Tensor) -> Tensor:
+    """Mean of member maps: members (B, K, M) bool, maps (B, M, N) -> (B, K, N)."""
+    weights = members.to(maps.dtype)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    with full_precision_matmul():
+        return torch.bmm(weights, maps)
+
+
+def _first_iteration(P: Tensor, grid: Tensor, tau: float, eps: float) -> Tensor:
+    """Iteration 0: each anchor row against all rows; proposals = means of members (D < tau).
+
+    P: (B, N, N); grid: (K,) anchor rows. Returns (B, K, N).
+    """
+    anchors = P[:, grid.to(P.device)]  # (B, K, N)
+    dist = pairwise_symmetric_kl(anchors, P, eps)  # (B, K, N)
+    _fill_self_distance(dist, grid)
+    return _member_means(dist < tau, P)
+
+
+def _greedy_anchors(close: np.ndarray) -> list[int]:
+    """Greedy pass in index order over a (K, K) bool matrix: unmatched i becomes an anchor and
+    marks all j with close[i, j] as matched. Returns the anchors."""
+    matched = np.zeros(close.shape[0], dtype=bool)
+    anchors = []
+    for i in range(close.shape[0]):
+        if not matched[i]:
+            anchors.append(i)
+            matched |= close[i]
+    return anchors
+
+
+def _greedy_reduce(proposals: Tensor, dist: Tensor, tau: float) -> Tensor:
+    """One greedy reduction (iterations >= 1) with overlapping membership.
+
+    proposals: (K, N); dist: (K, K) distances among them. Returns (K', N), K' <= K.
+    """
+    close = dist < tau
+    close.fill_diagonal_(True)
+    anchors = _greedy_anchors(close.cpu().numpy())
+    rows = torch.tensor(anchors, dtype=torch.long, device=close.device)
+    return _member_means(close[rows].unsqueeze(0), proposals.unsqueeze(0))[0]
+
+
+def _distances_within(proposals: list[Tensor], eps: float) -> list[Tensor]:
+    """(K_b, K_b) pairwise distances per image; one batched GEMM when all K_b are equal."""
+    if len({p.shape[0] for p in proposals}) == 1:
+        stacked = torch.stack(proposals)
+        return list(pairwise_symmetric_kl(stacked, stacked, eps).unbind(0))
+    return [pairwise_symmetric_kl(p[None], p[None], eps)[0] for p in proposals]
+
+
+def merge_proposals(
+    P: Tensor,
+    thresholds: Sequence[float] = (1.1, 1.1, 1.1),
+    grid_points: int = 16,
+    *,
+    eps: float = DEFAULT_EPS,
+) -> list[Tensor]:
+    """Iterative attention merging: iteration 0 against all rows, then greedy reductions.
+
+    Args:
+        P: (B, N, N) aggregated attention (rows = query pixels, distributions over keys).
+        thresholds: tau per iteration; its length is the number of iterations (>= 1). Membership
+            is strict ``D < tau``.
+        grid_points: anchors per axis.
+        eps: lower clamp before the logs.
+
+    Returns:
+        One (K_b, N) tensor of proposals (distributions over key pixels) per image; K_b =
+        ``grid_points ** 2`` after iteration 0 and non-increasing afterwards.
+    """
+    taus = _check_thresholds(thresholds)
+    eps = _check_eps(eps)
+    if P.dim() != 3 or P.shape[1] != P.shape[2]:
+        raise ValueError(f"P must have shape (B, N, N), got {tuple(P.shape)}")
+    P = P.to(_compute_dtype(P))
+    grid = anchor_grid(_side_of(P.shape[-1]), grid_points)
+    proposals = list(_first_iteration(P, grid, taus[0], eps).unbind(0))
+    for tau in taus[1:]:
+        dists = _distances_within(proposals, eps)
+        proposals = [_greedy_reduce(p, d, tau) for p, d in zip(proposals, dists)]
+    return proposals
+
+
+# --------------------------------------------------------------------------------------------
+# Labeling (reference section 2.7) and entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _output_hw(output_size: int | tuple[int, int]) -> tuple[int, int]:
+    hw = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if len(hw) != 2:
+        raise ValueError(f"output_size must be an int or (h, w), got {output_size!r}")
+    for v in hw:
+        _check_positive_int("output size", v)
+    return hw[0], hw[1]
+
+
+def labels_from_proposals(
+    proposals: Tensor, side: int, output_size: int | tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Bilinear upsampling (half-pixel) of the proposal maps, then argmax over proposals.
+
+    Args:
+        proposals: (K, side*side) maps over key pixels.
+        side: key grid side.
+        output_size: h = w, or (h, w).
+
+    Returns:
+        labels: (h, w) int64 proposal indices in [0, K-1] (first maximum wins on ties).
+        confidence: (h, w) fp32 winning value / sum over proposals at that pixel (0 where the
+            sum is 0).
+    """
+    if proposals.dim() != 2 or proposals.shape[1] != side * side or proposals.shape[0] < 1:
+        raise ValueError(
+            f"proposals must have shape (K >= 1, {side * side}), got {tuple(proposals.shape)}"
+        )
+    h, w = _output_hw(output_size)
+    maps = proposals.to(_compute_dtype(proposals)).reshape(1, -1, side, side)
+    up = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]
+    labels = up.argmax(dim=0)
+    best = up.gather(0, labels.unsqueeze(0))[0]
+    total = up.sum(dim=0)
+    confidence = torch.where(total > 0, best / total.clamp(min=torch.finfo(total.dtype).tiny), 0)
+    return labels, confidence.to(torch.float32)
+
+
+def segment_attention(
+    attention: Mapping[int, Tensor],
+    output_size: int | tuple[int, int] = 512,
+    options: DiffSegOptions | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Aggregation + merging + labeling for a batch.
+
+    Args:
+        attention: ``{side: (B, side*side, side*side)}`` row-stochastic self-attention.
+        output_size: h = w, or (h, w), of the label maps.
+        options: hyper-parameters (reference defaults when None).
+
+    Returns:
+        labels (B, h, w) int64 and confidence (B, h, w) fp32 (see ``labels_from_proposals``).
+    """
+    options = options or DiffSegOptions()
+    P = aggregate_attention(attention, options.weight_map)
+    side = _side_of(P.shape[-1])
+    proposals = merge_proposals(P, options.schedule, options.grid_points, eps=options.eps)
+    results = [labels_from_proposals(p, side, output_size) for p in proposals]
+    return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+
+
+def labels_from_attention(
+    attention: Mapping[int, Tensor],
+    output_size: int | tuple[int, int] = 512,
+    *,
+    kl_threshold: float = 1.1,
+    iterations: int = 3,
+    grid_points: int = 16,
+    weights: Mapping[int, float] | None = None,
+    thresholds: Sequence[float] | None = None,
+) -> Tensor:
+    """DiffSeg label maps from multi-resolution self-attention (the library entry point).
+
+    Args:
+        attention: ``{side: (B, side*side, side*side)}`` head- and layer-averaged row-stochastic
+            self-attention (row = query pixel, column = key pixel, row-major).
+        output_size: h = w, or (h, w), of the label maps.
+        kl_threshold: tau for every iteration (reference: 1.1 COCO, 0.9 Cityscapes).
+        iterations: number of merge iterations (>= 1).
+        grid_points: anchors per axis.
+        weights: per-side aggregation weights, used as given; None: proportional to side.
+        thresholds: explicit per-iteration taus; overrides kl_threshold and iterations.
+
+    Returns:
+        (B, h, w) int64 segment ids (proposal indices, not necessarily contiguous).
+    """
+    options = DiffSegOptions(
+        kl_threshold=kl_threshold,
+        iterations=iterations,
+        grid_points=grid_points,
+        weights=weights,
+        thresholds=None if thresholds is None else tuple(thresholds),
+    )
+    return segment_attention(attention, output_size, options)[0]

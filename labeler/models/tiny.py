@@ -23,7 +23,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 TINY_SEED = 20240101
-TINY_VERSION = 1
+TINY_VERSION = 2
+#: Self-attention keys are tied to queries, scaled by this gain (see :func:`_tie_self_attention`).
+SELF_ATTENTION_GAIN = 3.0
 TEXT_WIDTH = 32
 
 UNET_CONFIG = {
@@ -110,6 +112,22 @@ def _config_digest() -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+@torch.no_grad()
+def _tie_self_attention(unet: torch.nn.Module, gain: float) -> None:
+    """Make every self-attention layer compare features: ``W_k = W_q = gain * W_q``.
+
+    With a plain random init, attention scores are tiny and every softmax row is nearly uniform
+    (entropy within 0.1% of the maximum), so the maps carry no image structure and DiffSeg merges
+    everything into one segment. Tied query/key weights turn the scores into a feature-similarity
+    kernel, the behaviour trained SD attention shows, so pixels of one colour attend to each other
+    and methods have structure to find. Measured on the flat-colour test images.
+    """
+    for name, module in unet.named_modules():
+        if name.endswith("attn1"):
+            module.to_q.weight.mul_(gain)
+            module.to_k.weight.copy_(module.to_q.weight)
+
+
 def _build_into(target: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -129,6 +147,7 @@ def _build_into(target: Path) -> None:
         )
         torch.manual_seed(TINY_SEED)
         unet = UNet2DConditionModel(**UNET_CONFIG)
+        _tie_self_attention(unet, SELF_ATTENTION_GAIN)
         torch.manual_seed(TINY_SEED + 1)
         vae = AutoencoderKL(**VAE_CONFIG)
         torch.manual_seed(TINY_SEED + 2)

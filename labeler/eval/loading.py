@@ -103,7 +103,7 @@ def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.int32))
-    return np.asarray(img.resize((width, height), Image.NEAREST), dtype=np.int64)
+    return np.asarray(img.resize((width, height), Image.NEAREST), dtype=np.int32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,12 +234,12 @@ def _paint_order(annotations: list[dict[str, Any]]) -> list[int]:
 
 
 def rasterize_segments(image: PredImage) -> np.ndarray:
-    """Segment-index label map (int64, original size) of a class-agnostic prediction.
+    """Segment-index label map (int32, original size) of a class-agnostic prediction.
 
     The label is the rank of the annotation in ascending ``id`` order; unannotated pixels are
     ``VOID``.
     """
-    labels = np.full((image.height, image.width), VOID, dtype=np.int64)
+    labels = np.full((image.height, image.width), VOID, dtype=np.int32)
     for index in _paint_order(image.annotations):
         mask = decode_segmentation(image.annotations[index]["segmentation"], image.height, image.width)
         labels[mask] = index
@@ -249,7 +249,7 @@ def rasterize_segments(image: PredImage) -> np.ndarray:
 def rasterize_classes(
     image: PredImage, category_to_class: dict[int, int], background: int | None
 ) -> np.ndarray:
-    """Class-index label map (int64, original size) of a class-aware prediction.
+    """Class-index label map (int32, original size) of a class-aware prediction.
 
     Args:
         image: the labeled image.
@@ -258,7 +258,7 @@ def rasterize_classes(
         background: class index of unannotated pixels, or None to leave them ``VOID``.
     """
     fill = VOID if background is None else background
-    labels = np.full((image.height, image.width), fill, dtype=np.int64)
+    labels = np.full((image.height, image.width), fill, dtype=np.int32)
     for index in _paint_order(image.annotations):
         ann = image.annotations[index]
         mask = decode_segmentation(ann["segmentation"], image.height, image.width)
@@ -424,7 +424,7 @@ def _decode_label_file(data: bytes, name: str) -> np.ndarray:
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise EvalInputError(f"label map {name} is not 2-D (shape {arr.shape})")
-    return arr.astype(np.int64)
+    return arr.astype(np.int32)
 
 
 def load_label_map(gt: GroundTruth, key: Any) -> np.ndarray:
@@ -439,7 +439,7 @@ def load_label_map(gt: GroundTruth, key: Any) -> np.ndarray:
         return labels
     image = gt.coco_images[int(key)]
     h, w = int(image["height"]), int(image["width"])
-    labels = np.full((h, w), gt.background if gt.background is not None else 0, dtype=np.int64)
+    labels = np.full((h, w), gt.background if gt.background is not None else 0, dtype=np.int32)
     anns = gt.coco_annotations.get(int(key), [])
     things = [a for a in anns if not a.get("iscrowd", 0)]
     crowds = [a for a in anns if a.get("iscrowd", 0)]

@@ -77,11 +77,13 @@ def class_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def _text_table(headers: list[str], rows: list[list[str]]) -> str:
+def _text_table(headers: list[str], rows: list[list[str]], left_last: bool = False) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
         out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        if left_last and len(cells) > 1:
+            out[-1] = cells[-1].ljust(widths[-1])
         return "  ".join(out).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
@@ -115,7 +117,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"{report['prediction_kind']} predictions, {report['num_classes']} classes)",
         _images_line(report),
         "",
-        _text_table(["protocol", "mIoU %", "pixel acc %", "other (%)"], summary_rows(report)),
+        _text_table(["protocol", "mIoU %", "pixel acc %", "other (%)"], summary_rows(report), left_last=True),
     ]
     headers, rows = class_rows(report)
     if len(headers) > 1 and rows:

@@ -44,7 +44,12 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
 
 def bbox(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    return [
+        float(xs.min()),
+        float(ys.min()),
+        float(xs.max() - xs.min() + 1),
+        float(ys.max() - ys.min() + 1),
+    ]
 
 
 @dataclass
@@ -61,7 +66,9 @@ class FixtureImage:
     failed: str | None = None
 
 
-def segments_from_label_map(labels: np.ndarray, category_id: int = 1) -> list[tuple[int, np.ndarray, float]]:
+def segments_from_label_map(
+    labels: np.ndarray, category_id: int = 1
+) -> list[tuple[int, np.ndarray, float]]:
     """One mask per segment id >= 0 (in increasing id order); negative ids stay unannotated."""
     out = []
     for seg in sorted(int(v) for v in np.unique(labels) if v >= 0):
@@ -69,7 +76,9 @@ def segments_from_label_map(labels: np.ndarray, category_id: int = 1) -> list[tu
     return out
 
 
-def classes_from_label_map(labels: np.ndarray, index_to_category: dict[int, int]) -> list[tuple[int, np.ndarray, float]]:
+def classes_from_label_map(
+    labels: np.ndarray, index_to_category: dict[int, int]
+) -> list[tuple[int, np.ndarray, float]]:
     """One mask per class index present, using ``index_to_category`` (index 0 = background: none)."""
     out = []
     for idx in sorted(int(v) for v in np.unique(labels)):
@@ -78,7 +87,9 @@ def classes_from_label_map(labels: np.ndarray, index_to_category: dict[int, int]
     return out
 
 
-def write_output(root: str, images: list[FixtureImage], categories: list[dict[str, Any]]) -> dict[str, Any]:
+def write_output(
+    root: str, images: list[FixtureImage], categories: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Write sources under ``root/src`` and the output under ``root/out``; returns the COCO dict."""
     out = root.rstrip("/") + "/out"
     coco: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
@@ -89,7 +100,17 @@ def write_output(root: str, images: list[FixtureImage], categories: list[dict[st
         _write(uri, png_bytes(im.pixels))
         h, w = im.pixels.shape[:2]
         if im.failed:
-            rows.append(dict(uri=uri, image_id=image_id, status="failed", reason=im.failed, width=w, height=h, n_annotations=0))
+            rows.append(
+                {
+                    "uri": uri,
+                    "image_id": image_id,
+                    "status": "failed",
+                    "reason": im.failed,
+                    "width": w,
+                    "height": h,
+                    "n_annotations": 0,
+                }
+            )
             continue
         coco["images"].append({"id": image_id, "file_name": uri, "width": w, "height": h})
         for cat, mask, score in im.masks:
@@ -106,7 +127,17 @@ def write_output(root: str, images: list[FixtureImage], categories: list[dict[st
                 }
             )
             ann_id += 1
-        rows.append(dict(uri=uri, image_id=image_id, status="labeled", reason=None, width=w, height=h, n_annotations=len(im.masks)))
+        rows.append(
+            {
+                "uri": uri,
+                "image_id": image_id,
+                "status": "labeled",
+                "reason": None,
+                "width": w,
+                "height": h,
+                "n_annotations": len(im.masks),
+            }
+        )
     _write(out + "/coco.json", json.dumps(coco).encode())
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf)
@@ -125,12 +156,17 @@ def write_output(root: str, images: list[FixtureImage], categories: list[dict[st
         for a in coco["annotations"]
     ]
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(ann_rows) if ann_rows else pa.table({"id": pa.array([], pa.int64())}), buf)
+    pq.write_table(
+        pa.Table.from_pylist(ann_rows) if ann_rows else pa.table({"id": pa.array([], pa.int64())}),
+        buf,
+    )
     _write(out + "/annotations/part-00000.parquet", buf.getvalue())
     return coco
 
 
-def write_label_maps(folder: str, maps: dict[str, np.ndarray], classes: list[str] | None = None) -> None:
+def write_label_maps(
+    folder: str, maps: dict[str, np.ndarray], classes: list[str] | None = None
+) -> None:
     """Label-map PNGs ``folder/<stem>.png`` and optionally ``classes.txt``."""
     for stem, labels in maps.items():
         _write(f"{folder.rstrip('/')}/{stem}.png", png_bytes(labels))
@@ -138,7 +174,12 @@ def write_label_maps(folder: str, maps: dict[str, np.ndarray], classes: list[str
         _write(f"{folder.rstrip('/')}/classes.txt", ("\n".join(classes) + "\n").encode())
 
 
-def write_coco_gt(uri: str, images: list[tuple[str, int, int]], instances: list[tuple[str, int, np.ndarray]], categories: list[dict[str, Any]]) -> None:
+def write_coco_gt(
+    uri: str,
+    images: list[tuple[str, int, int]],
+    instances: list[tuple[str, int, np.ndarray]],
+    categories: list[dict[str, Any]],
+) -> None:
     """COCO instances ground truth: ``images`` = (file_name, height, width), ``instances`` = (file_name, category_id, mask)."""
     ids = {name: i for i, (name, _, _) in enumerate(images, start=100)}
     coco = {

@@ -81,7 +81,9 @@ INDEX_TO_CATEGORY = {1: 2, 2: 1}  # GT class index -> predicted category id
 
 def build_slime_case(root: str, with_extra: bool = True) -> tuple[str, str]:
     images = [
-        FixtureImage(name, rgb(2, 4, i), classes_from_label_map(SLIME_PRED[name], INDEX_TO_CATEGORY))
+        FixtureImage(
+            name, rgb(2, 4, i), classes_from_label_map(SLIME_PRED[name], INDEX_TO_CATEGORY)
+        )
         for i, name in enumerate(["a", "b"])
     ]
     gt_maps = dict(SLIME_GT)
@@ -104,7 +106,9 @@ def check_slime_numbers(report: dict) -> None:
     slime = report["protocols"]["slime"]
     assert slime["mIoU"] == pytest.approx(49 / 72)
     assert slime["mean_image_mIoU"] == pytest.approx(103 / 144)
-    assert [slime["per_class"][c]["iou"] for c in GT_CLASSES] == pytest.approx([13 / 24, 2 / 3, 5 / 6])
+    assert [slime["per_class"][c]["iou"] for c in GT_CLASSES] == pytest.approx(
+        [13 / 24, 2 / 3, 5 / 6]
+    )
     assert [slime["per_class"][c]["n_images"] for c in GT_CLASSES] == [2, 1, 2]
 
 
@@ -126,7 +130,9 @@ def test_eval_slime_predictions_against_label_maps(tmp_path, capsys):
 
 def test_eval_class_match_by_id_uses_category_ids(tmp_path):
     out, gt = build_slime_case(str(tmp_path), with_extra=False)
-    rc = run_cli(["eval", "--pred", out, "--gt", gt, "--class-match", "id", "--out", str(tmp_path / "r")])
+    rc = run_cli(
+        ["eval", "--pred", out, "--gt", gt, "--class-match", "id", "--out", str(tmp_path / "r")]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert report["class_mapping"]["rule"] == "id"
@@ -161,7 +167,10 @@ def build_diffseg_case(root: str) -> tuple[str, str]:
     write_output(root, images, [{"id": 1, "name": "segment"}])
     write_label_maps(
         root + "/gt",
-        {"A": np.array([[0, 0, 0], [1, 1, 1]], np.uint8), "B": np.array([[1, 1], [0, 0]], np.uint8)},
+        {
+            "A": np.array([[0, 0, 0], [1, 1, 1]], np.uint8),
+            "B": np.array([[1, 1], [0, 0]], np.uint8),
+        },
     )
     return root + "/out", root + "/gt"
 
@@ -260,7 +269,9 @@ def test_eval_coco_ap_class_agnostic_segments(memroot):
         GT_CATS,
     )
     masks = [(1, CAR1, 0.9), (1, PERSON, 0.8)]
-    write_output(memroot, [FixtureImage("scene", rgb(20, 24, 3), masks)], [{"id": 1, "name": "segment"}])
+    write_output(
+        memroot, [FixtureImage("scene", rgb(20, 24, 3), masks)], [{"id": 1, "name": "segment"}]
+    )
     out = memroot + "/out"
     assert run_cli(["eval", "--pred", out, "--gt", memroot + "/gt.json"]) == 0
     report = read_json(out + "/eval/eval.json")

@@ -69,7 +69,9 @@ def test_dataset_miou_from_summed_confusion_matrix():
     assert s.pixel_accuracy == pytest.approx(6 / 8)
     assert s.mean_accuracy == pytest.approx((4 / 6 + 2 / 2) / 2)
     # The per-image average of image mIoUs would be different: guard against that formula.
-    per_image = np.mean([M.semantic_scores(M.confusion_matrix(g, p, 2)).miou for g, p in (IMG_A, IMG_B)])
+    per_image = np.mean(
+        [M.semantic_scores(M.confusion_matrix(g, p, 2)).miou for g, p in (IMG_A, IMG_B)]
+    )
     assert s.miou != pytest.approx(per_image)
 
 

@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from labeler.eval.loading import GroundTruth, Predictions, decode_segmentation, encode_mask, resize_nearest
+from labeler.eval.loading import (
+    GroundTruth,
+    Predictions,
+    decode_segmentation,
+    encode_mask,
+    resize_nearest,
+)
 
 STAT_NAMES = (
     "AP",
@@ -79,7 +85,11 @@ def build_results(
                     continue
             seg = ann["segmentation"]
             size = list(seg.get("size", [])) if isinstance(seg, dict) else []
-            if size != [gh, gw] or not isinstance(seg, dict) or not isinstance(seg.get("counts"), str):
+            if (
+                size != [gh, gw]
+                or not isinstance(seg, dict)
+                or not isinstance(seg.get("counts"), str)
+            ):
                 mask = decode_segmentation(seg, image.height, image.width)
                 if mask.shape != (gh, gw):
                     mask = resize_nearest(mask.astype(np.int64), gh, gw).astype(bool)

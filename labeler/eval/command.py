@@ -41,7 +41,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "and writes eval.json and eval.md."
         ),
     )
-    p.add_argument("--pred", required=True, metavar="OUTPUT", help="output folder of a run (any fsspec URI)")
+    p.add_argument(
+        "--pred", required=True, metavar="OUTPUT", help="output folder of a run (any fsspec URI)"
+    )
     p.add_argument(
         "--gt",
         required=True,
@@ -74,17 +76,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="class names of label-map GT, index = label value: 'background,car,...' or a classes file "
         "(txt one per line, or JSON); default: classes.txt/classes.json in the GT folder",
     )
-    p.add_argument("--num-classes", type=int, metavar="K", help="number of GT classes (default: from names or data)")
-    p.add_argument("--ignore-index", type=int, default=255, help="GT label ignored (default 255; negatives too)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="K",
+        help="number of GT classes (default: from names or data)",
+    )
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=255,
+        help="GT label ignored (default 255; negatives too)",
+    )
     p.add_argument(
         "--unannotated",
         choices=("background", "void"),
         default="background",
         help="class-aware predictions: pixels without annotation are background (default) or a miss",
     )
-    p.add_argument("--out", metavar="DIR", help="where eval.json and eval.md go (default OUTPUT/eval)")
+    p.add_argument(
+        "--out", metavar="DIR", help="where eval.json and eval.md go (default OUTPUT/eval)"
+    )
     p.add_argument("--no-files", action="store_true", help="print the table only")
-    p.add_argument("--no-per-image", action="store_true", help="leave per-image rows out of eval.json")
+    p.add_argument(
+        "--no-per-image", action="store_true", help="leave per-image rows out of eval.json"
+    )
     p.add_argument(
         "--require-all",
         action="store_true",
@@ -116,9 +132,13 @@ def run_eval(args: argparse.Namespace) -> int:
         out = args.out or fsutil.join(args.pred, "eval")
         fsutil.write_text(fsutil.join(out, "eval.json"), to_json(report))
         fsutil.write_text(fsutil.join(out, "eval.md"), to_markdown(report))
-        sys.stdout.write(f"wrote {fsutil.join(out, 'eval.json')} and {fsutil.join(out, 'eval.md')}\n")
+        sys.stdout.write(
+            f"wrote {fsutil.join(out, 'eval.json')} and {fsutil.join(out, 'eval.md')}\n"
+        )
     missing = report["images"]["gt_without_prediction"]
     if args.require_all and missing:
-        sys.stderr.write(f"labeler eval: {missing} ground-truth images have no labeled prediction\n")
+        sys.stderr.write(
+            f"labeler eval: {missing} ground-truth images have no labeled prediction\n"
+        )
         return EXIT_INCOMPLETE
     return EXIT_OK

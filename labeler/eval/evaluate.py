@@ -90,12 +90,15 @@ def resolve_protocols(requested: list[str] | None, pred_kind: str, gt_kind: str)
         return [
             p
             for p in PROTOCOLS
-            if not (p in SEMANTIC and pred_kind == "segments") and not (p == "coco-ap" and gt_kind != "coco")
+            if not (p in SEMANTIC and pred_kind == "segments")
+            and not (p == "coco-ap" and gt_kind != "coco")
         ]
     out: list[str] = []
     for name in names:
         if name not in PROTOCOLS:
-            raise EvalInputError(f"unknown protocol {name!r}; choose from auto, all, {', '.join(PROTOCOLS)}")
+            raise EvalInputError(
+                f"unknown protocol {name!r}; choose from auto, all, {', '.join(PROTOCOLS)}"
+            )
         if name in SEMANTIC and pred_kind == "segments":
             raise EvalInputError(
                 f"protocol {name!r} needs class-aware predictions, but these are class-agnostic "
@@ -147,7 +150,9 @@ def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> 
     if options.num_classes is not None:
         gt.num_classes = options.num_classes
         if gt.classes is not None and len(gt.classes) < options.num_classes:
-            gt.classes = gt.classes + [f"class_{i}" for i in range(len(gt.classes), options.num_classes)]
+            gt.classes = gt.classes + [
+                f"class_{i}" for i in range(len(gt.classes), options.num_classes)
+            ]
     if gt.num_classes is None:
         gt.num_classes = determine_num_classes(gt, [k for _, k in pairing.pairs])
         if gt.num_classes == 0:
@@ -222,7 +227,8 @@ def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> 
                 mIoU=_num(slime.miou()),
                 mean_image_mIoU=_num(slime.mean_image_miou()),
                 per_class={
-                    names[c]: {"iou": _num(per_class[c]), "n_images": int(slime.n_images[c])} for c in range(k)
+                    names[c]: {"iou": _num(per_class[c]), "n_images": int(slime.n_images[c])}
+                    for c in range(k)
                 },
             )
         elif protocol in ("hungarian", "hungarian-dataset"):
@@ -235,7 +241,12 @@ def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> 
                 pixel_accuracy=_num(s.pixel_accuracy),
                 mIoU=_num(s.miou),
                 per_class={
-                    names[c]: {"iou": _num(s.iou[c]), "tp": int(s.tp[c]), "fp": int(s.fp[c]), "fn": int(s.fn[c])}
+                    names[c]: {
+                        "iou": _num(s.iou[c]),
+                        "tp": int(s.tp[c]),
+                        "fp": int(s.fp[c]),
+                        "fn": int(s.fn[c]),
+                    }
                     for c in range(k)
                 },
             )
@@ -260,7 +271,9 @@ def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> 
         else {
             "rule": mapping.rule,
             "categories": {
-                str(preds.categories[cid].get("name", cid)): names[idx] if idx < k else f"class_{idx}"
+                str(preds.categories[cid].get("name", cid)): names[idx]
+                if idx < k
+                else f"class_{idx}"
                 for cid, idx in sorted(mapping.category_to_class.items())
             },
             "unmapped": mapping.unmapped,
@@ -299,7 +312,9 @@ def _coco_ap(
         for cat_id, index in sorted(gt.category_to_class.items()):
             class_to_gt_cat.setdefault(index, cat_id)
         pred_to_gt = {
-            cid: class_to_gt_cat[idx] for cid, idx in mapping.category_to_class.items() if idx in class_to_gt_cat
+            cid: class_to_gt_cat[idx]
+            for cid, idx in mapping.category_to_class.items()
+            if idx in class_to_gt_cat
         }
     result = coco_segm_ap(preds, gt, pairs, pred_to_gt)
     out: dict[str, Any] = {name: (v if v >= 0 else None) for name, v in result.stats.items()}

@@ -37,8 +37,9 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,10 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -221,15 +225,22 @@ def load_predictions(output_uri: str, require_coco: bool = True) -> Predictions:
     records = read_image_records(output_uri)
     if records is None:
         records = [
-            ImageRecord(im.file_name, im.image_id, "labeled", None, im.width, im.height, len(im.annotations))
+            ImageRecord(
+                im.file_name, im.image_id, "labeled", None, im.width, im.height, len(im.annotations)
+            )
             for im in images.values()
         ]
-    return Predictions(uri=output_uri, coco=coco, images=images, categories=categories, records=records)
+    return Predictions(
+        uri=output_uri, coco=coco, images=images, categories=categories, records=records
+    )
 
 
 def _paint_order(annotations: list[dict[str, Any]]) -> list[int]:
     """Indices of ``annotations`` in painting order: ascending (score, id), best painted last."""
-    keys = [(float(a.get("score", 1.0) or 0.0), int(a.get("id", i)), i) for i, a in enumerate(annotations)]
+    keys = [
+        (float(a.get("score", 1.0) or 0.0), int(a.get("id", i)), i)
+        for i, a in enumerate(annotations)
+    ]
     return [k[2] for k in sorted(keys)]
 
 
@@ -241,7 +252,9 @@ def rasterize_segments(image: PredImage) -> np.ndarray:
     """
     labels = np.full((image.height, image.width), VOID, dtype=np.int32)
     for index in _paint_order(image.annotations):
-        mask = decode_segmentation(image.annotations[index]["segmentation"], image.height, image.width)
+        mask = decode_segmentation(
+            image.annotations[index]["segmentation"], image.height, image.width
+        )
         labels[mask] = index
     return labels
 
@@ -291,14 +304,20 @@ def parse_classes(text: str, filename: str = "") -> list[str]:
         if isinstance(data, dict):
             pairs: dict[int, str] = {}
             for k, v in data.items():
-                if isinstance(v, int) or (isinstance(v, str) and v.isdigit() and not str(k).isdigit()):
+                if isinstance(v, int) or (
+                    isinstance(v, str) and v.isdigit() and not str(k).isdigit()
+                ):
                     pairs[int(v)] = str(k)
                 else:
                     pairs[int(k)] = str(v)
             n = max(pairs) + 1 if pairs else 0
             return [pairs.get(i, f"class_{i}") for i in range(n)]
         raise EvalInputError("classes JSON must be a list or an object")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def resolve_classes(spec: str | None) -> list[str] | None:
@@ -339,13 +358,17 @@ class GroundTruth:
         return f"class_{index}"
 
 
-def load_ground_truth(uri: str, classes: list[str] | None = None, ignore_index: int = 255) -> GroundTruth:
+def load_ground_truth(
+    uri: str, classes: list[str] | None = None, ignore_index: int = 255
+) -> GroundTruth:
     """Open ground truth at ``uri``: a COCO ``.json`` file or a folder of label maps."""
     if not fsutil.exists(uri):
         raise EvalInputError(f"ground truth not found: {uri}")
     if not fsutil.isdir(uri):
         if not uri.lower().endswith(".json"):
-            raise EvalInputError(f"ground truth must be a COCO .json file or a folder of label maps: {uri}")
+            raise EvalInputError(
+                f"ground truth must be a COCO .json file or a folder of label maps: {uri}"
+            )
         return _load_coco_gt(uri, ignore_index)
     files: dict[str, str] = {}
     duplicates: set[str] = set()
@@ -525,7 +548,9 @@ def pair_images(preds: Predictions, gt: GroundTruth) -> Pairing:
         return Pairing(pairs, unpaired, missing, sorted(ambiguous))
     levels = []
     for fn in (lambda s: s, posixpath.basename, fsutil.stem):
-        index, dup = _index((fn(str(im.get("file_name", ""))), i) for i, im in gt.coco_images.items())
+        index, dup = _index(
+            (fn(str(im.get("file_name", ""))), i) for i, im in gt.coco_images.items()
+        )
         levels.append((fn, index, dup))
     for image_id in sorted(preds.images):
         image = preds.images[image_id]
@@ -542,7 +567,9 @@ def pair_images(preds: Predictions, gt: GroundTruth) -> Pairing:
         else:
             pairs.append((image_id, found))
             used.add(found)
-    missing = [str(gt.coco_images[i].get("file_name", i)) for i in sorted(gt.coco_images) if i not in used]
+    missing = [
+        str(gt.coco_images[i].get("file_name", i)) for i in sorted(gt.coco_images) if i not in used
+    ]
     return Pairing(pairs, unpaired, missing, sorted(ambiguous))
 
 
@@ -579,7 +606,9 @@ def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto")
     unmapped: list[str] = []
     if rule == "name":
         if gt.classes is None:
-            raise EvalInputError("--class-match name needs class names: pass --classes or add classes.txt to the GT folder")
+            raise EvalInputError(
+                "--class-match name needs class names: pass --classes or add classes.txt to the GT folder"
+            )
         by_name = {}
         for index, name in enumerate(gt.classes):
             by_name.setdefault(_norm(name), index)

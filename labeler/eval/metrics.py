@@ -40,7 +40,9 @@ VOID = -1
 DEFAULT_IGNORE_INDEX = 255
 
 
-def valid_mask(gt: np.ndarray, num_classes: int, ignore_index: int | None = DEFAULT_IGNORE_INDEX) -> np.ndarray:
+def valid_mask(
+    gt: np.ndarray, num_classes: int, ignore_index: int | None = DEFAULT_IGNORE_INDEX
+) -> np.ndarray:
     """Boolean mask of the ground-truth pixels that are evaluated.
 
     A pixel is evaluated when its label lies in ``[0, num_classes)`` and differs from
@@ -292,7 +294,9 @@ class UnsupervisedScores:
     total: int
 
 
-def unsupervised_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, total: int) -> UnsupervisedScores:
+def unsupervised_scores(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, total: int
+) -> UnsupervisedScores:
     """Pixel accuracy ``sum(TP) / ALL``, ``IoU_c = TP / (TP + FP + FN)`` and nanmean mIoU."""
     tp = np.asarray(tp, dtype=np.int64)
     fp = np.asarray(fp, dtype=np.int64)

@@ -42,7 +42,10 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, entry in report["protocols"].items():
         if name == "coco-ap":
-            other = " ".join(f"{k} {pct(entry.get(k))}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"))
+            other = " ".join(
+                f"{k} {pct(entry.get(k))}"
+                for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+            )
             if entry.get("class_agnostic"):
                 other += " (class-agnostic)"
             rows.append([name, "-", "-", other])
@@ -78,7 +81,9 @@ def class_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _text_table(headers: list[str], rows: list[list[str]], left_last: bool = False) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
 
     def line(cells: list[str]) -> str:
         out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
@@ -113,11 +118,15 @@ def _images_line(report: dict[str, Any]) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """Terminal rendering: header, protocol summary and per-class IoU (percent)."""
     parts = [
-        f"labeler eval: {report['pred']} vs {report['gt']} ({report['gt_format']} ground truth, "
-        f"{report['prediction_kind']} predictions, {report['num_classes']} classes)",
+        (
+            f"labeler eval: {report['pred']} vs {report['gt']} ({report['gt_format']} ground truth, "
+            f"{report['prediction_kind']} predictions, {report['num_classes']} classes)"
+        ),
         _images_line(report),
         "",
-        _text_table(["protocol", "mIoU %", "pixel acc %", "other (%)"], summary_rows(report), left_last=True),
+        _text_table(
+            ["protocol", "mIoU %", "pixel acc %", "other (%)"], summary_rows(report), left_last=True
+        ),
     ]
     headers, rows = class_rows(report)
     if len(headers) > 1 and rows:
@@ -133,8 +142,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         "# labeler eval",
         "",
         f"- predictions: `{report['pred']}` ({report['prediction_kind']})",
-        f"- ground truth: `{report['gt']}` ({report['gt_format']}, {report['num_classes']} classes, "
-        f"ignore index {report['ignore_index']})",
+        (
+            f"- ground truth: `{report['gt']}` ({report['gt_format']}, {report['num_classes']} classes, "
+            f"ignore index {report['ignore_index']})"
+        ),
         f"- unannotated predicted pixels: {report['unannotated_pixels']}",
     ]
     mapping = report.get("class_mapping")

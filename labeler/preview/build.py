@@ -19,16 +19,28 @@ import io
 import logging
 import random
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 from PIL import Image, ImageOps
 
 from labeler.eval import fsutil
-from labeler.eval.loading import ImageRecord, PredImage, Predictions, decode_segmentation, load_predictions
+from labeler.eval.loading import (
+    ImageRecord,
+    Predictions,
+    PredImage,
+    decode_segmentation,
+    load_predictions,
+)
 from labeler.preview.gallery import CategoryCount, GalleryItem, GallerySummary, render_gallery
-from labeler.preview.overlay import RGB, category_colors, display_size, palette_color, render_overlay
+from labeler.preview.overlay import (
+    RGB,
+    category_colors,
+    display_size,
+    palette_color,
+    render_overlay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +59,22 @@ class PreviewResult:
     summary: GallerySummary
 
 
-def _load_source(uri: str, width: int, height: int, max_size: int | None) -> tuple[Image.Image, str | None]:
+def _load_source(
+    uri: str, width: int, height: int, max_size: int | None
+) -> tuple[Image.Image, str | None]:
     """Source image at the display size of (width, height); returns (image, note)."""
     target = display_size(width, height, max_size)
     img = Image.open(io.BytesIO(fsutil.read_bytes(uri)))
     note = None
     original = img.size
-    try:
-        img.draft("RGB", target)
-    except Exception:  # draft is a best-effort speed-up (JPEG only)
-        pass
+    img.draft("RGB", target)  # JPEG decodes at a reduced scale; a no-op for other formats
     if original != (width, height):
         transposed = ImageOps.exif_transpose(img)
-        if transposed is not None and (original[1], original[0]) == (width, height) and transposed.size != img.size:
+        if (
+            transposed is not None
+            and (original[1], original[0]) == (width, height)
+            and transposed.size != img.size
+        ):
             img = transposed
         else:
             note = f"source is {original[0]}x{original[1]}, recorded size {width}x{height}: resized"
@@ -75,13 +90,19 @@ def _encode_jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _layers(preds: Predictions, image: PredImage, colors: dict[int, RGB]) -> tuple[list, list, list[CategoryCount]]:
+def _layers(
+    preds: Predictions, image: PredImage, colors: dict[int, RGB]
+) -> tuple[list, list, list[CategoryCount]]:
     """(masks to draw, legend entries, category counts) of one image."""
     agnostic = preds.is_class_agnostic
     masks = []
     counts: Counter = Counter(int(a["category_id"]) for a in image.annotations)
     for rank, ann in enumerate(image.annotations):
-        color = palette_color(rank) if agnostic else colors.get(int(ann["category_id"]), palette_color(0))
+        color = (
+            palette_color(rank)
+            if agnostic
+            else colors.get(int(ann["category_id"]), palette_color(0))
+        )
         masks.append((ann, color))
     categories = [
         CategoryCount(
@@ -113,17 +134,22 @@ def _render_labeled(
 ) -> GalleryItem:
     uri = image.file_name if image is not None else record.uri
     if image is None:
-        return GalleryItem(record.image_id, uri, "labeled", note="labeled in images.parquet but not in coco.json")
+        return GalleryItem(
+            record.image_id, uri, "labeled", note="labeled in images.parquet but not in coco.json"
+        )
     masks, legend, categories = _layers(preds, image, colors)
     notes = []
     try:
         source, note = _load_source(uri, image.width, image.height, max_size)
         if note:
             notes.append(note)
-    except Exception as exc:  # unreadable source: draw on gray
+    except Exception as exc:  # noqa: BLE001 - any read/decode failure: draw on gray
         source = Image.new("RGB", display_size(image.width, image.height, max_size), CANVAS_GRAY)
         notes.append(f"source image not readable ({type(exc).__name__}): masks on gray")
-    drawn = [(decode_segmentation(ann["segmentation"], image.height, image.width), color) for ann, color in masks]
+    drawn = [
+        (decode_segmentation(ann["segmentation"], image.height, image.width), color)
+        for ann, color in masks
+    ]
     overlay = render_overlay(source, drawn, legend, alpha=alpha, max_size=max_size)
     name = f"overlays/{rank:05d}_{image.image_id}.jpg"
     fsutil.write_bytes(fsutil.join(out_uri, name), _encode_jpeg(overlay))
@@ -149,7 +175,7 @@ def _render_failed(record: ImageRecord, rank: int, out_uri: str) -> GalleryItem:
         img.draft("RGB", (FAILED_THUMB_SIZE, FAILED_THUMB_SIZE))
         img = img.convert("RGB")
         img.thumbnail((FAILED_THUMB_SIZE, FAILED_THUMB_SIZE))
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unreadable source just gets no thumbnail
         return item
     name = f"overlays/failed_{rank:05d}.jpg"
     fsutil.write_bytes(fsutil.join(out_uri, name), _encode_jpeg(img))
@@ -190,7 +216,9 @@ def build_preview(
     if not preds.records and not preds.images:
         from labeler.eval.loading import EvalInputError
 
-        raise EvalInputError(f"no images.parquet or coco.json in {output_uri}: is it the --output of a labeler run?")
+        raise EvalInputError(
+            f"no images.parquet or coco.json in {output_uri}: is it the --output of a labeler run?"
+        )
     out_uri = out_uri or fsutil.join(output_uri, "preview")
     colors = category_colors(list(preds.categories))
     by_uri = {im.file_name: im for im in preds.images.values()}
@@ -206,7 +234,9 @@ def build_preview(
         n_annotations=len(preds.coco.get("annotations", [])),
         failure_reasons=Counter(r.reason or "" for r in failed_records),
         categories=[
-            CategoryCount(str(preds.categories[cid].get("name", cid)), all_counts.get(cid, 0), colors[cid])
+            CategoryCount(
+                str(preds.categories[cid].get("name", cid)), all_counts.get(cid, 0), colors[cid]
+            )
             for cid in sorted(preds.categories)
         ],
         class_agnostic=preds.is_class_agnostic,
@@ -223,16 +253,21 @@ def build_preview(
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             labeled_items = list(
                 pool.map(
-                    lambda job: _render_labeled(preds, job[1], find(job[1]), job[0], out_uri, colors, max_size, alpha),
+                    lambda job: _render_labeled(
+                        preds, job[1], find(job[1]), job[0], out_uri, colors, max_size, alpha
+                    ),
                     enumerate(chosen),
                 )
             )
     failed_chosen = _select(failed_records, n, seed)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        failed_items = list(pool.map(lambda job: _render_failed(job[1], job[0], out_uri), enumerate(failed_chosen)))
+        failed_items = list(
+            pool.map(lambda job: _render_failed(job[1], job[0], out_uri), enumerate(failed_chosen))
+        )
 
     page = render_gallery(summary, labeled_items, failed_items, show_labeled=not only_failed)
     index_uri = fsutil.join(out_uri, "index.html")
     fsutil.write_text(index_uri, page)
-    return PreviewResult(index_uri=index_uri, labeled=labeled_items, failed=failed_items, summary=summary)
-
+    return PreviewResult(
+        index_uri=index_uri, labeled=labeled_items, failed=failed_items, summary=summary
+    )

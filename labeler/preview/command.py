@@ -34,12 +34,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("output", metavar="OUTPUT", help="output folder of a run (any fsspec URI)")
-    p.add_argument("--n", type=int, default=50, help="at most N labeled overlays and N failed entries (default 50)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=50,
+        help="at most N labeled overlays and N failed entries (default 50)",
+    )
     p.add_argument("--only-failed", action="store_true", help="list failed images only")
     p.add_argument("--out", metavar="DIR", help="destination folder (default OUTPUT/preview)")
-    p.add_argument("--max-size", type=int, default=768, help="longer side of overlays in pixels (default 768)")
+    p.add_argument(
+        "--max-size", type=int, default=768, help="longer side of overlays in pixels (default 768)"
+    )
     p.add_argument("--alpha", type=float, default=0.45, help="mask fill opacity (default 0.45)")
-    p.add_argument("--seed", type=int, help="show a seeded random sample instead of the first N images")
+    p.add_argument(
+        "--seed", type=int, help="show a seeded random sample instead of the first N images"
+    )
     p.add_argument("--workers", type=int, default=4, help="threads rendering overlays (default 4)")
     p.set_defaults(func=run_preview)
     return p

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import html
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from labeler.preview.overlay import RGB, hex_color
 
@@ -178,13 +178,12 @@ def render_gallery(
     legend = ""
     if summary.categories and not summary.class_agnostic:
         chips = "".join(
-            f'<span class="chip">{_swatch(c.color)}{_e(c.name)} ({c.count})</span>' for c in summary.categories
+            f'<span class="chip">{_swatch(c.color)}{_e(c.name)} ({c.count})</span>'
+            for c in summary.categories
         )
         legend = f'<div class="legend"><strong>Categories:</strong> {chips}</div>'
     elif summary.class_agnostic:
-        legend = (
-            '<div class="legend">Class-agnostic segments: each segment of an image has its own color.</div>'
-        )
+        legend = '<div class="legend">Class-agnostic segments: each segment of an image has its own color.</div>'
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -16,7 +16,7 @@ Rendering rules:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -59,7 +59,7 @@ def hex_color(color: RGB) -> str:
 
 def category_colors(category_ids: Sequence[int]) -> dict[int, RGB]:
     """Category id -> color, by rank in ascending id order (stable across images of an output)."""
-    return {cid: palette_color(i) for i, cid in enumerate(sorted(set(int(c) for c in category_ids)))}
+    return {cid: palette_color(i) for i, cid in enumerate(sorted({int(c) for c in category_ids}))}
 
 
 def mask_boundary(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
@@ -136,8 +136,16 @@ def draw_legend(width: int, entries: Sequence[tuple[str, RGB]], font_size: int =
     for r, row in enumerate(rows):
         y = pad + r * line_h
         for x0, label, color in row:
-            draw.rectangle([x0, y, x0 + swatch - 1, y + swatch - 1], fill=color, outline=LEGEND_TEXT)
-            draw.text((x0 + swatch + pad // 2, y + swatch // 2), label, fill=LEGEND_TEXT, font=font, anchor="lm")
+            draw.rectangle(
+                [x0, y, x0 + swatch - 1, y + swatch - 1], fill=color, outline=LEGEND_TEXT
+            )
+            draw.text(
+                (x0 + swatch + pad // 2, y + swatch // 2),
+                label,
+                fill=LEGEND_TEXT,
+                font=font,
+                anchor="lm",
+            )
     return strip
 
 
@@ -179,7 +187,7 @@ def render_overlay(
     result = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
     if not legend:
         return result
-    strip = draw_legend(w if w >= 160 else 160, legend, font_size=max(11, min(18, w // 40)))
+    strip = draw_legend(max(w, 160), legend, font_size=max(11, min(18, w // 40)))
     canvas = Image.new("RGB", (max(w, strip.width), h + strip.height), LEGEND_BACKGROUND)
     canvas.paste(result, (0, 0))
     canvas.paste(strip, (0, h))

@@ -1,0 +1,1 @@
+"""Evaluation of labeler outputs against ground truth (``labeler eval``)."""

@@ -1,0 +1,667 @@
+"""Reading a ``labeler run`` output and ground truth, and rasterising both to label maps.
+
+Prediction side (an output folder, any fsspec URI):
+
+* ``coco.json`` gives the labeled images and their annotations (compressed RLE at the original
+  resolution); ``images.parquet`` gives every input image with its status (failed ones too).
+* Predictions are *segments* (class-agnostic: DiffSeg's single ``segment`` category) or
+  *classes* (SLiMe's named categories). ``auto`` picks segments when the file has exactly one
+  category and it is named ``segment``.
+* Rasterisation paints the annotations of an image in ascending ``(score, id)`` order, so where
+  masks overlap the highest-scoring annotation wins.
+
+  - segments: the label of a pixel is the segment index, i.e. the rank of its annotation in
+    ascending annotation ``id`` order within the image (0, 1, ...). Unannotated pixels are
+    ``VOID`` (-1): evaluated, never matched, a miss for their ground-truth class.
+  - classes: the label is the ground-truth class index the category maps to (see
+    ``build_class_mapping``). Unannotated pixels are background (SLiMe writes no background
+    annotation) unless ``unannotated="void"``. Categories with no ground-truth counterpart are
+    painted ``VOID``.
+
+Ground-truth side (``load_ground_truth``):
+
+* a COCO instances file: class index 0 is ``background`` (or the GT category named
+  ``background``), then the GT categories in ascending id order. Instances are painted largest
+  first (so smaller objects stay on top); crowd regions (``iscrowd`` 1) are then painted as
+  ignored; unannotated pixels are background.
+* a folder of label-map PNGs (or ``.npy``), searched recursively and keyed by file stem. The
+  pixel value is the class index; 255 and negative values are ignored. RGB PNGs use channel 0.
+  Class names come from ``--classes`` or a ``classes.txt`` / ``classes.json`` at the folder's
+  root (see ``parse_classes``).
+
+Predictions are resized with nearest neighbour to the ground-truth size when they differ.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labeler.eval import fsutil
+from labeler.eval.metrics import VOID
+
+log = logging.getLogger(__name__)
+
+IGNORE = -1
+"""Value of ignored ground-truth pixels after loading (255 and negative values become this)."""
+
+CLASSES_FILES = ("classes.txt", "classes.json")
+LABEL_MAP_EXTENSIONS = (".png", ".npy")
+
+
+class EvalInputError(ValueError):
+    """Raised for unusable inputs (missing files, no image pairs, ambiguous mappings)."""
+
+
+# --------------------------------------------------------------------------------------------
+# RLE helpers
+
+
+def _rle_for_pycocotools(segmentation: dict[str, Any]) -> dict[str, Any]:
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        from pycocotools import mask as mask_utils
+
+        h, w = segmentation["size"]
+        return mask_utils.frPyObjects(segmentation, h, w)
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    return {"size": list(segmentation["size"]), "counts": counts}
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """Decode a COCO segmentation (compressed or list RLE, or polygons) to a bool (H, W) mask."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, dict):
+        rle = _rle_for_pycocotools(segmentation)
+    elif isinstance(segmentation, list):
+        rles = mask_utils.frPyObjects(segmentation, height, width)
+        rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+    else:
+        raise EvalInputError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """Encode a bool mask to compressed RLE with string counts (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
+
+
+def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an integer label map to ``(height, width)``."""
+    if labels.shape == (height, width):
+        return labels
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.int32))
+    return np.asarray(img.resize((width, height), Image.NEAREST), dtype=np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions
+
+
+@dataclass
+class PredImage:
+    """One labeled image of an output."""
+
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ImageRecord:
+    """One row of ``images.parquet``."""
+
+    uri: str
+    image_id: int | None
+    status: str
+    reason: str | None
+    width: int | None
+    height: int | None
+    n_annotations: int | None
+
+
+@dataclass
+class Predictions:
+    """The content of an output folder that evaluation and preview need."""
+
+    uri: str
+    coco: dict[str, Any]
+    images: dict[int, PredImage]
+    categories: dict[int, dict[str, Any]]
+    records: list[ImageRecord]
+
+    @property
+    def is_class_agnostic(self) -> bool:
+        """True for DiffSeg-style outputs: exactly one category, named ``segment``."""
+        cats = list(self.categories.values())
+        return len(cats) == 1 and str(cats[0].get("name", "")).strip().lower() == "segment"
+
+
+def _none_if_nan(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def read_image_records(output_uri: str) -> list[ImageRecord] | None:
+    """Rows of ``OUTPUT/images.parquet`` in file order, or None when the file is absent."""
+    uri = fsutil.join(output_uri, "images.parquet")
+    if not fsutil.exists(uri):
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(fsutil.read_bytes(uri)))
+    rows = table.to_pylist()
+    out: list[ImageRecord] = []
+    for row in rows:
+        image_id = _none_if_nan(row.get("image_id"))
+        out.append(
+            ImageRecord(
+                uri=str(row.get("uri", "")),
+                image_id=int(image_id) if image_id is not None else None,
+                status=str(row.get("status") or "unknown"),
+                reason=_none_if_nan(row.get("reason")),
+                width=_none_if_nan(row.get("width")),
+                height=_none_if_nan(row.get("height")),
+                n_annotations=_none_if_nan(row.get("n_annotations")),
+            )
+        )
+    return out
+
+
+def load_predictions(output_uri: str, require_coco: bool = True) -> Predictions:
+    """Read ``coco.json`` and ``images.parquet`` of an output folder (any fsspec URI).
+
+    Args:
+        output_uri: the ``--output`` of a run.
+        require_coco: raise ``EvalInputError`` when ``coco.json`` is missing; otherwise an
+            empty COCO structure is used (preview of a run that only has failures so far).
+    """
+    coco_uri = fsutil.join(output_uri, "coco.json")
+    if fsutil.exists(coco_uri):
+        coco = fsutil.read_json(coco_uri)
+    elif require_coco:
+        raise EvalInputError(f"no coco.json in {output_uri}: is it the --output of a labeler run?")
+    else:
+        coco = {"images": [], "annotations": [], "categories": []}
+    images = {
+        int(im["id"]): PredImage(
+            image_id=int(im["id"]),
+            file_name=str(im.get("file_name", "")),
+            width=int(im["width"]),
+            height=int(im["height"]),
+        )
+        for im in coco.get("images", [])
+    }
+    for ann in coco.get("annotations", []):
+        image = images.get(int(ann["image_id"]))
+        if image is None:
+            log.warning("annotation %s refers to unknown image %s", ann.get("id"), ann["image_id"])
+            continue
+        image.annotations.append(ann)
+    for image in images.values():
+        image.annotations.sort(key=lambda a: int(a.get("id", 0)))
+    categories = {int(c["id"]): c for c in coco.get("categories", [])}
+    records = read_image_records(output_uri)
+    if records is None:
+        records = [
+            ImageRecord(
+                im.file_name, im.image_id, "labeled", None, im.width, im.height, len(im.annotations)
+            )
+            for im in images.values()
+        ]
+    return Predictions(
+        uri=output_uri, coco=coco, images=images, categories=categories, records=records
+    )
+
+
+def _paint_order(annotations: list[dict[str, Any]]) -> list[int]:
+    """Indices of ``annotations`` in painting order: ascending (score, id), best painted last."""
+    keys = [
+        (float(a.get("score", 1.0) or 0.0), int(a.get("id", i)), i)
+        for i, a in enumerate(annotations)
+    ]
+    return [k[2] for k in sorted(keys)]
+
+
+def rasterize_segments(image: PredImage) -> np.ndarray:
+    """Segment-index label map (int32, original size) of a class-agnostic prediction.
+
+    The label is the rank of the annotation in ascending ``id`` order; unannotated pixels are
+    ``VOID``.
+    """
+    labels = np.full((image.height, image.width), VOID, dtype=np.int32)
+    for index in _paint_order(image.annotations):
+        mask = decode_segmentation(
+            image.annotations[index]["segmentation"], image.height, image.width
+        )
+        labels[mask] = index
+    return labels
+
+
+def rasterize_classes(
+    image: PredImage, category_to_class: dict[int, int], background: int | None
+) -> np.ndarray:
+    """Class-index label map (int32, original size) of a class-aware prediction.
+
+    Args:
+        image: the labeled image.
+        category_to_class: predicted category id -> ground-truth class index; categories not in
+            it are painted ``VOID``.
+        background: class index of unannotated pixels, or None to leave them ``VOID``.
+    """
+    fill = VOID if background is None else background
+    labels = np.full((image.height, image.width), fill, dtype=np.int32)
+    for index in _paint_order(image.annotations):
+        ann = image.annotations[index]
+        mask = decode_segmentation(ann["segmentation"], image.height, image.width)
+        labels[mask] = category_to_class.get(int(ann["category_id"]), VOID)
+    return labels
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).strip().casefold().split())
+
+
+def parse_classes(text: str, filename: str = "") -> list[str]:
+    """Parse a class-names file: index in the list = label value.
+
+    Accepted: a text file with one name per line (line i names label i; blank lines and lines
+    starting with ``#`` are skipped), a JSON list of names, a JSON object ``{"0": "background"}``
+    (value -> name) or ``{"background": 0}`` (name -> value). Gaps are named ``class_<i>``.
+    """
+    import json
+
+    stripped = text.strip()
+    if filename.lower().endswith(".json") or stripped.startswith(("[", "{")):
+        data = json.loads(stripped)
+        if isinstance(data, list):
+            return [str(x) for x in data]
+        if isinstance(data, dict):
+            pairs: dict[int, str] = {}
+            for k, v in data.items():
+                if isinstance(v, int) or (
+                    isinstance(v, str) and v.isdigit() and not str(k).isdigit()
+                ):
+                    pairs[int(v)] = str(k)
+                else:
+                    pairs[int(k)] = str(v)
+            n = max(pairs) + 1 if pairs else 0
+            return [pairs.get(i, f"class_{i}") for i in range(n)]
+        raise EvalInputError("classes JSON must be a list or an object")
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+def resolve_classes(spec: str | None) -> list[str] | None:
+    """``--classes`` value: a comma-separated list of names, or a URI of a classes file."""
+    if not spec:
+        return None
+    if "," not in spec and fsutil.exists(spec):
+        return parse_classes(fsutil.read_bytes(spec).decode("utf-8"), spec)
+    return [s.strip() for s in spec.split(",")]
+
+
+@dataclass
+class GroundTruth:
+    """Ground truth, either a COCO instances file or a folder of label maps."""
+
+    uri: str
+    kind: str
+    """``coco`` or ``labelmaps``."""
+    classes: list[str] | None
+    """Class names by index (None for label maps without names)."""
+    num_classes: int | None
+    """K; None for label maps until determined (see ``determine_num_classes``)."""
+    background: int | None
+    """Class index of background (0 for COCO ground truth; by name, else 0, for label maps)."""
+    coco: dict[str, Any] | None = None
+    category_to_class: dict[int, int] = field(default_factory=dict)
+    """COCO ground truth: GT category id -> class index."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Label maps: stem -> URI."""
+    coco_images: dict[int, dict[str, Any]] = field(default_factory=dict)
+    coco_annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    ignore_index: int = 255
+
+    def class_name(self, index: int) -> str:
+        """Display name of a class index."""
+        if self.classes is not None and index < len(self.classes):
+            return self.classes[index]
+        return f"class_{index}"
+
+
+def load_ground_truth(
+    uri: str, classes: list[str] | None = None, ignore_index: int = 255
+) -> GroundTruth:
+    """Open ground truth at ``uri``: a COCO ``.json`` file or a folder of label maps."""
+    if not fsutil.exists(uri):
+        raise EvalInputError(f"ground truth not found: {uri}")
+    if not fsutil.isdir(uri):
+        if not uri.lower().endswith(".json"):
+            raise EvalInputError(
+                f"ground truth must be a COCO .json file or a folder of label maps: {uri}"
+            )
+        return _load_coco_gt(uri, ignore_index)
+    files: dict[str, str] = {}
+    duplicates: set[str] = set()
+    for path in fsutil.find_files(uri, LABEL_MAP_EXTENSIONS):
+        key = fsutil.stem(path)
+        if key in files:
+            duplicates.add(key)
+        files[key] = path
+    if duplicates:
+        raise EvalInputError(
+            f"ground-truth label maps share file stems, pairing would be ambiguous: {sorted(duplicates)[:10]}"
+        )
+    if not files:
+        raise EvalInputError(f"no label maps (.png, .npy) under {uri}")
+    if classes is None:
+        for name in CLASSES_FILES:
+            cand = fsutil.join(uri, name)
+            if fsutil.exists(cand):
+                classes = parse_classes(fsutil.read_bytes(cand).decode("utf-8"), name)
+                break
+    background = None
+    if classes is not None:
+        names = [_norm(c) for c in classes]
+        background = names.index("background") if "background" in names else 0
+    return GroundTruth(
+        uri=uri,
+        kind="labelmaps",
+        classes=classes,
+        num_classes=len(classes) if classes is not None else None,
+        background=background if background is not None else 0,
+        files=files,
+        ignore_index=ignore_index,
+    )
+
+
+def _load_coco_gt(uri: str, ignore_index: int) -> GroundTruth:
+    coco = fsutil.read_json(uri)
+    cats = sorted(coco.get("categories", []), key=lambda c: int(c["id"]))
+    classes = ["background"]
+    mapping: dict[int, int] = {}
+    for cat in cats:
+        if _norm(cat.get("name", "")) == "background":
+            mapping[int(cat["id"])] = 0
+        else:
+            mapping[int(cat["id"])] = len(classes)
+            classes.append(str(cat.get("name", f"category_{cat['id']}")))
+    images = {int(im["id"]): im for im in coco.get("images", [])}
+    anns: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
+    for ann in coco.get("annotations", []):
+        anns.setdefault(int(ann["image_id"]), []).append(ann)
+    return GroundTruth(
+        uri=uri,
+        kind="coco",
+        classes=classes,
+        num_classes=len(classes),
+        background=0,
+        coco=coco,
+        category_to_class=mapping,
+        coco_images=images,
+        coco_annotations=anns,
+        ignore_index=ignore_index,
+    )
+
+
+def _decode_label_file(data: bytes, name: str) -> np.ndarray:
+    if name.lower().endswith(".npy"):
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    else:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode in ("RGB", "RGBA", "LA"):
+                img = img.getchannel(0)
+            arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise EvalInputError(f"label map {name} is not 2-D (shape {arr.shape})")
+    return arr.astype(np.int32)
+
+
+def load_label_map(gt: GroundTruth, key: Any) -> np.ndarray:
+    """Ground-truth label map for a pairing key; ignored pixels are ``IGNORE`` (-1).
+
+    ``key`` is a file stem (label maps) or a GT image id (COCO).
+    """
+    if gt.kind == "labelmaps":
+        uri = gt.files[key]
+        labels = _decode_label_file(fsutil.read_bytes(uri), uri)
+        labels[(labels == gt.ignore_index) | (labels < 0)] = IGNORE
+        return labels
+    image = gt.coco_images[int(key)]
+    h, w = int(image["height"]), int(image["width"])
+    labels = np.full((h, w), gt.background if gt.background is not None else 0, dtype=np.int32)
+    anns = gt.coco_annotations.get(int(key), [])
+    things = [a for a in anns if not a.get("iscrowd", 0)]
+    crowds = [a for a in anns if a.get("iscrowd", 0)]
+    things.sort(key=lambda a: -float(a.get("area", 0) or 0))
+    for ann in things:
+        cls = gt.category_to_class.get(int(ann["category_id"]))
+        if cls is None:
+            continue
+        labels[decode_segmentation(ann["segmentation"], h, w)] = cls
+    for ann in crowds:
+        labels[decode_segmentation(ann["segmentation"], h, w)] = IGNORE
+    return labels
+
+
+def determine_num_classes(gt: GroundTruth, keys: Iterable[Any]) -> int:
+    """K for label-map ground truth without class names: ``max(label) + 1`` over ``keys``.
+
+    This reads the paired label maps once more; pass ``--num-classes`` or a classes file to
+    avoid the extra pass.
+    """
+    top = -1
+    for key in keys:
+        labels = load_label_map(gt, key)
+        valid = labels[labels >= 0]
+        if valid.size:
+            top = max(top, int(valid.max()))
+    return top + 1
+
+
+# --------------------------------------------------------------------------------------------
+# Pairing
+
+
+@dataclass
+class Pairing:
+    """Prediction image ids paired with ground-truth keys, and what could not be paired."""
+
+    pairs: list[tuple[int, Any]]
+    """(predicted image id, ground-truth key) in predicted image id order."""
+    predictions_without_gt: list[str]
+    gt_without_prediction: list[str]
+    ambiguous: list[str]
+
+
+def _index(items: Iterable[tuple[str, Any]]) -> tuple[dict[str, Any], set[str]]:
+    out: dict[str, Any] = {}
+    dup: set[str] = set()
+    for key, value in items:
+        if key in out and out[key] != value:
+            dup.add(key)
+        out[key] = value
+    for key in dup:
+        out.pop(key, None)
+    return out, dup
+
+
+def pair_images(preds: Predictions, gt: GroundTruth) -> Pairing:
+    """Pair labeled prediction images with ground truth.
+
+    * label-map folder: by file stem of the predicted ``file_name``;
+    * COCO file: by exact ``file_name``, else by base name, else by stem (a key shared by
+      several ground-truth images is not used at that level).
+    """
+    pairs: list[tuple[int, Any]] = []
+    unpaired: list[str] = []
+    ambiguous: set[str] = set()
+    used: set[Any] = set()
+    if gt.kind == "labelmaps":
+        by_stem: dict[str, list[int]] = {}
+        for image in preds.images.values():
+            by_stem.setdefault(fsutil.stem(image.file_name), []).append(image.image_id)
+        for image_id in sorted(preds.images):
+            image = preds.images[image_id]
+            key = fsutil.stem(image.file_name)
+            if len(by_stem[key]) > 1:
+                ambiguous.add(image.file_name)
+            elif key in gt.files:
+                pairs.append((image_id, key))
+                used.add(key)
+            else:
+                unpaired.append(image.file_name)
+        missing = [gt.files[k] for k in sorted(gt.files) if k not in used]
+        return Pairing(pairs, unpaired, missing, sorted(ambiguous))
+    levels = []
+    for fn in (lambda s: s, posixpath.basename, fsutil.stem):
+        index, dup = _index(
+            (fn(str(im.get("file_name", ""))), i) for i, im in gt.coco_images.items()
+        )
+        levels.append((fn, index, dup))
+    for image_id in sorted(preds.images):
+        image = preds.images[image_id]
+        found = None
+        for fn, index, dup in levels:
+            key = fn(image.file_name)
+            if key in index and index[key] not in used:
+                found = index[key]
+                break
+            if key in dup:
+                ambiguous.add(image.file_name)
+        if found is None:
+            unpaired.append(image.file_name)
+        else:
+            pairs.append((image_id, found))
+            used.add(found)
+    missing = [
+        str(gt.coco_images[i].get("file_name", i)) for i in sorted(gt.coco_images) if i not in used
+    ]
+    return Pairing(pairs, unpaired, missing, sorted(ambiguous))
+
+
+# --------------------------------------------------------------------------------------------
+# Category -> class mapping
+
+
+@dataclass
+class ClassMapping:
+    """How predicted categories map to ground-truth class indices."""
+
+    rule: str
+    """``name`` or ``id``."""
+    category_to_class: dict[int, int]
+    unmapped: list[str]
+    """Predicted categories without a ground-truth class (their pixels count as void)."""
+
+
+def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto") -> ClassMapping:
+    """Map predicted category ids to ground-truth class indices.
+
+    * ``name``: case- and whitespace-insensitive equality of the predicted category name and the
+      ground-truth class name (COCO category names, or the label-map class names).
+    * ``id``: label-map ground truth: class index = predicted ``category_id``; COCO ground
+      truth: the GT category with the same id.
+    * ``auto``: ``name`` when the ground truth has class names (COCO always; label maps with a
+      classes file or ``--classes``), else ``id``.
+
+    Raises ``EvalInputError`` when the name rule matches no category at all.
+    """
+    if rule == "auto":
+        rule = "name" if gt.classes is not None else "id"
+    mapping: dict[int, int] = {}
+    unmapped: list[str] = []
+    if rule == "name":
+        if gt.classes is None:
+            raise EvalInputError(
+                "--class-match name needs class names: pass --classes or add classes.txt to the GT folder"
+            )
+        by_name = {}
+        for index, name in enumerate(gt.classes):
+            by_name.setdefault(_norm(name), index)
+        for cid, cat in sorted(preds.categories.items()):
+            index = by_name.get(_norm(cat.get("name", "")))
+            if index is None:
+                unmapped.append(str(cat.get("name", cid)))
+            else:
+                mapping[cid] = index
+        if preds.categories and not mapping:
+            raise EvalInputError(
+                "no predicted category name matches a ground-truth class "
+                f"(predicted: {sorted(str(c.get('name')) for c in preds.categories.values())[:10]}, "
+                f"ground truth: {gt.classes[:10]}); use --class-match id or --classes"
+            )
+    elif rule == "id":
+        for cid, cat in sorted(preds.categories.items()):
+            if gt.kind == "coco":
+                index = gt.category_to_class.get(cid)
+            else:
+                index = cid if cid >= 0 else None
+            if index is None or (gt.num_classes is not None and index >= gt.num_classes):
+                unmapped.append(str(cat.get("name", cid)))
+            else:
+                mapping[cid] = index
+    else:
+        raise EvalInputError(f"unknown --class-match rule {rule!r}")
+    return ClassMapping(rule=rule, category_to_class=mapping, unmapped=unmapped)
+
+
+def iter_pairs(
+    preds: Predictions,
+    gt: GroundTruth,
+    pairs: list[tuple[int, Any]],
+    mode: str,
+    mapping: ClassMapping | None = None,
+    unannotated: str = "background",
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(image_id, gt_labels, pred_labels)`` at ground-truth resolution.
+
+    Args:
+        mode: ``segments`` (segment-index predictions) or ``classes`` (class-index predictions).
+        mapping: category mapping, required for ``classes``.
+        unannotated: ``background`` or ``void``: label of unannotated pixels for ``classes``.
+    """
+    for image_id, key in pairs:
+        image = preds.images[image_id]
+        gt_labels = load_label_map(gt, key)
+        if mode == "segments":
+            pred_labels = rasterize_segments(image)
+        else:
+            assert mapping is not None
+            background = gt.background if unannotated == "background" else None
+            pred_labels = rasterize_classes(image, mapping.category_to_class, background)
+        pred_labels = resize_nearest(pred_labels, *gt_labels.shape)
+        yield image_id, gt_labels, pred_labels

@@ -1,0 +1,201 @@
+"""Build small ``labeler run``-style output folders (and ground truth) for tests.
+
+Everything is written with fsspec, so the same helpers build local and ``memory://`` fixtures.
+The layout follows docs/contracts: ``coco.json`` (compressed RLE with string counts),
+``images.parquet`` and an ``annotations/`` Parquet dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+
+def _write(uri: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG of a uint8 (H, W) or (H, W, 3) array."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rle(mask: np.ndarray) -> dict[str, Any]:
+    """Compressed RLE with string counts."""
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")}
+
+
+def bbox(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [
+        float(xs.min()),
+        float(ys.min()),
+        float(xs.max() - xs.min() + 1),
+        float(ys.max() - ys.min() + 1),
+    ]
+
+
+@dataclass
+class FixtureImage:
+    """One input image of a fixture output.
+
+    ``masks`` is a list of (category_id, bool mask, score); ``failed`` images have a reason and
+    no masks.
+    """
+
+    name: str
+    pixels: np.ndarray
+    masks: list[tuple[int, np.ndarray, float]] = field(default_factory=list)
+    failed: str | None = None
+
+
+def segments_from_label_map(
+    labels: np.ndarray, category_id: int = 1
+) -> list[tuple[int, np.ndarray, float]]:
+    """One mask per segment id >= 0 (in increasing id order); negative ids stay unannotated."""
+    out = []
+    for seg in sorted(int(v) for v in np.unique(labels) if v >= 0):
+        out.append((category_id, labels == seg, 1.0))
+    return out
+
+
+def classes_from_label_map(
+    labels: np.ndarray, index_to_category: dict[int, int]
+) -> list[tuple[int, np.ndarray, float]]:
+    """One mask per class index present, using ``index_to_category`` (index 0 = background: none)."""
+    out = []
+    for idx in sorted(int(v) for v in np.unique(labels)):
+        if idx in index_to_category:
+            out.append((index_to_category[idx], labels == idx, 0.9))
+    return out
+
+
+def write_output(
+    root: str, images: list[FixtureImage], categories: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Write sources under ``root/src`` and the output under ``root/out``; returns the COCO dict."""
+    out = root.rstrip("/") + "/out"
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
+    rows = []
+    ann_id = 1
+    for image_id, im in enumerate(images, start=1):
+        uri = root.rstrip("/") + f"/src/{im.name}.png"
+        _write(uri, png_bytes(im.pixels))
+        h, w = im.pixels.shape[:2]
+        if im.failed:
+            rows.append(
+                {
+                    "uri": uri,
+                    "image_id": image_id,
+                    "status": "failed",
+                    "reason": im.failed,
+                    "width": w,
+                    "height": h,
+                    "n_annotations": 0,
+                }
+            )
+            continue
+        coco["images"].append({"id": image_id, "file_name": uri, "width": w, "height": h})
+        for cat, mask, score in im.masks:
+            coco["annotations"].append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "segmentation": rle(mask),
+                    "area": int(mask.sum()),
+                    "bbox": bbox(mask),
+                    "iscrowd": 0,
+                    "score": score,
+                }
+            )
+            ann_id += 1
+        rows.append(
+            {
+                "uri": uri,
+                "image_id": image_id,
+                "status": "labeled",
+                "reason": None,
+                "width": w,
+                "height": h,
+                "n_annotations": len(im.masks),
+            }
+        )
+    _write(out + "/coco.json", json.dumps(coco).encode())
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    _write(out + "/images.parquet", buf.getvalue())
+    ann_rows = [
+        {
+            "id": a["id"],
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "counts": a["segmentation"]["counts"],
+            "height": a["segmentation"]["size"][0],
+            "width": a["segmentation"]["size"][1],
+            "score": a["score"],
+            "method": "fixture",
+        }
+        for a in coco["annotations"]
+    ]
+    buf = io.BytesIO()
+    pq.write_table(
+        pa.Table.from_pylist(ann_rows) if ann_rows else pa.table({"id": pa.array([], pa.int64())}),
+        buf,
+    )
+    _write(out + "/annotations/part-00000.parquet", buf.getvalue())
+    return coco
+
+
+def write_label_maps(
+    folder: str, maps: dict[str, np.ndarray], classes: list[str] | None = None
+) -> None:
+    """Label-map PNGs ``folder/<stem>.png`` and optionally ``classes.txt``."""
+    for stem, labels in maps.items():
+        _write(f"{folder.rstrip('/')}/{stem}.png", png_bytes(labels))
+    if classes is not None:
+        _write(f"{folder.rstrip('/')}/classes.txt", ("\n".join(classes) + "\n").encode())
+
+
+def write_coco_gt(
+    uri: str,
+    images: list[tuple[str, int, int]],
+    instances: list[tuple[str, int, np.ndarray]],
+    categories: list[dict[str, Any]],
+) -> None:
+    """COCO instances ground truth: ``images`` = (file_name, height, width), ``instances`` = (file_name, category_id, mask)."""
+    ids = {name: i for i, (name, _, _) in enumerate(images, start=100)}
+    coco = {
+        "images": [{"id": ids[n], "file_name": n, "height": h, "width": w} for n, h, w in images],
+        "annotations": [
+            {
+                "id": i,
+                "image_id": ids[n],
+                "category_id": c,
+                "segmentation": rle(m),
+                "area": int(m.sum()),
+                "bbox": bbox(m),
+                "iscrowd": 0,
+            }
+            for i, (n, c, m) in enumerate(instances, start=1)
+        ],
+        "categories": categories,
+    }
+    _write(uri, json.dumps(coco).encode())

@@ -1,0 +1,284 @@
+"""End-to-end tests of ``labeler eval`` on fixture outputs (local folder and ``memory://``).
+
+Expected numbers are hand-computed in the comments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _output_fixture import (  # noqa: E402
+    FixtureImage,
+    classes_from_label_map,
+    segments_from_label_map,
+    write_coco_gt,
+    write_label_maps,
+    write_output,
+)
+
+from labeler.eval import command as eval_command  # noqa: E402
+
+
+def run_cli(argv: list[str]) -> int:
+    """Tiny stand-in for the main CLI: register the subcommand and dispatch."""
+    parser = argparse.ArgumentParser(prog="labeler")
+    sub = parser.add_subparsers(dest="command", required=True)
+    eval_command.add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def read_json(uri: str) -> dict:
+    with fsspec.open(uri, "r") as f:
+        return json.load(f)
+
+
+def rgb(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def memroot():
+    root = f"memory://eval-{uuid.uuid4().hex}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    path = root[len("memory://") :]
+    if fs.exists("/" + path):
+        fs.rm("/" + path, recursive=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# SLiMe-style (class-aware) predictions vs label-map PNGs, K = 3 (background, wheel, body).
+# GT names wheel = 1, body = 2; predicted category ids are swapped (body = 1, wheel = 2), so only
+# the name mapping is right.
+#   a: gt   [[0 0 1 1], [2 2 2 255]]    pred [[0 1 1 1], [2 2 0 2]]
+#   b: gt   [[0 0 0 0], [2 2 2 2]]      pred [[0 0 0 1], [2 2 2 2]]
+# Summed confusion (pixel under 255 dropped): [[4,2,0],[0,2,0],[1,0,6]]
+#   IoU = [4/7, 2/4, 6/7]  mIoU = 27/42 = 0.642857  pixel acc = 12/15 = 0.8
+# SLiMe: a: [1/3, 2/3, 2/3]; b: [3/4, skip, 1]
+#   per class [13/24, 2/3, 5/6], mIoU = 49/72 = 0.680556, image mean = (5/9 + 7/8)/2 = 103/144
+SLIME_GT = {
+    "a": np.array([[0, 0, 1, 1], [2, 2, 2, 255]]),
+    "b": np.array([[0, 0, 0, 0], [2, 2, 2, 2]]),
+}
+SLIME_PRED = {
+    "a": np.array([[0, 1, 1, 1], [2, 2, 0, 2]]),
+    "b": np.array([[0, 0, 0, 1], [2, 2, 2, 2]]),
+}
+GT_CLASSES = ["background", "wheel", "body"]
+PRED_CATEGORIES = [{"id": 1, "name": "body"}, {"id": 2, "name": "wheel"}]
+INDEX_TO_CATEGORY = {1: 2, 2: 1}  # GT class index -> predicted category id
+
+
+def build_slime_case(root: str, with_extra: bool = True) -> tuple[str, str]:
+    images = [
+        FixtureImage(
+            name, rgb(2, 4, i), classes_from_label_map(SLIME_PRED[name], INDEX_TO_CATEGORY)
+        )
+        for i, name in enumerate(["a", "b"])
+    ]
+    gt_maps = dict(SLIME_GT)
+    if with_extra:
+        images.append(FixtureImage("broken", rgb(2, 4, 9), failed="decode error: truncated file"))
+        gt_maps["broken"] = np.zeros((2, 4), dtype=np.uint8)
+    write_output(root, images, PRED_CATEGORIES)
+    write_label_maps(root + "/gt", {k: v.astype(np.uint8) for k, v in gt_maps.items()}, GT_CLASSES)
+    return root + "/out", root + "/gt"
+
+
+def check_slime_numbers(report: dict) -> None:
+    assert report["prediction_kind"] == "classes"
+    assert report["class_mapping"]["rule"] == "name"
+    assert report["class_mapping"]["categories"] == {"body": "body", "wheel": "wheel"}
+    miou = report["protocols"]["miou"]
+    assert miou["mIoU"] == pytest.approx(27 / 42)
+    assert miou["pixel_accuracy"] == pytest.approx(0.8)
+    assert [miou["per_class"][c]["iou"] for c in GT_CLASSES] == pytest.approx([4 / 7, 1 / 2, 6 / 7])
+    slime = report["protocols"]["slime"]
+    assert slime["mIoU"] == pytest.approx(49 / 72)
+    assert slime["mean_image_mIoU"] == pytest.approx(103 / 144)
+    assert [slime["per_class"][c]["iou"] for c in GT_CLASSES] == pytest.approx(
+        [13 / 24, 2 / 3, 5 / 6]
+    )
+    assert [slime["per_class"][c]["n_images"] for c in GT_CLASSES] == [2, 1, 2]
+
+
+def test_eval_slime_predictions_against_label_maps(tmp_path, capsys):
+    out, gt = build_slime_case(str(tmp_path))
+    assert run_cli(["eval", "--pred", out, "--gt", gt]) == 0
+    stdout = capsys.readouterr().out
+    assert "64.29" in stdout and "68.06" in stdout  # mIoU and SLiMe mIoU, percent
+    report = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())
+    check_slime_numbers(report)
+    assert report["images"]["evaluated"] == 2
+    assert report["images"]["failed_in_run"] == 1
+    assert report["images"]["gt_without_prediction"] == 1
+    md = (tmp_path / "out" / "eval" / "eval.md").read_text()
+    assert "| wheel |" in md and "64.29" in md
+    # --require-all turns the missing prediction into exit status 1
+    assert run_cli(["eval", "--pred", out, "--gt", gt, "--require-all", "--no-files"]) == 1
+
+
+def test_eval_class_match_by_id_uses_category_ids(tmp_path):
+    out, gt = build_slime_case(str(tmp_path), with_extra=False)
+    rc = run_cli(
+        ["eval", "--pred", out, "--gt", gt, "--class-match", "id", "--out", str(tmp_path / "r")]
+    )
+    assert rc == 0
+    report = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert report["class_mapping"]["rule"] == "id"
+    # body (id 1) is now read as wheel (label 1): wheel/body swapped, scores drop
+    assert report["class_mapping"]["categories"] == {"body": "wheel", "wheel": "body"}
+    assert report["protocols"]["miou"]["mIoU"] < 0.5
+
+
+def test_eval_in_memory_filesystem(memroot):
+    out, gt = build_slime_case(memroot)
+    assert run_cli(["eval", "--pred", out, "--gt", gt, "--protocol", "miou,slime"]) == 0
+    report = read_json(out + "/eval/eval.json")
+    check_slime_numbers(report)
+    with fsspec.open(out + "/eval/eval.md", "r") as f:
+        assert "SLiMe per-image protocol" in f.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# DiffSeg-style (class-agnostic) predictions, no classes file (K = 2 found from the data).
+#   A (2x3): gt [[0 0 0],[1 1 1]]  segments [[0 0 1],[1 1 2]]
+#   B (2x2): gt [[1 1],[0 0]]      segments [[0 0],[0 unannotated]]
+# Per image: TP [2,4], FP [0,2], FN [3,1], ALL 10 -> acc 0.6, IoU [2/5, 4/7]
+# Dataset-level: H = [[3,1,0|1],[2,2,1|0]] -> 0->0, 1->1: TP [3,2], FP [2,1], FN [2,3]
+#   -> acc 0.5, IoU [3/7, 1/3]
+def build_diffseg_case(root: str) -> tuple[str, str]:
+    seg_a = np.array([[0, 0, 1], [1, 1, 2]])
+    seg_b = np.array([[0, 0], [0, -1]])
+    images = [
+        FixtureImage("A", rgb(2, 3, 1), segments_from_label_map(seg_a)),
+        FixtureImage("B", rgb(2, 2, 2), segments_from_label_map(seg_b)),
+    ]
+    write_output(root, images, [{"id": 1, "name": "segment"}])
+    write_label_maps(
+        root + "/gt",
+        {
+            "A": np.array([[0, 0, 0], [1, 1, 1]], np.uint8),
+            "B": np.array([[1, 1], [0, 0]], np.uint8),
+        },
+    )
+    return root + "/out", root + "/gt"
+
+
+def test_eval_diffseg_hungarian_protocols(tmp_path, capsys):
+    out, gt = build_diffseg_case(str(tmp_path))
+    assert run_cli(["eval", "--pred", out, "--gt", gt]) == 0
+    report = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())
+    assert report["prediction_kind"] == "segments"
+    assert report["num_classes"] == 2
+    assert list(report["protocols"]) == ["hungarian", "hungarian-dataset"]
+    h = report["protocols"]["hungarian"]
+    assert h["pixel_accuracy"] == pytest.approx(0.6)
+    assert h["mIoU"] == pytest.approx((2 / 5 + 4 / 7) / 2)
+    assert [h["per_class"][c]["fp"] for c in report["classes"]] == [0, 2]
+    d = report["protocols"]["hungarian-dataset"]
+    assert d["pixel_accuracy"] == pytest.approx(0.5)
+    assert d["mIoU"] == pytest.approx((3 / 7 + 1 / 3) / 2)
+    assert d["assignment"] == {"class_0": 0, "class_1": 1}
+    assert "48.57" in capsys.readouterr().out
+
+
+def test_eval_refuses_semantic_protocol_on_segments(tmp_path, capsys):
+    out, gt = build_diffseg_case(str(tmp_path))
+    assert run_cli(["eval", "--pred", out, "--gt", gt, "--protocol", "miou"]) == 2
+    assert "class-agnostic" in capsys.readouterr().err
+
+
+def test_eval_reports_unpairable_inputs(tmp_path, capsys):
+    out, _ = build_diffseg_case(str(tmp_path))
+    write_label_maps(str(tmp_path / "other"), {"zzz": np.zeros((2, 2), np.uint8)})
+    assert run_cli(["eval", "--pred", out, "--gt", str(tmp_path / "other")]) == 2
+    assert "no predicted image could be paired" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO instances ground truth and COCO segmentation AP.
+def _box(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+GT_CATS = [{"id": 3, "name": "car"}, {"id": 7, "name": "person"}]
+CAR1 = _box(20, 24, 2, 8, 2, 9)
+CAR2 = _box(20, 24, 12, 18, 14, 22)
+PERSON = _box(20, 24, 2, 10, 14, 20)
+
+
+def build_coco_case(root: str, predict_car2: bool) -> tuple[str, str]:
+    write_coco_gt(
+        root + "/gt.json",
+        [("scene.png", 20, 24)],
+        [("scene.png", 3, CAR1), ("scene.png", 3, CAR2), ("scene.png", 7, PERSON)],
+        GT_CATS,
+    )
+    pred_cats = [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}]
+    masks = [(2, CAR1, 0.9), (1, PERSON, 0.8)]
+    if predict_car2:
+        masks.append((2, CAR2, 0.7))
+    write_output(root, [FixtureImage("scene", rgb(20, 24, 3), masks)], pred_cats)
+    return root + "/out", root + "/gt.json"
+
+
+def test_eval_coco_ap_perfect_predictions(tmp_path):
+    out, gt = build_coco_case(str(tmp_path), predict_car2=True)
+    assert run_cli(["eval", "--pred", out, "--gt", gt]) == 0
+    report = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())
+    assert report["gt_format"] == "coco"
+    assert list(report["protocols"]) == ["miou", "slime", "coco-ap"]
+    ap = report["protocols"]["coco-ap"]
+    assert ap["AP"] == pytest.approx(1.0)
+    assert ap["AP50"] == pytest.approx(1.0) and ap["AP75"] == pytest.approx(1.0)
+    assert ap["n_results"] == 3 and ap["class_agnostic"] is False
+    # semantic maps rasterised from the GT instances are reproduced exactly
+    assert report["protocols"]["miou"]["mIoU"] == pytest.approx(1.0)
+    assert report["classes"] == ["background", "car", "person"]
+
+
+def test_eval_coco_ap_one_missed_instance(tmp_path):
+    # car: 2 GT, 1 perfect detection -> recall 0.5 at precision 1: the 101-point interpolated
+    # precision is 1 for recall thresholds 0.00..0.50 (51 of 101) and 0 above -> AP = 51/101 at
+    # every IoU threshold. person: AP 1. Mean over categories: (51/101 + 1) / 2.
+    out, gt = build_coco_case(str(tmp_path), predict_car2=False)
+    assert run_cli(["eval", "--pred", out, "--gt", gt, "--protocol", "coco-ap"]) == 0
+    ap = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())["protocols"]["coco-ap"]
+    assert ap["AP"] == pytest.approx((51 / 101 + 1) / 2)
+    assert ap["AR100"] == pytest.approx((0.5 + 1) / 2)
+
+
+def test_eval_coco_ap_class_agnostic_segments(memroot):
+    write_coco_gt(
+        memroot + "/gt.json",
+        [("scene.png", 20, 24)],
+        [("scene.png", 3, CAR1), ("scene.png", 7, PERSON)],
+        GT_CATS,
+    )
+    masks = [(1, CAR1, 0.9), (1, PERSON, 0.8)]
+    write_output(
+        memroot, [FixtureImage("scene", rgb(20, 24, 3), masks)], [{"id": 1, "name": "segment"}]
+    )
+    out = memroot + "/out"
+    assert run_cli(["eval", "--pred", out, "--gt", memroot + "/gt.json"]) == 0
+    report = read_json(out + "/eval/eval.json")
+    assert report["protocols"]["coco-ap"]["class_agnostic"] is True
+    assert report["protocols"]["coco-ap"]["AP"] == pytest.approx(1.0)
+    # background, car and person are each one segment (background is unannotated -> void, a miss)
+    h = report["protocols"]["hungarian"]
+    n_bg = 20 * 24 - CAR1.sum() - PERSON.sum()
+    assert h["pixel_accuracy"] == pytest.approx((CAR1.sum() + PERSON.sum()) / (20 * 24))
+    assert h["per_class"]["background"]["fn"] == n_bg

@@ -16,12 +16,20 @@ logger = logging.getLogger("labeler")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labeler", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="labeler",
+        description="Segmentation labels for image collections from Stable Diffusion attention.",
+    )
     parser.add_argument("--version", action="version", version=f"labeler {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_status(commands)
+    from labeler.eval.command import add_parser as add_eval
+    from labeler.preview.command import add_parser as add_preview
+
+    add_eval(commands)
+    add_preview(commands)
     return parser
 
 

@@ -119,6 +119,7 @@ _MANIFEST_TEXT: Final[str] = "txt"
 _MANIFEST_CSV: Final[str] = "csv"
 _PARQUET: Final[str] = "parquet"
 _URI_COLUMN: Final[str] = "uri"
+_S3_PAGE_SIZE: int | None = None  # ListObjectsV2 MaxKeys; None = the server's default (1000)
 _S3_PROTOCOLS: Final[frozenset[str]] = frozenset({"s3", "s3a"})
 # Protocols whose paths start at one root, with no bucket or host in the URI.
 _ROOTED_PROTOCOLS: Final[frozenset[str]] = frozenset({"file", "local", "memory"})
@@ -605,6 +606,8 @@ def _iter_s3_relative(fs: Any, root: str, retry: RetryPolicy, what: str) -> Iter
     warned_order = False
     while True:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if _S3_PAGE_SIZE:
+            kwargs["MaxKeys"] = _S3_PAGE_SIZE
         if token:
             kwargs["ContinuationToken"] = token
         page = retry.call(lambda kw=kwargs: fs.call_s3("list_objects_v2", **kw), what=what)

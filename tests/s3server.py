@@ -32,7 +32,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +214,7 @@ class S3Server:
             "NOTICE",
         ]
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            self._process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -260,7 +263,7 @@ class S3Server:
             time.sleep(down_for)
         self.start()
 
-    def __enter__(self) -> S3Server:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -170,7 +170,9 @@ def test_cmyk_jpeg() -> None:
 @pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
 def test_ycbcr_images(fmt: str) -> None:
     array = smooth(32, 32)
-    data = encode(Image.fromarray(array).convert("YCbCr"), fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    data = encode(
+        Image.fromarray(array).convert("YCbCr"), fmt, **({"quality": 95} if fmt == "JPEG" else {})
+    )
     pixels = check_output(decode_image(data), 32, 32)
     assert np.abs(pixels.astype(int) - array).max() <= 8
 
@@ -291,7 +293,9 @@ def test_invalid_orientation_is_ignored(value: int) -> None:
     assert result.orientation == 1
 
 
-def frames(colours: list[tuple[int, int, int]], size: tuple[int, int] = (16, 12)) -> list[Image.Image]:
+def frames(
+    colours: list[tuple[int, int, int]], size: tuple[int, int] = (16, 12)
+) -> list[Image.Image]:
     return [Image.new("RGB", size, colour) for colour in colours]
 
 
@@ -343,7 +347,12 @@ def test_empty_file() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"hello, this is a text file named cat.jpg\n", b"<html><body>404</body></html>", b"\x00" * 100, b"%PDF-1.4\n"],
+    [
+        b"hello, this is a text file named cat.jpg\n",
+        b"<html><body>404</body></html>",
+        b"\x00" * 100,
+        b"%PDF-1.4\n",
+    ],
     ids=["text", "html", "zeros", "pdf-header"],
 )
 def test_not_an_image(data: bytes) -> None:
@@ -450,7 +459,15 @@ def test_reason_codes_are_documented() -> None:
 
 def test_image_extensions() -> None:
     assert IMAGE_EXTENSIONS == {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"}
-    for name in ["a.jpg", "A.JPG", "x/y/Photo.JpEg", "s3://b/k/img.TIFF", "z.webp", "p.bmp", "q.tif"]:
+    for name in [
+        "a.jpg",
+        "A.JPG",
+        "x/y/Photo.JpEg",
+        "s3://b/k/img.TIFF",
+        "z.webp",
+        "p.bmp",
+        "q.tif",
+    ]:
         assert has_image_extension(name), name
     for name in ["a.gif", "jpg", "a.jpg.txt", "dir.jpg/readme", "a.", "", "noext"]:
         assert not has_image_extension(name), name

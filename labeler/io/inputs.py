@@ -248,7 +248,7 @@ def split_uri_credentials(uri: str) -> tuple[str, dict[str, Any]]:
         return clean, options
     try:
         cls = fsspec.get_filesystem_class(protocol)
-        options = dict(cls._get_kwargs_from_urls(uri))  # noqa: SLF001 - fsspec's URL parser
+        options = dict(cls._get_kwargs_from_urls(uri))
     except Exception:  # noqa: BLE001 - unknown protocol: keep the URI, the open will explain
         return uri, {}
     return clean, options
@@ -439,7 +439,13 @@ def _specific_verdict(exc: BaseException) -> bool | None:
     """True/False when ``exc`` itself says whether it is transient; None when it does not."""
     if isinstance(
         exc,
-        (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError),
+        (
+            FileNotFoundError,
+            PermissionError,
+            IsADirectoryError,
+            NotADirectoryError,
+            FileExistsError,
+        ),
     ):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
@@ -515,7 +521,7 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
         base = min(self.max_delay, self.base_delay * (2 ** (retry - 1)))
-        return base * (1.0 - self.jitter * random.random())  # noqa: S311 - not cryptographic
+        return base * (1.0 - self.jitter * random.random())
 
     def call(self, fn: Callable[[], T], *, what: str) -> T:
         """Run ``fn``, retrying transient errors; ``what`` (already redacted) is for the logs."""
@@ -740,9 +746,7 @@ def _iter_text_manifest(
     fs: Any, path: str, manifest_uri: str, retry: RetryPolicy
 ) -> Iterator[InputRef]:
     resolver = _EntryResolver(manifest_uri)
-    handle = retry.call(
-        lambda: fs.open(path, "rt", encoding="utf-8-sig"), what=resolver.what
-    )
+    handle = retry.call(lambda: fs.open(path, "rt", encoding="utf-8-sig"), what=resolver.what)
     with handle as stream:
         for line in stream:
             text = line.strip()
@@ -783,9 +787,7 @@ def _iter_csv_manifest(
     resolver.finish()
 
 
-def _iter_parquet_manifest(
-    parquet_file: pq.ParquetFile, manifest_uri: str
-) -> Iterator[InputRef]:
+def _iter_parquet_manifest(parquet_file: pq.ParquetFile, manifest_uri: str) -> Iterator[InputRef]:
     resolver = _EntryResolver(manifest_uri)
     field_type = parquet_file.schema_arrow.field(_URI_COLUMN).type
     if pa.types.is_dictionary(field_type):
@@ -960,10 +962,12 @@ def iter_inputs(
     except FileNotFoundError:
         raise InputError(f"input not found: {what}", what) from None
     except PermissionError as exc:
-        raise InputError(f"permission denied for input {what}: {redact_uri(str(exc))}", what) from None
+        raise InputError(
+            f"permission denied for input {what}: {redact_uri(str(exc))}", what
+        ) from None
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - surface storage failures with a redacted URI
+    except Exception as exc:
         raise InputError(
             f"cannot access input {what}: {type(exc).__name__}: {redact_uri(str(exc))}", what
         ) from exc
@@ -991,8 +995,10 @@ def iter_inputs(
             return _ensure_nonempty(_iter_parquet_manifest(parquet_file, base), what)
         column = find_image_column(schema, image_column)
         if column is None:
-            wanted = f"column {image_column!r} of type struct<bytes, path>" if image_column else (
-                f"a '{_URI_COLUMN}' string column or a struct<bytes, path> image column"
+            wanted = (
+                f"column {image_column!r} of type struct<bytes, path>"
+                if image_column
+                else (f"a '{_URI_COLUMN}' string column or a struct<bytes, path> image column")
             )
             raise InputError(
                 f"Parquet file {what} has no {wanted} (columns: {', '.join(schema.names[:20])})",
@@ -1082,7 +1088,9 @@ def _read_row_group_images(
                 continue
             for ref, index in wanted:
                 if index >= len(data):
-                    results[ref] = IndexError(f"row {ref.row} is beyond row group {group} of {what}")
+                    results[ref] = IndexError(
+                        f"row {ref.row} is beyond row group {group} of {what}"
+                    )
                     continue
                 value = data[index].as_py()
                 if value is not None:
@@ -1129,9 +1137,9 @@ def read_image_bytes(
     if not ref.is_parquet_row:
         return _read_file(ref.uri, storage_options, retry)
     groups: dict[int | None, list[InputRef]] = {ref.row_group: [ref]}
-    outcome = _read_row_group_images(
-        str(ref.parquet), ref.column, groups, storage_options, retry
-    )[ref]
+    outcome = _read_row_group_images(str(ref.parquet), ref.column, groups, storage_options, retry)[
+        ref
+    ]
     if isinstance(outcome, Exception):
         raise outcome
     return outcome

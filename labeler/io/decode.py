@@ -1,0 +1,477 @@
+"""Decode untrusted image bytes into upright RGB ``uint8`` arrays.
+
+:func:`decode_image` is the single entry point used by the pipeline. It either returns a
+:class:`DecodedImage` or raises :class:`ImageDecodeError` whose ``reason`` is one of the stable
+machine codes in :data:`DECODE_FAILURE_REASONS`. Those codes are written to ``images.parquet``
+(column ``reason``), so they must not change casually.
+
+Policies (documented choices)
+-----------------------------
+* **Orientation.** The EXIF ``Orientation`` tag (values 1-8; JPEG, PNG ``eXIf``, WebP, TIFF) is
+  applied, so the array is what image viewers show. ``width``/``height`` are those of the upright
+  image (``pixels.shape[1]``/``pixels.shape[0]``). Missing, malformed or out-of-range values are
+  treated as 1 (no transform).
+* **Alpha.** Transparent images (``RGBA``, ``LA``, ``PA``, premultiplied modes, palette or
+  ``L``/``RGB`` images with a ``tRNS`` transparency entry) are **composited on white**. Dropping
+  alpha would expose whatever colour an encoder left under fully transparent pixels (often black
+  or garbage); white is what most viewers and web pages show for product shots and logos.
+* **16-bit integer** (``I;16*`` modes: 16-bit grayscale PNG/TIFF) is scaled by ``round(v / 257)``,
+  i.e. the full 0..65535 range maps onto 0..255 (65535 -> 255, 32768 -> 128). 16-bit RGB(A) PNGs
+  are reduced to 8 bits by Pillow itself with the same mapping (high byte).
+* **32-bit integer** (``I``) and **32-bit float** (``F``) have no fixed range, so a documented
+  heuristic is used: integers within 0..255 are taken as is, within 0..65535 scaled like 16-bit,
+  otherwise min-max normalised; floats within 0..1 are multiplied by 255, within 0..255 taken as
+  is, otherwise min-max normalised. NaN becomes 0, +/-inf are clipped to the finite range.
+* **CMYK** JPEGs (Adobe inverted ones included) are converted with their embedded ICC profile
+  when there is one (LittleCMS via ``PIL.ImageCms``), else with Pillow's naive formula. ICC
+  profiles of RGB images are not applied (colour accuracy does not change segmentation).
+* **Animated** GIF, WebP, APNG and multi-page TIFF / MPO: only the first frame (page) is decoded.
+* **Formats.** Only JPEG (and MPO), PNG (and APNG), GIF, WebP, BMP, TIFF and AVIF (when Pillow is
+  built with it) are decoded; the format is sniffed from the bytes, not the file name. Other
+  formats Pillow knows (PSD, EPS, ICO, ...) fail with ``unsupported_format``: this keeps the
+  attack surface small (EPS would even start Ghostscript).
+* **Size limits.** ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`, Pillow's own default
+  89,478,485 px, about 268 MB as RGB) is checked against the dimensions from the header before
+  any pixel data is decoded. Pillow independently refuses anything above ``2 *
+  PIL.Image.MAX_IMAGE_PIXELS`` while parsing the header; this module never changes that global,
+  so a ``max_pixels`` above it is capped there (also reported as ``too_many_pixels``). Images
+  whose shorter side is below ``min_side`` (default :data:`DEFAULT_MIN_SIDE` = 8 px) fail with
+  ``too_small``: Stable Diffusion works on a 64x64 latent of a 512x512 resize, and such slivers
+  produce meaningless labels. Pass ``min_side=1`` to accept every non-empty image.
+* **Truncation** is always a failure (``truncated``): Pillow's ``LOAD_TRUNCATED_IMAGES`` is never
+  enabled, so a half-downloaded JPEG is never returned gray-filled. A PNG or GIF missing only its
+  trailer (``IEND`` / ``;``) after complete pixel data decodes normally.
+* ``MemoryError`` is not converted: with the limits above it means the worker is short of
+  memory, a property of the machine rather than of the image.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError, features
+
+__all__ = [
+    "DECODE_FAILURE_REASONS",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_SIDE",
+    "IMAGE_EXTENSIONS",
+    "DecodedImage",
+    "ImageDecodeError",
+    "decode_image",
+    "has_image_extension",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS: Final[int] = 89_478_485
+"""Default pixel limit (width * height), equal to Pillow's ``MAX_IMAGE_PIXELS`` default."""
+
+DEFAULT_MIN_SIDE: Final[int] = 8
+"""Default minimum length of the shorter side, in pixels (see module docstring)."""
+
+IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
+    {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"}
+)
+"""Lower-case file extensions (without the dot) that folder inputs are searched for."""
+
+DECODE_FAILURE_REASONS: Final[frozenset[str]] = frozenset(
+    {
+        "empty_file",  # zero bytes
+        "not_an_image",  # the bytes are not any image format Pillow recognises
+        "unsupported_format",  # an image format, but not one labeler decodes (PSD, EPS, ICO, ...)
+        "truncated",  # the file ends before the pixel data does
+        "too_many_pixels",  # width * height above max_pixels (from the header, before decoding)
+        "too_small",  # shorter side below min_side
+        "unsupported_mode",  # a pixel mode that cannot be converted to RGB
+        "decode_error",  # anything else: corrupt data, broken header, decoder failure
+    }
+)
+"""Every value :attr:`ImageDecodeError.reason` can take."""
+
+# Formats decoded; sniffed from content. Multi-picture JPEGs (MPO, written by many cameras and
+# phones) are opened by the JPEG plugin. Filtered against the plugins this Pillow build has.
+Image.init()
+_ALLOWED_FORMATS: Final[tuple[str, ...]] = tuple(
+    fmt
+    for fmt in ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF")
+    if fmt in Image.OPEN and (fmt != "AVIF" or features.check("avif"))
+)
+
+_EXIF_ORIENTATION_TAG: Final[int] = 0x0112
+
+# Leading bytes of formats we decode, used to tell "a broken JPEG" from "not an image".
+_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+)
+
+_TRANSPARENT_MODES: Final[frozenset[str]] = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_DETAIL_MAX_CHARS: Final[int] = 300
+_HEADER_PAD: Final[bytes] = bytes(64 * 1024)
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be decoded; a per-image, permanent failure.
+
+    Attributes:
+        reason: a stable machine code, one of :data:`DECODE_FAILURE_REASONS`.
+        detail: a human-readable explanation (never contains paths or credentials: the decoder
+            only ever sees bytes).
+
+    Instances pickle and unpickle (Ray ships them between processes).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in DECODE_FAILURE_REASONS:
+            raise ValueError(f"unknown decode failure reason {reason!r}")
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    """A decoded, upright RGB image.
+
+    Attributes:
+        pixels: ``(height, width, 3)`` ``uint8`` RGB array, C-contiguous, EXIF orientation applied.
+        width: width of the upright image in pixels (``pixels.shape[1]``).
+        height: height of the upright image in pixels (``pixels.shape[0]``).
+        format: the container format Pillow detected (``"JPEG"``, ``"PNG"``, ...).
+        orientation: the EXIF orientation (1-8) that was applied; 1 when none.
+    """
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    format: str = ""
+    orientation: int = 1
+
+
+def has_image_extension(name: str) -> bool:
+    """Tell whether a file name or URI ends with one of :data:`IMAGE_EXTENSIONS`.
+
+    The comparison ignores case (``IMG_0001.JPG`` matches) and looks only at the last path
+    component, so ``dir.jpg/readme`` does not match.
+    """
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    _, ext = os.path.splitext(base)
+    return ext[1:].lower() in IMAGE_EXTENSIONS if ext else False
+
+
+def _detail(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _DETAIL_MAX_CHARS else text[: _DETAIL_MAX_CHARS - 3] + "..."
+
+
+def _sniff(data: bytes) -> str | None:
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _riff_truncated(data: bytes) -> bool:
+    """A RIFF (WebP) file whose declared size is larger than the bytes present."""
+    if len(data) < 12 or data[:4] != b"RIFF":
+        return False
+    declared = int.from_bytes(data[4:8], "little") + 8
+    return declared > len(data)
+
+
+def _unsupported_format(data: bytes) -> str | None:
+    """Name of a format Pillow recognises but labeler does not decode, else None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return str(im.format)
+    except Exception:  # noqa: BLE001 - identification only; any failure means "unknown"
+        return None
+
+
+def _parses_when_padded(data: bytes) -> bool:
+    """Whether the header parses once zero bytes are appended: the file was cut inside it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data + _HEADER_PAD), formats=_ALLOWED_FORMATS):
+                return True
+    except Exception:  # noqa: BLE001 - any failure means the header itself is broken
+        return False
+
+
+def _open(data: bytes) -> Image.Image:
+    """Parse the header (no pixel decoding) or raise :class:`ImageDecodeError`."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("too_many_pixels", _detail(exc)) from None
+    except UnidentifiedImageError:
+        sniffed = _sniff(data)
+        if sniffed is not None:
+            if sniffed == "WEBP" and _riff_truncated(data):
+                raise ImageDecodeError(
+                    "truncated", "WebP file is shorter than its RIFF header declares"
+                ) from None
+            if _parses_when_padded(data):
+                raise ImageDecodeError(
+                    "truncated", f"{sniffed} file ends inside its header"
+                ) from None
+            raise ImageDecodeError(
+                "decode_error", f"{sniffed} signature found but the header cannot be parsed"
+            ) from None
+        other = _unsupported_format(data)
+        if other is not None:
+            raise ImageDecodeError(
+                "unsupported_format", f"{other} images are not decoded by labeler"
+            ) from None
+        raise ImageDecodeError("not_an_image", "bytes are not a recognised image format") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - untrusted input: every parser failure is per-image
+        if _riff_truncated(data):
+            raise ImageDecodeError("truncated", _detail(exc)) from None
+        if _is_truncation(exc):
+            raise ImageDecodeError("truncated", _detail(exc)) from None
+        raise ImageDecodeError("decode_error", _detail(exc)) from None
+
+
+def _is_truncation(exc: BaseException) -> bool:
+    if isinstance(exc, EOFError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, OSError) and ("truncated" in text or "broken data stream" in text)
+
+
+def _load(im: Image.Image, data: bytes) -> None:
+    """Decode the first frame's pixels, mapping failures to reason codes."""
+    try:
+        im.load()
+    except MemoryError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("too_many_pixels", _detail(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - untrusted input
+        if _is_truncation(exc) or _riff_truncated(data):
+            raise ImageDecodeError("truncated", _detail(exc)) from None
+        raise ImageDecodeError("decode_error", _detail(exc)) from None
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not fail a good image
+        logger.debug("ignoring unreadable EXIF: %s", _detail(exc))
+        return 1
+    if isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    out = np.empty(gray.shape + (3,), dtype=np.uint8)
+    out[...] = gray[..., None]
+    return out
+
+
+def _scale_uint16(values: np.ndarray) -> np.ndarray:
+    """Map 0..65535 onto 0..255 as round(v / 257), without widening beyond 16 bits."""
+    v = values.astype(np.uint16, copy=False)
+    q = v // 257
+    r = v - q * 257
+    return (q + (r >= 129)).astype(np.uint8)
+
+
+def _normalize(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values.astype(np.float64) - lo) * (255.0 / (hi - lo))
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _wide_to_gray8(im: Image.Image) -> np.ndarray:
+    """Convert ``I;16*``, ``I`` and ``F`` images to 8-bit gray (see module docstring)."""
+    arr = np.asarray(im)
+    if arr.ndim != 2:
+        raise ImageDecodeError("unsupported_mode", f"mode {im.mode} with shape {arr.shape}")
+    if im.mode.startswith("I;16") and arr.dtype.kind == "u":
+        return _scale_uint16(arr)
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float64)
+        finite = np.isfinite(arr)
+        if not finite.any():
+            return np.zeros(arr.shape, dtype=np.uint8)
+        lo, hi = float(arr[finite].min()), float(arr[finite].max())
+        if np.isnan(arr).any():  # NaN becomes 0, so 0 is part of the range
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=hi, neginf=lo)
+        if lo >= 0.0 and hi <= 1.0:
+            return np.rint(arr * 255.0).astype(np.uint8)
+        if lo >= 0.0 and hi <= 255.0:
+            return np.rint(arr).astype(np.uint8)
+        return _normalize(arr)
+    if arr.dtype.kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 255:
+            return arr.astype(np.uint8)
+        if lo >= 0 and hi <= 65535:
+            return _scale_uint16(arr)
+        return _normalize(arr)
+    raise ImageDecodeError("unsupported_mode", f"mode {im.mode} ({arr.dtype})")
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            dst = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except Exception as exc:  # noqa: BLE001 - fall back to the naive conversion
+            logger.debug("CMYK ICC conversion failed, using naive conversion: %s", _detail(exc))
+    return im.convert("RGB")
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+    alpha_min, _ = rgba.getchannel("A").getextrema()
+    if alpha_min == 255:  # fully opaque: nothing to composite
+        return rgba.convert("RGB")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert a loaded image of any supported mode to an (H, W, 3) uint8 array."""
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        return _gray_to_rgb(_wide_to_gray8(im))
+    try:
+        if mode in _TRANSPARENT_MODES or (
+            mode in {"P", "L", "RGB", "1"} and "transparency" in im.info
+        ):
+            rgb = _composite_on_white(im)
+        elif mode == "RGB":
+            rgb = im
+        elif mode == "CMYK":
+            rgb = _cmyk_to_rgb(im)
+        else:  # 1, L, P, RGBX, YCbCr, LAB, HSV, ...
+            rgb = im.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except (ValueError, NotImplementedError, KeyError) as exc:
+        raise ImageDecodeError("unsupported_mode", f"mode {mode}: {_detail(exc)}") from None
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageDecodeError("unsupported_mode", f"mode {mode} gave array {arr.dtype}{arr.shape}")
+    return arr
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an (H, W, C) array (same result as Pillow's transpose)."""
+    if orientation == 2:
+        arr = arr[:, ::-1]
+    elif orientation == 3:
+        arr = arr[::-1, ::-1]
+    elif orientation == 4:
+        arr = arr[::-1]
+    elif orientation == 5:  # transpose (swap axes)
+        arr = arr.transpose(1, 0, 2)
+    elif orientation == 6:  # rotate 90 degrees clockwise
+        arr = np.rot90(arr, k=-1)
+    elif orientation == 7:  # transverse (swap axes across the anti-diagonal)
+        arr = arr.transpose(1, 0, 2)[::-1, ::-1]
+    elif orientation == 8:  # rotate 90 degrees counter-clockwise
+        arr = np.rot90(arr, k=1)
+    return np.ascontiguousarray(arr)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> DecodedImage:
+    """Decode image bytes into an upright RGB ``uint8`` array.
+
+    Args:
+        data: the encoded file content (JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF; sniffed).
+        max_pixels: refuse images whose header declares more than this many pixels
+            (``width * height``) with reason ``too_many_pixels``, before decoding any pixel.
+        min_side: refuse images whose shorter side is below this many pixels (``too_small``).
+
+    Returns:
+        The decoded image; see :class:`DecodedImage` and the module docstring for the policies
+        (orientation, alpha on white, 16-bit scaling, first frame only).
+
+    Raises:
+        ImageDecodeError: the bytes cannot be turned into an image; ``reason`` is one of
+            :data:`DECODE_FAILURE_REASONS`.
+        ValueError: ``max_pixels`` or ``min_side`` is not positive.
+    """
+    if max_pixels < 1 or min_side < 1:
+        raise ValueError("max_pixels and min_side must be >= 1")
+    if not data:
+        raise ImageDecodeError("empty_file", "zero bytes")
+    data = bytes(data)
+
+    im = _open(data)
+    try:
+        fmt = str(im.format or "")
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                "too_many_pixels",
+                f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+            )
+        if min(width, height) < min_side:
+            raise ImageDecodeError(
+                "too_small", f"{width}x{height}: shorter side is below {min_side} pixels"
+            )
+        _load(im, data)
+        orientation = _orientation(im)
+        try:
+            pixels = _to_rgb_array(im)
+        except (ImageDecodeError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. lazy decoders failing on conversion
+            if _is_truncation(exc):
+                raise ImageDecodeError("truncated", _detail(exc)) from None
+            raise ImageDecodeError("decode_error", _detail(exc)) from None
+    finally:
+        im.close()
+
+    pixels = _apply_orientation(pixels, orientation)
+    out_h, out_w = pixels.shape[:2]
+    return DecodedImage(
+        pixels=pixels, width=int(out_w), height=int(out_h), format=fmt, orientation=orientation
+    )

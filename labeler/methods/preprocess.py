@@ -23,7 +23,7 @@ def images_to_model_input(images: list[np.ndarray], size: int, antialias: bool =
     """
     batch = []
     for image in images:
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        tensor = torch.tensor(image).permute(2, 0, 1)[None].float()
         if tensor.shape[-2:] != (size, size):
             tensor = F.interpolate(
                 tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias

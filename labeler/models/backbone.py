@@ -138,7 +138,7 @@ def load_backbone(
     device = torch.device(device) if device is not None else default_device()
     dtype = _resolve_dtype(dtype, device)
     source = _resolve_source(name, storage_options)
-    parts = _load_components(source)
+    parts = _load_components(source, dtype)
     _check_compatible(name, parts)
     for key in ("unet", "vae", "text_encoder"):
         module = parts[key]
@@ -189,7 +189,7 @@ def _mirror_remote_dir(uri: str, storage_options: dict) -> Path:
 
     import fsspec
 
-    from labeler.io.uris import redact_uri
+    from labeler.io.inputs import redact_uri
 
     cache = Path(os.environ.get("LABELER_CACHE", Path.home() / ".cache" / "labeler"))
     target = cache / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -210,9 +210,14 @@ def _mirror_remote_dir(uri: str, storage_options: dict) -> Path:
     return target
 
 
-def _load_components(source: str) -> dict:
+def _load_components(source: str, dtype: torch.dtype) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
     loaders = {
         "unet": UNet2DConditionModel.from_pretrained,
@@ -221,10 +226,11 @@ def _load_components(source: str) -> dict:
         "tokenizer": CLIPTokenizer.from_pretrained,
         "scheduler": DDIMScheduler.from_pretrained,
     }
+    options = {"unet": {"torch_dtype": dtype}, "vae": {"torch_dtype": dtype}}
     parts = {}
     for key, load in loaders.items():
         try:
-            parts[key] = load(source, subfolder=key)
+            parts[key] = load(source, subfolder=key, **options.get(key, {}))
         except (OSError, ValueError, EnvironmentError) as error:
             raise ModelLoadError(
                 f"could not load the {key} of model {source!r}: {error}. Pass `tiny`, a Hugging "

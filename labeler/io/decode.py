@@ -190,9 +190,12 @@ def _sniff(data: bytes) -> str | None:
     if len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
         return "AVIF"
     # "BM" alone is too weak (text starting with "BM..."): also require a known DIB header size.
-    if len(data) >= 18 and data[:2] == b"BM":
-        if int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
-            return "BMP"
+    if (
+        len(data) >= 18
+        and data[:2] == b"BM"
+        and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES
+    ):
+        return "BMP"
     return None
 
 

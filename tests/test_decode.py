@@ -190,6 +190,27 @@ def test_16bit_grayscale_is_scaled_not_clipped(fmt: str) -> None:
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
 
 
+def test_16bit_big_endian_tiff() -> None:
+    values = np.tile(np.array([0, 32768, 65535, 257 * 42], dtype=np.uint16), (8, 2))
+    image = Image.frombytes("I;16B", (8, 8), values.astype(">u2").tobytes())
+    data = encode(image, "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I;16B"
+    pixels = check_output(decode_image(data), 8, 8)
+    np.testing.assert_array_equal(pixels[0, :4, 1], [0, 128, 255, 42])
+
+
+def test_unconvertible_mode_is_unsupported_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = encode(Image.new("L", (16, 16), 3), "PNG")
+
+    def refuse(
+        self: Image.Image, mode: str | None = None, *args: object, **kwargs: object
+    ) -> Image.Image:
+        raise ValueError(f"conversion from {self.mode} to {mode} not supported")
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    assert reason(data) == "unsupported_mode"
+
+
 def test_16bit_rgb_and_rgba_png() -> None:
     rgb = np.zeros((8, 8, 3), dtype=np.uint16)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 65535, 32768, 0
@@ -352,8 +373,9 @@ def test_empty_file() -> None:
         b"<html><body>404</body></html>",
         b"\x00" * 100,
         b"%PDF-1.4\n",
+        b"BMW and other text that starts with BM",
     ],
-    ids=["text", "html", "zeros", "pdf-header"],
+    ids=["text", "html", "zeros", "pdf-header", "bm-text"],
 )
 def test_not_an_image(data: bytes) -> None:
     assert reason(data) == "not_an_image"

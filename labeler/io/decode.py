@@ -112,13 +112,13 @@ _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
     (b"II+\x00", "TIFF"),
     (b"MM\x00+", "TIFF"),
 )
 
+_BMP_HEADER_SIZES: Final[frozenset[int]] = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _TRANSPARENT_MODES: Final[frozenset[str]] = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _DETAIL_MAX_CHARS: Final[int] = 300
 _HEADER_PAD: Final[bytes] = bytes(64 * 1024)
@@ -187,6 +187,15 @@ def _sniff(data: bytes) -> str | None:
             return fmt
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    # "BM" alone is too weak (text starting with "BM..."): also require a known DIB header size.
+    if (
+        len(data) >= 18
+        and data[:2] == b"BM"
+        and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES
+    ):
+        return "BMP"
     return None
 
 
@@ -249,6 +258,8 @@ def _open(data: bytes) -> Image.Image:
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - untrusted input: every parser failure is per-image
+        if _sniff(data) is None:  # a plugin accepted a weak prefix (e.g. "BM") and then choked
+            raise ImageDecodeError("not_an_image", f"no image signature ({_detail(exc)})") from None
         if _riff_truncated(data):
             raise ImageDecodeError("truncated", _detail(exc)) from None
         if _is_truncation(exc):

@@ -758,26 +758,36 @@ def _iter_text_manifest(
     resolver.finish()
 
 
+def _csv_uri_index(header: list[str] | None, what: str) -> int:
+    if header is None:
+        raise InputError(f"CSV manifest {what} is empty", what)
+    names = [name.strip().lower() for name in header]
+    if _URI_COLUMN not in names:
+        raise InputError(
+            f"CSV manifest {what} has no '{_URI_COLUMN}' column "
+            f"(columns: {', '.join(header[:20])})",
+            what,
+        )
+    return names.index(_URI_COLUMN)
+
+
+def _open_csv(fs: Any, path: str, what: str, retry: RetryPolicy) -> Any:
+    return retry.call(lambda: fs.open(path, "rt", encoding="utf-8-sig", newline=""), what=what)
+
+
+def _check_csv_manifest(fs: Any, path: str, what: str, retry: RetryPolicy) -> None:
+    """Fail early (at ``iter_inputs`` call time) when the header has no ``uri`` column."""
+    with _open_csv(fs, path, what, retry) as stream:
+        _csv_uri_index(next(csv.reader(stream), None), what)
+
+
 def _iter_csv_manifest(
     fs: Any, path: str, manifest_uri: str, retry: RetryPolicy
 ) -> Iterator[InputRef]:
     resolver = _EntryResolver(manifest_uri)
-    handle = retry.call(
-        lambda: fs.open(path, "rt", encoding="utf-8-sig", newline=""), what=resolver.what
-    )
-    with handle as stream:
+    with _open_csv(fs, path, resolver.what, retry) as stream:
         reader = csv.reader(stream)
-        header = next(reader, None)
-        if header is None:
-            raise InputError(f"CSV manifest {resolver.what} is empty", resolver.what)
-        names = [name.strip().lower() for name in header]
-        if _URI_COLUMN not in names:
-            raise InputError(
-                f"CSV manifest {resolver.what} has no '{_URI_COLUMN}' column "
-                f"(columns: {', '.join(header[:20])})",
-                resolver.what,
-            )
-        index = names.index(_URI_COLUMN)
+        index = _csv_uri_index(next(reader, None), resolver.what)
         for record in reader:
             if not record:
                 continue
@@ -985,6 +995,7 @@ def iter_inputs(
         logger.info("enumerating text manifest %s", what)
         return _ensure_nonempty(_iter_text_manifest(fs, path, base, retry), what)
     if extension == _MANIFEST_CSV:
+        _check_csv_manifest(fs, path, what, retry)
         logger.info("enumerating CSV manifest %s", what)
         return _ensure_nonempty(_iter_csv_manifest(fs, path, base, retry), what)
     if extension == _PARQUET:

@@ -109,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("diffusers", "transformers", "fsspec", "urllib3", "botocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    from labeler.io.inputs import InputError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError, InputError) as error:
         if args.verbose:
             raise
         sys.stderr.write(f"labeler: error: {error}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -46,10 +47,13 @@ class RunSummary:
         return not self.failed_shards
 
 
-def input_items(config: JobConfig, storage_options: dict | None = None):
-    """The collection as plan items: ``{"uri", "ref"}`` per image, in order."""
-    for ref in iter_inputs(config.input, storage_options=storage_options):
-        yield {"uri": ref.uri, "ref": ref.to_dict()}
+def input_items(config: JobConfig, storage_options: dict | None = None) -> Iterator[dict]:
+    """The collection as plan items: ``{"uri", "ref"}`` per image, in order.
+
+    The input is checked now (it exists, its kind is known); listing itself stays lazy.
+    """
+    refs = iter_inputs(config.input, storage_options=storage_options)
+    return ({"uri": ref.uri, "ref": ref.to_dict()} for ref in refs)
 
 
 def run_job(config: JobConfig, storage_options: dict | None = None, progress: bool = True) -> RunSummary:
@@ -57,8 +61,9 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     started = time.perf_counter()
     output = Folder(config.output, storage_options)
     run = RunFolder(output)
+    items = input_items(config, storage_options)  # fails before the output is touched
     resumed = run.claim(config)
-    plan = plan_run(run, input_items(config, storage_options), config.shard_size)
+    plan = plan_run(run, items, config.shard_size)
     shard_ids = [shard["shard_id"] for shard in plan["shards"]]
     done = run.done_shards()
     pending = [shard for shard in plan["shards"] if shard["shard_id"] not in done]

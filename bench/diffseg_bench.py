@@ -52,10 +52,17 @@ def sd15_random_backbone(device: torch.device, dtype: torch.dtype) -> Backbone:
     )
     vocab, merges = tokenizer_vocabulary()
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                       num_hidden_layers=12, vocab_size=49408, max_position_embeddings=77,
-                       bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                       pad_token_id=vocab["<|endoftext|>"])
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
     )
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     for module in (unet, vae, text_encoder):
@@ -63,8 +70,16 @@ def sd15_random_backbone(device: torch.device, dtype: torch.dtype) -> Backbone:
     unet.to(device, dtype)
     vae.to(device, dtype)
     text_encoder.to(device)
-    return Backbone("sd15-random", unet, vae, text_encoder, tokenizer,
-                    DDIMScheduler(**SCHEDULER_CONFIG), device, dtype)
+    return Backbone(
+        "sd15-random",
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        DDIMScheduler(**SCHEDULER_CONFIG),
+        device,
+        dtype,
+    )
 
 
 def load_images(count: int) -> list[bytes]:
@@ -117,17 +132,31 @@ def main() -> int:
 
     per_image = {stage: seconds / args.images for stage, seconds in timer.seconds.items()}
     order = ["decode", "vae_encode", "unet_capture", "aggregate", "merge", "labeling", "rle"]
-    sys.stdout.write(f"model={args.model} device={device} dtype={dtype} images={args.images} "
-                     f"batch={args.batch_size}\n")
+    sys.stdout.write(
+        f"model={args.model} device={device} dtype={dtype} images={args.images} "
+        f"batch={args.batch_size}\n"
+    )
     sys.stdout.write(f"{'stage':<14}{'s/image':>10}{'share':>8}\n")
     for stage in order:
         seconds = per_image.get(stage, 0.0)
         sys.stdout.write(f"{stage:<14}{seconds:>10.4f}{seconds / (total / args.images):>8.1%}\n")
     memory = peak_memory_mib(device)
-    sys.stdout.write(f"{'total':<14}{total / args.images:>10.4f}   images/s {args.images / total:.3f}\n")
+    sys.stdout.write(
+        f"{'total':<14}{total / args.images:>10.4f}   images/s {args.images / total:.3f}\n"
+    )
     sys.stdout.write("".join(f"{k} {v:.0f}\n" for k, v in memory.items()))
-    sys.stdout.write(json.dumps({"model": args.model, "device": str(device), "per_image_s": per_image,
-                                 "images_per_s": args.images / total, **memory}) + "\n")
+    sys.stdout.write(
+        json.dumps(
+            {
+                "model": args.model,
+                "device": str(device),
+                "per_image_s": per_image,
+                "images_per_s": args.images / total,
+                **memory,
+            }
+        )
+        + "\n"
+    )
     return 0
 
 

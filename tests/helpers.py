@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def flat_regions_image(height: int = 256, width: int = 256, layout: str = "quadrants") -> tuple[np.ndarray, np.ndarray]:
+def flat_regions_image(
+    height: int = 256, width: int = 256, layout: str = "quadrants"
+) -> tuple[np.ndarray, np.ndarray]:
     """An RGB image of flat-colored regions and its region-index map.
 
     Returns:

@@ -43,7 +43,9 @@ def test_captured_pass_equals_default_pass_and_processors_are_restored(tiny_back
         reference = unet(*unet_inputs[:2], encoder_hidden_states=unet_inputs[2]).sample
         layers = unet_attention_layers(unet)
         shapes = []
-        with capture_attention(unet, {layer.key: lambda key, p: shapes.append(p.shape) for layer in layers}):
+        with capture_attention(
+            unet, {layer.key: lambda key, p: shapes.append(p.shape) for layer in layers}
+        ):
             installed = unet.attn_processors
             captured = unet(*unet_inputs[:2], encoder_hidden_states=unet_inputs[2]).sample
     assert sum(isinstance(p, CapturingProcessor) for p in installed.values()) == len(layers)
@@ -69,7 +71,9 @@ def test_only_requested_layers_capture_and_maps_are_row_stochastic(tiny_backbone
         assert probabilities.shape == (2, side * side, side * side)
         assert probabilities.dtype == torch.float32
         assert probabilities.min() >= 0
-        torch.testing.assert_close(probabilities.sum(-1), torch.ones(2, side * side), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            probabilities.sum(-1), torch.ones(2, side * side), atol=1e-5, rtol=0
+        )
     # the two batch items had different prompts: their maps must differ
     assert not torch.allclose(maps[64][0], maps[64][1])
 

@@ -17,17 +17,32 @@ def test_flags_override_the_job_file(tmp_path):
 
 def test_fingerprint_ignores_scale_knobs_but_not_settings():
     base = build_config({}, {"input": "in", "output": "out", "model": "tiny"})
-    scaled = build_config({}, {"input": "in", "output": "elsewhere", "model": "tiny",
-                               "workers": 8, "batch_size": 32, "address": "auto"})
-    changed = build_config({"diffseg": {"kl_threshold": 0.8}}, {"input": "in", "output": "out", "model": "tiny"})
+    scaled = build_config(
+        {},
+        {
+            "input": "in",
+            "output": "elsewhere",
+            "model": "tiny",
+            "workers": 8,
+            "batch_size": 32,
+            "address": "auto",
+        },
+    )
+    changed = build_config(
+        {"diffseg": {"kl_threshold": 0.8}}, {"input": "in", "output": "out", "model": "tiny"}
+    )
     assert base.fingerprint() == scaled.fingerprint()
     assert base.fingerprint() != changed.fingerprint()
     assert settings_difference(base.output_settings(), changed.output_settings()) == [
-        "diffseg.kl_threshold: 1.1 -> 0.8"]
+        "diffseg.kl_threshold: 1.1 -> 0.8"
+    ]
 
 
 def test_default_model_per_method():
-    assert build_config({}, {"input": "i", "output": "o"}).model_name == "CompVis/stable-diffusion-v1-4"
+    assert (
+        build_config({}, {"input": "i", "output": "o"}).model_name
+        == "CompVis/stable-diffusion-v1-4"
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,7 +52,10 @@ def test_default_model_per_method():
         ({"input": "i", "output": "o", "method": "magic"}, "unknown method"),
         ({"input": "i", "output": "o", "method": "slime"}, "needs --embeddings"),
         ({"input": "i", "output": "o", "colour": 1}, "unknown job settings: colour"),
-        ({"input": "i", "output": "o", "diffseg": {"tau": 1}}, r"unknown \[diffseg\] settings: tau"),
+        (
+            {"input": "i", "output": "o", "diffseg": {"tau": 1}},
+            r"unknown \[diffseg\] settings: tau",
+        ),
         ({"input": "i", "output": "o", "batch_size": 0}, "batch_size must be >= 1"),
     ],
 )

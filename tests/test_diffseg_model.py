@@ -27,7 +27,11 @@ def images_and_attention(tiny_backbone):
 def test_attention_is_captured_at_four_resolutions(images_and_attention):
     _, _, attention = images_and_attention
     assert {side: tuple(maps.shape) for side, maps in attention.items()} == {
-        64: (2, 4096, 4096), 32: (2, 1024, 1024), 16: (2, 256, 256), 8: (2, 64, 64)}
+        64: (2, 4096, 4096),
+        32: (2, 1024, 1024),
+        16: (2, 256, 256),
+        8: (2, 64, 64),
+    }
 
 
 def test_segments_follow_flat_colour_regions(images_and_attention):
@@ -58,8 +62,9 @@ def test_scrambled_attention_finds_no_regions_to_merge(images_and_attention):
         order = generator.permutation(side * side)
         scrambled[side] = maps[:1][:, order][:, :, order]
     labels, _ = segment_attention(scrambled, regions.shape, DiffSegOptions(kl_threshold=0.1))
-    real, _ = segment_attention({s: m[:1] for s, m in attention.items()}, regions.shape,
-                                DiffSegOptions(kl_threshold=0.1))
+    real, _ = segment_attention(
+        {s: m[:1] for s, m in attention.items()}, regions.shape, DiffSegOptions(kl_threshold=0.1)
+    )
     assert len(np.unique(real[0].numpy())) < 100 < 200 < len(np.unique(labels[0].numpy()))
 
 
@@ -72,7 +77,13 @@ def test_label_method_returns_original_resolution_labels(images_and_attention):
     assert set(np.unique(result.label_map)) == set(range(n_labels))
     assert np.all((result.scores > 0) & (result.scores <= 1))
     assert set(result.category_ids) == {1}
-    assert set(diffseg.timer.seconds) >= {"vae_encode", "unet_capture", "aggregate", "merge", "labeling"}
+    assert set(diffseg.timer.seconds) >= {
+        "vae_encode",
+        "unet_capture",
+        "aggregate",
+        "merge",
+        "labeling",
+    }
 
 
 def test_batched_and_single_image_labels_agree(tiny_backbone):

@@ -30,7 +30,9 @@ def test_tiny_model_has_sd_geometry(tiny_backbone):
     assert latents.shape == (1, 4, 64, 64)
     assert tiny_backbone.encode_prompts(["", "car"]).shape == (2, 77, 32)
     empty = tiny_backbone.tokenizer("", padding="max_length", max_length=77).input_ids
-    assert empty[0] == tiny_backbone.tokenizer.bos_token_id and set(empty[1:]) == {tiny_backbone.tokenizer.eos_token_id}
+    assert empty[0] == tiny_backbone.tokenizer.bos_token_id and set(empty[1:]) == {
+        tiny_backbone.tokenizer.eos_token_id
+    }
 
 
 def test_posterior_mean_is_deterministic_and_sample_is_not(tiny_backbone):

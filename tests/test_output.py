@@ -32,7 +32,12 @@ def test_rle_round_trips_with_pycocotools_and_is_json_safe():
         assert encoded.area == int((label_map == label).sum())
         if encoded.area:
             rows, cols = np.nonzero(label_map == label)
-            assert encoded.bbox == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+            assert encoded.bbox == [
+                cols.min(),
+                rows.min(),
+                cols.max() - cols.min() + 1,
+                rows.max() - rows.min() + 1,
+            ]
     assert masks[3].area == 0  # label 3 absent: still described, with area 0
 
 
@@ -49,25 +54,59 @@ def _write_shard(output: Folder, shard_id: str, image_ids: list[int], failed: se
     images, annotations = [], []
     for image_id in image_ids:
         if image_id in failed:
-            images.append({"uri": f"mem://{image_id}.png", "image_id": image_id, "status": "failed",
-                           "reason": "truncated", "detail": "x", "width": None, "height": None,
-                           "n_annotations": 0, "shard_id": shard_id})
+            images.append(
+                {
+                    "uri": f"mem://{image_id}.png",
+                    "image_id": image_id,
+                    "status": "failed",
+                    "reason": "truncated",
+                    "detail": "x",
+                    "width": None,
+                    "height": None,
+                    "n_annotations": 0,
+                    "shard_id": shard_id,
+                }
+            )
             continue
         label_map = np.zeros((20, 30), np.int32)
         label_map[:, image_id % 10 + 5 :] = 1
         for index, encoded in enumerate(encode_label_map(label_map, 2)):
-            annotations.append({
-                "id": image_id * 4096 + index, "image_id": image_id, "category_id": 1,
-                "category_name": "segment", "segmentation_counts": encoded.counts,
-                "segmentation_size": [20, 30], "area": encoded.area, "bbox": encoded.bbox,
-                "iscrowd": 0, "score": 0.9, "file_name": f"mem://{image_id}.png", "method": "diffseg",
-                "model": "tiny", "embedding_set": None, "run_id": "r",
-            })
-        images.append({"uri": f"mem://{image_id}.png", "image_id": image_id, "status": "labeled",
-                       "reason": None, "detail": None, "width": 30, "height": 20, "n_annotations": 2,
-                       "shard_id": shard_id})
-    for name, table_schema, rows in (("images.parquet", schema.IMAGES, images),
-                                     ("annotations.parquet", schema.ANNOTATIONS, annotations)):
+            annotations.append(
+                {
+                    "id": image_id * 4096 + index,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "category_name": "segment",
+                    "segmentation_counts": encoded.counts,
+                    "segmentation_size": [20, 30],
+                    "area": encoded.area,
+                    "bbox": encoded.bbox,
+                    "iscrowd": 0,
+                    "score": 0.9,
+                    "file_name": f"mem://{image_id}.png",
+                    "method": "diffseg",
+                    "model": "tiny",
+                    "embedding_set": None,
+                    "run_id": "r",
+                }
+            )
+        images.append(
+            {
+                "uri": f"mem://{image_id}.png",
+                "image_id": image_id,
+                "status": "labeled",
+                "reason": None,
+                "detail": None,
+                "width": 30,
+                "height": 20,
+                "n_annotations": 2,
+                "shard_id": shard_id,
+            }
+        )
+    for name, table_schema, rows in (
+        ("images.parquet", schema.IMAGES, images),
+        ("annotations.parquet", schema.ANNOTATIONS, annotations),
+    ):
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=table_schema), buffer)
         output.write_bytes(f"run/shards/{shard_id}/{name}", buffer.getvalue())
@@ -99,4 +138,6 @@ def test_merged_outputs_are_valid_coco_and_parquet(tmp_path):
     annotations = pq.read_table(tmp_path / "out" / "annotations").to_pylist()
     assert len(annotations) == 8 and {row["method"] for row in annotations} == {"diffseg"}
     assert sorted(p.name for p in (tmp_path / "out" / "annotations").iterdir()) == [
-        "part-000000-b.parquet", "part-000001-a.parquet"]
+        "part-000000-b.parquet",
+        "part-000001-a.parquet",
+    ]

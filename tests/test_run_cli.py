@@ -42,8 +42,20 @@ def run_cli(*args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def labeled_output(photo_folder, tmp_path_factory):
     output = tmp_path_factory.mktemp("out") / "labels"
-    code, text = run_cli("--method", "diffseg", "--model", "tiny", "--input", str(photo_folder),
-                         "--output", str(output), "--shard-size", "3", "--batch-size", "2")
+    code, text = run_cli(
+        "--method",
+        "diffseg",
+        "--model",
+        "tiny",
+        "--input",
+        str(photo_folder),
+        "--output",
+        str(output),
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "2",
+    )
     return output, code, text
 
 
@@ -54,10 +66,17 @@ def test_every_image_is_accounted_for_exactly_once(labeled_output, photo_folder)
     listed = sorted(p for p in photo_folder.rglob("*") if p.is_file() and p.suffix != ".txt")
     assert sorted(row["uri"] for row in rows) == sorted(str(p) for p in listed)
     by_name = {row["uri"].rsplit("/", 1)[-1]: row for row in rows}
-    assert by_name["empty.jpg"]["status"] == "failed" and by_name["empty.jpg"]["reason"] == "empty_file"
+    assert (
+        by_name["empty.jpg"]["status"] == "failed"
+        and by_name["empty.jpg"]["reason"] == "empty_file"
+    )
     assert by_name["broken.png"]["status"] == "failed" and by_name["broken.png"]["reason"]
-    for name, (width, height) in {"a.jpg": (128, 96), "b.PNG": (64, 96), "c.webp": (128, 96),
-                                  "ü.bmp": (40, 80)}.items():
+    for name, (width, height) in {
+        "a.jpg": (128, 96),
+        "b.PNG": (64, 96),
+        "c.webp": (128, 96),
+        "ü.bmp": (40, 80),
+    }.items():
         row = by_name[name]
         assert (row["status"], row["width"], row["height"]) == ("labeled", width, height)
         assert row["n_annotations"] >= 1
@@ -69,7 +88,9 @@ def test_coco_file_is_valid_and_masks_tile_each_image(labeled_output):
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(output / "coco.json"))
     assert len(coco.getImgIds()) == 4
-    assert coco.loadCats(coco.getCatIds()) == [{"id": 1, "name": "segment", "supercategory": "segment"}]
+    assert coco.loadCats(coco.getCatIds()) == [
+        {"id": 1, "name": "segment", "supercategory": "segment"}
+    ]
     for image in coco.loadImgs(coco.getImgIds()):
         annotations = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
         coverage = np.zeros((image["height"], image["width"]), np.int32)
@@ -88,8 +109,20 @@ def test_coco_file_is_valid_and_masks_tile_each_image(labeled_output):
 def test_rerun_resumes_without_work_and_same_output(labeled_output, photo_folder):
     output, _, _ = labeled_output
     before = (output / "coco.json").read_bytes()
-    code, text = run_cli("--method", "diffseg", "--model", "tiny", "--input", str(photo_folder),
-                         "--output", str(output), "--shard-size", "3", "--batch-size", "1")
+    code, text = run_cli(
+        "--method",
+        "diffseg",
+        "--model",
+        "tiny",
+        "--input",
+        str(photo_folder),
+        "--output",
+        str(output),
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "1",
+    )
     assert code == 0 and "0 of 2 shards processed" in text
     after = json.loads((output / "coco.json").read_bytes())
     assert after["annotations"] == json.loads(before)["annotations"]
@@ -97,8 +130,18 @@ def test_rerun_resumes_without_work_and_same_output(labeled_output, photo_folder
 
 def test_changed_settings_on_existing_output_are_refused(labeled_output, photo_folder, capsys):
     output, _, _ = labeled_output
-    code, _ = run_cli("--method", "diffseg", "--model", "tiny", "--input", str(photo_folder),
-                      "--output", str(output), "--shard-size", "4")
+    code, _ = run_cli(
+        "--method",
+        "diffseg",
+        "--model",
+        "tiny",
+        "--input",
+        str(photo_folder),
+        "--output",
+        str(output),
+        "--shard-size",
+        "4",
+    )
     assert code == 2
     assert "shard_size: 3 -> 4" in capsys.readouterr().err
 
@@ -111,6 +154,8 @@ def test_status_reports_the_finished_run(labeled_output, capsys):
 
 
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
-    code, _ = run_cli("--model", "tiny", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
+    code, _ = run_cli(
+        "--model", "tiny", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")
+    )
     assert code == 2
     assert "nope" in capsys.readouterr().err

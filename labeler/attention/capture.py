@@ -169,7 +169,9 @@ class ResolutionMeanSink:
 
 
 @contextmanager
-def capture_attention(unet, sinks: Mapping[str, AttentionSink], head_chunk: int = 2) -> Iterator[None]:
+def capture_attention(
+    unet, sinks: Mapping[str, AttentionSink], head_chunk: int = 2
+) -> Iterator[None]:
     """Install capturing processors on the layers named in ``sinks``; restore all on exit.
 
     Args:

@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-_PROCESSOR_KEY = re.compile(r"^(down_blocks|mid_block|up_blocks)\.?(\d+)?\.(.+)\.(attn1|attn2)\.processor$")
+_PROCESSOR_KEY = re.compile(
+    r"^(down_blocks|mid_block|up_blocks)\.?(\d+)?\.(.+)\.(attn1|attn2)\.processor$"
+)
 
 
 @dataclass(frozen=True)

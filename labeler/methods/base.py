@@ -64,7 +64,9 @@ def compact_labels(
     present, inverse = np.unique(label_map[valid], return_inverse=True)
     compact = np.full(label_map.shape, -1, dtype=np.int32)
     compact[valid] = inverse
-    sums = np.bincount(inverse, weights=confidence[valid].astype(np.float64), minlength=len(present))
+    sums = np.bincount(
+        inverse, weights=confidence[valid].astype(np.float64), minlength=len(present)
+    )
     counts = np.bincount(inverse, minlength=len(present))
     scores = np.clip(sums / np.maximum(counts, 1), 0.0, 1.0)
     categories = np.ones(len(present), np.int64) if category_of is None else category_of[present]

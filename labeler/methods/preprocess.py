@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 
-def images_to_model_input(images: list[np.ndarray], size: int, antialias: bool = True) -> torch.Tensor:
+def images_to_model_input(
+    images: list[np.ndarray], size: int, antialias: bool = True
+) -> torch.Tensor:
     """Resize whole images (no crop) to ``size`` x ``size`` and scale to [-1, 1].
 
     The whole image is kept (aspect ratio is not preserved), so every pixel of a non-square image
@@ -42,6 +44,10 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of an (h, w) label map to (height, width), half-pixel centres."""
     if labels.shape == (height, width):
         return labels
-    rows = np.minimum(((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64), labels.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64), labels.shape[1] - 1)
+    rows = np.minimum(
+        ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64), labels.shape[0] - 1
+    )
+    cols = np.minimum(
+        ((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64), labels.shape[1] - 1
+    )
     return labels[rows[:, None], cols[None, :]]

@@ -55,11 +55,15 @@ def _merge_images(output: Folder, shard_ids: list[str], counts: dict) -> None:
 
 def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> None:
     """``annotations/part-NNNNNN-<shard>.parquet``: one file per shard, plan order in the name."""
-    wanted = {f"part-{index:06d}-{shard_id}.parquet": shard_id for index, shard_id in enumerate(shard_ids)}
+    wanted = {
+        f"part-{index:06d}-{shard_id}.parquet": shard_id for index, shard_id in enumerate(shard_ids)
+    }
     for stale in set(output.list("annotations")) - set(wanted):
         output.remove(f"annotations/{stale}")
     for name, shard_id in wanted.items():
-        output.write_bytes(f"annotations/{name}", output.read_bytes(_part(shard_id, "annotations.parquet")))
+        output.write_bytes(
+            f"annotations/{name}", output.read_bytes(_part(shard_id, "annotations.parquet"))
+        )
 
 
 def _write_coco(output: Folder, shard_ids, categories, info, counts) -> None:
@@ -98,7 +102,10 @@ def coco_annotation(row: dict) -> dict:
         "id": row["id"],
         "image_id": row["image_id"],
         "category_id": row["category_id"],
-        "segmentation": {"size": list(row["segmentation_size"]), "counts": row["segmentation_counts"]},
+        "segmentation": {
+            "size": list(row["segmentation_size"]),
+            "counts": row["segmentation_counts"],
+        },
         "area": row["area"],
         "bbox": list(row["bbox"]),
         "iscrowd": row["iscrowd"],

@@ -144,8 +144,8 @@ def load_backbone(
         module = parts[key]
         module.requires_grad_(False)
         module.eval()
-    parts["unet"].to(device, dtype)
-    parts["vae"].to(device, dtype)
+    parts["unet"].to(device)  # already in `dtype`: loaded with torch_dtype
+    parts["vae"].to(device)
     parts["text_encoder"].to(device)  # fp32 text encoder: tiny cost, exact prompts
     logger.info("loaded %s on %s (%s)", name, device, dtype)
     return Backbone(name=name, device=device, dtype=dtype, **parts)

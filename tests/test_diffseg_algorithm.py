@@ -598,3 +598,18 @@ def test_block_fixture_high_threshold_gives_one_segment(block64):
 def test_block_fixture_segments_decrease_with_threshold(block64):
     counts = [merge_proposals(block64, (t,) * 3)[0].shape[0] for t in (0.5, 1.1, 2.0, 4.0)]
     assert counts == [256, 4, 4, 1]
+
+
+def test_chunked_labeling_equals_one_shot_argmax():
+    generator = torch.Generator().manual_seed(3)
+    proposals = torch.rand(70, 16 * 16, generator=generator)
+    proposals[5] = proposals[40]  # an exact tie across chunks: the earlier index must win
+    chunked, chunked_confidence = labels_from_proposals(proposals, 16, (50, 70), chunk=8)
+    whole, whole_confidence = labels_from_proposals(proposals, 16, (50, 70), chunk=1000)
+    up = torch.nn.functional.interpolate(
+        proposals.reshape(1, 70, 16, 16), size=(50, 70), mode="bilinear", align_corners=False
+    )[0]
+    torch.testing.assert_close(chunked, up.argmax(0), rtol=0, atol=0)
+    torch.testing.assert_close(whole, up.argmax(0), rtol=0, atol=0)
+    torch.testing.assert_close(chunked_confidence, whole_confidence)
+    assert not torch.any(chunked == 40)

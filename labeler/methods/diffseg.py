@@ -72,6 +72,9 @@ __all__ = [
     "upsample_key_maps",
 ]
 
+PROPOSAL_CHUNK: int = 32
+"""Proposals upsampled at once when labeling (bounds the (chunk, h, w) temporary)."""
+
 DEFAULT_EPS: float = 1e-12
 """Lower clamp applied to values before taking their log (see the module docstring)."""
 
@@ -298,9 +301,7 @@ def _check_attention(attention: Mapping[int, Tensor]) -> tuple[int, int]:
     return batches.pop(), largest
 
 
-def _resolve_weights(
-    sides: Sequence[int], weights: Mapping[int, float] | None
-) -> dict[int, float]:
+def _resolve_weights(sides: Sequence[int], weights: Mapping[int, float] | None) -> dict[int, float]:
     if weights is None:
         return default_weights(sides)
     checked = dict(_normalise_weights(weights) or ())
@@ -530,14 +531,21 @@ def _output_hw(output_size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def labels_from_proposals(
-    proposals: Tensor, side: int, output_size: int | tuple[int, int]
+    proposals: Tensor,
+    side: int,
+    output_size: int | tuple[int, int],
+    chunk: int = PROPOSAL_CHUNK,
 ) -> tuple[Tensor, Tensor]:
     """Bilinear upsampling (half-pixel) of the proposal maps, then argmax over proposals.
+
+    Proposals are upsampled ``chunk`` at a time with a running maximum, so memory stays at
+    ``chunk * h * w`` floats instead of ``K * h * w`` (256 proposals at 1024x1024 would be 1 GiB).
 
     Args:
         proposals: (K, side*side) maps over key pixels.
         side: key grid side.
         output_size: h = w, or (h, w).
+        chunk: proposals upsampled at once.
 
     Returns:
         labels: (h, w) int64 proposal indices in [0, K-1] (first maximum wins on ties).
@@ -550,10 +558,23 @@ def labels_from_proposals(
         )
     h, w = _output_hw(output_size)
     maps = proposals.to(_compute_dtype(proposals)).reshape(1, -1, side, side)
-    up = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]
-    labels = up.argmax(dim=0)
-    best = up.gather(0, labels.unsqueeze(0))[0]
-    total = up.sum(dim=0)
+    best = labels = total = None
+    for start in range(0, maps.shape[1], chunk):
+        up = F.interpolate(
+            maps[:, start : start + chunk],
+            size=(h, w),
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )[0]
+        chunk_best, chunk_labels = up.max(dim=0)  # first maximum within the chunk
+        if best is None:
+            best, labels, total = chunk_best, chunk_labels, up.sum(dim=0)
+            continue
+        better = chunk_best > best  # strict: an earlier proposal keeps ties
+        best = torch.where(better, chunk_best, best)
+        labels = torch.where(better, chunk_labels + start, labels)
+        total += up.sum(dim=0)
     confidence = torch.where(total > 0, best / total.clamp(min=torch.finfo(total.dtype).tiny), 0)
     return labels, confidence.to(torch.float32)
 
@@ -694,7 +715,9 @@ class DiffSeg:
             pixels = images_to_model_input(images, backbone.image_size, self.antialias)
             latents = backbone.encode_images(pixels)
         context = backbone.encode_prompts([""]).expand(len(images), -1, -1)
-        timesteps = torch.full((len(images),), self.timestep, device=backbone.device, dtype=torch.long)
+        timesteps = torch.full(
+            (len(images),), self.timestep, device=backbone.device, dtype=torch.long
+        )
         sink = ResolutionMeanSink()
         with self.timer.stage("unet_capture"), torch.no_grad():
             with capture_attention(backbone.unet, {layer.key: sink for layer in self.layers}):

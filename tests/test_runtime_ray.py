@@ -181,12 +181,19 @@ def finish(thread: threading.Thread, result: dict, timeout: float = 300) -> RunS
 
 
 def label_worker_pids() -> list[int]:
-    """PIDs of live LabelWorker actor processes (Ray titles them ``ray::LabelWorker...``)."""
+    """PIDs of this test's live LabelWorker actors (Ray titles them ``ray::LabelWorker...``).
+
+    Only descendants of this process (its Ray instance's raylet forks the workers): other
+    sessions on the machine may run their own.
+    """
     pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            cmdline = process.cmdline()
+        except psutil.Error:
+            continue
         if cmdline and cmdline[0].startswith("ray::LabelWorker"):
-            pids.append(process.info["pid"])
+            pids.append(process.pid)
     return pids
 
 

@@ -26,13 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labeler.config import JobConfig
 from labeler.io.inputs import redact_uri
 from labeler.io.storage import Folder
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import READY, ShardScheduler, WorkersCannotStartError, WorkerSlot
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +165,7 @@ class RaySession:
         self.started = False
         self.local = address is None
 
-    def __enter__(self) -> RaySession:
+    def __enter__(self) -> Self:
         ray = self.ray
         if ray.is_initialized():
             logger.info("using the Ray session already initialised in this process")

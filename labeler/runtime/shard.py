@@ -333,7 +333,7 @@ class ShardProcessor:
                 except Exception as error:  # noqa: BLE001 - becomes the image's failure row
                     outcomes.append(ImageFailure(METHOD_ERROR, f"{type(error).__name__}: {error}"))
             if all(isinstance(o, ImageFailure) and o.reason == METHOD_ERROR for o in outcomes):
-                raise batch_error
+                raise  # the batch's own error: not the data's fault
             return outcomes
 
     def _label_splitting(self, images: list[np.ndarray]) -> list[ImageLabels | ImageFailure]:

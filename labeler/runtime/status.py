@@ -88,10 +88,14 @@ def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
         return f"{output_uri}: planning (listing inputs)"
     lines = [
         f"{output_uri}: {progress['state']}",
-        f"  shards  {progress['shards_done']}/{progress['shards_total']} done"
-        + (f", {len(progress['shards_failed'])} failed" if progress["shards_failed"] else ""),
-        f"  images  {progress['images_done']}/{progress['images_total']} done: "
-        f"{progress['labeled']} labeled, {progress['failed']} failed",
+        (
+            f"  shards  {progress['shards_done']}/{progress['shards_total']} done"
+            + (f", {len(progress['shards_failed'])} failed" if progress["shards_failed"] else "")
+        ),
+        (
+            f"  images  {progress['images_done']}/{progress['images_total']} done: "
+            f"{progress['labeled']} labeled, {progress['failed']} failed"
+        ),
         f"  annotations  {progress['annotations']}",
     ]
     driver = progress["driver"] or {}

@@ -469,3 +469,18 @@ def test_bad_input_corpus_every_image_accounted_for(ray_session, tmp_path):
     for annotation in coco["annotations"]:
         width, height = sizes[annotation["image_id"]]
         assert annotation["segmentation"]["size"] == [height, width]
+
+
+def test_workers_that_cannot_load_the_model_end_the_run_clearly(
+    ray_session, collection, tmp_path, capsys
+):
+    missing = tmp_path / "no-such-model"
+    code = main(["run", "--input", str(collection), "--output", str(tmp_path / "out"),
+                 "--model", str(missing), "--workers", "1", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    first_line = err.split("labeler: error: ", 1)[1].splitlines()[0]
+    assert first_line.startswith("workers died 3 times before they were ready: ")
+    assert "ModelLoadError: model directory" in first_line
+    assert "no-such-model does not exist" in err and "\x1b[" not in err
+    assert run_progress(str(tmp_path / "out"))["state"] == "interrupted"

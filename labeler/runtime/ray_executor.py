@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -99,6 +100,14 @@ class ShardEvents:
 
     def tick(self, workers_ready: int, workers: int) -> None:
         """Called about every :data:`HEARTBEAT_SECONDS`."""
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_text(text: str, limit: int = 4000) -> str:
+    """An error for logs and failure records: no terminal colours, no credentials, bounded."""
+    return redact_uri(_ANSI_ESCAPE.sub("", text))[-limit:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +388,7 @@ class _Driver:
         self.events.shard_done(shard_id, value)
 
     def _application_error(self, slot: WorkerSlot, shard_id: str, error: Exception) -> None:
-        text = redact_uri(str(error))[-4000:]
+        text = error_text(str(error))
         if shard_id == READY:  # ready() itself raised: treat the worker as unusable
             self._replace(slot, text)
             return
@@ -394,7 +403,7 @@ class _Driver:
         self.events.shard_failed(shard_id, failure)
 
     def _worker_lost(self, slot: WorkerSlot, error: Exception) -> None:
-        text = redact_uri(f"{type(error).__name__}: {error}")[-4000:]
+        text = error_text(f"{type(error).__name__}: {error}")
         self.report.worker_deaths += 1
         logger.warning("worker %d (generation %d) died: %s", slot.index, slot.generation,
                        text.strip().splitlines()[0] if text.strip() else type(error).__name__)

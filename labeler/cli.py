@@ -76,8 +76,15 @@ def _run(args: argparse.Namespace) -> int:
     out.write(
         f"\n{summary.images} images: {summary.labeled} labeled, {summary.failed} failed; "
         f"{summary.annotations} annotations; {summary.shards_processed} of {summary.shards} shards "
-        f"processed in {summary.seconds:.1f} s\n"
+        f"processed in {summary.seconds:.1f} s"
+        + (f" ({summary.images_per_second:.2f} images/s)" if summary.images_per_second else "")
+        + "\n"
     )
+    if summary.failure_reasons:
+        out.write("failed images by reason: " + ", ".join(
+            f"{reason} {count}" for reason, count in sorted(summary.failure_reasons.items())) + "\n")
+    if summary.worker_deaths or summary.retries:
+        out.write(f"{summary.worker_deaths} worker restarts, {summary.retries} shard retries\n")
     if not summary.complete:
         out.write(f"{len(summary.failed_shards)} shards failed after retries:\n")
         for shard_id, failure in summary.failed_shards.items():

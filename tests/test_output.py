@@ -118,7 +118,8 @@ def test_merged_outputs_are_valid_coco_and_parquet(tmp_path):
     _write_shard(output, "a", [4, 5], failed=set())
     categories = [{"id": 1, "name": "segment", "supercategory": "segment"}]
     counts = merge_outputs(output, ["b", "a"], categories, {"method": "diffseg"})
-    assert counts == {"images": 5, "labeled": 4, "failed": 1, "annotations": 8}
+    assert counts == {"images": 5, "labeled": 4, "failed": 1, "annotations": 8,
+                      "failure_reasons": {"truncated": 1}}
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(tmp_path / "out" / "coco.json"))

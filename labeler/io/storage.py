@@ -66,6 +66,7 @@ class Folder:
     def list(self, relative: str) -> list[str]:
         """Names (not paths) directly under ``relative``; empty when it does not exist."""
         path = self.path(relative)
+        self.fs.invalidate_cache(path)  # other processes write here: never trust a cached listing
         try:
             entries = self.fs.ls(path, detail=False)
         except FileNotFoundError:

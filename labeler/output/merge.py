@@ -28,9 +28,10 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
         info: the COCO ``info`` block (method, model, run id...).
 
     Returns:
-        counts: ``images``, ``labeled``, ``failed``, ``annotations``.
+        counts: ``images``, ``labeled``, ``failed``, ``annotations``, and ``failure_reasons``
+        (failed images per reason).
     """
-    counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0}
+    counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     _merge_images(output, shard_ids, counts)
     _merge_annotation_parts(output, shard_ids)
     _write_coco(output, shard_ids, categories, info, counts)
@@ -51,6 +52,10 @@ def _merge_images(output: Folder, shard_ids: list[str], counts: dict) -> None:
                 counts["images"] += len(statuses)
                 counts["labeled"] += statuses.count(schema.IMAGE_STATUS_LABELED)
                 counts["failed"] += statuses.count(schema.IMAGE_STATUS_FAILED)
+                for reason in table.column("reason").to_pylist():
+                    if reason:
+                        reasons = counts["failure_reasons"]
+                        reasons[reason] = reasons.get(reason, 0) + 1
 
 
 def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> None:

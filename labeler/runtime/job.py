@@ -1,30 +1,28 @@
-"""The driver of ``labeler run``: claim the output, plan, process pending shards, merge.
+"""The driver of ``labeler run``: claim the output, plan, process pending shards on Ray, merge.
 
-This module runs shards in-process, one after another; it is the embedded default until the Ray
-executor takes over the same steps. A shard that raises is retried up to ``max_attempts`` times,
-then recorded as failed with its error; the run then ends with a non-zero status.
+Re-running the same command resumes: completed shards (those with a marker under ``run/done/``)
+are skipped. Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
+failing is recorded under ``run/failed/`` and the run then ends without merging, with a non-zero
+status, so a re-run retries exactly those shards.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
-
-from tqdm.auto import tqdm
+from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.io.inputs import iter_inputs
+from labeler.io.inputs import InputError, iter_inputs
 from labeler.io.storage import Folder
 from labeler.output.merge import merge_outputs
 from labeler.runtime.plan import plan_run
+from labeler.runtime.progress import DriverProgress
+from labeler.runtime.ray_executor import ExecutionReport, execute_shards
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
-
-MAX_SHARD_ATTEMPTS = 3
 
 
 @dataclass
@@ -40,6 +38,10 @@ class RunSummary:
     shards_processed: int
     failed_shards: dict[str, dict]
     seconds: float
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    worker_deaths: int = 0
+    retries: int = 0
+    images_per_second: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -57,13 +59,21 @@ def input_items(config: JobConfig, storage_options: dict | None = None) -> Itera
 
 
 def run_job(config: JobConfig, storage_options: dict | None = None, progress: bool = True) -> RunSummary:
-    """Run (or resume) a labeling job in this process."""
+    """Run (or resume) a labeling job: plan, label the pending shards on Ray workers, merge.
+
+    Raises:
+        ValueError: bad settings or input (including a changed configuration on resume).
+        RuntimeError: the workers cannot start.
+    """
     started = time.perf_counter()
     output = Folder(config.output, storage_options)
     run = RunFolder(output)
-    items = input_items(config, storage_options)  # fails before the output is touched
-    resumed = run.claim(config)
-    plan = plan_run(run, items, config.shard_size)
+    try:
+        items = input_items(config, storage_options)  # fails before the output is touched
+        resumed = run.claim(config)
+        plan = plan_run(run, items, config.shard_size)
+    except InputError as error:
+        raise ValueError(str(error)) from error
     shard_ids = [shard["shard_id"] for shard in plan["shards"]]
     done = run.done_shards()
     pending = [shard for shard in plan["shards"] if shard["shard_id"] not in done]
@@ -71,58 +81,36 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
         "%s: %d images in %d shards, %d to do",
         "resuming" if resumed else "starting", plan["n_images"], len(shard_ids), len(pending),
     )
-    failed: dict[str, dict] = {}
-    processor = None
-    bar = tqdm(total=plan["n_images"], initial=plan["n_images"] - sum(s["n_images"] for s in pending),
-               unit="img", disable=not progress, dynamic_ncols=True)
-    failures_so_far = 0
-    for shard in pending:
-        if processor is None:
-            processor = _make_processor(config, output, storage_options)
-        stats = _process_with_retries(processor, output, run, shard["shard_id"])
-        if stats is None:
-            failed[shard["shard_id"]] = run.failed_shards().get(shard["shard_id"], {})
-        else:
-            failures_so_far += stats["failed"]
-        bar.update(shard["n_images"])
-        bar.set_postfix(failed=failures_so_far)
-    bar.close()
-    counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0}
-    if not failed:
-        categories = processor.segmenter.categories if processor else _categories_of(config)
+    events = DriverProgress(run, plan["n_images"], pending, enabled=progress)
+    report = ExecutionReport()
+    try:
+        with events.logging_above_bar():
+            if pending:
+                report = execute_shards(config, run, [s["shard_id"] for s in pending],
+                                        _run_id(output), events, storage_options)
+    except BaseException:
+        events.close("interrupted")
+        raise
+    counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
+    if not report.failed:
+        categories = report.categories or run.read_categories() or _categories_of(config)
         counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
+    events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,
         shards=len(shard_ids),
-        shards_processed=len(pending),
-        failed_shards=failed,
+        shards_processed=len(report.done),
+        failed_shards=report.failed,
         seconds=time.perf_counter() - started,
+        worker_deaths=report.worker_deaths,
+        retries=report.retries,
+        images_per_second=events.rate(),
         **counts,
     )
 
 
-def _make_processor(config: JobConfig, output: Folder, storage_options: dict | None):
-    from labeler.methods.registry import build_segmenter
-    from labeler.runtime.shard import ShardProcessor
-
-    run_id = output.read_json("run/config.json")["fingerprint"]
-    return ShardProcessor(build_segmenter(config), config.batch_size, config.max_pixels, run_id,
-                          storage_options)
-
-
-def _process_with_retries(processor, output: Folder, run: RunFolder, shard_id: str) -> dict | None:
-    for attempt in range(1, MAX_SHARD_ATTEMPTS + 1):
-        try:
-            stats = processor.process(output, shard_id)
-        except Exception as error:  # noqa: BLE001 - classified and recorded, never swallowed
-            logger.error("shard %s attempt %d failed: %s", shard_id, attempt, error)
-            if attempt == MAX_SHARD_ATTEMPTS:
-                run.record_failure(shard_id, "".join(traceback.format_exception(error))[-4000:], attempt)
-                return None
-            continue
-        run.mark_done(shard_id)
-        return stats
-    return None
+def _run_id(output: Folder) -> str:
+    return output.read_json("run/config.json")["fingerprint"]
 
 
 def _categories_of(config: JobConfig) -> list[dict]:
@@ -143,4 +131,3 @@ def _coco_info(config: JobConfig, output: Folder) -> dict:
         "date_created": recorded["created"],
         "labeler_version": recorded["labeler_version"],
     }
-

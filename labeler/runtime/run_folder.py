@@ -8,7 +8,10 @@ Layout::
     run/shards/<shard>/images.parquet, annotations.parquet   committed atomically
     run/stats/<shard>.json          counts and stage timings, written after the parts
     run/done/<shard>                completion marker, written last (by the driver)
-    run/logs/<shard>.log            the shard's log
+    run/logs/<shard>.log            the shard's log (its latest attempt)
+    run/failed/<shard>.json         a shard that failed after its retries: error, attempts
+    run/categories.json             the method's COCO categories (reported by the first worker)
+    run/progress.json               the driver's heartbeat: rate, workers, updated
 
 A crash at any point leaves no marker, so the shard is redone, and its parts are keyed by the
 shard id, so the redo overwrites them.
@@ -22,6 +25,7 @@ import time
 
 from labeler import __version__
 from labeler.config import JobConfig, settings_difference
+from labeler.io.inputs import RetryPolicy
 from labeler.io.storage import Folder
 
 logger = logging.getLogger(__name__)
@@ -31,11 +35,30 @@ class ConfigMismatchError(RuntimeError):
     """The output folder belongs to a run with other settings."""
 
 
-class RunFolder:
-    """The ``run/`` folder under a job's output, and the final outputs beside it."""
+#: Backoff for the run folder's own reads and writes (a storage restart must not fail a shard).
+STORAGE_RETRY = RetryPolicy(attempts=8, base_delay=0.25, max_delay=8.0)
 
-    def __init__(self, output: Folder) -> None:
+
+class RunFolder:
+    """The ``run/`` folder under a job's output, and the final outputs beside it.
+
+    Reads and writes made while shards run retry transient storage errors with backoff.
+    """
+
+    def __init__(self, output: Folder, retry: RetryPolicy = STORAGE_RETRY) -> None:
         self.output = output
+        self.retry = retry
+
+    def _write(self, relative: str, data: bytes) -> None:
+        self.retry.call(lambda: self.output.write_bytes(relative, data),
+                        what=self.output.uri_of(relative))
+
+    def _write_json(self, relative: str, value) -> None:
+        self._write(relative, json.dumps(value, indent=1, sort_keys=True).encode())
+
+    def _read(self, relative: str) -> bytes:
+        return self.retry.call(lambda: self.output.read_bytes(relative),
+                               what=self.output.uri_of(relative))
 
     # -- configuration -------------------------------------------------------------------
     def claim(self, config: JobConfig) -> bool:
@@ -82,10 +105,10 @@ class RunFolder:
 
     def write_manifest(self, shard_id: str, entries: list[dict]) -> None:
         lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
-        self.output.write_bytes(f"run/manifest/{shard_id}.jsonl", lines.encode())
+        self._write(f"run/manifest/{shard_id}.jsonl", lines.encode())
 
     def read_manifest(self, shard_id: str) -> list[dict]:
-        text = self.output.read_bytes(f"run/manifest/{shard_id}.jsonl").decode()
+        text = self._read(f"run/manifest/{shard_id}.jsonl").decode()
         return [json.loads(line) for line in text.splitlines() if line]
 
     def write_plan(self, shards: list[dict]) -> None:
@@ -101,30 +124,58 @@ class RunFolder:
     def shard_part(self, shard_id: str, name: str) -> str:
         return f"run/shards/{shard_id}/{name}"
 
+    def write_part(self, shard_id: str, name: str, data: bytes) -> None:
+        """Commit one of the shard's parts (atomically: see :class:`~labeler.io.storage.Folder`)."""
+        self._write(self.shard_part(shard_id, name), data)
+
     def is_done(self, shard_id: str) -> bool:
         return self.output.exists(f"run/done/{shard_id}")
 
     def done_shards(self) -> set[str]:
-        return set(self.output.list("run/done"))
+        return {name for name in self.output.list("run/done") if ".tmp-" not in name}
 
     def mark_done(self, shard_id: str) -> None:
-        self.output.write_bytes(f"run/done/{shard_id}", b"")
+        """Write the completion marker (the driver does, after the worker committed)."""
+        self._write(f"run/done/{shard_id}", b"")
+        self.clear_failure(shard_id)
 
     def write_stats(self, shard_id: str, stats: dict) -> None:
-        self.output.write_json(f"run/stats/{shard_id}.json", stats)
+        self._write_json(f"run/stats/{shard_id}.json", stats)
 
     def read_stats(self, shard_id: str) -> dict | None:
         path = f"run/stats/{shard_id}.json"
         return self.output.read_json(path) if self.output.exists(path) else None
 
     def write_log(self, shard_id: str, text: str) -> None:
-        self.output.write_bytes(f"run/logs/{shard_id}.log", text.encode())
+        self._write(f"run/logs/{shard_id}.log", text.encode())
 
     def record_failure(self, shard_id: str, error: str, attempts: int) -> None:
-        self.output.write_json(f"run/failed/{shard_id}.json", {"error": error, "attempts": attempts})
+        self._write_json(f"run/failed/{shard_id}.json", {"error": error, "attempts": attempts})
+
+    def clear_failure(self, shard_id: str) -> None:
+        """Forget a failure recorded by an earlier run (the shard has now completed)."""
+        self.retry.call(lambda: self.output.remove(f"run/failed/{shard_id}.json"),
+                        what=self.output.uri_of(f"run/failed/{shard_id}.json"))
 
     def failed_shards(self) -> dict[str, dict]:
         return {
             name.removesuffix(".json"): self.output.read_json(f"run/failed/{name}")
             for name in self.output.list("run/failed")
+            if name.endswith(".json") and ".tmp-" not in name
         }
+
+    # -- run-level facts -----------------------------------------------------------------
+    def write_categories(self, categories: list[dict]) -> None:
+        self.output.write_json("run/categories.json", categories)
+
+    def read_categories(self) -> list[dict] | None:
+        path = "run/categories.json"
+        return self.output.read_json(path) if self.output.exists(path) else None
+
+    def write_progress(self, progress: dict) -> None:
+        """One attempt, no retry: a heartbeat must never hold up the driver."""
+        self.output.write_json("run/progress.json", progress)
+
+    def read_progress(self) -> dict | None:
+        path = "run/progress.json"
+        return self.output.read_json(path) if self.output.exists(path) else None

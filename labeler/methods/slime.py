@@ -367,7 +367,7 @@ class SlimeOptions:
                 raise ValueError(f"slime {name} must be >= 1")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "SlimeOptions":
+    def from_mapping(cls, values: Mapping[str, Any]) -> SlimeOptions:
         """Build from a ``[slime]`` table; unknown keys are a ValueError naming them."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -380,7 +380,7 @@ class SlimeOptions:
             values["patch_threshold"] = None
         return cls(**values)
 
-    def effective(self) -> "SlimeOptions":
+    def effective(self) -> SlimeOptions:
         """The settings actually used: ``paper_mode`` expanded."""
         if not self.paper_mode:
             return self

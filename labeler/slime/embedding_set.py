@@ -190,7 +190,7 @@ class EmbeddingSet:
         return self.sha256
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "EmbeddingSet":
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> EmbeddingSet:
         """Parse a safetensors embedding set (no unpickling)."""
         from safetensors.torch import load
 
@@ -221,7 +221,7 @@ class EmbeddingSet:
         )
 
     @classmethod
-    def load(cls, uri: str, storage_options: dict | None = None) -> "EmbeddingSet":
+    def load(cls, uri: str, storage_options: dict | None = None) -> EmbeddingSet:
         """Read a set from a local path or fsspec URI."""
         import fsspec
 

@@ -438,7 +438,7 @@ class Slime:
             "method": "slime",
             "model": self.backbone.name,
             "model_fingerprint": self.backbone.fingerprint,
-            "embedding_set": self.embedding_set.sha256,
+            "embedding_set": self.embedding_set.digest(),
             "settings": {
                 **self.options.to_dict(),
                 "channel_order": self.channel_order,

@@ -4,8 +4,8 @@ File layout:
 
 * tensor ``embeddings``: (K-1, D) float32, row i is the embedding of class i+1 (token position
   i+1 of the prompt); class 0 (background) is the fixed BOS row and is not stored;
-* safetensors metadata ``format`` = ``labeler-slime-embeddings``, ``format_version`` and
-  ``labeler.slime``, a JSON object with: ``classes`` (K names, background first), ``model`` (the
+* one safetensors metadata entry, ``labeler.slime``: a JSON object with ``format``
+  (``labeler-slime-embeddings``), ``format_version``, ``classes`` (K names, background first), ``model`` (the
   model id it was fit on), ``model_fingerprint`` (:func:`labeler.models.fingerprint.model_fingerprint`
   of that model's UNet/text-encoder config), ``prompt`` (the prompt whose other rows complete the
   conditioning), ``layers`` (the layer selectors), ``channel_order``, ``inference`` (inference
@@ -156,6 +156,12 @@ class EmbeddingSet:
 
     # ---- file ---------------------------------------------------------------------------------
 
+    def digest(self) -> str:
+        """16 hex digits of sha256 of the file (of its serialisation when not saved yet)."""
+        if self.sha256 is None:
+            self.sha256 = file_digest(self.to_bytes())
+        return self.sha256
+
     def metadata(self) -> dict[str, Any]:
         return {
             "classes": list(self.classes),
@@ -172,12 +178,10 @@ class EmbeddingSet:
         """The safetensors serialisation (deterministic: same set, same bytes)."""
         from safetensors.torch import save
 
-        metadata = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            METADATA_KEY: json.dumps(self.metadata(), sort_keys=True),
-        }
-        return save({"embeddings": self.embeddings}, metadata=metadata)
+        # one metadata entry: safetensors keeps metadata in a hash map, so several entries would
+        # be written in a varying order and the same set would not always give the same bytes
+        record = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.metadata()}
+        return save({"embeddings": self.embeddings}, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
     def save(self, uri: str, storage_options: dict | None = None) -> str:
         """Write the set to a local path or fsspec URI; returns its sha256 (16 hex)."""
@@ -195,15 +199,18 @@ class EmbeddingSet:
         from safetensors.torch import load
 
         header = read_safetensors_metadata(data, source)
-        if header.get("format") != FORMAT or METADATA_KEY not in header:
+        try:
+            meta = json.loads(header[METADATA_KEY])
+        except (KeyError, json.JSONDecodeError):
+            meta = {}
+        if meta.get("format") != FORMAT:
             raise ValueError(
                 f"{source} is not a labeler SLiMe embedding set (no {FORMAT!r} metadata); "
                 "official SLiMe checkpoints (folders of embedding_i.pth) are converted with "
                 "`labeler slime import`"
             )
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{source}: unsupported embedding-set version {header.get('format_version')!r}")
-        meta = json.loads(header[METADATA_KEY])
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{source}: unsupported embedding-set version {meta.get('format_version')!r}")
         tensors = load(data)
         if set(tensors) != {"embeddings"}:
             raise ValueError(f"{source}: expected one tensor 'embeddings', found {sorted(tensors)}")

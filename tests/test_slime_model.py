@@ -259,7 +259,7 @@ def test_official_import_reads_weights_only_and_checks_shapes(tiny_backbone, tmp
     buffer = io.BytesIO()
     torch.save({"code": print}, buffer)  # an arbitrary Python object: refused by weights_only
     (tmp_path / "pickle" / "embedding_0.pth").write_bytes(buffer.getvalue())
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="weights_only"):
         read_official_embeddings(str(tmp_path / "pickle"))
 
 
@@ -268,7 +268,7 @@ def test_official_import_reads_weights_only_and_checks_shapes(tiny_backbone, tmp
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_backbone):
-    options = SlimeOptions(input_size=128, patches_per_side=2, patch_size=100)
+    options = SlimeOptions(input_size=128, patches_per_side=2, patch_size=400)
     return Slime(tiny_backbone, make_set(tiny_backbone), options, seed=3)
 
 
@@ -285,7 +285,7 @@ def test_label_at_original_resolution_with_background_unannotated(segmenter):
     ]
     provenance = segmenter.provenance()
     assert provenance["method"] == "slime" and len(provenance["embedding_set"]) == 16
-    assert provenance["settings"]["patch_size"] == 100
+    assert provenance["settings"]["patch_pixels"] == 100
 
 
 def test_predict_gives_class_indices_and_batches_agree(segmenter):

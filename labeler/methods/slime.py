@@ -299,6 +299,9 @@ def mean_iou_present(prediction: np.ndarray, target: np.ndarray, num_classes: in
 # Options: the `[slime]` job table.
 # --------------------------------------------------------------------------------------------
 
+#: The reference's canvas side: patch sizes are given in these pixels.
+REFERENCE_CANVAS = 512
+
 
 @dataclass(frozen=True)
 class SlimeOptions:
@@ -307,8 +310,8 @@ class SlimeOptions:
     Attributes:
         timestep: the single UNet timestep (reference ``--test_t 100``).
         patches_per_side: n of the n x n patch grid (reference 2; its PASCAL configs use 1).
-        patch_size: patch side on the model-size canvas; None = 400/512 of the model size
-            (reference 400; its PASCAL configs use 512).
+        patch_size: patch side in the reference's 512-pixel units, scaled to the actual model
+            input size; None = 400 (reference 400; its PASCAL configs use 512).
         cover_edges: spread patch starts to reach the far border (see :func:`patch_grid`).
         patch_threshold: class gate on the per-patch cross-attention maximum (reference 0.2);
             None disables the gate.
@@ -362,6 +365,8 @@ class SlimeOptions:
             raise ValueError("slime channel_order must be 'rgb' or 'bgr'")
         if self.was_impl not in ("fused", "explicit"):
             raise ValueError("slime was_impl must be 'fused' or 'explicit'")
+        if self.patch_size is not None and not 0 < self.patch_size <= REFERENCE_CANVAS:
+            raise ValueError(f"slime patch_size must be in 1..{REFERENCE_CANVAS} (512-pixel units)")
         for name in ("patch_batch", "max_label_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"slime {name} must be >= 1")
@@ -423,10 +428,8 @@ class Slime:
         self.cross_keys = resolve_layers(backbone.unet, embedding_set.layers["cross"])
         self.self_keys = resolve_layers(backbone.unet, embedding_set.layers["self"])
         self.input_size = self.options.input_size or backbone.image_size
-        default_patch = round(self.input_size * 400 / 512)
-        self.patch_size = (
-            self.input_size if self.options.paper_mode else (self.options.patch_size or default_patch)
-        )
+        patch = REFERENCE_CANVAS if self.options.paper_mode else (self.options.patch_size or 400)
+        self.patch_size = round(patch * self.input_size / REFERENCE_CANVAS)
         self.boxes = patch_grid(self.input_size, self.patch_size, self.options.patches_per_side,
                                 self.options.cover_edges)
         self.context = embedding_set.conditioning(backbone)  # (1, 77, D) in the model dtype
@@ -442,7 +445,7 @@ class Slime:
             "settings": {
                 **self.options.to_dict(),
                 "channel_order": self.channel_order,
-                "patch_size": self.patch_size,
+                "patch_pixels": self.patch_size,
                 "input_size": self.input_size,
                 "seed": self.seed,
                 "classes": list(self.embedding_set.classes),

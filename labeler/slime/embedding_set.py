@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import pickle
 import posixpath
 import re
 import struct
@@ -367,7 +368,13 @@ def read_official_embeddings(folder: str, storage_options: dict | None = None) -
         raise ValueError(f"{folder}: embedding files must be numbered 0..{len(found) - 1}, found {sorted(found)}")
     rows = []
     for index in range(len(found)):
-        tensor = torch.load(io.BytesIO(fs.cat_file(found[index])), map_location="cpu", weights_only=True)
+        try:
+            tensor = torch.load(io.BytesIO(fs.cat_file(found[index])), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"embedding_{index}.pth holds more than plain tensors; refused (read with "
+                f"weights_only=True): {str(error).splitlines()[0]}"
+            ) from error
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             raise ValueError(f"embedding_{index}.pth does not hold a float tensor")
         if tensor.ndim not in (1, 2, 3) or any(size != 1 for size in tensor.shape[:-1]):

@@ -27,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     from labeler.eval.command import add_parser as add_eval
     from labeler.preview.command import add_parser as add_preview
+    from labeler.slime.command import add_parser as add_slime
 
     add_eval(commands)
     add_preview(commands)
+    add_slime(commands)
     return parser
 
 

@@ -31,4 +31,13 @@ def build_segmenter(config: JobConfig, device: str | None = None):
             max_label_side=settings.max_label_side,
             antialias=settings.antialias,
         )
+    if config.method == "slime":
+        from labeler.methods.slime import Slime, SlimeOptions
+        from labeler.slime.embedding_set import EmbeddingSet
+
+        embedding_set = EmbeddingSet.load(config.embeddings)
+        options = SlimeOptions.from_mapping({**embedding_set.inference, **config.slime.options})
+        model = config.model or embedding_set.model
+        backbone = load_backbone(model, device=device or config.device, dtype=config.dtype)
+        return Slime(backbone, embedding_set, options, seed=config.seed)
     raise ValueError(f"method {config.method!r} is not available in this version")

@@ -118,6 +118,10 @@ def _categories_of(config: JobConfig) -> list[dict]:
         from labeler.methods.diffseg import DiffSeg
 
         return DiffSeg.categories
+    if config.method == "slime":
+        from labeler.slime.embedding_set import EmbeddingSet
+
+        return EmbeddingSet.load(config.embeddings).categories()
     raise ValueError(f"no categories known for {config.method}")
 
 

@@ -1,0 +1,592 @@
+"""SLiMe ("Segment Like Me", ICLR 2024): apply a learned embedding set to images.
+
+An embedding set (see :mod:`labeler.slime.embedding_set`) holds K-1 text embeddings, one per
+non-background class, fit with ``labeler slime fit``. Inference follows the official code
+(``shared/reference/slime.md`` §1.6, §3): each image is squashed to the model size, cut into an
+n x n grid of overlapping patches, each patch upsampled to the model size, VAE-sampled, noised to
+t=100 and run through the UNet once with the learned conditioning (no unconditional half). The
+cross-attention maps of the K class tokens and the WAS-attention (self-attention applied to those
+maps, computed as a fused SDPA, see :mod:`labeler.attention.slime_capture`) then go through the
+reference post-processing: class gate, background thresholding, per-class rescale, patch
+averaging and argmax. Unlike the reference, labels are mapped back to the original resolution.
+
+The pure functions come first; :class:`Slime` (the :class:`labeler.methods.base.Segmenter`) at the
+bottom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from labeler.methods.base import ImageLabels, compact_labels
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Layers: chosen by role and resolution, never by module name.
+# --------------------------------------------------------------------------------------------
+
+#: The reference layers (``--attention_layers_to_use`` defaults), as ``block/kind/side[:n]``
+#: selectors: every up-block cross-attention at 16x16, the first two at 32x32 (the reference
+#: leaves out the third), every up-block self-attention at 64x64. Sides are query grids at the
+#: model's native size (SD: 64 latent cells for 512 px).
+DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
+    "cross": ("up/cross/16", "up/cross/32:2"),
+    "self": ("up/self/64",),
+}
+
+_SELECTOR = re.compile(r"^(down|mid|up)/(self|cross)/(\d+)(?::(\d+))?$")
+_ATTENTION_INDEX = re.compile(r"attentions\.(\d+)\.transformer_blocks\.(\d+)\.")
+
+
+def resolve_layers(unet, selectors: Sequence[str]) -> list[str]:
+    """Processor keys of the layers a list of selectors names, in execution order.
+
+    A selector is ``block/kind/side`` (every such layer) or ``block/kind/side:n`` (the first n
+    attention modules of each matching block). Only the first transformer block of each attention
+    module is used (SD 1.x/2.x have one).
+
+    Raises:
+        ValueError: a malformed selector, or one that matches no layer of this UNet.
+    """
+    from labeler.attention.layers import unet_attention_layers
+
+    layers = unet_attention_layers(unet)
+    keys: list[str] = []
+    for selector in selectors:
+        match = _SELECTOR.match(selector)
+        if match is None:
+            raise ValueError(f"bad layer selector {selector!r}: use block/kind/side[:n], e.g. up/cross/16")
+        block, kind, side, first = match.group(1), match.group(2), int(match.group(3)), match.group(4)
+        chosen = []
+        for layer in layers:
+            if (layer.block, layer.kind, layer.side) != (block, kind, side):
+                continue
+            position = _ATTENTION_INDEX.search(layer.key)
+            attention_index, transformer_index = (int(position[1]), int(position[2])) if position else (0, 0)
+            if transformer_index != 0 or (first is not None and attention_index >= int(first)):
+                continue
+            chosen.append(layer.key)
+        if not chosen:
+            raise ValueError(f"layer selector {selector!r} matches no attention layer of this UNet")
+        keys += [key for key in chosen if key not in keys]
+    order = list(unet.attn_processors)
+    return sorted(keys, key=order.index)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions: class maps, WAS, patch grid, gate / threshold / rescale, patch averaging.
+# --------------------------------------------------------------------------------------------
+
+
+def class_probabilities(logits: Tensor) -> Tensor:
+    """The training normalisation: softmax over the K classes of layer-averaged logits.
+
+    Args:
+        logits: (B, K, h, w).
+
+    Returns:
+        (B, K, h, w), channels summing to 1.
+    """
+    return logits.float().softmax(dim=1)
+
+
+def weighted_attention_sum(attention: Tensor, class_maps: Tensor) -> Tensor:
+    """WAS as the reference writes it: ``WAS_c(q) = sum_k P[q, k] r_c(k)`` (explicit product).
+
+    Args:
+        attention: (B, N, N) row-stochastic self-attention (row = query, column = key).
+        class_maps: (B, K, h, w) with h * w = N.
+
+    Returns:
+        (B, K, h, w).
+    """
+    batch, classes, height, width = class_maps.shape
+    flat = class_maps.reshape(batch, classes, height * width).transpose(1, 2)
+    return (attention @ flat).transpose(1, 2).reshape(batch, classes, height, width)
+
+
+def patch_grid(size: int, patch: int, per_side: int, cover_edges: bool = True) -> list[tuple[int, int, int, int]]:
+    """Square patches ``(top, bottom, left, right)`` of an n x n grid on a ``size`` canvas.
+
+    The reference uses stride ``(size - patch) // (n - 1)``; when that division is not exact its
+    grid stops short of the right/bottom border. ``cover_edges`` spreads the starts evenly from 0
+    to ``size - patch`` instead: identical wherever the division is exact (every documented
+    reference configuration), and no uncovered border otherwise.
+
+    Raises:
+        ValueError: patch larger than the canvas, or n < 1.
+    """
+    if per_side < 1 or not 0 < patch <= size:
+        raise ValueError(f"bad patch grid: size {size}, patch {patch}, {per_side} per side")
+    if per_side == 1:
+        starts = [0]
+    elif cover_edges:
+        starts = [round(i * (size - patch) / (per_side - 1)) for i in range(per_side)]
+    else:
+        stride = (size - patch) // (per_side - 1)
+        starts = [i * stride for i in range(per_side)]
+    return [(top, top + patch, left, left + patch) for top in starts for left in starts]
+
+
+def gate_classes(class_maps: Tensor, threshold: float | None) -> Tensor:
+    """Classes kept for a patch: those whose cross-attention maximum reaches ``threshold``.
+
+    Args:
+        class_maps: (B, K, h, w) inference cross-attention maps.
+        threshold: the reference's ``--patch_threshold`` (0.2); None keeps every class.
+
+    Returns:
+        (B, K) bool.
+    """
+    maxima = class_maps.flatten(2).amax(dim=2)
+    if threshold is None:
+        return torch.ones_like(maxima, dtype=torch.bool)
+    return maxima >= threshold
+
+
+def threshold_row(weights: Tensor) -> Tensor:
+    """Zero a map wherever it is at or below its own mean (the reference background threshold).
+
+    Args:
+        weights: (..., h, w).
+    """
+    mean = weights.flatten(-2).mean(dim=-1)[..., None, None]
+    return torch.where(weights > mean, weights, torch.zeros_like(weights))
+
+
+def inference_class_values(
+    class_maps: Tensor,
+    keep: Tensor,
+    background_threshold: bool = True,
+    threshold_first_kept: bool = False,
+) -> Tensor:
+    """The WAS weights at inference: the class maps, background row thresholded.
+
+    The reference thresholds the *first kept* row, which is the background unless the background
+    failed the gate; then it silently thresholds the first part instead. By default only the
+    background row is thresholded (and only when kept); ``threshold_first_kept`` restores the
+    reference behaviour.
+
+    Args:
+        class_maps: (B, K, h, w) inference cross-attention maps.
+        keep: (B, K) bool from :func:`gate_classes`.
+
+    Returns:
+        (B, K, h, w).
+    """
+    if not background_threshold:
+        return class_maps
+    values = class_maps.clone()
+    for row in range(class_maps.shape[0]):
+        if threshold_first_kept:
+            kept = torch.nonzero(keep[row]).flatten()
+            if len(kept) == 0:
+                continue
+            target = int(kept[0])
+        elif bool(keep[row, 0]):
+            target = 0
+        else:
+            continue
+        values[row, target] = threshold_row(class_maps[row, target])
+    return values
+
+
+def rescale_to_range(maps: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Per-class affine map of each map's [min, max] onto [low, high] (reference rescale).
+
+    A non-finite or zero scale becomes 1e-7, as in the reference, so a flat map lands on
+    ``low``.
+
+    Args:
+        maps: (K, h, w); low, high: (K,).
+
+    Returns:
+        (K, h, w).
+    """
+    flat = maps.flatten(1)
+    minimum, maximum = flat.amin(dim=1), flat.amax(dim=1)
+    scale = (high - low) / (maximum - minimum)
+    scale = torch.where(torch.isfinite(scale) & (scale != 0), scale, torch.full_like(scale, 1e-7))
+    return (maps - minimum[:, None, None]) * scale[:, None, None] + low[:, None, None]
+
+
+def accumulate_patches(
+    patch_maps: Tensor,
+    keep: Tensor,
+    boxes: Sequence[tuple[int, int, int, int]],
+    size: int,
+) -> tuple[Tensor, Tensor]:
+    """Paste per-patch class maps onto a canvas; average where patches overlap.
+
+    Args:
+        patch_maps: (n_patches, K, h, w) per-patch maps (any h, w; resized bilinearly to each box).
+        keep: (n_patches, K) bool: a class contributes to a patch only when kept.
+        boxes: (top, bottom, left, right) per patch on the canvas.
+        size: canvas side.
+
+    Returns:
+        the averaged maps (K, size, size) (0 where a class was never kept) and the per-class
+        coverage counts (K, size, size).
+    """
+    classes = patch_maps.shape[1]
+    total = torch.zeros(classes, size, size, dtype=torch.float32, device=patch_maps.device)
+    count = torch.zeros_like(total)
+    for maps, kept, (top, bottom, left, right) in zip(patch_maps, keep, boxes):
+        resized = maps.float()[None]
+        if resized.shape[-2:] != (bottom - top, right - left):
+            resized = F.interpolate(resized, size=(bottom - top, right - left), mode="bilinear",
+                                    align_corners=False)
+        weight = kept.float()[:, None, None]
+        total[:, top:bottom, left:right] += resized[0] * weight
+        count[:, top:bottom, left:right] += weight
+    return total / count.clamp_min(1e-7), count
+
+
+def postprocess_patch(
+    class_maps: Tensor,
+    was: Tensor,
+    keep: Tensor,
+    rescale: bool = True,
+    output_side: int | None = None,
+) -> Tensor:
+    """One patch's final class maps: WAS upsampled and rescaled to the cross-attention range.
+
+    Args:
+        class_maps: (K, h, w) inference cross-attention maps (before the background threshold).
+        was: (K, h, w) WAS of the patch.
+        keep: (K,) bool; rows of dropped classes are left as they are (never pasted).
+        rescale: map each class's [min, max] onto its cross-attention [min, max].
+        output_side: upsample WAS to this side first (the patch footprint), as the reference.
+
+    Returns:
+        (K, output_side, output_side) or (K, h, w).
+    """
+    maps = was.float()
+    if output_side is not None and maps.shape[-1] != output_side:
+        maps = F.interpolate(maps[None], size=(output_side, output_side), mode="bilinear",
+                             align_corners=False)[0]
+    if rescale:
+        flat = class_maps.float().flatten(1)
+        maps = rescale_to_range(maps, flat.amin(dim=1), flat.amax(dim=1))
+    return maps
+
+
+def iou(prediction: np.ndarray, target: np.ndarray) -> float:
+    """IoU of two boolean masks, as the reference (``|P & T| / (|P | T| + 1e-7)``)."""
+    prediction, target = prediction.astype(bool), target.astype(bool)
+    return float((prediction & target).sum() / ((prediction | target).sum() + 1e-7))
+
+
+def mean_iou_present(prediction: np.ndarray, target: np.ndarray, num_classes: int) -> float:
+    """The reference's per-image mIoU: mean IoU over the classes present in ``target``."""
+    present = [c for c in range(num_classes) if np.any(target == c)]
+    return float(np.mean([iou(prediction == c, target == c) for c in present]))
+
+
+# --------------------------------------------------------------------------------------------
+# Options: the `[slime]` job table.
+# --------------------------------------------------------------------------------------------
+
+#: The reference's canvas side: patch sizes are given in these pixels.
+REFERENCE_CANVAS = 512
+
+
+@dataclass(frozen=True)
+class SlimeOptions:
+    """SLiMe inference settings (reference defaults; the embedding set may record others).
+
+    Attributes:
+        timestep: the single UNet timestep (reference ``--test_t 100``).
+        patches_per_side: n of the n x n patch grid (reference 2; its PASCAL configs use 1).
+        patch_size: patch side in the reference's 512-pixel units, scaled to the actual model
+            input size; None = 400 (reference 400; its PASCAL configs use 512).
+        cover_edges: spread patch starts to reach the far border (see :func:`patch_grid`).
+        patch_threshold: class gate on the per-patch cross-attention maximum (reference 0.2);
+            None disables the gate.
+        background_threshold: zero the background weights at or below their mean (reference).
+        threshold_first_kept: threshold the first kept row even when it is not the background
+            (the reference's behaviour when the background fails the gate).
+        rescale: per-class affine rescale of WAS onto the cross-attention range (reference).
+        normalization: ``tokens`` (reference inference: 77-token softmax per head and layer, then
+            averaged) or ``classes`` (the training normalisation: softmax over the K classes of
+            the averaged logits).
+        paper_mode: the paper's inference instead of the code's: one whole-image pass, no gate,
+            no background threshold, no rescale, ``classes`` normalisation, WAS resized and
+            argmax. Overrides the settings above.
+        posterior_mean: use the VAE posterior mean instead of a sample (the reference samples).
+        channel_order: ``rgb`` or ``bgr`` input to the VAE; None = what the set was fit with.
+        antialias: antialias the resize of large images to the model size (the reference does
+            not; without it large photos alias).
+        max_label_side: labels are computed at the original size capped at this side, then
+            nearest-resized to the original size.
+        input_size: the model input side; None = the model's native size (512 for SD).
+        patch_batch: patches per UNet call.
+        was_impl: ``fused`` (default) or ``explicit`` WAS-attention.
+    """
+
+    timestep: int = 100
+    patches_per_side: int = 2
+    patch_size: int | None = None
+    cover_edges: bool = True
+    patch_threshold: float | None = 0.2
+    background_threshold: bool = True
+    threshold_first_kept: bool = False
+    rescale: bool = True
+    normalization: str = "tokens"
+    paper_mode: bool = False
+    posterior_mean: bool = False
+    channel_order: str | None = None
+    antialias: bool = True
+    max_label_side: int = 1024
+    input_size: int | None = None
+    patch_batch: int = 8
+    was_impl: str = "fused"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.timestep < 1000:
+            raise ValueError(f"slime timestep must be in [0, 999], got {self.timestep}")
+        if self.patches_per_side < 1:
+            raise ValueError("slime patches_per_side must be >= 1")
+        if self.normalization not in ("tokens", "classes"):
+            raise ValueError("slime normalization must be 'tokens' or 'classes'")
+        if self.channel_order not in (None, "rgb", "bgr"):
+            raise ValueError("slime channel_order must be 'rgb' or 'bgr'")
+        if self.was_impl not in ("fused", "explicit"):
+            raise ValueError("slime was_impl must be 'fused' or 'explicit'")
+        if self.patch_size is not None and not 0 < self.patch_size <= REFERENCE_CANVAS:
+            raise ValueError(f"slime patch_size must be in 1..{REFERENCE_CANVAS} (512-pixel units)")
+        for name in ("patch_batch", "max_label_side"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"slime {name} must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> SlimeOptions:
+        """Build from a ``[slime]`` table; unknown keys are a ValueError naming them."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown [slime] settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        values = dict(values)
+        if values.get("patch_threshold") is False:
+            values["patch_threshold"] = None
+        return cls(**values)
+
+    def effective(self) -> SlimeOptions:
+        """The settings actually used: ``paper_mode`` expanded."""
+        if not self.paper_mode:
+            return self
+        return dataclasses.replace(
+            self, patches_per_side=1, patch_size=None, patch_threshold=None,
+            background_threshold=False, threshold_first_kept=False, rescale=False,
+            normalization="classes",
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# The method.
+# --------------------------------------------------------------------------------------------
+
+
+class Slime:
+    """SLiMe on a loaded backbone: K learned classes per image, at original resolution.
+
+    Args:
+        backbone: the loaded SD components; must match the set's model fingerprint.
+        embedding_set: a :class:`labeler.slime.embedding_set.EmbeddingSet`.
+        options: inference settings; None = the set's recorded inference settings.
+        seed: the job seed. Noise and VAE samples are drawn per patch from a generator seeded by
+            (seed, image content, patch index), so an image's labels do not depend on the batch.
+    """
+
+    def __init__(self, backbone, embedding_set, options: SlimeOptions | None = None, seed: int = 0) -> None:
+        from labeler.timing import StageTimer
+
+        embedding_set.check_compatible(backbone)
+        self.backbone = backbone
+        self.embedding_set = embedding_set
+        self.options = (options or embedding_set.inference_options()).effective()
+        self.channel_order = self.options.channel_order or embedding_set.channel_order
+        self.seed = seed
+        self.num_classes = embedding_set.num_classes
+        self.cross_keys = resolve_layers(backbone.unet, embedding_set.layers["cross"])
+        self.self_keys = resolve_layers(backbone.unet, embedding_set.layers["self"])
+        self.input_size = self.options.input_size or backbone.image_size
+        patch = REFERENCE_CANVAS if self.options.paper_mode else (self.options.patch_size or 400)
+        self.patch_size = round(patch * self.input_size / REFERENCE_CANVAS)
+        self.boxes = patch_grid(self.input_size, self.patch_size, self.options.patches_per_side,
+                                self.options.cover_edges)
+        self.context = embedding_set.conditioning(backbone)  # (1, 77, D) in the model dtype
+        self.categories = embedding_set.categories()
+        self.timer = StageTimer()
+
+    def provenance(self) -> dict:
+        return {
+            "method": "slime",
+            "model": self.backbone.name,
+            "model_fingerprint": self.backbone.fingerprint,
+            "embedding_set": self.embedding_set.digest(),
+            "settings": {
+                **self.options.to_dict(),
+                "channel_order": self.channel_order,
+                "patch_pixels": self.patch_size,
+                "input_size": self.input_size,
+                "seed": self.seed,
+                "classes": list(self.embedding_set.classes),
+                "layers": {"cross": self.cross_keys, "self": self.self_keys},
+            },
+        }
+
+    # ---- one UNet pass over a batch of patches -------------------------------------------------
+
+    def _class_values(self, keep_out: list) -> Any:
+        """The WAS-values function for the store (gate + background threshold at inference)."""
+        options = self.options
+
+        def values(logits: Tensor, probabilities: Tensor) -> Tensor:
+            if options.normalization == "classes":
+                return class_probabilities(logits)
+            keep = gate_classes(probabilities, options.patch_threshold)
+            keep_out.append(keep)
+            return inference_class_values(probabilities, keep, options.background_threshold,
+                                          options.threshold_first_kept)
+
+        return values
+
+    @torch.no_grad()
+    def patch_maps(self, pixels: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor, Tensor]:
+        """Class maps, WAS and gate of a batch of patches (one UNet pass, conditional only).
+
+        Args:
+            pixels: (P, 3, S, S) in [-1, 1] at the model input size, channel order already applied.
+            generators: one CPU generator per patch (VAE sample and noise).
+
+        Returns:
+            class maps (P, K, h, w) (the normalisation in use), WAS (P, K, h, w) and keep (P, K)
+            bool, float32, at the WAS grid (64 x 64 for SD at 512).
+        """
+        from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
+
+        backbone = self.backbone
+        with self.timer.stage("vae_encode"):
+            latents = backbone.encode_images(pixels, generators, sample=not self.options.posterior_mean)
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
+        timesteps = torch.full((len(pixels),), self.options.timestep, dtype=torch.long,
+                               device=latents.device)
+        noisy = backbone.scheduler.add_noise(latents.float(), noise.to(latents.device), timesteps)
+        keep_out: list[Tensor] = []
+        store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
+                                    self._class_values(keep_out), self.options.was_impl)
+        context = self.context.expand(len(pixels), -1, -1)
+        with self.timer.stage("unet"), slime_attention(backbone.unet, store):
+            backbone.unet(noisy.to(backbone.dtype), timesteps, encoder_hidden_states=context)
+        was = store.was()
+        logits, probabilities = store.cross_maps(was.shape[-2:])
+        if self.options.normalization == "classes":
+            class_maps = class_probabilities(logits)
+            keep = gate_classes(class_maps, self.options.patch_threshold)
+        else:
+            class_maps, keep = probabilities, keep_out[0]
+        return class_maps, was, keep
+
+    # ---- images ---------------------------------------------------------------------------------
+
+    def _patches(self, image: np.ndarray) -> Tensor:
+        """(n_patches, 3, S, S) model input of one image's patches, in [-1, 1]."""
+        from labeler.methods.preprocess import images_to_model_input
+
+        whole = images_to_model_input([image], self.input_size, self.options.antialias)
+        if self.channel_order == "bgr":
+            whole = whole.flip(1)
+        patches = []
+        for top, bottom, left, right in self.boxes:
+            patch = whole[:, :, top:bottom, left:right]
+            if patch.shape[-1] != self.input_size:
+                patch = F.interpolate(patch, size=(self.input_size, self.input_size), mode="bilinear",
+                                      align_corners=False)
+            patches.append(patch)
+        return torch.cat(patches)
+
+    def _generators(self, image: np.ndarray) -> list[torch.Generator]:
+        digest = hashlib.sha256(np.ascontiguousarray(image).tobytes())
+        digest.update(repr((image.shape, self.seed)).encode())
+        base = int.from_bytes(digest.digest()[:8], "little") >> 1
+        return [torch.Generator().manual_seed(base + index) for index in range(len(self.boxes))]
+
+    def class_scores(self, images: list[np.ndarray]) -> list[Tensor]:
+        """Per image, the averaged class maps on the model-size canvas before argmax.
+
+        Returns:
+            per image (K, S, S) float32 (S = model input size).
+        """
+        patches = torch.cat([self._patches(image) for image in images])
+        generators = [g for image in images for g in self._generators(image)]
+        maps, was, keep = [], [], []
+        for start in range(0, len(patches), self.options.patch_batch):
+            stop = start + self.options.patch_batch
+            batch_maps, batch_was, batch_keep = self.patch_maps(patches[start:stop], generators[start:stop])
+            maps.append(batch_maps.cpu())
+            was.append(batch_was.cpu())
+            keep.append(batch_keep.cpu())
+        maps, was, keep = torch.cat(maps), torch.cat(was), torch.cat(keep)
+        per_image = len(self.boxes)
+        footprint = self.boxes[0][1] - self.boxes[0][0]
+        results = []
+        with self.timer.stage("postprocess"):
+            for index in range(len(images)):
+                rows = slice(index * per_image, (index + 1) * per_image)
+                processed = torch.stack([
+                    postprocess_patch(m, w, k, self.options.rescale, footprint)
+                    for m, w, k in zip(maps[rows], was[rows], keep[rows])
+                ])
+                canvas, _ = accumulate_patches(processed, keep[rows], self.boxes, self.input_size)
+                results.append(canvas)
+        return results
+
+    @torch.no_grad()
+    def predict(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Class index maps at original resolution (0 = background) and their confidence.
+
+        Returns:
+            per image: labels (H, W) int64 in [0, K-1] and confidence (H, W) float32.
+        """
+        from labeler.methods.preprocess import label_grid_size, resize_labels
+
+        results = []
+        for image, canvas in zip(images, self.class_scores(images)):
+            height, width = image.shape[:2]
+            grid = label_grid_size(height, width, self.options.max_label_side)
+            scores = canvas[None]
+            if canvas.shape[-2:] != grid:
+                scores = F.interpolate(scores, size=grid, mode="bilinear", align_corners=False)
+            confidence, labels = scores[0].max(dim=0)
+            results.append((
+                resize_labels(labels.numpy(), height, width),
+                resize_labels(confidence.clamp(0, 1).numpy(), height, width),
+            ))
+        return results
+
+    def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
+        """Label a batch of (H_i, W_i, 3) uint8 RGB images; background gets no annotation."""
+        category_of = np.arange(self.num_classes, dtype=np.int64)
+        results = []
+        for labels, confidence in self.predict(images):
+            label_map = np.where(labels == 0, -1, labels).astype(np.int32)
+            results.append(compact_labels(label_map, confidence, category_of=category_of))
+        return results

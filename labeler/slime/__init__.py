@@ -1,0 +1,1 @@
+"""SLiMe fitting: annotated images in, an embedding set out."""

@@ -1,0 +1,342 @@
+"""Annotated images for SLiMe fitting: loading, pairing, and the reference augmentations.
+
+Images and masks are read through fsspec (local paths or URIs; a folder, searched recursively, or
+a single file). A mask is a label map with values 0..K-1 (0 = background): a single-channel PNG
+(8/16-bit grey or palette indices) or a ``.npy`` integer array (read with
+``allow_pickle=False``). Masks pair with images by file stem.
+
+The augmentations follow the reference's training pipeline (``shared/reference/slime.md`` §2.2),
+driven by one seeded ``torch.Generator``: resize to the fit size, horizontal flip (p=0.5),
+Gaussian blur (kernel 1, 3 or 5, p=0.5, image only), a random square crop of side
+U[min_crop_ratio, 1) x size that keeps > 30% of one target class's pixels, resize back, rotation
+(p=0.5, +-30 degrees, zero border), and the mask nearest-resized to the loss resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MASK_EXTENSIONS = (".png", ".npy")
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    """One training image and its label map.
+
+    Attributes:
+        name: the shared file stem.
+        image: (H, W, 3) uint8 RGB.
+        mask: (H, W) int64, values 0..K-1.
+        sha256: 16 hex digits of the image file's bytes (fit provenance).
+    """
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    sha256: str
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and pairing.
+# --------------------------------------------------------------------------------------------
+
+
+def list_files(uri: str, extensions: tuple[str, ...], storage_options: dict | None = None) -> list[str]:
+    """Files under ``uri`` (a folder, recursively, or one file) with one of ``extensions``."""
+    import fsspec
+
+    from labeler.io.uris import redact_uri
+
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if fs.isfile(root):
+        paths = [root]
+    elif fs.isdir(root):
+        paths = sorted(fs.find(root))
+    else:
+        raise FileNotFoundError(f"{redact_uri(uri)} does not exist")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    keep = [path for path in paths if path.lower().endswith(extensions)]
+    return [path if protocol in ("file", "local") else fs.unstrip_protocol(path) for path in keep]
+
+
+def _stem(path: str) -> str:
+    return posixpath.splitext(posixpath.basename(path))[0]
+
+
+def pair_files(image_files: list[str], mask_files: list[str]) -> list[tuple[str, str, str]]:
+    """Pair images and masks by stem.
+
+    A file listed as an image never counts as its own mask (images and ``.npy`` masks may share a
+    folder, as in the reference).
+
+    Returns:
+        ``(stem, image, mask)`` sorted by stem.
+
+    Raises:
+        ValueError: duplicate stems, images without masks, masks without images.
+    """
+    images: dict[str, str] = {}
+    for path in image_files:
+        stem = _stem(path)
+        if stem in images:
+            raise ValueError(f"two images share the name {stem!r}: {images[stem]} and {path}")
+        images[stem] = path
+    image_set = set(image_files)
+    masks: dict[str, str] = {}
+    for path in mask_files:
+        if path in image_set:
+            continue
+        stem = _stem(path)
+        if stem in masks:
+            raise ValueError(f"two masks share the name {stem!r}: {masks[stem]} and {path}")
+        masks[stem] = path
+    missing = sorted(set(images) - set(masks))
+    orphans = sorted(set(masks) - set(images))
+    if missing or orphans:
+        parts = []
+        if missing:
+            parts.append(f"images without a mask: {', '.join(missing[:5])}")
+        if orphans:
+            parts.append(f"masks without an image: {', '.join(orphans[:5])}")
+        raise ValueError("unpaired files (masks pair with images by file stem): " + "; ".join(parts))
+    if not images:
+        raise ValueError("no annotated images found")
+    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def decode_mask(data: bytes, name: str) -> np.ndarray:
+    """A label map from PNG (grey, 16-bit or palette) or ``.npy`` bytes, as (H, W) int64."""
+    if name.lower().endswith(".npy"):
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"mask {name} is not a plain .npy array: {error}") from error
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+            if array.ndim == 2 and np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)):
+                return array.astype(np.int64)
+            raise ValueError(f"mask {name} must be a 2-D integer label map, got {array.dtype} {array.shape}")
+        return array.astype(np.int64)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode in ("L", "P", "I", "I;16", "I;16B", "1"):
+            return np.array(image).astype(np.int64)
+        array = np.array(image.convert("RGB"))
+    if np.all(array == array[..., :1]):
+        return array[..., 0].astype(np.int64)
+    raise ValueError(
+        f"mask {name} is a colour image; masks must be single-channel label maps (values 0..K-1)"
+    )
+
+
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of an image file, as stored (no EXIF rotation)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.array(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{name} is not a readable image: {error}") from error
+
+
+def load_annotated(
+    images: str, masks: str, num_classes: int, storage_options: dict | None = None
+) -> list[AnnotatedImage]:
+    """Read and check every annotated image.
+
+    Raises:
+        ValueError: unpaired files, unreadable files, size mismatches, mask values outside
+            0..K-1.
+    """
+    import fsspec
+
+    pairs = pair_files(list_files(images, IMAGE_EXTENSIONS, storage_options),
+                       list_files(masks, MASK_EXTENSIONS, storage_options))
+    loaded = []
+    for stem, image_path, mask_path in pairs:
+        with fsspec.open(image_path, "rb", **(storage_options or {})) as handle:
+            image_bytes = handle.read()
+        with fsspec.open(mask_path, "rb", **(storage_options or {})) as handle:
+            mask_bytes = handle.read()
+        image = decode_rgb(image_bytes, posixpath.basename(image_path))
+        mask = decode_mask(mask_bytes, posixpath.basename(mask_path))
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"{stem}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                f"{image.shape[1]}x{image.shape[0]} (width x height)"
+            )
+        if mask.min() < 0 or mask.max() >= num_classes:
+            raise ValueError(
+                f"{stem}: mask values must be 0..{num_classes - 1} for {num_classes} classes, found "
+                f"{int(mask.min())}..{int(mask.max())}"
+            )
+        digest = hashlib.sha256(image_bytes).hexdigest()[:16]
+        loaded.append(AnnotatedImage(stem, image, mask, digest))
+    logger.info("loaded %d annotated images", len(loaded))
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """The reference training augmentations (``--min_crop_ratio`` etc.).
+
+    Attributes:
+        size: the side images are resized to (the model size, 512 for SD).
+        mask_size: the loss resolution (reference ``--train_mask_size`` 64).
+        min_crop_ratio: lower bound of the crop side fraction (reference default 0.8; its PASCAL
+            car and CelebA configs use 0.6).
+        rotation: maximum rotation in degrees (reference 30; 10 for CelebA).
+        flip_p, blur_p, rotate_p: probabilities (reference 0.5 each).
+        crop_min_fraction: the crop keeps more than this fraction of the target class's pixels.
+        crop_tries: crop draws before the best one so far is taken (the reference loops forever).
+        enabled: False = only resize (no augmentation).
+    """
+
+    size: int = 512
+    mask_size: int = 64
+    min_crop_ratio: float = 0.8
+    rotation: float = 30.0
+    flip_p: float = 0.5
+    blur_p: float = 0.5
+    rotate_p: float = 0.5
+    crop_min_fraction: float = 0.3
+    crop_tries: int = 100
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_crop_ratio <= 1:
+            raise ValueError("min_crop_ratio must be in (0, 1]")
+        if self.size < 8 or self.mask_size < 1:
+            raise ValueError("size and mask_size must be positive")
+
+
+def prepare(sample: AnnotatedImage, size: int) -> tuple[Tensor, Tensor]:
+    """Resize an annotated image once to the fit size (image bilinear, mask nearest).
+
+    Returns:
+        image (3, size, size) float32 in [0, 255] and mask (size, size) int64.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float()
+    image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mask = torch.from_numpy(sample.mask)[None, None].float()
+    mask = F.interpolate(mask, size=(size, size), mode="nearest")
+    return image[0].clamp(0, 255), mask[0, 0].long()
+
+
+def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    """Uniform integer in [low, high] (inclusive)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def gaussian_blur(image: Tensor, kernel: int) -> Tensor:
+    """Separable Gaussian blur with OpenCV's sigma for a kernel size (reflect border).
+
+    Args:
+        image: (C, H, W).
+    """
+    if kernel <= 1:
+        return image
+    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    offsets = torch.arange(kernel, dtype=torch.float32) - (kernel - 1) / 2
+    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    channels = image.shape[0]
+    padded = F.pad(image[None], (kernel // 2,) * 4, mode="reflect")
+    horizontal = weights.view(1, 1, 1, kernel).repeat(channels, 1, 1, 1)
+    vertical = weights.view(1, 1, kernel, 1).repeat(channels, 1, 1, 1)
+    blurred = F.conv2d(F.conv2d(padded, horizontal, groups=channels), vertical, groups=channels)
+    return blurred[0]
+
+
+def choose_crop(
+    mask: Tensor, target: int, side: int, generator: torch.Generator, min_fraction: float, tries: int
+) -> tuple[int, int]:
+    """Top-left corner of a ``side`` square crop holding > ``min_fraction`` of class ``target``.
+
+    Draws up to ``tries`` positions; returns the first that qualifies, else the best seen. An
+    absent target imposes no constraint.
+    """
+    size = mask.shape[0]
+    target_mask = mask == target
+    total = int(target_mask.sum())
+    best, best_fraction = (0, 0), -1.0
+    for _ in range(max(1, tries)):
+        top, left = _randint(generator, 0, size - side), _randint(generator, 0, size - side)
+        if total == 0:
+            return top, left
+        fraction = int(target_mask[top : top + side, left : left + side].sum()) / total
+        if fraction > min_fraction:
+            return top, left
+        if fraction > best_fraction:
+            best, best_fraction = (top, left), fraction
+    return best
+
+
+def rotate(image: Tensor, mask: Tensor, degrees: float) -> tuple[Tensor, Tensor]:
+    """Rotate about the centre with a zero border (image bilinear, mask nearest)."""
+    angle = math.radians(degrees)
+    theta = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0],
+                          [math.sin(angle), math.cos(angle), 0.0]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, [1, 1, *image.shape[-2:]], align_corners=False)
+    image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    mask = F.grid_sample(mask[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                         align_corners=False)[0, 0].long()
+    return image, mask
+
+
+def augment(
+    image: Tensor, mask: Tensor, settings: AugmentSettings, generator: torch.Generator, target: int
+) -> tuple[Tensor, Tensor]:
+    """One training sample from a prepared image (see :func:`prepare`).
+
+    Args:
+        image: (3, S, S) float in [0, 255]; mask: (S, S) int64.
+        target: the class the crop must keep > 30% of (cycled over classes by the caller).
+
+    Returns:
+        pixels (3, S, S) float32 in [-1, 1] and mask (mask_size, mask_size) int64.
+    """
+    size = settings.size
+    if settings.enabled:
+        if _uniform(generator) < settings.flip_p:
+            image, mask = image.flip(-1), mask.flip(-1)
+        if _uniform(generator) < settings.blur_p:
+            image = gaussian_blur(image, (1, 3, 5)[_randint(generator, 0, 2)])
+        side = max(1, int(_uniform(generator, settings.min_crop_ratio, 1.0) * size))
+        top, left = choose_crop(mask, target, side, generator, settings.crop_min_fraction, settings.crop_tries)
+        image = image[:, top : top + side, left : left + side]
+        mask = mask[top : top + side, left : left + side]
+        if side != size:
+            image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            mask = F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+        if _uniform(generator) < settings.rotate_p:
+            image, mask = rotate(image, mask, _uniform(generator, -settings.rotation, settings.rotation))
+    if mask.shape[-1] != settings.mask_size:
+        mask = F.interpolate(mask[None, None].float(), size=(settings.mask_size,) * 2, mode="nearest")[0, 0].long()
+    pixels = (image / 127.5 - 1.0).clamp(-1.0, 1.0)
+    return pixels, mask

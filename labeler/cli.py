@@ -25,11 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_status(commands)
+    from labeler.cluster.command import add_parser as add_cluster
     from labeler.eval.command import add_parser as add_eval
     from labeler.preview.command import add_parser as add_preview
 
     add_eval(commands)
     add_preview(commands)
+    add_cluster(commands)  # submit, logs, stop (inherits the `run` flags)
     return parser
 
 

@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a node may take to register with the cluster.
 START_TIMEOUT = 90.0
+#: Not inherited by the nodes: another cluster's address, and this checkout's source (nodes get
+#: the package the way a real cluster does, from the job's runtime environment).
+DROPPED_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "PYTHONPATH")
+#: GCS health checks on the head: a killed node is declared dead after a few seconds, not ~30.
+FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
+                      "health_check_failure_threshold": 5}
 
 
 class RayClusterError(RuntimeError):
@@ -127,7 +133,7 @@ class LocalRayCluster:
 
     def process_env(self) -> dict[str, str]:
         """``os.environ`` plus the cluster's settings: for nodes and for clients."""
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+        env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
         return {**env, **self.env}
 
     def _start(self, name: str, args: list[str]) -> RayNode:
@@ -154,14 +160,17 @@ class LocalRayCluster:
         self.nodes[name] = node
         return node
 
-    def start_head(self, num_cpus: int = 1) -> RayNode:
+    def start_head(self, num_cpus: int = 1, system_config: dict | None = None) -> RayNode:
         """Start the head node with the dashboard and wait until the Jobs API answers."""
-        node = self._start("head", [
+        args = [
             "--head", "--port", str(self.gcs_port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--include-dashboard=true", "--ray-client-server-port", str(free_port()),
             "--num-cpus", str(num_cpus), "--num-gpus", "0",
-        ])
+        ]
+        if system_config:
+            args += ["--system-config", json.dumps(system_config)]
+        node = self._start("head", args)
         self._wait(lambda: self._dashboard_up(), node, "the dashboard")
         self._wait(lambda: self.alive_nodes() >= 1, node, "the head node")
         return node
@@ -176,22 +185,24 @@ class LocalRayCluster:
         self._wait(lambda: self.alive_nodes() > before, node, f"node {name}")
         return node
 
-    def _dashboard_up(self) -> bool:
-        request = urllib.request.Request(f"{self.dashboard_url}/api/version")
+    def api(self, path: str, timeout: float = 5) -> dict:
+        """GET a dashboard endpoint (with the cluster's token) and decode its JSON."""
+        request = urllib.request.Request(f"{self.dashboard_url}{path}")
         request.add_header("Authorization", f"Bearer {self.env['RAY_AUTH_TOKEN']}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)
+
+    def _dashboard_up(self) -> bool:
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
+            self.api("/api/version", timeout=2)
+        except (urllib.error.URLError, OSError, ValueError):
             return False
+        return True
 
     def alive_nodes(self) -> int:
-        """Nodes the head counts as alive (through the Jobs API host's node listing)."""
-        request = urllib.request.Request(f"{self.dashboard_url}/nodes?view=summary")
-        request.add_header("Authorization", f"Bearer {self.env['RAY_AUTH_TOKEN']}")
+        """Nodes the head counts as alive."""
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                summary = json.load(response)["data"]["summary"]
+            summary = self.api("/nodes?view=summary")["data"]["summary"]
         except (urllib.error.URLError, OSError, KeyError, ValueError):
             return 0
         return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")

@@ -8,9 +8,9 @@ Usage::
     labeler logs JOB_ID --address http://HEAD:8265 [--follow]
     labeler stop JOB_ID --address http://HEAD:8265 [--wait]
 
-``submit`` takes every ``labeler run`` flag (they are inherited from the ``run`` parser, so the
-two never drift apart) and prints the job id on stdout; ``--wait`` then streams the job's log
-and exits with 0 only when the job succeeded. Without ``--address`` Ray's own lookup applies
+``submit`` takes every ``labeler run`` setting as a flag (derived from
+:class:`labeler.config.JobConfig`, so the two never drift apart) and prints the job id on
+stdout; ``--wait`` then streams the job's log and exits with 0 only when the job succeeded. Without ``--address`` Ray's own lookup applies
 (``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``).
 """
 
@@ -23,7 +23,7 @@ import logging
 import sys
 from typing import Any
 
-from labeler.config import JobConfig
+from labeler.config import METHODS, JobConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +35,19 @@ ADDRESS_HELP = "the cluster's dashboard (Jobs API) URL, e.g. http://HEAD:8265"
 
 
 def add_parser(subparsers: Any) -> None:
-    """Register ``submit``, ``logs`` and ``stop``; call after ``run`` is registered."""
-    run_parser = subparsers.choices.get("run")
+    """Register ``submit``, ``logs`` and ``stop`` on an argparse subparsers object."""
     submit = subparsers.add_parser(
         "submit",
-        parents=[run_parser] if run_parser is not None else [],
-        conflict_handler="resolve",
         help="submit a labeling job to a Ray cluster (resubmitting resumes it)",
         description=(
             "Submit the job `labeler run` would run to a Ray cluster through the Ray Jobs API. "
-            "Takes the same job file and flags as `labeler run`; prints the job id. "
-            "Resubmitting the same job resumes it from its output."
+            "Takes the same job file and flags as `labeler run` (see `labeler run --help`); "
+            "prints the job id. Resubmitting the same job resumes it from its output."
         ),
     )
+    submit.add_argument("job", nargs="?", help="a TOML job file; flags override it")
+    add_job_flags(submit.add_argument_group("labeler run settings"))
     submit.add_argument("--address", help=ADDRESS_HELP)
-    submit.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     submit.add_argument("--wait", action="store_true",
                         help="stream the job's log until it ends; exit 1 unless it succeeded")
     deps = submit.add_mutually_exclusive_group()
@@ -80,10 +78,36 @@ def add_parser(subparsers: Any) -> None:
     stop.set_defaults(func=run_stop)
 
 
+def _job_flag_fields() -> list[dataclasses.Field]:
+    """The ``JobConfig`` settings that are flags (not tables, not the cluster address)."""
+    return [f for f in dataclasses.fields(JobConfig)
+            if f.name not in ("address", "diffseg", "slime") and not f.name.isupper()]
+
+
+def add_job_flags(group: Any) -> None:
+    """One flag per ``JobConfig`` setting, named as ``labeler run`` names them.
+
+    Derived from the dataclass, so ``labeler submit`` accepts every setting ``labeler run``
+    forwards to the job, without sharing argparse actions with the ``run`` parser.
+    """
+    for spec in _job_flag_fields():
+        option = "--" + spec.name.replace("_", "-")
+        kind = str(spec.type)
+        if spec.name == "method":
+            group.add_argument(option, choices=list(METHODS), default=None)
+        elif "bool" in kind:
+            group.add_argument(option, action="store_true", default=None)
+        elif "int" in kind:
+            group.add_argument(option, type=int, default=None, dest=spec.name)
+        elif "float" in kind:
+            group.add_argument(option, type=float, default=None, dest=spec.name)
+        else:
+            group.add_argument(option, default=None, dest=spec.name)
+
+
 def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``labeler run`` settings given as flags (``None`` when not given)."""
-    keys = [f.name for f in dataclasses.fields(JobConfig) if f.name not in ("address",)]
-    return {key: getattr(args, key) for key in keys if hasattr(args, key)}
+    return {spec.name: getattr(args, spec.name) for spec in _job_flag_fields()}
 
 
 def run_submit(args: argparse.Namespace) -> int:

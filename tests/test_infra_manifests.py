@@ -9,10 +9,10 @@ do (download model weights). One image reference, ``infra/IMAGE``, ties them tog
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -45,7 +45,7 @@ def _image_versions() -> dict[str, str]:
 
 
 def _dockerfile_args() -> dict[str, str]:
-    return dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.M))
+    return dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.MULTILINE))
 
 
 def _pins() -> dict[str, str]:
@@ -84,7 +84,7 @@ def test_every_yaml_parses_into_mappings(path):
 
 @pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(INFRA)))
 def test_every_image_reference_is_the_built_image(path):
-    images = re.findall(r"^\s*(?:-\s*)?image:\s*(\S+)", path.read_text(), re.M)
+    images = re.findall(r"^\s*(?:-\s*)?image:\s*(\S+)", path.read_text(), re.MULTILINE)
     assert images, f"{path} names no image"
     assert set(images) == {IMAGE}, f"{path}: {set(images)} != infra/IMAGE {IMAGE}"
 
@@ -94,7 +94,7 @@ def test_image_tag_matches_the_package_and_the_pins():
     assert versions["labeler"] == labeler.__version__ == args["LABELER_VERSION"]
     assert versions["ray"] == args["RAY_VERSION"] == pins["ray"]
     assert args["TORCH_VERSION"] == pins["torch"]
-    base = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)", DOCKERFILE.read_text(), re.M)
+    base = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)", DOCKERFILE.read_text(), re.MULTILINE)
     assert base and base.group(1) == versions["cuda"]
 
 
@@ -109,10 +109,10 @@ def _run_instructions() -> list[str]:
 
 
 def test_dockerfile_base_is_a_pinned_cuda_image():
-    froms = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.M)
+    froms = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
     assert froms, "no FROM"
     for image in froms:
-        name, _, tag = image.partition(":")
+        _, _, tag = image.partition(":")
         assert "@sha256:" in image or (tag and tag != "latest" and re.match(r"\d", tag)), image
     assert froms[0].startswith("nvidia/cuda:") and "runtime" in froms[0]
 
@@ -120,10 +120,10 @@ def test_dockerfile_base_is_a_pinned_cuda_image():
 def test_dockerfile_installs_pinned_requirements_and_the_package():
     text = DOCKERFILE.read_text()
     runs = " ".join(_run_instructions())
-    assert re.search(r"^COPY infra/docker/requirements.txt \S+", text, re.M)
+    assert re.search(r"^COPY infra/docker/requirements.txt \S+", text, re.MULTILINE)
     assert re.search(r"pip install -r \S*requirements.txt", runs)
-    assert re.search(r"^COPY labeler /src/labeler", text, re.M)
-    assert re.search(r"^COPY pyproject.toml README.md /src/", text, re.M)
+    assert re.search(r"^COPY labeler /src/labeler", text, re.MULTILINE)
+    assert re.search(r"^COPY pyproject.toml README.md /src/", text, re.MULTILINE)
     assert re.search(r"pip install --no-deps /src", runs)
 
 
@@ -134,14 +134,14 @@ def test_dockerfile_bakes_in_no_model_weights():
         assert not re.search(r"snapshot_download|from_pretrained|hf_hub_download|"
                              r"huggingface-cli|\bhf download|load_backbone|labeler run", run), run
     assert not re.search(r"\.(safetensors|ckpt|bin|pt)\b", text.replace("/usr/bin", ""))
-    env = dict(re.findall(r"^\s*(LABELER_CACHE|HF_HOME)=(\S+)", text, re.M))
+    env = dict(re.findall(r"^\s*(LABELER_CACHE|HF_HOME)=(\S+)", text, re.MULTILINE))
     assert env.get("LABELER_CACHE", "").startswith("/cache/")
     assert env.get("HF_HOME", "").startswith("/cache/")
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies():
     ignore = (INFRA / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
-    copied = re.findall(r"^COPY (.+) \S+$", DOCKERFILE.read_text(), re.M)
+    copied = re.findall(r"^COPY (.+) \S+$", DOCKERFILE.read_text(), re.MULTILINE)
     for source in " ".join(copied).split():
         assert f"!{source}" in ignore or f"!{source}/**" in ignore, source
 
@@ -261,7 +261,7 @@ def _check_ray_cluster_spec(spec: dict) -> None:
 
 
 def test_rayjob_runs_labeler_on_a_gpu_cluster():
-    (path, job), = _k8s("RayJob")
+    ((_, job),) = _k8s("RayJob")
     spec = job["spec"]
     assert re.match(r"(python -m )?labeler run \S+", spec["entrypoint"])
     assert "--address auto" in spec["entrypoint"]

@@ -10,8 +10,9 @@ Usage::
 
 ``submit`` takes every ``labeler run`` setting as a flag (derived from
 :class:`labeler.config.JobConfig`, so the two never drift apart) and prints the job id on
-stdout; ``--wait`` then streams the job's log and exits with 0 only when the job succeeded. Without ``--address`` Ray's own lookup applies
-(``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``).
+stdout; ``--wait`` then streams the job's log and exits with 0 only when the job succeeded.
+Without ``--address`` Ray's own lookup applies (``RAY_API_SERVER_ADDRESS``, then
+``RAY_ADDRESS``).
 """
 
 from __future__ import annotations

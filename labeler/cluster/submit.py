@@ -39,11 +39,12 @@ import shlex
 import shutil
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+
+import tomllib
 
 from labeler import __version__
 from labeler.config import JobConfig, build_config, load_job_file

@@ -173,7 +173,8 @@ class RunFolder:
         return self.output.read_json(path) if self.output.exists(path) else None
 
     def write_progress(self, progress: dict) -> None:
-        self._write_json("run/progress.json", progress)
+        """One attempt, no retry: a heartbeat must never hold up the driver."""
+        self.output.write_json("run/progress.json", progress)
 
     def read_progress(self) -> dict | None:
         path = "run/progress.json"

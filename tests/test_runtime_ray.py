@@ -1,0 +1,464 @@
+"""``labeler run`` end to end on a local Ray cluster, with real faults.
+
+One Ray session serves the module (started after the S3 test server's environment is set, so the
+workers inherit it); each job starts its own worker actors with the ``tiny`` model. The faults are
+real: a worker process SIGKILLed mid-shard, the driver process group SIGKILLed mid-run, the S3
+server restarted mid-run, a shard whose code fails on every attempt. After each, the output must
+equal an uninterrupted run's: same ``images.parquet`` rows, same COCO images and annotations,
+same ``annotations/`` rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from labeler.cli import main
+from labeler.config import DiffSegSettings, JobConfig
+from labeler.io.storage import Folder
+from labeler.runtime.job import RunSummary, input_items, run_job
+from labeler.runtime.plan import plan_run
+from labeler.runtime.run_folder import RunFolder
+from labeler.runtime.status import describe_run, run_progress
+from tests.s3server import S3Server
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "labeler-runtime"
+KL_THRESHOLD = 0.7  # suits the random tiny model (see jobs/demo_diffseg.toml)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures and helpers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_session(s3_server: S3Server) -> Iterator[None]:
+    """One local Ray instance for the module; its workers see the S3 server's environment."""
+    import ray
+
+    saved = {name: os.environ.get(name) for name in s3_server.env}
+    os.environ.update(s3_server.env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _image(height: int, width: int, seed: int) -> Image.Image:
+    """Smooth colours with a few flat shapes: something for the segmenter to split."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 60)], -1)
+    for _ in range(3):
+        top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        pixels[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """Four small images in two sub-folders (two shards of two)."""
+    root = tmp_path_factory.mktemp("collection")
+    for index, name in enumerate(["a/one.png", "a/two.jpg", "b/three.png", "b/four.webp"]):
+        path = root / name
+        path.parent.mkdir(exist_ok=True)
+        _image(64 + 16 * index, 96 - 8 * index, seed=index).save(path)
+    return root
+
+
+def job_config(input_uri: str, output_uri: str, **overrides) -> JobConfig:
+    settings = {"model": "tiny", "shard_size": 2, "batch_size": 2, "workers": 1,
+                "diffseg": DiffSegSettings(kl_threshold=KL_THRESHOLD), **overrides}
+    return JobConfig(input=input_uri, output=output_uri, **settings)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, collection, tmp_path_factory) -> Path:
+    """The uninterrupted run every faulty run is compared with."""
+    output = tmp_path_factory.mktemp("reference") / "out"
+    summary = run_job(job_config(str(collection), str(output)), progress=False)
+    assert summary.complete and summary.images == 4 and summary.labeled == 4
+    assert summary.worker_deaths == 0 and summary.retries == 0
+    return output
+
+
+def read_output(folder: Folder, rename: Callable[[str], str] | None = None) -> dict:
+    """What must not change between runs: rows and COCO records.
+
+    With ``rename`` (the same collection at another URI) URIs are mapped back, and the ids
+    derived from URIs (shard ids, the run id) are left out.
+    """
+    renamed = rename is not None
+    rename = rename or (lambda uri: uri)
+    with folder.open("images.parquet") as handle:
+        images = pq.read_table(handle).to_pylist()
+    for row in images:
+        row["uri"] = rename(row["uri"])
+    coco = json.loads(folder.read_bytes("coco.json"))
+    for record in coco["images"]:
+        record["file_name"] = rename(record["file_name"])
+    annotations = []
+    for name in folder.list("annotations"):
+        with folder.open(f"annotations/{name}") as handle:
+            annotations += pq.read_table(handle).to_pylist()
+    for row in annotations:
+        row["file_name"] = rename(row["file_name"])
+    if renamed:
+        for row in images:
+            row.pop("shard_id")
+        for row in annotations:
+            row.pop("run_id")
+    return {"images.parquet": images, "coco.images": coco["images"],
+            "coco.annotations": coco["annotations"], "coco.categories": coco["categories"],
+            "annotations/": annotations}
+
+
+def assert_same_output(expected: Path | Folder, actual: Path | Folder,
+                       rename: Callable[[str], str] | None = None) -> None:
+    as_folder = lambda f: f if isinstance(f, Folder) else Folder(str(f))  # noqa: E731
+    want = read_output(as_folder(expected), (lambda uri: uri) if rename else None)
+    got = read_output(as_folder(actual), rename)
+    for key in want:
+        assert got[key] == want[key], f"{key} differs from the uninterrupted run"
+    assert len(want["coco.annotations"]) > 0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def done_markers(output: Path) -> list[str]:
+    folder = output / "run" / "done"
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" not in p.name) if folder.exists() else []
+
+
+def run_in_thread(config: JobConfig) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["summary"] = run_job(config, progress=False)
+        except BaseException as error:  # noqa: BLE001 - re-raised by the test
+            result["error"] = error
+
+    thread = threading.Thread(target=target, name="labeler-job")
+    thread.start()
+    return thread, result
+
+
+def finish(thread: threading.Thread, result: dict, timeout: float = 300) -> RunSummary:
+    thread.join(timeout)
+    assert not thread.is_alive(), "the job did not finish"
+    if "error" in result:
+        raise result["error"]
+    return result["summary"]
+
+
+def label_worker_pids() -> list[int]:
+    """PIDs of live LabelWorker actor processes (Ray titles them ``ray::LabelWorker...``)."""
+    pids = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith("ray::LabelWorker"):
+            pids.append(process.info["pid"])
+    return pids
+
+
+# --------------------------------------------------------------------------------------------
+# Clean runs
+# --------------------------------------------------------------------------------------------
+
+
+def test_clean_run_outputs_logs_stats_and_status(reference, collection):
+    run = RunFolder(Folder(str(reference)))
+    plan = run.read_plan()
+    assert [s["n_images"] for s in plan["shards"]] == [2, 2]
+    for shard in plan["shards"]:
+        shard_id = shard["shard_id"]
+        log = run.output.read_bytes(f"run/logs/{shard_id}.log").decode()
+        assert f"shard {shard_id} attempt 1" in log and "2 labeled, 0 failed" in log
+        stats = run.read_stats(shard_id)
+        assert stats["worker"]["device"] == "cpu" and stats["timings"]["label"] > 0
+    images = pq.read_table(reference / "images.parquet").to_pylist()
+    assert [row["uri"] for row in images] == [
+        str(collection / name) for name in ["a/one.png", "a/two.jpg", "b/four.webp", "b/three.png"]
+    ]
+    progress = run_progress(str(reference))
+    assert progress["state"] == "complete" and progress["images_done"] == 4
+    assert run.read_progress()["state"] == "complete"
+    assert "complete" in describe_run(str(reference))
+
+
+def test_resuming_a_complete_run_processes_nothing(ray_session, reference, collection):
+    before = (reference / "coco.json").stat().st_mtime_ns
+    summary = run_job(job_config(str(collection), str(reference), workers=2), progress=False)
+    assert summary.complete and summary.shards_processed == 0 and summary.images == 4
+    assert (reference / "coco.json").stat().st_mtime_ns >= before
+
+
+def test_changed_configuration_is_refused_naming_the_change(reference, collection, tmp_path, capsys):
+    job = tmp_path / "job.toml"
+    job.write_text(f'model = "tiny"\nshard_size = 2\n[diffseg]\nkl_threshold = 0.9\n')
+    code = main(["run", str(job), "--input", str(collection), "--output", str(reference),
+                 "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "diffseg.kl_threshold: 0.7 -> 0.9" in err and "--overwrite" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------------------------
+
+
+def test_killed_worker_is_replaced_and_output_matches(ray_session, reference, collection, tmp_path):
+    output = tmp_path / "out"
+    thread, result = run_in_thread(job_config(str(collection), str(output)))
+    wait_for(lambda: len(done_markers(output)) >= 1, 180, "the first shard")
+    pids = label_worker_pids()
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)  # mid-way through the second shard
+    summary = finish(thread, result)
+    assert summary.complete and summary.worker_deaths == 1
+    assert summary.shards_processed == 2
+    assert_same_output(reference, output)
+
+
+def test_shard_failing_every_attempt_is_recorded_then_retried_by_a_rerun(
+    ray_session, reference, collection, tmp_path, capsys
+):
+    output = tmp_path / "out"
+    config = job_config(str(collection), str(output))
+    run = RunFolder(Folder(str(output)))
+    run.claim(config)
+    plan = plan_run(run, input_items(config), config.shard_size)
+    broken = plan["shards"][1]["shard_id"]
+    manifest = output / "run" / "manifest" / f"{broken}.jsonl"
+    good = manifest.read_bytes()
+    manifest.write_bytes(b'{"uri": "not json')  # every attempt raises in the worker
+
+    summary = run_job(config, progress=False)
+    assert not summary.complete and list(summary.failed_shards) == [broken]
+    assert summary.failed_shards[broken]["attempts"] == 3
+    assert "JSONDecodeError" in summary.failed_shards[broken]["error"]
+    assert summary.worker_deaths == 0 and summary.shards_processed == 1
+    assert not (output / "coco.json").exists()
+    status = run_progress(str(output))
+    assert status["state"] == "failed" and status["shards_failed"] == [broken]
+    assert "JSONDecodeError" in (output / "run" / "logs" / f"{broken}.log").read_text()
+
+    manifest.write_bytes(good)  # the bug is fixed: the same command resumes
+    code = main(["run", "--input", str(collection), "--output", str(output), "--model", "tiny",
+                 "--shard-size", "2", "--batch-size", "2", "--workers", "1", "--no-progress",
+                 *_kl_flag(tmp_path)])
+    assert code == 0, capsys.readouterr()
+    assert "1 of 2 shards processed" in capsys.readouterr().out
+    assert run.failed_shards() == {}
+    assert_same_output(reference, output)
+
+
+def _kl_flag(tmp_path: Path) -> list[str]:
+    """The tiny model's KL threshold as a job file (it has no flag)."""
+    job = tmp_path / "kl.toml"
+    job.write_text(f"[diffseg]\nkl_threshold = {KL_THRESHOLD}\n")
+    return [str(job)]
+
+
+def test_killed_driver_resumes_with_only_the_remaining_shards(reference, collection, tmp_path):
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "labeler.cli", "run", *_kl_flag(tmp_path), "--input",
+               str(collection), "--output", str(output), "--model", "tiny", "--shard-size", "2",
+               "--batch-size", "2", "--workers", "1", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(done_markers(output)) >= 1, 180, "the first shard")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and everything in its group
+        first.wait(30)
+    finished_before = done_markers(output)
+    assert len(finished_before) == 1 and not (output / "coco.json").exists()
+    stats_before = {s: (output / "run" / "stats" / f"{s}.json").stat().st_mtime_ns
+                    for s in finished_before}
+    assert "running" in describe_run(str(output)) or "interrupted" in describe_run(str(output))
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "1 of 2 shards processed" in second.stdout
+    for shard_id, mtime in stats_before.items():  # the finished shard was not redone
+        assert (output / "run" / "stats" / f"{shard_id}.json").stat().st_mtime_ns == mtime
+    assert_same_output(reference, output)
+
+
+# --------------------------------------------------------------------------------------------
+# Object storage
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_collection(s3_server: S3Server, collection: Path) -> str:
+    s3_server.create_bucket(BUCKET)
+    fs = s3_server.filesystem()
+    for path in sorted(collection.rglob("*.*")):
+        fs.pipe_file(f"{BUCKET}/in/{path.relative_to(collection).as_posix()}", path.read_bytes())
+    return f"s3://{BUCKET}/in"
+
+
+def _from_s3(collection: Path) -> Callable[[str], str]:
+    return lambda uri: uri.replace(f"s3://{BUCKET}/in", str(collection))
+
+
+def test_s3_in_and_out(ray_session, reference, collection, s3_collection, s3_server):
+    output = f"s3://{BUCKET}/out-clean"
+    summary = run_job(job_config(s3_collection, output), progress=False)
+    assert summary.complete and summary.labeled == 4
+    assert_same_output(reference, Folder(output), rename=_from_s3(collection))
+    assert (s3_server.data_dir / BUCKET / "out-clean" / "coco.json").exists()
+    assert "complete" in describe_run(output)
+
+
+def test_storage_restart_mid_run_costs_time_not_data(
+    ray_session, reference, collection, s3_collection, s3_server
+):
+    output = f"s3://{BUCKET}/out-restart"
+    on_disk = s3_server.data_dir / BUCKET / "out-restart"
+    thread, result = run_in_thread(job_config(s3_collection, output))
+    wait_for(lambda: len(done_markers(on_disk)) >= 1, 180, "the first shard")
+    first = done_markers(on_disk)[0]
+    (worker,) = label_worker_pids()
+    s3_server.stop()  # while the second shard is labeled
+    wait_for(lambda: _idle(worker), 120, "the worker to block on the storage")
+    s3_server.start()
+    summary = finish(thread, result)
+    assert summary.complete and summary.retries == 0  # absorbed by storage retries
+    second = next(s for s in done_markers(on_disk) if s != first)
+    stats = json.loads((on_disk / "run" / "stats" / f"{second}.json").read_text())
+    # the outage hit this shard (reading its manifest or images, or committing): it waited
+    assert stats["seconds"] - stats["timings"]["label"] > 1.0
+    assert stats["labeled"] == 2
+
+
+def _idle(pid: int, seconds: float = 1.0) -> bool:
+    """Whether process ``pid`` used (almost) no CPU for ``seconds``: done labeling, waiting."""
+    process = psutil.Process(pid)
+    before = sum(process.cpu_times()[:2])
+    time.sleep(seconds)
+    return sum(process.cpu_times()[:2]) - before < 0.1 * seconds
+    assert_same_output(reference, Folder(output), rename=_from_s3(collection))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs, end to end
+# --------------------------------------------------------------------------------------------
+
+
+def _save(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _png16(height: int, width: int) -> bytes:
+    values = (np.arange(height * width, dtype=np.uint32).reshape(height, width) * 97) % 65536
+    return _save(Image.fromarray(values.astype(np.uint16)), "PNG")
+
+
+def bad_input_corpus(root: Path) -> tuple[dict[str, str | None], str]:
+    """Files of every awkward kind, and a manifest listing them (plus one that does not exist).
+
+    Returns:
+        the expected ``reason`` per manifest entry (None: labeled) and the manifest path.
+    """
+    rgb = _image(48, 64, seed=7)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64 wide x 96 high, shown rotated: 96 wide x 64 high
+    animated = [Image.new("RGB", (40, 30), colour) for colour in ("red", "green", "blue")]
+    jpeg = _save(_image(64, 64, seed=8), "JPEG", quality=90)
+    png = _save(_image(64, 64, seed=9), "PNG")
+    files: dict[str, tuple[bytes, str | None]] = {
+        "gray.png": (_save(rgb.convert("L"), "PNG"), None),
+        "cmyk.jpg": (_save(rgb.convert("CMYK"), "JPEG"), None),
+        "sixteen bit.png": (_png16(40, 56), None),
+        "same name/ñame ü.png": (_save(rgb.convert("P"), "PNG"), None),  # palette
+        "other folder/ñame ü.png": (_save(rgb.convert("RGBA"), "PNG"), None),  # alpha
+        "rotated.jpg": (_save(_image(96, 64, seed=3), "JPEG", exif=exif), None),
+        "animated.gif": (_save(animated[0], "GIF", save_all=True, append_images=animated[1:]),
+                         None),
+        "small.png": (_save(Image.new("RGB", (8, 8), "red"), "PNG"), None),
+        "large.png": (_save(Image.new("L", (3000, 2000), 90), "PNG"), None),  # 6 Mpx
+        "one pixel.png": (_save(Image.new("RGB", (1, 1)), "PNG"), "too_small"),
+        "zero bytes.png": (b"", "empty_file"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        "truncated.png": (png[: len(png) // 2], "truncated"),
+        "not an image.jpg": (b"hello, I am a text file\n", "not_an_image"),
+        "bomb.png": (_save(Image.new("L", (4000, 3000)), "PNG"), "too_many_pixels"),  # 12 Mpx
+    }
+    expected: dict[str, str | None] = {}
+    lines = []
+    for name, (data, reason) in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        lines.append(name)
+        expected[str(path)] = reason
+    lines.append("deleted after listing.png")
+    expected[str(root / "deleted after listing.png")] = "read_error"
+    manifest = root / "manifest.txt"
+    manifest.write_text("\n".join(lines) + "\n")
+    return expected, str(manifest)
+
+
+def test_bad_input_corpus_every_image_accounted_for(ray_session, tmp_path):
+    expected, manifest = bad_input_corpus(tmp_path / "corpus")
+    output = tmp_path / "out"
+    config = job_config(manifest, str(output), shard_size=4, max_pixels=8_000_000)
+    summary = run_job(config, progress=False)
+    assert summary.complete
+    rows = pq.read_table(output / "images.parquet").to_pylist()
+    assert sorted(row["uri"] for row in rows) == sorted(expected)  # each exactly once
+    assert {row["uri"]: row["reason"] for row in rows} == expected
+    for row in rows:
+        assert row["status"] == ("failed" if expected[row["uri"]] else "labeled")
+        assert (row["detail"] is None) == (row["status"] == "labeled")
+    assert summary.labeled == 9 and summary.failed == 7
+    assert summary.failure_reasons == {"too_small": 1, "empty_file": 1, "truncated": 2,
+                                       "not_an_image": 1, "too_many_pixels": 1, "read_error": 1}
+
+    by_uri = {row["uri"]: row for row in rows}
+    rotated = by_uri[str(tmp_path / "corpus" / "rotated.jpg")]
+    assert (rotated["width"], rotated["height"]) == (96, 64)  # upright, as viewers show it
+    assert (by_uri[str(tmp_path / "corpus" / "large.png")]["width"]) == 3000
+    coco = json.loads((output / "coco.json").read_text())
+    sizes = {image["id"]: (image["width"], image["height"]) for image in coco["images"]}
+    assert len(sizes) == 9
+    for annotation in coco["annotations"]:
+        width, height = sizes[annotation["image_id"]]
+        assert annotation["segmentation"]["size"] == [height, width]

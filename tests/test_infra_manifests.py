@@ -282,6 +282,8 @@ def test_rayjob_job_file_is_mounted_on_the_head_and_valid():
     config = build_config(tomllib.loads(text), {})
     assert config.output.startswith("s3://"), "a RayJob's output must survive its cluster"
     assert config.model_name.startswith("s3://"), "workers read the model from object storage"
+    # GPU pods may not be up when the job starts: GPU workers must be asked for explicitly
+    assert config.gpus_per_worker and config.gpus_per_worker >= 1 and config.workers
 
 
 def test_raycluster_is_a_gpu_cluster_with_a_shared_model_cache():

@@ -275,3 +275,28 @@ def test_unreachable_cluster_is_a_clear_error(capsys):
         port = sock.getsockname()[1]
     assert main(["logs", "some-job", "--address", f"http://127.0.0.1:{port}"]) == 2
     assert "cannot reach the Ray Jobs API" in capsys.readouterr().err
+
+
+def test_local_folders_are_forwarded_only_to_a_cluster_on_this_machine(job_dir):
+    environ = {"LABELER_CACHE": "/home/me/.cache/labeler", "HF_HOME": "/home/me/hf",
+               "HF_HUB_OFFLINE": "1"}
+    assert jobs.forwarded_env(environ, local_cluster=True) == environ
+    assert jobs.forwarded_env(environ, local_cluster=False) == {"HF_HUB_OFFLINE": "1"}
+    remote = jobs.build_job_spec(job_dir / "job.toml", {}, cwd=job_dir, environ=environ,
+                                 local_cluster=False)
+    assert remote.runtime_env["env_vars"] == {"HF_HUB_OFFLINE": "1"}
+    for address in ("http://127.0.0.1:8265", "localhost:8265", "http://[::1]:8265"):
+        assert jobs.is_local_address(address), address
+    for address in ("http://10.0.0.5:8265", "https://ray.example.com", None, ""):
+        assert not jobs.is_local_address(address), address
+
+
+def test_local_auth_token_lookup(tmp_path):
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    (tmp_path / "token").write_text("from-path")
+    assert jobs.local_auth_token({"RAY_AUTH_TOKEN": "env"}, tmp_path) == "env"
+    assert jobs.local_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")},
+                                 tmp_path) == "from-path"
+    assert jobs.local_auth_token({}, tmp_path) == "from-home"
+    assert jobs.local_auth_token({}, tmp_path / "nowhere") is None

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -120,8 +121,11 @@ def run_submit(args: argparse.Namespace) -> int:
         pip = jobs.pinned_requirements()
     elif args.requirements:
         pip = jobs.read_requirements(args.requirements)
+    address = (args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
+               or os.environ.get("RAY_ADDRESS"))
     spec = jobs.build_job_spec(args.job, job_overrides(args), ship_code=not args.no_ship_code,
-                               pip=pip, python=args.python)
+                               pip=pip, python=args.python,
+                               local_cluster=jobs.is_local_address(address))
     out = sys.stdout
     if args.dry_run:
         out.write(json.dumps(spec.describe(), indent=2) + "\n")

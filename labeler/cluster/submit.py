@@ -10,10 +10,12 @@ runtime environment carries:
   (``ship_code=False`` uses the version installed on the nodes instead, e.g. in the worker image);
 * ``pip`` (optional): pinned requirements, for clusters whose nodes lack the dependencies;
 * ``env_vars``: the non-secret settings of :data:`~labeler.runtime.ray_executor.FORWARDED_ENV`
-  (``AWS_ENDPOINT_URL``, ``HF_HUB_OFFLINE``, ``LABELER_CACHE``, ...) when set here. Credentials are
-  never forwarded, and URIs with embedded credentials are refused: the entrypoint and runtime
-  environment are visible to everyone who can see the cluster's dashboard. Nodes get credentials
-  from their own environment (instance role, Kubernetes secret).
+  (``AWS_ENDPOINT_URL``, ``HF_HUB_OFFLINE``, ``LABELER_CACHE``, ...) when set here; the local
+  folders among them (``LABELER_CACHE``, ``HF_HOME``) only to a cluster on this machine.
+  Credentials are never forwarded, and URIs with embedded credentials are refused: the
+  entrypoint and runtime environment are visible to everyone who can see the cluster's
+  dashboard. Nodes get credentials from their own environment (instance role, Kubernetes
+  secret).
 
 Local paths in the job (input, output, embeddings, a model directory) are made absolute, since
 the job runs in another working directory; they must name a filesystem that every node sees at
@@ -43,6 +45,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+from urllib.parse import urlsplit
 
 import tomllib
 
@@ -59,6 +62,8 @@ ID_PREFIX = "labeler"
 LOCATION_KEYS = ("input", "output", "embeddings", "model")
 #: Settings a submitted job does not take from the submitter: the job joins its own cluster.
 NOT_FORWARDED = ("address",)
+#: Settings that name folders of the submitting machine (see :func:`forwarded_env`).
+LOCAL_PATH_SETTINGS = ("LABELER_CACHE", "HF_HOME")
 #: Files of the package that are never shipped.
 CODE_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info"]
 #: Statuses after which a job cannot change any more.
@@ -216,10 +221,30 @@ def render_flags(flags: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The non-secret settings the job's processes get from the submitter's environment."""
+def forwarded_env(environ: Mapping[str, str] | None = None,
+                  local_cluster: bool = True) -> dict[str, str]:
+    """The non-secret settings the job's processes get from the submitter's environment.
+
+    Folders of this machine (:data:`LOCAL_PATH_SETTINGS`) are forwarded only to a cluster on
+    this machine: on a remote cluster they would replace the nodes' own cache folders (the
+    worker image points them at its cache volume) with paths that do not exist there.
+    """
     environ = os.environ if environ is None else environ
-    return {name: environ[name] for name in FORWARDED_ENV if environ.get(name)}
+    names = [name for name in FORWARDED_ENV
+             if local_cluster or name not in LOCAL_PATH_SETTINGS]
+    skipped = [name for name in LOCAL_PATH_SETTINGS if not local_cluster and environ.get(name)]
+    if skipped:
+        logger.info("not forwarding %s to a remote cluster (its nodes have their own)",
+                    ", ".join(skipped))
+    return {name: environ[name] for name in names if environ.get(name)}
+
+
+def is_local_address(address: str | None) -> bool:
+    """Whether a Jobs API address names this machine (``http://127.0.0.1:8265``)."""
+    if not address:
+        return False
+    host = urlsplit(address if "://" in address else f"http://{address}").hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def package_dir() -> Path:
@@ -236,6 +261,7 @@ def build_job_spec(
     python: str = "python",
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    local_cluster: bool = True,
 ) -> JobSpec:
     """Everything needed to submit ``labeler run [job_file] [flags]`` to a cluster.
 
@@ -247,6 +273,7 @@ def build_job_spec(
         python: the interpreter that runs the entrypoint on the head node.
         cwd: the folder relative paths are relative to.
         environ: the environment to forward settings from (default ``os.environ``).
+        local_cluster: the cluster runs on this machine (see :func:`forwarded_env`).
 
     Raises:
         ValueError: bad settings, or URIs with embedded credentials.
@@ -259,7 +286,7 @@ def build_job_spec(
     if path is not None:
         command.append(path.name)
     command += ["--address", "auto", "--no-progress", *render_flags(flags)]
-    runtime_env: dict[str, Any] = {"env_vars": forwarded_env(environ)}
+    runtime_env: dict[str, Any] = {"env_vars": forwarded_env(environ, local_cluster)}
     if ship_code:
         runtime_env["py_modules"] = [str(package_dir())]
         runtime_env["excludes"] = list(CODE_EXCLUDES)
@@ -335,17 +362,56 @@ def connect(address: str | None) -> JobsClient:
     """A Jobs API client for the dashboard at ``address`` (``http://HEAD:8265``).
 
     Without an address, Ray's own lookup applies (``RAY_API_SERVER_ADDRESS``, ``RAY_ADDRESS``).
+    A cluster with Ray's token authentication gets the token Ray would use
+    (``RAY_AUTH_MODE=token``), or, with the mode unset, the local token (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) once the cluster asks for one: Ray 2.60's
+    client sends none then, although ``ray start --head`` enables authentication when that file
+    exists. The token is never logged.
 
     Raises:
-        RuntimeError: the dashboard cannot be reached.
+        RuntimeError: the dashboard cannot be reached, or refuses the credentials.
     """
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    where = redact_uri(address) if address else "$RAY_API_SERVER_ADDRESS / $RAY_ADDRESS"
     try:
-        return JobSubmissionClient(address)
+        try:
+            return JobSubmissionClient(address)
+        except AuthenticationError:
+            token = None if os.environ.get("RAY_AUTH_MODE") else local_auth_token()
+            if token is None:
+                raise
+            logger.debug("the cluster requires a token: using the local one")
+            return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
     except ConnectionError as error:
-        where = redact_uri(address) if address else "$RAY_API_SERVER_ADDRESS / $RAY_ADDRESS"
         raise RuntimeError(f"cannot reach the Ray Jobs API at {where}: {error}") from error
+    except AuthenticationError as error:
+        raise RuntimeError(
+            f"the Ray cluster at {where} requires an authentication token that was not found "
+            "or not accepted: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's "
+            "token, as `ray get-auth-token` prints it on the head"
+        ) from error
+
+
+def local_auth_token(environ: Mapping[str, str] | None = None,
+                     home: Path | None = None) -> str | None:
+    """The Ray token available here: ``RAY_AUTH_TOKEN``, its file, or ``~/.ray/auth_token``."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RAY_AUTH_TOKEN", "").strip():
+        return environ["RAY_AUTH_TOKEN"].strip()
+    candidates = []
+    if environ.get("RAY_AUTH_TOKEN_PATH"):
+        candidates.append(Path(environ["RAY_AUTH_TOKEN_PATH"]))
+    candidates.append((home or Path.home()) / ".ray" / "auth_token")
+    for path in candidates:
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            continue
+        if token:
+            return token
+    return None
 
 
 def _status_name(status: Any) -> str:
@@ -482,7 +548,10 @@ __all__ = [
     "Submission",
     "build_job_spec",
     "connect",
+    "forwarded_env",
+    "is_local_address",
     "job_status",
+    "local_auth_token",
     "output_hash",
     "pinned_requirements",
     "read_requirements",

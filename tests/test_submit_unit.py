@@ -300,3 +300,14 @@ def test_local_auth_token_lookup(tmp_path):
                                  tmp_path) == "from-path"
     assert jobs.local_auth_token({}, tmp_path) == "from-home"
     assert jobs.local_auth_token({}, tmp_path / "nowhere") is None
+
+
+def test_following_a_failed_job_exits_non_zero(monkeypatch, capsys):
+    client = FakeClient(statuses=["RUNNING", "FAILED"], logs=["boom\n"])
+    monkeypatch.setattr(jobs, "connect", lambda address: client)
+    monkeypatch.setattr(jobs, "POLL_SECONDS", 0)
+    assert main(["logs", "labeler-x", "--follow", "--address", "http://h:8265"]) == 1
+    out = capsys.readouterr().out
+    assert "boom" in out and out.strip().endswith("job labeler-x FAILED")
+    assert main(["stop", "labeler-x", "--address", "http://h:8265"]) == 0
+    assert client.stopped == ["labeler-x"]

@@ -490,7 +490,7 @@ def wait_for_job(
     job_id: str,
     out: TextIO | None = None,
     timeout: float | None = None,
-    poll_seconds: float = POLL_SECONDS,
+    poll_seconds: float | None = None,
 ) -> str:
     """Block until the job ends; stream its logs to ``out`` when given. Returns the status.
 
@@ -500,6 +500,7 @@ def wait_for_job(
     Raises:
         TimeoutError: ``timeout`` seconds passed first.
     """
+    poll_seconds = POLL_SECONDS if poll_seconds is None else poll_seconds
     deadline = None if timeout is None else time.monotonic() + timeout
     written = [0]  # characters of the log already written to ``out``
     streamed = False

@@ -249,6 +249,8 @@ def _check_ray_cluster_spec(spec: dict) -> None:
     assert spec["rayVersion"] == _image_versions()["ray"]
     head = spec["headGroupSpec"]
     assert head["rayStartParams"].get("num-gpus") == "0"
+    for group in [head, *spec["workerGroupSpecs"]]:  # a map of strings in the CRD
+        assert all(isinstance(value, str) for value in group["rayStartParams"].values())
     assert _pod_spec_problems(head["template"], gpu=False) == []
     groups = spec["workerGroupSpecs"]
     assert groups

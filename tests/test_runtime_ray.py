@@ -181,12 +181,19 @@ def finish(thread: threading.Thread, result: dict, timeout: float = 300) -> RunS
 
 
 def label_worker_pids() -> list[int]:
-    """PIDs of live LabelWorker actor processes (Ray titles them ``ray::LabelWorker...``)."""
+    """PIDs of this test's live LabelWorker actors (Ray titles them ``ray::LabelWorker...``).
+
+    Only descendants of this process (its Ray instance's raylet forks the workers): other
+    sessions on the machine may run their own.
+    """
     pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            cmdline = process.cmdline()
+        except psutil.Error:
+            continue
         if cmdline and cmdline[0].startswith("ray::LabelWorker"):
-            pids.append(process.info["pid"])
+            pids.append(process.pid)
     return pids
 
 
@@ -224,7 +231,7 @@ def test_resuming_a_complete_run_processes_nothing(ray_session, reference, colle
 
 def test_changed_configuration_is_refused_naming_the_change(reference, collection, tmp_path, capsys):
     job = tmp_path / "job.toml"
-    job.write_text(f'model = "tiny"\nshard_size = 2\n[diffseg]\nkl_threshold = 0.9\n')
+    job.write_text('model = "tiny"\nshard_size = 2\n[diffseg]\nkl_threshold = 0.9\n')
     code = main(["run", str(job), "--input", str(collection), "--output", str(reference),
                  "--no-progress"])
     assert code == 2
@@ -310,7 +317,7 @@ def test_killed_driver_resumes_with_only_the_remaining_shards(reference, collect
     assert "running" in describe_run(str(output)) or "interrupted" in describe_run(str(output))
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "1 of 2 shards processed" in second.stdout
     for shard_id, mtime in stats_before.items():  # the finished shard was not redone
@@ -364,6 +371,7 @@ def test_storage_restart_mid_run_costs_time_not_data(
     # the outage hit this shard (reading its manifest or images, or committing): it waited
     assert stats["seconds"] - stats["timings"]["label"] > 1.0
     assert stats["labeled"] == 2
+    assert_same_output(reference, Folder(output), rename=_from_s3(collection))
 
 
 def _idle(pid: int, seconds: float = 1.0) -> bool:
@@ -372,7 +380,6 @@ def _idle(pid: int, seconds: float = 1.0) -> bool:
     before = sum(process.cpu_times()[:2])
     time.sleep(seconds)
     return sum(process.cpu_times()[:2]) - before < 0.1 * seconds
-    assert_same_output(reference, Folder(output), rename=_from_s3(collection))
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,3 +469,18 @@ def test_bad_input_corpus_every_image_accounted_for(ray_session, tmp_path):
     for annotation in coco["annotations"]:
         width, height = sizes[annotation["image_id"]]
         assert annotation["segmentation"]["size"] == [height, width]
+
+
+def test_workers_that_cannot_load_the_model_end_the_run_clearly(
+    ray_session, collection, tmp_path, capsys
+):
+    missing = tmp_path / "no-such-model"
+    code = main(["run", "--input", str(collection), "--output", str(tmp_path / "out"),
+                 "--model", str(missing), "--workers", "1", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    first_line = err.split("labeler: error: ", 1)[1].splitlines()[0]
+    assert first_line.startswith("workers died 3 times before they were ready: ")
+    assert "ModelLoadError: model directory" in first_line
+    assert "no-such-model does not exist" in err and "\x1b[" not in err
+    assert run_progress(str(tmp_path / "out"))["state"] == "interrupted"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -141,11 +142,10 @@ def test_prefetcher_bounds_read_ahead_and_stops_when_the_consumer_fails():
             yield index
 
     before = threading.active_count()
-    with pytest.raises(RuntimeError, match="model broke"):
-        with Prefetcher(produce, depth=2) as items:
-            for item in items:
-                time.sleep(0.05)
-                raise RuntimeError("model broke")
+    with pytest.raises(RuntimeError, match="model broke"), Prefetcher(produce, depth=2) as items:
+        for _ in items:
+            time.sleep(0.05)
+            raise RuntimeError("model broke")
     assert len(produced) <= 4  # the one consumed, two queued, one waiting to be queued
     assert threading.active_count() == before
 
@@ -155,9 +155,8 @@ def test_prefetcher_hands_producer_errors_to_the_consumer():
         yield 1
         raise OSError("storage gone")
 
-    with pytest.raises(OSError, match="storage gone"):
-        with Prefetcher(produce) as items:
-            assert list(items)
+    with pytest.raises(OSError, match="storage gone"), Prefetcher(produce) as items:
+        assert list(items)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +170,7 @@ class SizeLimitedSegmenter:
     ``too_big`` marks images (by their top-left pixel value) that do not fit even alone.
     """
 
-    categories = [{"id": 1, "name": "segment", "supercategory": "segment"}]
+    categories: ClassVar[list[dict]] = [{"id": 1, "name": "segment", "supercategory": "segment"}]
 
     def __init__(self, max_batch: int, too_big: int | None = None, message: str | None = None):
         self.max_batch = max_batch

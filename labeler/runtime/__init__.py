@@ -1,1 +1,1 @@
-"""Planning shards, the run folder, and executing shards (in-process or on Ray)."""
+"""Planning shards, the run folder, executing shards on Ray workers, progress and status."""

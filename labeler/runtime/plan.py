@@ -1,7 +1,8 @@
 """Planning: enumerate the collection once, cut it into shards, write the manifest.
 
-Listing is streamed: shards are written as soon as they fill, so memory stays bounded by one
-shard whatever the collection size. Image ids are 1-based positions in the collection order;
+Listing is streamed: shards are written as soon as they fill (a few at a time, concurrently, for
+object stores), so memory stays bounded by a few shards whatever the collection size; the plan
+itself keeps one small record per shard. Image ids are 1-based positions in the collection order;
 shard ids are hashes of the shard's URIs (content, not position).
 """
 
@@ -9,11 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
+
+#: Manifest files written concurrently while planning (object stores: one PUT each).
+MANIFEST_WRITERS = 8
 
 
 def shard_id_for(uris: list[str]) -> str:
@@ -50,15 +56,23 @@ def plan_run(run: RunFolder, items: Iterable[dict], shard_size: int) -> dict:
         return run.read_plan()
     shards = []
     seen: set[str] = set()
-    for entries in cut_into_shards(items, shard_size):
-        shard_id = shard_id_for([entry["uri"] for entry in entries])
-        if shard_id in seen:  # a manifest that repeats a whole shard's URIs
-            shard_id = shard_id_for([f"{entry['image_id']}:{entry['uri']}" for entry in entries])
-        seen.add(shard_id)
-        run.write_manifest(shard_id, entries)
-        shards.append(
-            {"shard_id": shard_id, "n_images": len(entries), "first_image_id": entries[0]["image_id"]}
-        )
+    writes: deque[Future] = deque()
+    writers = 1 if run.output.is_local else MANIFEST_WRITERS  # local disk: threads only add GIL
+    with ThreadPoolExecutor(writers, thread_name_prefix="labeler-plan") as pool:
+        for entries in cut_into_shards(items, shard_size):
+            shard_id = shard_id_for([entry["uri"] for entry in entries])
+            if shard_id in seen:  # a manifest that repeats a whole shard's URIs
+                shard_id = shard_id_for([f"{entry['image_id']}:{entry['uri']}" for entry in entries])
+            seen.add(shard_id)
+            writes.append(pool.submit(run.write_manifest, shard_id, entries))
+            while len(writes) > 2 * writers:  # bounded: a few shards in memory
+                writes.popleft().result()
+            shards.append(
+                {"shard_id": shard_id, "n_images": len(entries),
+                 "first_image_id": entries[0]["image_id"]}
+            )
+        for write in writes:
+            write.result()
     if not shards:
         raise ValueError("the input holds no images")
     run.write_plan(shards)

@@ -58,6 +58,7 @@ class DriverProgress(ShardEvents):
             smoothing=0.05,
         )
         self.bar.set_postfix(failed=0)
+        self.write_heartbeat("running")
 
     @contextlib.contextmanager
     def logging_above_bar(self) -> Iterator[None]:

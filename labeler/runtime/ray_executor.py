@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labeler.config import JobConfig
 from labeler.io.inputs import redact_uri
 from labeler.io.storage import Folder
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import READY, ShardScheduler, WorkersCannotStartError, WorkerSlot
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,14 @@ class ShardEvents:
 
     def tick(self, workers_ready: int, workers: int) -> None:
         """Called about every :data:`HEARTBEAT_SECONDS`."""
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_text(text: str, limit: int = 4000) -> str:
+    """An error for logs and failure records: no terminal colours, no credentials, bounded."""
+    return redact_uri(_ANSI_ESCAPE.sub("", text))[-limit:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +174,7 @@ class RaySession:
         self.started = False
         self.local = address is None
 
-    def __enter__(self) -> RaySession:
+    def __enter__(self) -> Self:
         ray = self.ray
         if ray.is_initialized():
             logger.info("using the Ray session already initialised in this process")
@@ -381,7 +393,7 @@ class _Driver:
         self.events.shard_done(shard_id, value)
 
     def _application_error(self, slot: WorkerSlot, shard_id: str, error: Exception) -> None:
-        text = redact_uri(str(error))[-4000:]
+        text = error_text(str(error))
         if shard_id == READY:  # ready() itself raised: treat the worker as unusable
             self._replace(slot, text)
             return
@@ -396,7 +408,7 @@ class _Driver:
         self.events.shard_failed(shard_id, failure)
 
     def _worker_lost(self, slot: WorkerSlot, error: Exception) -> None:
-        text = redact_uri(f"{type(error).__name__}: {error}")[-4000:]
+        text = error_text(f"{type(error).__name__}: {error}")
         self.report.worker_deaths += 1
         logger.warning("worker %d (generation %d) died: %s", slot.index, slot.generation,
                        text.strip().splitlines()[0] if text.strip() else type(error).__name__)

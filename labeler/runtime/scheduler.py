@@ -138,9 +138,10 @@ class ShardScheduler:
         if not slot.ready:
             slot.start_failures += 1
             if slot.start_failures >= max_start_failures:
+                cause = (error.strip().splitlines() or ["?"])[-1]
                 raise WorkersCannotStartError(
-                    f"workers died {slot.start_failures} times before they were ready; last "
-                    f"error:\n{error}"
+                    f"workers died {slot.start_failures} times before they were ready: {cause}\n"
+                    f"last error:\n{error}"
                 )
         shards = [shard for _, shard in calls if shard != READY]
         running = calls[0][1] if calls else None

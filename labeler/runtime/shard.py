@@ -241,7 +241,7 @@ class ShardProcessor:
                 _write_log_quietly(run, shard_id, log.getvalue())
 
     def _process(self, run: RunFolder, shard_id: str) -> dict:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
         method_before = dict(getattr(getattr(self.segmenter, "timer", None), "seconds", {}))
@@ -266,6 +266,8 @@ class ShardProcessor:
             "annotations": len(rows.annotations),
             "failure_reasons": _count([r["reason"] for r in rows.images if r["reason"]]),
             "seconds": time.perf_counter() - started,
+            "started_at": started_at,
+            "finished_at": time.time(),
             "timings": {name: round(value, 4) for name, value in timings.items()},
             "method_timings": _timer_delta(self.segmenter, method_before),
             "worker": self.worker,
@@ -331,7 +333,7 @@ class ShardProcessor:
                 except Exception as error:  # noqa: BLE001 - becomes the image's failure row
                     outcomes.append(ImageFailure(METHOD_ERROR, f"{type(error).__name__}: {error}"))
             if all(isinstance(o, ImageFailure) and o.reason == METHOD_ERROR for o in outcomes):
-                raise batch_error
+                raise  # the batch's own error: not the data's fault
             return outcomes
 
     def _label_splitting(self, images: list[np.ndarray]) -> list[ImageLabels | ImageFailure]:

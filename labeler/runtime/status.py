@@ -1,13 +1,27 @@
-"""``labeler status``: progress and failures of a run, read from its run folder alone."""
+"""``labeler status``: progress and failures of a run, read from its run folder alone.
+
+Works while a run is going (the driver's heartbeat, ``run/progress.json``, gives its current
+speed and ETA) and after it ended or was killed (a heartbeat older than
+:data:`STALE_HEARTBEAT_SECONDS` means the driver is gone: re-run the command to resume).
+"""
 
 from __future__ import annotations
+
+import time
 
 from labeler.io.storage import Folder
 from labeler.runtime.run_folder import RunFolder
 
+#: A running driver rewrites its heartbeat every 10 s; this much silence means it is gone.
+STALE_HEARTBEAT_SECONDS = 60.0
+
 
 def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
-    """Counts from the run folder: shards and images done of total, failures by reason, speed."""
+    """Counts from the run folder: shards and images done of total, failures by reason, speed.
+
+    ``state`` is one of ``planning``, ``running``, ``interrupted`` (no live driver, shards left),
+    ``failed`` (shards failed after their retries) or ``complete``.
+    """
     output = Folder(output_uri, storage_options)
     run = RunFolder(output)
     if not output.exists("run/config.json"):
@@ -32,12 +46,14 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
         for reason, count in stats.get("failure_reasons", {}).items():
             reasons[reason] = reasons.get(reason, 0) + count
     failed_shards = run.failed_shards()
+    heartbeat = run.read_progress() or {}
     complete = output.exists("coco.json") and len(done) == len(plan["shards"])
     return {
-        "state": "complete" if complete else ("failed" if failed_shards else "running"),
+        "state": _state(complete, failed_shards, heartbeat),
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),
         "shards_failed": sorted(failed_shards),
+        "shard_errors": {shard: _last_line(f.get("error")) for shard, f in failed_shards.items()},
         "images_total": plan["n_images"],
         "images_done": images_done,
         "labeled": labeled,
@@ -45,7 +61,24 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
         "annotations": annotations,
         "failure_reasons": dict(sorted(reasons.items(), key=lambda item: -item[1])),
         "images_per_second_per_worker": images_done / seconds if seconds else None,
+        "driver": heartbeat or None,
     }
+
+
+def _state(complete: bool, failed_shards: dict, heartbeat: dict) -> str:
+    if complete:
+        return "complete"
+    if heartbeat.get("state") == "running":
+        age = time.time() - heartbeat.get("updated", 0.0)
+        return "running" if age < STALE_HEARTBEAT_SECONDS else "interrupted"
+    if failed_shards or heartbeat.get("state") == "failed":
+        return "failed"
+    return "interrupted"
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else "?"
 
 
 def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
@@ -55,16 +88,39 @@ def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
         return f"{output_uri}: planning (listing inputs)"
     lines = [
         f"{output_uri}: {progress['state']}",
-        f"  shards  {progress['shards_done']}/{progress['shards_total']} done"
-        + (f", {len(progress['shards_failed'])} failed" if progress["shards_failed"] else ""),
-        f"  images  {progress['images_done']}/{progress['images_total']} done: "
-        f"{progress['labeled']} labeled, {progress['failed']} failed",
+        (
+            f"  shards  {progress['shards_done']}/{progress['shards_total']} done"
+            + (f", {len(progress['shards_failed'])} failed" if progress["shards_failed"] else "")
+        ),
+        (
+            f"  images  {progress['images_done']}/{progress['images_total']} done: "
+            f"{progress['labeled']} labeled, {progress['failed']} failed"
+        ),
         f"  annotations  {progress['annotations']}",
     ]
+    driver = progress["driver"] or {}
+    if progress["state"] == "running" and driver.get("images_per_second"):
+        eta = driver.get("eta_seconds")
+        lines.append(
+            f"  speed  {driver['images_per_second']:.2f} images/s with "
+            f"{driver.get('workers_ready', '?')}/{driver.get('workers', '?')} workers ready"
+            + (f", ETA {_duration(eta)}" if eta is not None else "")
+        )
     if progress["images_per_second_per_worker"]:
         lines.append(f"  throughput  {progress['images_per_second_per_worker']:.2f} images/s per worker")
     for reason, count in progress["failure_reasons"].items():
         lines.append(f"  failed: {reason}  {count}")
-    for shard_id in progress["shards_failed"]:
-        lines.append(f"  failed shard {shard_id}: see run/failed/{shard_id}.json")
+    for shard_id, error in progress["shard_errors"].items():
+        lines.append(f"  failed shard {shard_id}: {error} (run/failed/{shard_id}.json, "
+                     f"run/logs/{shard_id}.log)")
+    if progress["state"] == "interrupted":
+        lines.append("  no driver is running: re-run the same command to resume")
+    elif progress["state"] == "failed":
+        lines.append("  re-run the same command to retry the failed shards")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

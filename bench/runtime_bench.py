@@ -11,6 +11,9 @@ Three measurements, each in a fresh child process so its peak RSS is its own:
 * ``e2e``: ``labeler run`` (local Ray, one worker) on ``--e2e-images`` photos against the bare
   ``DiffSeg.label`` loop on the same decoded images, same model, batch size and thread count
   (one, as a one-CPU worker has). The ratio is the share of the method's speed the pipeline keeps.
+  On a shared machine that ratio drifts with the neighbours' load, so the worker's own accounting
+  is reported too: the share of its span spent inside the model (``model_busy_fraction``), the
+  per-image time it spends in the shard outside the model, and its idle time between shards.
 
     python bench/runtime_bench.py all
     python bench/runtime_bench.py plan --images 1000000
@@ -238,6 +241,9 @@ def run_e2e(work: Path, count: int, model: str, batch_size: int, shard_size: int
     last = max(s["finished_at"] for s in stats)
     steady = count / (last - first)
     wait_input = sum(s["timings"]["wait_input"] for s in stats)
+    # Robust to a noisy machine: the share of the worker's span spent inside the model.
+    labeling = sum(s["timings"]["label"] for s in stats)
+    in_shards = sum(s["seconds"] for s in stats)
     after = run_child("bare", work, count, model, batch_size, kl)
     bare = {"bare_images_per_s": (before["bare_images_per_s"] + after["bare_images_per_s"]) / 2,
             "bare_images_per_s_before": before["bare_images_per_s"],
@@ -250,6 +256,9 @@ def run_e2e(work: Path, count: int, model: str, batch_size: int, shard_size: int
         "ratio_steady": steady / bare["bare_images_per_s"],
         "ratio_wall": (count / wall) / bare["bare_images_per_s"],
         "worker_wait_for_input_s": wait_input,
+        "model_busy_fraction": labeling / (last - first),
+        "runtime_in_shard_s_per_image": (in_shards - labeling) / count,
+        "idle_between_shards_s": (last - first) - in_shards,
     }
 
 

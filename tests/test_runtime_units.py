@@ -23,7 +23,13 @@ from labeler.methods.base import ImageLabels
 from labeler.runtime.plan import plan_run
 from labeler.runtime.ray_executor import plan_placement
 from labeler.runtime.run_folder import RunFolder
-from labeler.runtime.scheduler import READY, ShardScheduler, WorkersCannotStartError, WorkerSlot
+from labeler.runtime.scheduler import (
+    READY,
+    ShardScheduler,
+    WorkersCannotStartError,
+    WorkerSlot,
+    cannot_start,
+)
 from labeler.runtime.shard import Prefetcher, ShardProcessor, is_out_of_memory
 
 # --------------------------------------------------------------------------------------------
@@ -58,19 +64,22 @@ def test_lost_shards_cost_no_attempt_and_a_poison_shard_is_bounded():
 def test_a_dead_worker_charges_only_its_running_shard():
     slot = WorkerSlot(0, ready=True)
     slot.calls.extend([("r1", "running"), ("r2", "queued")])
-    verdicts = ShardScheduler.worker_died(slot, "killed", max_start_failures=3)
+    verdicts = ShardScheduler.worker_died(slot, "killed")
     assert verdicts == [("running", True), ("queued", False)]
-    assert not slot.calls
+    assert not slot.calls and slot.start_failures == 0
 
 
-def test_workers_that_never_start_end_the_run():
+def test_workers_that_never_start_are_counted_and_named():
     slot = WorkerSlot(0)
-    for attempt in range(2):
+    for _ in range(3):
         slot.calls.extend([("ready", READY), ("r", "a")])
-        assert ShardScheduler.worker_died(slot, "no model", 3) == [("a", False)]
-    slot.calls.append(("ready", READY))
-    with pytest.raises(WorkersCannotStartError, match="no model"):
-        ShardScheduler.worker_died(slot, "no model", 3)
+        assert ShardScheduler.worker_died(slot, "Traceback...\nModelLoadError: no model") == [
+            ("a", False)
+        ]
+    assert slot.start_failures == 3
+    error = cannot_start(slot, "Traceback...\nModelLoadError: no model")
+    assert isinstance(error, WorkersCannotStartError)
+    assert str(error).startswith("workers died 3 times before they were ready: ModelLoadError")
 
 
 # --------------------------------------------------------------------------------------------

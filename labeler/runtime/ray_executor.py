@@ -33,7 +33,13 @@ from labeler.config import JobConfig
 from labeler.io.inputs import redact_uri
 from labeler.io.storage import Folder
 from labeler.runtime.run_folder import RunFolder
-from labeler.runtime.scheduler import READY, ShardScheduler, WorkersCannotStartError, WorkerSlot
+from labeler.runtime.scheduler import (
+    READY,
+    ShardScheduler,
+    WorkersCannotStartError,
+    WorkerSlot,
+    cannot_start,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -46,7 +52,8 @@ SHARDS_IN_FLIGHT_PER_WORKER = 2
 MAX_SHARD_ATTEMPTS = 3
 #: Worker deaths a shard may cause before it is recorded as failed.
 MAX_SHARD_LOSSES = 3
-#: Replacement workers that may die in a row, before becoming ready, before the run stops.
+#: Workers of one slot that may die in a row before becoming ready; then the slot is retired
+#: (and the run stops when no slot is left).
 MAX_START_FAILURES = 3
 #: Seconds between driver heartbeats (progress bar refresh, ``run/progress.json``).
 HEARTBEAT_SECONDS = 1.0
@@ -418,13 +425,20 @@ class _Driver:
         """Requeue the slot's shards (charging the running one) and start a new worker."""
         for call, _ in slot.calls:
             self.calls.pop(call, None)
-        for shard_id, charged in ShardScheduler.worker_died(slot, error, MAX_START_FAILURES):
+        for shard_id, charged in ShardScheduler.worker_died(slot, error):
             if not self.scheduler.lost(shard_id, error, charged):
                 failure = self.scheduler.failed[shard_id]
                 logger.error("shard %s failed: %s", shard_id, failure["error"].splitlines()[0])
                 self.run_folder.record_failure(shard_id, failure["error"], failure["attempts"])
                 self.events.shard_failed(shard_id, failure)
         self._kill(slot)
+        if slot.start_failures >= MAX_START_FAILURES:
+            self.slots.remove(slot)
+            if not self.slots:
+                raise cannot_start(slot, error)
+            logger.error("worker %d retired: it died %d times before it was ready", slot.index,
+                         slot.start_failures)
+            return
         if self._work_left():
             self._start(slot)
 

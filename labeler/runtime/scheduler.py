@@ -11,7 +11,8 @@ Two kinds of trouble are counted apart:
 Workers are slots with a FIFO of calls in flight: a worker runs its calls in order, so when it
 dies, the oldest call was the one running. Only that shard is charged with the loss; the calls
 queued behind it are requeued free. A replacement worker that dies before it ever became ready
-counts as a start failure; ``max_start_failures`` in a row on one slot end the run.
+counts as a start failure; after a few in a row the slot is retired, and when no worker is left
+the run ends (:class:`WorkersCannotStartError`).
 """
 
 from __future__ import annotations
@@ -126,23 +127,24 @@ class ShardScheduler:
         self.queue.append(shard_id)
 
     @staticmethod
-    def worker_died(slot: WorkerSlot, error: str, max_start_failures: int) -> list[tuple[str, bool]]:
+    def worker_died(slot: WorkerSlot, error: str) -> list[tuple[str, bool]]:
         """Empty a dead worker's calls; return ``(shard, charged)`` for each shard it held.
 
-        Raises:
-            WorkersCannotStartError: the slot's workers died before becoming ready
-                ``max_start_failures`` times in a row.
+        A worker that died before it was ready adds one to ``slot.start_failures``.
         """
         calls = list(slot.calls)
         slot.calls.clear()
         if not slot.ready:
             slot.start_failures += 1
-            if slot.start_failures >= max_start_failures:
-                cause = (error.strip().splitlines() or ["?"])[-1]
-                raise WorkersCannotStartError(
-                    f"workers died {slot.start_failures} times before they were ready: {cause}\n"
-                    f"last error:\n{error}"
-                )
         shards = [shard for _, shard in calls if shard != READY]
         running = calls[0][1] if calls else None
         return [(shard, shard == running) for shard in shards]
+
+
+def cannot_start(slot: WorkerSlot, error: str) -> WorkersCannotStartError:
+    """The error that ends a run whose workers keep dying before they are ready."""
+    cause = (error.strip().splitlines() or ["?"])[-1]
+    return WorkersCannotStartError(
+        f"workers died {slot.start_failures} times before they were ready: {cause}\n"
+        f"last error:\n{error}"
+    )

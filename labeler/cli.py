@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_status(commands)
+    from labeler.cluster.command import add_parser as add_cluster
     from labeler.eval.command import add_parser as add_eval
     from labeler.preview.command import add_parser as add_preview
     from labeler.slime.command import add_parser as add_slime
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(commands)
     add_preview(commands)
     add_slime(commands)
+    add_cluster(commands)  # submit, logs, stop
     return parser
 
 

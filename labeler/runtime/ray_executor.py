@@ -2,8 +2,8 @@
 
 Each :class:`LabelWorker` actor loads the model and the method once, then processes many shards
 (one GPU per actor by default, fractions allowed; CPU actors when there is no GPU). The driver
-keeps :data:`SHARDS_IN_FLIGHT_PER_WORKER` shards queued on each actor, so a worker starts its
-next shard as soon as it finishes one, and reading/decoding overlaps the model inside a shard
+keeps :data:`SHARDS_IN_FLIGHT_PER_WORKER` shards queued on each ready actor, so a worker starts
+its next shard as soon as it finishes one, and reading/decoding overlaps the model inside a shard
 (see :class:`labeler.runtime.shard.Prefetcher`). The driver, not the worker, writes a shard's
 completion marker, after the worker has committed its parts and stats.
 
@@ -353,6 +353,11 @@ class _Driver:
         self.calls[ref] = slot
 
     def _feed(self, slot: WorkerSlot) -> None:
+        # Only ready workers get shards: a replacement for a worker on a lost node may wait for
+        # resources indefinitely (until the autoscaler adds a node), and shards queued on it
+        # would be held hostage while live workers sit idle.
+        if not slot.ready or slot.handle is None:
+            return
         while self.scheduler.has_pending() and slot.shards_in_flight() < SHARDS_IN_FLIGHT_PER_WORKER:
             shard_id = self.scheduler.take()
             ref = slot.handle.process.remote(self.output_uri, shard_id,

@@ -41,7 +41,7 @@ def fitted_set(tmp_path_factory, labeler_cache):
 
 
 def test_fit_writes_a_set_with_metadata(fitted_set, capsys):
-    folder, output = fitted_set
+    _, output = fitted_set
     embedding_set = EmbeddingSet.load(str(output))
     assert embedding_set.classes == ("background", "red", "green")
     assert embedding_set.model == "tiny" and embedding_set.embeddings.shape == (2, 32)

@@ -37,6 +37,9 @@ from labeler.slime.data import AnnotatedImage
 from labeler.slime.embedding_set import prompt_embeddings
 from labeler.slime.fit import FitSettings, fit_embedding_set
 
+# ~9 minutes on 2 CPU cores (200 fit steps): kept out of the default run, run by .ci/run-slow.
+pytestmark = pytest.mark.slow
+
 CLASSES = ("background", "red", "blue")
 FLOOR = 0.35  # measured 0.507
 UNFIT_CEILING = 0.2  # measured 0.099

@@ -185,6 +185,15 @@ def test_seeded_fit_is_reproducible(tiny_backbone):
     assert first.model_fingerprint == tiny_backbone.fingerprint
 
 
+def test_few_shot_takes_one_step_per_image_per_epoch(tiny_backbone):
+    image, regions = flat_regions_image(64, 96, "halves")
+    samples = [small_sample(), AnnotatedImage("halves", image, regions, "1" * 16)]
+    fitted = fit_embedding_set(tiny_backbone, samples, CLASSES,
+                               FitSettings(epochs=1, fit_size=128, mask_size=16), progress=False)
+    assert fitted.fit["steps"] == 2
+    assert [entry["name"] for entry in fitted.fit["images"]] == ["quadrants", "halves"]
+
+
 # ---- the embedding set ------------------------------------------------------------------------
 
 

@@ -185,6 +185,15 @@ def test_seeded_fit_is_reproducible(tiny_backbone):
     assert first.model_fingerprint == tiny_backbone.fingerprint
 
 
+def test_few_shot_takes_one_step_per_image_per_epoch(tiny_backbone):
+    image, regions = flat_regions_image(64, 96, "halves")
+    samples = [small_sample(), AnnotatedImage("halves", image, regions, "1" * 16)]
+    fitted = fit_embedding_set(tiny_backbone, samples, CLASSES,
+                               FitSettings(epochs=1, fit_size=128, mask_size=16), progress=False)
+    assert fitted.fit["steps"] == 2
+    assert [entry["name"] for entry in fitted.fit["images"]] == ["quadrants", "halves"]
+
+
 # ---- the embedding set ------------------------------------------------------------------------
 
 
@@ -303,3 +312,31 @@ def test_bgr_switch_changes_what_the_vae_sees(tiny_backbone, segmenter):
     bgr = Slime(tiny_backbone, make_set(tiny_backbone, channel_order="bgr"), segmenter.options, seed=3)
     assert bgr.channel_order == "bgr"
     assert torch.equal(bgr._patches(image), segmenter._patches(image).flip(1))
+
+
+# ---- GPU: half-precision model, fp32 embeddings and WAS ---------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_fit_step_and_fused_was_on_gpu(labeler_cache, dtype):
+    from labeler.attention.slime_capture import explicit_was, fused_was
+    from labeler.models.backbone import load_backbone
+
+    backbone = load_backbone("tiny", device="cuda", dtype=dtype)
+    fitter = SlimeFitter(backbone, CLASSES, FitSettings(fit_size=128, mask_size=16))
+    assert fitter.embeddings.dtype == torch.float32
+    from labeler.slime.data import prepare
+
+    image, mask = prepare(small_sample(), 128)
+    terms = fitter.step(*fitter.sample(image, mask, target=1))
+    assert all(np.isfinite(value) for value in terms.values())
+    assert torch.isfinite(fitter.embeddings).all() and fitter.embeddings.grad.abs().sum() > 0
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 5, 4096, 64, generator=generator).to("cuda", dtype)
+    key = torch.randn(2, 5, 4096, 64, generator=generator).to("cuda", dtype)
+    values = torch.rand(2, 4096, 3, generator=generator).cuda()
+    fused = fused_was(query, key, values, 0.125)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, explicit_was(query, key, values, 0.125), atol=1e-4, rtol=1e-3)

@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -367,6 +367,8 @@ class SlimeOptions:
             raise ValueError("slime was_impl must be 'fused' or 'explicit'")
         if self.patch_size is not None and not 0 < self.patch_size <= REFERENCE_CANVAS:
             raise ValueError(f"slime patch_size must be in 1..{REFERENCE_CANVAS} (512-pixel units)")
+        if self.input_size is not None and (self.input_size < 64 or self.input_size % 64):
+            raise ValueError(f"slime input_size must be a multiple of 64, got {self.input_size}")
         for name in ("patch_batch", "max_label_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"slime {name} must be >= 1")
@@ -383,7 +385,10 @@ class SlimeOptions:
         values = dict(values)
         if values.get("patch_threshold") is False:
             values["patch_threshold"] = None
-        return cls(**values)
+        try:
+            return cls(**values)
+        except TypeError as error:  # e.g. a string where a number belongs
+            raise ValueError(f"bad [slime] setting: {error}") from error
 
     def effective(self) -> SlimeOptions:
         """The settings actually used: ``paper_mode`` expanded."""
@@ -455,7 +460,7 @@ class Slime:
 
     # ---- one UNet pass over a batch of patches -------------------------------------------------
 
-    def _class_values(self, keep_out: list) -> Any:
+    def _class_values(self, keep_out: list[Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
         """The WAS-values function for the store (gate + background threshold at inference)."""
         options = self.options
 

@@ -84,6 +84,10 @@ class FitSettings:
             raise ValueError("epochs must be >= 1 and lr > 0")
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError("channel_order must be rgb or bgr")
+        if self.fit_size is not None and (self.fit_size < 64 or self.fit_size % 64):
+            raise ValueError(f"fit_size must be a multiple of 64 (the UNet halves the latent 3 times), got {self.fit_size}")
+        if self.mask_size < 1:
+            raise ValueError("mask_size must be >= 1")
 
 
 # --------------------------------------------------------------------------------------------

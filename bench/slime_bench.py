@@ -8,7 +8,9 @@ Models:
   diffusers/transformers classes. Timings and memory match the real checkpoint's; labels do not.
 
 Each (model, WAS implementation) runs in its own subprocess so the peak memory is its own: CUDA
-``max_memory_allocated`` on GPU, a 5 ms RSS sampler on CPU (peak RSS above the loaded model).
+``max_memory_allocated`` on GPU (absolute, weights included); on CPU a 5 ms RSS sampler, reported
+above the RSS at the start of the block (after ``malloc_trim``, so memory freed by earlier blocks
+does not count).
 
 Usage::
 
@@ -67,6 +69,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
+            _trim()
             self.base = _rss()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -90,6 +93,16 @@ class PeakMemory:
     @property
     def above_base(self) -> float:
         return max(0, self.peak - self.base) / 2**30
+
+
+def _trim() -> None:
+    """Hand freed heap memory back to the OS so RSS measures what a block really holds."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
 def _rss() -> int:

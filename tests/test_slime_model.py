@@ -340,3 +340,12 @@ def test_half_precision_fit_step_and_fused_was_on_gpu(labeler_cache, dtype):
     fused = fused_was(query, key, values, 0.125)
     assert fused.dtype == torch.float32
     torch.testing.assert_close(fused, explicit_was(query, key, values, 0.125), atol=1e-4, rtol=1e-3)
+
+
+def test_select_best_keeps_the_best_validated_epoch(tiny_backbone):
+    inference = {"patches_per_side": 1, "input_size": 128}
+    fitted = fit_embedding_set(tiny_backbone, [small_sample()], CLASSES,
+                               FitSettings(epochs=2, fit_size=128, mask_size=16, select_best=True),
+                               inference=inference, progress=False)
+    assert fitted.fit["best_epoch"] in (1, 2)
+    assert 0 <= fitted.fit["validation_miou"] <= 1

@@ -465,11 +465,10 @@ class Slime:
         options = self.options
 
         def values(logits: Tensor, probabilities: Tensor) -> Tensor:
-            if options.normalization == "classes":
-                return class_probabilities(logits)
-            keep = gate_classes(probabilities, options.patch_threshold)
+            maps = class_probabilities(logits) if options.normalization == "classes" else probabilities
+            keep = gate_classes(maps, options.patch_threshold)
             keep_out.append(keep)
-            return inference_class_values(probabilities, keep, options.background_threshold,
+            return inference_class_values(maps, keep, options.background_threshold,
                                           options.threshold_first_kept)
 
         return values
@@ -503,12 +502,8 @@ class Slime:
             backbone.unet(noisy.to(backbone.dtype), timesteps, encoder_hidden_states=context)
         was = store.was()
         logits, probabilities = store.cross_maps(was.shape[-2:])
-        if self.options.normalization == "classes":
-            class_maps = class_probabilities(logits)
-            keep = gate_classes(class_maps, self.options.patch_threshold)
-        else:
-            class_maps, keep = probabilities, keep_out[0]
-        return class_maps, was, keep
+        class_maps = class_probabilities(logits) if self.options.normalization == "classes" else probabilities
+        return class_maps, was, keep_out[0]
 
     # ---- images ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ Flags that are not given stay ``None`` and never override the library defaults
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -155,6 +156,7 @@ def _fit(args: argparse.Namespace) -> int:
         if not (args.val_images and args.val_masks):
             raise ValueError("--val-images and --val-masks go together")
         validation = load_annotated(args.val_images, args.val_masks, len(classes))
+        settings = dataclasses.replace(settings, select_best=True)  # validation images imply it
     model = args.model or DEFAULT_MODEL
     backbone = load_backbone(model, device=args.device, dtype=args.dtype)
     embedding_set = fit_embedding_set(

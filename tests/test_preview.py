@@ -274,6 +274,13 @@ def _render_with_playwright(url: str, shot: Path) -> dict:
         try:
             page = ctx.new_page()
             page.goto(url, wait_until="load")
+            # thumbnails are loading="lazy": bring them all into view, then wait for them
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_function(
+                "() => Array.from(document.querySelectorAll('img.thumb')).every(i => i.complete)",
+                timeout=15000,
+            )
+            page.evaluate("window.scrollTo(0, 0)")
             info = page.evaluate(
                 """() => ({
                   thumbs: Array.from(document.querySelectorAll('section#labeled img.thumb')).map(

@@ -19,9 +19,9 @@ fit itself runs the reference loop unchanged (posterior samples, t ~ U{5..100}, 
 weighted CE + WAS MSE) at 256 px, with the SD loss off (on random weights its guidance-100
 target is noise that swamps the gradient) and lr 0.3 to converge in 200 steps.
 
-Measured on this calibrated model (seed 0, CPU): held-out mean per-image mIoU 0.507 (train image
-0.621), 0.38-0.73 over other seeds; the unfit initial embeddings score ~0.10 and an
-all-background answer ~0.17.
+Measured on this calibrated model (CPU): held-out mean per-image mIoU 0.533 with the seeds used
+here, 0.35-0.73 over four other (data, fit) seed pairs; the unfit initial embeddings score 0.10
+and an all-background answer ~0.17. The floor sits below the worst seed.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from labeler.slime.fit import FitSettings, fit_embedding_set
 pytestmark = pytest.mark.slow
 
 CLASSES = ("background", "red", "blue")
-FLOOR = 0.35  # measured 0.507
+FLOOR = 0.3  # measured 0.533 (other seeds: 0.35-0.73)
 UNFIT_CEILING = 0.2  # measured 0.099
 
 

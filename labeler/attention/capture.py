@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -50,45 +51,86 @@ class CapturingProcessor:
         *args,
         **kwargs,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial_shape = None
-        if hidden_states.ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            spatial_shape = (batch, channels, height, width)
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is None:
-            context = hidden_states
-        else:
-            context = encoder_hidden_states
-            if attn.norm_cross:
-                context = attn.norm_encoder_hidden_states(context)
-
-        query = _split_heads(attn.to_q(hidden_states), attn.heads)
-        key = _split_heads(attn.to_k(context), attn.heads)
-        value = _split_heads(attn.to_v(context), attn.heads)
-        if getattr(attn, "norm_q", None) is not None:
-            query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
-        mask = _additive_mask(attn, attention_mask, query, key)
-
+        projected = project_attention_inputs(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
         output, head_mean = attention_with_probabilities(
-            query, key, value, scale=attn.scale, mask=mask, head_chunk=self.head_chunk
+            projected.query,
+            projected.key,
+            projected.value,
+            scale=attn.scale,
+            mask=projected.mask,
+            head_chunk=self.head_chunk,
         )
         self.sink(self.key, head_mean)
+        return project_attention_output(attn, output, projected)
 
-        batch = output.shape[0]
-        output = output.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1])
-        output = attn.to_out[1](attn.to_out[0](output.to(query.dtype)))
-        if spatial_shape is not None:
-            output = output.transpose(-1, -2).reshape(spatial_shape)
-        if attn.residual_connection:
-            output = output + residual
-        return output / attn.rescale_output_factor
+
+@dataclass
+class ProjectedAttention:
+    """An attention layer's inputs after normalisation and projection.
+
+    Attributes:
+        query: (B, H, Nq, d); key, value: (B, H, Nk, d).
+        mask: additive mask broadcastable to (B, H, Nq, Nk), or None.
+        residual: the layer input, for the residual connection.
+        spatial_shape: (B, C, h, w) when the input was a feature map, else None.
+        grid: (h, w) of the query grid when known from the input, else None.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None
+    residual: torch.Tensor
+    spatial_shape: tuple[int, int, int, int] | None
+    grid: tuple[int, int] | None
+
+
+def project_attention_inputs(
+    attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None
+) -> ProjectedAttention:
+    """What every processor does before attending: norms, Q/K/V projection, head split."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    spatial_shape = grid = None
+    if hidden_states.ndim == 4:
+        batch, channels, height, width = hidden_states.shape
+        spatial_shape, grid = (batch, channels, height, width), (height, width)
+        hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    if encoder_hidden_states is not None and attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    query = _split_heads(attn.to_q(hidden_states), attn.heads)
+    key = _split_heads(attn.to_k(context), attn.heads)
+    value = _split_heads(attn.to_v(context), attn.heads)
+    if getattr(attn, "norm_q", None) is not None:
+        query = attn.norm_q(query)
+    if getattr(attn, "norm_k", None) is not None:
+        key = attn.norm_k(key)
+    mask = _additive_mask(attn, attention_mask, query, key)
+    return ProjectedAttention(query, key, value, mask, residual, spatial_shape, grid)
+
+
+def project_attention_output(
+    attn, output: torch.Tensor, projected: ProjectedAttention
+) -> torch.Tensor:
+    """What every processor does after attending: merge heads, output projection, residual.
+
+    Args:
+        output: (B, H, Nq, d) attention output (any float dtype).
+    """
+    batch = output.shape[0]
+    output = output.transpose(1, 2).reshape(batch, -1, attn.heads * projected.value.shape[-1])
+    output = attn.to_out[1](attn.to_out[0](output.to(projected.query.dtype)))
+    if projected.spatial_shape is not None:
+        output = output.transpose(-1, -2).reshape(projected.spatial_shape)
+    if attn.residual_connection:
+        output = output + projected.residual
+    return output / attn.rescale_output_factor
 
 
 def attention_with_probabilities(

@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -37,7 +38,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from labeler.attention.capture import _additive_mask, _split_heads
+from labeler.attention.capture import project_attention_inputs, project_attention_output
 
 #: Builds the WAS values from the layer-averaged cross maps:
 #: ``(logits (B, K, h, w), probabilities (B, K, h, w)) -> values (B, K, h, w)`` at the self-attention
@@ -216,7 +217,7 @@ def _layer_mean(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor
     return total / len(maps)
 
 
-class _SlimeProcessor:
+class _SlimeProcessor(ABC):
     """Shared projection code of the two processors (input norm, Q/K/V, output projection)."""
 
     def __init__(self, key: str, store: SlimeAttentionStore) -> None:
@@ -233,46 +234,21 @@ class _SlimeProcessor:
         *args,
         **kwargs,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial_shape = None
-        grid = None
-        if hidden_states.ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            spatial_shape, grid = (batch, channels, height, width), (height, width)
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-
-        query = _split_heads(attn.to_q(hidden_states), attn.heads)
-        key = _split_heads(attn.to_k(context), attn.heads)
-        value = _split_heads(attn.to_v(context), attn.heads)
-        if getattr(attn, "norm_q", None) is not None:
-            query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
-        mask = _additive_mask(attn, attention_mask, query, key)
+        projected = project_attention_inputs(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
+        grid = projected.grid
         if grid is None:
-            side = math.isqrt(query.shape[2])
+            side = math.isqrt(projected.query.shape[2])
             grid = (side, side)
+        output = self.attend(
+            attn, projected.query, projected.key, projected.value, projected.mask, grid
+        )
+        return project_attention_output(attn, output, projected)
 
-        output = self.attend(attn, query, key, value, mask, grid)
-
-        batch = output.shape[0]
-        output = output.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1])
-        output = attn.to_out[1](attn.to_out[0](output.to(query.dtype)))
-        if spatial_shape is not None:
-            output = output.transpose(-1, -2).reshape(spatial_shape)
-        if attn.residual_connection:
-            output = output + residual
-        return output / attn.rescale_output_factor
-
-    def attend(self, attn, query, key, value, mask, grid) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def attend(self, attn, query, key, value, mask, grid) -> torch.Tensor:
+        """(B, H, Nq, d) attention output of this processor's kind."""
 
 
 class ClassMapProcessor(_SlimeProcessor):

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from labeler.io.decode import decode_image
-from labeler.methods.diffseg import DiffSeg, DiffSegOptions
+from labeler.methods.diffseg.algorithm import DiffSegOptions
+from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.models.backbone import Backbone, default_dtype, load_backbone
 from labeler.output.rle import encode_label_map
 from labeler.timing import StageTimer

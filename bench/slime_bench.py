@@ -139,7 +139,7 @@ def build_backbone(name: str, device: str, dtype: str | None):
 
 
 def synthetic(size: int, seed: int):
-    from labeler.slime.data import AnnotatedImage
+    from labeler.methods.slime.data import AnnotatedImage
 
     rng = np.random.default_rng(seed)
     mask = np.zeros((size, size), np.int64)
@@ -151,10 +151,11 @@ def synthetic(size: int, seed: int):
 
 def worker(args: argparse.Namespace) -> dict:
     """One model and WAS implementation: fit steps, inference, WAS alone."""
-    from labeler.methods.slime import DEFAULT_LAYERS, Slime, SlimeOptions
-    from labeler.slime.data import prepare
-    from labeler.slime.embedding_set import EmbeddingSet, default_prompt
-    from labeler.slime.fit import FitSettings, SlimeFitter
+    from labeler.methods.slime.algorithm import DEFAULT_LAYERS, SlimeOptions
+    from labeler.methods.slime.data import prepare
+    from labeler.methods.slime.embedding_set import EmbeddingSet, default_prompt
+    from labeler.methods.slime.fit import FitSettings, SlimeFitter
+    from labeler.methods.slime.segmenter import Slime
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     backbone = build_backbone(args.model, args.device, args.dtype)

@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     from labeler.cluster.command import add_parser as add_cluster
     from labeler.eval.command import add_parser as add_eval
+    from labeler.methods.slime.command import add_parser as add_slime
     from labeler.preview.command import add_parser as add_preview
-    from labeler.slime.command import add_parser as add_slime
 
     add_eval(commands)
     add_preview(commands)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 METHODS = ("diffseg", "slime")
 DEFAULT_DIFFSEG_MODEL = "CompVis/stable-diffusion-v1-4"

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labeler.methods.diffseg import (
+from labeler.methods.diffseg.algorithm import (
     DEFAULT_EPS,
     DiffSegOptions,
     aggregate_attention,

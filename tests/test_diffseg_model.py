@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeler.methods.diffseg import DiffSeg, DiffSegOptions, segment_attention
+from labeler.methods.diffseg.algorithm import DiffSegOptions, segment_attention
+from labeler.methods.diffseg.segmenter import DiffSeg
 from tests.helpers import flat_regions_image
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.methods.diffseg import DiffSeg, DiffSegOptions
+from labeler.methods.diffseg.algorithm import DiffSegOptions
+from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.models.backbone import load_backbone
 from tests.helpers import flat_regions_image
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from labeler.attention.slime_capture import explicit_was, fused_was
-from labeler.methods.slime import (
+from labeler.methods.slime.algorithm import (
     SlimeOptions,
     accumulate_patches,
     class_probabilities,
@@ -22,7 +22,7 @@ from labeler.methods.slime import (
     threshold_row,
     weighted_attention_sum,
 )
-from labeler.slime.fit import ce_loss, class_weights, sd_loss, was_mse_loss
+from labeler.methods.slime.fit import ce_loss, class_weights, sd_loss, was_mse_loss
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from labeler.cli import main
 from labeler.config import build_config
-from labeler.slime.embedding_set import EmbeddingSet
+from labeler.methods.slime.embedding_set import EmbeddingSet
 from tests.helpers import flat_regions_image
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from labeler.slime.data import (
+from labeler.methods.slime.data import (
     AnnotatedImage,
     AugmentSettings,
     augment,

@@ -9,15 +9,14 @@ import pytest
 import torch
 
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-from labeler.methods.slime import (
+from labeler.methods.slime.algorithm import (
     DEFAULT_LAYERS,
-    Slime,
     SlimeOptions,
     class_probabilities,
     resolve_layers,
 )
-from labeler.slime.data import AnnotatedImage
-from labeler.slime.embedding_set import (
+from labeler.methods.slime.data import AnnotatedImage
+from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
     IncompatibleModelError,
     default_prompt,
@@ -25,7 +24,8 @@ from labeler.slime.embedding_set import (
     prompt_embeddings,
     read_official_embeddings,
 )
-from labeler.slime.fit import FitSettings, SlimeFitter, fit_embedding_set
+from labeler.methods.slime.fit import FitSettings, SlimeFitter, fit_embedding_set
+from labeler.methods.slime.segmenter import Slime
 from tests.helpers import flat_regions_image
 
 CLASSES = ("background", "top-right", "bottom-left")
@@ -148,7 +148,7 @@ def test_one_step_changes_only_the_learned_rows(tiny_backbone):
     fitter = SlimeFitter(tiny_backbone, CLASSES, FitSettings(fit_size=128, mask_size=16, seed=1))
     base_context = fitter.context().detach().clone()
     uncond = fitter.uncond.clone()
-    from labeler.slime.data import prepare
+    from labeler.methods.slime.data import prepare
 
     image, mask = prepare(small_sample(), 128)
     pixels, loss_mask = fitter.sample(image, mask, target=1)
@@ -327,7 +327,7 @@ def test_half_precision_fit_step_and_fused_was_on_gpu(labeler_cache, dtype):
     backbone = load_backbone("tiny", device="cuda", dtype=dtype)
     fitter = SlimeFitter(backbone, CLASSES, FitSettings(fit_size=128, mask_size=16))
     assert fitter.embeddings.dtype == torch.float32
-    from labeler.slime.data import prepare
+    from labeler.methods.slime.data import prepare
 
     image, mask = prepare(small_sample(), 128)
     terms = fitter.step(*fitter.sample(image, mask, target=1))

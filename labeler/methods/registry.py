@@ -14,7 +14,8 @@ def build_segmenter(config: JobConfig, device: str | None = None):
     from labeler.models.backbone import load_backbone
 
     if config.method == "diffseg":
-        from labeler.methods.diffseg import DiffSeg, DiffSegOptions
+        from labeler.methods.diffseg.algorithm import DiffSegOptions
+        from labeler.methods.diffseg.segmenter import DiffSeg
 
         settings = config.diffseg
         backbone = load_backbone(config.model_name, device=device or config.device, dtype=config.dtype)
@@ -32,8 +33,9 @@ def build_segmenter(config: JobConfig, device: str | None = None):
             antialias=settings.antialias,
         )
     if config.method == "slime":
-        from labeler.methods.slime import Slime, SlimeOptions
-        from labeler.slime.embedding_set import EmbeddingSet
+        from labeler.methods.slime.algorithm import SlimeOptions
+        from labeler.methods.slime.embedding_set import EmbeddingSet
+        from labeler.methods.slime.segmenter import Slime
 
         embedding_set = EmbeddingSet.load(config.embeddings)
         options = SlimeOptions.from_mapping({**embedding_set.inference, **config.slime.options})

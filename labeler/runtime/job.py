@@ -115,11 +115,11 @@ def _run_id(output: Folder) -> str:
 
 def _categories_of(config: JobConfig) -> list[dict]:
     if config.method == "diffseg":
-        from labeler.methods.diffseg import DiffSeg
+        from labeler.methods.diffseg.segmenter import DiffSeg
 
         return DiffSeg.categories
     if config.method == "slime":
-        from labeler.slime.embedding_set import EmbeddingSet
+        from labeler.methods.slime.embedding_set import EmbeddingSet
 
         return EmbeddingSet.load(config.embeddings).categories()
     raise ValueError(f"no categories known for {config.method}")

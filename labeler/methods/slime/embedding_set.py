@@ -119,7 +119,7 @@ class EmbeddingSet:
 
     def inference_options(self):
         """The recorded inference settings as :class:`labeler.methods.slime.SlimeOptions`."""
-        from labeler.methods.slime import SlimeOptions
+        from labeler.methods.slime.algorithm import SlimeOptions
 
         return SlimeOptions.from_mapping(self.inference)
 
@@ -404,7 +404,7 @@ def import_official(
         channel_order: the reference feeds BGR since 2023-09-28; the authors' released
             embeddings may predate that, so try ``rgb`` if ``bgr`` labels poorly.
     """
-    from labeler.methods.slime import DEFAULT_LAYERS, SlimeOptions
+    from labeler.methods.slime.algorithm import DEFAULT_LAYERS, SlimeOptions
 
     embeddings = read_official_embeddings(folder, storage_options)
     if embeddings.shape[0] != len(classes) - 1:

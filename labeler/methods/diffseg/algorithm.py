@@ -53,11 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labeler.methods.base import ImageLabels, compact_labels
-
 __all__ = [
     "DEFAULT_EPS",
-    "DiffSeg",
     "DiffSegOptions",
     "aggregate_attention",
     "anchor_grid",
@@ -635,115 +632,3 @@ def labels_from_attention(
         thresholds=None if thresholds is None else tuple(thresholds),
     )
     return segment_attention(attention, output_size, options)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# The method: one UNet pass per batch, capture, then the pure functions above.
-# --------------------------------------------------------------------------------------------
-
-#: The timestep the reference passes with the clean latent (no noise is added).
-DIFFSEG_TIMESTEP = 300
-
-
-class DiffSeg:
-    """DiffSeg on a loaded backbone: zero-shot, class-agnostic segments.
-
-    Per batch: whole images resized to the model's size, VAE posterior mean, one UNet pass at
-    t=300 without added noise, conditioned on the empty prompt, with every self-attention layer
-    captured (head mean in the processor, layer mean per resolution), then aggregation, KL merging
-    and labeling. Labels are computed at the original size (capped at ``max_label_side`` on the
-    long side, then nearest-resized), so nothing is centre-cropped away.
-
-    Args:
-        backbone: the loaded SD components.
-        options: the merge settings (reference defaults).
-        timestep: the UNet timestep (reference 300).
-        max_label_side: the largest side at which proposals are upsampled before argmax.
-        antialias: antialias the resize to the model size (the reference does not).
-    """
-
-    categories = [{"id": 1, "name": "segment", "supercategory": "segment"}]
-
-    def __init__(
-        self,
-        backbone,
-        options: DiffSegOptions | None = None,
-        timestep: int = DIFFSEG_TIMESTEP,
-        max_label_side: int = 1024,
-        antialias: bool = True,
-    ) -> None:
-        from labeler.attention.layers import select_layers, unet_attention_layers
-        from labeler.timing import StageTimer
-
-        self.backbone = backbone
-        self.options = options or DiffSegOptions()
-        self.timestep = timestep
-        self.max_label_side = max_label_side
-        self.antialias = antialias
-        self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
-        if not self.layers:
-            raise ValueError(f"model {backbone.name} has no self-attention layers")
-        self.timer = StageTimer()
-
-    def provenance(self) -> dict:
-        return {
-            "method": "diffseg",
-            "model": self.backbone.name,
-            "model_fingerprint": self.backbone.fingerprint,
-            "settings": {
-                "timestep": self.timestep,
-                "kl_threshold": self.options.kl_threshold,
-                "iterations": self.options.iterations,
-                "grid_points": self.options.grid_points,
-                "weights": self.options.weight_map,
-                "max_label_side": self.max_label_side,
-                "antialias": self.antialias,
-            },
-        }
-
-    def attention_maps(self, images: list[np.ndarray]) -> dict[int, torch.Tensor]:
-        """Capture the per-resolution self-attention of one UNet pass.
-
-        Returns:
-            ``{side: (B, side*side, side*side)}`` float32, head and layer means.
-        """
-        from labeler.attention.capture import ResolutionMeanSink, capture_attention
-        from labeler.methods.preprocess import images_to_model_input
-
-        backbone = self.backbone
-        with self.timer.stage("vae_encode"):
-            pixels = images_to_model_input(images, backbone.image_size, self.antialias)
-            latents = backbone.encode_images(pixels)
-        context = backbone.encode_prompts([""]).expand(len(images), -1, -1)
-        timesteps = torch.full(
-            (len(images),), self.timestep, device=backbone.device, dtype=torch.long
-        )
-        sink = ResolutionMeanSink()
-        with self.timer.stage("unet_capture"), torch.no_grad():
-            with capture_attention(backbone.unet, {layer.key: sink for layer in self.layers}):
-                backbone.unet(latents, timesteps, encoder_hidden_states=context)
-        return sink.means()
-
-    @torch.no_grad()
-    def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
-        """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
-        from labeler.methods.preprocess import label_grid_size, resize_labels
-
-        attention = self.attention_maps(images)
-        with self.timer.stage("aggregate"):
-            aggregated = aggregate_attention(attention, self.options.weight_map)
-        with self.timer.stage("merge"):
-            proposals = merge_proposals(
-                aggregated, self.options.schedule, self.options.grid_points, eps=self.options.eps
-            )
-        side = _side_of(aggregated.shape[-1])
-        results = []
-        with self.timer.stage("labeling"):
-            for image, image_proposals in zip(images, proposals):
-                height, width = image.shape[:2]
-                grid = label_grid_size(height, width, self.max_label_side)
-                labels, confidence = labels_from_proposals(image_proposals, side, grid)
-                labels = resize_labels(labels.cpu().numpy(), height, width)
-                confidence = resize_labels(confidence.cpu().numpy(), height, width)
-                results.append(compact_labels(labels, confidence))
-        return results

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labeler.slime.data import AnnotatedImage, AugmentSettings, augment, prepare
-from labeler.slime.embedding_set import (
+from labeler.methods.slime.data import AnnotatedImage, AugmentSettings, augment, prepare
+from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
     assemble_context,
     default_prompt,
@@ -49,7 +49,7 @@ class FitSettings:
         mask_size: the loss resolution (reference 64).
         fit_size: the model input side during the fit; None = the model's native size (512 for
             SD). Smaller sizes are much cheaper and meant for CPU tests and quick trials.
-        min_crop_ratio, rotation, augment: see :class:`labeler.slime.data.AugmentSettings`.
+        min_crop_ratio, rotation, augment: see :class:`labeler.methods.slime.data.AugmentSettings`.
         channel_order: ``rgb`` (default) or ``bgr`` (the reference's cv2 reading; its released
             embeddings expect it).
         seed: seeds augmentations, timesteps, noise, VAE samples and the image order.
@@ -154,7 +154,7 @@ class SlimeFitter:
 
     def __init__(self, backbone, classes: Sequence[str], settings: FitSettings,
                  layers: dict[str, Sequence[str]] | None = None) -> None:
-        from labeler.methods.slime import DEFAULT_LAYERS, resolve_layers
+        from labeler.methods.slime.algorithm import DEFAULT_LAYERS, resolve_layers
 
         validate_classes(tuple(classes))
         self.backbone = backbone
@@ -187,7 +187,7 @@ class SlimeFitter:
             pixels: (1, 3, S, S) in [-1, 1], channel order applied; mask: (1, m, m) int64.
         """
         from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-        from labeler.methods.slime import class_probabilities
+        from labeler.methods.slime.algorithm import class_probabilities
 
         backbone, settings = self.backbone, self.settings
         latents = backbone.encode_images(pixels, self.generator, sample=True).float()
@@ -306,7 +306,7 @@ def fit_embedding_set(
 
 def default_inference() -> dict:
     """The inference settings a new set records (the reference's)."""
-    from labeler.methods.slime import SlimeOptions
+    from labeler.methods.slime.algorithm import SlimeOptions
 
     options = SlimeOptions()
     return {"timestep": options.timestep, "patches_per_side": options.patches_per_side,
@@ -329,7 +329,8 @@ class _BestTracker:
     def after_epoch(self, epoch: int) -> None:
         if not self.enabled:
             return
-        from labeler.methods.slime import Slime, mean_iou_present
+        from labeler.methods.slime.algorithm import mean_iou_present
+        from labeler.methods.slime.segmenter import Slime
 
         candidate = self.fitter.embedding_set(self.fitter.backbone.name, self.inference, {})
         segmenter = Slime(self.fitter.backbone, candidate, seed=self.fitter.settings.seed)

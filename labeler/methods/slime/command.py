@@ -9,7 +9,7 @@ Usage::
     labeler slime info SET.safetensors
 
 Flags that are not given stay ``None`` and never override the library defaults
-(:class:`labeler.slime.fit.FitSettings`), so the defaults live in one place.
+(:class:`labeler.methods.slime.fit.FitSettings`), so the defaults live in one place.
 """
 
 from __future__ import annotations
@@ -132,10 +132,10 @@ def _refuse_existing(uri: str, overwrite: bool) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from labeler.methods.slime.data import load_annotated
+    from labeler.methods.slime.embedding_set import DEFAULT_MODEL, validate_classes
+    from labeler.methods.slime.fit import FitSettings, default_inference, fit_embedding_set
     from labeler.models.backbone import load_backbone
-    from labeler.slime.data import load_annotated
-    from labeler.slime.embedding_set import DEFAULT_MODEL, validate_classes
-    from labeler.slime.fit import FitSettings, default_inference, fit_embedding_set
 
     classes = parse_classes(args.classes)
     validate_classes(classes)
@@ -176,7 +176,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from labeler.slime.embedding_set import DEFAULT_MODEL, config_fingerprint, import_official
+    from labeler.methods.slime.embedding_set import (
+        DEFAULT_MODEL,
+        config_fingerprint,
+        import_official,
+    )
 
     classes = parse_classes(args.classes)
     _refuse_existing(args.output, args.overwrite)
@@ -193,7 +197,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from labeler.slime.embedding_set import EmbeddingSet
+    from labeler.methods.slime.embedding_set import EmbeddingSet
 
     embedding_set = EmbeddingSet.load(args.set)
     summary = {

@@ -1,1 +1,0 @@
-"""SLiMe fitting: annotated images in, an embedding set out."""

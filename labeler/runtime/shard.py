@@ -22,15 +22,19 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from labeler.io.decode import ImageDecodeError, decode_image
 from labeler.io.inputs import InputRef, read_many
 from labeler.io.storage import Folder
-from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
-from labeler.output import schema
-from labeler.output.rle import encode_label_map
+from labeler.methods.base import ImageLabels
+from labeler.output import parts, schema
+from labeler.output.rows import (
+    AnnotationRow,
+    ImageRow,
+    Provenance,
+    failed_image_row,
+    labeled_rows,
+)
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -49,25 +53,13 @@ T = TypeVar("T")
 
 @dataclass
 class ShardRows:
-    """Rows collected for one shard's ``images.parquet`` and ``annotations.parquet``."""
+    """Rows collected for one shard's image and annotation parts."""
 
-    images: list[dict] = field(default_factory=list)
-    annotations: list[dict] = field(default_factory=list)
+    images: list[ImageRow] = field(default_factory=list)
+    annotations: list[AnnotationRow] = field(default_factory=list)
 
     def fail(self, entry: dict, reason: str, detail: str, shard_id: str) -> None:
-        self.images.append(
-            {
-                "uri": entry["uri"],
-                "image_id": entry["image_id"],
-                "status": schema.IMAGE_STATUS_FAILED,
-                "reason": reason,
-                "detail": detail[:500],
-                "width": None,
-                "height": None,
-                "n_annotations": 0,
-                "shard_id": shard_id,
-            }
-        )
+        self.images.append(failed_image_row(entry["uri"], entry["image_id"], reason, detail, shard_id))
 
 
 @dataclass
@@ -216,11 +208,8 @@ class ShardProcessor:
         self.worker = worker or {}
         self.category_names = {c["id"]: c["name"] for c in segmenter.categories}
         provenance = segmenter.provenance()
-        self.provenance = {
-            "method": provenance["method"],
-            "model": provenance["model"],
-            "embedding_set": provenance.get("embedding_set"),
-        }
+        self.provenance = Provenance(method=provenance["method"], model=provenance["model"],
+                                     embedding_set=provenance.get("embedding_set"), run_id=run_id)
 
     def process(self, output: Folder, shard_id: str, attempt: int = 1) -> dict:
         """Label one shard and commit its parts, stats and log. Returns the stats."""
@@ -246,7 +235,7 @@ class ShardProcessor:
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
         method_before = dict(getattr(getattr(self.segmenter, "timer", None), "seconds", {}))
         rows = ShardRows()
-        produce = lambda: self._batches(entries, timings)  # noqa: E731
+        produce = lambda: self._batches(entries, timings)
         with Prefetcher(produce) as batches:
             for batch in batches:
                 for entry, reason, detail in batch.failures:
@@ -322,7 +311,7 @@ class ShardProcessor:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
         try:
             return self._label_splitting(images)
-        except Exception as batch_error:  # noqa: BLE001 - isolate the image that breaks the batch
+        except Exception as batch_error:
             if len(images) == 1:
                 raise
             logger.warning("batch failed (%s); retrying its images one by one", batch_error)
@@ -341,7 +330,7 @@ class ShardProcessor:
         detail = None
         try:
             return list(self.segmenter.label(images))
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
+        except Exception as error:
             if not is_out_of_memory(error):
                 raise
             detail = f"{type(error).__name__}: {str(error)[:300]}"
@@ -357,51 +346,15 @@ class ShardProcessor:
     def _add_labels(self, entry: dict, pixels: np.ndarray, labels: ImageLabels, rows: ShardRows,
                     shard_id: str) -> None:
         height, width = pixels.shape[:2]
-        masks = encode_label_map(labels.label_map, len(labels.category_ids))
-        count = 0
-        for index, (mask, category, score) in enumerate(zip(masks, labels.category_ids, labels.scores)):
-            if mask.area == 0:
-                continue
-            rows.annotations.append(
-                {
-                    "id": entry["image_id"] * MAX_LABELS_PER_IMAGE + index,
-                    "image_id": entry["image_id"],
-                    "category_id": int(category),
-                    "category_name": self.category_names[int(category)],
-                    "segmentation_counts": mask.counts,
-                    "segmentation_size": [mask.height, mask.width],
-                    "area": mask.area,
-                    "bbox": mask.bbox,
-                    "iscrowd": 0,
-                    "score": float(score),
-                    "file_name": entry["uri"],
-                    "run_id": self.run_id,
-                    **self.provenance,
-                }
-            )
-            count += 1
-        rows.images.append(
-            {
-                "uri": entry["uri"],
-                "image_id": entry["image_id"],
-                "status": schema.IMAGE_STATUS_LABELED,
-                "reason": None,
-                "detail": None,
-                "width": width,
-                "height": height,
-                "n_annotations": count,
-                "shard_id": shard_id,
-            }
-        )
+        image, annotations = labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
+                                          self.category_names, self.provenance, shard_id)
+        rows.annotations += annotations
+        rows.images.append(image)
 
     def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> None:
-        for name, table_schema, table_rows in (
-            ("annotations.parquet", schema.ANNOTATIONS, rows.annotations),
-            ("images.parquet", schema.IMAGES, rows.images),
-        ):
-            buffer = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(table_rows, schema=table_schema), buffer)
-            run.write_part(shard_id, name, buffer.getvalue())
+        for kind in parts.KINDS:
+            table_rows = rows.images if kind is parts.IMAGES else rows.annotations
+            run.write_part(shard_id, kind, parts.encode_part(kind, table_rows))
 
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:

@@ -1035,7 +1035,7 @@ def folder_root(uri: str, *, storage_options: dict[str, Any] | None = None) -> s
     fs, path, clean = _open_fs(uri, storage_options)
     try:
         is_folder = fs.isdir(path)
-    except Exception:  # the listing reports access errors with their context
+    except OSError:  # the listing reports access errors with their context
         return None
     return _base_uri(clean, fs, path) if is_folder else None
 

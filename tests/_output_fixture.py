@@ -113,7 +113,7 @@ def write_output(
         masks = [] if im.failed else im.masks
         image_rows.append(ImageRow(uri=uri, image_id=image_id, status=status, reason=im.failed,
                                    detail=None, width=w, height=h, n_annotations=len(masks),
-                                   shard_id=SHARD))
+                                   shard_id=SHARD, file_name=uri))
         for cat, mask, score in masks:
             segmentation = rle(mask)
             annotation_rows.append(AnnotationRow(

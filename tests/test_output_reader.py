@@ -1,18 +1,15 @@
-"""The output package: row builders, the part layout, the streaming reader and ``labeler export``."""
+"""The output package: row builders, the part layout, the streaming reader, the merge."""
 
 from __future__ import annotations
 
-import json
 import tracemalloc
 
 import numpy as np
 import pytest
 
-from labeler.cli import main
 from labeler.io.storage import Folder
 from labeler.methods.base import ImageLabels
 from labeler.output import parts, schema
-from labeler.output.exporters.registry import EXPORTERS, UnknownFormatError, get_exporter
 from labeler.output.merge import merge_outputs
 from labeler.output.reader import OutputReader, OutputReadError
 from labeler.output.rows import Provenance, annotation_id, failed_image_row, labeled_rows
@@ -96,44 +93,13 @@ def test_reader_of_shard_parts_equals_reader_of_merged_output(tmp_path):
     out = _fixture_output(tmp_path)
     merged = OutputReader.open(Folder(out))
     shards = OutputReader.of_shards(Folder(out), [s for s, _, _ in merged.sources], CATEGORIES, {})
-    as_rows = lambda reader: [(i.row, i.annotations) for i in reader.images()]  # noqa: E731
+    as_rows = lambda reader: [(i.row, i.annotations) for i in reader.images()]
     assert as_rows(merged) == as_rows(shards)
     statuses = [image.row["status"] for image in merged.images()]
     assert statuses == ["labeled", "failed", "labeled"]
     assert [len(image.annotations) for image in merged.images([3])] == [3]
     assert merged.category_counts() == {1: 6}
     assert merged.categories == CATEGORIES
-
-
-def test_export_coco_rle_is_byte_identical_to_the_run_output(tmp_path, capsys):
-    out = _fixture_output(tmp_path)
-    target = tmp_path / "exported"
-    assert main(["export", out, "--format", "coco-rle", "--out", str(target)]) == 0
-    assert (target / "coco.json").read_bytes() == (tmp_path / "out" / "coco.json").read_bytes()
-    coco = json.loads((target / "coco.json").read_text())
-    assert [image["id"] for image in coco["images"]] == [1, 3]
-    assert "coco.json" in capsys.readouterr().out
-
-
-def test_export_refuses_what_is_not_a_finished_output(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    assert main(["export", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
-    error = capsys.readouterr().err
-    assert "images.parquet" in error and len(error.strip().splitlines()) == 1
-    assert not (tmp_path / "x").exists()
-    out = _fixture_output(tmp_path / "run")
-    (tmp_path / "file").write_text("")
-    assert main(["export", out, "--out", str(tmp_path / "file")]) == 2
-    assert (tmp_path / "file").read_text() == ""
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", out, "--format", "nope", "--out", str(tmp_path / "y")])
-    assert exit_info.value.code == 2
-
-
-def test_registry_names_each_exporter_by_its_format():
-    assert all(name == exporter.name for name, exporter in EXPORTERS.items())
-    with pytest.raises(UnknownFormatError, match="coco-rle"):
-        get_exporter("yolo")
 
 
 def test_merge_refuses_a_shard_without_committed_parts(tmp_path):

@@ -47,7 +47,7 @@ import numpy as np
 from labeler.eval import fsutil
 from labeler.eval.metrics import VOID
 from labeler.io.storage import Folder
-from labeler.output.exporters.coco import coco_annotation
+from labeler.output.coco_json import coco_annotation
 from labeler.output.reader import OutputReader, OutputReadError
 from labeler.output.schema import IMAGE_STATUS_LABELED
 
@@ -128,6 +128,8 @@ class PredImage:
     width: int
     height: int
     annotations: list[dict[str, Any]] = field(default_factory=list)
+    #: the source URI (``file_name`` is the name relative to the image root)
+    uri: str = ""
 
 
 @dataclass
@@ -171,7 +173,7 @@ class Predictions:
                 continue
             image = self.images[output_image.image_id]
             yield PredImage(image.image_id, image.file_name, image.width, image.height,
-                            [coco_annotation(row) for row in output_image.annotations])
+                            [coco_annotation(row) for row in output_image.annotations], image.uri)
 
 
 def _image_record(row: dict[str, Any]) -> ImageRecord:
@@ -200,8 +202,8 @@ def load_predictions(output_uri: str) -> Predictions:
         records.append(record)
         if record.status == IMAGE_STATUS_LABELED:
             images[int(row["image_id"])] = PredImage(
-                image_id=int(row["image_id"]), file_name=row["uri"],
-                width=int(row["width"]), height=int(row["height"]),
+                image_id=int(row["image_id"]), file_name=row["file_name"] or row["uri"],
+                width=int(row["width"]), height=int(row["height"]), uri=row["uri"],
             )
     categories = {int(c["id"]): c for c in reader.categories}
     return Predictions(uri=output_uri, reader=reader, images=images, categories=categories,

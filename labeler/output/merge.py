@@ -2,8 +2,9 @@
 
 Steps: check that every shard of the plan has committed its parts, concatenate the image parts
 into ``images.parquet``, copy each annotation part to ``annotations/`` (plan order in the name),
-record the categories and COCO info (``run/output.json``), then run each configured exporter
-(``coco-rle`` by default: ``coco.json``) over the shard parts. Everything streams shard by shard,
+record the categories and COCO info (``run/output.json``), then stream ``coco.json`` from the
+shard parts (:mod:`labeler.output.coco_json`). Other formats are written from a finished output
+by ``labeler export`` (:mod:`labeler.output.exporters`). Everything streams shard by shard,
 so memory stays bounded by one shard's annotations whatever the collection size.
 """
 
@@ -11,21 +12,22 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.io.storage import Folder
 from labeler.output import parts, schema
-from labeler.output.exporters.registry import DEFAULT_FORMATS, get_exporter
+from labeler.output.coco_json import coco_annotation, write_coco_json
 from labeler.output.reader import OutputReader, OutputReadError, write_meta
+
+#: ``coco_annotation`` is part of this module's interface (the exporters' source uses it).
+__all__ = ["coco_annotation", "merge_outputs"]
 
 logger = logging.getLogger(__name__)
 
 
-def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], info: dict,
-                  formats: Sequence[str] = DEFAULT_FORMATS) -> dict:
+def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], info: dict) -> dict:
     """Write the final outputs from the committed shard parts, in plan order.
 
     Args:
@@ -33,7 +35,6 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
         shard_ids: the plan's shards, in collection order; every one must be committed.
         categories: the COCO categories.
         info: the COCO ``info`` block (method, model, run id...).
-        formats: the exporters to run (names in :mod:`labeler.output.exporters.registry`).
 
     Returns:
         counts: ``images``, ``labeled``, ``failed``, ``annotations``, and ``failure_reasons``
@@ -42,14 +43,11 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
     Raises:
         OutputReadError: a shard of the plan has not committed its parts.
     """
-    exporters = [get_exporter(name) for name in formats]
     _check_committed(output, shard_ids)
     counts = _merge_images(output, shard_ids)
     counts["annotations"] = _merge_annotation_parts(output, shard_ids)
     write_meta(output, categories, info)
-    reader = OutputReader.of_shards(output, shard_ids, categories, info)
-    for exporter in exporters:
-        exporter.write(reader, output, {})
+    write_coco_json(OutputReader.of_shards(output, shard_ids, categories, info), output)
     return counts
 
 

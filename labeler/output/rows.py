@@ -30,6 +30,7 @@ class ImageRow(TypedDict):
     height: int | None
     n_annotations: int
     shard_id: str
+    file_name: str
 
 
 class AnnotationRow(TypedDict):
@@ -67,16 +68,21 @@ def annotation_id(image_id: int, label: int) -> int:
     return image_id * MAX_LABELS_PER_IMAGE + label
 
 
-def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id: str) -> ImageRow:
-    """The row of an image that produced no labels, with its machine-readable ``reason``."""
+def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id: str,
+                     file_name: str | None = None) -> ImageRow:
+    """The row of an image that produced no labels, with its machine-readable ``reason``.
+
+    ``file_name`` is the name relative to the image root (:mod:`labeler.output.names`);
+    the URI when not given.
+    """
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
                     detail=detail[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
-                    shard_id=shard_id)
+                    shard_id=shard_id, file_name=file_name or uri)
 
 
 def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: ImageLabels,
-                 category_names: dict[int, str], provenance: Provenance,
-                 shard_id: str) -> tuple[ImageRow, list[AnnotationRow]]:
+                 category_names: dict[int, str], provenance: Provenance, shard_id: str,
+                 file_name: str | None = None) -> tuple[ImageRow, list[AnnotationRow]]:
     """The image row and annotation rows of one labeled image.
 
     Args:
@@ -87,7 +93,10 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
         category_names: COCO category id -> name.
         provenance: recorded with every annotation.
         shard_id: the shard the image belongs to.
+        file_name: the name relative to the image root (:mod:`labeler.output.names`); the URI
+            when not given.
     """
+    file_name = file_name or uri
     masks = encode_label_map(labels.label_map, len(labels.category_ids))
     annotations: list[AnnotationRow] = []
     for label, (mask, category, score) in enumerate(
@@ -99,11 +108,11 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
             id=annotation_id(image_id, label), image_id=image_id, category_id=int(category),
             category_name=category_names[int(category)], segmentation_counts=mask.counts,
             segmentation_size=[mask.height, mask.width], area=mask.area, bbox=mask.bbox,
-            iscrowd=0, score=float(score), file_name=uri, method=provenance.method,
+            iscrowd=0, score=float(score), file_name=file_name, method=provenance.method,
             model=provenance.model, embedding_set=provenance.embedding_set,
             run_id=provenance.run_id,
         ))
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
                      detail=None, width=width, height=height, n_annotations=len(annotations),
-                     shard_id=shard_id)
+                     shard_id=shard_id, file_name=file_name)
     return image, annotations

@@ -132,7 +132,7 @@ def _render_labeled(
     max_size: int,
     alpha: float,
 ) -> GalleryItem:
-    uri = image.file_name
+    uri = image.uri
     masks, legend, categories = _layers(preds, image, colors)
     notes = []
     try:

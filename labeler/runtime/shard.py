@@ -59,7 +59,8 @@ class ShardRows:
     annotations: list[AnnotationRow] = field(default_factory=list)
 
     def fail(self, entry: dict, reason: str, detail: str, shard_id: str) -> None:
-        self.images.append(failed_image_row(entry["uri"], entry["image_id"], reason, detail, shard_id))
+        self.images.append(failed_image_row(entry["uri"], entry["image_id"], reason, detail,
+                                            shard_id, entry.get("file_name")))
 
 
 @dataclass
@@ -347,7 +348,8 @@ class ShardProcessor:
                     shard_id: str) -> None:
         height, width = pixels.shape[:2]
         image, annotations = labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
-                                          self.category_names, self.provenance, shard_id)
+                                          self.category_names, self.provenance, shard_id,
+                                          entry.get("file_name"))
         rows.annotations += annotations
         rows.images.append(image)
 

@@ -1,1 +1,1 @@
-"""Export formats: each one file that reads an output through :class:`~labeler.output.reader.OutputReader`."""
+"""Exports of a finished output to the formats labeling tools read (``labeler export``)."""

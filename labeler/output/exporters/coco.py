@@ -1,67 +1,77 @@
-"""``coco-rle``: one COCO instances file, ``coco.json``, with compressed RLE masks.
+"""``coco-rle`` and ``coco-polygons``: COCO instances files with relative ``file_name``.
 
-Images are the labeled ones (``id``, ``file_name`` = source URI, original ``width`` and
-``height``); annotations carry ``segmentation`` (RLE with string ``counts`` at the original
-resolution), ``area``, ``bbox``, ``iscrowd`` 0 and ``score``. The file is written as a stream
-through an atomic writer, one image or annotation at a time: readers never see half a file and
-memory does not grow with the collection.
+``coco-rle`` keeps the output's compressed RLE; ``coco-polygons`` writes each mask as polygons
+(:mod:`.polygons`: holes cut in, every fragment kept). Both stream images and annotations
+through temporary JSON-lines parts, then write ``annotations.json`` in one pass.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
 
-from labeler.io.storage import Folder
-from labeler.output import parts, schema
-from labeler.output.exporters.base import refuse_unknown_options
-from labeler.output.reader import OutputReader
+from labeler.output.exporters.base import ExportContext, Exporter
+from labeler.output.exporters.polygons import mask_polygons
+from labeler.output.exporters.source import ExportImage, decode_mask
 
 
-def coco_image(row: dict) -> dict:
-    """The COCO image record of one labeled ``images.parquet`` row."""
-    return {"id": row["image_id"], "file_name": row["uri"], "width": row["width"],
-            "height": row["height"]}
+class CocoExporter(Exporter):
+    """COCO instances at ``annotations.json`` (``layout`` sets the file and images folder)."""
+
+    annotations_file = "annotations.json"
+    polygons = False
+
+    def __init__(self, context: ExportContext) -> None:
+        super().__init__(context)
+        self._images = context.out.open_atomic_writer(f"{self.annotations_file}.images.part")
+        self._annotations = context.out.open_atomic_writer(f"{self.annotations_file}.ann.part")
+        self._image_handle = self._images.__enter__()
+        self._annotation_handle = self._annotations.__enter__()
+
+    def add(self, image: ExportImage, annotations: list[dict]) -> None:
+        record = {
+            "id": image.image_id,
+            "file_name": image.file_name,
+            "width": image.width,
+            "height": image.height,
+            "coco_url": image.uri,
+        }
+        self._image_handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        for annotation in annotations:
+            if self.polygons:
+                polygons = mask_polygons(decode_mask(annotation), self.context.tolerance)
+                annotation = {
+                    **annotation,
+                    "segmentation": [[round(float(v), 2) for v in p.ravel()] for p in polygons],
+                }
+            self._annotation_handle.write((json.dumps(annotation) + "\n").encode())
+
+    def close(self) -> list[str]:
+        self._images.__exit__(None, None, None)
+        self._annotations.__exit__(None, None, None)
+        out = self.context.out
+        info = {**self.context.info, "segmentation": "polygons" if self.polygons else "rle"}
+        with out.open_atomic_writer(self.annotations_file) as handle:
+            handle.write(('{"info": ' + json.dumps(info, sort_keys=True)).encode())
+            for key, part in (("images", ".images.part"), ("annotations", ".ann.part")):
+                handle.write(f',\n"{key}": ['.encode())
+                with out.open(self.annotations_file + part) as lines:
+                    for number, line in enumerate(lines):
+                        handle.write((b",\n" if number else b"\n") + line.rstrip(b"\n"))
+                handle.write(b"]")
+                out.remove(self.annotations_file + part)
+            handle.write((',\n"categories": ' + json.dumps(self.context.categories) + "}\n").encode())
+        return [self.annotations_file]
 
 
-def coco_annotation(row: dict) -> dict:
-    """A COCO annotation record from one ``annotations/`` row."""
-    return {
-        "id": row["id"],
-        "image_id": row["image_id"],
-        "category_id": row["category_id"],
-        "segmentation": {
-            "size": list(row["segmentation_size"]),
-            "counts": row["segmentation_counts"],
-        },
-        "area": row["area"],
-        "bbox": list(row["bbox"]),
-        "iscrowd": row["iscrowd"],
-        "score": row["score"],
-    }
+class CocoPolygonExporter(CocoExporter):
+    polygons = True
 
 
-class CocoRleExporter:
-    """Writes ``coco.json`` (see the module docstring); takes no options."""
+class CvatExporter(CocoPolygonExporter):
+    """CVAT's COCO 1.0 layout: ``annotations/instances_default.json`` + ``images/``.
 
-    name = "coco-rle"
-    description = "coco.json: COCO instances, compressed RLE masks (what labeler run writes)"
+    Zip the folder (or point Datumaro at it) and import it as "COCO 1.0"; ``file_name``s are
+    relative, so CVAT finds the images under ``images/``.
+    """
 
-    def write(self, reader: OutputReader, out: Folder, options: Mapping[str, Any]) -> list[str]:
-        refuse_unknown_options(self, options, set())
-        with out.open_atomic_writer(parts.COCO_JSON) as raw:
-            write = lambda text: raw.write(text.encode("utf-8"))
-            write('{"info": ' + json.dumps(reader.info, sort_keys=True) + ',\n"images": [')
-            separator = "\n"
-            for row in reader.image_rows():
-                if row["status"] == schema.IMAGE_STATUS_LABELED:
-                    write(separator + json.dumps(coco_image(row), ensure_ascii=False))
-                    separator = ",\n"
-            write('],\n"annotations": [')
-            separator = "\n"
-            for row in reader.annotation_rows():
-                write(separator + json.dumps(coco_annotation(row)))
-                separator = ",\n"
-            write('],\n"categories": ' + json.dumps(reader.categories) + "}\n")
-        return [parts.COCO_JSON]
+    annotations_file = "annotations/instances_default.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labeler.attention.capture import CapturingProcessor, ResolutionMeanSink, capturing_processors
+from labeler.attention.capture import CapturingProcessor, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.attention.processor import ProjectedAttention, ProjectingProcessor, sdpa_attention

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.methods.preprocess import RESIZE_MODES
+
 logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +243,25 @@ def postprocess_patch(
     return maps
 
 
+def patch_timesteps(timestep_range: tuple[int, int], generators: Sequence[torch.Generator]) -> Tensor:
+    """One inference timestep per patch: the single value, or a draw from each patch's generator.
+
+    A fixed timestep draws nothing, so the generators' VAE samples and noise are the same
+    whether or not a range is in use (the draw comes after them).
+
+    Args:
+        timestep_range: inclusive ``(low, high)``.
+        generators: one per patch.
+
+    Returns:
+        (P,) int64 timesteps.
+    """
+    low, high = timestep_range
+    if low == high:
+        return torch.full((len(generators),), low, dtype=torch.long)
+    return torch.stack([torch.randint(low, high + 1, (), generator=g) for g in generators]).long()
+
+
 def iou(prediction: np.ndarray, target: np.ndarray) -> float:
     """IoU of two boolean masks, as the reference (``|P & T| / (|P | T| + 1e-7)``)."""
     prediction, target = prediction.astype(bool), target.astype(bool)
@@ -266,7 +287,9 @@ class SlimeOptions:
     """SLiMe inference settings (reference defaults; the embedding set may record others).
 
     Attributes:
-        timestep: the single UNet timestep (reference ``--test_t 100``).
+        timestep: the UNet timestep (reference ``--test_t 100``), or an inclusive range
+            ``(low, high)`` from which one timestep is drawn per patch, from the patch's seeded
+            generator (the reference's ``--test_t LOW HIGH``). A TOML list ``[low, high]``.
         patches_per_side: n of the n x n patch grid (reference 2; its PASCAL configs use 1).
         patch_size: patch side in the reference's 512-pixel units, scaled to the actual model
             input size; None = 400 (reference 400; its PASCAL configs use 512).
@@ -287,6 +310,9 @@ class SlimeOptions:
         channel_order: ``rgb`` or ``bgr`` input to the VAE; None = what the set was fit with.
         antialias: antialias the resize of large images to the model size (the reference does
             not; without it large photos alias).
+        resize: ``float`` (bilinear in float32, ``antialias`` applies) or ``reference`` (OpenCV
+            uint8 ``INTER_LINEAR`` rounded to whole grey levels, as the reference; see
+            :func:`labeler.methods.preprocess.resize_image`).
         max_label_side: labels are computed at the original size capped at this side, then
             nearest-resized to the original size.
         input_size: the model input side; None = the model's native size (512 for SD).
@@ -294,7 +320,7 @@ class SlimeOptions:
         was_impl: ``fused`` (default) or ``explicit`` WAS-attention.
     """
 
-    timestep: int = 100
+    timestep: int | tuple[int, int] = 100
     patches_per_side: int = 2
     patch_size: int | None = None
     cover_edges: bool = True
@@ -307,14 +333,16 @@ class SlimeOptions:
     posterior_mean: bool = False
     channel_order: str | None = None
     antialias: bool = True
+    resize: str = "float"
     max_label_side: int = 1024
     input_size: int | None = None
     patch_batch: int = 8
     was_impl: str = "fused"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.timestep < 1000:
-            raise ValueError(f"slime timestep must be in [0, 999], got {self.timestep}")
+        object.__setattr__(self, "timestep", _timestep_setting(self.timestep))
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"slime resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.patches_per_side < 1:
             raise ValueError("slime patches_per_side must be >= 1")
         if self.normalization not in ("tokens", "classes"):
@@ -358,5 +386,35 @@ class SlimeOptions:
             normalization="classes",
         )
 
+    def timestep_range(self) -> tuple[int, int]:
+        """The inclusive timestep range (low == high for a single timestep)."""
+        if isinstance(self.timestep, tuple):
+            return self.timestep
+        return self.timestep, self.timestep
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if isinstance(self.timestep, tuple):
+            values["timestep"] = list(self.timestep)
+        return values
+
+
+def _timestep_setting(value: Any) -> int | tuple[int, int]:
+    """``timestep``: an int in [0, 999] or an inclusive ``[low, high]`` range within it.
+
+    A range of one value (``[100, 100]``) is that single timestep.
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or not all(_is_int(v) for v in value):
+            raise ValueError(f"slime timestep range must be [low, high] (two integers), got {value!r}")
+        low, high = (int(v) for v in value)
+        if not 0 <= low <= high <= 999:
+            raise ValueError(f"slime timestep range must satisfy 0 <= low <= high <= 999, got {value!r}")
+        return low if low == high else (low, high)
+    if not _is_int(value) or not 0 <= value <= 999:
+        raise ValueError(f"slime timestep must be an integer in [0, 999] or [low, high], got {value!r}")
+    return int(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

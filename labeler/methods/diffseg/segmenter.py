@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labeler.methods.base import ImageLabels, compact_labels
+from labeler.methods.base import ImageLabels, compact_resized_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
     _side_of,
@@ -101,7 +101,7 @@ class DiffSeg:
     @torch.no_grad()
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
-        from labeler.methods.preprocess import label_grid_size, resize_labels
+        from labeler.methods.preprocess import label_grid_size
 
         attention = self.attention_maps(images)
         with self.timer.stage("aggregate"):
@@ -117,7 +117,8 @@ class DiffSeg:
                 height, width = image.shape[:2]
                 grid = label_grid_size(height, width, self.max_label_side)
                 labels, confidence = labels_from_proposals(image_proposals, side, grid)
-                labels = resize_labels(labels.cpu().numpy(), height, width)
-                confidence = resize_labels(confidence.cpu().numpy(), height, width)
-                results.append(compact_labels(labels, confidence))
+                # The grid, int32, crosses to the host; the full-resolution map is built there.
+                results.append(compact_resized_labels(
+                    labels.to(torch.int32).cpu().numpy(), confidence.cpu().numpy(), height, width
+                ))
         return results

@@ -108,26 +108,29 @@ def _compact(
     Returns:
         the (h, w) int32 compact map, (L,) int64 categories, (L,) float64 scores.
     """
-    valid = label_map >= 0
-    values = label_map[valid].astype(np.int64, copy=False)
-    sparse_values = None
-    if values.size and values.max() >= max(values.size, 1 << 16):
+    # Bin 0 collects the pixels without annotation; bin v + 1 the label value v.
+    bins = label_map.astype(np.intp).ravel()
+    np.maximum(bins, -1, out=bins)
+    bins += 1
+    bin_values = None
+    if bins.size and bins.max() > max(bins.size, 1 << 16):
         # Huge label values: rank them first, so the tables stay the size of the map.
-        sparse_values, values = np.unique(values, return_inverse=True)
-    table_size = int(values.max()) + 1 if values.size else 0
-    cell_weights = None if weights is None else weights[valid].astype(np.float64)
-    pixels = np.bincount(values, weights=cell_weights, minlength=table_size)
+        bin_values, bins = np.unique(bins, return_inverse=True)
+        if bin_values[0] != 0:
+            bin_values, bins = np.concatenate(([0], bin_values)), bins + 1
+    table_size = int(bins.max()) + 1 if bins.size else 1
+    cell_weights = None if weights is None else weights.astype(np.float64).ravel()
+    pixels = np.bincount(bins, weights=cell_weights, minlength=table_size)
+    pixels[0] = 0
     present = np.flatnonzero(pixels)
     lookup = np.full(table_size, -1, np.int32)
     lookup[present] = np.arange(len(present), dtype=np.int32)
-    score_weights = confidence[valid].astype(np.float64)
+    score_weights = confidence.astype(np.float64).ravel()
     if cell_weights is not None:
-        score_weights *= cell_weights
-    sums = np.bincount(values, weights=score_weights, minlength=table_size)[present]
+        score_weights = score_weights * cell_weights
+    sums = np.bincount(bins, weights=score_weights, minlength=table_size)[present]
     scores = np.clip(sums / np.maximum(pixels[present], 1), 0.0, 1.0)
-    compact = np.full(label_map.shape, -1, dtype=np.int32)
-    compact[valid] = lookup[values]
-    if sparse_values is not None:
-        present = sparse_values[present]
-    categories = np.ones(len(present), np.int64) if category_of is None else category_of[present]
+    compact = lookup[bins].reshape(label_map.shape)
+    values = (present if bin_values is None else bin_values[present]) - 1
+    categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
     return compact, categories.astype(np.int64), scores

@@ -1,0 +1,304 @@
+"""A worker's ceiling: the real shard path with a segmenter that costs nothing (or a set time).
+
+``ShardProcessor`` (read, decode on its prefetch thread, label, encode, rows, commit) runs over
+generated JPEG or PNG files, shard after shard as a worker runs them, with a zero-cost segmenter:
+it returns Voronoi label maps of ``--segments`` regions at each image's size, relabelled by the
+same :func:`compact_resized_labels` the methods use, and sleeps ``--model-ms-per-image`` per
+image to stand in for the model. Figures:
+
+* ``images_per_second`` over the whole run;
+* seconds per image by stage (decode, model, compact, encode, rows, commit; decode runs on the
+  prefetch thread, the rest on the worker's thread);
+* ``model_idle_fraction``: the share of wall time the simulated model is not running, i.e. waits
+  for everything else (what a real model would spend idle, since nothing overlaps it yet).
+
+``--encoder`` measures the mask encoder alone at ``--size`` with 30 and 200 segments, one-pass
+against the per-label pycocotools encoding it replaced (checked identical on the way).
+
+    python bench/runtime_ceiling.py --images 128 --size 1024x768 --segments 30
+    python bench/runtime_ceiling.py --images 128 --size 1024x768 --segments 30 --model-ms-per-image 10
+    python bench/runtime_ceiling.py --images 64 --size 1024x768 --segments 30 --s3 --json
+    python bench/runtime_ceiling.py --encoder --size 1024x768
+
+With ``--json`` the last line printed is one JSON object of all figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from labeler.io.storage import Folder
+from labeler.methods.base import ImageLabels, compact_resized_labels
+from labeler.output import rle
+from labeler.runtime.plan import plan_run
+from labeler.runtime.run_folder import RunFolder
+from labeler.runtime.shard import ShardProcessor
+from labeler.timing import StageTimer
+from tests.s3server import S3Server
+
+#: Label maps kept per image size (generating one costs far more than the runtime under test).
+MAPS_PER_SIZE = 4
+
+
+def voronoi_labels(height: int, width: int, segments: int, rng: np.random.Generator) -> np.ndarray:
+    """(height, width) int32 map of ``segments`` Voronoi regions with random weights."""
+    centres = rng.random((segments, 2)) * (height, width)
+    bias = rng.random(segments) * (height * width) / segments
+    y = np.arange(height, dtype=np.float32)[:, None]
+    x = np.arange(width, dtype=np.float32)[None, :]
+    best = np.full((height, width), np.inf, np.float32)
+    labels = np.zeros((height, width), np.int32)
+    for index, (cy, cx) in enumerate(centres):
+        distance = (y - cy) ** 2 + (x - cx) ** 2 + bias[index]
+        closer = distance < best
+        best[closer] = distance[closer]
+        labels[closer] = index
+    return labels
+
+
+class ZeroCostSegmenter:
+    """A :class:`labeler.methods.base.Segmenter` whose model costs ``model_seconds`` per image.
+
+    Per image it picks one of a few cached Voronoi maps of the image's size and relabels it
+    with :func:`compact_resized_labels` (timed as ``compact``), as the methods do after their
+    model; the simulated model (``model``) is a sleep.
+    """
+
+    categories = ({"id": 1, "name": "segment", "supercategory": "segment"},)
+
+    def __init__(self, segments: int, model_seconds: float, seed: int = 0) -> None:
+        self.segments = segments
+        self.model_seconds = model_seconds
+        self.rng = np.random.default_rng(seed)
+        self.maps: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.timer = StageTimer()
+        self.calls = 0
+
+    def prepare(self, height: int, width: int) -> None:
+        """Make the cached maps of one size (outside the timed run)."""
+        self.maps[(height, width)] = [
+            (
+                voronoi_labels(height, width, self.segments, self.rng),
+                self.rng.random((height, width), dtype=np.float32),
+            )
+            for _ in range(MAPS_PER_SIZE)
+        ]
+
+    def provenance(self) -> dict:
+        return {"method": "zero-cost", "model": f"sleep {self.model_seconds * 1000:g} ms/image"}
+
+    def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
+        with self.timer.stage("model"):
+            time.sleep(self.model_seconds * len(images))
+        results = []
+        with self.timer.stage("compact"):
+            for image in images:
+                height, width = image.shape[:2]
+                labels, confidence = self.maps[(height, width)][self.calls % MAPS_PER_SIZE]
+                self.calls += 1
+                results.append(compact_resized_labels(labels, confidence, height, width))
+        return results
+
+
+class EncodeTimer:
+    """Wraps ``encode_label_map`` where the shard path imported it, to time encoding alone."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.original = rle.encode_label_map
+        self.patched = [
+            module for name, module in sys.modules.items()
+            if name.startswith("labeler.") and getattr(module, "encode_label_map", None) is self.original
+            and module is not rle
+        ]
+        if not self.patched:
+            raise RuntimeError("no labeler module on the shard path imports encode_label_map")
+        for module in self.patched:
+            module.encode_label_map = self
+
+    def __call__(self, label_map: np.ndarray, n_labels: int) -> list[rle.EncodedMask]:
+        started = time.perf_counter()
+        try:
+            return self.original(label_map, n_labels)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+
+def image_bytes(rng: np.random.Generator, width: int, height: int, image_format: str) -> bytes:
+    """A photo-like image: smooth colour gradients plus noise, encoded as JPEG (q 90) or PNG."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.random(3) * 6.28
+    channels = [127 + 100 * np.sin(x / (40 + 30 * c) + y / 57 + phase[c]) for c in range(3)]
+    pixels = np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3))
+    buffer = io.BytesIO()
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if image_format == "jpeg":
+        image.save(buffer, "JPEG", quality=90)
+    else:
+        image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_inputs(folder: Folder, count: int, width: int, height: int, image_format: str) -> list[str]:
+    """``count`` images (a few distinct ones, repeated) under ``folder``; their URIs."""
+    rng = np.random.default_rng(1)
+    distinct = [image_bytes(rng, width, height, image_format) for _ in range(min(count, 8))]
+    suffix = "jpg" if image_format == "jpeg" else "png"
+    uris = []
+    for index in range(count):
+        relative = f"images/{index:06d}.{suffix}"
+        folder.write_bytes(relative, distinct[index % len(distinct)])
+        uris.append(folder.uri_of(relative))
+    return uris
+
+
+def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
+                storage_options: dict | None) -> dict:
+    width, height = args.size
+    uris = write_inputs(input_folder, args.images, width, height, args.format)
+    segmenter = ZeroCostSegmenter(args.segments, args.model_ms_per_image / 1000)
+    segmenter.prepare(height, width)
+    run = RunFolder(Folder(str(work / "out")))
+    plan = plan_run(run, ({"uri": uri} for uri in uris), args.shard_size)
+    processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options)
+    encode = EncodeTimer()
+    stats = []
+    started = time.perf_counter()
+    for shard in plan["shards"]:
+        stats.append(processor.process(run.output, shard["shard_id"]))
+        run.mark_done(shard["shard_id"])
+    wall = time.perf_counter() - started
+    labeled = sum(s["labeled"] for s in stats)
+    if labeled != args.images:
+        raise RuntimeError(f"only {labeled} of {args.images} images labeled: {stats[0]}")
+    total = {name: sum(s["timings"][name] for s in stats) for name in stats[0]["timings"]}
+    method = {name: sum(s["method_timings"].get(name, 0.0) for s in stats)
+              for name in ("model", "compact")}
+    per_image_ms = {
+        "read": total["read"], "decode": total["decode"], "model": method["model"],
+        "compact": method["compact"], "encode": encode.seconds,
+        "rows": total["encode"] - encode.seconds, "commit": total["commit"],
+        "wait_input": total["wait_input"],
+    }
+    per_image_ms = {name: round(1000 * value / labeled, 3) for name, value in per_image_ms.items()}
+    return {
+        "benchmark": "runtime_ceiling", "images": labeled, "size": f"{width}x{height}",
+        "segments": args.segments, "format": args.format, "storage": "s3" if args.s3 else "local",
+        "batch_size": args.batch_size, "shard_size": args.shard_size,
+        "model_ms_per_image": args.model_ms_per_image, "wall_s": round(wall, 3),
+        "images_per_second": round(labeled / wall, 2),
+        "ms_per_image": per_image_ms,
+        "model_idle_fraction": round(1 - method["model"] / wall, 4),
+        "annotations_per_image": round(sum(s["annotations"] for s in stats) / labeled, 2),
+    }
+
+
+def per_label_pycocotools(label_map: np.ndarray, n_labels: int) -> list[tuple]:
+    """The encoding the one-pass encoder replaced: one comparison and one encode per label."""
+    out = []
+    for label in range(n_labels):
+        encoded = mask_utils.encode(np.asfortranarray(label_map == label, dtype=np.uint8))
+        out.append((encoded["counts"].decode("ascii"), int(mask_utils.area(encoded)),
+                    [float(v) for v in mask_utils.toBbox(encoded)]))
+    return out
+
+
+def best(call, repeat: int) -> float:
+    """The fastest of ``repeat`` single calls, in seconds."""
+    return min(timeit.repeat(call, number=1, repeat=repeat))
+
+
+def sorting_compact(label_map: np.ndarray, confidence: np.ndarray) -> tuple:
+    """The relabelling the lookup tables replaced: np.unique with inverse over the whole map."""
+    valid = label_map >= 0
+    present, inverse = np.unique(label_map[valid], return_inverse=True)
+    compact = np.full(label_map.shape, -1, dtype=np.int32)
+    compact[valid] = inverse
+    sums = np.bincount(inverse, weights=confidence[valid].astype(np.float64), minlength=len(present))
+    return compact, sums / np.maximum(np.bincount(inverse, minlength=len(present)), 1)
+
+
+def run_encoder(args: argparse.Namespace) -> dict:
+    width, height = args.size
+    rng = np.random.default_rng(0)
+    figures: dict = {"benchmark": "encoder", "size": f"{width}x{height}"}
+    for segments in (30, 200):
+        label_map = voronoi_labels(height, width, segments, rng)
+        new = [(m.counts, m.area, m.bbox) for m in rle.encode_label_map(label_map, segments)]
+        if new != per_label_pycocotools(label_map, segments):
+            raise RuntimeError("one-pass encoding differs from pycocotools")
+        figures[f"one_pass_ms_{segments}"] = round(
+            1000 * best(lambda m=label_map, s=segments: rle.encode_label_map(m, s), 30), 3)
+        figures[f"per_label_ms_{segments}"] = round(
+            1000 * best(lambda m=label_map, s=segments: per_label_pycocotools(m, s), 3), 3)
+        confidence = rng.random((height, width), dtype=np.float32)
+        figures[f"compact_ms_{segments}"] = round(1000 * best(
+            lambda m=label_map, c=confidence: compact_resized_labels(m, c, height, width), 30), 3)
+        figures[f"sorting_compact_ms_{segments}"] = round(
+            1000 * best(lambda m=label_map, c=confidence: sorting_compact(m, c), 3), 3)
+    figures["one_pass_200_over_30"] = round(figures["one_pass_ms_200"] / figures["one_pass_ms_30"], 2)
+    return figures
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be WIDTHxHEIGHT, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"--size must be positive, got {text!r}")
+    return width, height
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--size", type=parse_size, default=(1024, 768), help="WIDTHxHEIGHT")
+    parser.add_argument("--segments", type=int, default=30)
+    parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
+    parser.add_argument("--s3", action="store_true", help="inputs on a local rclone S3 server")
+    parser.add_argument("--model-ms-per-image", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--encoder", action="store_true", help="the mask encoder alone")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of figures")
+    args = parser.parse_args()
+    if args.images < 1 or args.segments < 1 or args.batch_size < 1 or args.shard_size < 1:
+        parser.error("--images, --segments, --batch-size and --shard-size must be >= 1")
+    if args.encoder:
+        figures = run_encoder(args)
+    else:
+        with tempfile.TemporaryDirectory(prefix="labeler-ceiling-") as work:
+            work = Path(work)
+            if args.s3:
+                with S3Server(work / "s3") as server:
+                    server.create_bucket("bench")
+                    inputs = Folder("s3://bench/inputs", server.storage_options)
+                    figures = run_ceiling(args, work, inputs, server.storage_options)
+            else:
+                figures = run_ceiling(args, work, Folder(str(work / "inputs")), None)
+    for name, value in figures.items():
+        sys.stdout.write(f"{name}: {value}\n")
+    if args.json:
+        sys.stdout.write(json.dumps(figures) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,6 +41,7 @@ from pycocotools import mask as mask_utils
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from labeler.io.decode import decode_image
 from labeler.io.storage import Folder
 from labeler.methods.base import ImageLabels, compact_resized_labels
 from labeler.output import rle
@@ -87,6 +88,8 @@ class ZeroCostSegmenter:
         self.maps: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
         self.timer = StageTimer()
         self.calls = 0
+        #: thread CPU seconds spent relabelling
+        self.compact_cpu = 0.0
 
     def prepare(self, height: int, width: int) -> None:
         """Make the cached maps of one size (outside the timed run)."""
@@ -105,39 +108,51 @@ class ZeroCostSegmenter:
         with self.timer.stage("model"):
             time.sleep(self.model_seconds * len(images))
         results = []
+        cpu = time.thread_time()
         with self.timer.stage("compact"):
             for image in images:
                 height, width = image.shape[:2]
                 labels, confidence = self.maps[(height, width)][self.calls % MAPS_PER_SIZE]
                 self.calls += 1
                 results.append(compact_resized_labels(labels, confidence, height, width))
+        self.compact_cpu += time.thread_time() - cpu
         return results
 
 
-class EncodeTimer:
-    """Wraps ``encode_label_map`` where the shard path imported it, to time encoding alone."""
+class Clock:
+    """Thread CPU time and wall time spent in one callable, summed over calls."""
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def __init__(self, function) -> None:
+        self.function = function
+        self.cpu = 0.0
+        self.wall = 0.0
         self.calls = 0
-        self.original = rle.encode_label_map
-        self.patched = [
-            module for name, module in sys.modules.items()
-            if name.startswith("labeler.") and getattr(module, "encode_label_map", None) is self.original
-            and module is not rle
-        ]
-        if not self.patched:
-            raise RuntimeError("no labeler module on the shard path imports encode_label_map")
-        for module in self.patched:
-            module.encode_label_map = self
 
-    def __call__(self, label_map: np.ndarray, n_labels: int) -> list[rle.EncodedMask]:
-        started = time.perf_counter()
+    def __call__(self, *args, **kwargs):
+        cpu, wall = time.thread_time(), time.perf_counter()
         try:
-            return self.original(label_map, n_labels)
+            return self.function(*args, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - started
+            self.cpu += time.thread_time() - cpu
+            self.wall += time.perf_counter() - wall
             self.calls += 1
+
+
+def clock_where_imported(function) -> Clock:
+    """Replace ``function`` by a :class:`Clock` in every labeler module that imported it (the
+    shard path's modules may move; the clock follows the name)."""
+    clock = Clock(function)
+    home = sys.modules[function.__module__]
+    patched = [
+        module for name, module in list(sys.modules.items())
+        if name.startswith("labeler.") and module is not home
+        and getattr(module, function.__name__, None) is function
+    ]
+    if not patched:
+        raise RuntimeError(f"no labeler module on the shard path imports {function.__name__}")
+    for module in patched:
+        setattr(module, function.__name__, clock)
+    return clock
 
 
 def image_bytes(rng: np.random.Generator, width: int, height: int, image_format: str) -> bytes:
@@ -177,33 +192,41 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     run = RunFolder(Folder(str(work / "out")))
     plan = plan_run(run, ({"uri": uri} for uri in uris), args.shard_size)
     processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options)
-    encode = EncodeTimer()
+    encode = clock_where_imported(rle.encode_label_map)
+    decode = clock_where_imported(decode_image)
+    commit = processor._commit = Clock(processor._commit)
     stats = []
-    started = time.perf_counter()
+    started, process_cpu = time.perf_counter(), time.process_time()
     for shard in plan["shards"]:
         stats.append(processor.process(run.output, shard["shard_id"]))
         run.mark_done(shard["shard_id"])
     wall = time.perf_counter() - started
+    process_cpu = time.process_time() - process_cpu
     labeled = sum(s["labeled"] for s in stats)
     if labeled != args.images:
         raise RuntimeError(f"only {labeled} of {args.images} images labeled: {stats[0]}")
     total = {name: sum(s["timings"][name] for s in stats) for name in stats[0]["timings"]}
     method = {name: sum(s["method_timings"].get(name, 0.0) for s in stats)
               for name in ("model", "compact")}
-    per_image_ms = {
+    wall_ms = {
         "read": total["read"], "decode": total["decode"], "model": method["model"],
-        "compact": method["compact"], "encode": encode.seconds,
-        "rows": total["encode"] - encode.seconds, "commit": total["commit"],
+        "compact": method["compact"], "encode": encode.wall,
+        "rows": total["encode"] - encode.wall, "commit": total["commit"],
         "wait_input": total["wait_input"],
     }
-    per_image_ms = {name: round(1000 * value / labeled, 3) for name, value in per_image_ms.items()}
+    cpu_ms = {"decode": decode.cpu, "compact": segmenter.compact_cpu, "encode": encode.cpu,
+              "commit": commit.cpu, "process_total": process_cpu}
+    per_image = lambda seconds: {
+        name: round(1000 * value / labeled, 3) for name, value in seconds.items()
+    }
     return {
         "benchmark": "runtime_ceiling", "images": labeled, "size": f"{width}x{height}",
         "segments": args.segments, "format": args.format, "storage": "s3" if args.s3 else "local",
         "batch_size": args.batch_size, "shard_size": args.shard_size,
         "model_ms_per_image": args.model_ms_per_image, "wall_s": round(wall, 3),
         "images_per_second": round(labeled / wall, 2),
-        "ms_per_image": per_image_ms,
+        "wall_ms_per_image": per_image(wall_ms),
+        "cpu_ms_per_image": per_image(cpu_ms),
         "model_idle_fraction": round(1 - method["model"] / wall, 4),
         "annotations_per_image": round(sum(s["annotations"] for s in stats) / labeled, 2),
     }

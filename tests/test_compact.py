@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from labeler.methods.base import compact_labels, compact_resized_labels
+from labeler.methods.device_labels import _compact_on_device, compact_device_labels
 from labeler.methods.label_maps import resize_labels, resize_weights
 
 
@@ -77,3 +79,28 @@ def test_resize_weights_count_the_pixels_each_cell_becomes():
     counted = np.bincount(resize_labels(index, 10, 9).ravel(), minlength=12).reshape(3, 4)
     np.testing.assert_array_equal(weights, counted)
     assert weights.sum() == 90
+
+
+@pytest.mark.parametrize(("grid", "size"), [((48, 64), (768, 1024)), ((37, 50), (100, 133)),
+                                            ((40, 30), (40, 30)), ((30, 20), (21, 13))])
+def test_device_compaction_equals_compacting_the_resized_maps(grid, size):
+    label_map, confidence = random_case(sum(grid) + 1, shape=grid, top=40)
+    category_of = np.arange(40, dtype=np.int64) + 5
+    tensors = torch.from_numpy(label_map).long(), torch.from_numpy(confidence)
+    compact, categories, scores = sorting_compact(
+        resize_labels(label_map, *size), resize_labels(confidence, *size), category_of
+    )
+    # The public entry (numpy on the host) and its torch path (what runs on an accelerator).
+    for labels in (compact_device_labels(*tensors, *size, category_of=category_of),
+                   _compact_on_device(*tensors, *size, category_of=category_of)):
+        assert labels.label_map.dtype == np.int32
+        np.testing.assert_array_equal(labels.label_map, compact)
+        np.testing.assert_array_equal(labels.category_ids, categories)
+        np.testing.assert_allclose(labels.scores, scores, rtol=1e-12, atol=0)
+
+
+def test_device_compaction_of_a_map_without_annotations():
+    for compact in (compact_device_labels, _compact_on_device):
+        labels = compact(torch.full((4, 5), -1), torch.ones(4, 5), 8, 10, None)
+        assert len(labels.scores) == 0 and (labels.label_map == -1).all()
+        assert labels.label_map.shape == (8, 10)

@@ -80,7 +80,9 @@ def _label_runs(label_map: np.ndarray, n_labels: int) -> _Runs:
     values = label_map[row_of, col_of]
     kept = (values >= 0) & (values < n_labels)
     values, starts, stops = values[kept], starts[kept], stops[kept]
-    order = np.argsort(values, kind="stable")
+    # Stable sort by label; on 16-bit keys numpy's stable sort is a radix sort.
+    key = values.astype(np.int16) if n_labels <= np.iinfo(np.int16).max else values
+    order = np.argsort(key, kind="stable")
     return _Runs(values[order].astype(np.int64), starts[order], stops[order])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labeler.methods.base import ImageLabels, compact_resized_labels
+from labeler.methods.base import ImageLabels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
     _side_of,
@@ -14,6 +14,7 @@ from labeler.methods.diffseg.algorithm import (
     labels_from_proposals,
     merge_proposals,
 )
+from labeler.methods.device_labels import compact_device_labels
 
 #: The timestep the reference passes with the clean latent (no noise is added).
 DIFFSEG_TIMESTEP = 300
@@ -117,8 +118,5 @@ class DiffSeg:
                 height, width = image.shape[:2]
                 grid = label_grid_size(height, width, self.max_label_side)
                 labels, confidence = labels_from_proposals(image_proposals, side, grid)
-                # The grid, int32, crosses to the host; the full-resolution map is built there.
-                results.append(compact_resized_labels(
-                    labels.to(torch.int32).cpu().numpy(), confidence.cpu().numpy(), height, width
-                ))
+                results.append(compact_device_labels(labels, confidence, height, width))
         return results

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labeler.methods.base import ImageLabels, compact_resized_labels
+from labeler.methods.base import ImageLabels
+from labeler.methods.device_labels import compact_device_labels
 from labeler.methods.label_maps import resize_labels
 from labeler.methods.slime.algorithm import (
     REFERENCE_CANVAS,
@@ -215,8 +216,8 @@ class Slime:
         category_of = np.arange(self.num_classes, dtype=np.int64)
         results = []
         for image, (labels, confidence) in zip(images, self.predict_grid(images)):
-            label_map = torch.where(labels == 0, -1, labels).numpy()
-            results.append(compact_resized_labels(
-                label_map, confidence.numpy(), *image.shape[:2], category_of=category_of
+            label_map = torch.where(labels == 0, -1, labels)
+            results.append(compact_device_labels(
+                label_map, confidence, *image.shape[:2], category_of=category_of
             ))
         return results

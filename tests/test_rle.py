@@ -70,6 +70,7 @@ def test_degenerate_shapes_match(shape):
         assert_identical(label_map, n_labels)
     assert_identical(np.zeros(shape, np.int32), 2)  # one label everywhere, one absent
     assert_identical(np.full(shape, -1, np.int32), 1)  # nothing labeled
+    assert encode_label_map(np.full(shape, -1, np.int32), 0) == []  # no labels at all
 
 
 def test_checkerboards_match():

@@ -463,9 +463,30 @@ def load_label_map(gt: GroundTruth, key: Any) -> np.ndarray:
         labels = _decode_label_file(fsutil.read_bytes(uri), uri)
         labels[(labels == gt.ignore_index) | (labels < 0)] = IGNORE
         return labels
+    return classes_of_instances(*load_instance_map(gt, key))
+
+
+def classes_of_instances(instances: np.ndarray, row_class: np.ndarray) -> np.ndarray:
+    """Class label map (int32, ``IGNORE`` kept) of an instance map from ``load_instance_map``."""
+    return np.where(instances >= 0, row_class[np.maximum(instances, 0)], IGNORE).astype(np.int32)
+
+
+def load_instance_map(gt: GroundTruth, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Instance label map of a COCO ground-truth image.
+
+    Returns ``(instances, row_class)``: ``instances`` is an int32 ``(H, W)`` map where 0 is
+    background (unannotated pixels), ``i >= 1`` the i-th evaluated instance (non-crowd, known
+    category, largest painted first so smaller instances stay visible on overlaps) and
+    ``IGNORE`` the crowd regions; ``row_class`` (``n_instances + 1``,) gives the class index of
+    each label (``row_class[0]`` is the background class).
+    """
+    if gt.kind != "coco":
+        raise EvalInputError("instance maps need COCO ground truth")
     image = gt.coco_images[int(key)]
     h, w = int(image["height"]), int(image["width"])
-    labels = np.full((h, w), gt.background if gt.background is not None else 0, dtype=np.int32)
+    background = gt.background if gt.background is not None else 0
+    instances = np.zeros((h, w), dtype=np.int32)
+    row_class = [background]
     anns = gt.coco_annotations.get(int(key), [])
     things = [a for a in anns if not a.get("iscrowd", 0)]
     crowds = [a for a in anns if a.get("iscrowd", 0)]
@@ -474,10 +495,15 @@ def load_label_map(gt: GroundTruth, key: Any) -> np.ndarray:
         cls = gt.category_to_class.get(int(ann["category_id"]))
         if cls is None:
             continue
-        labels[decode_segmentation(ann["segmentation"], h, w)] = cls
+        if cls == background:
+            # a GT category named background is background, not an instance
+            instances[decode_segmentation(ann["segmentation"], h, w)] = 0
+            continue
+        instances[decode_segmentation(ann["segmentation"], h, w)] = len(row_class)
+        row_class.append(cls)
     for ann in crowds:
-        labels[decode_segmentation(ann["segmentation"], h, w)] = IGNORE
-    return labels
+        instances[decode_segmentation(ann["segmentation"], h, w)] = IGNORE
+    return instances, np.asarray(row_class, dtype=np.int64)
 
 
 def determine_num_classes(gt: GroundTruth, keys: Iterable[Any]) -> int:
@@ -642,6 +668,21 @@ def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto")
     return ClassMapping(rule=rule, category_to_class=mapping, unmapped=unmapped)
 
 
+@dataclass
+class EvalPair:
+    """One paired image at ground-truth resolution."""
+
+    image_id: int
+    gt_labels: np.ndarray
+    """(H, W) int32 ground-truth class indices, ``IGNORE`` where not evaluated."""
+    pred_labels: np.ndarray
+    """(H, W) int32 predicted labels (segment or class indices), ``VOID`` where unannotated."""
+    gt_instances: np.ndarray | None = None
+    """(H, W) int32 instance labels (see ``load_instance_map``), COCO ground truth only."""
+    instance_class: np.ndarray | None = None
+    """(n_instances + 1,) class index of each instance label, with ``gt_instances``."""
+
+
 def iter_pairs(
     preds: Predictions,
     gt: GroundTruth,
@@ -649,17 +690,24 @@ def iter_pairs(
     mode: str,
     mapping: ClassMapping | None = None,
     unannotated: str = "background",
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(image_id, gt_labels, pred_labels)`` at ground-truth resolution.
+    instances: bool = False,
+) -> Iterator[EvalPair]:
+    """Yield the paired images (``EvalPair``) at ground-truth resolution.
 
     Args:
         mode: ``segments`` (segment-index predictions) or ``classes`` (class-index predictions).
         mapping: category mapping, required for ``classes``.
         unannotated: ``background`` or ``void``: label of unannotated pixels for ``classes``.
+        instances: also give the instance map (COCO ground truth), decoded once for both maps.
     """
     for image_id, key in pairs:
         image = preds.images[image_id]
-        gt_labels = load_label_map(gt, key)
+        gt_instances = instance_class = None
+        if instances:
+            gt_instances, instance_class = load_instance_map(gt, key)
+            gt_labels = classes_of_instances(gt_instances, instance_class)
+        else:
+            gt_labels = load_label_map(gt, key)
         if mode == "segments":
             pred_labels = rasterize_segments(image)
         else:
@@ -667,4 +715,4 @@ def iter_pairs(
             background = gt.background if unannotated == "background" else None
             pred_labels = rasterize_classes(image, mapping.category_to_class, background)
         pred_labels = resize_nearest(pred_labels, *gt_labels.shape)
-        yield image_id, gt_labels, pred_labels
+        yield EvalPair(image_id, gt_labels, pred_labels, gt_instances, instance_class)

@@ -86,6 +86,11 @@ def _run(args: argparse.Namespace) -> int:
         + (f" ({summary.images_per_second:.2f} images/s)" if summary.images_per_second else "")
         + "\n"
     )
+    if summary.new_images:
+        out.write(f"{summary.new_images} new images since the last run, appended to the plan\n")
+    if summary.removed_images:
+        out.write(f"{summary.removed_images} images are no longer in the input; their labels "
+                  "stay in the output\n")
     if summary.failure_reasons:
         out.write("failed images by reason: " + ", ".join(
             f"{reason} {count}" for reason, count in sorted(summary.failure_reasons.items())) + "\n")

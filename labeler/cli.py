@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_status(commands)
     from labeler.cluster.command import add_parser as add_cluster
+    from labeler.doctor import add_parser as add_doctor
     from labeler.eval.command import add_parser as add_eval
     from labeler.methods.slime.command import add_parser as add_slime
     from labeler.output.exporters.command import add_parser as add_export
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(commands)
     add_slime(commands)
     add_cluster(commands)  # submit, logs, stop
+    add_doctor(commands)
     return parser
 
 

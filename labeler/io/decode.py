@@ -426,6 +426,18 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """An already opened Pillow image as an upright (H, W, 3) ``uint8`` RGB array.
+
+    The same rules as :func:`decode_image` (EXIF orientation, alpha on white, 16-bit scaling),
+    for images that are in memory rather than bytes.
+
+    Raises:
+        ImageDecodeError: the image's mode cannot be converted (``unsupported_mode``).
+    """
+    return _apply_orientation(_to_rgb_array(im), _orientation(im))
+
+
 def decode_image(
     data: bytes,
     *,

@@ -58,7 +58,7 @@ def list_files(uri: str, extensions: tuple[str, ...], storage_options: dict | No
     """Files under ``uri`` (a folder, recursively, or one file) with one of ``extensions``."""
     import fsspec
 
-    from labeler.io.inputs import redact_uri
+    from labeler.io.uris import redact_uri
 
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if fs.isfile(root):

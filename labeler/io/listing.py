@@ -418,13 +418,14 @@ def list_files(
     with their dot (``".png"``), matched case-insensitively, a single file included.
 
     Raises:
-        InputError: ``uri`` does not exist or cannot be accessed.
+        FileNotFoundError: nothing at ``uri`` (the message holds the redacted URI).
+        InputError: ``uri`` cannot be accessed.
     """
     fs, path, clean = open_fs(uri, storage_options)
     what = redact_uri(clean)
     kind = _kind(fs, path, what, retry)
     if kind is None:
-        raise InputError(f"{what} does not exist", what)
+        raise FileNotFoundError(f"{what} does not exist")
     wanted = tuple(extension.lower() for extension in extensions)
 
     def keep(name: str) -> bool:

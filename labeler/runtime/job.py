@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
+from labeler.io.folders import Folder
 from labeler.io.listing import iter_inputs
 from labeler.io.uris import InputError
-from labeler.io.folders import Folder
 from labeler.output.merge import merge_outputs
 from labeler.runtime.plan import plan_run
 from labeler.runtime.progress import DriverProgress

@@ -25,8 +25,8 @@ import time
 
 from labeler import __version__
 from labeler.config import JobConfig, settings_difference
-from labeler.io.retry import RetryPolicy
 from labeler.io.folders import Folder
+from labeler.io.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -5,6 +5,10 @@
 machine codes in :data:`DECODE_FAILURE_REASONS`. Those codes are written to ``images.parquet``
 (column ``reason``), so they must not change casually.
 
+It is labeler's only image decoder: ``labeler run`` (the shard's input), ``labeler slime fit``
+(:mod:`labeler.methods.slime.data`) and ``labeler preview`` decode with it, so one file gives the
+same pixels everywhere. :func:`apply_orientation` orients arrays drawn in an image's stored frame.
+
 Policies (documented choices)
 -----------------------------
 * **Orientation.** The EXIF ``Orientation`` tag (values 1-8; JPEG, PNG ``eXIf``, WebP, TIFF) is

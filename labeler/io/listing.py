@@ -87,7 +87,7 @@ from labeler.io.uris import (
     split_userinfo,
 )
 
-__all__ = ["iter_inputs", "list_files", "path_kind"]
+__all__ = ["folder_root", "iter_inputs", "list_files", "path_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -524,3 +524,17 @@ def iter_inputs(
         "or an image",
         what,
     )
+
+
+def folder_root(uri: str, *, storage_options: dict[str, Any] | None = None) -> str | None:
+    """The URI prefix of a folder input's images (``InputRef.uri`` = prefix ``/`` relative path).
+
+    Returns ``None`` when ``uri`` is not a folder (a manifest, a Parquet file, one image): those
+    inputs have no common image root. Credentials are never part of the result.
+    """
+    fs, path, clean = open_fs(uri, storage_options)
+    try:
+        is_folder = fs.isdir(path)
+    except OSError:  # the listing reports access errors with their context
+        return None
+    return base_uri(clean, fs, path) if is_folder else None

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("diffusers", "transformers", "fsspec", "urllib3", "botocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
-    from labeler.io.inputs import InputError
+    from labeler.io.uris import InputError
 
     try:
         return args.func(args)

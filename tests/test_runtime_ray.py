@@ -29,7 +29,7 @@ from PIL import Image
 
 from labeler.cli import main
 from labeler.config import DiffSegSettings, JobConfig
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.runtime.job import RunSummary, input_items, run_job
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder

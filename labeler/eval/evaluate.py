@@ -142,14 +142,25 @@ def _pred_kind(preds: Predictions, requested: str) -> str:
     return requested
 
 
-def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> dict[str, Any]:
+def evaluate(
+    pred_uri: str,
+    gt_uri: str,
+    options: EvalOptions | None = None,
+    storage_options: dict | None = None,
+) -> dict[str, Any]:
     """Evaluate the output at ``pred_uri`` against ``gt_uri``; returns the JSON-ready report.
 
+    ``storage_options`` (fsspec endpoint, credentials) apply to both, as for ``labeler run``.
     Raises ``EvalInputError`` for unusable inputs.
     """
     options = options or EvalOptions()
-    preds = load_predictions(pred_uri)
-    gt = load_ground_truth(gt_uri, resolve_classes(options.classes), options.ignore_index)
+    preds = load_predictions(pred_uri, storage_options=storage_options)
+    gt = load_ground_truth(
+        gt_uri,
+        resolve_classes(options.classes, storage_options),
+        options.ignore_index,
+        storage_options,
+    )
     kind = _pred_kind(preds, options.pred_kind)
     protocols = resolve_protocols(options.protocols, kind, gt.kind)
     warnings: list[str] = []

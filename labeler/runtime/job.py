@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.io.inputs import InputError, folder_root, iter_inputs
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
+from labeler.io.listing import folder_root, iter_inputs
+from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
 from labeler.runtime.plan import PlanChanges, extend_plan, plan_run

@@ -119,6 +119,7 @@ def read_output(folder: Folder, rename: Callable[[str], str] | None = None) -> d
     coco = json.loads(folder.read_bytes("coco.json"))
     for record in coco["images"]:
         record["file_name"] = rename(record["file_name"])
+        record["coco_url"] = rename(record["coco_url"])
     annotations = []
     for name in folder.list("annotations"):
         with folder.open(f"annotations/{name}") as handle:

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from labeler.io.decode import decode_image
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.methods.base import ImageLabels, compact_resized_labels
 from labeler.methods.device_labels import _compact_on_device, compact_device_labels
 from labeler.output import rle

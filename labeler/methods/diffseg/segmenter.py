@@ -11,7 +11,8 @@ import torch
 from labeler.attention.capture import ResolutionMeanSink, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
-from labeler.methods.base import ImageLabels, compact_labels
+from labeler.methods.base import ImageLabels
+from labeler.methods.device_labels import compact_device_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
     _side_of,
@@ -115,7 +116,7 @@ class DiffSeg:
     @torch.no_grad()
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
-        from labeler.methods.preprocess import label_grid_size, resize_labels
+        from labeler.methods.preprocess import label_grid_size
 
         attention = self.attention_maps(images)
         with self.timer.stage("aggregate"):
@@ -131,7 +132,5 @@ class DiffSeg:
                 height, width = image.shape[:2]
                 grid = label_grid_size(height, width, self.max_label_side)
                 labels, confidence = labels_from_proposals(image_proposals, side, grid)
-                labels = resize_labels(labels.cpu().numpy(), height, width)
-                confidence = resize_labels(confidence.cpu().numpy(), height, width)
-                results.append(compact_labels(labels, confidence))
+                results.append(compact_device_labels(labels, confidence, height, width))
         return results

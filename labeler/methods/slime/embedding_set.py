@@ -233,7 +233,7 @@ class EmbeddingSet:
         """Read a set from a local path or fsspec URI."""
         import fsspec
 
-        from labeler.io.inputs import redact_uri
+        from labeler.io.uris import redact_uri
 
         try:
             with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
@@ -431,6 +431,6 @@ def import_official(
 
 
 def _redacted(uri: str) -> str:
-    from labeler.io.inputs import redact_uri
+    from labeler.io.uris import redact_uri
 
     return redact_uri(uri)

@@ -13,7 +13,9 @@ from torch import Tensor
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
-from labeler.methods.base import ImageLabels, compact_labels
+from labeler.methods.base import ImageLabels
+from labeler.methods.device_labels import compact_device_labels
+from labeler.methods.label_maps import resize_labels
 from labeler.methods.slime.algorithm import (
     REFERENCE_CANVAS,
     SlimeOptions,
@@ -191,13 +193,13 @@ class Slime:
         return results
 
     @torch.no_grad()
-    def predict(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Class index maps at original resolution (0 = background) and their confidence.
+    def predict_grid(self, images: list[np.ndarray]) -> list[tuple[Tensor, Tensor]]:
+        """Class index maps at the label grid (original size capped at ``max_label_side``).
 
         Returns:
-            per image: labels (H, W) int64 in [0, K-1] and confidence (H, W) float32.
+            per image: labels (h, w) int32 in [0, K-1] and confidence (h, w) float32 in [0, 1].
         """
-        from labeler.methods.preprocess import label_grid_size, resize_labels
+        from labeler.methods.preprocess import label_grid_size
 
         results = []
         for image, canvas in zip(images, self.class_scores(images)):
@@ -207,17 +209,30 @@ class Slime:
             if canvas.shape[-2:] != grid:
                 scores = F.interpolate(scores, size=grid, mode="bilinear", align_corners=False)
             confidence, labels = scores[0].max(dim=0)
-            results.append((
-                resize_labels(labels.numpy(), height, width),
-                resize_labels(confidence.clamp(0, 1).numpy(), height, width),
-            ))
+            results.append((labels.to(torch.int32), confidence.clamp(0, 1)))
         return results
+
+    def predict(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Class index maps at original resolution (0 = background) and their confidence.
+
+        Returns:
+            per image: labels (H, W) int64 in [0, K-1] and confidence (H, W) float32.
+        """
+        return [
+            (
+                resize_labels(labels.numpy().astype(np.int64), *image.shape[:2]),
+                resize_labels(confidence.numpy(), *image.shape[:2]),
+            )
+            for image, (labels, confidence) in zip(images, self.predict_grid(images))
+        ]
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; background gets no annotation."""
         category_of = np.arange(self.num_classes, dtype=np.int64)
         results = []
-        for labels, confidence in self.predict(images):
-            label_map = np.where(labels == 0, -1, labels).astype(np.int32)
-            results.append(compact_labels(label_map, confidence, category_of=category_of))
+        for image, (labels, confidence) in zip(images, self.predict_grid(images)):
+            label_map = torch.where(labels == 0, -1, labels)
+            results.append(compact_device_labels(
+                label_map, confidence, *image.shape[:2], category_of=category_of
+            ))
         return results

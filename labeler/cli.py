@@ -11,6 +11,20 @@ import logging
 import sys
 
 from labeler import __version__
+from labeler.cluster.command import add_parser as add_cluster
+from labeler.config import JobConfig, build_config, load_job_file
+from labeler.errors import UserError
+from labeler.eval.command import add_parser as add_eval
+from labeler.io.inputs import InputError
+from labeler.methods.registry import method_flags, methods
+from labeler.methods.slime.command import add_parser as add_slime
+from labeler.preview.command import add_parser as add_preview
+from labeler.runtime.job import run_job
+from labeler.runtime.status import describe_run
+
+#: Exit statuses: bad settings and other user mistakes; Ctrl-C.
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 logger = logging.getLogger("labeler")
 
@@ -25,11 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_status(commands)
-    from labeler.cluster.command import add_parser as add_cluster
-    from labeler.eval.command import add_parser as add_eval
-    from labeler.methods.slime.command import add_parser as add_slime
-    from labeler.preview.command import add_parser as add_preview
-
     add_eval(commands)
     add_preview(commands)
     add_slime(commands)
@@ -40,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run(commands) -> None:
     run = commands.add_parser("run", help="label a collection (resumes an existing output)")
     run.add_argument("job", nargs="?", help="a TOML job file; flags override it")
-    run.add_argument("--method", choices=["diffseg", "slime"])
+    run.add_argument("--method", choices=list(methods()),
+                     help="; ".join(f"{name}: {spec.summary}" for name, spec in methods().items()))
     run.add_argument("--input", help="folder, manifest (.txt/.csv/.parquet) or image-bytes Parquet URI")
     run.add_argument("--output", help="output folder URI")
     run.add_argument("--model", help="tiny, a Hugging Face id, or a diffusers directory/URI")
-    run.add_argument("--embeddings", help="SLiMe embedding set (.safetensors)")
+    for name, (flag, takers) in method_flags().items():
+        run.add_argument(flag.option, dest=name, metavar=flag.metavar,
+                         help=f"{flag.help} (--method {' or '.join(takers)})")
     run.add_argument("--address", help="Ray cluster address (default: a local instance)")
     run.add_argument("--workers", type=int, help="number of model workers")
     run.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker")
@@ -66,15 +78,15 @@ def _add_status(commands) -> None:
     status.set_defaults(func=_status)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from labeler.config import build_config, load_job_file
-    from labeler.runtime.job import run_job
+def run_flags(args: argparse.Namespace) -> dict:
+    """The job settings given as flags (None when not given): job fields and method flags."""
+    keys = [name for name in JobConfig.model_fields if name != "settings"] + list(method_flags())
+    return {key: getattr(args, key, None) for key in keys}
 
+
+def _run(args: argparse.Namespace) -> int:
     file_values = load_job_file(args.job) if args.job else {}
-    keys = ("method", "input", "output", "model", "embeddings", "address", "workers",
-            "gpus_per_worker", "batch_size", "shard_size", "seed", "device", "dtype", "max_pixels",
-            "overwrite")
-    config = build_config(file_values, {key: getattr(args, key) for key in keys})
+    config = build_config(file_values, run_flags(args))
     summary = run_job(config, progress=not args.no_progress)
     out = sys.stdout
     out.write(
@@ -104,8 +116,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from labeler.runtime.status import describe_run
-
     sys.stdout.write(describe_run(args.output) + "\n")
     return 0
 
@@ -120,15 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("diffusers", "transformers", "fsspec", "urllib3", "botocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
-    from labeler.io.inputs import InputError
-
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, InputError) as error:
+    except KeyboardInterrupt:
+        hint = "; re-run the same command to resume" if args.command in ("run", "submit") else ""
+        sys.stderr.write(f"labeler: interrupted{hint}\n")
+        return EXIT_INTERRUPTED
+    except (UserError, ValueError, OSError, RuntimeError, InputError) as error:
         if args.verbose:
             raise
-        sys.stderr.write(f"labeler: error: {error}\n")
-        return 2
+        sys.stderr.write(f"labeler: error: {one_line(error)}\n")
+        return EXIT_USER_ERROR
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message; an OS error as what failed and where (no errno prefix)."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror.lower()}{where}"
+    return str(error).strip() or type(error).__name__
 
 
 if __name__ == "__main__":

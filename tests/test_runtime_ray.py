@@ -28,7 +28,8 @@ import pytest
 from PIL import Image
 
 from labeler.cli import main
-from labeler.config import DiffSegSettings, JobConfig
+from labeler.config import JobConfig
+from labeler.methods.diffseg.algorithm import DiffSegOptions
 from labeler.io.storage import Folder
 from labeler.runtime.job import RunSummary, input_items, run_job
 from labeler.runtime.plan import plan_run
@@ -90,7 +91,7 @@ def collection(tmp_path_factory) -> Path:
 
 def job_config(input_uri: str, output_uri: str, **overrides) -> JobConfig:
     settings = {"model": "tiny", "shard_size": 2, "batch_size": 2, "workers": 1,
-                "diffseg": DiffSegSettings(kl_threshold=KL_THRESHOLD), **overrides}
+                "settings": DiffSegOptions(kl_threshold=KL_THRESHOLD), **overrides}
     return JobConfig(input=input_uri, output=output_uri, **settings)
 
 

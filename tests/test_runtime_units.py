@@ -109,7 +109,7 @@ def test_placement_cpu_and_gpu_defaults():
     [
         ({"gpus_per_worker": 1.0}, "this machine has 0"),
         ({"workers": 3}, "3 CPU workers need 3 CPUs"),
-        ({"workers": 0}, "--workers must be >= 1"),
+        ({"workers": 0}, "workers: must be >= 1"),
         ({"gpus_per_worker": -1.0}, ">= 0"),
     ],
 )

@@ -1,4 +1,4 @@
-"""SLiMe invariants that need no model (shared/reference/slime.md §9), on random tensors."""
+"""SLiMe invariants that need no model (README section "SLiMe", "Tests and benchmark"), on random tensors."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 The first part of this module is the pure algorithm (no model code): per-resolution attention
 aggregation, iterative KL merging of anchor proposals, and labeling by argmax over upsampled
-proposals. It follows the reference code (google/diffseg @ 77ea596) as specified in
-``shared/reference/diffseg.md`` sections 1.5, 2 and 4.4.
+proposals. It follows the reference code (google/diffseg @ 77ea596); README section "DiffSeg: what
+runs, and where we deviate from the reference" lists what runs and the deliberate differences.
 
 Shapes: ``B`` images, ``S`` the largest attention side, ``N = S * S`` pixels, ``K`` proposals.
 Pixels are flattened row-major: pixel ``(i, j)`` is index ``i * S + j``.
@@ -46,12 +46,14 @@ import contextlib
 import math
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor
+
+from labeler.settings import Settings
 
 __all__ = [
     "DEFAULT_EPS",
@@ -81,17 +83,17 @@ DEFAULT_EPS: float = 1e-12
 # --------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _check_threshold(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"KL thresholds must be numbers, got {value!r}")
     if math.isnan(value) or value <= 0:
         raise ValueError(f"KL thresholds must be > 0, got {value!r}")
     return float(value)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
@@ -111,9 +113,12 @@ def _check_eps(eps: object) -> float:
 
 
 def _normalise_weights(
-    weights: Mapping[int, float] | Sequence[tuple[int, float]] | None,
+    weights: Mapping[int | str, float] | Sequence[tuple[int, float]] | None,
 ) -> tuple[tuple[int, float], ...] | None:
-    """Validate per-side weights; return ``((side, weight), ...)`` sorted by decreasing side."""
+    """Validate per-side weights; return ``((side, weight), ...)`` sorted by decreasing side.
+
+    Sides may be given as strings (TOML table keys: ``[diffseg.weights] 64 = 0.5``).
+    """
     if weights is None:
         return None
     items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
@@ -121,10 +126,13 @@ def _normalise_weights(
         raise ValueError("weights must not be empty (use None for the default weights)")
     out: dict[int, float] = {}
     for item in items:
-        if not isinstance(item, tuple) or len(item) != 2:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise ValueError(f"weights must map side -> weight, got entry {item!r}")
         side, weight = item
-        _check_positive_int("weight side", side)
+        if isinstance(side, str) and side.strip().isdigit():
+            side = int(side)
+        if isinstance(side, bool) or not isinstance(side, numbers.Integral) or side < 1:
+            raise ValueError(f"weight side must be an integer >= 1, got {side!r}")
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             raise ValueError(f"weight for side {side} must be a number, got {weight!r}")
         if not math.isfinite(weight) or weight < 0:
@@ -137,9 +145,8 @@ def _normalise_weights(
     return tuple(sorted(out.items(), reverse=True))
 
 
-@dataclass(frozen=True)
-class DiffSegOptions:
-    """Validated DiffSeg hyper-parameters (reference defaults: COCO-Stuff-27 benchmark).
+class DiffSegOptions(Settings):
+    """DiffSeg's settings, the ``[diffseg]`` job table (reference defaults: COCO-Stuff-27).
 
     Attributes:
         kl_threshold: tau used at every merge iteration (unless ``thresholds`` is given).
@@ -151,23 +158,30 @@ class DiffSegOptions:
         eps: lower clamp applied before logs in the KL distance.
         thresholds: explicit per-iteration taus; when given it overrides ``kl_threshold`` and
             ``iterations`` (its length is the number of iterations).
+        timestep: the UNet timestep of the single pass (the reference's 300, no noise added).
+        max_label_side: the largest side at which proposals are upsampled before argmax.
+        antialias: antialias the resize to the model size (the reference does not).
     """
 
-    kl_threshold: float = 1.1
-    iterations: int = 3
-    grid_points: int = 16
-    weights: Mapping[int, float] | tuple[tuple[int, float], ...] | None = None
-    eps: float = DEFAULT_EPS
-    thresholds: tuple[float, ...] | None = None
+    kl_threshold: float = Field(1.1, gt=0, allow_inf_nan=False)
+    iterations: int = Field(3, ge=1)
+    grid_points: int = Field(16, ge=1)
+    weights: tuple[tuple[int, float], ...] | None = None
+    eps: float = Field(DEFAULT_EPS, gt=0, lt=1)
+    thresholds: tuple[float, ...] | None = Field(None, min_length=1)
+    timestep: int = Field(300, ge=0, le=999)
+    max_label_side: int = Field(1024, ge=1)
+    antialias: bool = True
 
-    def __post_init__(self) -> None:
-        _check_threshold(self.kl_threshold)
-        _check_positive_int("iterations", self.iterations)
-        _check_positive_int("grid_points", self.grid_points)
-        _check_eps(self.eps)
-        object.__setattr__(self, "weights", _normalise_weights(self.weights))
-        if self.thresholds is not None:
-            object.__setattr__(self, "thresholds", _check_thresholds(self.thresholds))
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, value: object) -> object:
+        return _normalise_weights(value)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: object) -> object:
+        return None if value is None else _check_thresholds(value)
 
     @property
     def schedule(self) -> tuple[float, ...]:

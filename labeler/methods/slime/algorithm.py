@@ -2,7 +2,7 @@
 
 An embedding set (see :mod:`labeler.methods.slime.embedding_set`) holds K-1 text embeddings, one per
 non-background class, fit with ``labeler slime fit``. Inference follows the official code
-(``shared/reference/slime.md`` §1.6, §3): each image is squashed to the model size, cut into an
+(README section "SLiMe", tables "What runs" and "Deliberate differences"): each image is squashed to the model size, cut into an
 n x n grid of overlapping patches, each patch upsampled to the model size, VAE-sampled, noised to
 t=100 and run through the UNet once with the learned conditioning (no unconditional half). The
 cross-attention maps of the K class tokens and the WAS-attention (self-attention applied to those
@@ -16,17 +16,19 @@ bottom.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor
+
+from labeler.eval.metrics import mask_iou
+from labeler.settings import Settings, parse_settings
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +284,7 @@ def postprocess_patch(
 
 def iou(prediction: np.ndarray, target: np.ndarray) -> float:
     """IoU of two boolean masks, as the reference (``|P & T| / (|P | T| + 1e-7)``)."""
-    prediction, target = prediction.astype(bool), target.astype(bool)
-    return float((prediction & target).sum() / ((prediction | target).sum() + 1e-7))
+    return mask_iou(prediction, target, smoothing=1e-7)
 
 
 def mean_iou_present(prediction: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -300,8 +301,7 @@ def mean_iou_present(prediction: np.ndarray, target: np.ndarray, num_classes: in
 REFERENCE_CANVAS = 512
 
 
-@dataclass(frozen=True)
-class SlimeOptions:
+class SlimeOptions(Settings):
     """SLiMe inference settings (reference defaults; the embedding set may record others).
 
     Attributes:
@@ -333,69 +333,50 @@ class SlimeOptions:
         was_impl: ``fused`` (default) or ``explicit`` WAS-attention.
     """
 
-    timestep: int = 100
-    patches_per_side: int = 2
-    patch_size: int | None = None
+    timestep: int = Field(100, ge=0, le=999)
+    patches_per_side: int = Field(2, ge=1)
+    patch_size: int | None = Field(None, ge=1, le=REFERENCE_CANVAS)
     cover_edges: bool = True
-    patch_threshold: float | None = 0.2
+    patch_threshold: float | Literal[False] | None = 0.2
     background_threshold: bool = True
     threshold_first_kept: bool = False
     rescale: bool = True
-    normalization: str = "tokens"
+    normalization: Literal["tokens", "classes"] = "tokens"
     paper_mode: bool = False
     posterior_mean: bool = False
-    channel_order: str | None = None
+    channel_order: Literal["rgb", "bgr"] | None = None
     antialias: bool = True
-    max_label_side: int = 1024
-    input_size: int | None = None
-    patch_batch: int = 8
-    was_impl: str = "fused"
+    max_label_side: int = Field(1024, ge=1)
+    input_size: int | None = Field(None, ge=64, multiple_of=64)
+    patch_batch: int = Field(8, ge=1)
+    was_impl: Literal["fused", "explicit"] = "fused"
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.timestep < 1000:
-            raise ValueError(f"slime timestep must be in [0, 999], got {self.timestep}")
-        if self.patches_per_side < 1:
-            raise ValueError("slime patches_per_side must be >= 1")
-        if self.normalization not in ("tokens", "classes"):
-            raise ValueError("slime normalization must be 'tokens' or 'classes'")
-        if self.channel_order not in (None, "rgb", "bgr"):
-            raise ValueError("slime channel_order must be 'rgb' or 'bgr'")
-        if self.was_impl not in ("fused", "explicit"):
-            raise ValueError("slime was_impl must be 'fused' or 'explicit'")
-        if self.patch_size is not None and not 0 < self.patch_size <= REFERENCE_CANVAS:
-            raise ValueError(f"slime patch_size must be in 1..{REFERENCE_CANVAS} (512-pixel units)")
-        if self.input_size is not None and (self.input_size < 64 or self.input_size % 64):
-            raise ValueError(f"slime input_size must be a multiple of 64, got {self.input_size}")
-        for name in ("patch_batch", "max_label_side"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"slime {name} must be >= 1")
+    @field_validator("patch_threshold")
+    @classmethod
+    def _false_disables(cls, value: float | bool | None) -> float | None:
+        return None if value is False else value
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SlimeOptions:
-        """Build from a ``[slime]`` table; unknown keys are a ValueError naming them."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown [slime] settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        values = dict(values)
-        if values.get("patch_threshold") is False:
-            values["patch_threshold"] = None
-        try:
-            return cls(**values)
-        except TypeError as error:  # e.g. a string where a number belongs
-            raise ValueError(f"bad [slime] setting: {error}") from error
+        """Build from a ``[slime]`` table; unknown keys and bad values are a one-line UserError."""
+        return parse_settings(cls, values, "slime")
 
     def effective(self) -> SlimeOptions:
         """The settings actually used: ``paper_mode`` expanded."""
         if not self.paper_mode:
             return self
-        return dataclasses.replace(
-            self, patches_per_side=1, patch_size=None, patch_threshold=None,
-            background_threshold=False, threshold_first_kept=False, rescale=False,
-            normalization="classes",
-        )
+        return self.model_copy(update={
+            "patches_per_side": 1, "patch_size": None, "patch_threshold": None,
+            "background_threshold": False, "threshold_first_kept": False, "rescale": False,
+            "normalization": "classes",
+        })
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+#: The inference settings a new embedding set records (fit or import): the reference's.
+RECORDED_INFERENCE_KEYS = ("timestep", "patches_per_side", "patch_size", "patch_threshold")
+
+
+def recorded_inference_defaults() -> dict[str, Any]:
+    """What a new embedding set records as its inference settings (one place for fit and import)."""
+    defaults = SlimeOptions()
+    return {key: getattr(defaults, key) for key in RECORDED_INFERENCE_KEYS}

@@ -5,7 +5,7 @@ a single file). A mask is a label map with values 0..K-1 (0 = background): a sin
 (8/16-bit grey or palette indices) or a ``.npy`` integer array (read with
 ``allow_pickle=False``). Masks pair with images by file stem.
 
-The augmentations follow the reference's training pipeline (``shared/reference/slime.md`` §2.2),
+The augmentations follow the reference's training pipeline (README section "SLiMe", row "augmentation"),
 driven by one seeded ``torch.Generator``: resize to the fit size, horizontal flip (p=0.5),
 Gaussian blur (kernel 1, 3 or 5, p=0.5, image only), a random square crop of side
 U[min_crop_ratio, 1) x size that keeps > 30% of one target class's pixels, resize back, rotation

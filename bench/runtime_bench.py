@@ -205,8 +205,8 @@ def child_bare(work: Path, count: int, model: str, batch_size: int, kl: float) -
 
     torch.set_num_threads(1)  # what a one-CPU Ray worker gets
     from labeler.config import JobConfig
-    from labeler.methods.diffseg.algorithm import DiffSegOptions
     from labeler.io.decode import decode_image
+    from labeler.methods.diffseg.algorithm import DiffSegOptions
     from labeler.methods.registry import build_segmenter
 
     config = JobConfig(input="-", output="-", model=model, batch_size=batch_size,

@@ -29,8 +29,8 @@ from PIL import Image
 
 from labeler.cli import main
 from labeler.config import JobConfig
-from labeler.methods.diffseg.algorithm import DiffSegOptions
 from labeler.io.storage import Folder
+from labeler.methods.diffseg.algorithm import DiffSegOptions
 from labeler.runtime.job import RunSummary, input_items, run_job
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder

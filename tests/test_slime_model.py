@@ -11,7 +11,6 @@ import torch
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
 from labeler.methods.slime.algorithm import (
     DEFAULT_LAYERS,
-    SlimeOptions,
     class_probabilities,
     resolve_layers,
 )
@@ -26,6 +25,7 @@ from labeler.methods.slime.embedding_set import (
 )
 from labeler.methods.slime.fit import FitSettings, SlimeFitter, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 from tests.helpers import flat_regions_image
 
 CLASSES = ("background", "top-right", "bottom-left")

@@ -6,7 +6,6 @@ the real client is exercised in ``tests/test_submit_cluster.py`` (slow).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os

@@ -59,7 +59,7 @@ class Folder:
     def write_json(self, relative: str, value) -> None:
         self.write_bytes(relative, json.dumps(value, indent=1, sort_keys=True).encode())
 
-    def open_atomic_writer(self, relative: str) -> "AtomicWriter":
+    def open_atomic_writer(self, relative: str) -> AtomicWriter:
         """A binary file handle whose content appears at ``relative`` only on a clean close."""
         return AtomicWriter(self, relative)
 

@@ -8,7 +8,6 @@ checkpoint on one device. Methods call :meth:`Backbone.encode_images` (pixels to
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import struct
@@ -26,16 +25,12 @@ from transformers.utils import logging as transformers_logging
 
 from labeler.io.inputs import redact_uri
 from labeler.models.fingerprint import model_fingerprint
+from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
 from labeler.models.tiny import tiny_model_dir
 
 logger = logging.getLogger(__name__)
 
-TINY = "tiny"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be found, downloaded or is not a Stable Diffusion checkpoint."""
 
 
 @dataclass
@@ -255,7 +250,7 @@ def _load_components(source: str, dtype: torch.dtype) -> dict:
     for key, load in loaders.items():
         try:
             parts[key] = load(source, subfolder=key, **options.get(key, {}))
-        except (OSError, ValueError, EnvironmentError) as error:
+        except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"could not load the {key} of model {source!r}: {error}. Pass `tiny`, a Hugging "
                 "Face id reachable from this machine (or already in its cache), or a diffusers "
@@ -292,21 +287,10 @@ def _component_dir(source: str, component: str) -> str:
     """The local directory ``component`` of ``source`` was read from (hub ids: the HF cache)."""
     root = Path(source)
     if not root.exists():
-        root = Path(_hub_snapshot(source) or source)
+        root = Path(hub_snapshot(source) or source)
     if component == "unet" and (root / "config.json").is_file() and not (root / "unet").is_dir():
         return str(root)
     return str(root / component)
-
-
-def _hub_snapshot(repo_id: str) -> str | None:
-    """The local snapshot of a hub model, or None when it is not in the cache (no network)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return snapshot_download(repo_id, local_files_only=True)
-    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
-        return None
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -337,45 +321,3 @@ def _safetensors_header(path: Path) -> bytes:
     with path.open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         return handle.read(min(length, 100_000_000))
-
-
-def is_local_model(name: str) -> bool:
-    """``tiny`` or an existing local directory (whose configs can be read cheaply)."""
-    return name == TINY or Path(name.removeprefix("file://")).expanduser().is_dir()
-
-
-def locate_model(name: str, storage_options: dict | None = None, component: str | None = None) -> str:
-    """Check that ``name`` can be loaded without waiting on the network; say where it is.
-
-    ``tiny``, a local diffusers directory (with ``model_index.json`` or ``unet/``), an fsspec URI
-    of one, or a Hugging Face id present in the local Hugging Face cache. With ``component``
-    (``unet``), a folder holding just that component (``config.json`` at its root) is accepted.
-
-    Raises:
-        ModelLoadError: in seconds, with what to do.
-    """
-    if name == TINY:
-        return "the built-in tiny model"
-    markers = ("model_index.json", "unet") + (("config.json",) if component else ())
-    if "://" in name and not name.startswith("file://"):
-        fs, root = fsspec.core.url_to_fs(name, **(storage_options or {}))
-        if not any(fs.exists(f"{root.rstrip('/')}/{marker}") for marker in markers):
-            raise ModelLoadError(f"{redact_uri(name)} is not a diffusers model directory "
-                                 f"(no {' or '.join(markers)})")
-        return redact_uri(name)
-    local = Path(name.removeprefix("file://")).expanduser()
-    if local.exists():
-        if not local.is_dir() or not any((local / marker).exists() for marker in markers):
-            raise ModelLoadError(f"{name} is not a diffusers model directory "
-                                 f"(no {' or '.join(markers)})")
-        return str(local)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"model directory {name} does not exist")
-    snapshot = _hub_snapshot(name)
-    if snapshot is None:
-        raise ModelLoadError(
-            f"model {name!r} is neither `tiny`, an existing directory, nor a Hugging Face model in "
-            f"this machine's cache; download it first (`hf download {name}`) or pass a diffusers "
-            "directory (local path or fsspec URI)"
-        )
-    return snapshot

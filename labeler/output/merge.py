@@ -73,7 +73,7 @@ def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> None:
 
 def _write_coco(output: Folder, shard_ids, categories, info, counts) -> None:
     with output.open_atomic_writer("coco.json") as raw:
-        write = lambda text: raw.write(text.encode("utf-8"))  # noqa: E731
+        write = lambda text: raw.write(text.encode("utf-8"))
         write('{"info": ' + json.dumps(info, sort_keys=True) + ',\n"images": [')
         first = True
         for shard_id in shard_ids:

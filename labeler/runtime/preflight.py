@@ -12,12 +12,11 @@ import os
 from pathlib import Path
 
 import fsspec
-import torch
 
 from labeler.config import JobConfig
 from labeler.errors import UserError
 from labeler.io.inputs import redact_uri
-from labeler.models.backbone import ModelLoadError, locate_model
+from labeler.models.locate import ModelLoadError, locate_model
 
 
 def preflight(config: JobConfig, storage_options: dict | None = None) -> None:
@@ -39,8 +38,10 @@ def preflight(config: JobConfig, storage_options: dict | None = None) -> None:
 def check_device(device: str | None, remote: bool = False) -> None:
     """``device`` names a device this machine has (``remote``: the workers are elsewhere, so only
     its spelling is checked)."""
-    if device is None:
+    if device is None or device == "cpu":
         return
+    import torch  # only for a device other than the CPU: refusals stay fast
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):

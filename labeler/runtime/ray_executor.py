@@ -296,7 +296,7 @@ def execute_shards(
             max_task_retries=0,
             runtime_env={"env_vars": session.worker_env()},
         )
-        make_worker = lambda: actor_class.remote(config, run_id, storage_options)  # noqa: E731
+        make_worker = lambda: actor_class.remote(config, run_id, storage_options)
         logger.info("%d workers (%g GPU, %g CPU each) for %d shards", placement.workers,
                     placement.num_gpus, placement.num_cpus, len(shard_ids))
         driver = _Driver(session.ray, make_worker, placement.workers, run, shard_ids, events)

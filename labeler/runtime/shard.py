@@ -246,7 +246,7 @@ class ShardProcessor:
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
         method_before = dict(getattr(getattr(self.segmenter, "timer", None), "seconds", {}))
         rows = ShardRows()
-        produce = lambda: self._batches(entries, timings)  # noqa: E731
+        produce = lambda: self._batches(entries, timings)
         with Prefetcher(produce) as batches:
             for batch in batches:
                 for entry, reason, detail in batch.failures:
@@ -322,7 +322,7 @@ class ShardProcessor:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
         try:
             return self._label_splitting(images)
-        except Exception as batch_error:  # noqa: BLE001 - isolate the image that breaks the batch
+        except Exception as batch_error:  # isolate the image that breaks the batch
             if len(images) == 1:
                 raise
             logger.warning("batch failed (%s); retrying its images one by one", batch_error)
@@ -341,7 +341,7 @@ class ShardProcessor:
         detail = None
         try:
             return list(self.segmenter.label(images))
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
+        except Exception as error:  # only out-of-memory is handled here
             if not is_out_of_memory(error):
                 raise
             detail = f"{type(error).__name__}: {str(error)[:300]}"

@@ -18,12 +18,10 @@ from labeler.methods.diffseg.algorithm import (
     labels_from_proposals,
     merge_proposals,
 )
+from labeler.methods.diffseg.method import CATEGORIES
 from labeler.methods.preprocess import images_to_model_input, label_grid_size, resize_labels
 from labeler.models.backbone import Backbone
 from labeler.timing import StageTimer
-
-#: DiffSeg's one category: segments are class-agnostic.
-CATEGORIES = [{"id": 1, "name": "segment", "supercategory": "segment"}]
 
 
 class DiffSeg:

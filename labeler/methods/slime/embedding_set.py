@@ -36,7 +36,8 @@ from safetensors.torch import load, save
 from transformers import CLIPTextConfig
 
 from labeler.io.inputs import redact_uri
-from labeler.methods.slime.algorithm import DEFAULT_LAYERS, SlimeOptions, recorded_inference_defaults
+from labeler.methods.slime.algorithm import DEFAULT_LAYERS
+from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
 from labeler.models.backbone import ModelLoadError, _resolve_source
 from labeler.models.fingerprint import model_fingerprint
 

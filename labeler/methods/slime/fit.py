@@ -28,11 +28,9 @@ from labeler.methods.slime.algorithm import (
     DEFAULT_LAYERS,
     class_probabilities,
     mean_iou_present,
-    recorded_inference_defaults,
     resolve_layers,
 )
 from labeler.methods.slime.data import AnnotatedImage, AugmentSettings, augment, prepare
-from labeler.methods.slime.segmenter import Slime
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
     assemble_context,
@@ -40,6 +38,8 @@ from labeler.methods.slime.embedding_set import (
     prompt_embeddings,
     validate_classes,
 )
+from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import recorded_inference_defaults
 
 logger = logging.getLogger(__name__)
 

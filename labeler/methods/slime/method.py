@@ -15,14 +15,14 @@ import fsspec
 
 from labeler.errors import UserError
 from labeler.io.inputs import redact_uri
-from labeler.methods.slime.algorithm import SlimeOptions
-from labeler.methods.slime.embedding_set import EmbeddingSet, config_fingerprint
-from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 from labeler.methods.spec import MethodFlag, MethodSpec
-from labeler.models.backbone import ModelLoadError, is_local_model, load_backbone
+from labeler.models.locate import ModelLoadError, is_local_model
 
 if TYPE_CHECKING:
     from labeler.config import JobConfig
+    from labeler.methods.slime.embedding_set import EmbeddingSet
+    from labeler.methods.slime.segmenter import Slime
 
 
 class SlimeSettings(SlimeOptions):
@@ -47,6 +47,12 @@ def load_set(settings: SlimeSettings) -> EmbeddingSet:
     Raises:
         UserError: it does not exist or is not an embedding set.
     """
+    # parsing needs torch: imported only once the cheap checks (the file exists) have passed
+    from labeler.methods.slime.embedding_set import EmbeddingSet
+
+    fs, path = fsspec.core.url_to_fs(settings.embeddings)
+    if not fs.isfile(path):
+        raise UserError(f"--embeddings: embedding set {redact_uri(settings.embeddings)} does not exist")
     try:
         return EmbeddingSet.load(settings.embeddings)
     except FileNotFoundError as error:
@@ -66,6 +72,10 @@ def set_sha256(uri: str) -> str:
 
 def build(config: JobConfig, device: str | None = None) -> Slime:
     """SLiMe with the job's set, on the job's model (default: the set's)."""
+    # imported here, on the workers: the driver validates settings without loading torch
+    from labeler.methods.slime.segmenter import Slime
+    from labeler.models.backbone import load_backbone
+
     embedding_set = load_set(config.settings)
     options = inference_options(config.settings, embedding_set)
     model = config.model or embedding_set.model
@@ -85,6 +95,8 @@ def check(config: JobConfig) -> None:
     model = config.model
     if model is None or embedding_set.model_fingerprint is None or not is_local_model(model):
         return  # a hub model's configs are checked when the workers load it
+    from labeler.methods.slime.embedding_set import config_fingerprint  # needs diffusers
+
     try:
         fingerprint = config_fingerprint(model)
     except ModelLoadError as error:

@@ -13,8 +13,6 @@ from torch import Tensor
 
 from labeler.methods.base import ImageLabels, compact_labels
 from labeler.methods.slime.algorithm import (
-    REFERENCE_CANVAS,
-    SlimeOptions,
     accumulate_patches,
     class_probabilities,
     gate_classes,
@@ -23,6 +21,7 @@ from labeler.methods.slime.algorithm import (
     postprocess_patch,
     resolve_layers,
 )
+from labeler.methods.slime.settings import REFERENCE_CANVAS, SlimeOptions
 
 
 class Slime:

@@ -31,6 +31,7 @@ from labeler.runtime.scheduler import (
     cannot_start,
 )
 from labeler.runtime.shard import Prefetcher, ShardProcessor, is_out_of_memory
+from labeler.timing import StageTimer
 
 # --------------------------------------------------------------------------------------------
 # Scheduling verdicts
@@ -186,6 +187,8 @@ class SizeLimitedSegmenter:
         self.too_big = too_big
         self.message = message
         self.calls: list[int] = []
+        self.timer = StageTimer()  # the Segmenter protocol: stage timings and device
+        self.device = "cpu"
 
     def provenance(self) -> dict:
         return {"method": "test", "model": "none"}

@@ -72,6 +72,7 @@ FORWARDED_ENV = (
     "HF_HOME",
     "HF_ENDPOINT",
     "LABELER_CACHE",
+    "LABELER_METHODS",  # method plug-ins (see labeler.methods.registry)
 )
 
 
@@ -137,7 +138,7 @@ class LabelWorker:
 
         logging.getLogger("labeler").setLevel(logging.INFO)  # per-shard logs keep INFO records
         segmenter = build_segmenter(config)
-        device = str(getattr(getattr(segmenter, "backbone", None), "device", config.device or "?"))
+        device = str(segmenter.device)
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.categories = segmenter.categories
         self.storage_options = storage_options

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from labeler.io.decode import ImageDecodeError, decode_image
 from labeler.io.inputs import InputRef, read_many
 from labeler.io.storage import Folder
-from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
+from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels, Segmenter
 from labeler.output import schema
 from labeler.output.rle import encode_label_map
 from labeler.runtime.run_folder import RunFolder
@@ -244,7 +245,7 @@ class ShardProcessor:
         started, started_at = time.perf_counter(), time.time()
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
-        method_before = dict(getattr(getattr(self.segmenter, "timer", None), "seconds", {}))
+        method_before = dict(self.segmenter.timer.seconds)
         rows = ShardRows()
         produce = lambda: self._batches(entries, timings)
         with Prefetcher(produce) as batches:
@@ -264,7 +265,7 @@ class ShardProcessor:
             "labeled": sum(r["status"] == schema.IMAGE_STATUS_LABELED for r in rows.images),
             "failed": sum(r["status"] == schema.IMAGE_STATUS_FAILED for r in rows.images),
             "annotations": len(rows.annotations),
-            "failure_reasons": _count([r["reason"] for r in rows.images if r["reason"]]),
+            "failure_reasons": dict(Counter(r["reason"] for r in rows.images if r["reason"])),
             "seconds": time.perf_counter() - started,
             "started_at": started_at,
             "finished_at": time.time(),
@@ -412,13 +413,7 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
         logger.warning("could not write the log of shard %s: %s", shard_id, error)
 
 
-def _timer_delta(segmenter, before: dict[str, float]) -> dict[str, float]:
-    after = getattr(getattr(segmenter, "timer", None), "seconds", {})
+def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
+    after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
 
-
-def _count(values: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts

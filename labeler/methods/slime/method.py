@@ -47,12 +47,12 @@ def load_set(settings: SlimeSettings) -> EmbeddingSet:
     Raises:
         UserError: it does not exist or is not an embedding set.
     """
-    # parsing needs torch: imported only once the cheap checks (the file exists) have passed
-    from labeler.methods.slime.embedding_set import EmbeddingSet
-
     fs, path = fsspec.core.url_to_fs(settings.embeddings)
     if not fs.isfile(path):
         raise UserError(f"--embeddings: embedding set {redact_uri(settings.embeddings)} does not exist")
+    # parsing needs torch: imported only once the cheap check (the file exists) has passed
+    from labeler.methods.slime.embedding_set import EmbeddingSet
+
     try:
         return EmbeddingSet.load(settings.embeddings)
     except FileNotFoundError as error:

@@ -55,6 +55,7 @@ class Slime:
         self.context = embedding_set.conditioning(backbone)  # (1, 77, D) in the model dtype
         self.categories = embedding_set.categories()
         self.timer = StageTimer()
+        self.device = backbone.device
 
     def provenance(self) -> dict:
         return {

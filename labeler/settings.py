@@ -72,6 +72,8 @@ def describe_error(error: ValidationError) -> str:
     kind, context = first["type"], first.get("ctx") or {}
     if kind in _BOUNDS:
         bound = next(iter(context.values()))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
         message = f"must be {_BOUNDS[kind]} {bound}"
     elif kind.endswith(("_parsing", "_type")) and kind.split("_")[0] in _KINDS:
         message = f"must be {_KINDS[kind.split('_')[0]]}"

@@ -30,6 +30,7 @@ from labeler.models.tiny import tiny_model_dir
 
 logger = logging.getLogger(__name__)
 
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -181,10 +182,9 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, str):
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
+        if dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
-        return resolved
+        return getattr(torch, dtype)
     return dtype
 
 
@@ -296,11 +296,17 @@ def _component_dir(source: str, component: str) -> str:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
+#: Samples of each weight file that enter its digest: enough to tell a fine-tune from its base
+#: (which changes every tensor) without reading gigabytes.
+DIGEST_SAMPLES, DIGEST_SAMPLE_BYTES = 32, 64 * 1024
+
+
 def weights_fingerprint(sources: dict[str, str]) -> str:
     """16 hex chars over the weight files of each component directory.
 
-    A safetensors file contributes its header (tensor names, dtypes, shapes, offsets; read
-    without loading the weights) and size; other weight files their size. Directories that do
+    A file contributes its name, its size, its safetensors header (tensor names, dtypes, shapes,
+    offsets) when it has one, and ``DIGEST_SAMPLES`` evenly spaced samples of its bytes, so two
+    checkpoints of one architecture (a fine-tuned UNet and its base) differ. Directories that do
     not exist locally contribute their name.
     """
     digest = hashlib.sha256()
@@ -314,6 +320,7 @@ def weights_fingerprint(sources: dict[str, str]) -> str:
             digest.update(f"{path.name}:{path.stat().st_size}".encode())
             if path.suffix == ".safetensors":
                 digest.update(_safetensors_header(path))
+            digest.update(_sampled_bytes(path))
     return digest.hexdigest()[:16]
 
 
@@ -321,3 +328,14 @@ def _safetensors_header(path: Path) -> bytes:
     with path.open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         return handle.read(min(length, 100_000_000))
+
+
+def _sampled_bytes(path: Path) -> bytes:
+    size = path.stat().st_size
+    step = max(size // DIGEST_SAMPLES, 1)
+    chunks = []
+    with path.open("rb") as handle:
+        for offset in range(0, size, step)[:DIGEST_SAMPLES]:
+            handle.seek(offset)
+            chunks.append(handle.read(DIGEST_SAMPLE_BYTES))
+    return hashlib.sha256(b"".join(chunks)).digest()

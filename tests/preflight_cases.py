@@ -107,7 +107,7 @@ def labeler_run(args: list[str], cwd: Path, env: dict | None = None,
     """``python -m labeler run ARGS`` in a subprocess that imports this checkout."""
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "labeler", "run", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def run_case(case: Case, tmp: Path) -> Refusal:

@@ -98,6 +98,6 @@ def test_head_chunked_attention_matches_sdpa():
 
 
 def test_unknown_layer_is_refused(tiny_backbone):
-    with pytest.raises(ValueError, match="no such attention layers"):
-        with capture_attention(tiny_backbone.unet, {"nope.attn1.processor": print}):
-            pass
+    with (pytest.raises(ValueError, match="no such attention layers"),
+          capture_attention(tiny_backbone.unet, {"nope.attn1.processor": print})):
+        pass

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _output_fixture import (  # noqa: E402
+from _output_fixture import (
     FixtureImage,
     classes_from_label_map,
     segments_from_label_map,
@@ -25,7 +25,7 @@ from _output_fixture import (  # noqa: E402
     write_output,
 )
 
-from labeler.eval import command as eval_command  # noqa: E402
+from labeler.eval import command as eval_command
 
 
 def run_cli(argv: list[str]) -> int:

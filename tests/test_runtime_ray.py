@@ -138,7 +138,7 @@ def read_output(folder: Folder, rename: Callable[[str], str] | None = None) -> d
 
 def assert_same_output(expected: Path | Folder, actual: Path | Folder,
                        rename: Callable[[str], str] | None = None) -> None:
-    as_folder = lambda f: f if isinstance(f, Folder) else Folder(str(f))  # noqa: E731
+    as_folder = lambda f: f if isinstance(f, Folder) else Folder(str(f))
     want = read_output(as_folder(expected), (lambda uri: uri) if rename else None)
     got = read_output(as_folder(actual), rename)
     for key in want:

@@ -43,19 +43,19 @@ def _part(shard_id: str, name: str) -> str:
 
 
 def _merge_images(output: Folder, shard_ids: list[str], counts: dict) -> None:
-    with output.open_atomic_writer("images.parquet") as handle:
-        with pq.ParquetWriter(handle, schema.IMAGES) as writer:
-            for shard_id in shard_ids:
-                table = _read(output, _part(shard_id, "images.parquet"), schema.IMAGES)
-                writer.write_table(table)
-                statuses = table.column("status").to_pylist()
-                counts["images"] += len(statuses)
-                counts["labeled"] += statuses.count(schema.IMAGE_STATUS_LABELED)
-                counts["failed"] += statuses.count(schema.IMAGE_STATUS_FAILED)
-                for reason in table.column("reason").to_pylist():
-                    if reason:
-                        reasons = counts["failure_reasons"]
-                        reasons[reason] = reasons.get(reason, 0) + 1
+    with (output.open_atomic_writer("images.parquet") as handle,
+          pq.ParquetWriter(handle, schema.IMAGES) as writer):
+        for shard_id in shard_ids:
+            table = _read(output, _part(shard_id, "images.parquet"), schema.IMAGES)
+            writer.write_table(table)
+            statuses = table.column("status").to_pylist()
+            counts["images"] += len(statuses)
+            counts["labeled"] += statuses.count(schema.IMAGE_STATUS_LABELED)
+            counts["failed"] += statuses.count(schema.IMAGE_STATUS_FAILED)
+            for reason in table.column("reason").to_pylist():
+                if reason:
+                    reasons = counts["failure_reasons"]
+                    reasons[reason] = reasons.get(reason, 0) + 1
 
 
 def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> None:

@@ -84,9 +84,9 @@ class DiffSeg:
             (len(images),), self.timestep, device=backbone.device, dtype=torch.long
         )
         sink = ResolutionMeanSink()
-        with self.timer.stage("unet_capture"), torch.no_grad():
-            with capture_attention(backbone.unet, {layer.key: sink for layer in self.layers}):
-                backbone.unet(latents, timesteps, encoder_hidden_states=context)
+        sinks = {layer.key: sink for layer in self.layers}
+        with self.timer.stage("unet_capture"), torch.no_grad(), capture_attention(backbone.unet, sinks):
+            backbone.unet(latents, timesteps, encoder_hidden_states=context)
         return sink.means()
 
     @torch.no_grad()

@@ -20,6 +20,10 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
 def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -38,7 +42,7 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
-    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+    if not _is_sequence(thresholds):
         raise ValueError(f"thresholds must be a sequence of numbers, got {thresholds!r}")
     if len(thresholds) < 1:
         raise ValueError("thresholds must hold at least one value (one per merge iteration)")

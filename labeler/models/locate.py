@@ -10,6 +10,7 @@ from pathlib import Path
 import fsspec
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 from labeler.io.inputs import redact_uri
 
@@ -34,12 +35,15 @@ def is_local_model(name: str) -> bool:
     return name == TINY or Path(name.removeprefix("file://")).expanduser().is_dir()
 
 
-def locate_model(name: str, storage_options: dict | None = None, component: str | None = None) -> str:
+def locate_model(name: str, storage_options: dict | None = None, component: str | None = None,
+                 remote: bool = False) -> str:
     """Check that ``name`` can be loaded without waiting on the network; say where it is.
 
     ``tiny``, a local diffusers directory (with ``model_index.json`` or ``unet/``), an fsspec URI
     of one, or a Hugging Face id present in the local Hugging Face cache. With ``component``
     (``unet``), a folder holding just that component (``config.json`` at its root) is accepted.
+    With ``remote`` (the workers run on a cluster, with their own caches) a hub id is only checked
+    for its spelling.
 
     Raises:
         ModelLoadError: in seconds, with what to do.
@@ -61,6 +65,12 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
         return str(local)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model directory {name} does not exist")
+    if remote:
+        try:
+            validate_repo_id(name)
+        except HFValidationError as error:
+            raise ModelLoadError(f"model {name!r} is not a Hugging Face id: {error}") from None
+        return name
     snapshot = hub_snapshot(name)
     if snapshot is None:
         raise ModelLoadError(

@@ -2,7 +2,8 @@
 
 Each refuses a user mistake with a one-line :class:`~labeler.errors.UserError`, in seconds and
 without network waits: the device exists, the output is a writable folder (or can be created),
-every model resolves offline, and the method's own resources are usable (SLiMe: the embedding
+every model resolves offline (a Hugging Face id: in the local cache, unless ``--address`` puts the
+workers on a cluster with caches of their own), and the method's own resources are usable (SLiMe: the embedding
 set). The input is checked by :func:`labeler.runtime.job.input_items` right after.
 """
 
@@ -29,7 +30,7 @@ def preflight(config: JobConfig, storage_options: dict | None = None) -> None:
     check_output(config.output, storage_options)
     for name in filter(None, [config.model_name, *config.spec.models(config)]):
         try:
-            locate_model(name, storage_options)
+            locate_model(name, storage_options, remote=config.address is not None)
         except ModelLoadError as error:
             raise UserError(f"--model: {error}") from None
     config.spec.check(config)

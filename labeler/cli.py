@@ -18,6 +18,7 @@ from labeler.eval.command import add_parser as add_eval
 from labeler.io.inputs import InputError
 from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
+from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
 from labeler.runtime.job import run_job
 from labeler.runtime.status import describe_run
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     add_eval(commands)
     add_preview(commands)
+    add_export(commands)
     add_slime(commands)
     add_cluster(commands)  # submit, logs, stop
     return parser

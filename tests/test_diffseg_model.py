@@ -22,7 +22,8 @@ def images_and_attention(tiny_backbone):
     halves = flat_regions_image(200, 300, "halves")
     diffseg = DiffSeg(tiny_backbone)
     attention = diffseg.attention_maps([quadrants[0], halves[0]])
-    return diffseg, [quadrants, halves], attention
+    yield diffseg, [quadrants, halves], attention
+    diffseg.close()
 
 
 def test_attention_is_captured_at_four_resolutions(images_and_attention):
@@ -94,4 +95,5 @@ def test_batched_and_single_image_labels_agree(tiny_backbone):
     second, _ = flat_regions_image(96, 96, "halves")
     batched = diffseg.label([first, second])
     alone = diffseg.label([second])
+    diffseg.close()
     np.testing.assert_array_equal(batched[1].label_map, alone[0].label_map)

@@ -8,7 +8,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from labeler.attention.capture import ResolutionMeanSink, capture_attention
+from labeler.attention.capture import ResolutionMeanSink, capturing_processors
+from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.methods.base import ImageLabels, compact_labels
 from labeler.methods.diffseg.algorithm import (
@@ -33,6 +34,9 @@ class DiffSeg:
     and labeling. Labels are computed at the original size (capped at ``max_label_side`` on the
     long side, then nearest-resized), so nothing is centre-cropped away.
 
+    The capturing processors are installed on the UNet once, here; each batch resets the sink.
+    :meth:`close` puts the UNet's own processors back.
+
     Args:
         backbone: the loaded SD components.
         options: the ``[diffseg]`` settings (reference defaults when None): merging, timestep,
@@ -51,7 +55,15 @@ class DiffSeg:
         self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
         if not self.layers:
             raise ValueError(f"model {backbone.name} has no self-attention layers")
+        self.sink = ResolutionMeanSink()
+        self.hooks = AttentionHooks(
+            backbone.unet, capturing_processors({layer.key: self.sink for layer in self.layers})
+        )
         self.timer = StageTimer()
+
+    def close(self) -> None:
+        """Give the UNet its original attention processors back."""
+        self.hooks.restore()
 
     def provenance(self) -> dict:
         return {
@@ -83,11 +95,11 @@ class DiffSeg:
         timesteps = torch.full(
             (len(images),), self.timestep, device=backbone.device, dtype=torch.long
         )
-        sink = ResolutionMeanSink()
-        sinks = {layer.key: sink for layer in self.layers}
-        with self.timer.stage("unet_capture"), torch.no_grad(), capture_attention(backbone.unet, sinks):
+        self.sink.reset()
+        self.hooks.ensure()
+        with self.timer.stage("unet_capture"), torch.no_grad():
             backbone.unet(latents, timesteps, encoder_hidden_states=context)
-        return sink.means()
+        return self.sink.means()
 
     @torch.no_grad()
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:

@@ -23,13 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-from labeler.methods.slime.algorithm import (
-    DEFAULT_LAYERS,
-    class_probabilities,
-    mean_iou_present,
-    resolve_layers,
-)
+from labeler.attention.hooks import AttentionHooks
+from labeler.attention.layers import resolve_layers
+from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
+from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities, mean_iou_present
 from labeler.methods.slime.data import AnnotatedImage, AugmentSettings, augment, prepare
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
@@ -171,6 +168,9 @@ class SlimeFitter:
         self.layers = {kind: list(s) for kind, s in (layers or DEFAULT_LAYERS).items()}
         self.cross_keys = resolve_layers(backbone.unet, self.layers["cross"])
         self.self_keys = resolve_layers(backbone.unet, self.layers["self"])
+        self.store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
+                                         lambda logits, _: class_probabilities(logits), settings.was_impl)
+        self.hooks = AttentionHooks(backbone.unet, slime_processors(self.store))
         self.prompt = settings.prompt or default_prompt(self.num_classes)
         self.base = prompt_embeddings(backbone, self.prompt).to(backbone.device)  # (77, D) fp32
         self.uncond = prompt_embeddings(backbone, "").to(backbone.device, backbone.dtype)[None]
@@ -182,6 +182,10 @@ class SlimeFitter:
             rotation=settings.rotation, enabled=settings.augment,
         )
         self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def close(self) -> None:
+        """Give the UNet its original attention processors back."""
+        self.hooks.restore()
 
     def context(self) -> Tensor:
         """(1, 77, D) conditioning in the model dtype, differentiable w.r.t. the embeddings."""
@@ -201,15 +205,15 @@ class SlimeFitter:
         timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
         noisy = backbone.scheduler.add_noise(latents, noise, timesteps).to(backbone.dtype)
 
-        store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
-                                    lambda logits, _: class_probabilities(logits), settings.was_impl)
-        with slime_attention(backbone.unet, store):
-            noise_cond = backbone.unet(noisy, timesteps, encoder_hidden_states=self.context()).sample
+        store = self.store
+        store.reset()
+        self.hooks.ensure()
+        noise_cond = backbone.unet(noisy, timesteps, encoder_hidden_states=self.context()).sample
         logits = store.cross_logits(settings.mask_size)
         was = store.was(settings.mask_size)
         terms = {"ce": ce_loss(logits, mask), "mse": was_mse_loss(was, mask)}
         if settings.sd_weight:
-            with torch.no_grad():
+            with torch.no_grad(), store.paused():
                 noise_uncond = backbone.unet(noisy, timesteps, encoder_hidden_states=self.uncond).sample
             terms["sd"] = sd_loss(noise_uncond, noise_cond, noise, settings.guidance)
         else:
@@ -287,18 +291,21 @@ def fit_embedding_set(
     best = _BestTracker(settings.select_best, validation or samples, fitter, inference)
     history: list[dict[str, float]] = []
     step = 0
-    with tqdm(total=total_steps, desc="slime fit", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        for epoch in range(settings.epochs):
-            for index in order_generator.permutation(len(samples)):
-                image, mask = prepared[index]
-                pixels, loss_mask = fitter.sample(image, mask, target=step % fitter.num_classes)
-                terms = fitter.step(pixels, loss_mask)
-                history.append(terms)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{terms['total']:.3f}", ce=f"{terms['ce']:.3f}",
-                                mse=f"{terms['mse']:.3f}", sd=f"{terms['sd']:.3f}", t=int(terms["t"]))
-            best.after_epoch(epoch)
+    try:
+        with tqdm(total=total_steps, desc="slime fit", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+            for epoch in range(settings.epochs):
+                for index in order_generator.permutation(len(samples)):
+                    image, mask = prepared[index]
+                    pixels, loss_mask = fitter.sample(image, mask, target=step % fitter.num_classes)
+                    terms = fitter.step(pixels, loss_mask)
+                    history.append(terms)
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{terms['total']:.3f}", ce=f"{terms['ce']:.3f}",
+                                    mse=f"{terms['mse']:.3f}", sd=f"{terms['sd']:.3f}", t=int(terms["t"]))
+                best.after_epoch(epoch)
+    finally:
+        fitter.close()
     seconds = time.perf_counter() - started
     embeddings = best.embeddings if best.embeddings is not None else fitter.embeddings.detach().cpu().clone()
     provenance = _provenance(backbone, samples, settings, history, seconds, best)
@@ -331,7 +338,10 @@ class _BestTracker:
             return
         candidate = self.fitter.embedding_set(self.fitter.backbone.name, self.inference, {})
         segmenter = Slime(self.fitter.backbone, candidate, seed=self.fitter.settings.seed)
-        predictions = segmenter.predict([sample.image for sample in self.images])
+        try:
+            predictions = segmenter.predict([sample.image for sample in self.images])
+        finally:
+            segmenter.close()
         score = float(np.mean([
             mean_iou_present(labels, sample.mask, self.fitter.num_classes)
             for (labels, _), sample in zip(predictions, self.images)

@@ -26,8 +26,6 @@ from labeler.methods.registry import get_method, method_flags, methods
 from labeler.methods.spec import MethodSpec
 from labeler.settings import Settings, describe_error, parse_settings
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-
 
 class JobConfig(Settings):
     """Everything ``labeler run`` needs. Scale knobs do not enter the fingerprint.

@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 from labeler.config import build_config
 from labeler.errors import UserError
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.methods.registry import get_method, methods, register
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS
 from labeler.methods.slime.embedding_set import EmbeddingSet, default_prompt

@@ -23,7 +23,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
-from labeler.io.inputs import redact_uri
+from labeler.io.uris import redact_uri
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
 from labeler.models.tiny import tiny_model_dir

@@ -12,7 +12,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from labeler.io.inputs import redact_uri
+from labeler.io.uris import redact_uri
 
 #: The built-in offline model (see :mod:`labeler.models.tiny`).
 TINY = "tiny"

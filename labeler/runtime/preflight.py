@@ -16,7 +16,7 @@ import fsspec
 
 from labeler.config import JobConfig
 from labeler.errors import UserError
-from labeler.io.inputs import redact_uri
+from labeler.io.uris import redact_uri
 from labeler.models.locate import ModelLoadError, locate_model
 
 

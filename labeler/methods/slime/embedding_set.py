@@ -35,7 +35,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load, save
 from transformers import CLIPTextConfig
 
-from labeler.io.inputs import redact_uri
+from labeler.io.uris import redact_uri
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS
 from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
 from labeler.models.backbone import ModelLoadError, _resolve_source

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import fsspec
 
 from labeler.errors import UserError
-from labeler.io.inputs import redact_uri
+from labeler.io.uris import redact_uri
 from labeler.methods.slime.settings import SlimeOptions
 from labeler.methods.spec import MethodFlag, MethodSpec
 from labeler.models.locate import ModelLoadError, is_local_model

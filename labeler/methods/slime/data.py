@@ -11,7 +11,7 @@ image (as viewers show it): the image's EXIF orientation is not applied to its m
 own EXIF orientation is). A mask that has the size of the image as stored, not as shown, is
 refused with a message saying so.
 
-The augmentations follow the reference's training pipeline (``shared/reference/slime.md`` §2.2),
+The augmentations follow the reference's training pipeline (README section "SLiMe", row "augmentation"),
 driven by one seeded ``torch.Generator``: resize to the fit size, horizontal flip (p=0.5),
 Gaussian blur (p=0.5, image only; kernel 1 with probability 0.2, 3 or 5 with 0.4 each, as the
 reference's draw of an odd size from 1..5), a random square crop of side

@@ -52,7 +52,7 @@ def peak_rss_mib() -> float:
 
 def child_plan(work: Path, images: int, shard_size: int) -> dict:
     from labeler.config import JobConfig
-    from labeler.io.storage import Folder
+    from labeler.io.folders import Folder
     from labeler.runtime.job import input_items
     from labeler.runtime.plan import plan_run
     from labeler.runtime.run_folder import RunFolder
@@ -131,7 +131,7 @@ def child_merge_parts(work: Path, shards: int, per_shard: int, per_image: int) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from labeler.io.storage import Folder
+    from labeler.io.folders import Folder
     from labeler.output import schema
 
     output = Folder(str(work / "out"))
@@ -165,7 +165,7 @@ def child_merge_parts(work: Path, shards: int, per_shard: int, per_image: int) -
 
 
 def child_merge(work: Path) -> dict:
-    from labeler.io.storage import Folder
+    from labeler.io.folders import Folder
     from labeler.output.merge import merge_outputs
 
     shard_ids = json.loads((work / "shard_ids.json").read_text())
@@ -204,12 +204,13 @@ def child_bare(work: Path, count: int, model: str, batch_size: int, kl: float) -
     import torch
 
     torch.set_num_threads(1)  # what a one-CPU Ray worker gets
-    from labeler.config import DiffSegSettings, JobConfig
+    from labeler.config import JobConfig
     from labeler.io.decode import decode_image
+    from labeler.methods.diffseg.algorithm import DiffSegOptions
     from labeler.methods.registry import build_segmenter
 
     config = JobConfig(input="-", output="-", model=model, batch_size=batch_size,
-                       diffseg=DiffSegSettings(kl_threshold=kl))
+                       settings=DiffSegOptions(kl_threshold=kl))
     segmenter = build_segmenter(config)
     images = [decode_image(path.read_bytes()).pixels for path in _photos(work / "photos", count)]
     segmenter.label(images[:batch_size])  # warm-up

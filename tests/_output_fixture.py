@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output import parts
 from labeler.output.merge import merge_outputs
 from labeler.output.rows import AnnotationRow, ImageRow

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.methods.base import ImageLabels
 from labeler.output import parts, schema
 from labeler.output.merge import merge_outputs

@@ -32,11 +32,12 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.methods.slime.algorithm import SlimeOptions, mean_iou_present
+from labeler.methods.slime.algorithm import mean_iou_present
 from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.embedding_set import prompt_embeddings
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 
 # ~9 minutes on 2 CPU cores (200 fit steps): kept out of the default run, run by .ci/run-slow.
 pytestmark = pytest.mark.slow
@@ -93,6 +94,7 @@ def test_one_shot_fit_labels_held_out_images(calibrated_tiny):
     for name, embedding_set in (("fitted", fitted), ("unfit", unfit)):
         segmenter = Slime(calibrated_tiny, embedding_set, options, seed=0)
         predictions = segmenter.predict([held for held, _ in held_out])
+        segmenter.close()
         scores[name] = float(np.mean([mean_iou_present(labels, truth, 3)
                                       for (labels, _), (_, truth) in zip(predictions, held_out)]))
     assert scores["fitted"] >= FLOOR, scores

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output import parts, schema
 from labeler.output.reader import OutputReader
 

@@ -16,7 +16,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output import parts, schema
 from labeler.output.coco_json import coco_annotation, write_coco_json
 from labeler.output.reader import OutputReader, OutputReadError, write_meta

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output import schema
 
 SHARDS_DIR = "run/shards"

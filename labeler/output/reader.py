@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output import parts, schema
 
 #: Image rows read from ``images.parquet`` per batch.

@@ -1,7 +1,8 @@
 """The driver of ``labeler run``: claim the output, plan, process pending shards on Ray, merge.
 
 Re-running the same command resumes: completed shards (those with a marker under ``run/done/``)
-are skipped. Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
+are skipped, and images the input gained since the plan was made are appended as new shards
+(:func:`labeler.runtime.plan.extend_plan`). Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
 failing is recorded under ``run/failed/`` and the run then ends without merging, with a non-zero
 status, so a re-run retries exactly those shards.
 """
@@ -14,11 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.io.inputs import InputError, folder_root, iter_inputs
-from labeler.io.storage import Folder
+from labeler.errors import UserError
+from labeler.io.folders import Folder
+from labeler.io.listing import folder_root, iter_inputs
+from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
-from labeler.runtime.plan import plan_run
+from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
+from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
 from labeler.runtime.ray_executor import ExecutionReport, execute_shards
 from labeler.runtime.run_folder import RunFolder
@@ -43,6 +47,10 @@ class RunSummary:
     worker_deaths: int = 0
     retries: int = 0
     images_per_second: float | None = None
+    new_images: int = 0
+    """Images the input gained since the previous run on this output (labeled by this one)."""
+    removed_images: int = 0
+    """Images of an earlier run that the input no longer lists (kept in the output)."""
 
     @property
     def complete(self) -> bool:
@@ -63,19 +71,26 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     """Run (or resume) a labeling job: plan, label the pending shards on Ray workers, merge.
 
     Raises:
-        ValueError: bad settings or input (including a changed configuration on resume).
+        UserError: bad settings, resources or input, refused before the output is touched and
+            before Ray starts (a ValueError, as is a changed configuration on resume).
         RuntimeError: the workers cannot start.
     """
     started = time.perf_counter()
+    preflight(config, storage_options)
     output = Folder(config.output, storage_options)
     run = RunFolder(output)
     try:
         items = input_items(config, storage_options)  # fails before the output is touched
         image_root = folder_root(config.input, storage_options=storage_options)
         resumed = run.claim(config, image_root=image_root)
-        plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
+        changes = PlanChanges()
+        if run.has_plan():
+            plan, changes = extend_plan(run, items, config.shard_size, ImageNamer(image_root))
+            _report_changes(changes, output.uri)
+        else:
+            plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
     except InputError as error:
-        raise ValueError(str(error)) from error
+        raise UserError(str(error)) from None
     shard_ids = [shard["shard_id"] for shard in plan["shards"]]
     done = run.done_shards()
     pending = [shard for shard in plan["shards"] if shard["shard_id"] not in done]
@@ -107,8 +122,23 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
         worker_deaths=report.worker_deaths,
         retries=report.retries,
         images_per_second=events.rate(),
+        new_images=changes.new_images,
+        removed_images=changes.removed_images,
         **counts,
     )
+
+
+def _report_changes(changes: PlanChanges, output: str) -> None:
+    if changes.new_images:
+        logger.info("%d new images in the input since the last run on %s: labeling them (%d new "
+                    "shards, image ids from %d)", changes.new_images, output,
+                    len(changes.new_shards), changes.new_shards[0]["first_image_id"])
+    elif changes.checked:
+        logger.info("no new images in the input since the last run on %s", output)
+    if changes.removed_images:
+        logger.warning("%d images of the earlier run are no longer in the input (kept in the "
+                       "output): %s%s", changes.removed_images, ", ".join(changes.removed_examples),
+                       ", ..." if changes.removed_images > len(changes.removed_examples) else "")
 
 
 def _run_id(output: Folder) -> str:
@@ -116,15 +146,8 @@ def _run_id(output: Folder) -> str:
 
 
 def _categories_of(config: JobConfig) -> list[dict]:
-    if config.method == "diffseg":
-        from labeler.methods.diffseg.segmenter import DiffSeg
-
-        return DiffSeg.categories
-    if config.method == "slime":
-        from labeler.methods.slime.embedding_set import EmbeddingSet
-
-        return EmbeddingSet.load(config.embeddings).categories()
-    raise ValueError(f"no categories known for {config.method}")
+    """The method's categories, known without loading a model."""
+    return config.spec.categories(config)
 
 
 def _coco_info(config: JobConfig, output: Folder) -> dict:

@@ -26,8 +26,8 @@ import time
 
 from labeler import __version__
 from labeler.config import JobConfig, settings_difference
-from labeler.io.inputs import RetryPolicy
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
+from labeler.io.retry import RetryPolicy
 from labeler.output import parts
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class RunFolder:
         return parts.shard_file(shard_id, name)
 
     def write_part(self, shard_id: str, kind: parts.PartKind, data: bytes) -> None:
-        """Commit one of the shard's parts (atomically: see :class:`~labeler.io.storage.Folder`)."""
+        """Commit one of the shard's parts (atomically: see :class:`~labeler.io.folders.Folder`)."""
         self._write(parts.shard_part(shard_id, kind), data)
 
     def is_done(self, shard_id: str) -> bool:

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from labeler.io.decode import ImageDecodeError, decode_image
-from labeler.io.inputs import InputRef, read_many
-from labeler.io.storage import Folder
-from labeler.methods.base import ImageLabels
+from labeler.io.folders import Folder
+from labeler.io.reading import read_many
+from labeler.io.refs import InputRef
+from labeler.methods.base import ImageLabels, Segmenter
 from labeler.output import parts, schema
 from labeler.output.rows import (
     AnnotationRow,
@@ -234,7 +236,7 @@ class ShardProcessor:
         started, started_at = time.perf_counter(), time.time()
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
-        method_before = dict(getattr(getattr(self.segmenter, "timer", None), "seconds", {}))
+        method_before = dict(self.segmenter.timer.seconds)
         rows = ShardRows()
         produce = lambda: self._batches(entries, timings)
         with Prefetcher(produce) as batches:
@@ -254,7 +256,7 @@ class ShardProcessor:
             "labeled": sum(r["status"] == schema.IMAGE_STATUS_LABELED for r in rows.images),
             "failed": sum(r["status"] == schema.IMAGE_STATUS_FAILED for r in rows.images),
             "annotations": len(rows.annotations),
-            "failure_reasons": _count([r["reason"] for r in rows.images if r["reason"]]),
+            "failure_reasons": dict(Counter(r["reason"] for r in rows.images if r["reason"])),
             "seconds": time.perf_counter() - started,
             "started_at": started_at,
             "finished_at": time.time(),
@@ -312,7 +314,7 @@ class ShardProcessor:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
         try:
             return self._label_splitting(images)
-        except Exception as batch_error:
+        except Exception as batch_error:  # isolate the image that breaks the batch
             if len(images) == 1:
                 raise
             logger.warning("batch failed (%s); retrying its images one by one", batch_error)
@@ -331,7 +333,7 @@ class ShardProcessor:
         detail = None
         try:
             return list(self.segmenter.label(images))
-        except Exception as error:
+        except Exception as error:  # only out-of-memory is handled here
             if not is_out_of_memory(error):
                 raise
             detail = f"{type(error).__name__}: {str(error)[:300]}"
@@ -367,13 +369,7 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
         logger.warning("could not write the log of shard %s: %s", shard_id, error)
 
 
-def _timer_delta(segmenter, before: dict[str, float]) -> dict[str, float]:
-    after = getattr(getattr(segmenter, "timer", None), "seconds", {})
+def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
+    after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
 
-
-def _count(values: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts

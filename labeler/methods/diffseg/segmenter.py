@@ -3,10 +3,16 @@ algorithm of :mod:`labeler.methods.diffseg.algorithm`."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
-from labeler.methods.base import ImageLabels, compact_labels
+from labeler.attention.capture import ResolutionMeanSink, capturing_processors
+from labeler.attention.hooks import AttentionHooks
+from labeler.attention.layers import select_layers, unet_attention_layers
+from labeler.methods.base import ImageLabels
+from labeler.methods.device_labels import compact_device_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
     _side_of,
@@ -14,9 +20,10 @@ from labeler.methods.diffseg.algorithm import (
     labels_from_proposals,
     merge_proposals,
 )
-
-#: The timestep the reference passes with the clean latent (no noise is added).
-DIFFSEG_TIMESTEP = 300
+from labeler.methods.diffseg.method import CATEGORIES
+from labeler.methods.preprocess import images_to_model_input, label_grid_size
+from labeler.models.backbone import Backbone
+from labeler.timing import StageTimer
 
 
 class DiffSeg:
@@ -28,36 +35,36 @@ class DiffSeg:
     and labeling. Labels are computed at the original size (capped at ``max_label_side`` on the
     long side, then nearest-resized), so nothing is centre-cropped away.
 
+    The capturing processors are installed on the UNet once, here; each batch resets the sink.
+    :meth:`close` puts the UNet's own processors back.
+
     Args:
         backbone: the loaded SD components.
-        options: the merge settings (reference defaults).
-        timestep: the UNet timestep (reference 300).
-        max_label_side: the largest side at which proposals are upsampled before argmax.
-        antialias: antialias the resize to the model size (the reference does not).
+        options: the ``[diffseg]`` settings (reference defaults when None): merging, timestep,
+            label resolution, antialiasing.
     """
 
-    categories = [{"id": 1, "name": "segment", "supercategory": "segment"}]
+    categories: ClassVar[list[dict]] = CATEGORIES
 
-    def __init__(
-        self,
-        backbone,
-        options: DiffSegOptions | None = None,
-        timestep: int = DIFFSEG_TIMESTEP,
-        max_label_side: int = 1024,
-        antialias: bool = True,
-    ) -> None:
-        from labeler.attention.layers import select_layers, unet_attention_layers
-        from labeler.timing import StageTimer
-
+    def __init__(self, backbone: Backbone, options: DiffSegOptions | None = None) -> None:
         self.backbone = backbone
         self.options = options or DiffSegOptions()
-        self.timestep = timestep
-        self.max_label_side = max_label_side
-        self.antialias = antialias
+        self.timestep = self.options.timestep
+        self.max_label_side = self.options.max_label_side
+        self.antialias = self.options.antialias
+        self.device = backbone.device
         self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
         if not self.layers:
             raise ValueError(f"model {backbone.name} has no self-attention layers")
+        self.sink = ResolutionMeanSink()
+        self.hooks = AttentionHooks(
+            backbone.unet, capturing_processors({layer.key: self.sink for layer in self.layers})
+        )
         self.timer = StageTimer()
+
+    def close(self) -> None:
+        """Give the UNet its original attention processors back."""
+        self.hooks.restore()
 
     def provenance(self) -> dict:
         return {
@@ -81,9 +88,6 @@ class DiffSeg:
         Returns:
             ``{side: (B, side*side, side*side)}`` float32, head and layer means.
         """
-        from labeler.attention.capture import ResolutionMeanSink, capture_attention
-        from labeler.methods.preprocess import images_to_model_input
-
         backbone = self.backbone
         with self.timer.stage("vae_encode"):
             pixels = images_to_model_input(images, backbone.image_size, self.antialias)
@@ -92,17 +96,15 @@ class DiffSeg:
         timesteps = torch.full(
             (len(images),), self.timestep, device=backbone.device, dtype=torch.long
         )
-        sink = ResolutionMeanSink()
+        self.sink.reset()
+        self.hooks.ensure()
         with self.timer.stage("unet_capture"), torch.no_grad():
-            with capture_attention(backbone.unet, {layer.key: sink for layer in self.layers}):
-                backbone.unet(latents, timesteps, encoder_hidden_states=context)
-        return sink.means()
+            backbone.unet(latents, timesteps, encoder_hidden_states=context)
+        return self.sink.means()
 
     @torch.no_grad()
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
-        from labeler.methods.preprocess import label_grid_size, resize_labels
-
         attention = self.attention_maps(images)
         with self.timer.stage("aggregate"):
             aggregated = aggregate_attention(attention, self.options.weight_map)
@@ -117,7 +119,5 @@ class DiffSeg:
                 height, width = image.shape[:2]
                 grid = label_grid_size(height, width, self.max_label_side)
                 labels, confidence = labels_from_proposals(image_proposals, side, grid)
-                labels = resize_labels(labels.cpu().numpy(), height, width)
-                confidence = resize_labels(confidence.cpu().numpy(), height, width)
-                results.append(compact_labels(labels, confidence))
+                results.append(compact_device_labels(labels, confidence, height, width))
         return results

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output.coco_json import coco_annotation
 from labeler.output.reader import OutputReader
 

@@ -44,17 +44,17 @@ COLOUR_AXES = (
 #: Gain of the colour axes in scaled-latent units (unit std for typical photos).
 COLOUR_GAIN = 2.0
 #: Gain and offset of the texture channel (mean absolute luminance gradient per 8x8 cell).
-TEXTURE_GAIN = 6.0
-TEXTURE_OFFSET = 0.15
+TEXTURE_GAIN = 20.0
+TEXTURE_OFFSET = 0.03
 #: Posterior standard deviation after the scaling factor.
 POSTERIOR_STD = 0.01
 #: Self-attention score at cosine 1 between normalised tokens, per latent resolution.
-SELF_ATTENTION_SCALE = {64: 40.0, 32: 40.0, 16: 40.0, 8: 40.0}
+SELF_ATTENTION_SCALE = {64: 36.0, 32: 36.0, 16: 36.0, 8: 36.0}
 #: Size of the constant channel relative to the features (sets the kernel's colour bandwidth).
-CONSTANT = 1.0
+CONSTANT = 3.0
 #: Cross-attention: score scale of the feature directions and of the BOS sink.
-CROSS_FEATURE_SCALE = 3.0
-CROSS_SINK_SCALE = 7.0
+CROSS_FEATURE_SCALE = 5.0
+CROSS_SINK_SCALE = 8.0
 N_FEATURES = 4
 
 

@@ -45,7 +45,7 @@ def diffseg_scores(backbone, seeds: list[int], size: int) -> dict:
         baseline = voronoi_partition(np.random.default_rng(seed + 10_000), size, n_segments)
         rows.append({
             "seed": seed,
-            "regions": int(len(np.unique(truth))),
+            "regions": len(np.unique(truth)),
             "segments": int(n_segments),
             "ari": adjusted_rand_index(labels, truth),
             "ari_voronoi": adjusted_rand_index(baseline, truth),

@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from labeler.attention.layers import unet_attention_layers
+
 #: Scale of the features inside VAE encoder and UNet: far below sqrt(GroupNorm eps = 1e-6).
 HIDDEN_SCALE = 1e-4
 #: Colour axes (rows) applied to RGB in [-1, 1]: luminance and two opponent axes, orthonormal.
@@ -257,7 +259,8 @@ def calibrate_unet(unet: nn.Module, sink: torch.Tensor, features: torch.Tensor,
     """
     config = unet.config
     width = 2 * N_FEATURES
-    _identity_conv(unet.conv_in, 0)
+    unet.conv_in.weight.zero_()
+    unet.conv_in.bias.zero_()
     for k in range(N_FEATURES):
         unet.conv_in.weight[2 * k, k, 1, 1] = HIDDEN_SCALE
         unet.conv_in.weight[2 * k + 1, k, 1, 1] = -HIDDEN_SCALE
@@ -273,47 +276,34 @@ def calibrate_unet(unet: nn.Module, sink: torch.Tensor, features: torch.Tensor,
             _identity_resnet(resnet, width, skip_offset=_up_hidden_channels(config, i, j))
         for up in block.upsamplers or []:
             _identity_conv(up.conv, width)
-    resolution = {}
-    size = config.sample_size
-    for name, module in unet.named_modules():
+    for module in unet.modules():
         if type(module).__name__ == "Transformer2DModel":
             _feature_token(module)
-    for name, module in unet.named_modules():
-        if not name.endswith(("attn1", "attn2")):
-            continue
-        side = _attention_side(name, size, len(config.block_out_channels))
-        resolution[name] = side
+    modules = dict(unet.named_modules())
+    for layer in unet_attention_layers(unet):
+        module = modules[layer.key.removesuffix(".processor")]
         heads = module.heads
         head_dim = module.to_q.weight.shape[0] // heads
         channels = module.to_q.weight.shape[1]
         _zero(module.to_out[0])
-        if name.endswith("attn1"):
-            gain = (SELF_ATTENTION_SCALE[side] * head_dim**0.5 / channels) ** 0.5
+        if layer.kind == "self":
+            gain = (SELF_ATTENTION_SCALE[layer.side] * head_dim**0.5 / channels) ** 0.5
             _token_query(module.to_q, heads, gain)
             _token_query(module.to_k, heads, gain)
-        else:
-            # logit = (c * sink_gain * (sink . e) + scale * f . (features @ e)) / |(c, f)|
-            gain = (head_dim**0.5 / (2 * channels) ** 0.5) ** 0.5
-            _token_query(module.to_q, heads, gain)
-            key = module.to_k.weight
-            key.zero_()
-            sink_gain = CROSS_SINK_SCALE / bos_gap
-            for h in range(heads):
-                key[h * head_dim] = gain * sink_gain * sink
-                key[h * head_dim + 1] = -gain * sink_gain * sink
-                for k in range(N_FEATURES):
-                    key[h * head_dim + 2 + 2 * k] = gain * CROSS_FEATURE_SCALE * features[k]
-                    key[h * head_dim + 3 + 2 * k] = -gain * CROSS_FEATURE_SCALE * features[k]
+            continue
+        # logit = (c * sink_gain * (sink . e) + scale * f . (features @ e)) / |(c, f)|
+        gain = (head_dim**0.5 / (2 * channels) ** 0.5) ** 0.5
+        _token_query(module.to_q, heads, gain)
+        key = module.to_k.weight
+        key.zero_()
+        sink_gain = CROSS_SINK_SCALE / bos_gap
+        for h in range(heads):
+            key[h * head_dim] = gain * sink_gain * sink
+            key[h * head_dim + 1] = -gain * sink_gain * sink
+            for k in range(N_FEATURES):
+                key[h * head_dim + 2 + 2 * k] = gain * CROSS_FEATURE_SCALE * features[k]
+                key[h * head_dim + 3 + 2 * k] = -gain * CROSS_FEATURE_SCALE * features[k]
     for name, module in unet.named_modules():
         if name.endswith("ff"):
             _zero(module.net[-1])
 
-
-def _attention_side(name: str, size: int, levels: int) -> int:
-    """Latent side of the attention layer ``name`` (down_blocks.i, mid_block, up_blocks.i)."""
-    parts = name.split(".")
-    if parts[0] == "mid_block":
-        return size // 2 ** (levels - 1)
-    index = int(parts[1])
-    level = index if parts[0] == "down_blocks" else levels - 1 - index
-    return size // 2**level

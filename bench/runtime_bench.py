@@ -52,7 +52,7 @@ def peak_rss_mib() -> float:
 
 def child_plan(work: Path, images: int, shard_size: int) -> dict:
     from labeler.config import JobConfig
-    from labeler.io.storage import Folder
+    from labeler.io.folders import Folder
     from labeler.runtime.job import input_items
     from labeler.runtime.plan import plan_run
     from labeler.runtime.run_folder import RunFolder
@@ -131,7 +131,7 @@ def child_merge_parts(work: Path, shards: int, per_shard: int, per_image: int) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from labeler.io.storage import Folder
+    from labeler.io.folders import Folder
     from labeler.output import schema
 
     output = Folder(str(work / "out"))
@@ -165,7 +165,7 @@ def child_merge_parts(work: Path, shards: int, per_shard: int, per_image: int) -
 
 
 def child_merge(work: Path) -> dict:
-    from labeler.io.storage import Folder
+    from labeler.io.folders import Folder
     from labeler.output.merge import merge_outputs
 
     shard_ids = json.loads((work / "shard_ids.json").read_text())

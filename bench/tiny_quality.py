@@ -50,6 +50,7 @@ def diffseg_scores(backbone, seeds: list[int], size: int) -> dict:
             "ari": adjusted_rand_index(labels, truth),
             "ari_voronoi": adjusted_rand_index(baseline, truth),
         })
+    segmenter.close()
     return {
         "rows": rows,
         "ari": float(np.mean([r["ari"] for r in rows])),
@@ -66,7 +67,9 @@ def slime_scores(backbone, seed: int, settings: FitSettings, held_out: int, size
     fitted = fit_embedding_set(backbone, [AnnotatedImage("one", image, mask, "0" * 16)],
                                SLIME_CLASSES, settings, progress=False)
     fit_s = time.perf_counter() - start
-    predictions = Slime(backbone, fitted, seed=seed).predict([held for held, _ in tests])
+    segmenter = Slime(backbone, fitted, seed=seed)
+    predictions = segmenter.predict([held for held, _ in tests])
+    segmenter.close()
     scores = [mean_iou_present(labels, truth, len(SLIME_CLASSES))
               for (labels, _), (_, truth) in zip(predictions, tests)]
     return {"seed": seed, "miou": float(np.mean(scores)), "per_image": scores, "fit_s": fit_s}

@@ -7,10 +7,12 @@ defaults, so defaults live in one place (``labeler.config``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
 from labeler import __version__
+from labeler.config import DEFAULT_DIFFSEG_MODEL, METHODS, DiffSegSettings, JobConfig
 
 logger = logging.getLogger("labeler")
 
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_status(commands)
     from labeler.cluster.command import add_parser as add_cluster
+    from labeler.doctor import add_parser as add_doctor
     from labeler.eval.command import add_parser as add_eval
     from labeler.methods.slime.command import add_parser as add_slime
     from labeler.output.exporters.command import add_parser as add_export
@@ -36,29 +39,60 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(commands)
     add_slime(commands)
     add_cluster(commands)  # submit, logs, stop
+    add_doctor(commands)
     return parser
 
 
+RUN_DESCRIPTION = """\
+Label a collection: list the input, cut it into shards, label them on Ray workers, write COCO
+annotations (compressed RLE) as JSON and Parquet under --output. Re-running the same command
+resumes (finished shards are skipped, images added to the input are labeled). Flags override
+the job file; method settings go in the job file's [diffseg] or [slime] table."""
+
+
+def _default(name: str) -> str:
+    """The library default of a job setting, for the help text (one place: labeler.config)."""
+    value = {f.name: f for f in dataclasses.fields(JobConfig)}[name].default
+    return {"model": f"{DEFAULT_DIFFSEG_MODEL} for diffseg, the set's model for slime",
+            "workers": "one per GPU, one CPU worker without GPUs", "gpus_per_worker": "1",
+            "device": "cuda when available", "address": "a local Ray instance",
+            "max_pixels": "the decoder's limit"}.get(name, repr(value))
+
+
+def _method_settings_help() -> str:
+    lines = ["method settings (job file table, e.g. [diffseg] kl_threshold = 0.9):", "  [diffseg]"]
+    lines += [f"    {f.name} = {f.default!r}" for f in dataclasses.fields(DiffSegSettings)]
+    lines += ["  [slime]  defaults recorded in the embedding set; see README, SLiMe section"]
+    return "\n".join(lines)
+
+
 def _add_run(commands) -> None:
-    run = commands.add_parser("run", help="label a collection (resumes an existing output)")
+    run = commands.add_parser("run", help="label a collection (resumes an existing output)",
+                              description=RUN_DESCRIPTION, epilog=_method_settings_help(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("job", nargs="?", help="a TOML job file; flags override it")
-    run.add_argument("--method", choices=["diffseg", "slime"])
-    run.add_argument("--input", help="folder, manifest (.txt/.csv/.parquet) or image-bytes Parquet URI")
-    run.add_argument("--output", help="output folder URI")
-    run.add_argument("--model", help="tiny, a Hugging Face id, or a diffusers directory/URI")
-    run.add_argument("--embeddings", help="SLiMe embedding set (.safetensors)")
-    run.add_argument("--address", help="Ray cluster address (default: a local instance)")
-    run.add_argument("--workers", type=int, help="number of model workers")
-    run.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker")
-    run.add_argument("--batch-size", type=int, dest="batch_size")
-    run.add_argument("--shard-size", type=int, dest="shard_size")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    run.add_argument("--dtype", help="auto, float32, float16, bfloat16")
-    run.add_argument("--max-pixels", type=int, dest="max_pixels", help="decompression-bomb limit")
+
+    def flag(option: str, name: str, text: str, **kwargs) -> None:
+        run.add_argument(option, dest=name, help=f"{text} (default: {_default(name)})", **kwargs)
+
+    flag("--method", "method", "segmentation method", choices=list(METHODS))
+    run.add_argument("--input", help="folder, manifest (.txt/.csv/.parquet) or image-bytes Parquet "
+                                     "URI (required)")
+    run.add_argument("--output", help="output folder URI (required)")
+    flag("--model", "model", "tiny, a Hugging Face id, or a diffusers directory/URI")
+    run.add_argument("--embeddings", help="SLiMe embedding set (.safetensors); required for slime")
+    flag("--address", "address", "Ray cluster address")
+    flag("--workers", "workers", "number of model workers", type=int)
+    flag("--gpus-per-worker", "gpus_per_worker", "GPUs per worker; 0 for CPU workers", type=float)
+    flag("--batch-size", "batch_size", "images per model call", type=int)
+    flag("--shard-size", "shard_size", "images per shard (unit of retry and resume)", type=int)
+    flag("--seed", "seed", "random seed", type=int)
+    flag("--device", "device", "cuda, cuda:1, cpu")
+    flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
+    flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
     run.add_argument("--overwrite", action="store_true", default=None,
-                     help="replace an existing output made with other settings")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+                     help="replace an existing output made with other settings (default: refuse)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     run.set_defaults(func=_run)
 
 
@@ -86,6 +120,11 @@ def _run(args: argparse.Namespace) -> int:
         + (f" ({summary.images_per_second:.2f} images/s)" if summary.images_per_second else "")
         + "\n"
     )
+    if summary.new_images:
+        out.write(f"{summary.new_images} new images since the last run, appended to the plan\n")
+    if summary.removed_images:
+        out.write(f"{summary.removed_images} images are no longer in the input; their labels "
+                  "stay in the output\n")
     if summary.failure_reasons:
         out.write("failed images by reason: " + ", ".join(
             f"{reason} {count}" for reason, count in sorted(summary.failure_reasons.items())) + "\n")
@@ -122,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("diffusers", "transformers", "fsspec", "urllib3", "botocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
-    from labeler.io.inputs import InputError
+    from labeler.io.uris import InputError
 
     try:
         return args.func(args)

@@ -22,7 +22,8 @@ def images_and_attention(tiny_backbone):
     halves = flat_regions_image(200, 300, "halves")
     diffseg = DiffSeg(tiny_backbone)
     attention = diffseg.attention_maps([quadrants[0], halves[0]])
-    return diffseg, [quadrants, halves], attention
+    yield diffseg, [quadrants, halves], attention
+    diffseg.close()
 
 
 def test_attention_is_captured_at_four_resolutions(images_and_attention):
@@ -57,7 +58,7 @@ def test_scrambled_attention_loses_the_regions(images_and_attention):
     # Same maps with pixel identities shuffled: the merge still groups pixels of one colour, but
     # the segments land on shuffled positions, so they no longer follow the image's regions.
     _, images, attention = images_and_attention
-    image, regions = images[0]
+    _, regions = images[0]
     generator = np.random.default_rng(0)
     scrambled = {}
     for side, maps in attention.items():
@@ -66,8 +67,7 @@ def test_scrambled_attention_loses_the_regions(images_and_attention):
     labels, _ = segment_attention(scrambled, regions.shape, DiffSegOptions())
     real, _ = segment_attention({s: m[:1] for s, m in attention.items()}, regions.shape,
                                 DiffSegOptions())
-    print("purity real/scrambled", purity(regions, real[0].numpy()),
-          purity(regions, labels[0].numpy()))
+    # Measured: purity 1.0 (real), 0.25 (scrambled).
     assert purity(regions, real[0].numpy()) > 0.95
     assert purity(regions, labels[0].numpy()) < 0.7
 
@@ -96,4 +96,5 @@ def test_batched_and_single_image_labels_agree(tiny_backbone):
     second, _ = flat_regions_image(96, 96, "halves")
     batched = diffseg.label([first, second])
     alone = diffseg.label([second])
+    diffseg.close()
     np.testing.assert_array_equal(batched[1].label_map, alone[0].label_map)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _output_fixture import (  # noqa: E402
+from _output_fixture import (
     FixtureImage,
     classes_from_label_map,
     segments_from_label_map,
@@ -25,7 +25,7 @@ from _output_fixture import (  # noqa: E402
     write_output,
 )
 
-from labeler.eval import command as eval_command  # noqa: E402
+from labeler.eval import command as eval_command
 
 
 def run_cli(argv: list[str]) -> int:
@@ -282,3 +282,80 @@ def test_eval_coco_ap_class_agnostic_segments(memroot):
     n_bg = 20 * 24 - CAR1.sum() - PERSON.sum()
     assert h["pixel_accuracy"] == pytest.approx((CAR1.sum() + PERSON.sum()) / (20 * 24))
     assert h["per_class"]["background"]["fn"] == n_bg
+
+
+# ---------------------------------------------------------------------------------------------
+# Sanity: an output scored against its own coco.json gets 100 in every protocol.
+def _blocks(h: int, w: int, n: int, seed: int) -> np.ndarray:
+    """A label map of ``n`` irregular regions (nearest of ``n`` random centres)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 1, (n, 2)) * [h, w]
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
+    return d.argmin(-1)
+
+
+def _summary_numbers(entry: dict) -> list[float]:
+    # AR1 and AR10 cap the detections per image below the number of segments: not a score
+    skip = {"description", "per_class", "assignment", "class_agnostic", "AR1", "AR10"}
+    return [v for k, v in entry.items() if k not in skip and not k.startswith("n_")]
+
+
+def test_eval_own_coco_is_perfect_diffseg(tmp_path):
+    # DiffSeg-like: every pixel in exactly one segment, many segments of one category per image
+    images = [
+        FixtureImage(f"img{i}", rgb(30, 40, i), segments_from_label_map(_blocks(30, 40, n, i)))
+        for i, n in enumerate([7, 12, 3])
+    ]
+    write_output(str(tmp_path), images, [{"id": 1, "name": "segment"}])
+    out = str(tmp_path / "out")
+    assert run_cli(["eval", "--pred", out, "--gt", out + "/coco.json", "--protocol", "all"]) == 0
+    report = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())
+    assert report["prediction_kind"] == "segments"
+    assert list(report["protocols"]) == ["hungarian", "coco-ap"]
+    h = report["protocols"]["hungarian"]
+    assert h["mIoU"] == pytest.approx(1.0) and h["pixel_accuracy"] == pytest.approx(1.0)
+    assert h["per_class"]["segment"]["tp"] == 3 * 30 * 40
+    ap = report["protocols"]["coco-ap"]
+    assert ap["n_results"] == 22
+    for value in _summary_numbers(ap):
+        assert value is None or value == pytest.approx(1.0)
+    for row in report["per_image"]:
+        assert row["hungarian_mIoU"] == pytest.approx(1.0)
+    # the dataset-level matching has no meaning for segments against instances: refused by name
+    assert (
+        run_cli(
+            ["eval", "--pred", out, "--gt", out + "/coco.json", "--protocol", "hungarian-dataset"]
+        )
+        == 2
+    )
+
+
+def test_eval_own_coco_is_perfect_slime(tmp_path):
+    # SLiMe-like: one annotation per class present, background unannotated
+    cats = [{"id": 1, "name": "body"}, {"id": 2, "name": "wheel"}, {"id": 3, "name": "window"}]
+    images = []
+    for i in range(3):
+        labels = _blocks(30, 40, 6, 10 + i) % 4  # 0 = background, 1..3 classes (split regions)
+        images.append(
+            FixtureImage(
+                f"car{i}", rgb(30, 40, i), classes_from_label_map(labels, {1: 1, 2: 2, 3: 3})
+            )
+        )
+    write_output(str(tmp_path), images, cats)
+    out = str(tmp_path / "out")
+    assert run_cli(["eval", "--pred", out, "--gt", out + "/coco.json", "--protocol", "all"]) == 0
+    report = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())
+    assert report["prediction_kind"] == "classes"
+    assert list(report["protocols"]) == [
+        "miou",
+        "slime",
+        "hungarian",
+        "hungarian-dataset",
+        "coco-ap",
+    ]
+    for name, entry in report["protocols"].items():
+        numbers = _summary_numbers(entry)
+        assert numbers, name
+        for value in numbers:
+            assert value is None or value == pytest.approx(1.0), (name, entry)

@@ -33,3 +33,15 @@ def test_gpu_labels_agree_with_cpu_labels():
     on_gpu = DiffSeg(load_backbone("tiny", device="cuda", dtype="float32"), options).label([image])[0]
     agreement = np.mean(on_cpu.label_map == on_gpu.label_map)
     assert agreement > 0.99
+
+
+def test_device_compaction_on_cuda_matches_the_cpu():
+    from labeler.methods.device_labels import compact_device_labels  # numpy on the CPU
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(-1, 30, (384, 512), generator=generator)
+    confidence = torch.rand(384, 512, generator=generator)
+    on_cpu = compact_device_labels(labels, confidence, 768, 1024)
+    on_gpu = compact_device_labels(labels.cuda(), confidence.cuda(), 768, 1024)
+    np.testing.assert_array_equal(on_gpu.label_map, on_cpu.label_map)
+    np.testing.assert_allclose(on_gpu.scores, on_cpu.scores, rtol=1e-12, atol=0)

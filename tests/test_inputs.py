@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import pickle
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,22 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from labeler.io import inputs
-from labeler.io.inputs import (
-    InputError,
-    InputRef,
-    RetryPolicy,
-    is_transient_error,
-    iter_inputs,
-    parquet_row_uri,
-    parse_parquet_row_uri,
-    read_image_bytes,
-    read_many,
-    redact_uri,
-    ref_from_uri,
-    resolve_uri,
-    split_uri_credentials,
-)
+from labeler.io import listing
+from labeler.io.listing import iter_inputs
+from labeler.io.reading import read_image_bytes, read_many
+from labeler.io.refs import InputRef, parquet_row_uri, parse_parquet_row_uri, ref_from_uri
+from labeler.io.retry import RetryPolicy, is_transient_error
+from labeler.io.uris import InputError, redact_uri, resolve_uri, split_uri_credentials
 from tests.s3server import S3Server
 
 # A tree exercising the rules: case-insensitive extensions, same names in different folders,
@@ -599,7 +587,7 @@ def test_s3_listing_is_paginated_and_lazy(
 ) -> None:
     import s3fs
 
-    monkeypatch.setattr(inputs, "_S3_PAGE_SIZE", 2)
+    monkeypatch.setattr(listing, "_S3_PAGE_SIZE", 2)
     calls: list[dict[str, Any]] = []
     original = s3fs.S3FileSystem.call_s3
 
@@ -692,22 +680,29 @@ def test_s3_read_survives_server_restart(
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
     caplog.set_level(logging.WARNING, logger="labeler")
     s3_server.stop()
-    restarter = threading.Timer(1.0, s3_server.start)
-    restarter.start()
-    try:
-        backoffs: list[float] = []
+    # The fault is healed on an event, not a timer: the server comes back when our backoff
+    # reports the first failed attempt (the hook runs before the wait), however slow the machine.
+    failures: list[BaseException] = []
 
-        def sleep(seconds: float) -> None:
-            backoffs.append(seconds)
-            time.sleep(seconds)
-
-        policy = RetryPolicy(attempts=12, base_delay=0.1, max_delay=0.5, sleep=sleep)
-        assert read_image_bytes(uri, storage_options=options, retry=policy) == b"root a"
-    finally:
-        restarter.join()
+    def restart_on_first_failure(attempt: int, error: BaseException) -> None:
+        failures.append(error)
         if not s3_server.is_running():
             s3_server.start()
-    assert backoffs, "the read must have met the outage and backed off at least once"
+
+    backoffs: list[float] = []
+    policy = RetryPolicy(
+        attempts=3, base_delay=0.1, max_delay=0.5, sleep=backoffs.append,
+        on_retry=restart_on_first_failure,
+    )
+    try:
+        assert read_image_bytes(uri, storage_options=options, retry=policy) == b"root a"
+    finally:
+        if not s3_server.is_running():
+            s3_server.start()
+    assert len(failures) == 1, "the read must have met the outage exactly once, then succeeded"
+    assert is_transient_error(failures[0])
+    assert len(backoffs) == 1  # one wait, between the failed attempt and the good one
+    assert "transient error" in caplog.text
     assert s3_server.secret_key not in caplog.text
 
 

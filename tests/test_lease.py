@@ -13,7 +13,7 @@ import time
 import pytest
 
 import labeler.runtime.lease as lease_module
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.runtime.lease import (
     LEASE_PATH,
     LeaseHeldError,

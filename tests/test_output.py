@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.methods.base import compact_labels
 from labeler.output import schema
 from labeler.output.merge import merge_outputs

@@ -29,7 +29,7 @@ from PIL import Image
 
 from labeler.cli import main
 from labeler.config import DiffSegSettings, JobConfig
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.runtime.job import RunSummary, input_items, run_job
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
@@ -119,6 +119,7 @@ def read_output(folder: Folder, rename: Callable[[str], str] | None = None) -> d
     coco = json.loads(folder.read_bytes("coco.json"))
     for record in coco["images"]:
         record["file_name"] = rename(record["file_name"])
+        record["coco_url"] = rename(record["coco_url"])
     annotations = []
     for name in folder.list("annotations"):
         with folder.open(f"annotations/{name}") as handle:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from labeler.config import JobConfig
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.methods.base import ImageLabels
 from labeler.runtime.plan import plan_run
 from labeler.runtime.ray_executor import plan_placement

@@ -103,7 +103,6 @@ def test_registry_builds_slime_with_the_sets_model_and_options(fitted_set):
 
 
 def test_job_knows_the_categories_without_loading_a_model(fitted_set):
-    pytest.importorskip("labeler.io.inputs")  # the runtime's input layer (merged from main)
     from labeler.runtime.job import _categories_of
 
     _, output = fitted_set

@@ -48,8 +48,8 @@ def test_one_shot_fit_labels_held_out_images(tiny_backbone):
     for name, embedding_set in (("fitted", fitted), ("unfit", unfit)):
         segmenter = Slime(tiny_backbone, embedding_set, options, seed=0)
         predictions = segmenter.predict([held for held, _ in held_out])
+        segmenter.close()
         scores[name] = float(np.mean([mean_iou_present(labels, truth, 3)
                                       for (labels, _), (_, truth) in zip(predictions, held_out)]))
-    print(scores)
     assert scores["fitted"] >= FLOOR, scores
     assert scores["unfit"] <= UNFIT_CEILING, scores

@@ -55,6 +55,7 @@ def test_diffseg_default_threshold_follows_regions(tiny_backbone):
         voronoi = voronoi_partition(np.random.default_rng(seed), 256, len(np.unique(labels)))
         assert adjusted_rand_index(labels, truth) > 0.7
         assert adjusted_rand_index(voronoi, truth) < 0.4
+    diffseg.close()
 
 
 def test_bos_token_is_an_attention_sink(tiny_backbone):

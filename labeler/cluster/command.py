@@ -176,7 +176,7 @@ def run_stop(args: argparse.Namespace) -> int:
 
 def _follow(client: Any, job_id: str, output: str | None) -> int:
     from labeler.cluster import submit as jobs
-    from labeler.io.inputs import redact_uri
+    from labeler.io.uris import redact_uri
 
     try:
         status = jobs.wait_for_job(client, job_id, out=sys.stdout)

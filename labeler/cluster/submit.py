@@ -51,7 +51,7 @@ import tomllib
 
 from labeler import __version__
 from labeler.config import JobConfig, build_config, load_job_file
-from labeler.io.inputs import redact_uri, split_uri_credentials
+from labeler.io.uris import redact_uri, split_uri_credentials
 from labeler.runtime.ray_executor import FORWARDED_ENV
 
 logger = logging.getLogger(__name__)

@@ -18,10 +18,11 @@ import logging
 import sys
 from typing import Any
 
-from labeler.eval import fsutil
 from labeler.eval.evaluate import PROTOCOLS, EvalOptions, evaluate
 from labeler.eval.loading import EvalInputError
 from labeler.eval.report import format_table, to_json, to_markdown
+from labeler.io.folders import Folder
+from labeler.io.uris import InputError, join_uri
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +125,15 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     try:
         report = evaluate(args.pred, args.gt, options)
-    except (EvalInputError, FileNotFoundError) as exc:
+    except (EvalInputError, FileNotFoundError, InputError) as exc:
         sys.stderr.write(f"labeler eval: error: {exc}\n")
         return EXIT_BAD_INPUT
     sys.stdout.write(format_table(report))
     if not args.no_files:
-        out = args.out or fsutil.join(args.pred, "eval")
-        fsutil.write_text(fsutil.join(out, "eval.json"), to_json(report))
-        fsutil.write_text(fsutil.join(out, "eval.md"), to_markdown(report))
-        sys.stdout.write(
-            f"wrote {fsutil.join(out, 'eval.json')} and {fsutil.join(out, 'eval.md')}\n"
-        )
+        out = Folder(args.out or join_uri(args.pred, "eval"))
+        out.write_bytes("eval.json", to_json(report).encode("utf-8"))
+        out.write_bytes("eval.md", to_markdown(report).encode("utf-8"))
+        sys.stdout.write(f"wrote {out.uri_of('eval.json')} and {out.uri_of('eval.md')}\n")
     missing = report["images"]["gt_without_prediction"]
     if args.require_all and missing:
         sys.stderr.write(

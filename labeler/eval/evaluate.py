@@ -11,6 +11,11 @@ Protocols (names accepted by ``--protocol``):
 ``auto`` (the default) selects ``miou,slime`` for class-aware predictions and
 ``hungarian,hungarian-dataset`` for class-agnostic ones, plus ``coco-ap`` when the ground truth
 is a COCO file. ``all`` selects every protocol applicable to the inputs.
+
+COCO ground truth holds instances: ``hungarian`` matches each GT instance (not each class) to a
+segment, so an output scored against its own ``coco.json`` gets 100. ``hungarian-dataset`` does
+not apply to class-agnostic predictions with COCO ground truth (neither segment nor instance
+numbers mean anything across images).
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ DESCRIPTIONS = {
     "mean over the images containing the class; mIoU = mean of the per-class scores. "
     "mean_image_mIoU = mean over images of each image's mean over its present classes.",
     "hungarian": "DiffSeg unsupervised protocol: per image, Hungarian matching (max overlap, "
-    "one-to-one) of GT classes to predicted segments; TP/FP/FN summed over the dataset; "
+    "one-to-one) of GT classes (label maps) or GT instances (COCO) to predicted segments; "
+    "TP/FP/FN summed per class over the dataset; "
     "pixel accuracy = ΣTP / valid pixels; IoU_c = TP/(TP+FP+FN); mIoU = nanmean over classes.",
     "hungarian-dataset": "Dataset-level variant: one Hungarian matching on the confusion matrix "
     "summed over the dataset (PiCIE/STEGO style); same TP/FP/FN, accuracy and IoU definitions.",
@@ -76,6 +82,16 @@ class EvalOptions:
     per_image: bool = True
 
 
+def _applies(protocol: str, pred_kind: str, gt_kind: str) -> bool:
+    if protocol in SEMANTIC:
+        return pred_kind == "classes"
+    if protocol == "coco-ap":
+        return gt_kind == "coco"
+    if protocol == "hungarian-dataset":
+        return not (pred_kind == "segments" and gt_kind == "coco")
+    return True
+
+
 def resolve_protocols(requested: list[str] | None, pred_kind: str, gt_kind: str) -> list[str]:
     """Expand ``auto``/``all`` and check that each protocol applies to the inputs."""
     names: list[str] = []
@@ -85,14 +101,9 @@ def resolve_protocols(requested: list[str] | None, pred_kind: str, gt_kind: str)
         chosen = list(SEMANTIC) if pred_kind == "classes" else ["hungarian", "hungarian-dataset"]
         if gt_kind == "coco":
             chosen.append("coco-ap")
-        return chosen
+        return [p for p in chosen if _applies(p, pred_kind, gt_kind)]
     if names == ["all"]:
-        return [
-            p
-            for p in PROTOCOLS
-            if not (p in SEMANTIC and pred_kind == "segments")
-            and not (p == "coco-ap" and gt_kind != "coco")
-        ]
+        return [p for p in PROTOCOLS if _applies(p, pred_kind, gt_kind)]
     out: list[str] = []
     for name in names:
         if name not in PROTOCOLS:
@@ -107,6 +118,12 @@ def resolve_protocols(requested: list[str] | None, pred_kind: str, gt_kind: str)
             )
         if name == "coco-ap" and gt_kind != "coco":
             raise EvalInputError("protocol 'coco-ap' needs a COCO instances file as ground truth")
+        if not _applies(name, pred_kind, gt_kind):
+            raise EvalInputError(
+                "protocol 'hungarian-dataset' does not apply to class-agnostic segments against "
+                "COCO instances (segment and instance numbers mean nothing across images): "
+                "use hungarian or coco-ap"
+            )
         if name not in out:
             out.append(name)
     return out
@@ -125,14 +142,25 @@ def _pred_kind(preds: Predictions, requested: str) -> str:
     return requested
 
 
-def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> dict[str, Any]:
+def evaluate(
+    pred_uri: str,
+    gt_uri: str,
+    options: EvalOptions | None = None,
+    storage_options: dict | None = None,
+) -> dict[str, Any]:
     """Evaluate the output at ``pred_uri`` against ``gt_uri``; returns the JSON-ready report.
 
+    ``storage_options`` (fsspec endpoint, credentials) apply to both, as for ``labeler run``.
     Raises ``EvalInputError`` for unusable inputs.
     """
     options = options or EvalOptions()
-    preds = load_predictions(pred_uri)
-    gt = load_ground_truth(gt_uri, resolve_classes(options.classes), options.ignore_index)
+    preds = load_predictions(pred_uri, storage_options=storage_options)
+    gt = load_ground_truth(
+        gt_uri,
+        resolve_classes(options.classes, storage_options),
+        options.ignore_index,
+        storage_options,
+    )
     kind = _pred_kind(preds, options.pred_kind)
     protocols = resolve_protocols(options.protocols, kind, gt.kind)
     warnings: list[str] = []
@@ -176,10 +204,12 @@ def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> 
     slime = metrics.SlimeAccumulator(k)
     hungarian = metrics.UnsupervisedAccumulator(k)
     per_image: list[dict[str, Any]] = []
+    per_instance = gt.kind == "coco" and "hungarian" in protocols
     if need_pixels:
-        for image_id, gt_labels, pred_labels in iter_pairs(
-            preds, gt, pairing.pairs, kind, mapping, options.unannotated
+        for pair in iter_pairs(
+            preds, gt, pairing.pairs, kind, mapping, options.unannotated, per_instance
         ):
+            image_id, gt_labels, pred_labels = pair.image_id, pair.gt_labels, pair.pred_labels
             num_pred = max(k, int(pred_labels.max()) + 1 if pred_labels.size else 0)
             cm = metrics.confusion_matrix(gt_labels, pred_labels, k, num_pred, options.ignore_index)
             total_cm = metrics.add_confusion(total_cm, cm)
@@ -194,7 +224,15 @@ def evaluate(pred_uri: str, gt_uri: str, options: EvalOptions | None = None) -> 
             if "miou" in protocols:
                 row["mIoU"] = _num(metrics.semantic_scores(cm).miou)
             if "hungarian" in protocols:
-                counts = hungarian.add(cm)
+                if per_instance:
+                    assert pair.gt_instances is not None
+                    rows = pair.instance_class
+                    cm_rows = metrics.confusion_matrix(
+                        pair.gt_instances, pred_labels, len(rows), num_pred, None
+                    )
+                else:
+                    rows, cm_rows = None, cm
+                counts = hungarian.add(cm_rows, rows)
                 s = metrics.unsupervised_scores(counts.tp, counts.fp, counts.fn, int(cm.sum()))
                 row["hungarian_pixel_accuracy"] = _num(s.pixel_accuracy)
                 row["hungarian_mIoU"] = _num(s.miou)

@@ -30,11 +30,15 @@ Ground-truth side (``load_ground_truth``):
   root (see ``parse_classes``).
 
 Predictions are resized with nearest neighbour to the ground-truth size when they differ.
+
+Every file is read through :mod:`labeler.io` (the runtime's storage layer), with the same storage
+options and retries as ``labeler run``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import posixpath
 from collections.abc import Iterable, Iterator
@@ -43,8 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from labeler.eval import fsutil
 from labeler.eval.metrics import VOID
+from labeler.io.folders import Folder
+from labeler.io.listing import list_files, path_kind
+from labeler.io.reading import read_file
+from labeler.io.uris import uri_stem
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +172,16 @@ def _none_if_nan(value: Any) -> Any:
     return value
 
 
-def read_image_records(output_uri: str) -> list[ImageRecord] | None:
+def read_image_records(
+    output_uri: str, storage_options: dict | None = None
+) -> list[ImageRecord] | None:
     """Rows of ``OUTPUT/images.parquet`` in file order, or None when the file is absent."""
-    uri = fsutil.join(output_uri, "images.parquet")
-    if not fsutil.exists(uri):
+    output = Folder(output_uri, storage_options)
+    if not output.exists("images.parquet"):
         return None
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(fsutil.read_bytes(uri)))
+    table = pq.read_table(io.BytesIO(output.read_bytes("images.parquet")))
     rows = table.to_pylist()
     out: list[ImageRecord] = []
     for row in rows:
@@ -191,17 +200,20 @@ def read_image_records(output_uri: str) -> list[ImageRecord] | None:
     return out
 
 
-def load_predictions(output_uri: str, require_coco: bool = True) -> Predictions:
+def load_predictions(
+    output_uri: str, require_coco: bool = True, storage_options: dict | None = None
+) -> Predictions:
     """Read ``coco.json`` and ``images.parquet`` of an output folder (any fsspec URI).
 
     Args:
         output_uri: the ``--output`` of a run.
         require_coco: raise ``EvalInputError`` when ``coco.json`` is missing; otherwise an
             empty COCO structure is used (preview of a run that only has failures so far).
+        storage_options: fsspec options (endpoint, credentials) for the output folder.
     """
-    coco_uri = fsutil.join(output_uri, "coco.json")
-    if fsutil.exists(coco_uri):
-        coco = fsutil.read_json(coco_uri)
+    output = Folder(output_uri, storage_options)
+    if output.exists("coco.json"):
+        coco = output.read_json("coco.json")
     elif require_coco:
         raise EvalInputError(f"no coco.json in {output_uri}: is it the --output of a labeler run?")
     else:
@@ -225,7 +237,7 @@ def load_predictions(output_uri: str, require_coco: bool = True) -> Predictions:
     for image in images.values():
         image.annotations.sort(key=lambda a: int(a.get("id", 0)))
     categories = {int(c["id"]): c for c in coco.get("categories", [])}
-    records = read_image_records(output_uri)
+    records = read_image_records(output_uri, storage_options)
     if records is None:
         records = [
             ImageRecord(
@@ -323,12 +335,12 @@ def parse_classes(text: str, filename: str = "") -> list[str]:
     ]
 
 
-def resolve_classes(spec: str | None) -> list[str] | None:
+def resolve_classes(spec: str | None, storage_options: dict | None = None) -> list[str] | None:
     """``--classes`` value: a comma-separated list of names, or a URI of a classes file."""
     if not spec:
         return None
-    if "," not in spec and fsutil.exists(spec):
-        return parse_classes(fsutil.read_bytes(spec).decode("utf-8"), spec)
+    if "," not in spec and path_kind(spec, storage_options=storage_options) is not None:
+        return parse_classes(read_file(spec, storage_options).decode("utf-8"), spec)
     return [s.strip() for s in spec.split(",")]
 
 
@@ -353,6 +365,8 @@ class GroundTruth:
     coco_images: dict[int, dict[str, Any]] = field(default_factory=dict)
     coco_annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     ignore_index: int = 255
+    storage_options: dict | None = None
+    """fsspec options for reading the label maps."""
 
     def class_name(self, index: int) -> str:
         """Display name of a class index."""
@@ -362,21 +376,25 @@ class GroundTruth:
 
 
 def load_ground_truth(
-    uri: str, classes: list[str] | None = None, ignore_index: int = 255
+    uri: str,
+    classes: list[str] | None = None,
+    ignore_index: int = 255,
+    storage_options: dict | None = None,
 ) -> GroundTruth:
     """Open ground truth at ``uri``: a COCO ``.json`` file or a folder of label maps."""
-    if not fsutil.exists(uri):
+    kind = path_kind(uri, storage_options=storage_options)
+    if kind is None:
         raise EvalInputError(f"ground truth not found: {uri}")
-    if not fsutil.isdir(uri):
+    if kind != "directory":
         if not uri.lower().endswith(".json"):
             raise EvalInputError(
                 f"ground truth must be a COCO .json file or a folder of label maps: {uri}"
             )
-        return _load_coco_gt(uri, ignore_index)
+        return _load_coco_gt(uri, ignore_index, storage_options)
     files: dict[str, str] = {}
     duplicates: set[str] = set()
-    for path in fsutil.find_files(uri, LABEL_MAP_EXTENSIONS):
-        key = fsutil.stem(path)
+    for path in list_files(uri, LABEL_MAP_EXTENSIONS, storage_options=storage_options):
+        key = uri_stem(path)
         if key in files:
             duplicates.add(key)
         files[key] = path
@@ -387,10 +405,10 @@ def load_ground_truth(
     if not files:
         raise EvalInputError(f"no label maps (.png, .npy) under {uri}")
     if classes is None:
+        folder = Folder(uri, storage_options)
         for name in CLASSES_FILES:
-            cand = fsutil.join(uri, name)
-            if fsutil.exists(cand):
-                classes = parse_classes(fsutil.read_bytes(cand).decode("utf-8"), name)
+            if folder.exists(name):
+                classes = parse_classes(folder.read_bytes(name).decode("utf-8"), name)
                 break
     background = None
     if classes is not None:
@@ -404,11 +422,12 @@ def load_ground_truth(
         background=background if background is not None else 0,
         files=files,
         ignore_index=ignore_index,
+        storage_options=storage_options,
     )
 
 
-def _load_coco_gt(uri: str, ignore_index: int) -> GroundTruth:
-    coco = fsutil.read_json(uri)
+def _load_coco_gt(uri: str, ignore_index: int, storage_options: dict | None) -> GroundTruth:
+    coco = json.loads(read_file(uri, storage_options))
     cats = sorted(coco.get("categories", []), key=lambda c: int(c["id"]))
     classes = ["background"]
     mapping: dict[int, int] = {}
@@ -460,12 +479,33 @@ def load_label_map(gt: GroundTruth, key: Any) -> np.ndarray:
     """
     if gt.kind == "labelmaps":
         uri = gt.files[key]
-        labels = _decode_label_file(fsutil.read_bytes(uri), uri)
+        labels = _decode_label_file(read_file(uri, gt.storage_options), uri)
         labels[(labels == gt.ignore_index) | (labels < 0)] = IGNORE
         return labels
+    return classes_of_instances(*load_instance_map(gt, key))
+
+
+def classes_of_instances(instances: np.ndarray, row_class: np.ndarray) -> np.ndarray:
+    """Class label map (int32, ``IGNORE`` kept) of an instance map from ``load_instance_map``."""
+    return np.where(instances >= 0, row_class[np.maximum(instances, 0)], IGNORE).astype(np.int32)
+
+
+def load_instance_map(gt: GroundTruth, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Instance label map of a COCO ground-truth image.
+
+    Returns ``(instances, row_class)``: ``instances`` is an int32 ``(H, W)`` map where 0 is
+    background (unannotated pixels), ``i >= 1`` the i-th evaluated instance (non-crowd, known
+    category, largest painted first so smaller instances stay visible on overlaps) and
+    ``IGNORE`` the crowd regions; ``row_class`` (``n_instances + 1``,) gives the class index of
+    each label (``row_class[0]`` is the background class).
+    """
+    if gt.kind != "coco":
+        raise EvalInputError("instance maps need COCO ground truth")
     image = gt.coco_images[int(key)]
     h, w = int(image["height"]), int(image["width"])
-    labels = np.full((h, w), gt.background if gt.background is not None else 0, dtype=np.int32)
+    background = gt.background if gt.background is not None else 0
+    instances = np.zeros((h, w), dtype=np.int32)
+    row_class = [background]
     anns = gt.coco_annotations.get(int(key), [])
     things = [a for a in anns if not a.get("iscrowd", 0)]
     crowds = [a for a in anns if a.get("iscrowd", 0)]
@@ -474,10 +514,15 @@ def load_label_map(gt: GroundTruth, key: Any) -> np.ndarray:
         cls = gt.category_to_class.get(int(ann["category_id"]))
         if cls is None:
             continue
-        labels[decode_segmentation(ann["segmentation"], h, w)] = cls
+        if cls == background:
+            # a GT category named background is background, not an instance
+            instances[decode_segmentation(ann["segmentation"], h, w)] = 0
+            continue
+        instances[decode_segmentation(ann["segmentation"], h, w)] = len(row_class)
+        row_class.append(cls)
     for ann in crowds:
-        labels[decode_segmentation(ann["segmentation"], h, w)] = IGNORE
-    return labels
+        instances[decode_segmentation(ann["segmentation"], h, w)] = IGNORE
+    return instances, np.asarray(row_class, dtype=np.int64)
 
 
 def determine_num_classes(gt: GroundTruth, keys: Iterable[Any]) -> int:
@@ -536,10 +581,10 @@ def pair_images(preds: Predictions, gt: GroundTruth) -> Pairing:
     if gt.kind == "labelmaps":
         by_stem: dict[str, list[int]] = {}
         for image in preds.images.values():
-            by_stem.setdefault(fsutil.stem(image.file_name), []).append(image.image_id)
+            by_stem.setdefault(uri_stem(image.file_name), []).append(image.image_id)
         for image_id in sorted(preds.images):
             image = preds.images[image_id]
-            key = fsutil.stem(image.file_name)
+            key = uri_stem(image.file_name)
             if len(by_stem[key]) > 1:
                 ambiguous.add(image.file_name)
             elif key in gt.files:
@@ -550,7 +595,7 @@ def pair_images(preds: Predictions, gt: GroundTruth) -> Pairing:
         missing = [gt.files[k] for k in sorted(gt.files) if k not in used]
         return Pairing(pairs, unpaired, missing, sorted(ambiguous))
     levels = []
-    for fn in (lambda s: s, posixpath.basename, fsutil.stem):
+    for fn in (lambda s: s, posixpath.basename, uri_stem):
         index, dup = _index(
             (fn(str(im.get("file_name", ""))), i) for i, im in gt.coco_images.items()
         )
@@ -642,6 +687,21 @@ def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto")
     return ClassMapping(rule=rule, category_to_class=mapping, unmapped=unmapped)
 
 
+@dataclass
+class EvalPair:
+    """One paired image at ground-truth resolution."""
+
+    image_id: int
+    gt_labels: np.ndarray
+    """(H, W) int32 ground-truth class indices, ``IGNORE`` where not evaluated."""
+    pred_labels: np.ndarray
+    """(H, W) int32 predicted labels (segment or class indices), ``VOID`` where unannotated."""
+    gt_instances: np.ndarray | None = None
+    """(H, W) int32 instance labels (see ``load_instance_map``), COCO ground truth only."""
+    instance_class: np.ndarray | None = None
+    """(n_instances + 1,) class index of each instance label, with ``gt_instances``."""
+
+
 def iter_pairs(
     preds: Predictions,
     gt: GroundTruth,
@@ -649,17 +709,24 @@ def iter_pairs(
     mode: str,
     mapping: ClassMapping | None = None,
     unannotated: str = "background",
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(image_id, gt_labels, pred_labels)`` at ground-truth resolution.
+    instances: bool = False,
+) -> Iterator[EvalPair]:
+    """Yield the paired images (``EvalPair``) at ground-truth resolution.
 
     Args:
         mode: ``segments`` (segment-index predictions) or ``classes`` (class-index predictions).
         mapping: category mapping, required for ``classes``.
         unannotated: ``background`` or ``void``: label of unannotated pixels for ``classes``.
+        instances: also give the instance map (COCO ground truth), decoded once for both maps.
     """
     for image_id, key in pairs:
         image = preds.images[image_id]
-        gt_labels = load_label_map(gt, key)
+        gt_instances = instance_class = None
+        if instances:
+            gt_instances, instance_class = load_instance_map(gt, key)
+            gt_labels = classes_of_instances(gt_instances, instance_class)
+        else:
+            gt_labels = load_label_map(gt, key)
         if mode == "segments":
             pred_labels = rasterize_segments(image)
         else:
@@ -667,4 +734,4 @@ def iter_pairs(
             background = gt.background if unannotated == "background" else None
             pred_labels = rasterize_classes(image, mapping.category_to_class, background)
         pred_labels = resize_nearest(pred_labels, *gt_labels.shape)
-        yield image_id, gt_labels, pred_labels
+        yield EvalPair(image_id, gt_labels, pred_labels, gt_instances, instance_class)

@@ -24,6 +24,8 @@ Protocols (all IoU values are fractions in [0, 1]):
 * ``hungarian_counts`` / ``UnsupervisedAccumulator``: the DiffSeg protocol. Per image, a
   one-to-one assignment of ground-truth classes to predicted segments maximising overlapping
   pixels (``scipy.optimize.linear_sum_assignment``); TP/FP/FN accumulated over the dataset.
+  With instance ground truth (COCO), the rows are the image's instances instead of its
+  classes (``instance_hungarian_counts``), and the counts are summed per class.
 * ``dataset_hungarian_scores``: the same counts with one assignment over the dataset-level
   confusion matrix (PiCIE/STEGO style).
 """
@@ -281,6 +283,26 @@ def hungarian_counts(cm: np.ndarray) -> MatchCounts:
     return MatchCounts(tp=tp, fp=fp, fn=fn, assignment=assignment)
 
 
+def instance_hungarian_counts(
+    cm: np.ndarray, row_class: np.ndarray, num_classes: int
+) -> MatchCounts:
+    """Per-instance Hungarian matching of one image, counts summed per class.
+
+    ``cm`` is ``(R, P + 1)``: one row per ground-truth instance (row 0 the background, see
+    ``labeler.eval.loading.load_instance_map``), void column last. Every row gets a distinct
+    segment as in ``hungarian_counts``; TP/FP/FN of the instances are then added up per class,
+    ``row_class[r]`` being the class of row ``r``. The returned ``assignment`` is per row.
+    """
+    counts = hungarian_counts(cm)
+    tp = np.zeros(num_classes, dtype=np.int64)
+    fp = np.zeros(num_classes, dtype=np.int64)
+    fn = np.zeros(num_classes, dtype=np.int64)
+    np.add.at(tp, row_class, counts.tp)
+    np.add.at(fp, row_class, counts.fp)
+    np.add.at(fn, row_class, counts.fn)
+    return MatchCounts(tp=tp, fp=fp, fn=fn, assignment=counts.assignment)
+
+
 @dataclass
 class UnsupervisedScores:
     """Scores of the DiffSeg unsupervised protocols."""
@@ -328,9 +350,16 @@ class UnsupervisedAccumulator:
         self.fp = np.zeros(self.num_classes, dtype=np.int64)
         self.fn = np.zeros(self.num_classes, dtype=np.int64)
 
-    def add(self, cm: np.ndarray) -> MatchCounts:
-        """Match one image's segments to classes and add its counts."""
-        counts = hungarian_counts(cm)
+    def add(self, cm: np.ndarray, row_class: np.ndarray | None = None) -> MatchCounts:
+        """Match one image's segments to its ground-truth rows and add the counts.
+
+        Rows are classes (``cm`` is ``(K, P + 1)``), or instances when ``row_class`` gives the
+        class of each row (see ``instance_hungarian_counts``).
+        """
+        if row_class is None:
+            counts = hungarian_counts(cm)
+        else:
+            counts = instance_hungarian_counts(cm, row_class, self.num_classes)
         self.tp += counts.tp
         self.fp += counts.fp
         self.fn += counts.fn

@@ -5,6 +5,10 @@
 machine codes in :data:`DECODE_FAILURE_REASONS`. Those codes are written to ``images.parquet``
 (column ``reason``), so they must not change casually.
 
+It is labeler's only image decoder: ``labeler run`` (the shard's input), ``labeler slime fit``
+(:mod:`labeler.methods.slime.data`) and ``labeler preview`` decode with it, so one file gives the
+same pixels everywhere. :func:`apply_orientation` orients arrays drawn in an image's stored frame.
+
 Policies (documented choices)
 -----------------------------
 * **Orientation.** The EXIF ``Orientation`` tag (values 1-8; JPEG, PNG ``eXIf``, WebP, TIFF) is
@@ -64,7 +68,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DecodedImage",
     "ImageDecodeError",
+    "apply_orientation",
     "decode_image",
+    "exif_orientation",
     "has_image_extension",
 ]
 
@@ -288,7 +294,8 @@ def _load(im: Image.Image, data: bytes) -> None:
         raise ImageDecodeError("decode_error", _detail(exc)) from None
 
 
-def _orientation(im: Image.Image) -> int:
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when missing, malformed or out of range."""
     try:
         value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
     except Exception as exc:  # noqa: BLE001 - malformed EXIF must not fail a good image
@@ -407,8 +414,12 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return arr
 
 
-def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation to an (H, W, C) array (same result as Pillow's transpose)."""
+def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an (H, W) or (H, W, C) array (as Pillow's ``exif_transpose``).
+
+    Used for the pixels of an image and, with the image's orientation, for anything drawn in
+    the same stored frame. Returns a C-contiguous array.
+    """
     if orientation == 2:
         arr = arr[:, ::-1]
     elif orientation == 3:
@@ -416,14 +427,26 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     elif orientation == 4:
         arr = arr[::-1]
     elif orientation == 5:  # transpose (swap axes)
-        arr = arr.transpose(1, 0, 2)
+        arr = np.swapaxes(arr, 0, 1)
     elif orientation == 6:  # rotate 90 degrees clockwise
         arr = np.rot90(arr, k=-1)
     elif orientation == 7:  # transverse (swap axes across the anti-diagonal)
-        arr = arr.transpose(1, 0, 2)[::-1, ::-1]
+        arr = np.swapaxes(arr, 0, 1)[::-1, ::-1]
     elif orientation == 8:  # rotate 90 degrees counter-clockwise
         arr = np.rot90(arr, k=1)
     return np.ascontiguousarray(arr)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """An already opened Pillow image as an upright (H, W, 3) ``uint8`` RGB array.
+
+    The same rules as :func:`decode_image` (EXIF orientation, alpha on white, 16-bit scaling),
+    for images that are in memory rather than bytes.
+
+    Raises:
+        ImageDecodeError: the image's mode cannot be converted (``unsupported_mode``).
+    """
+    return _apply_orientation(_to_rgb_array(im), _orientation(im))
 
 
 def decode_image(
@@ -469,7 +492,7 @@ def decode_image(
                 "too_small", f"{width}x{height}: shorter side is below {min_side} pixels"
             )
         _load(im, data)
-        orientation = _orientation(im)
+        orientation = exif_orientation(im)
         try:
             pixels = _to_rgb_array(im)
         except (ImageDecodeError, MemoryError):
@@ -481,7 +504,7 @@ def decode_image(
     finally:
         im.close()
 
-    pixels = _apply_orientation(pixels, orientation)
+    pixels = apply_orientation(pixels, orientation)
     out_h, out_w = pixels.shape[:2]
     return DecodedImage(
         pixels=pixels, width=int(out_w), height=int(out_h), format=fmt, orientation=orientation

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from labeler.methods.label_maps import resize_labels, resize_weights
+
 #: Annotation ids are ``image_id * MAX_LABELS_PER_IMAGE + label``: stable without a global counter.
 MAX_LABELS_PER_IMAGE = 4096
 
@@ -56,18 +58,79 @@ def compact_labels(
     """Renumber the labels present in ``label_map`` to 0..L-1 and score each by mean confidence.
 
     Args:
-        label_map: (H, W) integer map, ``-1`` for no annotation.
+        label_map: (H, W) integer map, negative (``-1``) for no annotation.
         confidence: (H, W) float, the per-pixel confidence of the winning label.
         category_of: category id per original label value; defaults to category 1 for all.
     """
-    valid = label_map >= 0
-    present, inverse = np.unique(label_map[valid], return_inverse=True)
-    compact = np.full(label_map.shape, -1, dtype=np.int32)
-    compact[valid] = inverse
-    sums = np.bincount(
-        inverse, weights=confidence[valid].astype(np.float64), minlength=len(present)
-    )
-    counts = np.bincount(inverse, minlength=len(present))
-    scores = np.clip(sums / np.maximum(counts, 1), 0.0, 1.0)
-    categories = np.ones(len(present), np.int64) if category_of is None else category_of[present]
-    return ImageLabels(compact, categories.astype(np.int64), scores)
+    compact, categories, scores = _compact(label_map, confidence, None, category_of)
+    return ImageLabels(compact, categories, scores)
+
+
+def compact_resized_labels(
+    grid_labels: np.ndarray,
+    grid_confidence: np.ndarray,
+    height: int,
+    width: int,
+    category_of: np.ndarray | None = None,
+) -> ImageLabels:
+    """:func:`compact_labels` of the maps nearest-resized to (height, width), done on the grid.
+
+    The labels are those of ``compact_labels(resize_labels(grid_labels, ...), ...)``; each score
+    is still the mean over the full-resolution pixels, as a mean over grid cells weighted by the
+    pixels each cell becomes (equal up to rounding). Only the compact int32 map is resized.
+
+    Args:
+        grid_labels: (h, w) integer map at the label grid, negative for no annotation.
+        grid_confidence: (h, w) float, the winning label's confidence at the grid.
+        height, width: the original image size.
+        category_of: category id per original label value; defaults to category 1 for all.
+    """
+    weights = None
+    if grid_labels.shape != (height, width):
+        weights = resize_weights(grid_labels.shape, height, width)
+    compact, categories, scores = _compact(grid_labels, grid_confidence, weights, category_of)
+    return ImageLabels(resize_labels(compact, height, width), categories, scores)
+
+
+def _compact(
+    label_map: np.ndarray,
+    confidence: np.ndarray,
+    weights: np.ndarray | None,
+    category_of: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Relabel by a lookup table over the label values (no sort of the map) and score.
+
+    Args:
+        label_map: (h, w) integer map, negative for no annotation.
+        confidence: (h, w) float.
+        weights: (h, w) pixels per cell, or None for one each.
+
+    Returns:
+        the (h, w) int32 compact map, (L,) int64 categories, (L,) float64 scores.
+    """
+    # Bin 0 collects the pixels without annotation; bin v + 1 the label value v.
+    bins = label_map.astype(np.intp).ravel()
+    np.maximum(bins, -1, out=bins)
+    bins += 1
+    bin_values = None
+    if bins.size and bins.max() > max(bins.size, 1 << 16):
+        # Huge label values: rank them first, so the tables stay the size of the map.
+        bin_values, bins = np.unique(bins, return_inverse=True)
+        if bin_values[0] != 0:
+            bin_values, bins = np.concatenate(([0], bin_values)), bins + 1
+    table_size = int(bins.max()) + 1 if bins.size else 1
+    cell_weights = None if weights is None else weights.astype(np.float64).ravel()
+    pixels = np.bincount(bins, weights=cell_weights, minlength=table_size)
+    pixels[0] = 0
+    present = np.flatnonzero(pixels)
+    lookup = np.full(table_size, -1, np.int32)
+    lookup[present] = np.arange(len(present), dtype=np.int32)
+    score_weights = confidence.astype(np.float64).ravel()
+    if cell_weights is not None:
+        score_weights = score_weights * cell_weights
+    sums = np.bincount(bins, weights=score_weights, minlength=table_size)[present]
+    scores = np.clip(sums / np.maximum(pixels[present], 1), 0.0, 1.0)
+    compact = lookup[bins].reshape(label_map.shape)
+    values = (present if bin_values is None else bin_values[present]) - 1
+    categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
+    return compact, categories.astype(np.int64), scores

@@ -1,4 +1,4 @@
-"""Turning decoded images into model input, and label maps back into original resolution."""
+"""Turning decoded images into model input, and the size of the grid labels are computed at."""
 
 from __future__ import annotations
 
@@ -38,16 +38,3 @@ def label_grid_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     """The size at which labels are computed: the original size, scaled down to ``max_side``."""
     scale = min(1.0, max_side / max(height, width))
     return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w) label map to (height, width), half-pixel centres."""
-    if labels.shape == (height, width):
-        return labels
-    rows = np.minimum(
-        ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64), labels.shape[0] - 1
-    )
-    cols = np.minimum(
-        ((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64), labels.shape[1] - 1
-    )
-    return labels[rows[:, None], cols[None, :]]

@@ -189,7 +189,7 @@ def _mirror_remote_dir(uri: str, storage_options: dict) -> Path:
 
     import fsspec
 
-    from labeler.io.inputs import redact_uri
+    from labeler.io.uris import redact_uri
 
     cache = Path(os.environ.get("LABELER_CACHE", Path.home() / ".cache" / "labeler"))
     target = cache / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]

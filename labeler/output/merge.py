@@ -12,7 +12,7 @@ import logging
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output import schema
 
 logger = logging.getLogger(__name__)

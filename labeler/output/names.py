@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from labeler.io.inputs import parse_parquet_row_uri
+from labeler.io.refs import parse_parquet_row_uri
 
 #: Characters kept in a base name taken from a manifest entry; others become ``_``.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
@@ -28,7 +28,7 @@ class ImageNamer:
     """Names images of one collection.
 
     Args:
-        root: the folder input's URI prefix (:func:`labeler.io.inputs.folder_root`), or ``None``
+        root: the folder input's URI prefix (:func:`labeler.io.listing.folder_root`), or ``None``
             for manifests and Parquet files.
     """
 

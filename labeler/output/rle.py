@@ -1,11 +1,28 @@
-"""Label maps to COCO compressed RLE, with area and bbox taken from the mask itself."""
+"""Label maps to COCO compressed RLE, with area and bbox, for every label in one pass.
+
+COCO run-length encoding reads a mask in column-major (Fortran) order and alternates counts of
+0-pixels and 1-pixels, starting with 0s (a leading 0 when the first pixel is set). The compressed
+string form stores each count minus the count two places before it (from the fourth count on),
+as little-endian groups of 5 bits, one character (value + 48) per group, bit 0x20 set while more
+groups follow, and the last group's bit 0x10 carrying the sign.
+
+Instead of one full-image comparison and one encode per label, :func:`encode_label_map` finds
+the runs of equal values once, groups them by label, and builds all labels' counts, strings,
+areas and boxes with array operations; the output is the same, byte for byte, as
+``pycocotools.mask.encode`` / ``area`` / ``toBbox`` applied to each ``label_map == k``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+#: Bits per character of the compressed RLE string, and the offset of its alphabet.
+_GROUP_BITS = 5
+_ALPHABET_START = 48
+#: Characters enough for any int64 count delta.
+_MAX_GROUPS = 13
 
 
 @dataclass(frozen=True)
@@ -13,10 +30,10 @@ class EncodedMask:
     """One binary mask as COCO compressed RLE (JSON-safe) with its area and bbox.
 
     Attributes:
-        counts: the compressed RLE string (pycocotools returns bytes; stored decoded as ASCII).
+        counts: the compressed RLE string (pycocotools' bytes, decoded as ASCII).
         height, width: the mask size (COCO ``size`` is ``[height, width]``).
         area: number of foreground pixels.
-        bbox: ``[x, y, w, h]`` of the foreground, in pixels (floats, as COCO).
+        bbox: ``[x, y, w, h]`` of the foreground, in pixels (floats, as COCO); zeros when empty.
     """
 
     counts: str
@@ -30,23 +47,143 @@ class EncodedMask:
         return {"size": [self.height, self.width], "counts": self.counts}
 
 
-def encode_label_map(label_map: np.ndarray, n_labels: int) -> list[EncodedMask]:
-    """Encode each label value 0..n_labels-1 of an (H, W) map as one RLE mask.
+@dataclass(frozen=True)
+class _Runs:
+    """Runs of one label value in column-major order, grouped by label (ascending).
 
-    Pixels with negative values belong to no mask. Labels that occupy no pixel still get an entry
-    (area 0), so index k always describes label k.
+    Attributes:
+        label: (R,) label of each run, non-decreasing.
+        start, stop: (R,) int64 flat column-major positions, ``stop`` exclusive.
     """
-    encoded = []
-    for label in range(n_labels):
-        binary = np.asfortranarray(label_map == label, dtype=np.uint8)
-        rle = mask_utils.encode(binary)
-        encoded.append(
-            EncodedMask(
-                counts=rle["counts"].decode("ascii"),
-                height=int(rle["size"][0]),
-                width=int(rle["size"][1]),
-                area=int(mask_utils.area(rle)),
-                bbox=[float(value) for value in mask_utils.toBbox(rle)],
-            )
+
+    label: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+
+
+def _label_runs(label_map: np.ndarray, n_labels: int) -> _Runs:
+    """Find the runs of an (H, W) map once, keep those of labels 0..n_labels-1, group by label.
+
+    The map is not transposed: a column-major run changes value either inside a column (a
+    vertical difference) or between the bottom of one column and the top of the next.
+    """
+    height, width = label_map.shape
+    if label_map.size == 0:
+        empty = np.zeros(0, np.int64)
+        return _Runs(empty, empty, empty)
+    rows, cols = np.divmod(np.flatnonzero(label_map[1:] != label_map[:-1]), width)
+    next_cols = np.flatnonzero(label_map[0, 1:] != label_map[-1, :-1])
+    changes = np.sort(np.concatenate((cols * height + rows + 1, (next_cols + 1) * height)))
+    starts = np.concatenate(([0], changes)).astype(np.int64)
+    stops = np.concatenate((changes, [label_map.size])).astype(np.int64)
+    col_of, row_of = np.divmod(starts, height)
+    values = label_map[row_of, col_of]
+    kept = (values >= 0) & (values < n_labels)
+    values, starts, stops = values[kept], starts[kept], stops[kept]
+    # Stable sort by label; on 16-bit keys numpy's stable sort is a radix sort.
+    key = values.astype(np.int16) if n_labels <= np.iinfo(np.int16).max else values
+    order = np.argsort(key, kind="stable")
+    return _Runs(values[order].astype(np.int64), starts[order], stops[order])
+
+
+def _counts(runs: _Runs, n_labels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every label's uncompressed RLE counts, concatenated.
+
+    Returns:
+        counts: (C,) int64, label 0's counts, then label 1's, ...
+        offsets: (n_labels + 1,) int64, label k's counts are ``counts[offsets[k]:offsets[k+1]]``.
+    """
+    per_label = np.bincount(runs.label, minlength=n_labels)
+    first = np.concatenate(([0], np.cumsum(per_label)))  # first run of each label
+    rank = np.arange(len(runs.label)) - first[runs.label]
+    previous_stop = np.zeros_like(runs.stop)
+    previous_stop[1:] = runs.stop[:-1]
+    previous_stop[rank == 0] = 0
+    last_stop = np.zeros(n_labels, np.int64)
+    has_runs = per_label > 0
+    last_stop[has_runs] = runs.stop[first[1:][has_runs] - 1]
+    # pycocotools ends with the trailing 0s, or with the last 1s when the mask ends set.
+    trailing = (last_stop < size) | ~has_runs
+    offsets = np.concatenate(([0], np.cumsum(2 * per_label + trailing)))
+    counts = np.empty(offsets[-1], np.int64)
+    at = offsets[runs.label] + 2 * rank
+    counts[at] = runs.start - previous_stop
+    counts[at + 1] = runs.stop - runs.start
+    counts[offsets[:-1][trailing] + 2 * per_label[trailing]] = size - last_stop[trailing]
+    return counts, offsets
+
+
+def _compress(counts: np.ndarray, offsets: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The compressed string form of concatenated counts.
+
+    Returns:
+        text: all labels' strings, concatenated (ASCII).
+        char_offsets: (n_labels + 1,) int64, label k's string is ``text[char_offsets[k]:...]``.
+    """
+    n_labels = len(offsets) - 1
+    label = np.repeat(np.arange(n_labels), np.diff(offsets))
+    index = np.arange(len(counts)) - offsets[label]
+    values = counts.copy()
+    delta = index > 2
+    values[delta] -= counts[np.flatnonzero(delta) - 2]
+    groups = np.ones(len(values), np.int64)
+    for extra in range(1, _MAX_GROUPS):
+        limit = 1 << (_GROUP_BITS * extra - 1)
+        groups += (values < -limit) | (values >= limit)
+    ends = np.cumsum(groups)
+    owner = np.repeat(np.arange(len(values)), groups)
+    position = np.arange(ends[-1] if len(ends) else 0) - (ends - groups)[owner]
+    chars = (values[owner] >> (_GROUP_BITS * position)) & 0x1F
+    chars |= np.where(position < groups[owner] - 1, 0x20, 0)
+    chars += _ALPHABET_START
+    char_offsets = np.concatenate(([0], ends))[offsets]
+    return chars.astype(np.uint8).tobytes(), char_offsets
+
+
+def _areas_and_boxes(runs: _Runs, n_labels: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per label: the pixel count and the ``[x, y, w, h]`` box of its runs (zeros when empty)."""
+    areas = np.zeros(n_labels, np.int64)
+    np.add.at(areas, runs.label, runs.stop - runs.start)
+    boxes = np.zeros((n_labels, 4), np.int64)
+    if not len(runs.label):
+        return areas, boxes
+    x_first, y_first = np.divmod(runs.start, height)
+    x_last, y_last = np.divmod(runs.stop - 1, height)
+    wraps = x_last > x_first  # a run over a column boundary covers every row
+    y_first = np.where(wraps, 0, y_first)
+    y_last = np.where(wraps, height - 1, y_last)
+    group_starts = np.flatnonzero(np.r_[True, runs.label[1:] != runs.label[:-1]])
+    present = runs.label[group_starts]
+    x_min = np.minimum.reduceat(x_first, group_starts)
+    x_max = np.maximum.reduceat(x_last, group_starts)
+    y_min = np.minimum.reduceat(y_first, group_starts)
+    y_max = np.maximum.reduceat(y_last, group_starts)
+    boxes[present] = np.stack([x_min, y_min, x_max - x_min + 1, y_max - y_min + 1], axis=1)
+    return areas, boxes
+
+
+def encode_label_map(label_map: np.ndarray, n_labels: int) -> list[EncodedMask]:
+    """Encode each label value 0..n_labels-1 of an (H, W) integer map as one RLE mask.
+
+    Pixels with values outside 0..n_labels-1 (``-1``: no annotation) belong to no mask. Labels
+    that occupy no pixel still get an entry (area 0), so index k always describes label k.
+    """
+    if label_map.ndim != 2:
+        raise ValueError(f"label_map must be (H, W), got {label_map.shape}")
+    height, width = label_map.shape
+    runs = _label_runs(label_map, n_labels)
+    counts, offsets = _counts(runs, n_labels, height * width)
+    text, char_offsets = _compress(counts, offsets)
+    areas, boxes = _areas_and_boxes(runs, n_labels, height)
+    strings = text.decode("ascii")
+    bbox_values = boxes.astype(np.float64).tolist()
+    return [
+        EncodedMask(
+            counts=strings[char_offsets[label] : char_offsets[label + 1]],
+            height=height,
+            width=width,
+            area=int(area),
+            bbox=bbox_values[label],
         )
-    return encoded
+        for label, area in enumerate(areas.tolist())
+    ]

@@ -8,9 +8,12 @@ listed. ``only_failed`` lists failures only. Files written (any fsspec URI):
 * ``<out>/overlays/failed_<rank>.jpg``: plain thumbnail of a failed image's source, when readable;
 * ``<out>/index.html``: the gallery, linking to the files above with relative paths.
 
-A source image that cannot be read does not stop the preview: its masks are drawn on a gray
-canvas and the card says why. A source whose size differs from the recorded ``width``/``height``
-is EXIF-transposed when that fixes it, else resized to the recorded size (noted on the card).
+Sources are read and decoded exactly as ``labeler run`` reads them (:mod:`labeler.io.reading`
+and :func:`labeler.io.decode.decode_image`: files or rows of a Parquet file of image bytes,
+upright, alpha on white), with the same storage options. A source image that cannot be read does
+not stop the preview: its masks are drawn on a gray canvas and the card says why. A source whose
+upright size differs from the recorded ``width``/``height`` (changed since the run) is resized to
+the recorded size (noted on the card). Everything is written through :class:`labeler.io.folders.Folder`.
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from labeler.eval import fsutil
 from labeler.eval.loading import (
+    EvalInputError,
     ImageRecord,
     Predictions,
     PredImage,
     decode_segmentation,
     load_predictions,
 )
+from labeler.io.decode import decode_image
+from labeler.io.folders import Folder
+from labeler.io.reading import read_image_bytes
+from labeler.io.uris import join_uri
 from labeler.preview.gallery import CategoryCount, GalleryItem, GallerySummary, render_gallery
 from labeler.preview.overlay import (
     RGB,
@@ -59,26 +66,21 @@ class PreviewResult:
     summary: GallerySummary
 
 
+def _decode_source(uri: str, storage_options: dict | None) -> Image.Image:
+    """The source image at ``uri`` (a file or a Parquet row URI), upright RGB, as the run saw it."""
+    data = read_image_bytes(uri, storage_options=storage_options)
+    return Image.fromarray(decode_image(data, min_side=1).pixels)
+
+
 def _load_source(
-    uri: str, width: int, height: int, max_size: int | None
+    uri: str, width: int, height: int, max_size: int | None, storage_options: dict | None
 ) -> tuple[Image.Image, str | None]:
     """Source image at the display size of (width, height); returns (image, note)."""
     target = display_size(width, height, max_size)
-    img = Image.open(io.BytesIO(fsutil.read_bytes(uri)))
+    img = _decode_source(uri, storage_options)
     note = None
-    original = img.size
-    img.draft("RGB", target)  # JPEG decodes at a reduced scale; a no-op for other formats
-    if original != (width, height):
-        transposed = ImageOps.exif_transpose(img)
-        if (
-            transposed is not None
-            and (original[1], original[0]) == (width, height)
-            and transposed.size != img.size
-        ):
-            img = transposed
-        else:
-            note = f"source is {original[0]}x{original[1]}, recorded size {width}x{height}: resized"
-    img = img.convert("RGB")
+    if img.size != (width, height):
+        note = f"source is {img.width}x{img.height}, recorded size {width}x{height}: resized"
     if img.size != target:
         img = img.resize(target, Image.BILINEAR)
     return img, note
@@ -127,10 +129,11 @@ def _render_labeled(
     record: ImageRecord,
     image: PredImage | None,
     rank: int,
-    out_uri: str,
+    out: Folder,
     colors: dict[int, RGB],
     max_size: int,
     alpha: float,
+    storage_options: dict | None,
 ) -> GalleryItem:
     uri = image.uri if image is not None else record.uri
     if image is None:
@@ -140,7 +143,7 @@ def _render_labeled(
     masks, legend, categories = _layers(preds, image, colors)
     notes = []
     try:
-        source, note = _load_source(uri, image.width, image.height, max_size)
+        source, note = _load_source(uri, image.width, image.height, max_size, storage_options)
         if note:
             notes.append(note)
     except Exception as exc:  # noqa: BLE001 - any read/decode failure: draw on gray
@@ -152,7 +155,7 @@ def _render_labeled(
     ]
     overlay = render_overlay(source, drawn, legend, alpha=alpha, max_size=max_size)
     name = f"overlays/{rank:05d}_{image.image_id}.jpg"
-    fsutil.write_bytes(fsutil.join(out_uri, name), _encode_jpeg(overlay))
+    out.write_bytes(name, _encode_jpeg(overlay))
     if record.n_annotations is not None and int(record.n_annotations) != len(image.annotations):
         notes.append(f"images.parquet says {record.n_annotations} annotations")
     return GalleryItem(
@@ -168,17 +171,17 @@ def _render_labeled(
     )
 
 
-def _render_failed(record: ImageRecord, rank: int, out_uri: str) -> GalleryItem:
+def _render_failed(
+    record: ImageRecord, rank: int, out: Folder, storage_options: dict | None
+) -> GalleryItem:
     item = GalleryItem(record.image_id, record.uri, "failed", reason=record.reason)
     try:
-        img = Image.open(io.BytesIO(fsutil.read_bytes(record.uri)))
-        img.draft("RGB", (FAILED_THUMB_SIZE, FAILED_THUMB_SIZE))
-        img = img.convert("RGB")
+        img = _decode_source(record.uri, storage_options)
         img.thumbnail((FAILED_THUMB_SIZE, FAILED_THUMB_SIZE))
     except Exception:  # noqa: BLE001 - an unreadable source just gets no thumbnail
         return item
     name = f"overlays/failed_{rank:05d}.jpg"
-    fsutil.write_bytes(fsutil.join(out_uri, name), _encode_jpeg(img))
+    out.write_bytes(name, _encode_jpeg(img))
     item.href, item.width, item.height = name, img.width, img.height
     return item
 
@@ -199,6 +202,7 @@ def build_preview(
     alpha: float = 0.45,
     seed: int | None = None,
     workers: int = 4,
+    storage_options: dict | None = None,
 ) -> PreviewResult:
     """Write overlays and ``index.html`` for the output at ``output_uri``.
 
@@ -211,15 +215,15 @@ def build_preview(
         alpha: mask fill opacity.
         seed: pick a seeded random sample instead of the first ``n``.
         workers: threads rendering overlays (reads are I/O bound).
+        storage_options: fsspec options (endpoint, credentials) for the output, the sources
+            and ``out_uri``, as for ``labeler run``.
     """
-    preds = load_predictions(output_uri, require_coco=False)
+    preds = load_predictions(output_uri, require_coco=False, storage_options=storage_options)
     if not preds.records and not preds.images:
-        from labeler.eval.loading import EvalInputError
-
         raise EvalInputError(
             f"no images.parquet or coco.json in {output_uri}: is it the --output of a labeler run?"
         )
-    out_uri = out_uri or fsutil.join(output_uri, "preview")
+    out = Folder(out_uri or join_uri(output_uri, "preview"), storage_options)
     colors = category_colors(list(preds.categories))
     by_uri = {im.uri: im for im in preds.images.values()}
 
@@ -254,7 +258,8 @@ def build_preview(
             labeled_items = list(
                 pool.map(
                     lambda job: _render_labeled(
-                        preds, job[1], find(job[1]), job[0], out_uri, colors, max_size, alpha
+                        preds, job[1], find(job[1]), job[0], out, colors, max_size, alpha,
+                        storage_options,
                     ),
                     enumerate(chosen),
                 )
@@ -262,12 +267,15 @@ def build_preview(
     failed_chosen = _select(failed_records, n, seed)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         failed_items = list(
-            pool.map(lambda job: _render_failed(job[1], job[0], out_uri), enumerate(failed_chosen))
+            pool.map(
+                lambda job: _render_failed(job[1], job[0], out, storage_options),
+                enumerate(failed_chosen),
+            )
         )
 
     page = render_gallery(summary, labeled_items, failed_items, show_labeled=not only_failed)
-    index_uri = fsutil.join(out_uri, "index.html")
-    fsutil.write_text(index_uri, page)
+    out.write_bytes("index.html", page.encode("utf-8"))
+    index_uri = out.uri_of("index.html")
     return PreviewResult(
         index_uri=index_uri, labeled=labeled_items, failed=failed_items, summary=summary
     )

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from labeler.eval.loading import EvalInputError
+from labeler.io.uris import InputError
 from labeler.preview.build import build_preview
 
 EXIT_OK = 0
@@ -70,7 +71,7 @@ def run_preview(args: argparse.Namespace) -> int:
             seed=args.seed,
             workers=args.workers,
         )
-    except (EvalInputError, FileNotFoundError) as exc:
+    except (EvalInputError, FileNotFoundError, InputError) as exc:
         sys.stderr.write(f"labeler preview: error: {exc}\n")
         return EXIT_BAD_INPUT
     s = result.summary

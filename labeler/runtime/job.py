@@ -1,7 +1,8 @@
 """The driver of ``labeler run``: claim the output, plan, process pending shards on Ray, merge.
 
 Re-running the same command resumes: completed shards (those with a marker under ``run/done/``)
-are skipped. Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
+are skipped, and images the input gained since the plan was made are appended as new shards
+(:func:`labeler.runtime.plan.extend_plan`). Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
 failing is recorded under ``run/failed/`` and the run then ends without merging, with a non-zero
 status, so a re-run retries exactly those shards.
 """
@@ -14,11 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.io.inputs import InputError, folder_root, iter_inputs
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
+from labeler.io.listing import folder_root, iter_inputs
+from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
-from labeler.runtime.plan import plan_run
+from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.progress import DriverProgress
 from labeler.runtime.ray_executor import ExecutionReport, execute_shards
 from labeler.runtime.run_folder import RunFolder
@@ -43,6 +45,10 @@ class RunSummary:
     worker_deaths: int = 0
     retries: int = 0
     images_per_second: float | None = None
+    new_images: int = 0
+    """Images the input gained since the previous run on this output (labeled by this one)."""
+    removed_images: int = 0
+    """Images of an earlier run that the input no longer lists (kept in the output)."""
 
     @property
     def complete(self) -> bool:
@@ -73,7 +79,12 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
         items = input_items(config, storage_options)  # fails before the output is touched
         image_root = folder_root(config.input, storage_options=storage_options)
         resumed = run.claim(config, image_root=image_root)
-        plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
+        changes = PlanChanges()
+        if run.has_plan():
+            plan, changes = extend_plan(run, items, config.shard_size, ImageNamer(image_root))
+            _report_changes(changes, output.uri)
+        else:
+            plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
     except InputError as error:
         raise ValueError(str(error)) from error
     shard_ids = [shard["shard_id"] for shard in plan["shards"]]
@@ -107,8 +118,23 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
         worker_deaths=report.worker_deaths,
         retries=report.retries,
         images_per_second=events.rate(),
+        new_images=changes.new_images,
+        removed_images=changes.removed_images,
         **counts,
     )
+
+
+def _report_changes(changes: PlanChanges, output: str) -> None:
+    if changes.new_images:
+        logger.info("%d new images in the input since the last run on %s: labeling them (%d new "
+                    "shards, image ids from %d)", changes.new_images, output,
+                    len(changes.new_shards), changes.new_shards[0]["first_image_id"])
+    elif changes.checked:
+        logger.info("no new images in the input since the last run on %s", output)
+    if changes.removed_images:
+        logger.warning("%d images of the earlier run are no longer in the input (kept in the "
+                       "output): %s%s", changes.removed_images, ", ".join(changes.removed_examples),
+                       ", ..." if changes.removed_images > len(changes.removed_examples) else "")
 
 
 def _run_id(output: Folder) -> str:

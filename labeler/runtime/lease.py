@@ -30,7 +30,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,24 @@
-"""Planning: enumerate the collection once, cut it into shards, write the manifest.
+"""Planning: enumerate the collection, cut it into shards, write the manifest.
 
 Listing is streamed: shards are written as soon as they fill (a few at a time, concurrently, for
 object stores), so memory stays bounded by a few shards whatever the collection size; the plan
 itself keeps one small record per shard. Image ids are 1-based positions in the collection order;
 shard ids are hashes of the shard's URIs (content, not position).
+
+On resume the input is listed again (:func:`extend_plan`): images it did not hold before are
+appended as new shards, with ids after the existing ones, in collection order; the existing
+shards, their ids and their manifests are left as they are, and images no longer listed are
+reported, not removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from labeler.runtime.run_folder import RunFolder
 
@@ -31,18 +37,23 @@ def shard_id_for(uris: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Removed images named in the resume report.
+REMOVED_EXAMPLES = 5
+
+
 def cut_into_shards(
-    items: Iterable[dict], shard_size: int, name: Callable[[str, int], str] | None = None
+    items: Iterable[dict], shard_size: int, name: Callable[[str, int], str] | None = None,
+    first_image_id: int = 1,
 ) -> Iterator[list[dict]]:
     """Group input items (dicts with at least ``uri``) into shards of at most ``shard_size``.
 
-    Each item gets its ``image_id``: its 1-based position in the collection, and, with ``name``
-    (``(uri, image_id) -> file_name``, e.g. :class:`labeler.output.names.ImageNamer`), its
-    ``file_name``.
+    Each item gets its ``image_id``: its 1-based position in the collection (counted from
+    ``first_image_id``), and, with ``name`` (``(uri, image_id) -> file_name``, e.g.
+    :class:`labeler.output.names.ImageNamer`), its ``file_name``.
     """
     shard: list[dict] = []
     for position, item in enumerate(items):
-        entry = {**item, "image_id": position + 1}
+        entry = {**item, "image_id": first_image_id + position}
         if name is not None:
             entry["file_name"] = name(entry["uri"], entry["image_id"])
         shard.append(entry)
@@ -51,6 +62,31 @@ def cut_into_shards(
             shard = []
     if shard:
         yield shard
+
+
+def _write_shards(
+    run: RunFolder, entries_of_shards: Iterable[list[dict]], seen: set[str]
+) -> list[dict]:
+    """Write each shard's manifest (a few concurrently); return the plan records, in order."""
+    shards = []
+    writes: deque[Future] = deque()
+    writers = 1 if run.output.is_local else MANIFEST_WRITERS  # local disk: threads only add GIL
+    with ThreadPoolExecutor(writers, thread_name_prefix="labeler-plan") as pool:
+        for entries in entries_of_shards:
+            shard_id = shard_id_for([entry["uri"] for entry in entries])
+            if shard_id in seen:  # a manifest that repeats a whole shard's URIs
+                shard_id = shard_id_for([f"{entry['image_id']}:{entry['uri']}" for entry in entries])
+            seen.add(shard_id)
+            writes.append(pool.submit(run.write_manifest, shard_id, entries))
+            while len(writes) > 2 * writers:  # bounded: a few shards in memory
+                writes.popleft().result()
+            shards.append(
+                {"shard_id": shard_id, "n_images": len(entries),
+                 "first_image_id": entries[0]["image_id"]}
+            )
+        for write in writes:
+            write.result()
+    return shards
 
 
 def plan_run(
@@ -65,27 +101,77 @@ def plan_run(
     """
     if run.has_plan():
         return run.read_plan()
-    shards = []
-    seen: set[str] = set()
-    writes: deque[Future] = deque()
-    writers = 1 if run.output.is_local else MANIFEST_WRITERS  # local disk: threads only add GIL
-    with ThreadPoolExecutor(writers, thread_name_prefix="labeler-plan") as pool:
-        for entries in cut_into_shards(items, shard_size, name):
-            shard_id = shard_id_for([entry["uri"] for entry in entries])
-            if shard_id in seen:  # a manifest that repeats a whole shard's URIs
-                shard_id = shard_id_for([f"{entry['image_id']}:{entry['uri']}" for entry in entries])
-            seen.add(shard_id)
-            writes.append(pool.submit(run.write_manifest, shard_id, entries))
-            while len(writes) > 2 * writers:  # bounded: a few shards in memory
-                writes.popleft().result()
-            shards.append(
-                {"shard_id": shard_id, "n_images": len(entries),
-                 "first_image_id": entries[0]["image_id"]}
-            )
-        for write in writes:
-            write.result()
+    shards = _write_shards(run, cut_into_shards(items, shard_size, name), set())
     if not shards:
         raise ValueError("the input holds no images")
     run.write_plan(shards)
     logger.info("planned %d images in %d shards", sum(s["n_images"] for s in shards), len(shards))
     return run.read_plan()
+
+
+@dataclass
+class PlanChanges:
+    """What re-listing the input on resume found (see :func:`extend_plan`)."""
+
+    new_images: int = 0
+    new_shards: list[dict] = field(default_factory=list)
+    """Plan records of the shards appended for the new images."""
+    removed_images: int = 0
+    """Images of the plan that the input no longer lists (kept in the output)."""
+    removed_examples: list[str] = field(default_factory=list)
+    checked: bool = True
+    """False when a manifest could not be read, so new images could not be told apart."""
+
+
+def extend_plan(
+    run: RunFolder, items: Iterable[dict], shard_size: int,
+    name: Callable[[str, int], str] | None = None,
+) -> tuple[dict, PlanChanges]:
+    """Append the images the input gained since the plan was made; return the plan and changes.
+
+    ``items`` is the current listing, in collection order. An item is new when its URI is not
+    in the existing manifests (counted, so a manifest listing one URI twice stays consistent).
+    New images get ids after the plan's last id, in collection order, and are cut into new
+    shards; existing shards are not rewritten. Plan URIs missing from the listing are reported.
+    """
+    plan = run.read_plan()
+    try:
+        known = _known_uris(run, [shard["shard_id"] for shard in plan["shards"]])
+    except Exception as error:  # noqa: BLE001 - reported, the resume goes on without the check
+        logger.warning("new images not looked for: a manifest of %s is unreadable (%s)",
+                       run.output.uri, error)
+        return plan, PlanChanges(checked=False)
+    last_id = max((s["first_image_id"] + s["n_images"] - 1 for s in plan["shards"]), default=0)
+
+    def unseen() -> Iterator[dict]:
+        for item in items:
+            if known[item["uri"]] > 0:
+                known[item["uri"]] -= 1
+            else:
+                yield item
+
+    seen = {shard["shard_id"] for shard in plan["shards"]}
+    new_shards = _write_shards(
+        run, cut_into_shards(unseen(), shard_size, name, first_image_id=last_id + 1), seen
+    )
+    removed = [uri for uri, count in known.items() for _ in range(count)]
+    changes = PlanChanges(
+        new_images=sum(s["n_images"] for s in new_shards),
+        new_shards=new_shards,
+        removed_images=len(removed),
+        removed_examples=removed[:REMOVED_EXAMPLES],
+    )
+    if new_shards:
+        run.write_plan(plan["shards"] + new_shards)
+        plan = run.read_plan()
+    return plan, changes
+
+
+def _known_uris(run: RunFolder, shard_ids: list[str]) -> Counter[str]:
+    """How many times each URI appears in the given shards' manifests (read concurrently)."""
+    known: Counter[str] = Counter()
+    writers = 1 if run.output.is_local else MANIFEST_WRITERS
+    with ThreadPoolExecutor(writers, thread_name_prefix="labeler-plan") as pool:
+        for entries in pool.map(run.read_manifest, shard_ids):
+            known.update(entry["uri"] for entry in entries)
+    return known

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labeler.config import JobConfig
-from labeler.io.inputs import redact_uri
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
+from labeler.io.uris import redact_uri
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import (
     READY,

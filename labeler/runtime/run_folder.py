@@ -25,8 +25,8 @@ import time
 
 from labeler import __version__
 from labeler.config import JobConfig, settings_difference
-from labeler.io.inputs import RetryPolicy
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
+from labeler.io.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class RunFolder:
         return f"run/shards/{shard_id}/{name}"
 
     def write_part(self, shard_id: str, name: str, data: bytes) -> None:
-        """Commit one of the shard's parts (atomically: see :class:`~labeler.io.storage.Folder`)."""
+        """Commit one of the shard's parts (atomically: see :class:`~labeler.io.folders.Folder`)."""
         self._write(self.shard_part(shard_id, name), data)
 
     def is_done(self, shard_id: str) -> bool:

@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.io.decode import ImageDecodeError, decode_image
-from labeler.io.inputs import InputRef, read_many
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
+from labeler.io.reading import read_many
+from labeler.io.refs import InputRef
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
 from labeler.output import schema
 from labeler.output.rle import encode_label_map

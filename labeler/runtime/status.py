@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.runtime.run_folder import RunFolder
 
 #: A running driver rewrites its heartbeat every 10 s; this much silence means it is gone.

@@ -1,9 +1,15 @@
 """Annotated images for SLiMe fitting: loading, pairing, and the reference augmentations.
 
-Images and masks are read through fsspec (local paths or URIs; a folder, searched recursively, or
-a single file). A mask is a label map with values 0..K-1 (0 = background): a single-channel PNG
-(8/16-bit grey or palette indices) or a ``.npy`` integer array (read with
-``allow_pickle=False``). Masks pair with images by file stem.
+Images and masks are listed and read through :mod:`labeler.io` like ``labeler run``'s inputs
+(local paths or any fsspec URI, storage options and retries; a folder, searched recursively with
+hidden files skipped, or a single file). Images are decoded by :func:`labeler.io.decode.decode_image`,
+so fit and run see the same pixels: EXIF orientation applied, alpha composited on white. A mask
+is a label map with values 0..K-1 (0 = background): a single-channel PNG (8/16-bit grey or
+palette indices) or a ``.npy`` integer array (read with ``allow_pickle=False``); it is never
+colour-converted. Masks pair with images by file stem and are taken in the frame of the upright
+image (as viewers show it): the image's EXIF orientation is not applied to its mask (a PNG mask's
+own EXIF orientation is). A mask that has the size of the image as stored, not as shown, is
+refused with a message saying so.
 
 The augmentations follow the reference's training pipeline (``shared/reference/slime.md`` §2.2),
 driven by one seeded ``torch.Generator``: resize to the fit size, horizontal flip (p=0.5),
@@ -24,7 +30,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
+
+from labeler.io.decode import (
+    DecodedImage,
+    ImageDecodeError,
+    apply_orientation,
+    decode_image,
+    exif_orientation,
+)
+from labeler.io.listing import list_files
+from labeler.io.reading import read_file
+from labeler.io.uris import split_uri_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -52,24 +70,6 @@ class AnnotatedImage:
 # --------------------------------------------------------------------------------------------
 # Loading and pairing.
 # --------------------------------------------------------------------------------------------
-
-
-def list_files(uri: str, extensions: tuple[str, ...], storage_options: dict | None = None) -> list[str]:
-    """Files under ``uri`` (a folder, recursively, or one file) with one of ``extensions``."""
-    import fsspec
-
-    from labeler.io.inputs import redact_uri
-
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    if fs.isfile(root):
-        paths = [root]
-    elif fs.isdir(root):
-        paths = sorted(fs.find(root))
-    else:
-        raise FileNotFoundError(f"{redact_uri(uri)} does not exist")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    keep = [path for path in paths if path.lower().endswith(extensions)]
-    return [path if protocol in ("file", "local") else fs.unstrip_protocol(path) for path in keep]
 
 
 def _stem(path: str) -> str:
@@ -118,7 +118,10 @@ def pair_files(image_files: list[str], mask_files: list[str]) -> list[tuple[str,
 
 
 def decode_mask(data: bytes, name: str) -> np.ndarray:
-    """A label map from PNG (grey, 16-bit or palette) or ``.npy`` bytes, as (H, W) int64."""
+    """A label map from PNG (grey, 16-bit or palette) or ``.npy`` bytes, as (H, W) int64.
+
+    A PNG's own EXIF orientation is applied (as for images); values are never converted.
+    """
     if name.lower().endswith(".npy"):
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
@@ -131,28 +134,48 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
                 return array.astype(np.int64)
             raise ValueError(f"mask {name} must be a 2-D integer label map, got {array.dtype} {array.shape}")
         return array.astype(np.int64)
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as image:
+        orientation = exif_orientation(image)
         if image.mode in ("L", "P", "I", "I;16", "I;16B", "1"):
-            return np.array(image).astype(np.int64)
+            return apply_orientation(np.array(image).astype(np.int64), orientation)
         array = np.array(image.convert("RGB"))
     if np.all(array == array[..., :1]):
-        return array[..., 0].astype(np.int64)
+        return apply_orientation(array[..., 0].astype(np.int64), orientation)
     raise ValueError(
         f"mask {name} is a colour image; masks must be single-channel label maps (values 0..K-1)"
     )
 
 
-def decode_rgb(data: bytes, name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB pixels of an image file, as stored (no EXIF rotation)."""
-    from PIL import Image, UnidentifiedImageError
+def decode_rgb(data: bytes, name: str) -> DecodedImage:
+    """Decode an image file exactly as ``labeler run`` does (upright, alpha on white).
 
+    Returns:
+        the decoded image: ``pixels`` (H, W, 3) uint8 RGB, upright.
+
+    Raises:
+        ValueError: the bytes are not a readable image (the reason names the file).
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
+        return decode_image(data, min_side=1)
+    except ImageDecodeError as error:
         raise ValueError(f"{name} is not a readable image: {error}") from error
+
+
+def _check_frame(stem: str, image: DecodedImage, mask: np.ndarray) -> None:
+    """Refuse a mask whose size is not the upright image's, naming a stored-frame mask."""
+    if mask.shape == (image.height, image.width):
+        return
+    if image.orientation >= 5 and mask.shape == (image.width, image.height):
+        raise ValueError(
+            f"{stem}: mask is {mask.shape[1]}x{mask.shape[0]}, the size of the image as stored, "
+            f"but the image has EXIF orientation {image.orientation} and is read upright as "
+            f"{image.width}x{image.height}: masks are taken in the upright frame (as viewers "
+            "show the image); rotate the mask the same way"
+        )
+    raise ValueError(
+        f"{stem}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+        f"{image.width}x{image.height} (width x height)"
+    )
 
 
 def load_annotated(
@@ -160,27 +183,29 @@ def load_annotated(
 ) -> list[AnnotatedImage]:
     """Read and check every annotated image.
 
+    Args:
+        images, masks: folders (searched recursively) or files; local paths or fsspec URIs.
+            Credentials embedded in them are moved to the storage options.
+        num_classes: K, mask values must be in 0..K-1.
+        storage_options: fsspec options (endpoint, credentials) for both.
+
     Raises:
+        FileNotFoundError: ``images`` or ``masks`` does not exist.
         ValueError: unpaired files, unreadable files, size mismatches, mask values outside
             0..K-1.
     """
-    import fsspec
-
-    pairs = pair_files(list_files(images, IMAGE_EXTENSIONS, storage_options),
-                       list_files(masks, MASK_EXTENSIONS, storage_options))
+    image_uri, image_options = _with_credentials(images, storage_options)
+    mask_uri, mask_options = _with_credentials(masks, storage_options)
+    pairs = pair_files(list_files(image_uri, IMAGE_EXTENSIONS, storage_options=image_options),
+                       list_files(mask_uri, MASK_EXTENSIONS, storage_options=mask_options))
     loaded = []
     for stem, image_path, mask_path in pairs:
-        with fsspec.open(image_path, "rb", **(storage_options or {})) as handle:
-            image_bytes = handle.read()
-        with fsspec.open(mask_path, "rb", **(storage_options or {})) as handle:
-            mask_bytes = handle.read()
-        image = decode_rgb(image_bytes, posixpath.basename(image_path))
+        image_bytes = read_file(image_path, image_options)
+        mask_bytes = read_file(mask_path, mask_options)
+        decoded = decode_rgb(image_bytes, posixpath.basename(image_path))
         mask = decode_mask(mask_bytes, posixpath.basename(mask_path))
-        if mask.shape != image.shape[:2]:
-            raise ValueError(
-                f"{stem}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                f"{image.shape[1]}x{image.shape[0]} (width x height)"
-            )
+        _check_frame(stem, decoded, mask)
+        image = decoded.pixels
         if mask.min() < 0 or mask.max() >= num_classes:
             raise ValueError(
                 f"{stem}: mask values must be 0..{num_classes - 1} for {num_classes} classes, found "
@@ -190,6 +215,12 @@ def load_annotated(
         loaded.append(AnnotatedImage(stem, image, mask, digest))
     logger.info("loaded %d annotated images", len(loaded))
     return loaded
+
+
+def _with_credentials(uri: str, storage_options: dict | None) -> tuple[str, dict]:
+    """``uri`` without embedded credentials, and the storage options with them added."""
+    clean, credentials = split_uri_credentials(uri)
+    return clean, {**(storage_options or {}), **credentials}
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class EmbeddingSet:
             then only the embedding width is checked).
         prompt: the prompt whose text-encoder output gives the fixed rows (BOS, rows >= K).
         layers: ``{"cross": [...], "self": [...]}`` layer selectors
-            (see :func:`labeler.methods.slime.resolve_layers`).
+            (see :func:`labeler.attention.layers.resolve_layers`).
         channel_order: ``rgb`` or ``bgr``: what the VAE saw during the fit.
         inference: inference settings (a subset of :class:`labeler.methods.slime.SlimeOptions`).
         fit: fit settings and provenance.
@@ -233,7 +233,7 @@ class EmbeddingSet:
         """Read a set from a local path or fsspec URI."""
         import fsspec
 
-        from labeler.io.inputs import redact_uri
+        from labeler.io.uris import redact_uri
 
         try:
             with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
@@ -431,6 +431,6 @@ def import_official(
 
 
 def _redacted(uri: str) -> str:
-    from labeler.io.inputs import redact_uri
+    from labeler.io.uris import redact_uri
 
     return redact_uri(uri)

@@ -4,14 +4,18 @@ cross-attention class maps, WAS, per-class rescale, argmax)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labeler.methods.base import ImageLabels, compact_labels
+from labeler.attention.hooks import AttentionHooks
+from labeler.attention.layers import resolve_layers
+from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
+from labeler.methods.base import ImageLabels
+from labeler.methods.device_labels import compact_device_labels
+from labeler.methods.label_maps import resize_labels
 from labeler.methods.slime.algorithm import (
     REFERENCE_CANVAS,
     SlimeOptions,
@@ -21,7 +25,6 @@ from labeler.methods.slime.algorithm import (
     inference_class_values,
     patch_grid,
     postprocess_patch,
-    resolve_layers,
 )
 
 
@@ -34,6 +37,9 @@ class Slime:
         options: inference settings; None = the set's recorded inference settings.
         seed: the job seed. Noise and VAE samples are drawn per patch from a generator seeded by
             (seed, image content, patch index), so an image's labels do not depend on the batch.
+
+    The SLiMe processors are installed on the UNet once, here; each UNet pass resets their
+    store. :meth:`close` puts the UNet's own processors back.
     """
 
     def __init__(self, backbone, embedding_set, options: SlimeOptions | None = None, seed: int = 0) -> None:
@@ -55,7 +61,15 @@ class Slime:
                                 self.options.cover_edges)
         self.context = embedding_set.conditioning(backbone)  # (1, 77, D) in the model dtype
         self.categories = embedding_set.categories()
+        self._kept: list[Tensor] = []  # the class gate of the current UNet pass
+        self.store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
+                                         self._class_values, self.options.was_impl)
+        self.hooks = AttentionHooks(backbone.unet, slime_processors(self.store))
         self.timer = StageTimer()
+
+    def close(self) -> None:
+        """Give the UNet its original attention processors back."""
+        self.hooks.restore()
 
     def provenance(self) -> dict:
         return {
@@ -76,18 +90,21 @@ class Slime:
 
     # ---- one UNet pass over a batch of patches -------------------------------------------------
 
-    def _class_values(self, keep_out: list[Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        """The WAS-values function for the store (gate + background threshold at inference)."""
+    def _class_values(self, logits: Tensor, probabilities: Tensor) -> Tensor:
+        """The store's WAS values (gate + background threshold at inference); keeps the gate.
+
+        Args:
+            logits, probabilities: (P, K, h, w) layer-mean class maps.
+
+        Returns:
+            (P, K, h, w) WAS values.
+        """
         options = self.options
-
-        def values(logits: Tensor, probabilities: Tensor) -> Tensor:
-            maps = class_probabilities(logits) if options.normalization == "classes" else probabilities
-            keep = gate_classes(maps, options.patch_threshold)
-            keep_out.append(keep)
-            return inference_class_values(maps, keep, options.background_threshold,
-                                          options.threshold_first_kept)
-
-        return values
+        maps = class_probabilities(logits) if options.normalization == "classes" else probabilities
+        keep = gate_classes(maps, options.patch_threshold)
+        self._kept.append(keep)
+        return inference_class_values(maps, keep, options.background_threshold,
+                                      options.threshold_first_kept)
 
     @torch.no_grad()
     def patch_maps(self, pixels: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor, Tensor]:
@@ -101,8 +118,6 @@ class Slime:
             class maps (P, K, h, w) (the normalisation in use), WAS (P, K, h, w) and keep (P, K)
             bool, float32, at the WAS grid (64 x 64 for SD at 512).
         """
-        from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-
         backbone = self.backbone
         with self.timer.stage("vae_encode"):
             latents = backbone.encode_images(pixels, generators, sample=not self.options.posterior_mean)
@@ -110,16 +125,16 @@ class Slime:
         timesteps = torch.full((len(pixels),), self.options.timestep, dtype=torch.long,
                                device=latents.device)
         noisy = backbone.scheduler.add_noise(latents.float(), noise.to(latents.device), timesteps)
-        keep_out: list[Tensor] = []
-        store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
-                                    self._class_values(keep_out), self.options.was_impl)
         context = self.context.expand(len(pixels), -1, -1)
-        with self.timer.stage("unet"), slime_attention(backbone.unet, store):
+        self.store.reset()
+        self._kept.clear()
+        self.hooks.ensure()
+        with self.timer.stage("unet"):
             backbone.unet(noisy.to(backbone.dtype), timesteps, encoder_hidden_states=context)
-        was = store.was()
-        logits, probabilities = store.cross_maps(was.shape[-2:])
+        was = self.store.was()
+        logits, probabilities = self.store.cross_maps(was.shape[-2:])
         class_maps = class_probabilities(logits) if self.options.normalization == "classes" else probabilities
-        return class_maps, was, keep_out[0]
+        return class_maps, was, self._kept[0]
 
     # ---- images ---------------------------------------------------------------------------------
 
@@ -176,13 +191,13 @@ class Slime:
         return results
 
     @torch.no_grad()
-    def predict(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Class index maps at original resolution (0 = background) and their confidence.
+    def predict_grid(self, images: list[np.ndarray]) -> list[tuple[Tensor, Tensor]]:
+        """Class index maps at the label grid (original size capped at ``max_label_side``).
 
         Returns:
-            per image: labels (H, W) int64 in [0, K-1] and confidence (H, W) float32.
+            per image: labels (h, w) int32 in [0, K-1] and confidence (h, w) float32 in [0, 1].
         """
-        from labeler.methods.preprocess import label_grid_size, resize_labels
+        from labeler.methods.preprocess import label_grid_size
 
         results = []
         for image, canvas in zip(images, self.class_scores(images)):
@@ -192,17 +207,30 @@ class Slime:
             if canvas.shape[-2:] != grid:
                 scores = F.interpolate(scores, size=grid, mode="bilinear", align_corners=False)
             confidence, labels = scores[0].max(dim=0)
-            results.append((
-                resize_labels(labels.numpy(), height, width),
-                resize_labels(confidence.clamp(0, 1).numpy(), height, width),
-            ))
+            results.append((labels.to(torch.int32), confidence.clamp(0, 1)))
         return results
+
+    def predict(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Class index maps at original resolution (0 = background) and their confidence.
+
+        Returns:
+            per image: labels (H, W) int64 in [0, K-1] and confidence (H, W) float32.
+        """
+        return [
+            (
+                resize_labels(labels.numpy().astype(np.int64), *image.shape[:2]),
+                resize_labels(confidence.numpy(), *image.shape[:2]),
+            )
+            for image, (labels, confidence) in zip(images, self.predict_grid(images))
+        ]
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; background gets no annotation."""
         category_of = np.arange(self.num_classes, dtype=np.int64)
         results = []
-        for labels, confidence in self.predict(images):
-            label_map = np.where(labels == 0, -1, labels).astype(np.int32)
-            results.append(compact_labels(label_map, confidence, category_of=category_of))
+        for image, (labels, confidence) in zip(images, self.predict_grid(images)):
+            label_map = torch.where(labels == 0, -1, labels)
+            results.append(compact_device_labels(
+                label_map, confidence, *image.shape[:2], category_of=category_of
+            ))
         return results

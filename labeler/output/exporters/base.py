@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output.exporters.source import ExportImage
 
 

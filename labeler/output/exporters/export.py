@@ -11,8 +11,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from labeler.io.inputs import read_image_bytes, ref_from_uri
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
+from labeler.io.reading import read_image_bytes
+from labeler.io.refs import ref_from_uri
 from labeler.output.exporters.base import ExportContext, Exporter
 from labeler.output.exporters.coco import CocoExporter, CocoPolygonExporter, CvatExporter
 from labeler.output.exporters.filters import ExportFilters

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
-from labeler.io.storage import Folder
+from labeler.io.folders import Folder
 from labeler.output import schema
 from labeler.output.merge import coco_annotation
 

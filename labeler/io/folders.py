@@ -1,7 +1,11 @@
-"""A folder on any fsspec filesystem, with atomic writes.
+"""A folder on any fsspec filesystem (a run's output, an eval or preview destination), with
+atomic writes.
 
 Local folders write to a temporary name and rename; object stores write each object in one PUT,
-which is atomic by nature (a reader sees the old object, or none, or the whole new one).
+which is atomic by nature (a reader sees the old object, or none, or the whole new one). The
+folder is opened with :func:`labeler.io.uris.open_fs`, like the inputs: credentials embedded in
+the URI go to the storage options and :attr:`Folder.uri` is the URI without them. Retries are the
+caller's choice (:class:`labeler.io.retry.RetryPolicy` around the calls, as the run folder does).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import posixpath
 import uuid
 from collections.abc import Iterator
 
-import fsspec
+from labeler.io.uris import open_fs
 
 
 class Folder:
@@ -23,8 +27,8 @@ class Folder:
     """
 
     def __init__(self, uri: str, storage_options: dict | None = None) -> None:
-        self.uri = uri.rstrip("/") or uri
-        self.fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        self.fs, root, clean = open_fs(uri, storage_options)
+        self.uri = clean.rstrip("/") or clean
         self.root = root.rstrip("/") or root
         self.is_local = "file" in _protocols(self.fs)
 
@@ -59,7 +63,7 @@ class Folder:
     def write_json(self, relative: str, value) -> None:
         self.write_bytes(relative, json.dumps(value, indent=1, sort_keys=True).encode())
 
-    def open_atomic_writer(self, relative: str) -> "AtomicWriter":
+    def open_atomic_writer(self, relative: str) -> AtomicWriter:
         """A binary file handle whose content appears at ``relative`` only on a clean close."""
         return AtomicWriter(self, relative)
 

@@ -1,0 +1,189 @@
+"""The Python API: label images in process, or run a whole job.
+
+``Labeler`` loads the model and the method once and labels images given as Pillow images, numpy
+arrays, paths or fsspec URIs; nothing is written and no Ray is started::
+
+    import labeler
+
+    segmenter = labeler.Labeler(method="diffseg", model="tiny", kl_threshold=0.9)
+    result = segmenter.label("photo.jpg")        # or a PIL image, an (H, W, 3) uint8 array
+    result.masks.shape                           # (N, H, W) bool at the image's size
+    annotations = result.to_coco(image_id=1)     # COCO dicts with compressed RLE
+    for result in segmenter.label_many(paths):   # batches of ``batch_size`` images
+        ...
+
+``labeler.run(job)`` runs a job (a job file path or a dict of its keys) exactly like
+``labeler run`` and returns its :class:`~labeler.runtime.job.RunSummary`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from labeler.config import JobConfig, build_config, load_job_file
+from labeler.io.decode import DEFAULT_MAX_PIXELS, decode_image, pil_to_rgb
+from labeler.io.inputs import read_image_bytes
+from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
+from labeler.methods.registry import build_segmenter
+from labeler.output.rle import encode_label_map
+
+#: What :meth:`Labeler.label` accepts.
+ImageInput = Union[Image.Image, np.ndarray, str, Path]  # noqa: UP007 - readable in the docs
+
+#: ``JobConfig`` needs an input and an output; in-process labeling reads and writes neither.
+_IN_PROCESS = "<in-process>"
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """The labels of one image.
+
+    Attributes:
+        masks: (N, H, W) bool, one mask per label at the image's original size (no empty masks).
+        category_ids: (N,) int64, the COCO category id of each mask.
+        scores: (N,) float64 in [0, 1], the confidence of each mask.
+        categories: the method's COCO categories (``id``, ``name``, ``supercategory``).
+    """
+
+    masks: np.ndarray
+    category_ids: np.ndarray
+    scores: np.ndarray
+    categories: list[dict]
+
+    @property
+    def category_names(self) -> list[str]:
+        """The category name of each mask."""
+        names = {c["id"]: c["name"] for c in self.categories}
+        return [names[int(c)] for c in self.category_ids]
+
+    def to_coco(self, image_id: int = 1) -> list[dict]:
+        """COCO annotation dicts (compressed RLE with string counts, area, bbox, score).
+
+        Ids follow the run's rule, ``image_id * 4096 + mask index``.
+        """
+        label_map = np.full(self.masks.shape[1:], -1, dtype=np.int32)
+        for index, mask in enumerate(self.masks):
+            label_map[mask] = index
+        encoded = encode_label_map(label_map, len(self.masks))
+        return [
+            {
+                "id": image_id * MAX_LABELS_PER_IMAGE + index,
+                "image_id": image_id,
+                "category_id": int(category),
+                "segmentation": mask.segmentation(),
+                "area": mask.area,
+                "bbox": mask.bbox,
+                "iscrowd": 0,
+                "score": float(score),
+            }
+            for index, (mask, category, score) in enumerate(
+                zip(encoded, self.category_ids, self.scores, strict=True)
+            )
+        ]
+
+
+def _result(labels: ImageLabels, categories: list[dict]) -> LabelResult:
+    values = np.arange(len(labels.category_ids))
+    masks = labels.label_map[None] == values[:, None, None]
+    kept = masks.any(axis=(1, 2))
+    return LabelResult(
+        masks=masks[kept],
+        category_ids=np.asarray(labels.category_ids, dtype=np.int64)[kept],
+        scores=np.asarray(labels.scores, dtype=np.float64)[kept],
+        categories=categories,
+    )
+
+
+class Labeler:
+    """A segmentation method on a loaded model, labeling images in this process.
+
+    Args:
+        method: ``diffseg`` or ``slime``.
+        model: ``tiny``, a Hugging Face id or a diffusers directory (default: the method's).
+        embeddings: SLiMe's embedding set (``.safetensors``).
+        device, dtype: where and in which precision the model runs (default: cuda if
+            available; fp16/bf16 on GPU, fp32 on CPU).
+        batch_size: images per model call in :meth:`label_many`.
+        seed: the job seed (SLiMe's noise).
+        max_pixels: decompression-bomb limit for paths and URIs.
+        storage_options: fsspec options (credentials, endpoint) for URIs.
+        **settings: the method's settings, as in the job file's ``[diffseg]`` / ``[slime]``
+            table (e.g. ``kl_threshold=0.9``).
+
+    Raises:
+        ValueError: unknown method or setting (the model is not loaded then).
+    """
+
+    def __init__(self, method: str = "diffseg", model: str | None = None, *,
+                 embeddings: str | None = None, device: str | None = None,
+                 dtype: str = "auto", batch_size: int = 4, seed: int = 0,
+                 max_pixels: int | None = None, storage_options: dict | None = None,
+                 **settings: Any) -> None:
+        values = {"input": _IN_PROCESS, "output": _IN_PROCESS, "method": method,
+                  "model": model, "embeddings": embeddings, "device": device, "dtype": dtype,
+                  "batch_size": batch_size, "seed": seed, method: settings}
+        self.config: JobConfig = build_config({k: v for k, v in values.items() if v is not None}, {})
+        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+        self.storage_options = storage_options
+        self.segmenter = build_segmenter(self.config)
+
+    @property
+    def categories(self) -> list[dict]:
+        """The COCO categories this method emits."""
+        return list(self.segmenter.categories)
+
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """The (H, W, 3) uint8 RGB array the method sees for ``image``.
+
+        Raises:
+            ValueError: an array that is not uint8 (H, W), (H, W, 3) or (H, W, 4), or a file
+                that is not a readable image (``ImageDecodeError``, with its ``reason``).
+        """
+        if isinstance(image, Image.Image):
+            return pil_to_rgb(image)
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+                image.ndim == 3 and image.shape[2] not in (3, 4)
+            ):
+                raise ValueError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
+                                 f"got {image.dtype} {image.shape}")
+            return pil_to_rgb(Image.fromarray(image))
+        if isinstance(image, str | Path):
+            data = read_image_bytes(str(image), storage_options=self.storage_options)
+            return decode_image(data, max_pixels=self.max_pixels).pixels
+        raise TypeError(f"cannot label a {type(image).__name__}: give a PIL image, a numpy "
+                        "array, a path or a URI")
+
+    def label(self, image: ImageInput) -> LabelResult:
+        """Label one image (see :meth:`pixels` for what is accepted)."""
+        return next(self.label_many([image]))
+
+    def label_many(self, images: Iterable[ImageInput]) -> Iterator[LabelResult]:
+        """Label a stream of images, ``batch_size`` per model call; results in input order."""
+        iterator = iter(images)
+        categories = self.categories
+        while batch := [self.pixels(image) for image in islice(iterator, self.config.batch_size)]:
+            for labels in self.segmenter.label(batch):
+                yield _result(labels, categories)
+
+
+def run(job: str | Path | dict, progress: bool = False, **overrides: Any):
+    """Run (or resume) a labeling job like ``labeler run``; returns its ``RunSummary``.
+
+    Args:
+        job: a TOML job file, or a dict of the same keys.
+        progress: show the progress bar.
+        **overrides: job keys that win over the file (like flags).
+    """
+    # Ray is imported here, not with the package: ``import labeler`` and ``Labeler`` stay Ray-free.
+    from labeler.runtime.job import run_job
+
+    values = dict(job) if isinstance(job, dict) else load_job_file(job)
+    return run_job(build_config(values, overrides), progress=progress)

@@ -1,0 +1,74 @@
+"""Relabelling, scoring and the nearest resize on the model's device; only int32 crosses over."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from labeler.methods.base import ImageLabels, compact_resized_labels
+from labeler.methods.label_maps import nearest_indices, resize_weights
+
+
+def compact_device_labels(
+    grid_labels: Tensor,
+    grid_confidence: Tensor,
+    height: int,
+    width: int,
+    category_of: np.ndarray | None = None,
+) -> ImageLabels:
+    """What :func:`labeler.methods.base.compact_resized_labels` computes, on the tensors' device.
+
+    Per-label pixel counts and confidence sums (fp64, each grid cell weighted by the pixels it
+    becomes, so a score is the mean over full-resolution pixels), the lookup to 0..L-1 and the
+    nearest resize run where the tensors are; the host receives the (height, width) int32 map and
+    two vectors of one entry per label value.
+
+    Args:
+        grid_labels: (h, w) integer label values (an argmax: bounded by the number of
+            candidates), negative for no annotation.
+        grid_confidence: (h, w) float, the winning label's confidence.
+        height, width: the original image size.
+        category_of: category id per label value; defaults to category 1 for all.
+    """
+    if grid_labels.device.type == "cpu":  # numpy's tables are faster than torch's on the host
+        return compact_resized_labels(
+            grid_labels.numpy(), grid_confidence.numpy(), height, width, category_of
+        )
+    return _compact_on_device(grid_labels, grid_confidence, height, width, category_of)
+
+
+def _compact_on_device(
+    grid_labels: Tensor,
+    grid_confidence: Tensor,
+    height: int,
+    width: int,
+    category_of: np.ndarray | None,
+) -> ImageLabels:
+    """:func:`compact_device_labels` in torch, wherever the tensors are."""
+    device = grid_labels.device
+    grid = tuple(grid_labels.shape)
+    bins = grid_labels.flatten().clamp(min=-1).long() + 1  # bin 0: no annotation
+    table_size = int(bins.max()) + 1 if bins.numel() else 1
+    weights = None
+    score_weights = grid_confidence.flatten().double()
+    if grid != (height, width):
+        weights = torch.from_numpy(resize_weights(grid, height, width)).flatten().to(
+            device, torch.float64
+        )
+        score_weights = score_weights * weights
+    pixels = torch.bincount(bins, weights=weights, minlength=table_size).cpu().numpy()
+    sums = torch.bincount(bins, weights=score_weights, minlength=table_size).cpu().numpy()
+    pixels[0] = 0
+    present = np.flatnonzero(pixels)
+    lookup = np.full(table_size, -1, np.int32)
+    lookup[present] = np.arange(len(present), dtype=np.int32)
+    compact = torch.from_numpy(lookup).to(device)[bins].reshape(grid)
+    if grid != (height, width):
+        rows = torch.from_numpy(nearest_indices(height, grid[0])).to(device)
+        cols = torch.from_numpy(nearest_indices(width, grid[1])).to(device)
+        compact = compact.index_select(0, rows).index_select(1, cols)
+    scores = np.clip(sums[present] / np.maximum(pixels[present], 1), 0.0, 1.0)
+    values = present - 1
+    categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
+    return ImageLabels(compact.cpu().numpy(), categories.astype(np.int64), scores)

@@ -1,0 +1,106 @@
+"""Relabelling to 0..L-1 without sorting the map, at full resolution and at the label grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from labeler.methods.base import compact_labels, compact_resized_labels
+from labeler.methods.device_labels import _compact_on_device, compact_device_labels
+from labeler.methods.label_maps import resize_labels, resize_weights
+
+
+def sorting_compact(label_map, confidence, category_of=None):
+    """The oracle: np.unique with inverse over the full-resolution map, as before."""
+    valid = label_map >= 0
+    present, inverse = np.unique(label_map[valid], return_inverse=True)
+    compact = np.full(label_map.shape, -1, dtype=np.int32)
+    compact[valid] = inverse
+    sums = np.bincount(inverse, weights=confidence[valid].astype(np.float64), minlength=len(present))
+    counts = np.bincount(inverse, minlength=len(present))
+    scores = np.clip(sums / np.maximum(counts, 1), 0.0, 1.0)
+    categories = np.ones(len(present), np.int64) if category_of is None else category_of[present]
+    return compact, categories, scores
+
+
+def random_case(seed: int, shape=None, top: int | None = None):
+    rng = np.random.default_rng(seed)
+    shape = shape or tuple(rng.integers(1, 60, size=2))
+    top = top or int(rng.integers(1, 300))
+    values = rng.choice(top, size=min(top, 12), replace=False)
+    label_map = rng.choice(np.concatenate(([-1], values)), size=shape).astype(np.int32)
+    confidence = rng.random(shape).astype(np.float32)
+    return label_map, confidence
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_full_resolution_compaction_is_identical_to_sorting(seed):
+    label_map, confidence = random_case(seed)
+    category_of = np.arange(300, dtype=np.int64) * 3 + 1
+    for categories in (None, category_of):
+        labels = compact_labels(label_map, confidence, categories)
+        compact, expected_categories, scores = sorting_compact(label_map, confidence, categories)
+        np.testing.assert_array_equal(labels.label_map, compact)
+        assert labels.label_map.dtype == np.int32
+        np.testing.assert_array_equal(labels.category_ids, expected_categories)
+        np.testing.assert_array_equal(labels.scores, scores)  # same sums, same order: bit for bit
+
+
+def test_huge_sparse_label_values_and_empty_maps():
+    label_map = np.array([[2**30, -1], [7, 2**30]], np.int64)
+    confidence = np.array([[0.5, 1.0], [0.25, 0.75]])
+    labels = compact_labels(label_map, confidence)
+    np.testing.assert_array_equal(labels.label_map, [[1, -1], [0, 1]])
+    np.testing.assert_allclose(labels.scores, [0.25, 0.625])
+    empty = compact_labels(np.full((3, 4), -1, np.int32), np.ones((3, 4)))
+    assert len(empty.category_ids) == 0 and (empty.label_map == -1).all()
+
+
+@pytest.mark.parametrize(
+    ("grid", "size"), [((48, 64), (768, 1024)), ((37, 50), (100, 133)), ((5, 1), (17, 3)),
+                       ((1, 1), (9, 7)), ((40, 30), (40, 30)), ((30, 20), (21, 13))]
+)
+def test_grid_compaction_equals_compacting_the_resized_maps(grid, size):
+    label_map, confidence = random_case(sum(grid), shape=grid, top=40)
+    category_of = np.arange(40, dtype=np.int64) + 5
+    labels = compact_resized_labels(label_map, confidence, *size, category_of=category_of)
+    compact, categories, scores = sorting_compact(
+        resize_labels(label_map, *size), resize_labels(confidence, *size), category_of
+    )
+    np.testing.assert_array_equal(labels.label_map, compact)
+    np.testing.assert_array_equal(labels.category_ids, categories)
+    np.testing.assert_allclose(labels.scores, scores, rtol=1e-12, atol=0)
+
+
+def test_resize_weights_count_the_pixels_each_cell_becomes():
+    weights = resize_weights((3, 4), 10, 9)
+    index = np.arange(12).reshape(3, 4)
+    counted = np.bincount(resize_labels(index, 10, 9).ravel(), minlength=12).reshape(3, 4)
+    np.testing.assert_array_equal(weights, counted)
+    assert weights.sum() == 90
+
+
+@pytest.mark.parametrize(("grid", "size"), [((48, 64), (768, 1024)), ((37, 50), (100, 133)),
+                                            ((40, 30), (40, 30)), ((30, 20), (21, 13))])
+def test_device_compaction_equals_compacting_the_resized_maps(grid, size):
+    label_map, confidence = random_case(sum(grid) + 1, shape=grid, top=40)
+    category_of = np.arange(40, dtype=np.int64) + 5
+    tensors = torch.from_numpy(label_map).long(), torch.from_numpy(confidence)
+    compact, categories, scores = sorting_compact(
+        resize_labels(label_map, *size), resize_labels(confidence, *size), category_of
+    )
+    # The public entry (numpy on the host) and its torch path (what runs on an accelerator).
+    for labels in (compact_device_labels(*tensors, *size, category_of=category_of),
+                   _compact_on_device(*tensors, *size, category_of=category_of)):
+        assert labels.label_map.dtype == np.int32
+        np.testing.assert_array_equal(labels.label_map, compact)
+        np.testing.assert_array_equal(labels.category_ids, categories)
+        np.testing.assert_allclose(labels.scores, scores, rtol=1e-12, atol=0)
+
+
+def test_device_compaction_of_a_map_without_annotations():
+    for compact in (compact_device_labels, _compact_on_device):
+        labels = compact(torch.full((4, 5), -1), torch.ones(4, 5), 8, 10, None)
+        assert len(labels.scores) == 0 and (labels.label_map == -1).all()
+        assert labels.label_map.shape == (8, 10)

@@ -7,8 +7,10 @@ sizes are cut for CPU time: the fit runs at 256 px for 40 epochs and inference a
 The world: red and blue objects of varied shapes, sizes and counts on a textured green ground
 (:func:`labeler.models.synthetic_world.slime_world`).
 
-Measured (CPU, this configuration): held-out mean per-image mIoU 0.98 (seed 0); the unfit
-initial embeddings score far lower and an all-background answer ~0.2. Floors sit well below.
+Measured with bench/tiny_quality.py (40 epochs at 256 px, 512 px inference, world seed 0, two
+held-out images): per-image mIoU 0.99 and 0.97, on the calibration step before the shipped one
+(constant channel 1.0, sink scale 7, feature scale 3). This exact test on the shipped constants
+has not been timed or scored yet: the floors are set from that measurement, not from this test.
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ import copy
 import numpy as np
 import pytest
 
-from labeler.methods.slime.algorithm import SlimeOptions, mean_iou_present
+from labeler.methods.slime.algorithm import mean_iou_present
 from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.embedding_set import prompt_embeddings
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 from labeler.models.synthetic_world import SLIME_CLASSES, slime_world
 
 # minutes on 2 CPU cores (40 fit steps): kept out of the default run, run by .ci/run-slow.

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import UNet2DConditionModel
+from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -194,8 +196,6 @@ def model_unet_dir(name: str, storage_options: dict | None = None) -> Path:
     local = Path(source)
     if local.is_dir():
         return local / "unet"
-    from huggingface_hub import snapshot_download
-
     return Path(snapshot_download(source, allow_patterns=["unet/*"])) / "unet"
 
 
@@ -225,3 +225,36 @@ def load_diffews_backbone(
     support.requires_grad_(False)
     install_dual_conv(backbone.unet, support)
     return backbone, weights_digest(unet_dir)
+
+
+def write_checkpoint(backbone: Backbone, output: str | Path) -> Path:
+    """Write a DiffewS checkpoint folder (diffusers layout) that ``--model DIR`` loads.
+
+    The VAE, text encoder, tokenizer and scheduler are the backbone's; ``unet/`` holds the UNet
+    with ``conv_in_ref`` (see :func:`save_diffews_unet`).
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        getattr(backbone, name).save_pretrained(output / name)
+    save_diffews_unet(backbone.unet, output / "unet")
+    index = {"_class_name": "StableDiffusionPipeline", "_labeler_diffews": 1}
+    (output / "model_index.json").write_text(json.dumps(index))
+    return output
+
+
+def import_checkpoint(base: str, unet_dir: str | Path, output: str | Path) -> Path:
+    """Assemble an official DiffewS release (a base SD folder + a fine-tuned ``unet`` folder)
+    into one checkpoint folder.
+
+    Args:
+        base: the base model (its VAE, text encoder, tokenizer, scheduler are kept).
+        unet_dir: a diffusers UNet folder whose safetensors hold ``conv_in_ref``.
+    """
+    unet_dir = Path(unet_dir)
+    weight, bias = read_support_conv(unet_dir)
+    backbone = load_backbone(base, device="cpu", dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32)
+    install_dual_conv(unet, support_conv_from_tensors(unet.conv_in, weight, bias))
+    backbone.unet = unet
+    return write_checkpoint(backbone, output)

@@ -103,7 +103,7 @@ def test_kv_fusion_only_on_the_16_self_attention_layers(model):
     bank = record_bank(backbone.unet, fusion, latents, context, shots=1)
     assert sorted(bank.keys) == sorted(keys)
     fusion.read(bank)
-    query = backbone.encode_images(torch.zeros(1, 3, 512, SIZE))
+    query = backbone.encode_images(torch.zeros(1, 3, SIZE, SIZE))
     with torch.no_grad():
         backbone.unet(query, torch.tensor([1]), encoder_hidden_states=context)
     assert sorted(fusion.reads) == sorted(keys)
@@ -128,7 +128,7 @@ def test_bank_changes_the_query_and_cached_bank_equals_recomputed(model, tmp_pat
     bank = record_bank(backbone.unet, fusion, latents, context, shots=1)
     bank.save(tmp_path / "bank.safetensors")
     cached = SupportBank.load(tmp_path / "bank.safetensors")
-    query = backbone.encode_images(torch.rand(1, 3, 512, SIZE) * 2 - 1)
+    query = backbone.encode_images(torch.rand(1, 3, SIZE, SIZE) * 2 - 1)
     recomputed = record_bank(backbone.unet, fusion, latents, context, shots=1)
     with_cached = _query_output(backbone, fusion, cached, query, context)
     torch.testing.assert_close(with_cached, _query_output(backbone, fusion, recomputed, query, context), **TOLERANCE)
@@ -150,7 +150,7 @@ def test_n_shot_bank_is_the_concatenation_of_one_shot_banks(model):
         assert batched.keys[key].shape[2] == 3 * per_shot[0].keys[key].shape[2]
         torch.testing.assert_close(batched.keys[key], concatenated.keys[key], **TOLERANCE)
         torch.testing.assert_close(batched.values[key], concatenated.values[key], **TOLERANCE)
-    query = backbone.encode_images(torch.rand(1, 3, 512, SIZE) * 2 - 1)
+    query = backbone.encode_images(torch.rand(1, 3, SIZE, SIZE) * 2 - 1)
     torch.testing.assert_close(_query_output(backbone, fusion, batched, query, context),
                                _query_output(backbone, fusion, concatenated, query, context), **TOLERANCE)
 
@@ -162,7 +162,7 @@ def test_a_batch_of_queries_equals_each_query_alone(model):
                              ("background", "a"))[0]
     bank = record_bank(backbone.unet, fusion, support_latents(backbone, support.images, support.masks, SIZE),
                        context, shots=2)
-    queries = backbone.encode_images(torch.rand(3, 3, 512, 512, generator=torch.Generator().manual_seed(3)) * 2 - 1)
+    queries = backbone.encode_images(torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1)
     together = _query_output(backbone, fusion, bank, queries, context)
     for index in range(3):
         alone = _query_output(backbone, fusion, bank, queries[index : index + 1], context)

@@ -40,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run(commands) -> None:
     run = commands.add_parser("run", help="label a collection (resumes an existing output)")
     run.add_argument("job", nargs="?", help="a TOML job file; flags override it")
-    run.add_argument("--method", choices=["diffseg", "slime"])
+    run.add_argument("--method", choices=["diffseg", "slime", "diffews"])
     run.add_argument("--input", help="folder, manifest (.txt/.csv/.parquet) or image-bytes Parquet URI")
     run.add_argument("--output", help="output folder URI")
     run.add_argument("--model", help="tiny, a Hugging Face id, or a diffusers directory/URI")
     run.add_argument("--embeddings", help="SLiMe embedding set (.safetensors)")
+    run.add_argument("--support-images", dest="support_images", help="DiffewS support images (folder/file URI)")
+    run.add_argument("--support-masks", dest="support_masks", help="DiffewS support label maps (.png/.npy)")
+    run.add_argument("--classes", help="DiffewS class names, background first: background,a,b")
     run.add_argument("--address", help="Ray cluster address (default: a local instance)")
     run.add_argument("--workers", type=int, help="number of model workers")
     run.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker")
@@ -71,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     from labeler.runtime.job import run_job
 
     file_values = load_job_file(args.job) if args.job else {}
-    keys = ("method", "input", "output", "model", "embeddings", "address", "workers",
+    keys = ("method", "input", "output", "model", "embeddings", "support_images", "support_masks",
+            "classes", "address", "workers",
             "gpus_per_worker", "batch_size", "shard_size", "seed", "device", "dtype", "max_pixels",
             "overwrite")
     config = build_config(file_values, {key: getattr(args, key) for key in keys})

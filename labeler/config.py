@@ -16,7 +16,9 @@ from typing import Any
 
 import tomllib
 
-METHODS = ("diffseg", "slime")
+METHODS = ("diffseg", "slime", "diffews")
+#: Top-level keys only DiffewS uses (left out of other methods' fingerprints).
+DIFFEWS_KEYS = ("support_images", "support_masks", "classes", "support_digest")
 DEFAULT_DIFFSEG_MODEL = "CompVis/stable-diffusion-v1-4"
 
 
@@ -41,6 +43,13 @@ class SlimeSettings:
 
 
 @dataclass(frozen=True)
+class DiffewsSettings:
+    """DiffewS inference knobs (``[diffews]``; see ``labeler.methods.diffews.segmenter``)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything ``labeler run`` needs. Scale knobs do not enter the fingerprint."""
 
@@ -55,6 +64,12 @@ class JobConfig:
     dtype: str = "auto"
     diffseg: DiffSegSettings = field(default_factory=DiffSegSettings)
     slime: SlimeSettings = field(default_factory=SlimeSettings)
+    # DiffewS: the support set (label maps over `classes`, paired with images by stem)
+    support_images: str | None = None
+    support_masks: str | None = None
+    classes: tuple[str, ...] | None = None
+    support_digest: str | None = None  # set by the driver from the support's content
+    diffews: DiffewsSettings = field(default_factory=DiffewsSettings)
     # scale and placement: may change between a run and its resume
     address: str | None = None
     workers: int | None = None
@@ -70,9 +85,24 @@ class JobConfig:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.method == "slime" and not self.embeddings:
             raise ValueError("--method slime needs --embeddings SET.safetensors")
+        if self.method == "diffews":
+            self._check_diffews()
         for name in ("shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+
+    def _check_diffews(self) -> None:
+        missing = [flag for flag, value in (("--model CHECKPOINT", self.model),
+                                            ("--support-images URI", self.support_images),
+                                            ("--support-masks URI", self.support_masks),
+                                            ("--classes background,a,...", self.classes)) if not value]
+        if missing:
+            raise ValueError(f"--method diffews needs {', '.join(missing)}")
+        classes = self.classes
+        if len(classes) < 2 or len(set(classes)) != len(classes) or not all(n.strip() for n in classes):
+            raise ValueError(
+                f"--classes must be at least two unique, non-empty names (background first), got {list(classes)}"
+            )
 
     @property
     def model_name(self) -> str:
@@ -88,8 +118,12 @@ class JobConfig:
         """The settings that change the output (what the fingerprint covers)."""
         settings = {k: v for k, v in self.to_dict().items() if k not in self.SCALE_KEYS}
         settings.pop("output")
-        settings[self.method] = settings.pop(self.method)
-        settings.pop("slime" if self.method == "diffseg" else "diffseg")
+        for method in METHODS:
+            if method != self.method:
+                settings.pop(method)
+        if self.method != "diffews":
+            for key in DIFFEWS_KEYS:
+                settings.pop(key)
         settings["model"] = self.model_name or None
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
@@ -143,4 +177,11 @@ def build_config(file_values: dict, overrides: dict) -> JobConfig:
     slime = values.get("slime") or {}
     if isinstance(slime, dict):
         values["slime"] = SlimeSettings(options=dict(slime))
+    diffews = values.get("diffews") or {}
+    if isinstance(diffews, dict):
+        values["diffews"] = DiffewsSettings(options=dict(diffews))
+    if isinstance(values.get("classes"), str):
+        values["classes"] = tuple(name.strip() for name in values["classes"].split(","))
+    elif values.get("classes") is not None:
+        values["classes"] = tuple(values["classes"])
     return JobConfig(**values)

@@ -42,4 +42,8 @@ def build_segmenter(config: JobConfig, device: str | None = None):
         model = config.model or embedding_set.model
         backbone = load_backbone(model, device=device or config.device, dtype=config.dtype)
         return Slime(backbone, embedding_set, options, seed=config.seed)
+    if config.method == "diffews":
+        from labeler.methods.diffews import factory
+
+        return factory.build(config, device)
     raise ValueError(f"method {config.method!r} is not available in this version")

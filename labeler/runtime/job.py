@@ -68,6 +68,7 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     started = time.perf_counter()
     output = Folder(config.output, storage_options)
     run = RunFolder(output)
+    config = _preflight(config, storage_options)
     try:
         items = input_items(config, storage_options)  # fails before the output is touched
         resumed = run.claim(config)
@@ -113,6 +114,15 @@ def _run_id(output: Folder) -> str:
     return output.read_json("run/config.json")["fingerprint"]
 
 
+def _preflight(config: JobConfig, storage_options: dict | None) -> JobConfig:
+    """Method checks that need files (before the output is touched); may complete the config."""
+    if config.method == "diffews":
+        from labeler.methods.diffews import factory
+
+        return factory.preflight(config, storage_options)
+    return config
+
+
 def _categories_of(config: JobConfig) -> list[dict]:
     if config.method == "diffseg":
         from labeler.methods.diffseg.segmenter import DiffSeg
@@ -122,6 +132,10 @@ def _categories_of(config: JobConfig) -> list[dict]:
         from labeler.methods.slime.embedding_set import EmbeddingSet
 
         return EmbeddingSet.load(config.embeddings).categories()
+    if config.method == "diffews":
+        from labeler.methods.diffews import factory
+
+        return factory.categories(config)
     raise ValueError(f"no categories known for {config.method}")
 
 

@@ -208,3 +208,12 @@ def build_banks(
                                               "weights": weights, "settings": settings.key()})
         banks.append(bank)
     return banks
+
+
+def support_set_digest(samples: list[AnnotatedImage]) -> str:
+    """16 hex digits over every support image's bytes and label map (the run records it)."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(f"{sample.name}/{sample.sha256}/{sample.mask.shape}".encode())
+        digest.update(np.ascontiguousarray(sample.mask).tobytes())
+    return digest.hexdigest()[:16]

@@ -27,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     from labeler.cluster.command import add_parser as add_cluster
     from labeler.eval.command import add_parser as add_eval
+    from labeler.methods.diffews.command import add_parser as add_diffews
     from labeler.methods.slime.command import add_parser as add_slime
     from labeler.preview.command import add_parser as add_preview
 
     add_eval(commands)
     add_preview(commands)
     add_slime(commands)
+    add_diffews(commands)
     add_cluster(commands)  # submit, logs, stop
     return parser
 

@@ -248,7 +248,7 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
             with _autocast(backbone.device):
                 loss = episode_loss(unet, fusion, context, data, episode, generator) / settings.accumulation
             scaler.scale(loss).backward()
-            total += float(loss)
+            total += float(loss.detach())
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(unet.parameters(), settings.grad_clip)
         scaler.step(optimizer)

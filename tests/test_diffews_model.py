@@ -167,3 +167,24 @@ def test_a_batch_of_queries_equals_each_query_alone(model):
     for index in range(3):
         alone = _query_output(backbone, fusion, bank, queries[index : index + 1], context)
         torch.testing.assert_close(together[index : index + 1], alone, **TOLERANCE)
+
+
+
+def test_default_rule_gives_an_absent_class_no_annotation(model, monkeypatch, tmp_path):
+    """Through ``DiffewS.label`` (resize to the original size, rule, overlaps, COCO ids), with
+    controlled soft maps: the tiny model's decoder saturates, so its own maps cannot show absence."""
+    from labeler.methods.diffews.segmenter import DiffewS, DiffewsOptions
+
+    monkeypatch.setenv("LABELER_CACHE", str(tmp_path))
+    backbone, digest, _ = model
+    segmenter = DiffewS(backbone, digest, [_annotated("a", "quadrants", 0)], ("background", "a", "b"),
+                        DiffewsOptions(input_size=SIZE))
+    assert list((tmp_path / "diffews-banks").glob("*.safetensors"))  # banks cached on first use
+    soft = torch.full((1, 2, SIZE, SIZE), 0.05)
+    soft[0, 1, : SIZE // 2] = 0.9  # class b present in the top half
+    soft[0, 0, SIZE // 2 :] = 0.35  # class a: above the pixel level, but its peak is too low
+    monkeypatch.setattr(segmenter, "soft_maps", lambda images: soft)
+    labels = segmenter.label([np.zeros((60, 90, 3), np.uint8)])[0]
+    assert labels.category_ids.tolist() == [2]
+    assert labels.label_map.shape == (60, 90)
+    assert (labels.label_map[:30] == 0).all() and (labels.label_map[30:] == -1).all()

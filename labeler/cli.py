@@ -29,10 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     from labeler.eval.command import add_parser as add_eval
     from labeler.methods.diffews.command import add_parser as add_diffews
     from labeler.methods.slime.command import add_parser as add_slime
+    from labeler.output.exporters.command import add_parser as add_export
     from labeler.preview.command import add_parser as add_preview
 
     add_eval(commands)
     add_preview(commands)
+    add_export(commands)
     add_slime(commands)
     add_diffews(commands)
     add_cluster(commands)  # submit, logs, stop

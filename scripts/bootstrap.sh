@@ -11,7 +11,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${pip[@]}" "torch==2.13.0"
 fi
 if [ "${1:-}" = "--test" ]; then
-  "${pip[@]}" -e ".[test]"
+  "${pip[@]}" -e ".[test,export-test]"
   if [ -x scripts/install_system_deps.sh ]; then scripts/install_system_deps.sh; fi
 else
   "${pip[@]}" -e .

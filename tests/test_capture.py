@@ -6,13 +6,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from labeler.attention.capture import (
-    CapturingProcessor,
-    ResolutionMeanSink,
-    attention_with_probabilities,
-    capture_attention,
-)
+from labeler.attention.capture import CapturingProcessor, ResolutionMeanSink, capture_attention
 from labeler.attention.layers import select_layers, unet_attention_layers
+from labeler.attention.processor import attention_with_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +94,7 @@ def test_head_chunked_attention_matches_sdpa():
 
 
 def test_unknown_layer_is_refused(tiny_backbone):
-    with pytest.raises(ValueError, match="no such attention layers"):
-        with capture_attention(tiny_backbone.unet, {"nope.attn1.processor": print}):
-            pass
+    with pytest.raises(ValueError, match="no such attention layers"), capture_attention(
+        tiny_backbone.unet, {"nope.attn1.processor": print}
+    ):
+        pass

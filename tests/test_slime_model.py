@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from labeler.attention.layers import resolve_layers
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-from labeler.methods.slime.algorithm import (
-    DEFAULT_LAYERS,
-    SlimeOptions,
-    class_probabilities,
-    resolve_layers,
-)
+from labeler.methods.slime.algorithm import DEFAULT_LAYERS, SlimeOptions, class_probabilities
 from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
@@ -153,6 +149,7 @@ def test_one_step_changes_only_the_learned_rows(tiny_backbone):
     image, mask = prepare(small_sample(), 128)
     pixels, loss_mask = fitter.sample(image, mask, target=1)
     terms = fitter.step(pixels, loss_mask)
+    fitter.close()
     assert 5 <= terms["t"] <= 100 and float(terms["t"]).is_integer()
     grad = fitter.embeddings.grad
     assert grad.shape == (2, tiny_backbone.text_encoder.config.hidden_size)
@@ -278,7 +275,9 @@ def test_official_import_reads_weights_only_and_checks_shapes(tiny_backbone, tmp
 @pytest.fixture(scope="module")
 def segmenter(tiny_backbone):
     options = SlimeOptions(input_size=128, patches_per_side=2, patch_size=400)
-    return Slime(tiny_backbone, make_set(tiny_backbone), options, seed=3)
+    segmenter = Slime(tiny_backbone, make_set(tiny_backbone), options, seed=3)
+    yield segmenter
+    segmenter.close()
 
 
 def test_label_at_original_resolution_with_background_unannotated(segmenter):
@@ -310,6 +309,7 @@ def test_predict_gives_class_indices_and_batches_agree(segmenter):
 def test_bgr_switch_changes_what_the_vae_sees(tiny_backbone, segmenter):
     image, _ = flat_regions_image(64, 64, "quadrants")
     bgr = Slime(tiny_backbone, make_set(tiny_backbone, channel_order="bgr"), segmenter.options, seed=3)
+    bgr.close()
     assert bgr.channel_order == "bgr"
     assert torch.equal(bgr._patches(image), segmenter._patches(image).flip(1))
 

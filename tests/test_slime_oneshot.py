@@ -93,6 +93,7 @@ def test_one_shot_fit_labels_held_out_images(calibrated_tiny):
     for name, embedding_set in (("fitted", fitted), ("unfit", unfit)):
         segmenter = Slime(calibrated_tiny, embedding_set, options, seed=0)
         predictions = segmenter.predict([held for held, _ in held_out])
+        segmenter.close()
         scores[name] = float(np.mean([mean_iou_present(labels, truth, 3)
                                       for (labels, _), (_, truth) in zip(predictions, held_out)]))
     assert scores["fitted"] >= FLOOR, scores

@@ -18,19 +18,22 @@ The cross-attention layers run before the 64x64 up-block layers, so by the time 
 layer runs, every class map is in the :class:`SlimeAttentionStore` and the values are built once
 per forward. During training the processors keep the autograd graph; nothing is detached.
 
-Usage::
+Usage (a segmenter installs the processors once, and resets the store before each forward)::
 
     store = SlimeAttentionStore(cross_keys, self_keys, num_classes=K, class_values=values_fn)
-    with slime_attention(unet, store):
-        unet(latents, t, encoder_hidden_states=context)
+    hooks = AttentionHooks(unet, slime_processors(store))
+    store.reset()
+    unet(latents, t, encoder_hidden_states=context)
     logits = store.cross_logits(64)   # (B, K, 64, 64)
     was = store.was()                 # (B, K, 64, 64)
+    with store.paused():              # a forward that records nothing (plain SDPA)
+        unet(latents, t, encoder_hidden_states=other_context)
+    hooks.restore()
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -38,7 +41,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from labeler.attention.capture import project_attention_inputs, project_attention_output
+from labeler.attention.hooks import AttentionHooks
+from labeler.attention.processor import ProjectedAttention, ProjectingProcessor, sdpa_attention
 
 #: Builds the WAS values from the layer-averaged cross maps:
 #: ``(logits (B, K, h, w), probabilities (B, K, h, w)) -> values (B, K, h, w)`` at the self-attention
@@ -122,7 +126,17 @@ class SlimeAttentionStore:
         self.num_classes = num_classes
         self.class_values = class_values
         self.was_impl = was_impl
+        self.recording = True
         self.reset()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forwards inside this block record nothing (the processors run plain SDPA)."""
+        self.recording = False
+        try:
+            yield
+        finally:
+            self.recording = True
 
     def reset(self) -> None:
         """Forget the maps of the previous forward."""
@@ -217,48 +231,26 @@ def _layer_mean(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor
     return total / len(maps)
 
 
-class _SlimeProcessor(ABC):
-    """Shared projection code of the two processors (input norm, Q/K/V, output projection)."""
+class _SlimeProcessor(ProjectingProcessor):
+    """A processor that records into a :class:`SlimeAttentionStore` (only while it records)."""
 
     def __init__(self, key: str, store: SlimeAttentionStore) -> None:
-        self.key = key
+        super().__init__(key)
         self.store = store
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> torch.Tensor:
-        projected = project_attention_inputs(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb
-        )
-        grid = projected.grid
-        if grid is None:
-            side = math.isqrt(projected.query.shape[2])
-            grid = (side, side)
-        output = self.attend(
-            attn, projected.query, projected.key, projected.value, projected.mask, grid
-        )
-        return project_attention_output(attn, output, projected)
-
-    @abstractmethod
-    def attend(self, attn, query, key, value, mask, grid) -> torch.Tensor:
-        """(B, H, Nq, d) attention output of this processor's kind."""
 
 
 class ClassMapProcessor(_SlimeProcessor):
     """Cross-attention with explicit fp32 scores; records the K class-token columns.
 
     Records per layer, head-averaged, (B, N, K): the raw scores (``Q K^T * scale``, the training
-    logits) and the 77-token softmax probabilities (the inference maps).
+    logits) and the 77-token softmax probabilities (the inference maps). Plain SDPA while the
+    store is paused.
     """
 
-    def attend(self, attn, query, key, value, mask, grid) -> torch.Tensor:
+    def attend(self, attn, projected: ProjectedAttention) -> torch.Tensor:
+        if not self.store.recording:
+            return sdpa_attention(attn, projected)
+        query, key, value, mask = projected.query, projected.key, projected.value, projected.mask
         scores = query.float() @ key.float().transpose(-1, -2) * attn.scale
         if mask is not None:
             scores = scores + mask
@@ -273,39 +265,37 @@ class ClassMapProcessor(_SlimeProcessor):
 class WasProcessor(_SlimeProcessor):
     """Self-attention whose output is the usual fused SDPA, plus the layer's WAS-attention."""
 
-    def attend(self, attn, query, key, value, mask, grid) -> torch.Tensor:
-        output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scale)
-        if self.store.class_values is not None:
-            if mask is not None:
+    def attend(self, attn, projected: ProjectedAttention) -> torch.Tensor:
+        output = sdpa_attention(attn, projected)
+        if self.store.recording and self.store.class_values is not None:
+            if projected.mask is not None:
                 raise ValueError("WAS-attention does not support attention masks")
-            values = self.store.values_for(*grid)
+            values = self.store.values_for(*projected.query_grid())
             was_fn = fused_was if self.store.was_impl == "fused" else explicit_was
-            self.store.add_was(self.key, was_fn(query, key, values, attn.scale).mean(dim=1))
+            was = was_fn(projected.query, projected.key, values, attn.scale)
+            self.store.add_was(self.key, was.mean(dim=1))
         return output
+
+
+def slime_processors(store: SlimeAttentionStore) -> dict[str, _SlimeProcessor]:
+    """The processors of a store's layers, for :class:`~labeler.attention.hooks.AttentionHooks`."""
+    processors: dict[str, _SlimeProcessor] = {
+        key: ClassMapProcessor(key, store) for key in store.cross_keys
+    }
+    processors.update({key: WasProcessor(key, store) for key in store.self_keys})
+    return processors
 
 
 @contextmanager
 def slime_attention(unet, store: SlimeAttentionStore) -> Iterator[SlimeAttentionStore]:
-    """Install the SLiMe processors for one or more forwards; restore the originals on exit.
+    """Install the SLiMe processors for one block of code; restore the originals on exit.
 
     The store is reset on entry; call ``store.reset()`` between forwards inside one block.
+    A segmenter installs :func:`slime_processors` once instead, with :class:`AttentionHooks`.
     """
-    original = unet.attn_processors
-    wanted = set(store.cross_keys) | set(store.self_keys)
-    unknown = wanted - set(original)
-    if unknown:
-        raise ValueError(f"no such attention layers: {sorted(unknown)[:3]}")
-    installed = {}
-    for key, processor in original.items():
-        if key in store.cross_keys:
-            installed[key] = ClassMapProcessor(key, store)
-        elif key in store.self_keys:
-            installed[key] = WasProcessor(key, store)
-        else:
-            installed[key] = processor
+    hooks = AttentionHooks(unet, slime_processors(store))
     store.reset()
-    unet.set_attn_processor(installed)
     try:
         yield store
     finally:
-        unet.set_attn_processor(original)
+        hooks.restore()

@@ -123,6 +123,8 @@ class PredImage:
     width: int
     height: int
     annotations: list[dict[str, Any]] = field(default_factory=list)
+    #: the source URI (``coco_url``; older outputs: the ``file_name``, which was the URI)
+    uri: str = ""
 
 
 @dataclass
@@ -210,6 +212,7 @@ def load_predictions(output_uri: str, require_coco: bool = True) -> Predictions:
             file_name=str(im.get("file_name", "")),
             width=int(im["width"]),
             height=int(im["height"]),
+            uri=str(im.get("coco_url") or im.get("file_name", "")),
         )
         for im in coco.get("images", [])
     }
@@ -226,7 +229,7 @@ def load_predictions(output_uri: str, require_coco: bool = True) -> Predictions:
     if records is None:
         records = [
             ImageRecord(
-                im.file_name, im.image_id, "labeled", None, im.width, im.height, len(im.annotations)
+                im.uri, im.image_id, "labeled", None, im.width, im.height, len(im.annotations)
             )
             for im in images.values()
         ]

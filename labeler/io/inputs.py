@@ -1026,6 +1026,20 @@ def iter_inputs(
     )
 
 
+def folder_root(uri: str, *, storage_options: dict[str, Any] | None = None) -> str | None:
+    """The URI prefix of a folder input's images (``InputRef.uri`` = prefix ``/`` relative path).
+
+    Returns ``None`` when ``uri`` is not a folder (a manifest, a Parquet file, one image): those
+    inputs have no common image root. Credentials are never part of the result.
+    """
+    fs, path, clean = _open_fs(uri, storage_options)
+    try:
+        is_folder = fs.isdir(path)
+    except OSError:  # the listing reports access errors with their context
+        return None
+    return _base_uri(clean, fs, path) if is_folder else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading bytes
 # ---------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ def _write_coco(output: Folder, shard_ids, categories, info, counts) -> None:
                     continue
                 record = {
                     "id": row["image_id"],
-                    "file_name": row["uri"],
+                    "file_name": row["file_name"] or row["uri"],
+                    "coco_url": row["uri"],
                     "width": row["width"],
                     "height": row["height"],
                 }

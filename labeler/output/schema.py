@@ -7,7 +7,8 @@ import pyarrow as pa
 IMAGE_STATUS_LABELED = "labeled"
 IMAGE_STATUS_FAILED = "failed"
 
-#: ``images.parquet``: one row per input image, labeled or failed.
+#: ``images.parquet``: one row per input image, labeled or failed. ``uri`` is the source,
+#: ``file_name`` the name relative to the image root (:mod:`labeler.output.names`).
 IMAGES = pa.schema(
     [
         ("uri", pa.string()),
@@ -19,6 +20,7 @@ IMAGES = pa.schema(
         ("height", pa.int32()),
         ("n_annotations", pa.int32()),
         ("shard_id", pa.string()),
+        ("file_name", pa.string()),
     ]
 )
 

@@ -132,7 +132,7 @@ def _render_labeled(
     max_size: int,
     alpha: float,
 ) -> GalleryItem:
-    uri = image.file_name if image is not None else record.uri
+    uri = image.uri if image is not None else record.uri
     if image is None:
         return GalleryItem(
             record.image_id, uri, "labeled", note="labeled in images.parquet but not in coco.json"
@@ -221,7 +221,7 @@ def build_preview(
         )
     out_uri = out_uri or fsutil.join(output_uri, "preview")
     colors = category_colors(list(preds.categories))
-    by_uri = {im.file_name: im for im in preds.images.values()}
+    by_uri = {im.uri: im for im in preds.images.values()}
 
     labeled_records = [r for r in preds.records if r.status == "labeled"]
     failed_records = [r for r in preds.records if r.status == "failed"]

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.io.inputs import InputError, iter_inputs
+from labeler.io.inputs import InputError, folder_root, iter_inputs
 from labeler.io.storage import Folder
 from labeler.output.merge import merge_outputs
+from labeler.output.names import ImageNamer
 from labeler.runtime.plan import plan_run
 from labeler.runtime.progress import DriverProgress
 from labeler.runtime.ray_executor import ExecutionReport, execute_shards
@@ -71,8 +72,9 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     config = _preflight(config, storage_options)
     try:
         items = input_items(config, storage_options)  # fails before the output is touched
-        resumed = run.claim(config)
-        plan = plan_run(run, items, config.shard_size)
+        image_root = folder_root(config.input, storage_options=storage_options)
+        resumed = run.claim(config, image_root=image_root)
+        plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
     except InputError as error:
         raise ValueError(str(error)) from error
     shard_ids = [shard["shard_id"] for shard in plan["shards"]]
@@ -148,4 +150,7 @@ def _coco_info(config: JobConfig, output: Folder) -> dict:
         "run_id": recorded["fingerprint"],
         "date_created": recorded["created"],
         "labeler_version": recorded["labeler_version"],
+        # where consumers find the images named by file_name (None: manifest/Parquet inputs,
+        # whose names are stable names and whose sources are in each image's coco_url)
+        "image_root": recorded.get("image_root"),
     }

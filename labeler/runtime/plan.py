@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from labeler.runtime.run_folder import RunFolder
@@ -31,14 +31,21 @@ def shard_id_for(uris: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def cut_into_shards(items: Iterable[dict], shard_size: int) -> Iterator[list[dict]]:
+def cut_into_shards(
+    items: Iterable[dict], shard_size: int, name: Callable[[str, int], str] | None = None
+) -> Iterator[list[dict]]:
     """Group input items (dicts with at least ``uri``) into shards of at most ``shard_size``.
 
-    Each item gets its ``image_id``: its 1-based position in the collection.
+    Each item gets its ``image_id``: its 1-based position in the collection, and, with ``name``
+    (``(uri, image_id) -> file_name``, e.g. :class:`labeler.output.names.ImageNamer`), its
+    ``file_name``.
     """
     shard: list[dict] = []
     for position, item in enumerate(items):
-        shard.append({**item, "image_id": position + 1})
+        entry = {**item, "image_id": position + 1}
+        if name is not None:
+            entry["file_name"] = name(entry["uri"], entry["image_id"])
+        shard.append(entry)
         if len(shard) == shard_size:
             yield shard
             shard = []
@@ -46,11 +53,15 @@ def cut_into_shards(items: Iterable[dict], shard_size: int) -> Iterator[list[dic
         yield shard
 
 
-def plan_run(run: RunFolder, items: Iterable[dict], shard_size: int) -> dict:
+def plan_run(
+    run: RunFolder, items: Iterable[dict], shard_size: int,
+    name: Callable[[str, int], str] | None = None,
+) -> dict:
     """Write the manifest and plan unless a plan already exists (resume); return the plan.
 
     Args:
         items: the collection in order, one dict per image with at least ``uri``.
+        name: ``(uri, image_id) -> file_name`` (see :func:`cut_into_shards`).
     """
     if run.has_plan():
         return run.read_plan()
@@ -59,7 +70,7 @@ def plan_run(run: RunFolder, items: Iterable[dict], shard_size: int) -> dict:
     writes: deque[Future] = deque()
     writers = 1 if run.output.is_local else MANIFEST_WRITERS  # local disk: threads only add GIL
     with ThreadPoolExecutor(writers, thread_name_prefix="labeler-plan") as pool:
-        for entries in cut_into_shards(items, shard_size):
+        for entries in cut_into_shards(items, shard_size, name):
             shard_id = shard_id_for([entry["uri"] for entry in entries])
             if shard_id in seen:  # a manifest that repeats a whole shard's URIs
                 shard_id = shard_id_for([f"{entry['image_id']}:{entry['uri']}" for entry in entries])

@@ -61,8 +61,11 @@ class RunFolder:
                                what=self.output.uri_of(relative))
 
     # -- configuration -------------------------------------------------------------------
-    def claim(self, config: JobConfig) -> bool:
+    def claim(self, config: JobConfig, image_root: str | None = None) -> bool:
         """Record ``config`` for a new run, or check it against the recorded one.
+
+        ``image_root`` (the folder input's URI, recorded beside the settings, not fingerprinted)
+        is where the images named by the outputs' ``file_name`` live.
 
         Returns:
             True when resuming an existing run.
@@ -91,6 +94,7 @@ class RunFolder:
                 "settings": settings,
                 "labeler_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "image_root": image_root,
             },
         )
         return False

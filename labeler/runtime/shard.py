@@ -58,6 +58,7 @@ class ShardRows:
         self.images.append(
             {
                 "uri": entry["uri"],
+                "file_name": entry.get("file_name", entry["uri"]),
                 "image_id": entry["image_id"],
                 "status": schema.IMAGE_STATUS_FAILED,
                 "reason": reason,
@@ -374,7 +375,7 @@ class ShardProcessor:
                     "bbox": mask.bbox,
                     "iscrowd": 0,
                     "score": float(score),
-                    "file_name": entry["uri"],
+                    "file_name": entry.get("file_name", entry["uri"]),
                     "run_id": self.run_id,
                     **self.provenance,
                 }
@@ -383,6 +384,7 @@ class ShardProcessor:
         rows.images.append(
             {
                 "uri": entry["uri"],
+                "file_name": entry.get("file_name", entry["uri"]),
                 "image_id": entry["image_id"],
                 "status": schema.IMAGE_STATUS_LABELED,
                 "reason": None,

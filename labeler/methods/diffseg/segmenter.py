@@ -3,9 +3,14 @@ algorithm of :mod:`labeler.methods.diffseg.algorithm`."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
+from labeler.attention.capture import ResolutionMeanSink, capturing_processors
+from labeler.attention.hooks import AttentionHooks
+from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.methods.base import ImageLabels, compact_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
@@ -28,6 +33,9 @@ class DiffSeg:
     and labeling. Labels are computed at the original size (capped at ``max_label_side`` on the
     long side, then nearest-resized), so nothing is centre-cropped away.
 
+    The capturing processors are installed on the UNet once, here; each batch resets the sink.
+    :meth:`close` puts the UNet's own processors back.
+
     Args:
         backbone: the loaded SD components.
         options: the merge settings (reference defaults).
@@ -36,7 +44,7 @@ class DiffSeg:
         antialias: antialias the resize to the model size (the reference does not).
     """
 
-    categories = [{"id": 1, "name": "segment", "supercategory": "segment"}]
+    categories: ClassVar[list[dict]] = [{"id": 1, "name": "segment", "supercategory": "segment"}]
 
     def __init__(
         self,
@@ -46,7 +54,6 @@ class DiffSeg:
         max_label_side: int = 1024,
         antialias: bool = True,
     ) -> None:
-        from labeler.attention.layers import select_layers, unet_attention_layers
         from labeler.timing import StageTimer
 
         self.backbone = backbone
@@ -57,7 +64,15 @@ class DiffSeg:
         self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
         if not self.layers:
             raise ValueError(f"model {backbone.name} has no self-attention layers")
+        self.sink = ResolutionMeanSink()
+        self.hooks = AttentionHooks(
+            backbone.unet, capturing_processors({layer.key: self.sink for layer in self.layers})
+        )
         self.timer = StageTimer()
+
+    def close(self) -> None:
+        """Give the UNet its original attention processors back."""
+        self.hooks.restore()
 
     def provenance(self) -> dict:
         return {
@@ -81,7 +96,6 @@ class DiffSeg:
         Returns:
             ``{side: (B, side*side, side*side)}`` float32, head and layer means.
         """
-        from labeler.attention.capture import ResolutionMeanSink, capture_attention
         from labeler.methods.preprocess import images_to_model_input
 
         backbone = self.backbone
@@ -92,11 +106,11 @@ class DiffSeg:
         timesteps = torch.full(
             (len(images),), self.timestep, device=backbone.device, dtype=torch.long
         )
-        sink = ResolutionMeanSink()
+        self.sink.reset()
+        self.hooks.ensure()
         with self.timer.stage("unet_capture"), torch.no_grad():
-            with capture_attention(backbone.unet, {layer.key: sink for layer in self.layers}):
-                backbone.unet(latents, timesteps, encoder_hidden_states=context)
-        return sink.means()
+            backbone.unet(latents, timesteps, encoder_hidden_states=context)
+        return self.sink.means()
 
     @torch.no_grad()
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,52 +34,14 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 #: The reference layers (``--attention_layers_to_use`` defaults), as ``block/kind/side[:n]``
-#: selectors: every up-block cross-attention at 16x16, the first two at 32x32 (the reference
-#: leaves out the third), every up-block self-attention at 64x64. Sides are query grids at the
-#: model's native size (SD: 64 latent cells for 512 px).
+#: selectors (see :func:`labeler.attention.layers.resolve_layers`): every up-block
+#: cross-attention at 16x16, the first two at 32x32 (the reference leaves out the third), every
+#: up-block self-attention at 64x64. Sides are query grids at the model's native size (SD: 64
+#: latent cells for 512 px).
 DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     "cross": ("up/cross/16", "up/cross/32:2"),
     "self": ("up/self/64",),
 }
-
-_SELECTOR = re.compile(r"^(down|mid|up)/(self|cross)/(\d+)(?::(\d+))?$")
-_ATTENTION_INDEX = re.compile(r"attentions\.(\d+)\.transformer_blocks\.(\d+)\.")
-
-
-def resolve_layers(unet, selectors: Sequence[str]) -> list[str]:
-    """Processor keys of the layers a list of selectors names, in execution order.
-
-    A selector is ``block/kind/side`` (every such layer) or ``block/kind/side:n`` (the first n
-    attention modules of each matching block). Only the first transformer block of each attention
-    module is used (SD 1.x/2.x have one).
-
-    Raises:
-        ValueError: a malformed selector, or one that matches no layer of this UNet.
-    """
-    from labeler.attention.layers import unet_attention_layers
-
-    layers = unet_attention_layers(unet)
-    keys: list[str] = []
-    for selector in selectors:
-        match = _SELECTOR.match(selector)
-        if match is None:
-            raise ValueError(f"bad layer selector {selector!r}: use block/kind/side[:n], e.g. up/cross/16")
-        block, kind, side, first = match.group(1), match.group(2), int(match.group(3)), match.group(4)
-        chosen = []
-        for layer in layers:
-            if (layer.block, layer.kind, layer.side) != (block, kind, side):
-                continue
-            position = _ATTENTION_INDEX.search(layer.key)
-            attention_index, transformer_index = (int(position[1]), int(position[2])) if position else (0, 0)
-            if transformer_index != 0 or (first is not None and attention_index >= int(first)):
-                continue
-            chosen.append(layer.key)
-        if not chosen:
-            raise ValueError(f"layer selector {selector!r} matches no attention layer of this UNet")
-        keys += [key for key in chosen if key not in keys]
-    order = list(unet.attn_processors)
-    return sorted(keys, key=order.index)
-
 
 # --------------------------------------------------------------------------------------------
 # Pure functions: class maps, WAS, patch grid, gate / threshold / rescale, patch averaging.

@@ -65,7 +65,7 @@ class EmbeddingSet:
             then only the embedding width is checked).
         prompt: the prompt whose text-encoder output gives the fixed rows (BOS, rows >= K).
         layers: ``{"cross": [...], "self": [...]}`` layer selectors
-            (see :func:`labeler.methods.slime.resolve_layers`).
+            (see :func:`labeler.attention.layers.resolve_layers`).
         channel_order: ``rgb`` or ``bgr``: what the VAE saw during the fit.
         inference: inference settings (a subset of :class:`labeler.methods.slime.SlimeOptions`).
         fit: fit settings and provenance.

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.attention.hooks import AttentionHooks
+from labeler.attention.layers import resolve_layers
+from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
 from labeler.methods.slime.data import AnnotatedImage, AugmentSettings, augment, prepare
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
@@ -154,7 +157,7 @@ class SlimeFitter:
 
     def __init__(self, backbone, classes: Sequence[str], settings: FitSettings,
                  layers: dict[str, Sequence[str]] | None = None) -> None:
-        from labeler.methods.slime.algorithm import DEFAULT_LAYERS, resolve_layers
+        from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities
 
         validate_classes(tuple(classes))
         self.backbone = backbone
@@ -164,6 +167,9 @@ class SlimeFitter:
         self.layers = {kind: list(s) for kind, s in (layers or DEFAULT_LAYERS).items()}
         self.cross_keys = resolve_layers(backbone.unet, self.layers["cross"])
         self.self_keys = resolve_layers(backbone.unet, self.layers["self"])
+        self.store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
+                                         lambda logits, _: class_probabilities(logits), settings.was_impl)
+        self.hooks = AttentionHooks(backbone.unet, slime_processors(self.store))
         self.prompt = settings.prompt or default_prompt(self.num_classes)
         self.base = prompt_embeddings(backbone, self.prompt).to(backbone.device)  # (77, D) fp32
         self.uncond = prompt_embeddings(backbone, "").to(backbone.device, backbone.dtype)[None]
@@ -176,6 +182,10 @@ class SlimeFitter:
         )
         self.generator = torch.Generator().manual_seed(settings.seed)
 
+    def close(self) -> None:
+        """Give the UNet its original attention processors back."""
+        self.hooks.restore()
+
     def context(self) -> Tensor:
         """(1, 77, D) conditioning in the model dtype, differentiable w.r.t. the embeddings."""
         return assemble_context(self.base, self.embeddings)[None].to(self.backbone.dtype)
@@ -186,9 +196,6 @@ class SlimeFitter:
         Args:
             pixels: (1, 3, S, S) in [-1, 1], channel order applied; mask: (1, m, m) int64.
         """
-        from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-        from labeler.methods.slime.algorithm import class_probabilities
-
         backbone, settings = self.backbone, self.settings
         latents = backbone.encode_images(pixels, self.generator, sample=True).float()
         low, high = settings.train_t
@@ -197,15 +204,15 @@ class SlimeFitter:
         timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
         noisy = backbone.scheduler.add_noise(latents, noise, timesteps).to(backbone.dtype)
 
-        store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
-                                    lambda logits, _: class_probabilities(logits), settings.was_impl)
-        with slime_attention(backbone.unet, store):
-            noise_cond = backbone.unet(noisy, timesteps, encoder_hidden_states=self.context()).sample
+        store = self.store
+        store.reset()
+        self.hooks.ensure()
+        noise_cond = backbone.unet(noisy, timesteps, encoder_hidden_states=self.context()).sample
         logits = store.cross_logits(settings.mask_size)
         was = store.was(settings.mask_size)
         terms = {"ce": ce_loss(logits, mask), "mse": was_mse_loss(was, mask)}
         if settings.sd_weight:
-            with torch.no_grad():
+            with torch.no_grad(), store.paused():
                 noise_uncond = backbone.unet(noisy, timesteps, encoder_hidden_states=self.uncond).sample
             terms["sd"] = sd_loss(noise_uncond, noise_cond, noise, settings.guidance)
         else:
@@ -283,18 +290,21 @@ def fit_embedding_set(
     best = _BestTracker(settings.select_best, validation or samples, fitter, inference)
     history: list[dict[str, float]] = []
     step = 0
-    with tqdm(total=total_steps, desc="slime fit", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        for epoch in range(settings.epochs):
-            for index in order_generator.permutation(len(samples)):
-                image, mask = prepared[index]
-                pixels, loss_mask = fitter.sample(image, mask, target=step % fitter.num_classes)
-                terms = fitter.step(pixels, loss_mask)
-                history.append(terms)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{terms['total']:.3f}", ce=f"{terms['ce']:.3f}",
-                                mse=f"{terms['mse']:.3f}", sd=f"{terms['sd']:.3f}", t=int(terms["t"]))
-            best.after_epoch(epoch)
+    try:
+        with tqdm(total=total_steps, desc="slime fit", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+            for epoch in range(settings.epochs):
+                for index in order_generator.permutation(len(samples)):
+                    image, mask = prepared[index]
+                    pixels, loss_mask = fitter.sample(image, mask, target=step % fitter.num_classes)
+                    terms = fitter.step(pixels, loss_mask)
+                    history.append(terms)
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{terms['total']:.3f}", ce=f"{terms['ce']:.3f}",
+                                    mse=f"{terms['mse']:.3f}", sd=f"{terms['sd']:.3f}", t=int(terms["t"]))
+                best.after_epoch(epoch)
+    finally:
+        fitter.close()
     seconds = time.perf_counter() - started
     embeddings = best.embeddings if best.embeddings is not None else fitter.embeddings.detach().cpu().clone()
     provenance = _provenance(backbone, samples, settings, history, seconds, best)
@@ -334,7 +344,10 @@ class _BestTracker:
 
         candidate = self.fitter.embedding_set(self.fitter.backbone.name, self.inference, {})
         segmenter = Slime(self.fitter.backbone, candidate, seed=self.fitter.settings.seed)
-        predictions = segmenter.predict([sample.image for sample in self.images])
+        try:
+            predictions = segmenter.predict([sample.image for sample in self.images])
+        finally:
+            segmenter.close()
         score = float(np.mean([
             mean_iou_present(labels, sample.mask, self.fitter.num_classes)
             for (labels, _), sample in zip(predictions, self.images)

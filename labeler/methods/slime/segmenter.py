@@ -4,13 +4,15 @@ cross-attention class maps, WAS, per-class rescale, argmax)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.attention.hooks import AttentionHooks
+from labeler.attention.layers import resolve_layers
+from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
 from labeler.methods.base import ImageLabels, compact_labels
 from labeler.methods.slime.algorithm import (
     REFERENCE_CANVAS,
@@ -21,7 +23,6 @@ from labeler.methods.slime.algorithm import (
     inference_class_values,
     patch_grid,
     postprocess_patch,
-    resolve_layers,
 )
 
 
@@ -34,6 +35,9 @@ class Slime:
         options: inference settings; None = the set's recorded inference settings.
         seed: the job seed. Noise and VAE samples are drawn per patch from a generator seeded by
             (seed, image content, patch index), so an image's labels do not depend on the batch.
+
+    The SLiMe processors are installed on the UNet once, here; each UNet pass resets their
+    store. :meth:`close` puts the UNet's own processors back.
     """
 
     def __init__(self, backbone, embedding_set, options: SlimeOptions | None = None, seed: int = 0) -> None:
@@ -55,7 +59,15 @@ class Slime:
                                 self.options.cover_edges)
         self.context = embedding_set.conditioning(backbone)  # (1, 77, D) in the model dtype
         self.categories = embedding_set.categories()
+        self._kept: list[Tensor] = []  # the class gate of the current UNet pass
+        self.store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
+                                         self._class_values, self.options.was_impl)
+        self.hooks = AttentionHooks(backbone.unet, slime_processors(self.store))
         self.timer = StageTimer()
+
+    def close(self) -> None:
+        """Give the UNet its original attention processors back."""
+        self.hooks.restore()
 
     def provenance(self) -> dict:
         return {
@@ -76,18 +88,21 @@ class Slime:
 
     # ---- one UNet pass over a batch of patches -------------------------------------------------
 
-    def _class_values(self, keep_out: list[Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        """The WAS-values function for the store (gate + background threshold at inference)."""
+    def _class_values(self, logits: Tensor, probabilities: Tensor) -> Tensor:
+        """The store's WAS values (gate + background threshold at inference); keeps the gate.
+
+        Args:
+            logits, probabilities: (P, K, h, w) layer-mean class maps.
+
+        Returns:
+            (P, K, h, w) WAS values.
+        """
         options = self.options
-
-        def values(logits: Tensor, probabilities: Tensor) -> Tensor:
-            maps = class_probabilities(logits) if options.normalization == "classes" else probabilities
-            keep = gate_classes(maps, options.patch_threshold)
-            keep_out.append(keep)
-            return inference_class_values(maps, keep, options.background_threshold,
-                                          options.threshold_first_kept)
-
-        return values
+        maps = class_probabilities(logits) if options.normalization == "classes" else probabilities
+        keep = gate_classes(maps, options.patch_threshold)
+        self._kept.append(keep)
+        return inference_class_values(maps, keep, options.background_threshold,
+                                      options.threshold_first_kept)
 
     @torch.no_grad()
     def patch_maps(self, pixels: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor, Tensor]:
@@ -101,8 +116,6 @@ class Slime:
             class maps (P, K, h, w) (the normalisation in use), WAS (P, K, h, w) and keep (P, K)
             bool, float32, at the WAS grid (64 x 64 for SD at 512).
         """
-        from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-
         backbone = self.backbone
         with self.timer.stage("vae_encode"):
             latents = backbone.encode_images(pixels, generators, sample=not self.options.posterior_mean)
@@ -110,16 +123,16 @@ class Slime:
         timesteps = torch.full((len(pixels),), self.options.timestep, dtype=torch.long,
                                device=latents.device)
         noisy = backbone.scheduler.add_noise(latents.float(), noise.to(latents.device), timesteps)
-        keep_out: list[Tensor] = []
-        store = SlimeAttentionStore(self.cross_keys, self.self_keys, self.num_classes,
-                                    self._class_values(keep_out), self.options.was_impl)
         context = self.context.expand(len(pixels), -1, -1)
-        with self.timer.stage("unet"), slime_attention(backbone.unet, store):
+        self.store.reset()
+        self._kept.clear()
+        self.hooks.ensure()
+        with self.timer.stage("unet"):
             backbone.unet(noisy.to(backbone.dtype), timesteps, encoder_hidden_states=context)
-        was = store.was()
-        logits, probabilities = store.cross_maps(was.shape[-2:])
+        was = self.store.was()
+        logits, probabilities = self.store.cross_maps(was.shape[-2:])
         class_maps = class_probabilities(logits) if self.options.normalization == "classes" else probabilities
-        return class_maps, was, keep_out[0]
+        return class_maps, was, self._kept[0]
 
     # ---- images ---------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Exports of a finished output to the formats labeling tools read (``labeler export``)."""

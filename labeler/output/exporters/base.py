@@ -1,0 +1,71 @@
+"""What every export format implements, and the streaming JSON array writer they share."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from labeler.io.storage import Folder
+from labeler.output.exporters.source import ExportImage
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What a format gets besides the images.
+
+    Attributes:
+        out: the export folder.
+        categories: the output's COCO categories.
+        info: the output's COCO ``info`` block (method, model, run id, image root).
+        images_dir: where images are placed with ``--images copy|link``, relative to ``out``
+            (``None``: images stay at their source; ``file_name``s are relative to the root).
+        tolerance: polygon simplification in pixels (:mod:`.polygons`).
+    """
+
+    out: Folder
+    categories: list[dict]
+    info: dict
+    images_dir: str | None
+    tolerance: float
+
+
+class Exporter(ABC):
+    """One export format: fed images one at a time, so memory is flat in the collection size."""
+
+    #: the folder, relative to the export, where ``--images copy|link`` puts the images
+    images_subdir = "images"
+
+    def __init__(self, context: ExportContext) -> None:
+        self.context = context
+
+    @abstractmethod
+    def add(self, image: ExportImage, annotations: list[dict]) -> None:
+        """Write one image's (already filtered) annotations."""
+
+    @abstractmethod
+    def close(self) -> list[str]:
+        """Finish the files; return the main files written (relative to the export)."""
+
+
+class JsonArrayWriter:
+    """Writes ``prefix [item, item, ...] suffix`` to an atomic file, item by item."""
+
+    def __init__(self, out: Folder, relative: str) -> None:
+        self._context = out.open_atomic_writer(relative)
+        self._handle = self._context.__enter__()
+        self._first = True
+
+    def raw(self, text: str) -> None:
+        self._handle.write(text.encode("utf-8"))
+
+    def item(self, value) -> None:
+        self.raw(("\n" if self._first else ",\n") + json.dumps(value, ensure_ascii=False))
+        self._first = False
+
+    def restart(self) -> None:
+        """The next :meth:`item` starts a new array (no comma before it)."""
+        self._first = True
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)

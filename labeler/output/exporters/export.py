@@ -1,0 +1,131 @@
+"""``labeler export``: stream a finished output into one format, with filters and images.
+
+The formats are registered in :data:`FORMATS` by name. Images are read from their source URI
+only with ``--images copy|link``; otherwise the export names them by ``file_name`` relative to the
+output's image root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from labeler.io.inputs import read_image_bytes, ref_from_uri
+from labeler.io.storage import Folder
+from labeler.output.exporters.base import ExportContext, Exporter
+from labeler.output.exporters.coco import CocoExporter, CocoPolygonExporter, CvatExporter
+from labeler.output.exporters.filters import ExportFilters
+from labeler.output.exporters.label_maps import LabelMapExporter
+from labeler.output.exporters.label_studio import LabelStudioExporter
+from labeler.output.exporters.source import ExportImage, OutputSource
+from labeler.output.exporters.yolo_seg import YoloSegExporter
+
+#: format name -> (exporter class, consumer, what it holds); the README's table
+FORMATS: dict[str, type[Exporter]] = {
+    "coco-rle": CocoExporter,
+    "coco-polygons": CocoPolygonExporter,
+    "yolo-seg": YoloSegExporter,
+    "label-maps": LabelMapExporter,
+    "label-studio": LabelStudioExporter,
+    "cvat": CvatExporter,
+}
+IMAGE_MODES = ("none", "copy", "link")
+#: default polygon simplification, pixels (round-trip IoU in the README)
+DEFAULT_TOLERANCE = 0.5
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote and what its filters left out."""
+
+    out: str
+    format: str
+    images: int = 0
+    annotations: int = 0
+    filtered: Counter = field(default_factory=Counter)
+    images_placed: int = 0
+    image_failures: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def export(output: str, fmt: str, out: str, *, images: str = "none",
+           filters: ExportFilters | None = None, tolerance: float = DEFAULT_TOLERANCE,
+           storage_options: dict | None = None) -> ExportSummary:
+    """Write ``output`` (a finished run) as ``fmt`` into the folder ``out``.
+
+    Raises:
+        ValueError: unknown format or image mode, a filter naming an unknown class, ``link``
+            for a remote export or non-local images, or ``output`` not a finished output.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+    if images not in IMAGE_MODES:
+        raise ValueError(f"--images must be one of {', '.join(IMAGE_MODES)} (got {images!r})")
+    if tolerance < 0:
+        raise ValueError(f"--tolerance must be >= 0 (got {tolerance})")
+    filters = filters or ExportFilters()
+    source = OutputSource(output, storage_options)
+    filters.check_classes([c["name"] for c in source.categories])
+    target = Folder(out, storage_options)
+    if images == "link" and not target.is_local:
+        raise ValueError("--images link needs a local --out folder")
+    info = {**_info(source), "exported_as": fmt}
+    exporter_class = FORMATS[fmt]
+    images_dir = None if images == "none" else exporter_class.images_subdir
+    context = ExportContext(target, source.categories, info, images_dir, tolerance)
+    exporter = exporter_class(context)
+    names = {c["id"]: c["name"] for c in source.categories}
+    summary = ExportSummary(out=out, format=fmt)
+    for image, found in source:
+        kept = filters.apply(image.width, image.height, found, names, summary.filtered)
+        exporter.add(image, kept)
+        summary.images += 1
+        summary.annotations += len(kept)
+        if images_dir is not None:
+            _place(image, target, f"{images_dir}/{image.file_name}", images, summary,
+                   storage_options)
+    summary.files = exporter.close()
+    target.write_json("export.json", {
+        "format": fmt, "source": output, "image_root": source.image_root,
+        "images": summary.images, "annotations": summary.annotations,
+        "filtered": dict(summary.filtered), "images_placed": summary.images_placed,
+        "image_failures": summary.image_failures,
+        "filters": {"min_score": filters.min_score, "min_area": filters.min_area,
+                    "max_segments": filters.max_segments},
+        "tolerance": tolerance,
+    })
+    return summary
+
+
+def _info(source: OutputSource) -> dict:
+    recorded = source.config
+    return {
+        "description": f"labeler {source.method} pseudo-labels",
+        "method": source.method,
+        "run_id": recorded["fingerprint"],
+        "date_created": recorded.get("created"),
+        "labeler_version": recorded.get("labeler_version"),
+        "image_root": source.image_root,
+    }
+
+
+def _place(image: ExportImage, target: Folder, relative: str, mode: str,
+           summary: ExportSummary, storage_options: dict | None) -> None:
+    """Copy or link one image beside the export; a failure is recorded, not raised."""
+    try:
+        if mode == "link":
+            ref = ref_from_uri(image.uri)
+            if ref.is_parquet_row or "://" in image.uri and not image.uri.startswith("file://"):
+                raise ValueError("only local files can be linked (use --images copy)")
+            path = target.path(relative)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.lexists(path):
+                os.remove(path)
+            os.symlink(os.path.abspath(image.uri.removeprefix("file://")), path)
+        else:
+            target.write_bytes(relative, read_image_bytes(ref_from_uri(image.uri),
+                                                          storage_options=storage_options))
+        summary.images_placed += 1
+    except Exception as error:  # noqa: BLE001 - recorded per image in export.json
+        summary.image_failures[image.file_name] = f"{type(error).__name__}: {error}"

@@ -1,0 +1,85 @@
+"""``label-studio``: a tasks file to import into Label Studio, masks as pre-annotations.
+
+``tasks.json`` is a list of tasks ``{"data": {"image": URL}, "predictions": [...]}``, one per
+image; each mask is a ``polygonlabels`` result (points in percent of the image, holes and
+fragments cut in as zero-width slits, :mod:`.polygons`) with the annotation's ``score``.
+``labeling_config.xml`` is the matching labeling interface (``<PolygonLabels name="label"
+toName="image">`` with the output's classes). The image URL is ``/data/local-files/?d=<file_name>`` (Label Studio's local-files serving, with
+``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the image root or to the export's ``images/``),
+or the source URI when there is neither.
+"""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import quoteattr
+
+from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
+from labeler.output.exporters.polygons import mask_polygons
+from labeler.output.exporters.source import ExportImage, decode_mask
+
+FROM_NAME = "label"
+TO_NAME = "image"
+DEFAULT_URL_PREFIX = "/data/local-files/?d="
+
+
+class LabelStudioExporter(Exporter):
+    def __init__(self, context: ExportContext) -> None:
+        super().__init__(context)
+        self.names = {c["id"]: c["name"] for c in context.categories}
+        self.model_version = f"labeler-{context.info.get('method')}-{context.info.get('run_id')}"
+        self._tasks = JsonArrayWriter(context.out, "tasks.json")
+        self._tasks.raw("[")
+
+    def _url(self, image: ExportImage) -> str:
+        if self.context.images_dir is not None or self.context.info.get("image_root"):
+            return DEFAULT_URL_PREFIX + image.file_name
+        return image.uri
+
+    def add(self, image: ExportImage, annotations: list[dict]) -> None:
+        results = []
+        for annotation in annotations:
+            for number, polygon in enumerate(
+                mask_polygons(decode_mask(annotation), self.context.tolerance)
+            ):
+                percent = polygon / [image.width, image.height] * 100.0
+                results.append({
+                    "id": f"{annotation['id']}-{number}",
+                    "from_name": FROM_NAME,
+                    "to_name": TO_NAME,
+                    "type": "polygonlabels",
+                    "original_width": image.width,
+                    "original_height": image.height,
+                    "image_rotation": 0,
+                    "score": annotation["score"],
+                    "value": {
+                        "points": [[round(x, 4), round(y, 4)] for x, y in percent.tolist()],
+                        "closed": True,
+                        "polygonlabels": [self.names[annotation["category_id"]]],
+                    },
+                })
+        scores = [a["score"] for a in annotations]
+        self._tasks.item({
+            "id": image.image_id,
+            "data": {TO_NAME: self._url(image), "file_name": image.file_name,
+                     "source_uri": image.uri},
+            "predictions": [{
+                "model_version": self.model_version,
+                "score": sum(scores) / len(scores) if scores else 0.0,
+                "result": results,
+            }],
+        })
+
+    def close(self) -> list[str]:
+        self._tasks.raw("\n]\n")
+        self._tasks.close()
+        labels = "".join(
+            f"    <Label value={quoteattr(c['name'])}/>\n" for c in self.context.categories
+        )
+        config = (
+            "<View>\n"
+            f"  <Image name=\"{TO_NAME}\" value=\"${TO_NAME}\"/>\n"
+            f"  <PolygonLabels name=\"{FROM_NAME}\" toName=\"{TO_NAME}\">\n{labels}"
+            "  </PolygonLabels>\n</View>\n"
+        )
+        self.context.out.write_bytes("labeling_config.xml", config.encode())
+        return ["tasks.json", "labeling_config.xml"]

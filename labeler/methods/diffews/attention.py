@@ -21,17 +21,17 @@ cached; the bank of n shots is the token-wise concatenation of n one-shot banks
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from labeler.attention.capture import project_attention_inputs, project_attention_output
+from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
+from labeler.attention.processor import ProjectedAttention, ProjectingProcessor, sdpa_attention
 
 Mode = Literal["off", "record", "read"]
 
@@ -121,13 +121,16 @@ class KVFusion:
     shots: int = 1
     bank: SupportBank = field(default_factory=SupportBank)
     reads: list[str] = field(default_factory=list)
+    hooks: AttentionHooks | None = None
 
     def record(self, shots: int = 1) -> None:
         """Start a support pass whose rows are ``groups x shots`` (class-major)."""
+        self._ensure_installed()
         self.mode, self.shots, self.bank = "record", shots, SupportBank()
 
     def read(self, bank: SupportBank) -> None:
         """Start query passes against ``bank``."""
+        self._ensure_installed()
         self.mode, self.bank = "read", bank
         self.reads.clear()
 
@@ -136,6 +139,11 @@ class KVFusion:
 
     def reset_reads(self) -> None:
         self.reads.clear()
+
+    def _ensure_installed(self) -> None:
+        """Put the processors back if another hook set displaced them on this UNet."""
+        if self.hooks is not None:
+            self.hooks.ensure()
 
 
 def _flatten_shots(tensor: Tensor, shots: int) -> Tensor:
@@ -159,7 +167,7 @@ def _with_bank(own: Tensor, bank: Tensor) -> Tensor:
     return torch.cat([own, bank], dim=3).view(rows, heads, tokens + bank.shape[3], width)
 
 
-class KVFusionProcessor:
+class KVFusionProcessor(ProjectingProcessor):
     """Self-attention with a support K/V bank (see :class:`KVFusion` for the modes).
 
     Args:
@@ -168,34 +176,24 @@ class KVFusionProcessor:
     """
 
     def __init__(self, key: str, fusion: KVFusion) -> None:
-        self.key = key
+        super().__init__(key)
         self.fusion = fusion
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: Tensor,
-        encoder_hidden_states: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        temb: Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> Tensor:
-        projected = project_attention_inputs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        query, key, value = projected.query, projected.key, projected.value
+    def attend(self, attn, projected: ProjectedAttention) -> Tensor:
         fusion = self.fusion
         if fusion.mode == "record":
-            fusion.bank.keys[self.key] = _flatten_shots(key, fusion.shots)
-            fusion.bank.values[self.key] = _flatten_shots(value, fusion.shots)
+            fusion.bank.keys[self.key] = _flatten_shots(projected.key, fusion.shots)
+            fusion.bank.values[self.key] = _flatten_shots(projected.value, fusion.shots)
         elif fusion.mode == "read":
-            key = _with_bank(key, fusion.bank.keys[self.key])
-            value = _with_bank(value, fusion.bank.values[self.key])
+            if projected.mask is not None:
+                raise ValueError("attention masks are not supported with KV fusion")
+            projected = replace(
+                projected,
+                key=_with_bank(projected.key, fusion.bank.keys[self.key]),
+                value=_with_bank(projected.value, fusion.bank.values[self.key]),
+            )
             fusion.reads.append(self.key)
-        mask = projected.mask
-        if mask is not None and mask.shape[-1] != key.shape[2]:
-            raise ValueError("attention masks are not supported with KV fusion")
-        output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scale)
-        return project_attention_output(attn, output, projected)
+        return sdpa_attention(attn, projected)
 
 
 def self_attention_keys(unet) -> list[str]:
@@ -207,11 +205,8 @@ def install_kv_fusion(unet) -> KVFusion:
     """Install :class:`KVFusionProcessor` on every ``attn1`` layer, once; others keep theirs.
 
     Returns:
-        the shared context (mode ``off``).
+        the shared context (mode ``off``); ``fusion.hooks`` re-installs or restores them.
     """
     fusion = KVFusion()
-    processors = dict(unet.attn_processors)  # set_attn_processor pops from the dict it is given
-    for key in self_attention_keys(unet):
-        processors[key] = KVFusionProcessor(key, fusion)
-    unet.set_attn_processor(processors)
+    fusion.hooks = AttentionHooks(unet, {key: KVFusionProcessor(key, fusion) for key in self_attention_keys(unet)})
     return fusion

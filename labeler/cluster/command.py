@@ -83,7 +83,8 @@ def add_parser(subparsers: Any) -> None:
 def _job_flag_fields() -> list[dataclasses.Field]:
     """The ``JobConfig`` settings that are flags (not tables, not the cluster address)."""
     return [f for f in dataclasses.fields(JobConfig)
-            if f.name not in ("address", "diffseg", "slime") and not f.name.isupper()]
+            if f.name not in ("address", "diffseg", "slime", "diffews", "support_digest")
+            and not f.name.isupper()]
 
 
 def add_job_flags(group: Any) -> None:

@@ -13,11 +13,9 @@ from labeler.methods.diffews.model import (
     NotADiffewsModel,
     duplicate_and_halve,
     import_checkpoint,
-    install_dual_conv,
     load_diffews_backbone,
     read_support_conv,
     save_diffews_unet,
-    write_checkpoint,
 )
 from labeler.methods.diffews.support import (
     class_supports,
@@ -28,6 +26,7 @@ from labeler.methods.diffews.support import (
 from labeler.methods.slime.data import AnnotatedImage
 from labeler.models.backbone import load_backbone
 from labeler.models.tiny import tiny_model_dir
+from tests.diffews_helpers import tiny_checkpoint
 from tests.helpers import flat_regions_image
 
 SIZE = 256  # any multiple of 64 runs; smaller than the native 512 to keep the suite fast
@@ -37,12 +36,7 @@ TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}  # batched vs one-row kernels differ by
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, labeler_cache) -> str:
     """A tiny DiffewS checkpoint: the tiny model with a perturbed support conv."""
-    backbone = load_backbone("tiny")
-    support = duplicate_and_halve(backbone.unet.conv_in)
-    with torch.no_grad():
-        support.weight.add_(0.05 * torch.randn(support.weight.shape, generator=torch.Generator().manual_seed(1)))
-    install_dual_conv(backbone.unet, support)
-    return str(write_checkpoint(backbone, tmp_path_factory.mktemp("diffews") / "ckpt"))
+    return str(tiny_checkpoint(tmp_path_factory.mktemp("diffews") / "ckpt"))
 
 
 @pytest.fixture(scope="module")

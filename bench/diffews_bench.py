@@ -29,18 +29,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slime_bench import PeakMemory, build_backbone  # noqa: E402
+from slime_bench import PeakMemory, build_backbone
 
-from labeler.methods.diffews.algorithm import decode_soft_maps, mask_latent_from_output  # noqa: E402
-from labeler.methods.diffews.attention import install_kv_fusion  # noqa: E402
-from labeler.methods.diffews.model import duplicate_and_halve, install_dual_conv  # noqa: E402
-from labeler.methods.diffews.support import (  # noqa: E402
+from labeler.methods.diffews.algorithm import decode_soft_maps, mask_latent_from_output
+from labeler.methods.diffews.attention import install_kv_fusion
+from labeler.methods.diffews.model import duplicate_and_halve, install_dual_conv
+from labeler.methods.diffews.support import (
     TIMESTEP,
     empty_context,
     record_bank,
     support_latents,
 )
-from labeler.methods.preprocess import images_to_model_input  # noqa: E402
+from labeler.methods.preprocess import images_to_model_input
 
 
 def _sync(device: torch.device) -> float:

@@ -17,6 +17,7 @@ from labeler.doctor import add_parser as add_doctor
 from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
 from labeler.io.uris import InputError
+from labeler.methods.diffews.command import add_parser as add_diffews
 from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preview(commands)
     add_export(commands)
     add_slime(commands)
+    add_diffews(commands)
     add_cluster(commands)  # submit, logs, stop
     add_doctor(commands)
     return parser

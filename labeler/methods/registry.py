@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from labeler.errors import UserError
+from labeler.methods.diffews.method import SPEC as DIFFEWS
 from labeler.methods.diffseg.method import SPEC as DIFFSEG
 from labeler.methods.slime.method import SPEC as SLIME
 from labeler.methods.spec import MethodFlag, MethodSpec
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from labeler.methods.base import Segmenter
 
 #: The methods that ship with labeler, in ``--help`` order.
-BUILTIN: tuple[MethodSpec, ...] = (DIFFSEG, SLIME)
+BUILTIN: tuple[MethodSpec, ...] = (DIFFSEG, SLIME, DIFFEWS)
 
 #: Environment variable naming plug-in modules that call :func:`register` when imported.
 PLUGINS_ENV = "LABELER_METHODS"

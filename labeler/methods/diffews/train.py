@@ -1,0 +1,308 @@
+"""Episodic DiffewS fine-tuning on the user's annotated images (the reference recipe).
+
+One episode: a class c drawn uniformly, a query image containing it, k in {1..max_shots} support
+images containing it (others than the query when there are any). The support pass records the
+banks (with gradients: the support branch learns through the query's loss), the query pass reads
+them, and the loss is ``MSE(UNet(z_query, t=1), -z_mask)`` with z the VAE posterior *sample*
+(the reference's training) of the query and of its class mask as a +-1 image. AdamW (lr 1e-5,
+weight decay 1e-2), linear decay to 1e-7, gradient clipping 1.0, accumulation over episodes,
+bf16/fp16 autocast on GPU with an fp32 master UNet. The whole UNet, both input convs included,
+is trained; VAE and text encoder are frozen. ``conv_in_ref`` starts from the model's own when it
+has one, else from the duplicate-and-halve init.
+
+Every episode's randomness comes from (seed, step, episode), so a resumed run draws exactly the
+episodes of an uninterrupted one. ``OUTPUT/`` is a checkpoint folder from the first save on;
+``OUTPUT/training/state.pt`` (UNet, optimiser, step; read with ``weights_only=True``) is what a
+re-run continues from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from labeler.methods.diffews.algorithm import (
+    DecisionRule,
+    decode_soft_maps,
+    foreground,
+    mask_latent_from_output,
+)
+from labeler.methods.diffews.attention import install_kv_fusion
+from labeler.methods.diffews.model import (
+    NotADiffewsModel,
+    duplicate_and_halve,
+    install_dual_conv,
+    model_unet_dir,
+    read_support_conv,
+    save_diffews_unet,
+    support_conv_from_tensors,
+    write_checkpoint,
+)
+from labeler.methods.diffews.support import TIMESTEP, empty_context, mask_images
+from labeler.methods.preprocess import images_to_model_input
+from labeler.methods.slime.data import AnnotatedImage
+from labeler.models.backbone import load_backbone
+
+logger = logging.getLogger(__name__)
+
+STATE = "training/state.pt"
+SETTINGS = "training/settings.json"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``labeler diffews train`` settings (reference values unless noted).
+
+    Attributes:
+        steps: optimiser steps (the reference script: 20000).
+        lr: AdamW learning rate, decayed linearly to ``lr_end``.
+        weight_decay, lr_end, grad_clip: AdamW weight decay, final lr, gradient-norm clip.
+        accumulation: episodes per optimiser step (the script: 4).
+        max_shots: shots per episode drawn from 1..max_shots (the script: 2).
+        size: model input side; None = the model's.
+        save_every: steps between checkpoints (and validation).
+        seed: episode draws and VAE samples.
+        context_tokens: empty-prompt length; 2, the inference default (the reference trains
+            with 77 and infers with 2).
+    """
+
+    steps: int = 20000
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    lr_end: float = 1e-7
+    grad_clip: float = 1.0
+    accumulation: int = 4
+    max_shots: int = 2
+    size: int | None = None
+    save_every: int = 500
+    seed: int = 0
+    context_tokens: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "accumulation", "max_shots", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+@dataclass
+class EncodedImage:
+    """One training image, VAE-encoded once: posterior mean and std of the image and of each
+    class mask (samples are drawn per episode as mean + std * noise).
+
+    Attributes:
+        image: (2, 4, h, w) posterior mean and std of the image.
+        masks: class value -> (2, 4, h, w) of its +-1 mask image.
+        classes: the non-background class values present.
+    """
+
+    image: Tensor
+    masks: dict[int, Tensor]
+    classes: list[int]
+
+
+def _posterior(backbone, pixels: Tensor) -> Tensor:
+    with torch.no_grad():
+        dist = backbone.vae.encode(pixels.to(backbone.device, backbone.vae.dtype)).latent_dist
+    scale = backbone.vae.config.scaling_factor
+    return torch.stack([dist.mean * scale, dist.std * scale], dim=1).float()
+
+
+def encode_dataset(backbone, samples: list[AnnotatedImage], num_classes: int, size: int) -> list[EncodedImage]:
+    """Encode every image and every present class mask once."""
+    encoded = []
+    for sample in samples:
+        image = _posterior(backbone, images_to_model_input([sample.image], size))[0]
+        present = [c for c in range(1, num_classes) if (sample.mask == c).any()]
+        masks = {c: _posterior(backbone, mask_images([sample.mask == c], size))[0] for c in present}
+        encoded.append(EncodedImage(image, masks, present))
+    return encoded
+
+
+def _sample(posterior: Tensor, generator: torch.Generator) -> Tensor:
+    noise = torch.randn(posterior.shape[1:], generator=generator)
+    return posterior[0] + posterior[1] * noise.to(posterior.device)
+
+
+def draw_episode(data: list[EncodedImage], max_shots: int, generator: torch.Generator) -> tuple[int, int, list[int]]:
+    """(class, query index, support indices) of one episode."""
+    classes = sorted({c for item in data for c in item.classes})
+    cls = classes[int(torch.randint(len(classes), (), generator=generator))]
+    holders = [i for i, item in enumerate(data) if cls in item.masks]
+    query = holders[int(torch.randint(len(holders), (), generator=generator))]
+    others = [i for i in holders if i != query] or [query]
+    shots = 1 + int(torch.randint(max_shots, (), generator=generator))
+    order = torch.randperm(len(others), generator=generator).tolist()
+    supports = [others[order[i % len(others)]] for i in range(shots)]
+    return cls, query, supports
+
+
+def episode_loss(unet, fusion, context: Tensor, data: list[EncodedImage], episode, generator) -> Tensor:
+    """MSE between the query pass output and the negated query mask latent."""
+    cls, query, supports = episode
+    support_latents = torch.stack([
+        torch.cat([_sample(data[i].image, generator), _sample(data[i].masks[cls], generator)])
+        for i in supports
+    ])
+    query_latent = _sample(data[query].image, generator)[None]
+    target = -_sample(data[query].masks[cls], generator)[None]
+    device = context.device
+    fusion.record(shots=len(supports))
+    timesteps = torch.full((len(supports),), TIMESTEP, dtype=torch.long, device=device)
+    unet(support_latents.to(device), timesteps, encoder_hidden_states=context.expand(len(supports), -1, -1))
+    fusion.read(fusion.bank)
+    output = unet(query_latent.to(device), timesteps[:1], encoder_hidden_states=context).sample
+    fusion.off()
+    return F.mse_loss(output.float(), target.to(device))
+
+
+def validation_iou(backbone, fusion, context: Tensor, data: list[EncodedImage], samples: list[AnnotatedImage],
+                   size: int, seed: int, episodes: int = 8) -> float:
+    """Mean foreground IoU of 1-shot episodes (posterior means, the default decision rule)."""
+    generator = torch.Generator().manual_seed(seed + 7919)
+    rule = DecisionRule()
+    ious = []
+    unet = backbone.unet
+    with torch.no_grad():
+        for _ in range(episodes):
+            cls, query, supports = draw_episode(data, 1, generator)
+            support = torch.cat([data[supports[0]].image[0], data[supports[0]].masks[cls][0]])[None]
+            fusion.record(shots=1)
+            t = torch.full((1,), TIMESTEP, dtype=torch.long, device=context.device)
+            unet(support.to(context.device, backbone.dtype), t, encoder_hidden_states=context)
+            fusion.read(fusion.bank)
+            output = unet(data[query].image[0][None].to(context.device, backbone.dtype), t,
+                          encoder_hidden_states=context).sample
+            fusion.off()
+            soft = decode_soft_maps(backbone.vae, mask_latent_from_output(output))[0].cpu()
+            truth = F.interpolate(torch.from_numpy(samples[query].mask == cls).float()[None, None],
+                                  size=soft.shape, mode="nearest")[0, 0] > 0
+            predicted = foreground(soft, rule)
+            union = (predicted | truth).sum()
+            ious.append(float((predicted & truth).sum() / union) if union else 1.0)
+    return float(np.mean(ious))
+
+
+def _support_conv(model: str, unet):
+    try:
+        weight, bias = read_support_conv(model_unet_dir(model))
+        return support_conv_from_tensors(unet.conv_in, weight, bias)
+    except NotADiffewsModel:
+        logger.info("%s has no conv_in_ref: duplicate-and-halve initialisation", model)
+        return duplicate_and_halve(unet.conv_in)
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str | Path, model: str,
+          settings: TrainSettings, device: str | None = None) -> dict:
+    """Fine-tune (or continue fine-tuning) a DiffewS checkpoint into ``output``.
+
+    Returns:
+        a summary: steps done, last loss, validation IoU history.
+    """
+    output = Path(output)
+    record = {"model": model, "classes": list(classes), "settings": asdict(settings)}
+    _check_resume(output, record)
+    backbone = load_backbone(model, device=device, dtype=torch.float32)
+    unet = backbone.unet
+    install_dual_conv(unet, _support_conv(model, unet))
+    fusion = install_kv_fusion(unet)
+    size = settings.size or backbone.image_size
+    context = empty_context(backbone, settings.context_tokens)
+    data = encode_dataset(backbone, samples, len(classes), size)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - (1 - settings.lr_end / settings.lr)
+                                                 * min(step, settings.steps) / settings.steps)
+    start, history = _restore(output, unet, optimizer, schedule)
+    if start == 0:
+        write_checkpoint(backbone, output)
+        (output / SETTINGS).parent.mkdir(exist_ok=True)
+        (output / SETTINGS).write_text(json.dumps(record, indent=1, sort_keys=True))
+    scaler = torch.amp.GradScaler("cuda", enabled=backbone.device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    unet.train()
+    unet.requires_grad_(True)
+    loss_value = float("nan")
+    for step in range(start, settings.steps):
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(settings.accumulation):
+            generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 97 + micro)
+            episode = draw_episode(data, settings.max_shots, generator)
+            with _autocast(backbone.device):
+                loss = episode_loss(unet, fusion, context, data, episode, generator) / settings.accumulation
+            scaler.scale(loss).backward()
+            total += float(loss.detach())
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        loss_value = total
+        done = step + 1
+        if done % settings.save_every == 0 or done == settings.steps:
+            unet.eval()
+            iou = validation_iou(backbone, fusion, context, data, samples, size, settings.seed)
+            unet.train()
+            history.append({"step": done, "loss": loss_value, "val_iou": iou})
+            logger.info("step %d/%d: loss %.5f, validation IoU %.3f", done, settings.steps, loss_value, iou)
+            _save(output, backbone, optimizer, schedule, done, history)
+    unet.eval()
+    return {"steps": settings.steps, "resumed_from": start, "loss": loss_value, "history": history}
+
+
+def _check_resume(output: Path, record: dict) -> None:
+    path = output / SETTINGS
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    keep = {k: v for k, v in record["settings"].items() if k != "steps"}
+    old_keep = {k: v for k, v in old["settings"].items() if k != "steps"}
+    if old["model"] != record["model"] or old["classes"] != record["classes"] or old_keep != keep:
+        raise ValueError(
+            f"{output} holds a training run with other settings ({path}); use a new --output "
+            "or the same settings (only --steps may change)"
+        )
+
+
+def _restore(output: Path, unet, optimizer, schedule) -> tuple[int, list[dict]]:
+    path = output / STATE
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    unet.load_state_dict(state["unet"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    logger.info("resuming from step %d (%s)", state["step"], path)
+    return int(state["step"]), json.loads(state["history"])
+
+
+def _save(output: Path, backbone, optimizer, schedule, step: int, history: list[dict]) -> None:
+    """The checkpoint folder's UNet, then the resumable state (each replaced as a whole)."""
+    staging = output / "unet.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_diffews_unet(backbone.unet, staging)
+    shutil.rmtree(output / "unet", ignore_errors=True)
+    os.replace(staging, output / "unet")
+    state = {"unet": backbone.unet.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "step": step, "history": json.dumps(history)}
+    temporary = output / (STATE + ".tmp")
+    temporary.parent.mkdir(exist_ok=True)
+    torch.save(state, temporary)
+    os.replace(temporary, output / STATE)

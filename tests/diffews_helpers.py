@@ -1,0 +1,34 @@
+"""A tiny DiffewS checkpoint and a synthetic support set for the DiffewS tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from labeler.methods.diffews.model import duplicate_and_halve, install_dual_conv, write_checkpoint
+from labeler.models.backbone import load_backbone
+from tests.helpers import flat_regions_image
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """The tiny model with a support conv (duplicate-and-halve init, slightly perturbed so the
+    support's mask half matters), written as a DiffewS checkpoint folder."""
+    backbone = load_backbone("tiny")
+    support = duplicate_and_halve(backbone.unet.conv_in)
+    with torch.no_grad():
+        support.weight.add_(0.05 * torch.randn(support.weight.shape, generator=torch.Generator().manual_seed(1)))
+    install_dual_conv(backbone.unet, support)
+    return write_checkpoint(backbone, folder)
+
+
+def support_folder(folder: Path) -> Path:
+    """Two annotated images (PNG label maps over background, red, green) sharing one folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, layout in (("one", "quadrants"), ("two", "halves")):
+        image, regions = flat_regions_image(96, 128, layout)
+        Image.fromarray(image).save(folder / f"{name}.jpg", quality=95)
+        np.save(folder / f"{name}.npy", regions.clip(0, 2))
+    return folder

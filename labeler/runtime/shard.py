@@ -33,18 +33,14 @@ from labeler.io.refs import InputRef
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels, Segmenter
 from labeler.output import schema
 from labeler.output.rle import encode_label_map
+from labeler.runtime.failures import METHOD_ERROR, OUT_OF_MEMORY, READ_ERROR, is_retryable
+from labeler.runtime.integrity import part_record
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 #: Decoded batches kept ready ahead of the model (bounds the worker's memory).
 PREFETCH_BATCHES = 2
-#: ``reason`` of an image that does not fit in accelerator memory even alone.
-OUT_OF_MEMORY = "out_of_memory"
-#: ``reason`` of an image the method raised on (while the rest of its batch labeled).
-METHOD_ERROR = "method_error"
-#: ``reason`` of an image whose bytes could not be read.
-READ_ERROR = "read_error"
 
 T = TypeVar("T")
 
@@ -64,6 +60,7 @@ class ShardRows:
                 "image_id": entry["image_id"],
                 "status": schema.IMAGE_STATUS_FAILED,
                 "reason": reason,
+                "retryable": is_retryable(reason),
                 "detail": detail[:500],
                 "width": None,
                 "height": None,
@@ -259,7 +256,7 @@ class ShardProcessor:
         timings["wait_input"] = batches.waited
         rows.images.sort(key=lambda row: row["image_id"])
         commit_started = time.perf_counter()
-        self._commit(run, shard_id, rows)
+        part_records = self._commit(run, shard_id, rows)
         timings["commit"] = time.perf_counter() - commit_started
         return {
             "shard_id": shard_id,
@@ -268,6 +265,8 @@ class ShardProcessor:
             "failed": sum(r["status"] == schema.IMAGE_STATUS_FAILED for r in rows.images),
             "annotations": len(rows.annotations),
             "failure_reasons": dict(Counter(r["reason"] for r in rows.images if r["reason"])),
+            "retryable_failures": sum(bool(r.get("retryable")) for r in rows.images),
+            "parts": part_records,
             "seconds": time.perf_counter() - started,
             "started_at": started_at,
             "finished_at": time.time(),
@@ -398,14 +397,19 @@ class ShardProcessor:
             }
         )
 
-    def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> None:
+    def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> dict[str, dict]:
+        """Write the shard's parts; returns each part's digest and row count (for its stats)."""
+        records = {}
         for name, table_schema, table_rows in (
             ("annotations.parquet", schema.ANNOTATIONS, rows.annotations),
             ("images.parquet", schema.IMAGES, rows.images),
         ):
             buffer = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(table_rows, schema=table_schema), buffer)
-            run.write_part(shard_id, name, buffer.getvalue())
+            data = buffer.getvalue()
+            run.write_part(shard_id, name, data)
+            records[name] = part_record(data, len(table_rows))
+        return records
 
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:

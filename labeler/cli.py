@@ -24,9 +24,12 @@ from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
 from labeler.runtime.job import run_job
 from labeler.runtime.status import describe_run
+from labeler.runtime.verify import verify_output
 
-#: Exit statuses: bad settings and other user mistakes; Ctrl-C.
+#: Exit statuses: bad settings and other user mistakes; every image accounted for, but some
+#: failed in a way a re-run may heal; Ctrl-C.
 EXIT_USER_ERROR = 2
+EXIT_MAY_HEAL = 3
 EXIT_INTERRUPTED = 130
 
 logger = logging.getLogger("labeler")
@@ -42,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_status(commands)
+    _add_verify(commands)
     add_eval(commands)
     add_preview(commands)
     add_export(commands)
@@ -110,6 +114,13 @@ def _add_run(commands) -> None:
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="replace an existing output made with other settings (default: refuse)")
+    run.add_argument("--wait-lock", action="store_true", default=None,
+                     help="wait while another driver holds the output (default: refuse)")
+    run.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=None,
+                     help="redo the shards holding images whose failure may heal: storage "
+                          "errors, out of memory (default: on)")
+    run.add_argument("--strict", action="store_true", default=None,
+                     help="exit 1 when any image failed, even permanently (default: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     run.set_defaults(func=_run)
 
@@ -118,6 +129,17 @@ def _add_status(commands) -> None:
     status = commands.add_parser("status", help="progress and failures of a run")
     status.add_argument("output", help="the run's output folder URI")
     status.set_defaults(func=_status)
+
+
+def _add_verify(commands) -> None:
+    verify = commands.add_parser(
+        "verify", help="check a finished output end to end (digests, Parquet, RLE, coco.json)",
+        description="Check a finished output without rewriting anything: every part against its "
+                    "recorded sha256 and counts, images.parquet against the plan, every RLE with "
+                    "pycocotools, coco.json against the parts. Exit 0 when sound, 1 with the "
+                    "list of problems.")
+    verify.add_argument("output", help="the run's output folder URI")
+    verify.set_defaults(func=_verify)
 
 
 def run_flags(args: argparse.Namespace) -> dict:
@@ -146,6 +168,9 @@ def _run(args: argparse.Namespace) -> int:
     if summary.failure_reasons:
         out.write("failed images by reason: " + ", ".join(
             f"{reason} {count}" for reason, count in sorted(summary.failure_reasons.items())) + "\n")
+    if summary.complete and summary.failed:
+        out.write(f"{summary.permanently_failed} images failed permanently; "
+                  f"{summary.retryable_failed} images may succeed on a re-run\n")
     if summary.worker_deaths or summary.retries:
         out.write(f"{summary.worker_deaths} worker restarts, {summary.retries} shard retries\n")
     if not summary.complete:
@@ -159,7 +184,23 @@ def _run(args: argparse.Namespace) -> int:
         f"Results in {summary.output}: coco.json, images.parquet, annotations/ "
         f"(`labeler status {summary.output}` for details)\n"
     )
+    if config.strict and summary.failed:
+        out.write(f"--strict: {summary.failed} images failed\n")
+        return 1
+    if summary.retryable_failed:
+        out.write("Re-run the same command to retry the images that may succeed\n")
+        return EXIT_MAY_HEAL
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    problems = verify_output(args.output)
+    if not problems:
+        sys.stdout.write(f"{args.output}: sound\n")
+        return 0
+    sys.stdout.write(f"{args.output}: {len(problems)} problems\n")
+    sys.stdout.write("".join(f"  {problem}\n" for problem in problems))
+    return 1
 
 
 def _status(args: argparse.Namespace) -> int:

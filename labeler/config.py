@@ -50,9 +50,17 @@ class JobConfig(Settings):
     batch_size: int = Field(4, ge=1)
     device: str | None = None
     overwrite: bool = False
+    # how this driver treats the output: never part of the fingerprint either
+    wait_lock: bool = False
+    """Wait for another driver's lease on the output instead of refusing."""
+    retry_failed: bool = True
+    """Redo the shards holding failures that may heal (storage errors, out of memory)."""
+    strict: bool = False
+    """Any failed image makes the run's exit status non-zero."""
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
         "address", "workers", "gpus_per_worker", "batch_size", "device", "overwrite",
+        "wait_lock", "retry_failed", "strict",
     )
 
     def __init__(self, **values: Any) -> None:

@@ -12,6 +12,7 @@ from typing import TypedDict
 
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
 from labeler.output import schema
+from labeler.output.failures import is_retryable
 from labeler.output.rle import encode_label_map
 
 #: Longest ``detail`` kept in a failed image's row.
@@ -31,6 +32,7 @@ class ImageRow(TypedDict):
     n_annotations: int
     shard_id: str
     file_name: str
+    retryable: bool | None
 
 
 class AnnotationRow(TypedDict):
@@ -77,7 +79,8 @@ def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id
     """
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
                     detail=detail[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
-                    shard_id=shard_id, file_name=file_name or uri)
+                    shard_id=shard_id, file_name=file_name or uri,
+                    retryable=is_retryable(reason))
 
 
 def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: ImageLabels,
@@ -114,5 +117,5 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
         ))
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
                      detail=None, width=width, height=height, n_annotations=len(annotations),
-                     shard_id=shard_id, file_name=file_name)
+                     shard_id=shard_id, file_name=file_name, retryable=None)
     return image, annotations

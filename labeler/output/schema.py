@@ -21,6 +21,9 @@ IMAGES = pa.schema(
         ("n_annotations", pa.int32()),
         ("shard_id", pa.string()),
         ("file_name", pa.string()),
+        # failed rows: whether a re-run may label the image (labeler.output.failures); null
+        # for labeled rows and for parts written before the column existed
+        ("retryable", pa.bool_()),
     ]
 )
 

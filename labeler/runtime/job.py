@@ -1,8 +1,12 @@
 """The driver of ``labeler run``: claim the output, plan, process pending shards on Ray, merge.
 
-Re-running the same command resumes: completed shards (those with a marker under ``run/done/``)
-are skipped, and images the input gained since the plan was made are appended as new shards
-(:func:`labeler.runtime.plan.extend_plan`). Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
+One driver per output: the driver holds the output's lease (:mod:`labeler.runtime.lease`) while
+it works. Re-running the same command resumes: completed shards (those with a marker under
+``run/done/``) are skipped, unless their committed parts are damaged (missing, or not matching
+the digests and counts in their stats: :mod:`labeler.runtime.integrity`) or they hold failures
+that may heal (``retry_failed``, :mod:`labeler.output.failures`): those are redone. Every part is
+hashed again before the merge. Images the input gained since the plan was made are appended as
+new shards (:func:`labeler.runtime.plan.extend_plan`). Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
 failing is recorded under ``run/failed/`` and the run then ends without merging, with a non-zero
 status, so a re-run retries exactly those shards.
 """
@@ -21,6 +25,8 @@ from labeler.io.listing import folder_root, iter_inputs
 from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
+from labeler.runtime.integrity import damaged_shards, retryable_failures
+from labeler.runtime.lease import LeaseHeldError, OutputLease
 from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
@@ -51,6 +57,13 @@ class RunSummary:
     """Images the input gained since the previous run on this output (labeled by this one)."""
     removed_images: int = 0
     """Images of an earlier run that the input no longer lists (kept in the output)."""
+    retryable_failed: int = 0
+    """Failed images that may succeed on a re-run (storage errors, out of memory)."""
+
+    @property
+    def permanently_failed(self) -> int:
+        """Failed images a re-run would fail again (bad files, the method's errors)."""
+        return self.failed - self.retryable_failed
 
     @property
     def complete(self) -> bool:
@@ -70,18 +83,44 @@ def input_items(config: JobConfig, storage_options: dict | None = None) -> Itera
 def run_job(config: JobConfig, storage_options: dict | None = None, progress: bool = True) -> RunSummary:
     """Run (or resume) a labeling job: plan, label the pending shards on Ray workers, merge.
 
+    The driver holds the output's lease (:class:`~labeler.runtime.lease.OutputLease`) from before
+    it touches the output (before ``--overwrite`` clears anything) until it returns or raises.
+
     Raises:
         UserError: bad settings, resources or input, refused before the output is touched and
             before Ray starts (a ValueError, as is a changed configuration on resume).
+        LeaseHeldError: another live driver holds the output (and ``config.wait_lock`` is false).
+        LeaseLostError: another driver took the output over; nothing was merged.
         RuntimeError: the workers cannot start.
     """
     started = time.perf_counter()
     preflight(config, storage_options)
     output = Folder(config.output, storage_options)
-    run = RunFolder(output)
     try:
         items = input_items(config, storage_options)  # fails before the output is touched
         image_root = folder_root(config.input, storage_options=storage_options)
+    except InputError as error:
+        raise UserError(str(error)) from None
+    lease = OutputLease(output)
+    try:
+        lease.acquire(wait=config.wait_lock)
+    except LeaseHeldError as error:
+        raise LeaseHeldError(f"refusing --overwrite: {error}" if config.overwrite else str(error)) \
+            from None
+    try:
+        summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
+                                     storage_options, progress)
+    finally:
+        _release(lease)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
+                       items: Iterator[dict], image_root: str | None,
+                       storage_options: dict | None, progress: bool) -> RunSummary:
+    output = run.output
+    try:
         resumed = run.claim(config, image_root=image_root)
         changes = PlanChanges()
         if run.has_plan():
@@ -91,25 +130,32 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
             plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
     except InputError as error:
         raise UserError(str(error)) from None
-    shard_ids = [shard["shard_id"] for shard in plan["shards"]]
+    shards = plan["shards"]
+    shard_ids = [shard["shard_id"] for shard in shards]
     done = run.done_shards()
-    pending = [shard for shard in plan["shards"] if shard["shard_id"] not in done]
+    done -= set(_redo_on_resume(run, shards, done, config.retry_failed))
+    pending = [shard["shard_id"] for shard in shards if shard["shard_id"] not in done]
     logger.info(
         "%s: %d images in %d shards, %d to do",
         "resuming" if resumed else "starting", plan["n_images"], len(shard_ids), len(pending),
     )
-    events = DriverProgress(run, plan["n_images"], pending, enabled=progress)
+    events = DriverProgress(run, plan["n_images"],
+                            [shard for shard in shards if shard["shard_id"] not in done],
+                            enabled=progress)
     report = ExecutionReport()
     try:
         with events.logging_above_bar():
             if pending:
-                report = execute_shards(config, run, [s["shard_id"] for s in pending],
-                                        _run_id(output), events, storage_options)
+                report = execute_shards(config, run, pending, _run_id(output), events,
+                                        storage_options)
+            if not report.failed:
+                _redo_damaged(config, run, shards, report, events, storage_options)
     except BaseException:
         events.close("interrupted")
         raise
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
+        lease.check()  # another driver took over: merge nothing
         categories = report.categories or run.read_categories() or _categories_of(config)
         counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
     events.close("failed" if report.failed else "complete")
@@ -118,14 +164,73 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
         shards=len(shard_ids),
         shards_processed=len(report.done),
         failed_shards=report.failed,
-        seconds=time.perf_counter() - started,
+        seconds=0.0,
         worker_deaths=report.worker_deaths,
         retries=report.retries,
         images_per_second=events.rate(),
         new_images=changes.new_images,
         removed_images=changes.removed_images,
+        retryable_failed=0 if report.failed else sum(retryable_failures(run, shard_id)
+                                                     for shard_id in shard_ids),
         **counts,
     )
+
+
+def _redo_on_resume(run: RunFolder, shards: list[dict], done: set[str],
+                    retry_failed: bool) -> list[str]:
+    """Done shards to label again: damaged parts (sizes and counts checked), and with
+    ``retry_failed`` those holding failures that may heal. Their done markers are removed."""
+    redo = []
+    for shard_id, problem in damaged_shards(run, shards, done, digests=False).items():
+        logger.warning("shard %s: %s, redoing", shard_id, problem)
+        redo.append(shard_id)
+    if retry_failed:
+        for shard in shards:
+            shard_id = shard["shard_id"]
+            if shard_id in done and shard_id not in redo:
+                healable = retryable_failures(run, shard_id)
+                if healable:
+                    logger.info("shard %s: %d images failed in a way a re-run may heal "
+                                "(storage, memory), redoing (--no-retry-failed keeps them)",
+                                shard_id, healable)
+                    redo.append(shard_id)
+    for shard_id in redo:
+        run.unmark_done(shard_id)
+    return redo
+
+
+def _redo_damaged(config: JobConfig, run: RunFolder, shards: list[dict], report: ExecutionReport,
+                  events: DriverProgress, storage_options: dict | None) -> None:
+    """Hash every committed part before merging; redo the shards whose parts are damaged, once.
+
+    A shard still damaged after its redo is recorded as failed (so nothing is merged).
+    """
+    damaged = damaged_shards(run, shards, run.done_shards())
+    if not damaged:
+        return
+    for shard_id, problem in damaged.items():
+        logger.warning("shard %s: %s, redoing", shard_id, problem)
+        run.unmark_done(shard_id)
+    again = execute_shards(config, run, list(damaged), _run_id(run.output), events,
+                           storage_options)
+    report.done += again.done
+    report.failed.update(again.failed)
+    report.worker_deaths += again.worker_deaths
+    report.retries += again.retries
+    redone = [shard for shard in shards if shard["shard_id"] in damaged]
+    for shard_id, problem in damaged_shards(run, redone, run.done_shards()).items():
+        error = f"shard {shard_id}: {problem} after it was redone"
+        run.unmark_done(shard_id)
+        run.record_failure(shard_id, error, attempts=1)
+        report.failed[shard_id] = {"error": error, "attempts": 1}
+
+
+def _release(lease: OutputLease) -> None:
+    """Give the lease back; a storage error here must not hide the run's own outcome."""
+    try:
+        lease.release()
+    except Exception as error:  # noqa: BLE001 - a stale lease is taken over by the next driver
+        logger.warning("could not remove the output lease: %s", error)
 
 
 def _report_changes(changes: PlanChanges, output: str) -> None:

@@ -7,15 +7,18 @@ Layout::
     run/manifest/<shard>.jsonl      the shard's images: {"uri", "image_id"} per line
     run/shards/<shard>/images.parquet, annotations.parquet   committed atomically (labeler.output.parts)
     run/output.json                 categories and COCO info of the merged output (the merge)
-    run/stats/<shard>.json          counts and stage timings, written after the parts
+    run/stats/<shard>.json          counts, stage timings and each part's sha256 and row count,
+                                    written after the parts (labeler.runtime.integrity)
     run/done/<shard>                completion marker, written last (by the driver)
     run/logs/<shard>.log            the shard's log (its latest attempt)
     run/failed/<shard>.json         a shard that failed after its retries: error, attempts
     run/categories.json             the method's COCO categories (reported by the first worker)
     run/progress.json               the driver's heartbeat: rate, workers, updated
+    run/lease.json                  the driver holding the output (labeler.runtime.lease)
 
 A crash at any point leaves no marker, so the shard is redone, and its parts are keyed by the
-shard id, so the redo overwrites them.
+shard id, so the redo overwrites them. A done shard whose parts no longer match their recorded
+digests is redone too (its marker is removed first).
 """
 
 from __future__ import annotations
@@ -102,7 +105,11 @@ class RunFolder:
         return False
 
     def clear(self) -> None:
-        for name in ("run", *parts.FINAL_OUTPUTS):
+        """Remove the run and its outputs, all but the lease of the driver doing it."""
+        for name in self.output.list("run"):
+            if name != "lease.json":
+                self.output.remove(f"run/{name}", recursive=True)
+        for name in parts.FINAL_OUTPUTS:
             self.output.remove(name, recursive=True)
 
     # -- plan ----------------------------------------------------------------------------
@@ -145,6 +152,12 @@ class RunFolder:
         """Write the completion marker (the driver does, after the worker committed)."""
         self._write(f"run/done/{shard_id}", b"")
         self.clear_failure(shard_id)
+
+    def unmark_done(self, shard_id: str) -> None:
+        """Remove a shard's completion marker, so the shard is redone (its parts are damaged,
+        or it holds failures that may heal)."""
+        self.retry.call(lambda: self.output.remove(f"run/done/{shard_id}"),
+                        what=self.output.uri_of(f"run/done/{shard_id}"))
 
     def write_stats(self, shard_id: str, stats: dict) -> None:
         self._write_json(f"run/stats/{shard_id}.json", stats)

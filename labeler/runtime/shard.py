@@ -30,6 +30,7 @@ from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
 from labeler.output import parts, schema
+from labeler.output.failures import METHOD_ERROR, OUT_OF_MEMORY, READ_ERROR
 from labeler.output.rows import (
     AnnotationRow,
     ImageRow,
@@ -37,18 +38,13 @@ from labeler.output.rows import (
     failed_image_row,
     labeled_rows,
 )
+from labeler.runtime.integrity import part_record
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 #: Decoded batches kept ready ahead of the model (bounds the worker's memory).
 PREFETCH_BATCHES = 2
-#: ``reason`` of an image that does not fit in accelerator memory even alone.
-OUT_OF_MEMORY = "out_of_memory"
-#: ``reason`` of an image the method raised on (while the rest of its batch labeled).
-METHOD_ERROR = "method_error"
-#: ``reason`` of an image whose bytes could not be read.
-READ_ERROR = "read_error"
 
 T = TypeVar("T")
 
@@ -248,7 +244,7 @@ class ShardProcessor:
         timings["wait_input"] = batches.waited
         rows.images.sort(key=lambda row: row["image_id"])
         commit_started = time.perf_counter()
-        self._commit(run, shard_id, rows)
+        part_records = self._commit(run, shard_id, rows)
         timings["commit"] = time.perf_counter() - commit_started
         return {
             "shard_id": shard_id,
@@ -257,6 +253,8 @@ class ShardProcessor:
             "failed": sum(r["status"] == schema.IMAGE_STATUS_FAILED for r in rows.images),
             "annotations": len(rows.annotations),
             "failure_reasons": dict(Counter(r["reason"] for r in rows.images if r["reason"])),
+            "retryable_failures": sum(bool(r.get("retryable")) for r in rows.images),
+            "parts": part_records,
             "seconds": time.perf_counter() - started,
             "started_at": started_at,
             "finished_at": time.time(),
@@ -355,10 +353,15 @@ class ShardProcessor:
         rows.annotations += annotations
         rows.images.append(image)
 
-    def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> None:
+    def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> dict[str, dict]:
+        """Write the shard's parts; returns each part's digest and row count (for its stats)."""
+        records = {}
         for kind in parts.KINDS:
             table_rows = rows.images if kind is parts.IMAGES else rows.annotations
-            run.write_part(shard_id, kind, parts.encode_part(kind, table_rows))
+            data = parts.encode_part(kind, table_rows)
+            run.write_part(shard_id, kind, data)
+            records[kind.file_name] = part_record(data, len(table_rows))
+        return records
 
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:

@@ -1,33 +1,37 @@
 """``labeler status``: progress and failures of a run, read from its run folder alone.
 
 Works while a run is going (the driver's heartbeat, ``run/progress.json``, gives its current
-speed and ETA) and after it ended or was killed (a heartbeat older than
-:data:`STALE_HEARTBEAT_SECONDS` means the driver is gone: re-run the command to resume).
+speed and ETA) and after it ended or was killed. Whether a driver is at work comes from the
+output's lease (:mod:`labeler.runtime.lease`): a lease whose holder ran on this host and whose pid
+is gone, or whose heartbeat is stale, means the driver is gone (``interrupted``) at once.
+Every done shard's parts are checked against their recorded digests
+(:mod:`labeler.runtime.integrity`); damaged ones are listed, and the run is not ``complete``.
 """
 
 from __future__ import annotations
 
-import time
-
 from labeler.io.folders import Folder
+from labeler.runtime.integrity import damaged_shards
+from labeler.runtime.lease import lease_is_live, read_lease
 from labeler.runtime.run_folder import RunFolder
-
-#: A running driver rewrites its heartbeat every 10 s; this much silence means it is gone.
-STALE_HEARTBEAT_SECONDS = 60.0
 
 
 def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
     """Counts from the run folder: shards and images done of total, failures by reason, speed.
 
-    ``state`` is one of ``planning``, ``running``, ``interrupted`` (no live driver, shards left),
-    ``failed`` (shards failed after their retries) or ``complete``.
+    ``state`` is one of ``planning``, ``running`` (a live driver holds the lease),
+    ``interrupted`` (no live driver, shards left), ``damaged`` (committed parts no longer match
+    their digests: ``damaged_shards``), ``failed`` (shards failed after their retries) or
+    ``complete``.
     """
     output = Folder(output_uri, storage_options)
     run = RunFolder(output)
     if not output.exists("run/config.json"):
         raise ValueError(f"{output_uri} holds no labeler run")
+    lease = read_lease(output)
+    driver_live = lease is not None and lease_is_live(lease)
     if not run.has_plan():
-        return {"state": "planning", "shards_total": None}
+        return {"state": "planning" if driver_live else "interrupted", "shards_total": None}
     plan = run.read_plan()
     done = run.done_shards()
     reasons: dict[str, int] = {}
@@ -47,9 +51,11 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
             reasons[reason] = reasons.get(reason, 0) + count
     failed_shards = run.failed_shards()
     heartbeat = run.read_progress() or {}
-    complete = output.exists("coco.json") and len(done) == len(plan["shards"])
+    damaged = damaged_shards(run, plan["shards"], done)
+    complete = output.exists("coco.json") and len(done) == len(plan["shards"]) and not damaged
     return {
-        "state": _state(complete, failed_shards, heartbeat),
+        "state": _state(driver_live, lease is not None, complete, damaged, failed_shards),
+        "damaged_shards": damaged,
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),
         "shards_failed": sorted(failed_shards),
@@ -65,13 +71,17 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
     }
 
 
-def _state(complete: bool, failed_shards: dict, heartbeat: dict) -> str:
+def _state(driver_live: bool, leased: bool, complete: bool, damaged: dict,
+           failed_shards: dict) -> str:
+    if driver_live:
+        return "running"
+    if leased:  # the driver died holding the lease: whatever it was doing is unfinished
+        return "interrupted"
     if complete:
         return "complete"
-    if heartbeat.get("state") == "running":
-        age = time.time() - heartbeat.get("updated", 0.0)
-        return "running" if age < STALE_HEARTBEAT_SECONDS else "interrupted"
-    if failed_shards or heartbeat.get("state") == "failed":
+    if damaged:
+        return "damaged"
+    if failed_shards:
         return "failed"
     return "interrupted"
 
@@ -85,7 +95,9 @@ def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
     """A short human-readable report of :func:`run_progress`."""
     progress = run_progress(output_uri, storage_options)
     if progress["shards_total"] is None:
-        return f"{output_uri}: planning (listing inputs)"
+        if progress["state"] == "planning":
+            return f"{output_uri}: planning (listing inputs)"
+        return f"{output_uri}: interrupted while planning: re-run the same command"
     lines = [
         f"{output_uri}: {progress['state']}",
         (
@@ -113,7 +125,9 @@ def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
     for shard_id, error in progress["shard_errors"].items():
         lines.append(f"  failed shard {shard_id}: {error} (run/failed/{shard_id}.json, "
                      f"run/logs/{shard_id}.log)")
-    if progress["state"] == "interrupted":
+    for shard_id, problem in progress["damaged_shards"].items():
+        lines.append(f"  damaged shard {shard_id}: {problem}")
+    if progress["state"] in ("interrupted", "damaged"):
         lines.append("  no driver is running: re-run the same command to resume")
     elif progress["state"] == "failed":
         lines.append("  re-run the same command to retry the failed shards")

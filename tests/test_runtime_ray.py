@@ -30,7 +30,9 @@ from PIL import Image
 from labeler.cli import main
 from labeler.config import JobConfig
 from labeler.io.folders import Folder
+from labeler.io.listing import folder_root
 from labeler.methods.diffseg.algorithm import DiffSegOptions
+from labeler.output.names import ImageNamer
 from labeler.runtime.job import RunSummary, input_items, run_job
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
@@ -265,8 +267,9 @@ def test_shard_failing_every_attempt_is_recorded_then_retried_by_a_rerun(
     output = tmp_path / "out"
     config = job_config(str(collection), str(output))
     run = RunFolder(Folder(str(output)))
-    run.claim(config)
-    plan = plan_run(run, input_items(config), config.shard_size)
+    image_root = folder_root(config.input)
+    run.claim(config, image_root=image_root)
+    plan = plan_run(run, input_items(config), config.shard_size, ImageNamer(image_root))
     broken = plan["shards"][1]["shard_id"]
     manifest = output / "run" / "manifest" / f"{broken}.jsonl"
     good = manifest.read_bytes()
@@ -476,13 +479,16 @@ def test_bad_input_corpus_every_image_accounted_for(ray_session, tmp_path):
 def test_workers_that_cannot_load_the_model_end_the_run_clearly(
     ray_session, collection, tmp_path, capsys
 ):
-    missing = tmp_path / "no-such-model"
+    # a directory that passes the pre-flight look (it has a model_index.json) but cannot load
+    broken = tmp_path / "broken-model"
+    (broken / "unet").mkdir(parents=True)
+    (broken / "model_index.json").write_text("{}")
     code = main(["run", "--input", str(collection), "--output", str(tmp_path / "out"),
-                 "--model", str(missing), "--workers", "1", "--no-progress"])
+                 "--model", str(broken), "--workers", "1", "--no-progress"])
     assert code == 2
     err = capsys.readouterr().err
     first_line = err.split("labeler: error: ", 1)[1].splitlines()[0]
     assert first_line.startswith("workers died 3 times before they were ready: ")
-    assert "ModelLoadError: model directory" in first_line
-    assert "no-such-model does not exist" in err and "\x1b[" not in err
+    assert "ModelLoadError" in first_line and "broken-model" in err
+    assert "\x1b[" not in err
     assert run_progress(str(tmp_path / "out"))["state"] == "interrupted"

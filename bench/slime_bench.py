@@ -139,7 +139,7 @@ def build_backbone(name: str, device: str, dtype: str | None):
 
 
 def synthetic(size: int, seed: int):
-    from labeler.methods.slime.data import AnnotatedImage
+    from labeler.methods.annotations import AnnotatedImage
 
     rng = np.random.default_rng(seed)
     mask = np.zeros((size, size), np.int64)

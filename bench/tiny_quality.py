@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.methods.slime.algorithm import mean_iou_present
-from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
 from labeler.models.backbone import load_backbone

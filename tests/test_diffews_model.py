@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.attention import SupportBank, install_kv_fusion, self_attention_keys
 from labeler.methods.diffews.model import (
     DualInputConv,
@@ -23,7 +24,6 @@ from labeler.methods.diffews.support import (
     record_bank,
     support_latents,
 )
-from labeler.methods.slime.data import AnnotatedImage
 from labeler.models.backbone import load_backbone
 from labeler.models.tiny import tiny_model_dir
 from tests.diffews_helpers import tiny_checkpoint

@@ -16,8 +16,8 @@ from PIL import Image
 
 from labeler.io.folders import Folder
 from labeler.io.listing import iter_inputs
+from labeler.methods.annotations import load_annotated
 from labeler.methods.base import ImageLabels
-from labeler.methods.slime.data import load_annotated
 from labeler.preview.build import build_preview
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder

@@ -10,16 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from labeler.methods.slime.data import (
-    AnnotatedImage,
-    AugmentSettings,
-    augment,
-    choose_crop,
-    decode_mask,
-    load_annotated,
-    pair_files,
-    prepare,
-)
+from labeler.methods.annotations import AnnotatedImage, decode_mask, load_annotated, pair_files
+from labeler.methods.slime.data import AugmentSettings, augment, choose_crop, prepare
 from tests.helpers import flat_regions_image
 
 

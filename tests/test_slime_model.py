@@ -10,8 +10,8 @@ import torch
 
 from labeler.attention.layers import resolve_layers
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities
-from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
     IncompatibleModelError,

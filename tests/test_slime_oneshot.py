@@ -20,8 +20,8 @@ import copy
 import numpy as np
 import pytest
 
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.slime.algorithm import mean_iou_present
-from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.embedding_set import prompt_embeddings
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime

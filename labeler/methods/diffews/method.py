@@ -19,8 +19,8 @@ from labeler.methods.spec import MethodFlag, MethodSpec
 
 if TYPE_CHECKING:
     from labeler.config import JobConfig
+    from labeler.methods.annotations import AnnotatedImage
     from labeler.methods.diffews.segmenter import DiffewS
-    from labeler.methods.slime.data import AnnotatedImage
 
 
 class DiffewsSettings(DiffewsOptions):
@@ -64,8 +64,8 @@ def load_support(settings: DiffewsSettings) -> list[AnnotatedImage]:
         UserError: unpaired or unreadable files, values outside 0..K-1, a class without pixels.
     """
     # reading and checking the support needs torch: imported once the settings are valid
+    from labeler.methods.annotations import load_annotated
     from labeler.methods.diffews.support import class_supports
-    from labeler.methods.slime.data import load_annotated
 
     try:
         samples = load_annotated(settings.support_images, settings.support_masks,

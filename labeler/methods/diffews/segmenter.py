@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.base import ImageLabels, compact_labels
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
@@ -37,7 +38,6 @@ from labeler.methods.diffews.support import (
 )
 from labeler.methods.label_maps import resize_labels
 from labeler.methods.preprocess import images_to_model_input, label_grid_size
-from labeler.methods.slime.data import AnnotatedImage
 from labeler.timing import StageTimer
 
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.attention import KVFusion, SupportBank
 from labeler.methods.preprocess import images_to_model_input
-from labeler.methods.slime.data import AnnotatedImage
 
 logger = logging.getLogger(__name__)
 

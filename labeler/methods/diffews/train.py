@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
     decode_soft_maps,
@@ -49,7 +50,6 @@ from labeler.methods.diffews.model import (
 )
 from labeler.methods.diffews.support import TIMESTEP, empty_context, mask_images
 from labeler.methods.preprocess import images_to_model_input
-from labeler.methods.slime.data import AnnotatedImage
 from labeler.models.backbone import load_backbone
 
 logger = logging.getLogger(__name__)

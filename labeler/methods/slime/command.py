@@ -138,7 +138,7 @@ def _refuse_existing(uri: str, overwrite: bool) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from labeler.methods.slime.data import load_annotated
+    from labeler.methods.annotations import load_annotated
     from labeler.methods.slime.embedding_set import DEFAULT_MODEL, validate_classes
     from labeler.methods.slime.fit import FitSettings, default_inference, fit_embedding_set
     from labeler.models.backbone import load_backbone

@@ -55,6 +55,7 @@ def _default(name: str) -> str:
     value = {f.name: f for f in dataclasses.fields(JobConfig)}[name].default
     return {"model": f"{DEFAULT_DIFFSEG_MODEL} for diffseg, the set's model for slime",
             "workers": "one per GPU, one CPU worker without GPUs", "gpus_per_worker": "1",
+            "cpus_per_worker": "the CPUs per GPU for GPU workers, 1 for CPU workers",
             "device": "cuda when available", "address": "a local Ray instance",
             "max_pixels": "the decoder's limit"}.get(name, repr(value))
 
@@ -84,6 +85,8 @@ def _add_run(commands) -> None:
     flag("--address", "address", "Ray cluster address")
     flag("--workers", "workers", "number of model workers", type=int)
     flag("--gpus-per-worker", "gpus_per_worker", "GPUs per worker; 0 for CPU workers", type=float)
+    flag("--cpus-per-worker", "cpus_per_worker",
+         "CPUs each worker reserves = its post-processing threads", type=int)
     flag("--batch-size", "batch_size", "images per model call", type=int)
     flag("--shard-size", "shard_size", "images per shard (unit of retry and resume)", type=int)
     flag("--seed", "seed", "random seed", type=int)
@@ -108,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 
     file_values = load_job_file(args.job) if args.job else {}
     keys = ("method", "input", "output", "model", "embeddings", "address", "workers",
-            "gpus_per_worker", "batch_size", "shard_size", "seed", "device", "dtype", "max_pixels",
+            "gpus_per_worker", "cpus_per_worker", "batch_size", "shard_size", "seed", "device", "dtype", "max_pixels",
             "overwrite")
     config = build_config(file_values, {key: getattr(args, key) for key in keys})
     summary = run_job(config, progress=not args.no_progress)

@@ -59,11 +59,13 @@ class JobConfig:
     address: str | None = None
     workers: int | None = None
     gpus_per_worker: float | None = None
+    cpus_per_worker: int | None = None
     batch_size: int = 4
     device: str | None = None
     overwrite: bool = False
 
-    SCALE_KEYS = ("address", "workers", "gpus_per_worker", "batch_size", "device", "overwrite")
+    SCALE_KEYS = ("address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size",
+                  "device", "overwrite")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -318,7 +318,7 @@ class ShardProcessor:
     def _process(self, run: RunFolder, shard_id: str) -> dict:
         started, started_at = time.perf_counter(), time.time()
         entries = run.read_manifest(shard_id)
-        timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0, "wait_model": 0.0}
+        timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
         rows = ShardRows()
         results: OrderedResults[_Finished] = self.pool.results(
             2 * self.batch_size + self.pool.threads)
@@ -331,7 +331,7 @@ class ShardProcessor:
             with Prefetcher(produce) as batches:
                 wait_started = time.perf_counter()
                 with self.model_turn:
-                    timings["wait_model"] = time.perf_counter() - wait_started
+                    wait_model = time.perf_counter() - wait_started
                     method_before = dict(getattr(getattr(self.segmenter, "timer", None),
                                                  "seconds", {}))
                     for batch in batches:
@@ -346,7 +346,6 @@ class ShardProcessor:
             results.cancel()
             raise
         timings["wait_input"] = batches.waited
-        timings["wait_postprocess"] = results.waited
         rows.images.sort(key=lambda row: row["image_id"])
         commit_started = time.perf_counter()
         self._commit(run, shard_id, rows)
@@ -363,7 +362,11 @@ class ShardProcessor:
             "finished_at": time.time(),
             "timings": {name: round(value, 4) for name, value in timings.items()},
             "method_timings": method_timings,
-            "postprocess_threads": self.pool.threads,
+            # How the stages overlapped: seconds this shard waited for the model (the previous
+            # shard on it) and the model's thread waited for the pool (backpressure, last drain).
+            "pipeline": {"postprocess_threads": self.pool.threads,
+                         "wait_model": round(wait_model, 4),
+                         "wait_postprocess": round(results.waited, 4)},
             "worker": self.worker,
         }
 

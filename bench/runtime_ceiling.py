@@ -18,7 +18,8 @@ as a worker's actor runs them, with a zero-cost two-step segmenter: its device s
   lanes as they would run with a core each (the model's thread: model plus the CPU time spent
   neither decoding, post-processing nor committing; decoding plus commits, on the prefetch and
   the shards' threads; the pool: post-processing CPU time divided by its threads);
-  ``cpus_assumed`` is those cores, 2 + the pool's threads.
+  ``cpus_assumed`` is those cores, 2 + the pool's threads; ``pipelined_images_per_second_cpu``
+  is the images/s of that slowest lane.
 
 ``--encoder`` measures the mask encoder alone at ``--size`` with 30 and 200 segments, one-pass
 against the per-label pycocotools encoding it replaced (checked identical on the way).
@@ -272,6 +273,7 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
         # and the model against the slowest lane, each lane on its own cores.
         "cpu_bound_images_per_second": round(labeled / process_cpu, 2),
         "model_idle_fraction_cpu": round(1 - model / slowest_lane, 4) if model else None,
+        "pipelined_images_per_second_cpu": round(labeled / slowest_lane, 2),
         "cpus_assumed": 2 + args.postprocess_threads,
         "annotations_per_image": round(sum(s["annotations"] for s in stats) / labeled, 2),
     }

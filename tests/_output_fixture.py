@@ -1,8 +1,8 @@
 """Build small ``labeler run``-style output folders (and ground truth) for tests.
 
 Everything is written with fsspec, so the same helpers build local and ``memory://`` fixtures.
-The layout follows docs/contracts: ``coco.json`` (compressed RLE with string counts),
-``images.parquet`` and an ``annotations/`` Parquet dataset.
+Outputs are written as a run writes them: shard parts through ``labeler.output.parts``, then
+``merge_outputs`` (``coco.json``, ``images.parquet``, ``annotations/``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from labeler.io.folders import Folder
+from labeler.output import parts
+from labeler.output.merge import merge_outputs
+from labeler.output.rows import AnnotationRow, ImageRow
+
+#: The one shard of a fixture output.
+SHARD = "fixture-shard"
 
 
 def _write(uri: str, data: bytes) -> None:
@@ -90,78 +96,38 @@ def classes_from_label_map(
 def write_output(
     root: str, images: list[FixtureImage], categories: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Write sources under ``root/src`` and the output under ``root/out``; returns the COCO dict."""
+    """Write sources under ``root/src`` and the output under ``root/out``; returns the COCO dict.
+
+    The output is made as a run makes it: one shard's parts written with the real part writers
+    (``labeler.output.parts``), then merged by ``merge_outputs``.
+    """
     out = root.rstrip("/") + "/out"
-    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
-    rows = []
+    names = {int(c["id"]): str(c["name"]) for c in categories}
+    image_rows, annotation_rows = [], []
     ann_id = 1
     for image_id, im in enumerate(images, start=1):
         uri = root.rstrip("/") + f"/src/{im.name}.png"
         _write(uri, png_bytes(im.pixels))
         h, w = im.pixels.shape[:2]
-        if im.failed:
-            rows.append(
-                {
-                    "uri": uri,
-                    "image_id": image_id,
-                    "status": "failed",
-                    "reason": im.failed,
-                    "width": w,
-                    "height": h,
-                    "n_annotations": 0,
-                }
-            )
-            continue
-        coco["images"].append({"id": image_id, "file_name": uri, "width": w, "height": h})
-        for cat, mask, score in im.masks:
-            coco["annotations"].append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "segmentation": rle(mask),
-                    "area": int(mask.sum()),
-                    "bbox": bbox(mask),
-                    "iscrowd": 0,
-                    "score": score,
-                }
-            )
+        status = "failed" if im.failed else "labeled"
+        masks = [] if im.failed else im.masks
+        image_rows.append(ImageRow(uri=uri, image_id=image_id, status=status, reason=im.failed,
+                                   detail=None, width=w, height=h, n_annotations=len(masks),
+                                   shard_id=SHARD, file_name=uri))
+        for cat, mask, score in masks:
+            segmentation = rle(mask)
+            annotation_rows.append(AnnotationRow(
+                id=ann_id, image_id=image_id, category_id=cat, category_name=names.get(cat, "?"),
+                segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
+                area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=score, file_name=uri,
+                method="fixture", model="fixture", embedding_set=None, run_id="fixture",
+            ))
             ann_id += 1
-        rows.append(
-            {
-                "uri": uri,
-                "image_id": image_id,
-                "status": "labeled",
-                "reason": None,
-                "width": w,
-                "height": h,
-                "n_annotations": len(im.masks),
-            }
-        )
-    _write(out + "/coco.json", json.dumps(coco).encode())
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    _write(out + "/images.parquet", buf.getvalue())
-    ann_rows = [
-        {
-            "id": a["id"],
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "counts": a["segmentation"]["counts"],
-            "height": a["segmentation"]["size"][0],
-            "width": a["segmentation"]["size"][1],
-            "score": a["score"],
-            "method": "fixture",
-        }
-        for a in coco["annotations"]
-    ]
-    buf = io.BytesIO()
-    pq.write_table(
-        pa.Table.from_pylist(ann_rows) if ann_rows else pa.table({"id": pa.array([], pa.int64())}),
-        buf,
-    )
-    _write(out + "/annotations/part-00000.parquet", buf.getvalue())
-    return coco
+    for kind, rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
+        _write(out + "/" + parts.shard_part(SHARD, kind), parts.encode_part(kind, rows))
+    merge_outputs(Folder(out), [SHARD], categories, {"method": "fixture"})
+    with fsspec.open(out + "/coco.json", "rb") as handle:
+        return json.loads(handle.read())
 
 
 def write_label_maps(

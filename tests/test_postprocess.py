@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from labeler.config import JobConfig
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.methods.base import ImageLabels
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
@@ -26,6 +27,7 @@ from labeler.runtime.postprocess import PostProcessPool
 from labeler.runtime.ray_executor import plan_placement
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import POSTPROCESS_ERROR, ShardProcessor
+from labeler.timing import StageTimer
 
 
 class GridSegmenter:
@@ -39,6 +41,8 @@ class GridSegmenter:
 
     def __init__(self, broken_value: int | None = None) -> None:
         self.broken_value = broken_value
+        self.timer = StageTimer()
+        self.device = "cpu"
         self.inside = 0
         self.most_inside = 0
         self.lock = threading.Lock()
@@ -213,7 +217,7 @@ def test_an_exception_escaping_a_job_is_raised_when_taken():
 
 
 def _config(**overrides) -> JobConfig:
-    return JobConfig(input="in", output="out", **overrides)
+    return JobConfig(input="in", output="out", model="tiny", **overrides)
 
 
 def test_cpus_per_worker_sets_reservation_and_threads():
@@ -227,5 +231,5 @@ def test_cpus_per_worker_sets_reservation_and_threads():
     assert (chosen.num_cpus, chosen.postprocess_threads) == (3.0, 3)
     with pytest.raises(ValueError, match="2 CPU workers need 6 CPUs"):
         plan_placement(_config(workers=2, cpus_per_worker=3), {"CPU": 4.0}, local=True)
-    with pytest.raises(ValueError, match="--cpus-per-worker must be >= 1"):
-        plan_placement(_config(cpus_per_worker=0), {"CPU": 4.0}, local=True)
+    with pytest.raises(UserError, match="cpus_per_worker: must be >= 1"):
+        _config(cpus_per_worker=0)

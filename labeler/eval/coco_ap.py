@@ -71,8 +71,9 @@ def build_results(
     gt_cats = sorted(int(c["id"]) for c in gt.coco.get("categories", [])) if gt.coco else []
     results: list[dict[str, Any]] = []
     dropped = 0
-    for pred_id, gt_id in pairs:
-        image = preds.images[pred_id]
+    gt_of = dict(pairs)
+    for image in preds.annotated(gt_of):
+        gt_id = gt_of[image.image_id]
         gt_image = gt.coco_images[int(gt_id)]
         gh, gw = int(gt_image["height"]), int(gt_image["width"])
         for ann in image.annotations:

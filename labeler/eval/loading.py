@@ -2,8 +2,9 @@
 
 Prediction side (an output folder, any fsspec URI):
 
-* ``coco.json`` gives the labeled images and their annotations (compressed RLE at the original
-  resolution); ``images.parquet`` gives every input image with its status (failed ones too).
+* read through :class:`labeler.output.reader.OutputReader`: ``images.parquet`` gives every input
+  image with its status (failed ones too), ``annotations/`` the annotations (compressed RLE at the
+  original resolution), streamed shard by shard, so memory does not grow with the output.
 * Predictions are *segments* (class-agnostic: DiffSeg's single ``segment`` category) or
   *classes* (SLiMe's named categories). ``auto`` picks segments when the file has exactly one
   category and it is named ``segment``.
@@ -52,6 +53,9 @@ from labeler.io.folders import Folder
 from labeler.io.listing import list_files, path_kind
 from labeler.io.reading import read_file
 from labeler.io.uris import uri_stem
+from labeler.output.coco_json import coco_annotation
+from labeler.output.reader import OutputReader, OutputReadError
+from labeler.output.schema import IMAGE_STATUS_LABELED
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +134,7 @@ class PredImage:
     width: int
     height: int
     annotations: list[dict[str, Any]] = field(default_factory=list)
-    #: the source URI (``coco_url``; older outputs: the ``file_name``, which was the URI)
+    #: the source URI (``file_name`` is the name relative to the image root)
     uri: str = ""
 
 
@@ -149,10 +153,14 @@ class ImageRecord:
 
 @dataclass
 class Predictions:
-    """The content of an output folder that evaluation and preview need."""
+    """The content of an output folder that evaluation and preview need.
+
+    ``images`` and ``records`` hold one small entry per image; annotations are not kept in
+    memory but streamed, shard by shard, by :meth:`annotated`.
+    """
 
     uri: str
-    coco: dict[str, Any]
+    reader: OutputReader
     images: dict[int, PredImage]
     categories: dict[int, dict[str, Any]]
     records: list[ImageRecord]
@@ -163,91 +171,53 @@ class Predictions:
         cats = list(self.categories.values())
         return len(cats) == 1 and str(cats[0].get("name", "")).strip().lower() == "segment"
 
-
-def _none_if_nan(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
-
-
-def read_image_records(
-    output_uri: str, storage_options: dict | None = None
-) -> list[ImageRecord] | None:
-    """Rows of ``OUTPUT/images.parquet`` in file order, or None when the file is absent."""
-    output = Folder(output_uri, storage_options)
-    if not output.exists("images.parquet"):
-        return None
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(output.read_bytes("images.parquet")))
-    rows = table.to_pylist()
-    out: list[ImageRecord] = []
-    for row in rows:
-        image_id = _none_if_nan(row.get("image_id"))
-        out.append(
-            ImageRecord(
-                uri=str(row.get("uri", "")),
-                image_id=int(image_id) if image_id is not None else None,
-                status=str(row.get("status") or "unknown"),
-                reason=_none_if_nan(row.get("reason")),
-                width=_none_if_nan(row.get("width")),
-                height=_none_if_nan(row.get("height")),
-                n_annotations=_none_if_nan(row.get("n_annotations")),
-            )
-        )
-    return out
+    def annotated(self, image_ids: Iterable[int]) -> Iterator[PredImage]:
+        """The labeled images among ``image_ids`` with their COCO annotations (ascending ``id``),
+        in ascending image id order; one shard's annotations are read at a time."""
+        for output_image in self.reader.images(image_ids):
+            if not output_image.is_labeled:
+                continue
+            image = self.images[output_image.image_id]
+            yield PredImage(image.image_id, image.file_name, image.width, image.height,
+                            [coco_annotation(row) for row in output_image.annotations], image.uri)
 
 
-def load_predictions(
-    output_uri: str, require_coco: bool = True, storage_options: dict | None = None
-) -> Predictions:
-    """Read ``coco.json`` and ``images.parquet`` of an output folder (any fsspec URI).
+def _image_record(row: dict[str, Any]) -> ImageRecord:
+    return ImageRecord(uri=row["uri"], image_id=int(row["image_id"]), status=row["status"],
+                       reason=row["reason"], width=row["width"], height=row["height"],
+                       n_annotations=row["n_annotations"])
+
+
+def load_predictions(output_uri: str, storage_options: dict | None = None) -> Predictions:
+    """Open an output folder (any fsspec URI) for evaluation or preview.
+
+    Image rows come from ``images.parquet``, categories from the output's recorded metadata;
+    annotations stay on storage until :meth:`Predictions.annotated` streams them.
 
     Args:
         output_uri: the ``--output`` of a run.
-        require_coco: raise ``EvalInputError`` when ``coco.json`` is missing; otherwise an
-            empty COCO structure is used (preview of a run that only has failures so far).
         storage_options: fsspec options (endpoint, credentials) for the output folder.
+
+    Raises:
+        EvalInputError: ``output_uri`` is not a finished labeler output.
     """
-    output = Folder(output_uri, storage_options)
-    if output.exists("coco.json"):
-        coco = output.read_json("coco.json")
-    elif require_coco:
-        raise EvalInputError(f"no coco.json in {output_uri}: is it the --output of a labeler run?")
-    else:
-        coco = {"images": [], "annotations": [], "categories": []}
-    images = {
-        int(im["id"]): PredImage(
-            image_id=int(im["id"]),
-            file_name=str(im.get("file_name", "")),
-            width=int(im["width"]),
-            height=int(im["height"]),
-            uri=str(im.get("coco_url") or im.get("file_name", "")),
-        )
-        for im in coco.get("images", [])
-    }
-    for ann in coco.get("annotations", []):
-        image = images.get(int(ann["image_id"]))
-        if image is None:
-            log.warning("annotation %s refers to unknown image %s", ann.get("id"), ann["image_id"])
-            continue
-        image.annotations.append(ann)
-    for image in images.values():
-        image.annotations.sort(key=lambda a: int(a.get("id", 0)))
-    categories = {int(c["id"]): c for c in coco.get("categories", [])}
-    records = read_image_records(output_uri, storage_options)
-    if records is None:
-        records = [
-            ImageRecord(
-                im.uri, im.image_id, "labeled", None, im.width, im.height, len(im.annotations)
+    try:
+        reader = OutputReader.open(Folder(output_uri, storage_options))
+    except OutputReadError as error:
+        raise EvalInputError(str(error)) from None
+    images: dict[int, PredImage] = {}
+    records: list[ImageRecord] = []
+    for row in reader.image_rows():
+        record = _image_record(row)
+        records.append(record)
+        if record.status == IMAGE_STATUS_LABELED:
+            images[int(row["image_id"])] = PredImage(
+                image_id=int(row["image_id"]), file_name=row["file_name"] or row["uri"],
+                width=int(row["width"]), height=int(row["height"]), uri=row["uri"],
             )
-            for im in images.values()
-        ]
-    return Predictions(
-        uri=output_uri, coco=coco, images=images, categories=categories, records=records
-    )
+    categories = {int(c["id"]): c for c in reader.categories}
+    return Predictions(uri=output_uri, reader=reader, images=images, categories=categories,
+                       records=records)
 
 
 def _paint_order(annotations: list[dict[str, Any]]) -> list[int]:
@@ -719,8 +689,9 @@ def iter_pairs(
         unannotated: ``background`` or ``void``: label of unannotated pixels for ``classes``.
         instances: also give the instance map (COCO ground truth), decoded once for both maps.
     """
-    for image_id, key in pairs:
-        image = preds.images[image_id]
+    keys = dict(pairs)
+    for image in preds.annotated(keys):
+        image_id, key = image.image_id, keys[image.image_id]
         gt_instances = instance_class = None
         if instances:
             gt_instances, instance_class = load_instance_map(gt, key)

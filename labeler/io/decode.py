@@ -446,7 +446,7 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     Raises:
         ImageDecodeError: the image's mode cannot be converted (``unsupported_mode``).
     """
-    return _apply_orientation(_to_rgb_array(im), _orientation(im))
+    return apply_orientation(_to_rgb_array(im), exif_orientation(im))
 
 
 def decode_image(

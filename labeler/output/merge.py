@@ -1,19 +1,28 @@
-"""Merging per-shard parts into ``coco.json``, ``annotations/`` and ``images.parquet``.
+"""Merging per-shard parts into ``images.parquet``, ``annotations/`` and the configured exports.
 
-Everything streams shard by shard, so memory stays bounded by one shard's annotations whatever the
-collection size. ``coco.json`` is written through an atomic writer: readers never see half a file.
+Steps: check that every shard of the plan has committed its parts, concatenate the image parts
+into ``images.parquet``, copy each annotation part to ``annotations/`` (plan order in the name),
+record the categories and COCO info (``run/output.json``), then stream ``coco.json`` from the
+shard parts (:mod:`labeler.output.coco_json`). Other formats are written from a finished output
+by ``labeler export`` (:mod:`labeler.output.exporters`). Everything streams shard by shard,
+so memory stays bounded by one shard's annotations whatever the collection size.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.io.folders import Folder
-from labeler.output import schema
+from labeler.output import parts, schema
+from labeler.output.coco_json import coco_annotation, write_coco_json
+from labeler.output.reader import OutputReader, OutputReadError, write_meta
+
+#: ``coco_annotation`` is part of this module's interface (the exporters' source uses it).
+__all__ = ["coco_annotation", "merge_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,95 +39,54 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
     Returns:
         counts: ``images``, ``labeled``, ``failed``, ``annotations``, and ``failure_reasons``
         (failed images per reason).
+
+    Raises:
+        OutputReadError: a shard of the plan has not committed its parts.
     """
-    counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
-    _merge_images(output, shard_ids, counts)
-    _merge_annotation_parts(output, shard_ids)
-    _write_coco(output, shard_ids, categories, info, counts)
+    _check_committed(output, shard_ids)
+    counts = _merge_images(output, shard_ids)
+    counts["annotations"] = _merge_annotation_parts(output, shard_ids)
+    write_meta(output, categories, info)
+    write_coco_json(OutputReader.of_shards(output, shard_ids, categories, info), output)
     return counts
 
 
-def _part(shard_id: str, name: str) -> str:
-    return f"run/shards/{shard_id}/{name}"
+def _check_committed(output: Folder, shard_ids: list[str]) -> None:
+    for shard_id in shard_ids:
+        for kind in parts.KINDS:
+            if not output.exists(parts.shard_part(shard_id, kind)):
+                raise OutputReadError(
+                    f"shard {shard_id} has no committed {kind.file_name} in {output.uri}"
+                )
 
 
-def _merge_images(output: Folder, shard_ids: list[str], counts: dict) -> None:
-    with output.open_atomic_writer("images.parquet") as handle:
-        with pq.ParquetWriter(handle, schema.IMAGES) as writer:
-            for shard_id in shard_ids:
-                table = _read(output, _part(shard_id, "images.parquet"), schema.IMAGES)
-                writer.write_table(table)
-                statuses = table.column("status").to_pylist()
-                counts["images"] += len(statuses)
-                counts["labeled"] += statuses.count(schema.IMAGE_STATUS_LABELED)
-                counts["failed"] += statuses.count(schema.IMAGE_STATUS_FAILED)
-                for reason in table.column("reason").to_pylist():
-                    if reason:
-                        reasons = counts["failure_reasons"]
-                        reasons[reason] = reasons.get(reason, 0) + 1
-
-
-def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> None:
-    """``annotations/part-NNNNNN-<shard>.parquet``: one file per shard, plan order in the name."""
-    wanted = {
-        f"part-{index:06d}-{shard_id}.parquet": shard_id for index, shard_id in enumerate(shard_ids)
-    }
-    for stale in set(output.list("annotations")) - set(wanted):
-        output.remove(f"annotations/{stale}")
-    for name, shard_id in wanted.items():
-        output.write_bytes(
-            f"annotations/{name}", output.read_bytes(_part(shard_id, "annotations.parquet"))
-        )
-
-
-def _write_coco(output: Folder, shard_ids, categories, info, counts) -> None:
-    with output.open_atomic_writer("coco.json") as raw:
-        write = lambda text: raw.write(text.encode("utf-8"))  # noqa: E731
-        write('{"info": ' + json.dumps(info, sort_keys=True) + ',\n"images": [')
-        first = True
+def _merge_images(output: Folder, shard_ids: list[str]) -> dict:
+    images = labeled = failed = 0
+    reasons: Counter = Counter()
+    with (output.open_atomic_writer(parts.MERGED_IMAGES) as handle,
+          pq.ParquetWriter(handle, schema.IMAGES) as writer):
         for shard_id in shard_ids:
-            images = _read(output, _part(shard_id, "images.parquet"), schema.IMAGES)
-            for row in images.to_pylist():
-                if row["status"] != schema.IMAGE_STATUS_LABELED:
-                    continue
-                record = {
-                    "id": row["image_id"],
-                    "file_name": row["file_name"] or row["uri"],
-                    "coco_url": row["uri"],
-                    "width": row["width"],
-                    "height": row["height"],
-                }
-                write(("\n" if first else ",\n") + json.dumps(record, ensure_ascii=False))
-                first = False
-        write('],\n"annotations": [')
-        first = True
-        for shard_id in shard_ids:
-            table = _read(output, _part(shard_id, "annotations.parquet"), schema.ANNOTATIONS)
-            for batch in table.to_batches(max_chunksize=4096):
-                for row in batch.to_pylist():
-                    write(("\n" if first else ",\n") + json.dumps(coco_annotation(row)))
-                    first = False
-                    counts["annotations"] += 1
-        write('],\n"categories": ' + json.dumps(categories) + "}\n")
+            table = parts.read_part(output, parts.shard_part(shard_id, parts.IMAGES), parts.IMAGES)
+            writer.write_table(table)
+            statuses = table.column("status").to_pylist()
+            images += len(statuses)
+            labeled += statuses.count(schema.IMAGE_STATUS_LABELED)
+            failed += statuses.count(schema.IMAGE_STATUS_FAILED)
+            reasons.update(reason for reason in table.column("reason").to_pylist() if reason)
+    return {"images": images, "labeled": labeled, "failed": failed, "annotations": 0,
+            "failure_reasons": dict(reasons)}
 
 
-def coco_annotation(row: dict) -> dict:
-    """A COCO annotation record from one ``annotations/`` row."""
-    return {
-        "id": row["id"],
-        "image_id": row["image_id"],
-        "category_id": row["category_id"],
-        "segmentation": {
-            "size": list(row["segmentation_size"]),
-            "counts": row["segmentation_counts"],
-        },
-        "area": row["area"],
-        "bbox": list(row["bbox"]),
-        "iscrowd": row["iscrowd"],
-        "score": row["score"],
-    }
+def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> int:
+    """Copy each shard's annotation part to ``annotations/``; returns the number of rows."""
+    wanted = {path.rsplit("/", 1)[1]: (shard_id, path)
+              for shard_id, path in parts.merged_annotation_parts(shard_ids).items()}
+    for stale in set(output.list(parts.MERGED_ANNOTATIONS_DIR)) - set(wanted):
+        output.remove(f"{parts.MERGED_ANNOTATIONS_DIR}/{stale}")
+    rows = 0
+    for shard_id, path in wanted.values():
+        data = output.read_bytes(parts.shard_part(shard_id, parts.ANNOTATIONS))
+        output.write_bytes(path, data)
+        rows += pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+    return rows
 
-
-def _read(output: Folder, relative: str, table_schema: pa.Schema) -> pa.Table:
-    with output.open(relative) as handle:
-        return pq.read_table(handle, schema=table_schema)

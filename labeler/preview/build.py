@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from PIL import Image
 
 from labeler.eval.loading import (
-    EvalInputError,
     ImageRecord,
     Predictions,
     PredImage,
@@ -127,7 +126,7 @@ def _layers(
 def _render_labeled(
     preds: Predictions,
     record: ImageRecord,
-    image: PredImage | None,
+    image: PredImage,
     rank: int,
     out: Folder,
     colors: dict[int, RGB],
@@ -135,11 +134,7 @@ def _render_labeled(
     alpha: float,
     storage_options: dict | None,
 ) -> GalleryItem:
-    uri = image.uri if image is not None else record.uri
-    if image is None:
-        return GalleryItem(
-            record.image_id, uri, "labeled", note="labeled in images.parquet but not in coco.json"
-        )
+    uri = image.uri
     masks, legend, categories = _layers(preds, image, colors)
     notes = []
     try:
@@ -218,24 +213,19 @@ def build_preview(
         storage_options: fsspec options (endpoint, credentials) for the output, the sources
             and ``out_uri``, as for ``labeler run``.
     """
-    preds = load_predictions(output_uri, require_coco=False, storage_options=storage_options)
-    if not preds.records and not preds.images:
-        raise EvalInputError(
-            f"no images.parquet or coco.json in {output_uri}: is it the --output of a labeler run?"
-        )
+    preds = load_predictions(output_uri, storage_options=storage_options)
     out = Folder(out_uri or join_uri(output_uri, "preview"), storage_options)
     colors = category_colors(list(preds.categories))
-    by_uri = {im.uri: im for im in preds.images.values()}
 
     labeled_records = [r for r in preds.records if r.status == "labeled"]
     failed_records = [r for r in preds.records if r.status == "failed"]
-    all_counts: Counter = Counter(int(a["category_id"]) for a in preds.coco.get("annotations", []))
+    all_counts = preds.reader.category_counts()
     summary = GallerySummary(
         output_uri=output_uri,
         n_images=len(preds.records),
         n_labeled=len(labeled_records),
         n_failed=len(failed_records),
-        n_annotations=len(preds.coco.get("annotations", [])),
+        n_annotations=sum(all_counts.values()),
         failure_reasons=Counter(r.reason or "" for r in failed_records),
         categories=[
             CategoryCount(
@@ -246,20 +236,16 @@ def build_preview(
         class_agnostic=preds.is_class_agnostic,
     )
 
-    def find(record: ImageRecord) -> PredImage | None:
-        if record.image_id is not None and record.image_id in preds.images:
-            return preds.images[record.image_id]
-        return by_uri.get(record.uri)
-
     labeled_items: list[GalleryItem] = []
     if not only_failed:
         chosen = _select(labeled_records, n, seed)
+        annotated = {image.image_id: image for image in preds.annotated(r.image_id for r in chosen)}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             labeled_items = list(
                 pool.map(
                     lambda job: _render_labeled(
-                        preds, job[1], find(job[1]), job[0], out, colors, max_size, alpha,
-                        storage_options,
+                        preds, job[1], annotated[job[1].image_id], job[0], out, colors,
+                        max_size, alpha, storage_options,
                     ),
                     enumerate(chosen),
                 )

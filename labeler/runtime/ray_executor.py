@@ -75,6 +75,7 @@ FORWARDED_ENV = (
     "HF_HOME",
     "HF_ENDPOINT",
     "LABELER_CACHE",
+    "LABELER_METHODS",  # method plug-ins (see labeler.methods.registry)
 )
 
 
@@ -143,7 +144,7 @@ class LabelWorker:
 
         logging.getLogger("labeler").setLevel(logging.INFO)  # per-shard logs keep INFO records
         segmenter = build_segmenter(config)
-        device = str(getattr(getattr(segmenter, "backbone", None), "device", config.device or "?"))
+        device = str(segmenter.device)
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.categories = segmenter.categories
         self.storage_options = storage_options
@@ -258,8 +259,6 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
     if per_gpu is not None and per_gpu < 0:
         raise ValueError("--gpus-per-worker must be >= 0")
     per_cpu = config.cpus_per_worker
-    if per_cpu is not None and per_cpu < 1:
-        raise ValueError("--cpus-per-worker must be >= 1")
     on_cpu = (config.device or "").startswith("cpu") or per_gpu == 0
     if not on_cpu and (gpus > 0 or per_gpu):
         per_gpu = per_gpu or 1.0

@@ -5,7 +5,8 @@ Layout::
     run/config.json                 settings + fingerprint; checked on every resume
     run/plan.json                   shard ids in order and image counts (written after planning)
     run/manifest/<shard>.jsonl      the shard's images: {"uri", "image_id"} per line
-    run/shards/<shard>/images.parquet, annotations.parquet   committed atomically
+    run/shards/<shard>/images.parquet, annotations.parquet   committed atomically (labeler.output.parts)
+    run/output.json                 categories and COCO info of the merged output (the merge)
     run/stats/<shard>.json          counts and stage timings, written after the parts
     run/done/<shard>                completion marker, written last (by the driver)
     run/logs/<shard>.log            the shard's log (its latest attempt)
@@ -27,6 +28,7 @@ from labeler import __version__
 from labeler.config import JobConfig, settings_difference
 from labeler.io.folders import Folder
 from labeler.io.retry import RetryPolicy
+from labeler.output import parts
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ class RunFolder:
         return False
 
     def clear(self) -> None:
-        for name in ("run", "annotations", "coco.json", "images.parquet"):
+        for name in ("run", *parts.FINAL_OUTPUTS):
             self.output.remove(name, recursive=True)
 
     # -- plan ----------------------------------------------------------------------------
@@ -126,11 +128,12 @@ class RunFolder:
 
     # -- shards --------------------------------------------------------------------------
     def shard_part(self, shard_id: str, name: str) -> str:
-        return f"run/shards/{shard_id}/{name}"
+        """Where the shard's part file ``name`` lives (see :mod:`labeler.output.parts`)."""
+        return parts.shard_file(shard_id, name)
 
-    def write_part(self, shard_id: str, name: str, data: bytes) -> None:
+    def write_part(self, shard_id: str, kind: parts.PartKind, data: bytes) -> None:
         """Commit one of the shard's parts (atomically: see :class:`~labeler.io.folders.Folder`)."""
-        self._write(self.shard_part(shard_id, name), data)
+        self._write(parts.shard_part(shard_id, kind), data)
 
     def is_done(self, shard_id: str) -> bool:
         return self.output.exists(f"run/done/{shard_id}")
@@ -170,10 +173,10 @@ class RunFolder:
 
     # -- run-level facts -----------------------------------------------------------------
     def write_categories(self, categories: list[dict]) -> None:
-        self.output.write_json("run/categories.json", categories)
+        self.output.write_json(parts.RUN_CATEGORIES, categories)
 
     def read_categories(self) -> list[dict] | None:
-        path = "run/categories.json"
+        path = parts.RUN_CATEGORIES
         return self.output.read_json(path) if self.output.exists(path) else None
 
     def write_progress(self, progress: dict) -> None:

@@ -22,22 +22,27 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from labeler.io.decode import ImageDecodeError, decode_image
 from labeler.io.folders import Folder
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
-from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
-from labeler.output import schema
-from labeler.output.rle import encode_label_map
+from labeler.methods.base import ImageLabels, Segmenter
+from labeler.output import parts, schema
+from labeler.output.rows import (
+    AnnotationRow,
+    ImageRow,
+    Provenance,
+    failed_image_row,
+    labeled_rows,
+)
 from labeler.runtime.postprocess import OrderedResults, PostProcessPool
 from labeler.runtime.run_folder import RunFolder
 
@@ -59,34 +64,21 @@ T = TypeVar("T")
 
 @dataclass
 class ShardRows:
-    """Rows collected for one shard's ``images.parquet`` and ``annotations.parquet``."""
+    """Rows collected for one shard's image and annotation parts."""
 
-    images: list[dict] = field(default_factory=list)
-    annotations: list[dict] = field(default_factory=list)
+    images: list[ImageRow] = field(default_factory=list)
+    annotations: list[AnnotationRow] = field(default_factory=list)
 
-    def fail(self, entry: dict, reason: str, detail: str, shard_id: str) -> None:
-        self.images.append(failed_row(entry, reason, detail, shard_id))
-
-    def add(self, image: dict, annotations: list[dict]) -> None:
+    def add(self, image: ImageRow, annotations: list[AnnotationRow]) -> None:
         """One image's row and its annotation rows."""
         self.images.append(image)
         self.annotations += annotations
 
 
-def failed_row(entry: dict, reason: str, detail: str, shard_id: str) -> dict:
-    """The ``images.parquet`` row of an image that produced no labels."""
-    return {
-        "uri": entry["uri"],
-        "file_name": entry.get("file_name", entry["uri"]),
-        "image_id": entry["image_id"],
-        "status": schema.IMAGE_STATUS_FAILED,
-        "reason": reason,
-        "detail": detail[:500],
-        "width": None,
-        "height": None,
-        "n_annotations": 0,
-        "shard_id": shard_id,
-    }
+def failed_row(entry: dict, reason: str, detail: str, shard_id: str) -> ImageRow:
+    """The image row of a manifest entry that produced no labels."""
+    return failed_image_row(entry["uri"], entry["image_id"], reason, detail, shard_id,
+                            entry.get("file_name"))
 
 
 @dataclass
@@ -246,8 +238,8 @@ def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Itera
 class _Finished:
     """One image's rows from the post-processing pool, with the seconds its job took."""
 
-    image: dict
-    annotations: list[dict]
+    image: ImageRow
+    annotations: list[AnnotationRow]
     seconds: float = 0.0
 
 
@@ -271,7 +263,7 @@ class ShardProcessor:
         postprocess_threads: threads of the post-processing pool.
     """
 
-    def __init__(self, segmenter, batch_size: int, max_pixels: int | None, run_id: str,
+    def __init__(self, segmenter: Segmenter, batch_size: int, max_pixels: int | None, run_id: str,
                  storage_options: dict | None = None, worker: dict | None = None,
                  postprocess_threads: int = 1) -> None:
         self.segmenter = segmenter
@@ -282,11 +274,8 @@ class ShardProcessor:
         self.worker = worker or {}
         self.category_names = {c["id"]: c["name"] for c in segmenter.categories}
         provenance = segmenter.provenance()
-        self.provenance = {
-            "method": provenance["method"],
-            "model": provenance["model"],
-            "embedding_set": provenance.get("embedding_set"),
-        }
+        self.provenance = Provenance(method=provenance["method"], model=provenance["model"],
+                                     embedding_set=provenance.get("embedding_set"), run_id=run_id)
         self.two_step = callable(getattr(segmenter, "label_raw", None)) and callable(
             getattr(segmenter, "finish", None))
         self.pool = PostProcessPool(postprocess_threads)
@@ -332,8 +321,7 @@ class ShardProcessor:
                 wait_started = time.perf_counter()
                 with self.model_turn:
                     wait_model = time.perf_counter() - wait_started
-                    method_before = dict(getattr(getattr(self.segmenter, "timer", None),
-                                                 "seconds", {}))
+                    method_before = dict(self.segmenter.timer.seconds)
                     for batch in batches:
                         for entry, reason, detail in batch.failures:
                             results.put(_Finished(failed_row(entry, reason, detail, shard_id), []))
@@ -356,7 +344,7 @@ class ShardProcessor:
             "labeled": sum(r["status"] == schema.IMAGE_STATUS_LABELED for r in rows.images),
             "failed": sum(r["status"] == schema.IMAGE_STATUS_FAILED for r in rows.images),
             "annotations": len(rows.annotations),
-            "failure_reasons": _count([r["reason"] for r in rows.images if r["reason"]]),
+            "failure_reasons": dict(Counter(r["reason"] for r in rows.images if r["reason"])),
             "seconds": time.perf_counter() - started,
             "started_at": started_at,
             "finished_at": time.time(),
@@ -426,7 +414,7 @@ class ShardProcessor:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
         try:
             return self._label_splitting(images)
-        except Exception as batch_error:
+        except Exception as batch_error:  # isolate the image that breaks the batch
             if len(images) == 1:
                 raise
             logger.warning("batch failed (%s); retrying its images one by one", batch_error)
@@ -448,7 +436,7 @@ class ShardProcessor:
             if self.two_step:
                 return list(self.segmenter.label_raw(images))
             return list(self.segmenter.label(images))
-        except Exception as error:
+        except Exception as error:  # only out-of-memory is handled here
             if not is_out_of_memory(error):
                 raise
             detail = f"{type(error).__name__}: {str(error)[:300]}"
@@ -481,51 +469,14 @@ class ShardProcessor:
         return _Finished(image, annotations, time.perf_counter() - started)
 
     def _labeled_rows(self, entry: dict, height: int, width: int, labels: ImageLabels,
-                      shard_id: str) -> tuple[dict, list[dict]]:
-        masks = encode_label_map(labels.label_map, len(labels.category_ids))
-        annotations = []
-        for index, (mask, category, score) in enumerate(zip(masks, labels.category_ids, labels.scores)):
-            if mask.area == 0:
-                continue
-            annotations.append(
-                {
-                    "id": entry["image_id"] * MAX_LABELS_PER_IMAGE + index,
-                    "image_id": entry["image_id"],
-                    "category_id": int(category),
-                    "category_name": self.category_names[int(category)],
-                    "segmentation_counts": mask.counts,
-                    "segmentation_size": [mask.height, mask.width],
-                    "area": mask.area,
-                    "bbox": mask.bbox,
-                    "iscrowd": 0,
-                    "score": float(score),
-                    "file_name": entry.get("file_name", entry["uri"]),
-                    "run_id": self.run_id,
-                    **self.provenance,
-                }
-            )
-        image = {
-            "uri": entry["uri"],
-            "file_name": entry.get("file_name", entry["uri"]),
-            "image_id": entry["image_id"],
-            "status": schema.IMAGE_STATUS_LABELED,
-            "reason": None,
-            "detail": None,
-            "width": width,
-            "height": height,
-            "n_annotations": len(annotations),
-            "shard_id": shard_id,
-        }
-        return image, annotations
+                      shard_id: str) -> tuple[ImageRow, list[AnnotationRow]]:
+        return labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
+                            self.category_names, self.provenance, shard_id, entry.get("file_name"))
 
     def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> None:
-        for name, table_schema, table_rows in (
-            ("annotations.parquet", schema.ANNOTATIONS, rows.annotations),
-            ("images.parquet", schema.IMAGES, rows.images),
-        ):
-            buffer = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(table_rows, schema=table_schema), buffer)
-            run.write_part(shard_id, name, buffer.getvalue())
+        for kind in parts.KINDS:
+            table_rows = rows.images if kind is parts.IMAGES else rows.annotations
+            run.write_part(shard_id, kind, parts.encode_part(kind, table_rows))
 
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
@@ -536,13 +487,6 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
         logger.warning("could not write the log of shard %s: %s", shard_id, error)
 
 
-def _timer_delta(segmenter, before: dict[str, float]) -> dict[str, float]:
-    after = getattr(getattr(segmenter, "timer", None), "seconds", {})
+def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
+    after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
-
-
-def _count(values: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts

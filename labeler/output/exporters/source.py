@@ -1,7 +1,7 @@
 """Streaming read of a finished output: (image, annotations) in collection order.
 
-``images.parquet`` is read batch by batch and ``annotations/`` one part (one shard) at a time,
-joined on ``image_id`` (both are in plan order), so memory is bounded by one shard whatever the
+Rows come from :class:`labeler.output.reader.OutputReader` (``images.parquet`` batch by batch,
+``annotations/`` one shard's part at a time), so memory is bounded by one shard whatever the
 collection size.
 """
 
@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
 from labeler.io.folders import Folder
-from labeler.output import schema
-from labeler.output.merge import coco_annotation
+from labeler.output.coco_json import coco_annotation
+from labeler.output.reader import OutputReader
 
 
 @dataclass(frozen=True)
@@ -82,34 +81,12 @@ class OutputSource:
 
     def __iter__(self) -> Iterator[tuple[ExportImage, list[dict]]]:
         """Each labeled image with its COCO annotations (RLE), in image id order."""
-        annotations = self._iter_annotations()
-        pending = next(annotations, None)
-        with self.folder.open("images.parquet") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=4096):
-                for row in batch.to_pylist():
-                    image_id = row["image_id"]
-                    mine: list[dict] = []
-                    while pending is not None and pending["image_id"] <= image_id:
-                        if pending["image_id"] == image_id:
-                            mine.append(pending)
-                        pending = next(annotations, None)
-                    if row["status"] != schema.IMAGE_STATUS_LABELED:
-                        continue
-                    image = ExportImage(
-                        image_id=image_id,
-                        file_name=row.get("file_name") or row["uri"],
-                        uri=row["uri"],
-                        width=row["width"],
-                        height=row["height"],
-                    )
-                    yield image, mine
-
-    def _iter_annotations(self) -> Iterator[dict]:
-        for name in self.folder.list("annotations"):
-            if not name.endswith(".parquet"):
+        for image in OutputReader.open(self.folder).images():
+            if not image.is_labeled:
                 continue
-            with self.folder.open(f"annotations/{name}") as handle:
-                table = pq.read_table(handle, schema=schema.ANNOTATIONS)
-            for batch in table.to_batches(max_chunksize=4096):
-                for row in batch.to_pylist():
-                    yield coco_annotation(row)
+            row = image.row
+            yield (
+                ExportImage(image_id=image.image_id, file_name=row["file_name"] or row["uri"],
+                            uri=row["uri"], width=row["width"], height=row["height"]),
+                [coco_annotation(annotation) for annotation in image.annotations],
+            )

@@ -1,0 +1,118 @@
+"""Typed rows of the per-shard parts: one image row per input image, one annotation row per mask.
+
+The runtime hands the builders what it knows about an image (its manifest entry, its labels or its
+failure); the builders decide the columns, so the row layout of ``images.parquet`` and
+``annotations/`` is written down here and in :mod:`labeler.output.schema` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypedDict
+
+from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
+from labeler.output import schema
+from labeler.output.rle import encode_label_map
+
+#: Longest ``detail`` kept in a failed image's row.
+MAX_DETAIL_CHARS = 500
+
+
+class ImageRow(TypedDict):
+    """One row of ``images.parquet`` (columns of :data:`labeler.output.schema.IMAGES`)."""
+
+    uri: str
+    image_id: int
+    status: str
+    reason: str | None
+    detail: str | None
+    width: int | None
+    height: int | None
+    n_annotations: int
+    shard_id: str
+    file_name: str
+
+
+class AnnotationRow(TypedDict):
+    """One row of ``annotations/`` (columns of :data:`labeler.output.schema.ANNOTATIONS`)."""
+
+    id: int
+    image_id: int
+    category_id: int
+    category_name: str
+    segmentation_counts: str
+    segmentation_size: list[int]
+    area: int
+    bbox: list[float]
+    iscrowd: int
+    score: float
+    file_name: str
+    method: str
+    model: str
+    embedding_set: str | None
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What every annotation of a run records about how it was made."""
+
+    method: str
+    model: str
+    embedding_set: str | None
+    run_id: str
+
+
+def annotation_id(image_id: int, label: int) -> int:
+    """The stable annotation id of label ``label`` of image ``image_id`` (no global counter)."""
+    return image_id * MAX_LABELS_PER_IMAGE + label
+
+
+def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id: str,
+                     file_name: str | None = None) -> ImageRow:
+    """The row of an image that produced no labels, with its machine-readable ``reason``.
+
+    ``file_name`` is the name relative to the image root (:mod:`labeler.output.names`);
+    the URI when not given.
+    """
+    return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
+                    detail=detail[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
+                    shard_id=shard_id, file_name=file_name or uri)
+
+
+def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: ImageLabels,
+                 category_names: dict[int, str], provenance: Provenance, shard_id: str,
+                 file_name: str | None = None) -> tuple[ImageRow, list[AnnotationRow]]:
+    """The image row and annotation rows of one labeled image.
+
+    Args:
+        uri, image_id: the image's manifest entry.
+        width, height: the decoded image's size (the label map is (height, width)).
+        labels: the method's labels; label k becomes annotation ``annotation_id(image_id, k)``.
+            Labels covering no pixel get no annotation.
+        category_names: COCO category id -> name.
+        provenance: recorded with every annotation.
+        shard_id: the shard the image belongs to.
+        file_name: the name relative to the image root (:mod:`labeler.output.names`); the URI
+            when not given.
+    """
+    file_name = file_name or uri
+    masks = encode_label_map(labels.label_map, len(labels.category_ids))
+    annotations: list[AnnotationRow] = []
+    for label, (mask, category, score) in enumerate(
+        zip(masks, labels.category_ids, labels.scores)
+    ):
+        if mask.area == 0:
+            continue
+        annotations.append(AnnotationRow(
+            id=annotation_id(image_id, label), image_id=image_id, category_id=int(category),
+            category_name=category_names[int(category)], segmentation_counts=mask.counts,
+            segmentation_size=[mask.height, mask.width], area=mask.area, bbox=mask.bbox,
+            iscrowd=0, score=float(score), file_name=file_name, method=provenance.method,
+            model=provenance.model, embedding_set=provenance.embedding_set,
+            run_id=provenance.run_id,
+        ))
+    image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
+                     detail=None, width=width, height=height, n_annotations=len(annotations),
+                     shard_id=shard_id, file_name=file_name)
+    return image, annotations

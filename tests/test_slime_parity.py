@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from labeler.methods.preprocess import images_to_model_input, resize_image, resize_reference
 from labeler.methods.slime.algorithm import (
-    SlimeOptions,
     accumulate_patches,
     patch_grid,
     patch_timesteps,
@@ -25,6 +24,7 @@ from labeler.methods.slime.data import (
 )
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 from tests.helpers import flat_regions_image
 from tests.test_slime_model import CLASSES, make_set
 

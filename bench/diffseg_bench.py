@@ -8,8 +8,13 @@ or any model name ``labeler run --model`` accepts.
     python bench/diffseg_bench.py --model tiny --images 8 --batch-size 4
     python bench/diffseg_bench.py --model sd15-random --images 2 --batch-size 1
     python bench/diffseg_bench.py --model sd15-random --device cuda --images 32 --batch-size 8
+    python bench/diffseg_bench.py --model sd15-random --device cuda --dtype bfloat16 \
+        --batch-sizes 1,2,4,8,16,32 --compile
 
-Prints a table (seconds per image per stage) and a JSON line with the same figures.
+Prints a table (seconds per image per stage) and a JSON line with the same figures; with
+``--batch-sizes`` one table per batch size (``--images`` is then at least the batch size) and a
+last JSON line holding them all (``sweep``). ``--compile`` wraps the UNet in ``torch.compile``
+(warm-up batches compile it, outside the timing).
 """
 
 from __future__ import annotations
@@ -104,6 +109,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1, help="batches run before timing")
+    parser.add_argument("--batch-sizes", help="comma-separated sweep, e.g. 1,2,4,8,16,32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -112,14 +119,33 @@ def main() -> int:
         backbone = sd15_random_backbone(device, dtype)
     else:
         backbone = load_backbone(args.model, device=device, dtype=dtype)
+    if args.compile:
+        backbone.unet = torch.compile(backbone.unet)
     diffseg = DiffSeg(backbone, DiffSegOptions())
-    blobs = load_images(args.images)
+    if not args.batch_sizes:
+        run_one(diffseg, args, device, dtype, args.batch_size, args.images)
+        return 0
+    sweep = []
+    for batch_size in (int(part) for part in args.batch_sizes.split(",")):
+        sweep.append(run_one(diffseg, args, device, dtype, batch_size,
+                             max(args.images, batch_size)))
+    sys.stdout.write(json.dumps({"model": args.model, "device": str(device),
+                                 "dtype": str(dtype).removeprefix("torch."),
+                                 "compile": args.compile, "sweep": sweep}) + "\n")
+    return 0
 
+
+def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+            batch_size: int, images_count: int) -> dict:
+    """Time ``images_count`` images in batches of ``batch_size``; print and return the figures."""
+    args = argparse.Namespace(**{**vars(args), "batch_size": batch_size, "images": images_count})
+    blobs = load_images(args.images)
     for _ in range(args.warmup):
         diffseg.label([decode_image(blobs[0]).pixels] * min(args.batch_size, args.images))
     diffseg.timer = StageTimer()
     timer = diffseg.timer
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     for start in range(0, args.images, args.batch_size):
@@ -129,6 +155,8 @@ def main() -> int:
         with timer.stage("rle"):
             for result in results:
                 encode_label_map(result.label_map, len(result.category_ids))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     total = time.perf_counter() - started
 
     per_image = {stage: seconds / args.images for stage, seconds in timer.seconds.items()}
@@ -146,19 +174,19 @@ def main() -> int:
         f"{'total':<14}{total / args.images:>10.4f}   images/s {args.images / total:.3f}\n"
     )
     sys.stdout.write("".join(f"{k} {v:.0f}\n" for k, v in memory.items()))
-    sys.stdout.write(
-        json.dumps(
-            {
-                "model": args.model,
-                "device": str(device),
-                "per_image_s": per_image,
-                "images_per_s": args.images / total,
-                **memory,
-            }
-        )
-        + "\n"
-    )
-    return 0
+    figures = {
+        "model": args.model,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size": args.batch_size,
+        "images": args.images,
+        "compile": args.compile,
+        "per_image_s": per_image,
+        "images_per_s": args.images / total,
+        **memory,
+    }
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return figures
 
 
 if __name__ == "__main__":

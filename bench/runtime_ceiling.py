@@ -1,26 +1,32 @@
 """A worker's ceiling: the real shard path with a segmenter that costs nothing (or a set time).
 
-``ShardProcessor`` (read, decode on its prefetch thread, label, encode, rows, commit) runs over
-generated JPEG or PNG files, shard after shard as a worker runs them, with a zero-cost segmenter:
-it returns Voronoi label maps of ``--segments`` regions at each image's size, relabelled by the
-same :func:`compact_device_labels` the methods use (on CPU tensors here), and sleeps ``--model-ms-per-image`` per
-image to stand in for the model. Figures:
+``ShardProcessor`` (read, decode on its prefetch thread, the model, then relabel, encode and rows
+on its post-processing pool, commit) runs over generated JPEG or PNG files, two shards at a time
+as a worker's actor runs them, with a zero-cost two-step segmenter: its device step sleeps
+``--model-ms-per-image`` per image to stand in for the model and hands over Voronoi label maps of
+``--segments`` regions at each image's size; its host step relabels them with the same
+:func:`~labeler.methods.device_labels.finish_labels` the methods use on CPU. Figures:
 
 * ``images_per_second`` over the whole run;
 * seconds per image by stage (decode, model, compact, encode, rows, commit; decode runs on the
-  prefetch thread, the rest on the worker's thread);
+  prefetch threads, the model on the model's thread, compact/encode/rows on the pool);
 * ``model_idle_fraction``: the share of wall time the simulated model is not running, i.e. waits
-  for everything else (what a real model would spend idle, since nothing overlaps it yet).
+  for the rest (what a real model would spend idle);
 * from thread CPU time, robust to a shared machine's neighbours: ``cpu_ms_per_image`` by stage,
   ``cpu_bound_images_per_second`` (the process's CPU time on one core) and
-  ``model_idle_fraction_cpu`` (model time against model time plus the CPU time of everything
-  but decoding, which runs on the prefetch thread).
+  ``model_idle_fraction_cpu``: the model's time against the slowest of the three overlapping
+  lanes as they would run with a core each (the model's thread: model plus the CPU time spent
+  neither decoding, post-processing nor committing; decoding plus commits, on the prefetch and
+  the shards' threads; the pool: post-processing CPU time divided by its threads);
+  ``cpus_assumed`` is those cores, 2 + the pool's threads; ``pipelined_images_per_second_cpu``
+  is the images/s of that slowest lane.
 
 ``--encoder`` measures the mask encoder alone at ``--size`` with 30 and 200 segments, one-pass
 against the per-label pycocotools encoding it replaced (checked identical on the way).
 
     python bench/runtime_ceiling.py --images 128 --size 1024x768 --segments 30
     python bench/runtime_ceiling.py --images 128 --size 1024x768 --segments 30 --model-ms-per-image 10
+    python bench/runtime_ceiling.py --images 128 --model-ms-per-image 10 --postprocess-threads 2
     python bench/runtime_ceiling.py --images 64 --size 1024x768 --segments 30 --s3 --json
     python bench/runtime_ceiling.py --encoder --size 1024x768
 
@@ -34,8 +40,10 @@ import io
 import json
 import sys
 import tempfile
+import threading
 import time
 import timeit
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +57,10 @@ sys.path.insert(0, str(REPO))
 from labeler.io.decode import decode_image
 from labeler.io.folders import Folder
 from labeler.methods.base import ImageLabels, compact_resized_labels
-from labeler.methods.device_labels import _compact_on_device, compact_device_labels
+from labeler.methods.device_labels import RawLabels, _compact_on_device, device_step, finish_labels
 from labeler.output import rle
 from labeler.runtime.plan import plan_run
+from labeler.runtime.ray_executor import SHARDS_IN_FLIGHT_PER_WORKER
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
 from labeler.timing import StageTimer
@@ -78,11 +87,12 @@ def voronoi_labels(height: int, width: int, segments: int, rng: np.random.Genera
 
 
 class ZeroCostSegmenter:
-    """A :class:`labeler.methods.base.Segmenter` whose model costs ``model_seconds`` per image.
+    """A two-step :class:`labeler.methods.base.Segmenter` whose model costs ``model_seconds`` per
+    image.
 
-    Per image it picks one of a few cached Voronoi maps of the image's size and relabels it
-    with :func:`compact_device_labels` (timed as ``compact``), as the methods do after their
-    model; the simulated model (``model``) is a sleep.
+    The device step (``label_raw``, timed as ``model``) is a sleep, then per image one of a few
+    cached Voronoi maps of the image's size; the host step (``finish``, timed as ``compact``,
+    on the pool's threads) relabels it as the methods do on CPU.
     """
 
     categories = ({"id": 1, "name": "segment", "supercategory": "segment"},)
@@ -94,8 +104,10 @@ class ZeroCostSegmenter:
         self.maps: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.timer = StageTimer()
         self.calls = 0
-        #: thread CPU seconds spent relabelling
+        self._lock = threading.Lock()
+        #: thread CPU and wall seconds spent relabelling, over all threads
         self.compact_cpu = 0.0
+        self.compact_wall = 0.0
 
     def prepare(self, height: int, width: int) -> None:
         """Make the cached maps of one size (outside the timed run)."""
@@ -110,38 +122,45 @@ class ZeroCostSegmenter:
     def provenance(self) -> dict:
         return {"method": "zero-cost", "model": f"sleep {self.model_seconds * 1000:g} ms/image"}
 
-    def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
+    def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
         with self.timer.stage("model"):
             time.sleep(self.model_seconds * len(images))
         results = []
-        cpu = time.thread_time()
-        with self.timer.stage("compact"):
-            for image in images:
-                height, width = image.shape[:2]
-                labels, confidence = self.maps[(height, width)][self.calls % MAPS_PER_SIZE]
-                self.calls += 1
-                results.append(compact_device_labels(labels, confidence, height, width))
-        self.compact_cpu += time.thread_time() - cpu
+        for image in images:
+            height, width = image.shape[:2]
+            labels, confidence = self.maps[(height, width)][self.calls % MAPS_PER_SIZE]
+            self.calls += 1
+            results.append(device_step(labels, confidence, height, width))
         return results
+
+    def finish(self, raw: RawLabels) -> ImageLabels:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        labels = finish_labels(raw)
+        with self._lock:
+            self.compact_cpu += time.thread_time() - cpu
+            self.compact_wall += time.perf_counter() - wall
+        return labels
 
 
 class Clock:
-    """Thread CPU time and wall time spent in one callable, summed over calls."""
+    """Thread CPU time and wall time spent in one callable, summed over calls and threads."""
 
     def __init__(self, function) -> None:
         self.function = function
         self.cpu = 0.0
         self.wall = 0.0
         self.calls = 0
+        self._lock = threading.Lock()
 
     def __call__(self, *args, **kwargs):
         cpu, wall = time.thread_time(), time.perf_counter()
         try:
             return self.function(*args, **kwargs)
         finally:
-            self.cpu += time.thread_time() - cpu
-            self.wall += time.perf_counter() - wall
-            self.calls += 1
+            with self._lock:
+                self.cpu += time.thread_time() - cpu
+                self.wall += time.perf_counter() - wall
+                self.calls += 1
 
 
 def clock_where_imported(function) -> Clock:
@@ -197,31 +216,46 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     segmenter.prepare(height, width)
     run = RunFolder(Folder(str(work / "out")))
     plan = plan_run(run, ({"uri": uri} for uri in uris), args.shard_size)
-    processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options)
+    processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options,
+                               postprocess_threads=args.postprocess_threads)
     encode = clock_where_imported(rle.encode_label_map)
     decode = clock_where_imported(decode_image)
     commit = processor._commit = Clock(processor._commit)
+    postprocess = processor._finish_image = Clock(processor._finish_image)
     stats = []
     started, process_cpu = time.perf_counter(), time.process_time()
-    for shard in plan["shards"]:
-        stats.append(processor.process(run.output, shard["shard_id"]))
-        run.mark_done(shard["shard_id"])
+    # As a worker's actor: SHARDS_IN_FLIGHT_PER_WORKER calls at once, markers in completion order.
+    with ThreadPoolExecutor(SHARDS_IN_FLIGHT_PER_WORKER) as calls:
+        running = [calls.submit(processor.process, run.output, shard["shard_id"])
+                   for shard in plan["shards"]]
+        for call in running:
+            stats.append(call.result())
+            run.mark_done(stats[-1]["shard_id"])
     wall = time.perf_counter() - started
     process_cpu = time.process_time() - process_cpu
+    processor.close()
     labeled = sum(s["labeled"] for s in stats)
     if labeled != args.images:
         raise RuntimeError(f"only {labeled} of {args.images} images labeled: {stats[0]}")
     total = {name: sum(s["timings"][name] for s in stats) for name in stats[0]["timings"]}
-    method = {name: sum(s["method_timings"].get(name, 0.0) for s in stats)
-              for name in ("model", "compact")}
+    model = sum(s["method_timings"].get("model", 0.0) for s in stats)
+    pipeline = {name: sum(s["pipeline"][name] for s in stats)
+                for name in ("wait_model", "wait_postprocess")}
     wall_ms = {
-        "read": total["read"], "decode": total["decode"], "model": method["model"],
-        "compact": method["compact"], "encode": encode.wall,
-        "rows": total["encode"] - encode.wall, "commit": total["commit"],
-        "wait_input": total["wait_input"],
+        "read": total["read"], "decode": total["decode"], "model": model,
+        "compact": segmenter.compact_wall, "encode": encode.wall,
+        "rows": postprocess.wall - encode.wall - segmenter.compact_wall,
+        "commit": total["commit"], "wait_input": total["wait_input"], **pipeline,
     }
+    # The model's thread: everything neither decoding, post-processing nor committing (reads,
+    # batching, bookkeeping), an upper bound for that lane. Commits run on the shard's own
+    # thread off the model; they share the decoding lane's core here.
+    model_thread_cpu = process_cpu - decode.cpu - postprocess.cpu - commit.cpu
     cpu_ms = {"decode": decode.cpu, "compact": segmenter.compact_cpu, "encode": encode.cpu,
-              "commit": commit.cpu, "process_total": process_cpu}
+              "postprocess": postprocess.cpu, "commit": commit.cpu, "model_thread": model_thread_cpu,
+              "process_total": process_cpu}
+    slowest_lane = max(model + model_thread_cpu, decode.cpu + commit.cpu,
+                       postprocess.cpu / args.postprocess_threads)
     per_image = lambda seconds: {
         name: round(1000 * value / labeled, 3) for name, value in seconds.items()
     }
@@ -229,16 +263,18 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
         "benchmark": "runtime_ceiling", "images": labeled, "size": f"{width}x{height}",
         "segments": args.segments, "format": args.format, "storage": "s3" if args.s3 else "local",
         "batch_size": args.batch_size, "shard_size": args.shard_size,
-        "model_ms_per_image": args.model_ms_per_image, "wall_s": round(wall, 3),
+        "model_ms_per_image": args.model_ms_per_image,
+        "postprocess_threads": args.postprocess_threads, "wall_s": round(wall, 3),
         "images_per_second": round(labeled / wall, 2),
         "wall_ms_per_image": per_image(wall_ms),
         "cpu_ms_per_image": per_image(cpu_ms),
-        "model_idle_fraction": round(1 - method["model"] / wall, 4),
+        "model_idle_fraction": round(1 - model / wall, 4),
         # The same from CPU time, as on a machine without neighbours: one core for everything,
-        # and the model's thread (all but decoding, which has its own) against the model.
+        # and the model against the slowest lane, each lane on its own cores.
         "cpu_bound_images_per_second": round(labeled / process_cpu, 2),
-        "model_idle_fraction_cpu": round(
-            1 - method["model"] / (method["model"] + process_cpu - decode.cpu), 4),
+        "model_idle_fraction_cpu": round(1 - model / slowest_lane, 4) if model else None,
+        "pipelined_images_per_second_cpu": round(labeled / slowest_lane, 2),
+        "cpus_assumed": 2 + args.postprocess_threads,
         "annotations_per_image": round(sum(s["annotations"] for s in stats) / labeled, 2),
     }
 
@@ -311,13 +347,17 @@ def main() -> int:
     parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
     parser.add_argument("--s3", action="store_true", help="inputs on a local rclone S3 server")
     parser.add_argument("--model-ms-per-image", type=float, default=0.0)
+    parser.add_argument("--postprocess-threads", type=int, default=1,
+                        help="the worker's post-processing pool (--cpus-per-worker)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--encoder", action="store_true", help="the mask encoder alone")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of figures")
     args = parser.parse_args()
-    if args.images < 1 or args.segments < 1 or args.batch_size < 1 or args.shard_size < 1:
-        parser.error("--images, --segments, --batch-size and --shard-size must be >= 1")
+    if min(args.images, args.segments, args.batch_size, args.shard_size,
+           args.postprocess_threads) < 1:
+        parser.error("--images, --segments, --batch-size, --shard-size and --postprocess-threads "
+                     "must be >= 1")
     torch.set_num_threads(1)  # what a one-CPU worker gets
     if args.encoder:
         figures = run_encoder(args)

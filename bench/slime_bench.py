@@ -16,6 +16,12 @@ Usage::
 
     python bench/slime_bench.py --models tiny,sd21 --fit-steps 2 --images 1 --device cpu
     python bench/slime_bench.py --models sd21 --device cuda --dtype float16 --fit-steps 10 --images 8
+    python bench/slime_bench.py --models sd21 --was fused --device cuda --dtype bfloat16 \
+        --patch-batches 1,2,4,8,16,32 --compile
+
+``--patch-batches`` sweeps inference over patches per UNet call (``patch_batch``; each image is
+4 patches, so ``--images`` is raised to a quarter of the largest batch): ``infer_sweep`` in the
+row. ``--compile`` wraps the UNet in ``torch.compile`` (the warm-up step and image compile it).
 """
 
 from __future__ import annotations
@@ -160,10 +166,13 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     backbone = build_backbone(args.model, args.device, args.dtype)
+    if args.compile:
+        backbone.unet = torch.compile(backbone.unet)
     classes = tuple(["background"] + [f"part{i}" for i in range(1, args.classes)])
     size = backbone.image_size
     result = {"model": args.model, "was": args.was, "device": str(backbone.device),
-              "dtype": str(backbone.dtype).removeprefix("torch."), "size": size}
+              "dtype": str(backbone.dtype).removeprefix("torch."), "size": size,
+              "compile": args.compile}
 
     fitter = SlimeFitter(backbone, classes, FitSettings(seed=0, was_impl=args.was))
     image, mask = prepare(synthetic(size, 0), size)
@@ -190,8 +199,32 @@ def worker(args: argparse.Namespace) -> dict:
         segmenter.predict(images)
         result["infer_s_per_image"] = (_now(backbone.device) - started) / len(images)
     result["infer_peak_gib"] = memory.above_base
+    if args.patch_batches:
+        result["infer_sweep"] = infer_sweep(backbone, embedding_set, args)
     result.update(was_alone(backbone, args))
     return result
+
+
+def infer_sweep(backbone, embedding_set, args: argparse.Namespace) -> list[dict]:
+    """Inference seconds per image for each ``patch_batch`` of ``--patch-batches``."""
+    from labeler.methods.slime.algorithm import SlimeOptions
+    from labeler.methods.slime.segmenter import Slime
+
+    sizes = [int(part) for part in args.patch_batches.split(",")]
+    count = max(args.images, -(-max(sizes) // 4))
+    images = [synthetic(backbone.image_size, seed).image for seed in range(1, count + 1)]
+    rows = []
+    for patch_batch in sizes:
+        segmenter = Slime(backbone, embedding_set,
+                          SlimeOptions(was_impl=args.was, patch_batch=patch_batch))
+        segmenter.predict(images[:1])  # warm-up (and compilation of a new shape)
+        with PeakMemory(backbone.device) as memory:
+            started = _now(backbone.device)
+            segmenter.predict(images)
+            seconds = (_now(backbone.device) - started) / len(images)
+        rows.append({"patch_batch": patch_batch, "images": len(images),
+                     "infer_s_per_image": seconds, "infer_peak_gib": memory.above_base})
+    return rows
 
 
 def was_alone(backbone, args: argparse.Namespace) -> dict:
@@ -229,6 +262,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument("--patch-batches", help="comma-separated patch_batch sweep, e.g. 1,4,16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -242,7 +277,9 @@ def main() -> None:
             command = [sys.executable, __file__, "--worker", f"{model}:{was}", "--fit-steps",
                        str(args.fit_steps), "--images", str(args.images), "--classes", str(args.classes),
                        "--device", args.device] + (["--dtype", args.dtype] if args.dtype else []) + (
-                ["--threads", str(args.threads)] if args.threads else [])
+                ["--threads", str(args.threads)] if args.threads else []) + (
+                ["--patch-batches", args.patch_batches] if args.patch_batches else []) + (
+                ["--compile"] if args.compile else [])
             done = subprocess.run(command, check=False, capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode or not lines:

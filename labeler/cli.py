@@ -70,6 +70,7 @@ def _default(name: str) -> str:
                 f"{spec.default_model or 'from its resources'} for {spec.name}"
                 for spec in methods().values()),
             "workers": "one per GPU, one CPU worker without GPUs", "gpus_per_worker": "1",
+            "cpus_per_worker": "the CPUs per GPU for GPU workers, 1 for CPU workers",
             "device": "cuda when available", "address": "a local Ray instance",
             "max_pixels": "the decoder's limit"}.get(name, repr(value))
 
@@ -106,6 +107,8 @@ def _add_run(commands) -> None:
     flag("--address", "address", "Ray cluster address")
     flag("--workers", "workers", "number of model workers", type=int)
     flag("--gpus-per-worker", "gpus_per_worker", "GPUs per worker; 0 for CPU workers", type=float)
+    flag("--cpus-per-worker", "cpus_per_worker",
+         "CPUs each worker reserves = its post-processing threads", type=int)
     flag("--batch-size", "batch_size", "images per model call", type=int)
     flag("--shard-size", "shard_size", "images per shard (unit of retry and resume)", type=int)
     flag("--seed", "seed", "random seed", type=int)

@@ -47,6 +47,7 @@ class JobConfig(Settings):
     address: str | None = None
     workers: int | None = Field(None, ge=1)
     gpus_per_worker: float | None = Field(None, ge=0)
+    cpus_per_worker: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     device: str | None = None
     overwrite: bool = False
@@ -59,8 +60,8 @@ class JobConfig(Settings):
     """Any failed image makes the run's exit status non-zero."""
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
-        "address", "workers", "gpus_per_worker", "batch_size", "device", "overwrite",
-        "wait_lock", "retry_failed", "strict",
+        "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size", "device",
+        "overwrite", "wait_lock", "retry_failed", "strict",
     )
 
     def __init__(self, **values: Any) -> None:

@@ -15,8 +15,18 @@ from tests.helpers import flat_regions_image
 
 def tiny_checkpoint(folder: Path) -> Path:
     """The tiny model with a support conv (duplicate-and-halve init, slightly perturbed so the
-    support's mask half matters), written as a DiffewS checkpoint folder."""
+    support's mask half matters), written as a DiffewS checkpoint folder.
+
+    The calibrated tiny UNet has its residual branches zeroed (docs/tiny-model.md), so attention
+    outputs never reach the UNet's output; a fine-tuned DiffewS UNet has no such zeros, so the
+    checkpoint fills every all-zero UNet weight with small seeded noise.
+    """
     backbone = load_backbone("tiny")
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in backbone.unet.parameters():
+            if parameter.ndim > 1 and not parameter.any():
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
     support = duplicate_and_halve(backbone.unet.conv_in)
     with torch.no_grad():
         support.weight.add_(0.05 * torch.randn(support.weight.shape, generator=torch.Generator().manual_seed(1)))

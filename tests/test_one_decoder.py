@@ -4,7 +4,6 @@ see the same pixels for the same file (EXIF orientation applied, alpha composite
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,10 +17,14 @@ from labeler.io.folders import Folder
 from labeler.io.listing import iter_inputs
 from labeler.methods.annotations import load_annotated
 from labeler.methods.base import ImageLabels
+from labeler.output import parts
+from labeler.output.merge import merge_outputs
+from labeler.output.rows import AnnotationRow, ImageRow
 from labeler.preview.build import build_preview
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
+from labeler.timing import StageTimer
 from tests._output_fixture import bbox, rle
 
 ORIENTATION = 0x0112
@@ -34,6 +37,8 @@ class RecordingSegmenter:
 
     def __init__(self) -> None:
         self.seen: list[np.ndarray] = []
+        self.timer = StageTimer()
+        self.device = "cpu"
 
     def provenance(self) -> dict:
         return {"method": "test", "model": "none"}
@@ -143,21 +148,26 @@ def test_preview_of_a_parquet_of_bytes_input_shows_the_real_pixels(tmp_path: Pat
     mask = np.zeros((height, width), bool)
     mask[:8, :8] = True
     out = tmp_path / "out"
-    out.mkdir()
-    coco = {
-        "images": [{"id": 1, "file_name": refs[0], "width": width, "height": height}],
-        "annotations": [{"id": 4096, "image_id": 1, "category_id": 1, "segmentation": rle(mask),
-                         "area": int(mask.sum()), "bbox": bbox(mask), "iscrowd": 0, "score": 1.0}],
-        "categories": [{"id": 1, "name": "segment"}],
-    }
-    (out / "coco.json").write_text(json.dumps(coco))
-    rows = [
-        {"uri": refs[0], "image_id": 1, "status": "labeled", "reason": None, "width": width,
-         "height": height, "n_annotations": 1},
-        {"uri": refs[1], "image_id": 2, "status": "failed", "reason": "method_error",
-         "width": width, "height": height, "n_annotations": 0},
+    shard = "shard-00000"
+    segmentation = rle(mask)
+    image_rows = [
+        ImageRow(uri=refs[0], image_id=1, status="labeled", reason=None, detail=None, width=width,
+                 height=height, n_annotations=1, shard_id=shard, file_name="a.png",
+                 retryable=None),
+        ImageRow(uri=refs[1], image_id=2, status="failed", reason="method_error", detail="",
+                 width=None, height=None, n_annotations=0, shard_id=shard, file_name="b.png",
+                 retryable=False),
     ]
-    pq.write_table(pa.Table.from_pylist(rows), out / "images.parquet")
+    annotation_rows = [AnnotationRow(
+        id=4096, image_id=1, category_id=1, category_name="segment",
+        segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
+        area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=1.0, file_name="a.png",
+        method="test", model="none", embedding_set=None, run_id="test")]
+    folder = Folder(str(out))
+    for kind, table_rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
+        folder.write_bytes(parts.shard_part(shard, kind), parts.encode_part(kind, table_rows))
+    merge_outputs(folder, [shard], [{"id": 1, "name": "segment", "supercategory": "segment"}],
+                  {"method": "test"})
 
     result = build_preview(str(out), workers=1)
 

@@ -64,6 +64,23 @@ class Segmenter(Protocol):
         ...
 
 
+class TwoStepSegmenter(Segmenter, Protocol):
+    """A segmenter whose ``label`` is ``[finish(raw) for raw in label_raw(images)]``.
+
+    The runtime calls ``label_raw`` on the model's thread and ``finish`` on its post-processing
+    threads, so the host work of one batch overlaps the model on the next. Segmenters without
+    these two methods are driven through ``label`` alone.
+    """
+
+    def label_raw(self, images: list[np.ndarray]) -> list:
+        """The device step for a batch: one raw output per image, in order."""
+        ...
+
+    def finish(self, raw) -> ImageLabels:
+        """The host step for one image: its labels from its raw output (thread-safe)."""
+        ...
+
+
 def compact_labels(
     label_map: np.ndarray, confidence: np.ndarray, category_of: np.ndarray | None = None
 ) -> ImageLabels:

@@ -1,6 +1,15 @@
-"""Relabelling, scoring and the nearest resize on the model's device; only int32 crosses over."""
+"""Relabelling, scoring and the nearest resize on the model's device; only int32 crosses over.
+
+A method's labeling splits in two steps (see :class:`labeler.methods.base.Segmenter`): the device
+step, on the model's thread, ends with :func:`device_step`; the host step,
+:func:`finish_labels`, may run on a post-processing thread while the model labels the next batch.
+On an accelerator the relabelling runs in the device step (only the int32 map crosses over); on
+the CPU it is host work, so it is left to the host step.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -8,6 +17,57 @@ from torch import Tensor
 
 from labeler.methods.base import ImageLabels, compact_resized_labels
 from labeler.methods.label_maps import nearest_indices, resize_weights
+
+
+@dataclass(frozen=True)
+class PendingLabels:
+    """Label-grid outputs on the host, waiting for relabelling and the resize to the image.
+
+    Attributes:
+        grid_labels: (h, w) integer label values, negative for no annotation.
+        grid_confidence: (h, w) float, the winning label's confidence.
+        height, width: the original image size.
+        category_of: category id per label value, or None for category 1.
+    """
+
+    grid_labels: np.ndarray
+    grid_confidence: np.ndarray
+    height: int
+    width: int
+    category_of: np.ndarray | None = None
+
+    def finish(self) -> ImageLabels:
+        """The image's labels (what :func:`compact_device_labels` returns for these maps)."""
+        return compact_resized_labels(self.grid_labels, self.grid_confidence, self.height,
+                                      self.width, self.category_of)
+
+
+#: What a method's device step gives per image: final labels, or host work still to do.
+RawLabels = ImageLabels | PendingLabels
+
+
+def device_step(
+    grid_labels: Tensor,
+    grid_confidence: Tensor,
+    height: int,
+    width: int,
+    category_of: np.ndarray | None = None,
+) -> RawLabels:
+    """The end of a method's device step for one image (arguments of :func:`compact_device_labels`).
+
+    On an accelerator the relabelling and resize run there and the labels are final; for CPU
+    tensors the maps are handed over as :class:`PendingLabels` (numpy views, no copy; numpy's tables are
+    faster than torch's on the host).
+    """
+    if grid_labels.device.type == "cpu":
+        return PendingLabels(grid_labels.numpy(), grid_confidence.numpy(), height, width,
+                             category_of)
+    return _compact_on_device(grid_labels, grid_confidence, height, width, category_of)
+
+
+def finish_labels(raw: RawLabels) -> ImageLabels:
+    """The host step: the labels of one image from its :func:`device_step` output."""
+    return raw.finish() if isinstance(raw, PendingLabels) else raw
 
 
 def compact_device_labels(
@@ -31,11 +91,7 @@ def compact_device_labels(
         height, width: the original image size.
         category_of: category id per label value; defaults to category 1 for all.
     """
-    if grid_labels.device.type == "cpu":  # numpy's tables are faster than torch's on the host
-        return compact_resized_labels(
-            grid_labels.numpy(), grid_confidence.numpy(), height, width, category_of
-        )
-    return _compact_on_device(grid_labels, grid_confidence, height, width, category_of)
+    return finish_labels(device_step(grid_labels, grid_confidence, height, width, category_of))
 
 
 def _compact_on_device(

@@ -15,6 +15,8 @@ from labeler.io.decode import DECODE_FAILURE_REASONS
 OUT_OF_MEMORY = "out_of_memory"
 #: ``reason`` of an image the method raised on (while the rest of its batch labeled).
 METHOD_ERROR = "method_error"
+#: ``reason`` of an image whose host work after the model (relabel, resize, encode) raised.
+POSTPROCESS_ERROR = "postprocess_error"
 #: ``reason`` of an image whose bytes could not be read after the reader's own retries (storage
 #: unreachable, timed out, the object missing).
 READ_ERROR = "read_error"
@@ -22,7 +24,7 @@ READ_ERROR = "read_error"
 #: Failures that may heal on a re-run.
 RETRYABLE_REASONS = frozenset({READ_ERROR, OUT_OF_MEMORY})
 #: Failures that a re-run would repeat: every decoder verdict, and the method's own errors.
-PERMANENT_REASONS = frozenset(DECODE_FAILURE_REASONS | {METHOD_ERROR})
+PERMANENT_REASONS = frozenset(DECODE_FAILURE_REASONS | {METHOD_ERROR, POSTPROCESS_ERROR})
 
 
 def is_retryable(reason: str) -> bool:

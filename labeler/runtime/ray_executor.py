@@ -2,10 +2,11 @@
 
 Each :class:`LabelWorker` actor loads the model and the method once, then processes many shards
 (one GPU per actor by default, fractions allowed; CPU actors when there is no GPU). The driver
-keeps :data:`SHARDS_IN_FLIGHT_PER_WORKER` shards queued on each ready actor, so a worker starts
-its next shard as soon as it finishes one, and reading/decoding overlaps the model inside a shard
-(see :class:`labeler.runtime.shard.Prefetcher`). The driver, not the worker, writes a shard's
-completion marker, after the worker has committed its parts and stats.
+keeps :data:`SHARDS_IN_FLIGHT_PER_WORKER` shards on each ready actor, and an actor runs that many
+calls at once (threads): the next shard reads ahead while the current one is on the model, and
+takes the model as soon as the current one leaves it to finish its post-processing and commit
+(see :class:`labeler.runtime.shard.ShardProcessor`). The driver, not the worker, writes a shard's
+completion marker, after the worker's call has committed the shard's parts and stats.
 
 Failures are classified by :class:`labeler.runtime.scheduler.ShardScheduler`: an exception raised
 by the shard's code is an application error (bounded attempts, then the shard is recorded as
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from labeler.config import JobConfig
 from labeler.io.folders import Folder
 from labeler.io.uris import redact_uri
+from labeler.runtime.postprocess import default_postprocess_threads
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import (
     READY,
@@ -46,7 +48,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Shards queued on each actor: one running, the next ready to start without a round trip.
+#: Shards on each actor at once: one on the model, the next reading ahead (or the previous one
+#: finishing its post-processing and commit).
 SHARDS_IN_FLIGHT_PER_WORKER = 2
 #: Application errors a shard may have before it is recorded as failed.
 MAX_SHARD_ATTEMPTS = 3
@@ -83,6 +86,8 @@ class Placement:
     workers: int
     num_gpus: float
     num_cpus: float
+    #: post-processing threads of each worker (see :mod:`labeler.runtime.postprocess`)
+    postprocess_threads: int = 1
 
 
 @dataclass
@@ -132,7 +137,8 @@ class LabelWorker:
         storage_options: fsspec options for inputs and output (kept in memory, never logged).
     """
 
-    def __init__(self, config: JobConfig, run_id: str, storage_options: dict | None = None) -> None:
+    def __init__(self, config: JobConfig, run_id: str, storage_options: dict | None = None,
+                 postprocess_threads: int = 1) -> None:
         from labeler.methods.registry import build_segmenter
         from labeler.runtime.shard import ShardProcessor
 
@@ -143,7 +149,8 @@ class LabelWorker:
         self.categories = segmenter.categories
         self.storage_options = storage_options
         self.processor = ShardProcessor(segmenter, config.batch_size, config.max_pixels, run_id,
-                                        storage_options, worker=self.info)
+                                        storage_options, worker=self.info,
+                                        postprocess_threads=postprocess_threads)
         self._outputs: dict[str, Folder] = {}
 
     def ready(self) -> dict:
@@ -235,8 +242,11 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
     """Workers and their reservations for ``config`` on a cluster with ``resources``.
 
     GPU workers (``gpus_per_worker``, default 1) when the cluster has GPUs and the job does not
-    ask for the CPU; otherwise CPU workers, one CPU each (default: one worker). On a local
-    instance, asking for more than the machine has is an error rather than a wait.
+    ask for the CPU; otherwise CPU workers (default: one worker). Each worker reserves
+    ``cpus_per_worker`` CPUs and runs that many post-processing threads; by default a GPU worker
+    gets its share of the cluster's CPUs per GPU, a CPU worker one CPU (its model's thread plus
+    one post-processing thread). On a local instance, asking for more than the machine has is an
+    error rather than a wait.
 
     Raises:
         ValueError: a setting that cannot be satisfied.
@@ -248,6 +258,7 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
     per_gpu = config.gpus_per_worker
     if per_gpu is not None and per_gpu < 0:
         raise ValueError("--gpus-per-worker must be >= 0")
+    per_cpu = config.cpus_per_worker
     on_cpu = (config.device or "").startswith("cpu") or per_gpu == 0
     if not on_cpu and (gpus > 0 or per_gpu):
         per_gpu = per_gpu or 1.0
@@ -258,11 +269,17 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
                 f"{workers} workers with {per_gpu:g} GPU each need {workers * per_gpu:g} GPUs; "
                 f"this machine has {gpus:g} (use --gpus-per-worker 0 for CPU workers)"
             )
-        return Placement(workers=workers, num_gpus=per_gpu, num_cpus=1.0)
+        # A worker's share of the CPUs: CPUs per GPU times its GPUs.
+        threads = default_postprocess_threads(per_cpu, int(cpus * per_gpu), gpus, gpu_worker=True)
+        return Placement(workers=workers, num_gpus=per_gpu, num_cpus=float(threads),
+                         postprocess_threads=threads)
     workers = config.workers or 1
-    if local and workers > cpus:
-        raise ValueError(f"{workers} CPU workers need {workers} CPUs; this machine has {cpus:g}")
-    return Placement(workers=workers, num_gpus=0.0, num_cpus=1.0)
+    threads = default_postprocess_threads(per_cpu, int(cpus), gpus, gpu_worker=False)
+    if local and workers * threads > cpus:
+        raise ValueError(f"{workers} CPU workers need {workers * threads} CPUs ({threads} each); "
+                         f"this machine has {cpus:g}")
+    return Placement(workers=workers, num_gpus=0.0, num_cpus=float(threads),
+                     postprocess_threads=threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,11 +312,14 @@ def execute_shards(
             num_cpus=placement.num_cpus,
             max_restarts=0,
             max_task_retries=0,
+            max_concurrency=SHARDS_IN_FLIGHT_PER_WORKER,
             runtime_env={"env_vars": session.worker_env()},
         )
-        make_worker = lambda: actor_class.remote(config, run_id, storage_options)
-        logger.info("%d workers (%g GPU, %g CPU each) for %d shards", placement.workers,
-                    placement.num_gpus, placement.num_cpus, len(shard_ids))
+        make_worker = lambda: actor_class.remote(config, run_id, storage_options,
+                                                 placement.postprocess_threads)
+        logger.info("%d workers (%g GPU, %g CPU, %d post-processing threads each) for %d shards",
+                    placement.workers, placement.num_gpus, placement.num_cpus,
+                    placement.postprocess_threads, len(shard_ids))
         driver = _Driver(session.ray, make_worker, placement.workers, run, shard_ids, events)
         return driver.run()
 

@@ -1,12 +1,18 @@
 """Processing one shard: read, decode, label in batches, encode, commit the shard's parts.
 
-Reading and decoding run on a background thread, a bounded number of batches ahead of the
-model (:class:`Prefetcher`), so the accelerator does not wait for storage. Bad images become
+Three stages overlap so the model does not wait: reading and decoding run on a background
+thread, a bounded number of batches ahead of the model (:class:`Prefetcher`); the host work after
+the model (relabelling, resize, mask encoding, rows) runs on the worker's post-processing pool
+(:mod:`labeler.runtime.postprocess`) while the model labels the next batch; and a worker may run
+two shards at once, one on the model while the other prefetches, or drains its pool and commits
+(the model is taken in turn, :attr:`ShardProcessor.model_turn`). Bad images become
 ``failed`` rows with a reason; they never stop the shard. A batch that runs out of accelerator
 memory is split in halves down to single images before an image is recorded as failed with
 ``out_of_memory``. Any other error that hits every image of a batch, even one image at a time, is
 not the data's fault: it propagates so the driver can retry the shard and, after its attempts,
-record the shard as failed. The shard's log records go to ``run/logs/<shard>.log``.
+record the shard as failed. An error in the host work of one image becomes that image's
+``postprocess_error`` row. The shard's log records (of the threads working for it) go to
+``run/logs/<shard>.log``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
 from labeler.output import parts, schema
-from labeler.output.failures import METHOD_ERROR, OUT_OF_MEMORY, READ_ERROR
+from labeler.output.failures import METHOD_ERROR, OUT_OF_MEMORY, POSTPROCESS_ERROR, READ_ERROR
 from labeler.output.rows import (
     AnnotationRow,
     ImageRow,
@@ -39,6 +45,7 @@ from labeler.output.rows import (
     labeled_rows,
 )
 from labeler.runtime.integrity import part_record
+from labeler.runtime.postprocess import OrderedResults, PostProcessPool
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -56,9 +63,16 @@ class ShardRows:
     images: list[ImageRow] = field(default_factory=list)
     annotations: list[AnnotationRow] = field(default_factory=list)
 
-    def fail(self, entry: dict, reason: str, detail: str, shard_id: str) -> None:
-        self.images.append(failed_image_row(entry["uri"], entry["image_id"], reason, detail,
-                                            shard_id, entry.get("file_name")))
+    def add(self, image: ImageRow, annotations: list[AnnotationRow]) -> None:
+        """One image's row and its annotation rows."""
+        self.images.append(image)
+        self.annotations += annotations
+
+
+def failed_row(entry: dict, reason: str, detail: str, shard_id: str) -> ImageRow:
+    """The image row of a manifest entry that produced no labels."""
+    return failed_image_row(entry["uri"], entry["image_id"], reason, detail, shard_id,
+                            entry.get("file_name"))
 
 
 @dataclass
@@ -159,16 +173,45 @@ class _ProducerError:
     error: BaseException
 
 
+_working_for = threading.local()
+
+
 @contextmanager
-def capture_log(level: int = logging.INFO) -> Iterator[io.StringIO]:
+def working_for(shard_id: str) -> Iterator[None]:
+    """Tag this thread's log records with ``shard_id`` while the block runs (see
+    :func:`capture_log`); threads of a worker serve different shards at once."""
+    before = getattr(_working_for, "shard_id", None)
+    _working_for.shard_id = shard_id
+    try:
+        yield
+    finally:
+        _working_for.shard_id = before
+
+
+class _ShardRecords(logging.Filter):
+    """Records of threads working for one shard, and of threads working for none."""
+
+    def __init__(self, shard_id: str | None) -> None:
+        super().__init__()
+        self.shard_id = shard_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tag = getattr(_working_for, "shard_id", None)
+        return self.shard_id is None or tag is None or tag == self.shard_id
+
+
+@contextmanager
+def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Iterator[io.StringIO]:
     """Collect the log records emitted (by any thread) while the block runs.
 
     Records of any library at WARNING and above are kept, and labeler's own from ``level`` (its
-    logger is lowered to ``level`` for the duration if needed).
+    logger is lowered to ``level`` for the duration if needed). With ``shard_id``, records of
+    threads tagged for another shard (:func:`working_for`) are left out.
     """
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setLevel(level)
+    handler.addFilter(_ShardRecords(shard_id))
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     )
@@ -185,20 +228,38 @@ def capture_log(level: int = logging.INFO) -> Iterator[io.StringIO]:
         handler.close()
 
 
+@dataclass(frozen=True)
+class _Finished:
+    """One image's rows from the post-processing pool, with the seconds its job took."""
+
+    image: ImageRow
+    annotations: list[AnnotationRow]
+    seconds: float = 0.0
+
+
 class ShardProcessor:
     """Applies one loaded segmenter to shards of a run.
 
+    ``process`` may be called from two threads at once (a Ray actor running two shards): the
+    model runs one shard at a time, in the order the calls reach it, while the other shard reads
+    ahead or finishes its post-processing and commits.
+
     Args:
         segmenter: built once per worker (see :func:`labeler.methods.registry.build_segmenter`).
+            With ``label_raw``/``finish`` (:class:`labeler.methods.base.TwoStepSegmenter`) the
+            host step runs on the pool; otherwise ``label`` runs on the model's thread and the
+            pool encodes.
         batch_size: images per model call.
         max_pixels: decompression-bomb limit passed to the decoder.
         run_id: recorded with every annotation.
         storage_options: fsspec options for reading inputs.
         worker: facts about the worker (host, pid, device) recorded in the shard's stats.
+        postprocess_threads: threads of the post-processing pool.
     """
 
-    def __init__(self, segmenter, batch_size: int, max_pixels: int | None, run_id: str,
-                 storage_options: dict | None = None, worker: dict | None = None) -> None:
+    def __init__(self, segmenter: Segmenter, batch_size: int, max_pixels: int | None, run_id: str,
+                 storage_options: dict | None = None, worker: dict | None = None,
+                 postprocess_threads: int = 1) -> None:
         self.segmenter = segmenter
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -209,11 +270,20 @@ class ShardProcessor:
         provenance = segmenter.provenance()
         self.provenance = Provenance(method=provenance["method"], model=provenance["model"],
                                      embedding_set=provenance.get("embedding_set"), run_id=run_id)
+        self.two_step = callable(getattr(segmenter, "label_raw", None)) and callable(
+            getattr(segmenter, "finish", None))
+        self.pool = PostProcessPool(postprocess_threads)
+        #: held by the shard whose batches are on the model
+        self.model_turn = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the post-processing threads (after the last shard)."""
+        self.pool.close()
 
     def process(self, output: Folder, shard_id: str, attempt: int = 1) -> dict:
         """Label one shard and commit its parts, stats and log. Returns the stats."""
         run = RunFolder(output)
-        with capture_log() as log:
+        with working_for(shard_id), capture_log(shard_id=shard_id) as log:
             logger.info("shard %s attempt %d on %s", shard_id, attempt, self.worker or "this process")
             try:
                 stats = self._process(run, shard_id)
@@ -232,15 +302,31 @@ class ShardProcessor:
         started, started_at = time.perf_counter(), time.time()
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
-        method_before = dict(self.segmenter.timer.seconds)
         rows = ShardRows()
-        produce = lambda: self._batches(entries, timings)
-        with Prefetcher(produce) as batches:
-            for batch in batches:
-                for entry, reason, detail in batch.failures:
-                    rows.fail(entry, reason, detail, shard_id)
-                if batch.images:
-                    self._label_batch(batch.images, rows, shard_id, timings)
+        results: OrderedResults[_Finished] = self.pool.results(
+            2 * self.batch_size + self.pool.threads)
+
+        def produce() -> Iterator[Batch]:
+            with working_for(shard_id):
+                yield from self._batches(entries, timings)
+
+        try:
+            with Prefetcher(produce) as batches:
+                wait_started = time.perf_counter()
+                with self.model_turn:
+                    wait_model = time.perf_counter() - wait_started
+                    method_before = dict(self.segmenter.timer.seconds)
+                    for batch in batches:
+                        for entry, reason, detail in batch.failures:
+                            results.put(_Finished(failed_row(entry, reason, detail, shard_id), []))
+                        if batch.images:
+                            self._label_batch(batch.images, results, shard_id, timings)
+                        self._collect(results.ready(), rows, timings)
+                    method_timings = _timer_delta(self.segmenter, method_before)
+            self._collect(results.drain(), rows, timings)
+        except BaseException:
+            results.cancel()
+            raise
         timings["wait_input"] = batches.waited
         rows.images.sort(key=lambda row: row["image_id"])
         commit_started = time.perf_counter()
@@ -259,9 +345,20 @@ class ShardProcessor:
             "started_at": started_at,
             "finished_at": time.time(),
             "timings": {name: round(value, 4) for name, value in timings.items()},
-            "method_timings": _timer_delta(self.segmenter, method_before),
+            "method_timings": method_timings,
+            # How the stages overlapped: seconds this shard waited for the model (the previous
+            # shard on it) and the model's thread waited for the pool (backpressure, last drain).
+            "pipeline": {"postprocess_threads": self.pool.threads,
+                         "wait_model": round(wait_model, 4),
+                         "wait_postprocess": round(results.waited, 4)},
             "worker": self.worker,
         }
+
+    @staticmethod
+    def _collect(finished: Iterator[_Finished], rows: ShardRows, timings: dict) -> None:
+        for result in finished:
+            rows.add(result.image, result.annotations)
+            timings["encode"] += result.seconds
 
     # -- input (runs on the prefetch thread) ---------------------------------------------
     def _batches(self, entries: list[dict], timings: dict) -> Iterator[Batch]:
@@ -294,21 +391,22 @@ class ShardProcessor:
             yield batch
 
     # -- the model -----------------------------------------------------------------------
-    def _label_batch(self, batch: list[tuple[dict, np.ndarray]], rows: ShardRows, shard_id: str,
-                     timings: dict) -> None:
+    def _label_batch(self, batch: list[tuple[dict, np.ndarray]], results: OrderedResults,
+                     shard_id: str, timings: dict) -> None:
+        """Run the model on a batch and hand each image's output to the pool, in order."""
         images = [pixels for _, pixels in batch]
         started = time.perf_counter()
         outcomes = self._label_isolating(images)
-        encode_started = time.perf_counter()
-        timings["label"] += encode_started - started
+        timings["label"] += time.perf_counter() - started
         for (entry, pixels), outcome in zip(batch, outcomes):
             if isinstance(outcome, ImageFailure):
-                rows.fail(entry, outcome.reason, outcome.detail, shard_id)
+                results.put(_Finished(failed_row(entry, outcome.reason, outcome.detail, shard_id),
+                                      []))
             else:
-                self._add_labels(entry, pixels, outcome, rows, shard_id)
-        timings["encode"] += time.perf_counter() - encode_started
+                height, width = pixels.shape[:2]
+                results.submit(self._finish_image, entry, height, width, outcome, shard_id)
 
-    def _label_isolating(self, images: list[np.ndarray]) -> list[ImageLabels | ImageFailure]:
+    def _label_isolating(self, images: list[np.ndarray]) -> list:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
         try:
             return self._label_splitting(images)
@@ -316,7 +414,7 @@ class ShardProcessor:
             if len(images) == 1:
                 raise
             logger.warning("batch failed (%s); retrying its images one by one", batch_error)
-            outcomes: list[ImageLabels | ImageFailure] = []
+            outcomes: list = []
             for image in images:
                 try:
                     outcomes += self._label_splitting([image])
@@ -326,10 +424,13 @@ class ShardProcessor:
                 raise  # the batch's own error: not the data's fault
             return outcomes
 
-    def _label_splitting(self, images: list[np.ndarray]) -> list[ImageLabels | ImageFailure]:
-        """Label a batch, splitting it in halves on out-of-memory errors down to one image."""
+    def _label_splitting(self, images: list[np.ndarray]) -> list:
+        """Label a batch (the device step only, for a two-step segmenter), splitting it in
+        halves on out-of-memory errors down to one image."""
         detail = None
         try:
+            if self.two_step:
+                return list(self.segmenter.label_raw(images))
             return list(self.segmenter.label(images))
         except Exception as error:  # only out-of-memory is handled here
             if not is_out_of_memory(error):
@@ -344,14 +445,29 @@ class ShardProcessor:
         logger.warning("out of memory on a batch of %d; splitting it (%s)", len(images), detail)
         return self._label_splitting(images[:half]) + self._label_splitting(images[half:])
 
-    def _add_labels(self, entry: dict, pixels: np.ndarray, labels: ImageLabels, rows: ShardRows,
-                    shard_id: str) -> None:
-        height, width = pixels.shape[:2]
-        image, annotations = labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
-                                          self.category_names, self.provenance, shard_id,
-                                          entry.get("file_name"))
-        rows.annotations += annotations
-        rows.images.append(image)
+    # -- after the model (runs on the post-processing pool) ------------------------------
+    def _finish_image(self, entry: dict, height: int, width: int, raw, shard_id: str) -> _Finished:
+        """The host step of one image: its labels from the model's output, then its rows; an
+        error here is the image's ``postprocess_error`` row."""
+        started = time.perf_counter()
+        with working_for(shard_id):
+            try:
+                labels = self.segmenter.finish(raw) if self.two_step else raw
+                if labels.label_map.shape != (height, width):
+                    raise ValueError(f"label map {labels.label_map.shape} for an image of "
+                                     f"{(height, width)}")
+                image, annotations = self._labeled_rows(entry, height, width, labels, shard_id)
+            except Exception as error:  # noqa: BLE001 - becomes the image's failure row
+                logger.warning("post-processing failed on %s: %s", entry["uri"], error)
+                detail = f"{type(error).__name__}: {error}"
+                return _Finished(failed_row(entry, POSTPROCESS_ERROR, detail, shard_id), [],
+                                 time.perf_counter() - started)
+        return _Finished(image, annotations, time.perf_counter() - started)
+
+    def _labeled_rows(self, entry: dict, height: int, width: int, labels: ImageLabels,
+                      shard_id: str) -> tuple[ImageRow, list[AnnotationRow]]:
+        return labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
+                            self.category_names, self.provenance, shard_id, entry.get("file_name"))
 
     def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> dict[str, dict]:
         """Write the shard's parts; returns each part's digest and row count (for its stats)."""
@@ -375,4 +491,3 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
 def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
     after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
-

@@ -12,7 +12,7 @@ from labeler.attention.capture import ResolutionMeanSink, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.methods.base import ImageLabels
-from labeler.methods.device_labels import compact_device_labels
+from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
     _side_of,
@@ -102,9 +102,18 @@ class DiffSeg:
             backbone.unet(latents, timesteps, encoder_hidden_states=context)
         return self.sink.means()
 
-    @torch.no_grad()
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
+        return [self.finish(raw) for raw in self.label_raw(images)]
+
+    def finish(self, raw: RawLabels) -> ImageLabels:
+        """The host step of one image's :meth:`label_raw` output (thread-safe)."""
+        return finish_labels(raw)
+
+    @torch.no_grad()
+    def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
+        """The device step of :meth:`label`: up to the label grid's argmax, relabelled on an
+        accelerator (see :func:`labeler.methods.device_labels.device_step`)."""
         attention = self.attention_maps(images)
         with self.timer.stage("aggregate"):
             aggregated = aggregate_attention(attention, self.options.weight_map)
@@ -119,5 +128,5 @@ class DiffSeg:
                 height, width = image.shape[:2]
                 grid = label_grid_size(height, width, self.max_label_side)
                 labels, confidence = labels_from_proposals(image_proposals, side, grid)
-                results.append(compact_device_labels(labels, confidence, height, width))
+                results.append(device_step(labels, confidence, height, width))
         return results

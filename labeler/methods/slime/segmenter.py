@@ -14,7 +14,7 @@ from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
 from labeler.methods.base import ImageLabels
-from labeler.methods.device_labels import compact_device_labels
+from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.label_maps import resize_labels
 from labeler.methods.slime.algorithm import (
     accumulate_patches,
@@ -228,11 +228,20 @@ class Slime:
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; background gets no annotation."""
+        return [self.finish(raw) for raw in self.label_raw(images)]
+
+    def finish(self, raw: RawLabels) -> ImageLabels:
+        """The host step of one image's :meth:`label_raw` output (thread-safe)."""
+        return finish_labels(raw)
+
+    def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
+        """The device step of :meth:`label` (see
+        :func:`labeler.methods.device_labels.device_step`)."""
         category_of = np.arange(self.num_classes, dtype=np.int64)
         results = []
         for image, (labels, confidence) in zip(images, self.predict_grid(images)):
             label_map = torch.where(labels == 0, -1, labels)
-            results.append(compact_device_labels(
+            results.append(device_step(
                 label_map, confidence, *image.shape[:2], category_of=category_of
             ))
         return results

@@ -22,6 +22,7 @@ from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
+from labeler.runtime.dry_run import dry_run
 from labeler.runtime.job import run_job
 from labeler.runtime.status import describe_run
 from labeler.runtime.verify import verify_output
@@ -125,6 +126,9 @@ def _add_run(commands) -> None:
     run.add_argument("--strict", action="store_true", default=None,
                      help="exit 1 when any image failed, even permanently (default: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the settings, count the input, load the model and time one "
+                          "image; write nothing")
     run.set_defaults(func=_run)
 
 
@@ -154,6 +158,9 @@ def run_flags(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace) -> int:
     file_values = load_job_file(args.job) if args.job else {}
     config = build_config(file_values, run_flags(args))
+    if args.dry_run:
+        sys.stdout.write("\n".join(dry_run(config).lines(config)) + "\n")
+        return 0
     summary = run_job(config, progress=not args.no_progress)
     out = sys.stdout
     out.write(

@@ -204,12 +204,13 @@ def child_bare(work: Path, count: int, model: str, batch_size: int, kl: float) -
     import torch
 
     torch.set_num_threads(1)  # what a one-CPU Ray worker gets
-    from labeler.config import DiffSegSettings, JobConfig
+    from labeler.config import JobConfig
     from labeler.io.decode import decode_image
+    from labeler.methods.diffseg.algorithm import DiffSegOptions
     from labeler.methods.registry import build_segmenter
 
     config = JobConfig(input="-", output="-", model=model, batch_size=batch_size,
-                       diffseg=DiffSegSettings(kl_threshold=kl))
+                       settings=DiffSegOptions(kl_threshold=kl))
     segmenter = build_segmenter(config)
     images = [decode_image(path.read_bytes()).pixels for path in _photos(work / "photos", count)]
     segmenter.label(images[:batch_size])  # warm-up

@@ -151,11 +151,12 @@ def synthetic(size: int, seed: int):
 
 def worker(args: argparse.Namespace) -> dict:
     """One model and WAS implementation: fit steps, inference, WAS alone."""
-    from labeler.methods.slime.algorithm import DEFAULT_LAYERS, SlimeOptions
+    from labeler.methods.slime.algorithm import DEFAULT_LAYERS
     from labeler.methods.slime.data import prepare
     from labeler.methods.slime.embedding_set import EmbeddingSet, default_prompt
     from labeler.methods.slime.fit import FitSettings, SlimeFitter
     from labeler.methods.slime.segmenter import Slime
+    from labeler.methods.slime.settings import SlimeOptions
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     backbone = build_backbone(args.model, args.device, args.dtype)

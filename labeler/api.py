@@ -29,7 +29,7 @@ from PIL import Image
 
 from labeler.config import JobConfig, build_config, load_job_file
 from labeler.io.decode import DEFAULT_MAX_PIXELS, decode_image, pil_to_rgb
-from labeler.io.inputs import read_image_bytes
+from labeler.io.reading import read_image_bytes
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
 from labeler.methods.registry import build_segmenter
 from labeler.output.rle import encode_label_map

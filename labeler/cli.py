@@ -7,12 +7,26 @@ defaults, so defaults live in one place (``labeler.config``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 
 from labeler import __version__
-from labeler.config import DEFAULT_DIFFSEG_MODEL, METHODS, DiffSegSettings, JobConfig
+from labeler.cluster.command import add_parser as add_cluster
+from labeler.config import JobConfig, build_config, load_job_file
+from labeler.doctor import add_parser as add_doctor
+from labeler.errors import UserError
+from labeler.eval.command import add_parser as add_eval
+from labeler.io.uris import InputError
+from labeler.methods.registry import method_flags, methods
+from labeler.methods.slime.command import add_parser as add_slime
+from labeler.output.exporters.command import add_parser as add_export
+from labeler.preview.command import add_parser as add_preview
+from labeler.runtime.job import run_job
+from labeler.runtime.status import describe_run
+
+#: Exit statuses: bad settings and other user mistakes; Ctrl-C.
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 logger = logging.getLogger("labeler")
 
@@ -27,13 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_status(commands)
-    from labeler.cluster.command import add_parser as add_cluster
-    from labeler.doctor import add_parser as add_doctor
-    from labeler.eval.command import add_parser as add_eval
-    from labeler.methods.slime.command import add_parser as add_slime
-    from labeler.output.exporters.command import add_parser as add_export
-    from labeler.preview.command import add_parser as add_preview
-
     add_eval(commands)
     add_preview(commands)
     add_export(commands)
@@ -52,17 +59,23 @@ the job file; method settings go in the job file's [diffseg] or [slime] table.""
 
 def _default(name: str) -> str:
     """The library default of a job setting, for the help text (one place: labeler.config)."""
-    value = {f.name: f for f in dataclasses.fields(JobConfig)}[name].default
-    return {"model": f"{DEFAULT_DIFFSEG_MODEL} for diffseg, the set's model for slime",
+    value = JobConfig.model_fields[name].default
+    return {"model": "per method: " + ", ".join(
+                f"{spec.default_model or 'from its resources'} for {spec.name}"
+                for spec in methods().values()),
             "workers": "one per GPU, one CPU worker without GPUs", "gpus_per_worker": "1",
             "device": "cuda when available", "address": "a local Ray instance",
             "max_pixels": "the decoder's limit"}.get(name, repr(value))
 
 
 def _method_settings_help() -> str:
-    lines = ["method settings (job file table, e.g. [diffseg] kl_threshold = 0.9):", "  [diffseg]"]
-    lines += [f"    {f.name} = {f.default!r}" for f in dataclasses.fields(DiffSegSettings)]
-    lines += ["  [slime]  defaults recorded in the embedding set; see README, SLiMe section"]
+    """Each method's table with its defaults (from its settings model)."""
+    lines = ["method settings (job file table, e.g. [diffseg] kl_threshold = 0.9):"]
+    for spec in methods().values():
+        lines.append(f"  [{spec.name}]")
+        lines += [f"    {name} = {field.default!r}" for name, field in spec.settings.model_fields.items()
+                  if not field.is_required()]
+    lines += ["  [slime] settings left out come from the embedding set; see README, SLiMe section"]
     return "\n".join(lines)
 
 
@@ -75,12 +88,15 @@ def _add_run(commands) -> None:
     def flag(option: str, name: str, text: str, **kwargs) -> None:
         run.add_argument(option, dest=name, help=f"{text} (default: {_default(name)})", **kwargs)
 
-    flag("--method", "method", "segmentation method", choices=list(METHODS))
+    flag("--method", "method", "; ".join(f"{name}: {spec.summary}" for name, spec in methods().items()),
+         choices=list(methods()))
     run.add_argument("--input", help="folder, manifest (.txt/.csv/.parquet) or image-bytes Parquet "
                                      "URI (required)")
     run.add_argument("--output", help="output folder URI (required)")
     flag("--model", "model", "tiny, a Hugging Face id, or a diffusers directory/URI")
-    run.add_argument("--embeddings", help="SLiMe embedding set (.safetensors); required for slime")
+    for name, (method_flag, takers) in method_flags().items():
+        run.add_argument(method_flag.option, dest=name, metavar=method_flag.metavar,
+                         help=f"{method_flag.help} (--method {' or '.join(takers)})")
     flag("--address", "address", "Ray cluster address")
     flag("--workers", "workers", "number of model workers", type=int)
     flag("--gpus-per-worker", "gpus_per_worker", "GPUs per worker; 0 for CPU workers", type=float)
@@ -102,15 +118,15 @@ def _add_status(commands) -> None:
     status.set_defaults(func=_status)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from labeler.config import build_config, load_job_file
-    from labeler.runtime.job import run_job
+def run_flags(args: argparse.Namespace) -> dict:
+    """The job settings given as flags (None when not given): job fields and method flags."""
+    keys = [name for name in JobConfig.model_fields if name != "settings"] + list(method_flags())
+    return {key: getattr(args, key, None) for key in keys}
 
+
+def _run(args: argparse.Namespace) -> int:
     file_values = load_job_file(args.job) if args.job else {}
-    keys = ("method", "input", "output", "model", "embeddings", "address", "workers",
-            "gpus_per_worker", "batch_size", "shard_size", "seed", "device", "dtype", "max_pixels",
-            "overwrite")
-    config = build_config(file_values, {key: getattr(args, key) for key in keys})
+    config = build_config(file_values, run_flags(args))
     summary = run_job(config, progress=not args.no_progress)
     out = sys.stdout
     out.write(
@@ -145,8 +161,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from labeler.runtime.status import describe_run
-
     sys.stdout.write(describe_run(args.output) + "\n")
     return 0
 
@@ -161,15 +175,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("diffusers", "transformers", "fsspec", "urllib3", "botocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
-    from labeler.io.uris import InputError
-
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, InputError) as error:
+    except KeyboardInterrupt:
+        hint = "; re-run the same command to resume" if args.command in ("run", "submit") else ""
+        sys.stderr.write(f"labeler: interrupted{hint}\n")
+        return EXIT_INTERRUPTED
+    except (UserError, ValueError, OSError, RuntimeError, InputError) as error:
         if args.verbose:
             raise
-        sys.stderr.write(f"labeler: error: {error}\n")
-        return 2
+        sys.stderr.write(f"labeler: error: {one_line(error)}\n")
+        return EXIT_USER_ERROR
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message; an OS error as what failed and where (no errno prefix)."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror.lower()}{where}"
+    return str(error).strip() or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -1,101 +1,135 @@
-"""Job configuration: one dataclass shared by the TOML job file and the command-line flags.
+"""Job configuration: one typed model shared by the TOML job file and the command-line flags.
 
-A job file holds the same keys as the ``labeler run`` flags (top level) plus one table per method
-(``[diffseg]``, ``[slime]``). Flags override the file. The fingerprint covers every setting that
-changes the output, so a resumed run can refuse a changed configuration and say what changed.
+A job file holds the same keys as the ``labeler run`` flags (top level) plus the table of its
+method (``[diffseg]``, ``[slime]``, ...); flags override the file. Methods come from the registry
+(:mod:`labeler.methods.registry`): the chosen method's table is validated by its own settings
+model, a method's own flags (``--embeddings``) land in that table, and a table for another method
+is refused. Every problem is one :class:`~labeler.errors.UserError` line naming the setting.
+
+The fingerprint covers every setting that changes the output, so a resumed run can refuse a
+changed configuration and say what changed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import tomllib
+from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
-METHODS = ("diffseg", "slime")
-DEFAULT_DIFFSEG_MODEL = "CompVis/stable-diffusion-v1-4"
-
-
-@dataclass(frozen=True)
-class DiffSegSettings:
-    """DiffSeg knobs (reference defaults; see ``labeler.methods.diffseg``)."""
-
-    kl_threshold: float = 1.1
-    iterations: int = 3
-    grid_points: int = 16
-    weights: dict[int, float] | None = None
-    timestep: int = 300
-    max_label_side: int = 1024
-    antialias: bool = True
+from labeler.errors import UserError
+from labeler.methods.registry import get_method, method_flags, methods
+from labeler.methods.spec import MethodSpec
+from labeler.settings import Settings, describe_error, parse_settings
 
 
-@dataclass(frozen=True)
-class SlimeSettings:
-    """SLiMe inference knobs; the rest comes from the embedding set."""
+class JobConfig(Settings):
+    """Everything ``labeler run`` needs. Scale knobs do not enter the fingerprint.
 
-    options: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        settings: the chosen method's table (its settings model), method flags included.
+    """
 
-
-@dataclass(frozen=True)
-class JobConfig:
-    """Everything ``labeler run`` needs. Scale knobs do not enter the fingerprint."""
-
-    input: str
-    output: str
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
     method: str = "diffseg"
     model: str | None = None
-    embeddings: str | None = None
     seed: int = 0
-    shard_size: int = 256
-    max_pixels: int | None = None
-    dtype: str = "auto"
-    diffseg: DiffSegSettings = field(default_factory=DiffSegSettings)
-    slime: SlimeSettings = field(default_factory=SlimeSettings)
+    shard_size: int = Field(256, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    settings: SerializeAsAny[Settings]
     # scale and placement: may change between a run and its resume
     address: str | None = None
-    workers: int | None = None
-    gpus_per_worker: float | None = None
-    batch_size: int = 4
+    workers: int | None = Field(None, ge=1)
+    gpus_per_worker: float | None = Field(None, ge=0)
+    batch_size: int = Field(4, ge=1)
     device: str | None = None
     overwrite: bool = False
 
-    SCALE_KEYS = ("address", "workers", "gpus_per_worker", "batch_size", "device", "overwrite")
+    SCALE_KEYS: ClassVar[tuple[str, ...]] = (
+        "address", "workers", "gpus_per_worker", "batch_size", "device", "overwrite",
+    )
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.method == "slime" and not self.embeddings:
-            raise ValueError("--method slime needs --embeddings SET.safetensors")
-        for name in ("shard_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise UserError(describe_error(error)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_table(cls, values: Any) -> Any:
+        return route_method_settings(values) if isinstance(values, Mapping) else values
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The chosen method's registry entry."""
+        return get_method(self.method)
 
     @property
     def model_name(self) -> str:
-        """The model to load: explicit, else the method's default (SLiMe: from the set)."""
-        if self.model:
-            return self.model
-        return DEFAULT_DIFFSEG_MODEL if self.method == "diffseg" else ""
+        """The model to load: explicit, else the method's default ("" when its resources name it)."""
+        return self.model or self.spec.default_model or ""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
     def output_settings(self) -> dict:
         """The settings that change the output (what the fingerprint covers)."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in self.SCALE_KEYS}
-        settings.pop("output")
-        settings[self.method] = settings.pop(self.method)
-        settings.pop("slime" if self.method == "diffseg" else "diffseg")
+        settings = self.model_dump(mode="json", exclude={*self.SCALE_KEYS, "output", "settings"})
         settings["model"] = self.model_name or None
+        settings[self.method] = self.spec.fingerprint(self.settings)
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.output_settings(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def route_method_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Move the method's table and its flags into ``settings``, validated by the method's model.
+
+    Raises:
+        UserError: unknown method, a table or flag of another method, a bad method setting.
+    """
+    values = dict(values)
+    method = values.get("method", "diffseg")
+    if not isinstance(method, str):
+        raise UserError(f"method: must be a method name (got {method!r})")
+    spec = get_method(method)
+    for other in methods():
+        if other != spec.name and other in values:
+            raise UserError(f"[{other}] table given, but this job's method is {spec.name} "
+                            f"(remove the table or use --method {other})")
+    own = {flag.name for flag in spec.flags}
+    for name, (flag, takers) in method_flags().items():
+        if name not in own and values.get(name) is not None:
+            raise UserError(f"{flag.option} is a setting of --method {' or '.join(takers)}, "
+                            f"not of {spec.name}")
+    table = values.pop(spec.name, None)
+    if isinstance(values.get("settings"), spec.settings) and table is None:
+        return values
+    if table is None:
+        table = {}
+    if not isinstance(table, Mapping):
+        raise UserError(f"[{spec.name}] must be a table of settings (got {table!r})")
+    table = dict(table)
+    for name in own:
+        given = values.pop(name, None)
+        if given is not None:
+            table[name] = given
+    for flag in spec.flags:
+        field = spec.settings.model_fields.get(flag.name)
+        if flag.name not in table and field is not None and field.is_required():
+            raise UserError(f"--method {spec.name} needs {flag.option}"
+                            + (f" {flag.metavar}" if flag.metavar else ""))
+    values["settings"] = parse_settings(spec.settings, table, spec.name)
+    return values
 
 
 def settings_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -111,36 +145,31 @@ def settings_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def load_job_file(path: str | Path) -> dict:
-    """Read a TOML job file into a flat dict of ``JobConfig`` keyword arguments."""
+    """Read a TOML job file into a dict of job settings (top-level keys and method tables)."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError as error:
-        raise ValueError(f"job file {path} does not exist") from error
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"job file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"job file {path} is a directory") from None
     except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"job file {path} is not valid TOML: {error}") from error
-    return data
+        raise UserError(f"job file {path} is not valid TOML: {error}") from None
 
 
 def build_config(file_values: dict, overrides: dict) -> JobConfig:
-    """Merge job-file values with flag overrides (flags that were set win) into a config."""
+    """Merge job-file values with flag overrides (flags that were set win) into a config.
+
+    Raises:
+        UserError: one line naming the first bad setting.
+    """
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(JobConfig)}
+    known = set(JobConfig.model_fields) - {"settings"}
+    known |= set(methods()) | set(method_flags())
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown job settings: {', '.join(sorted(unknown))}")
+        raise UserError(f"unknown job settings: {', '.join(sorted(unknown))} "
+                        f"(known: {', '.join(sorted(known))})")
     for required in ("input", "output"):
         if not values.get(required):
-            raise ValueError(f"--{required} is required (as a flag or in the job file)")
-    diffseg = values.get("diffseg") or {}
-    if isinstance(diffseg, dict):
-        fields = {f.name for f in dataclasses.fields(DiffSegSettings)}
-        bad = set(diffseg) - fields
-        if bad:
-            raise ValueError(f"unknown [diffseg] settings: {', '.join(sorted(bad))}")
-        if diffseg.get("weights"):
-            diffseg = {**diffseg, "weights": {int(k): float(v) for k, v in diffseg["weights"].items()}}
-        values["diffseg"] = DiffSegSettings(**diffseg)
-    slime = values.get("slime") or {}
-    if isinstance(slime, dict):
-        values["slime"] = SlimeSettings(options=dict(slime))
-    return JobConfig(**values)
+            raise UserError(f"--{required} is required (as a flag or in the job file)")
+    return JobConfig(**route_method_settings(values))

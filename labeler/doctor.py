@@ -26,7 +26,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from labeler import __version__
-from labeler.config import DEFAULT_DIFFSEG_MODEL
+from labeler.methods.diffseg.method import DEFAULT_MODEL as DEFAULT_DIFFSEG_MODEL
 
 #: Distributions whose versions are reported (looked up in the installed metadata, not imported).
 PACKAGES = ("torch", "ray", "diffusers", "transformers", "huggingface-hub", "fsspec", "s3fs", "gcsfs")

@@ -10,10 +10,10 @@ from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.attention.processor import ProjectedAttention, ProjectingProcessor, sdpa_attention
 from labeler.methods.diffseg.segmenter import DiffSeg
-from labeler.methods.slime.algorithm import SlimeOptions
 from labeler.methods.slime.data import prepare
 from labeler.methods.slime.fit import FitSettings, SlimeFitter
 from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 from tests.helpers import flat_regions_image
 from tests.test_slime_model import CLASSES, make_set, small_sample
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import re
 from pathlib import Path
@@ -12,7 +11,8 @@ import pytest
 import tomllib
 
 from labeler.cli import main
-from labeler.config import DiffSegSettings, build_config
+from labeler.config import build_config
+from labeler.methods.diffseg.settings import DiffSegOptions
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -30,8 +30,8 @@ def test_run_help_lists_defaults_and_method_settings():
         entry = next(part for part in options.split(" --") if part.startswith(option[2:] + " "))
         assert "(default: " in entry, option
     assert "(default: 4)" in text and "(default: 256)" in text
-    for setting in dataclasses.fields(DiffSegSettings):
-        assert f"{setting.name} = {setting.default!r}" in text
+    for name, setting in DiffSegOptions.model_fields.items():
+        assert f"{name} = {setting.default!r}" in text
 
 
 def test_readme_lower_threshold_example_sets_one():
@@ -39,4 +39,4 @@ def test_readme_lower_threshold_example_sets_one():
     section = readme[readme.index("at a lower merge threshold"):]
     snippet = re.search(r"printf '(.*?)' > photos.toml", section).group(1).replace("\\n", "\n")
     config = build_config(tomllib.loads(snippet), {"input": "in", "output": "out"})
-    assert config.diffseg.kl_threshold < DiffSegSettings().kl_threshold
+    assert config.settings.kl_threshold < DiffSegOptions().kl_threshold

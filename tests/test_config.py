@@ -12,7 +12,7 @@ def test_flags_override_the_job_file(tmp_path):
     job.write_text('input = "a"\noutput = "b"\nmodel = "tiny"\n[diffseg]\nkl_threshold = 0.9\n')
     config = build_config(load_job_file(job), {"model": None, "output": "c", "batch_size": 8})
     assert (config.input, config.output, config.model, config.batch_size) == ("a", "c", "tiny", 8)
-    assert config.diffseg.kl_threshold == 0.9
+    assert config.settings.kl_threshold == 0.9
 
 
 def test_fingerprint_ignores_scale_knobs_but_not_settings():
@@ -56,7 +56,7 @@ def test_default_model_per_method():
             {"input": "i", "output": "o", "diffseg": {"tau": 1}},
             r"unknown \[diffseg\] settings: tau",
         ),
-        ({"input": "i", "output": "o", "batch_size": 0}, "batch_size must be >= 1"),
+        ({"input": "i", "output": "o", "batch_size": 0}, "batch_size: must be >= 1"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(values, message):

@@ -6,6 +6,7 @@ Slow reference implementations below are written independently of the module und
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -55,7 +56,7 @@ def _interp_matrix(src: int, dst: int) -> np.ndarray:
     out = np.zeros((dst, src))
     for d in range(dst):
         x = max((d + 0.5) * src / dst - 0.5, 0.0)
-        i0 = min(int(math.floor(x)), src - 1)
+        i0 = min(math.floor(x), src - 1)
         i1 = min(i0 + 1, src - 1)
         lam = x - i0
         out[d, i0] += 1 - lam
@@ -404,7 +405,7 @@ def test_count_non_increasing_over_iterations():
     P = _block_attention(16, seed=11, boost=3.0, noise=1.0)
     counts = [merge_proposals(P, (0.6,) * n, grid_points=8)[0].shape[0] for n in range(1, 5)]
     assert counts[0] == 64
-    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(counts))
     assert counts[-1] < counts[0]
 
 
@@ -511,7 +512,7 @@ def test_labels_ties_go_to_first_proposal():
 
 def test_labels_from_attention_batched_equals_per_image():
     att = _attention((16, 8, 4), batch=3, scale=3.0)
-    kwargs = dict(kl_threshold=0.4, iterations=2, grid_points=4)
+    kwargs = {"kl_threshold": 0.4, "iterations": 2, "grid_points": 4}
     batched = labels_from_attention(att, 64, **kwargs)
     assert batched.shape == (3, 64, 64) and batched.dtype == torch.int64
     for b in range(3):

@@ -19,7 +19,7 @@ def test_half_precision_unet_keeps_fp32_attention_maps():
     assert backbone.dtype in (torch.float16, torch.bfloat16)
     image, _ = flat_regions_image(128, 128, "quadrants")
     maps = DiffSeg(backbone).attention_maps([image])
-    for side, probabilities in maps.items():
+    for probabilities in maps.values():
         assert probabilities.dtype == torch.float32 and probabilities.device.type == "cuda"
         torch.testing.assert_close(
             probabilities.sum(-1), torch.ones_like(probabilities[..., 0]), atol=1e-4, rtol=0

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _output_fixture import FixtureImage, write_output  # noqa: E402
+from _output_fixture import FixtureImage, write_output
 
-from labeler.preview import command as preview_command  # noqa: E402
-from labeler.preview.overlay import (  # noqa: E402
+from labeler.preview import command as preview_command
+from labeler.preview.overlay import (
     PALETTE,
     category_colors,
     mask_boundary,

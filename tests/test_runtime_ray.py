@@ -28,8 +28,9 @@ import pytest
 from PIL import Image
 
 from labeler.cli import main
-from labeler.config import DiffSegSettings, JobConfig
+from labeler.config import JobConfig
 from labeler.io.folders import Folder
+from labeler.methods.diffseg.algorithm import DiffSegOptions
 from labeler.runtime.job import RunSummary, input_items, run_job
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
@@ -90,7 +91,7 @@ def collection(tmp_path_factory) -> Path:
 
 def job_config(input_uri: str, output_uri: str, **overrides) -> JobConfig:
     settings = {"model": "tiny", "shard_size": 2, "batch_size": 2, "workers": 1,
-                "diffseg": DiffSegSettings(kl_threshold=KL_THRESHOLD), **overrides}
+                "settings": DiffSegOptions(kl_threshold=KL_THRESHOLD), **overrides}
     return JobConfig(input=input_uri, output=output_uri, **settings)
 
 
@@ -138,7 +139,7 @@ def read_output(folder: Folder, rename: Callable[[str], str] | None = None) -> d
 
 def assert_same_output(expected: Path | Folder, actual: Path | Folder,
                        rename: Callable[[str], str] | None = None) -> None:
-    as_folder = lambda f: f if isinstance(f, Folder) else Folder(str(f))  # noqa: E731
+    as_folder = lambda f: f if isinstance(f, Folder) else Folder(str(f))
     want = read_output(as_folder(expected), (lambda uri: uri) if rename else None)
     got = read_output(as_folder(actual), rename)
     for key in want:

@@ -31,6 +31,7 @@ from labeler.runtime.scheduler import (
     cannot_start,
 )
 from labeler.runtime.shard import Prefetcher, ShardProcessor, is_out_of_memory
+from labeler.timing import StageTimer
 
 # --------------------------------------------------------------------------------------------
 # Scheduling verdicts
@@ -109,7 +110,7 @@ def test_placement_cpu_and_gpu_defaults():
     [
         ({"gpus_per_worker": 1.0}, "this machine has 0"),
         ({"workers": 3}, "3 CPU workers need 3 CPUs"),
-        ({"workers": 0}, "--workers must be >= 1"),
+        ({"workers": 0}, "workers: must be >= 1"),
         ({"gpus_per_worker": -1.0}, ">= 0"),
     ],
 )
@@ -186,6 +187,8 @@ class SizeLimitedSegmenter:
         self.too_big = too_big
         self.message = message
         self.calls: list[int] = []
+        self.timer = StageTimer()  # the Segmenter protocol: stage timings and device
+        self.device = "cpu"
 
     def provenance(self) -> dict:
         return {"method": "test", "model": "none"}

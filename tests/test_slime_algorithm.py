@@ -1,4 +1,4 @@
-"""SLiMe invariants that need no model (shared/reference/slime.md §9), on random tensors."""
+"""SLiMe invariants that need no model (README section "SLiMe", "Tests and benchmark"), on random tensors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from labeler.attention.slime_capture import explicit_was, fused_was
 from labeler.methods.slime.algorithm import (
-    SlimeOptions,
     accumulate_patches,
     class_probabilities,
     gate_classes,
@@ -23,6 +22,7 @@ from labeler.methods.slime.algorithm import (
     weighted_attention_sum,
 )
 from labeler.methods.slime.fit import ce_loss, class_weights, sd_loss, was_mse_loss
+from labeler.methods.slime.settings import SlimeOptions
 
 
 @pytest.fixture(autouse=True)

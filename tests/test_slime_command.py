@@ -96,10 +96,9 @@ def test_registry_builds_slime_with_the_sets_model_and_options(fitted_set):
     image, _ = flat_regions_image(48, 40, "quadrants")
     (labels,) = segmenter.label([image])
     assert labels.label_map.shape == (48, 40)
-    bad = build_config({"slime": {"patch_treshold": 0.3}},
-                       {"method": "slime", "input": "x", "output": "y", "embeddings": str(output)})
     with pytest.raises(ValueError, match="unknown \\[slime\\] settings: patch_treshold"):
-        build_segmenter(bad)
+        build_config({"slime": {"patch_treshold": 0.3}},  # refused at config time now
+                     {"method": "slime", "input": "x", "output": "y", "embeddings": str(output)})
 
 
 def test_job_knows_the_categories_without_loading_a_model(fitted_set):

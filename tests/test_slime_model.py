@@ -10,7 +10,7 @@ import torch
 
 from labeler.attention.layers import resolve_layers
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
-from labeler.methods.slime.algorithm import DEFAULT_LAYERS, SlimeOptions, class_probabilities
+from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities
 from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
@@ -22,6 +22,7 @@ from labeler.methods.slime.embedding_set import (
 )
 from labeler.methods.slime.fit import FitSettings, SlimeFitter, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 from tests.helpers import flat_regions_image
 
 CLASSES = ("background", "top-right", "bottom-left")

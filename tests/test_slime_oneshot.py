@@ -32,11 +32,12 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.methods.slime.algorithm import SlimeOptions, mean_iou_present
+from labeler.methods.slime.algorithm import mean_iou_present
 from labeler.methods.slime.data import AnnotatedImage
 from labeler.methods.slime.embedding_set import prompt_embeddings
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import SlimeOptions
 
 # ~9 minutes on 2 CPU cores (200 fit steps): kept out of the default run, run by .ci/run-slow.
 pytestmark = pytest.mark.slow

@@ -6,7 +6,6 @@ the real client is exercised in ``tests/test_submit_cluster.py`` (slow).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -65,7 +64,7 @@ def test_entrypoint_flags_rebuild_the_same_job_with_labeler_run(job_dir):
     spec = spec_for(job_dir, workers=2, seed=7, overwrite=True, gpus_per_worker=0.5,
                     model="./models/sd")
     args = build_parser().parse_args(shlex.split(spec.entrypoint)[3:])
-    keys = [f.name for f in dataclasses.fields(type(spec.config)) if hasattr(args, f.name)]
+    keys = [name for name in type(spec.config).model_fields if hasattr(args, name)]
     config = build_config(load_job_file(job_dir / args.job),
                           {key: getattr(args, key) for key in keys})
     assert config == spec.config

@@ -18,14 +18,14 @@ Without ``--address`` Ray's own lookup applies (``RAY_API_SERVER_ADDRESS``, then
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
 from typing import Any
 
-from labeler.config import METHODS, JobConfig
+from labeler.config import JobConfig
+from labeler.methods.registry import method_flags, methods
 
 logger = logging.getLogger(__name__)
 
@@ -80,36 +80,37 @@ def add_parser(subparsers: Any) -> None:
     stop.set_defaults(func=run_stop)
 
 
-def _job_flag_fields() -> list[dataclasses.Field]:
-    """The ``JobConfig`` settings that are flags (not tables, not the cluster address)."""
-    return [f for f in dataclasses.fields(JobConfig)
-            if f.name not in ("address", "diffseg", "slime") and not f.name.isupper()]
+def _job_flag_fields() -> dict[str, str]:
+    """The ``labeler run`` settings that are flags, with their types: the ``JobConfig`` fields
+    (not the method table, not the cluster address) and the methods' own flags."""
+    fields = {name: str(field.annotation) for name, field in JobConfig.model_fields.items()
+              if name not in ("address", "settings")}
+    return {**fields, **{name: "str" for name in method_flags()}}
 
 
 def add_job_flags(group: Any) -> None:
-    """One flag per ``JobConfig`` setting, named as ``labeler run`` names them.
+    """One flag per ``labeler run`` setting, named as ``labeler run`` names them.
 
-    Derived from the dataclass, so ``labeler submit`` accepts every setting ``labeler run``
-    forwards to the job, without sharing argparse actions with the ``run`` parser.
+    Derived from the job model and the method registry, so ``labeler submit`` accepts every
+    setting ``labeler run`` forwards to the job, without sharing argparse actions with it.
     """
-    for spec in _job_flag_fields():
-        option = "--" + spec.name.replace("_", "-")
-        kind = str(spec.type)
-        if spec.name == "method":
-            group.add_argument(option, choices=list(METHODS), default=None)
+    for name, kind in _job_flag_fields().items():
+        option = "--" + name.replace("_", "-")
+        if name == "method":
+            group.add_argument(option, choices=list(methods()), default=None)
         elif "bool" in kind:
             group.add_argument(option, action="store_true", default=None)
         elif "int" in kind:
-            group.add_argument(option, type=int, default=None, dest=spec.name)
+            group.add_argument(option, type=int, default=None, dest=name)
         elif "float" in kind:
-            group.add_argument(option, type=float, default=None, dest=spec.name)
+            group.add_argument(option, type=float, default=None, dest=name)
         else:
-            group.add_argument(option, default=None, dest=spec.name)
+            group.add_argument(option, default=None, dest=name)
 
 
 def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``labeler run`` settings given as flags (``None`` when not given)."""
-    return {spec.name: getattr(args, spec.name) for spec in _job_flag_fields()}
+    return {name: getattr(args, name) for name in _job_flag_fields()}
 
 
 def run_submit(args: argparse.Namespace) -> int:

@@ -115,6 +115,18 @@ def add_confusion(total: np.ndarray | None, cm: np.ndarray) -> np.ndarray:
     return pad_columns(total, width) + pad_columns(cm, width)
 
 
+def mask_iou(prediction: np.ndarray, target: np.ndarray, smoothing: float = 0.0) -> float:
+    """IoU of two boolean masks of the same shape: ``|P and T| / (|P or T| + smoothing)``.
+
+    ``smoothing`` is added to the denominator (SLiMe's reference uses 1e-7, so two empty masks
+    give 0); with 0, two empty masks give NaN.
+    """
+    prediction, target = np.asarray(prediction, bool), np.asarray(target, bool)
+    union = float(np.logical_or(prediction, target).sum()) + smoothing
+    intersection = float(np.logical_and(prediction, target).sum())
+    return intersection / union if union > 0 else float("nan")
+
+
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)

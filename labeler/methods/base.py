@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from labeler.methods.label_maps import resize_labels, resize_weights
+
+if TYPE_CHECKING:
+    import torch
+
+    from labeler.timing import StageTimer
 
 #: Annotation ids are ``image_id * MAX_LABELS_PER_IMAGE + label``: stable without a global counter.
 MAX_LABELS_PER_IMAGE = 4096
@@ -38,10 +43,17 @@ class ImageLabels:
 
 
 class Segmenter(Protocol):
-    """A method loaded once per worker and applied to many batches of images."""
+    """A method loaded once per worker and applied to many batches of images.
 
-    #: COCO categories (``id``, ``name``, ``supercategory``) this method emits.
+    Attributes:
+        categories: COCO categories (``id``, ``name``, ``supercategory``) this method emits.
+        timer: seconds per stage of the method (recorded in each shard's stats).
+        device: where the method runs (recorded in the worker's stats).
+    """
+
     categories: list[dict]
+    timer: StageTimer
+    device: torch.device | str
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images (sizes may differ)."""

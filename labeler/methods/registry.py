@@ -1,45 +1,97 @@
-"""Build the segmenter a job asks for, on an already loaded backbone."""
+"""The table of methods: the only place the rest of labeler learns which methods exist.
+
+Each method package builds one :class:`~labeler.methods.spec.MethodSpec`; this module lists them.
+Adding a method is one new package plus one entry in :data:`BUILTIN`, or one :func:`register`
+call from a plug-in module named in ``LABELER_METHODS`` (comma-separated module names imported
+when the registry is first used, by the driver and by every Ray worker).
+"""
 
 from __future__ import annotations
 
-from labeler.config import JobConfig
+import importlib
+import os
+from typing import TYPE_CHECKING
+
+from labeler.errors import UserError
+from labeler.methods.diffseg.method import SPEC as DIFFSEG
+from labeler.methods.slime.method import SPEC as SLIME
+from labeler.methods.spec import MethodFlag, MethodSpec
+
+if TYPE_CHECKING:
+    from labeler.config import JobConfig
+    from labeler.methods.base import Segmenter
+
+#: The methods that ship with labeler, in ``--help`` order.
+BUILTIN: tuple[MethodSpec, ...] = (DIFFSEG, SLIME)
+
+#: Environment variable naming plug-in modules that call :func:`register` when imported.
+PLUGINS_ENV = "LABELER_METHODS"
+
+_METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in BUILTIN}
+_plugins_loaded = False
 
 
-def build_segmenter(config: JobConfig, device: str | None = None):
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method to the table (idempotent for the same spec).
+
+    Raises:
+        ValueError: another method already has this name, or one of its flags is a job setting.
+    """
+    from labeler.config import JobConfig  # config imports this module: resolved at call time
+
+    existing = _METHODS.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"a method named {spec.name!r} is already registered")
+    clashes = {flag.name for flag in spec.flags} & set(JobConfig.model_fields)
+    if clashes:
+        raise ValueError(f"method {spec.name} flags clash with job settings: {sorted(clashes)}")
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for module in filter(None, (part.strip() for part in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise UserError(f"{PLUGINS_ENV}: cannot import method plug-in {module!r}: {error}") from None
+
+
+def methods() -> dict[str, MethodSpec]:
+    """Every registered method by name."""
+    _load_plugins()
+    return dict(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of ``name``.
+
+    Raises:
+        UserError: no such method.
+    """
+    known = methods()
+    if name not in known:
+        raise UserError(f"unknown method {name!r}: choose one of {', '.join(known)}")
+    return known[name]
+
+
+def method_flags() -> dict[str, tuple[MethodFlag, list[str]]]:
+    """Every method flag by settings name, with the methods that take it (flags may be shared)."""
+    flags: dict[str, tuple[MethodFlag, list[str]]] = {}
+    for spec in methods().values():
+        for flag in spec.flags:
+            flags.setdefault(flag.name, (flag, []))[1].append(spec.name)
+    return flags
+
+
+def build_segmenter(config: JobConfig, device: str | None = None) -> Segmenter:
     """Load the model and the method once (a worker calls this at start-up).
 
     Returns:
         an object following :class:`labeler.methods.base.Segmenter`.
     """
-    from labeler.models.backbone import load_backbone
-
-    if config.method == "diffseg":
-        from labeler.methods.diffseg.algorithm import DiffSegOptions
-        from labeler.methods.diffseg.segmenter import DiffSeg
-
-        settings = config.diffseg
-        backbone = load_backbone(config.model_name, device=device or config.device, dtype=config.dtype)
-        options = DiffSegOptions(
-            kl_threshold=settings.kl_threshold,
-            iterations=settings.iterations,
-            grid_points=settings.grid_points,
-            weights=settings.weights,
-        )
-        return DiffSeg(
-            backbone,
-            options,
-            timestep=settings.timestep,
-            max_label_side=settings.max_label_side,
-            antialias=settings.antialias,
-        )
-    if config.method == "slime":
-        from labeler.methods.slime.algorithm import SlimeOptions
-        from labeler.methods.slime.embedding_set import EmbeddingSet
-        from labeler.methods.slime.segmenter import Slime
-
-        embedding_set = EmbeddingSet.load(config.embeddings)
-        options = SlimeOptions.from_mapping({**embedding_set.inference, **config.slime.options})
-        model = config.model or embedding_set.model
-        backbone = load_backbone(model, device=device or config.device, dtype=config.dtype)
-        return Slime(backbone, embedding_set, options, seed=config.seed)
-    raise ValueError(f"method {config.method!r} is not available in this version")
+    return config.spec.build(config, device)

@@ -7,23 +7,31 @@ checkpoint on one device. Methods call :meth:`Backbone.encode_images` (pixels to
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import fsspec
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
+
+from labeler.io.uris import redact_uri
+from labeler.models.fingerprint import model_fingerprint
+from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
+from labeler.models.tiny import tiny_model_dir
 
 logger = logging.getLogger(__name__)
 
-TINY = "tiny"
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be found, downloaded or is not a Stable Diffusion checkpoint."""
 
 
 @dataclass
@@ -34,6 +42,8 @@ class Backbone:
         name: what the user asked for (``tiny``, a hub id, or a directory/URI).
         unet, vae, text_encoder, tokenizer, scheduler: the diffusers/transformers objects.
         device, dtype: where the UNet and VAE run and their weight dtype.
+        sources: per component, the local directory its files were loaded from (a component
+            override, e.g. a fine-tuned UNet, names its own directory).
     """
 
     name: str
@@ -44,6 +54,7 @@ class Backbone:
     scheduler: object
     device: torch.device
     dtype: torch.dtype
+    sources: dict[str, str] = field(default_factory=dict)
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -59,9 +70,16 @@ class Backbone:
     @cached_property
     def fingerprint(self) -> str:
         """A short hash of the UNet and text-encoder configs: what embedding sets are tied to."""
-        from labeler.models.fingerprint import model_fingerprint
-
         return model_fingerprint(self.unet.config, self.text_encoder.config)
+
+    @cached_property
+    def weights_fingerprint(self) -> str:
+        """A short hash of the weights actually loaded: the safetensors headers of every
+        component's files (names, shapes, dtypes, offsets) and the size of every weight file.
+
+        A fine-tuned UNet over a base model differs from the base, unlike :attr:`fingerprint`.
+        """
+        return weights_fingerprint(self.sources)
 
     @torch.no_grad()
     def encode_images(
@@ -121,6 +139,7 @@ def load_backbone(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     storage_options: dict | None = None,
+    unet: str | None = None,
 ) -> Backbone:
     """Load the SD components of ``name`` once.
 
@@ -131,6 +150,9 @@ def load_backbone(
         device: defaults to CUDA when available.
         dtype: defaults to bf16/fp16 on GPU and fp32 on CPU (``"float16"`` etc. accepted).
         storage_options: fsspec options for remote model directories.
+        unet: a replacement UNet (a fine-tuned one over the base model ``name``): a hub id, a
+            local directory or an fsspec URI holding either a UNet (``config.json`` and weights
+            at its root) or a diffusers model (its ``unet/`` is used).
 
     Raises:
         ModelLoadError: the model is missing, unreachable or not an SD checkpoint.
@@ -139,6 +161,11 @@ def load_backbone(
     dtype = _resolve_dtype(dtype, device)
     source = _resolve_source(name, storage_options)
     parts = _load_components(source, dtype)
+    sources = {key: _component_dir(source, key) for key in COMPONENTS}
+    if unet is not None:
+        unet_source = _resolve_source(unet, storage_options, component="unet")
+        parts["unet"] = _load_unet_override(unet, unet_source, dtype)
+        sources["unet"] = _component_dir(unet_source, "unet")
     _check_compatible(name, parts)
     for key in ("unet", "vae", "text_encoder"):
         module = parts[key]
@@ -148,30 +175,32 @@ def load_backbone(
     parts["vae"].to(device)
     parts["text_encoder"].to(device)  # fp32 text encoder: tiny cost, exact prompts
     logger.info("loaded %s on %s (%s)", name, device, dtype)
-    return Backbone(name=name, device=device, dtype=dtype, **parts)
+    return Backbone(name=name, device=device, dtype=dtype, sources=sources, **parts)
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, str):
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
+        if dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
-        return resolved
+        return getattr(torch, dtype)
     return dtype
 
 
-def _resolve_source(name: str, storage_options: dict | None) -> str:
-    """A local directory or hub id that ``from_pretrained`` can read."""
-    if name == TINY:
-        from labeler.models.tiny import tiny_model_dir
+def _resolve_source(name: str, storage_options: dict | None, component: str | None = None) -> str:
+    """A local directory or hub id that ``from_pretrained`` can read.
 
+    ``component="unet"`` accepts a UNet folder (``config.json`` at its root) as well.
+    """
+    if name == TINY:
         return str(tiny_model_dir())
     if "://" in name and not name.startswith("file://"):
-        return str(_mirror_remote_dir(name, storage_options or {}))
+        return str(_mirror_remote_dir(name, storage_options or {}, component))
     local = Path(name.removeprefix("file://")).expanduser()
     if local.exists():
+        if component is not None and (local / "config.json").is_file():
+            return str(local)
         if not (local / "unet").is_dir():
             raise ModelLoadError(
                 f"{name} is not a diffusers model directory: it has no unet/ folder "
@@ -183,20 +212,15 @@ def _resolve_source(name: str, storage_options: dict | None) -> str:
     return name
 
 
-def _mirror_remote_dir(uri: str, storage_options: dict) -> Path:
-    """Copy a diffusers directory from object storage into the local cache once."""
-    import hashlib
-
-    import fsspec
-
-    from labeler.io.uris import redact_uri
-
+def _mirror_remote_dir(uri: str, storage_options: dict, component: str | None = None) -> Path:
+    """Copy a diffusers (or, with ``component``, a component) directory into the local cache once."""
     cache = Path(os.environ.get("LABELER_CACHE", Path.home() / ".cache" / "labeler"))
     target = cache / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     if (target / ".complete").exists():
         return target
     fs, root = fsspec.core.url_to_fs(uri, **storage_options)
-    if not fs.exists(f"{root.rstrip('/')}/unet"):
+    root_has = fs.exists(f"{root.rstrip('/')}/config.json") and component is not None
+    if not root_has and not fs.exists(f"{root.rstrip('/')}/unet"):
         raise ModelLoadError(f"{redact_uri(uri)} is not a diffusers model directory (no unet/)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".remote-", dir=target.parent))
@@ -211,11 +235,6 @@ def _mirror_remote_dir(uri: str, storage_options: dict) -> Path:
 
 
 def _load_components(source: str, dtype: torch.dtype) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from diffusers.utils import logging as diffusers_logging
-    from transformers import CLIPTextModel, CLIPTokenizer
-    from transformers.utils import logging as transformers_logging
-
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
@@ -231,7 +250,7 @@ def _load_components(source: str, dtype: torch.dtype) -> dict:
     for key, load in loaders.items():
         try:
             parts[key] = load(source, subfolder=key, **options.get(key, {}))
-        except (OSError, ValueError, EnvironmentError) as error:
+        except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"could not load the {key} of model {source!r}: {error}. Pass `tiny`, a Hugging "
                 "Face id reachable from this machine (or already in its cache), or a diffusers "
@@ -254,3 +273,69 @@ def _check_compatible(name: str, parts: dict) -> None:
             f"produces {parts['vae'].config.latent_channels} (inpainting or other variants are "
             "not supported)"
         )
+
+
+def _load_unet_override(name: str, source: str, dtype: torch.dtype) -> torch.nn.Module:
+    subfolder = None if Path(source).joinpath("config.json").is_file() else "unet"
+    try:
+        return UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"could not load the UNet override {redact_uri(name)!r}: {error}") from error
+
+
+def _component_dir(source: str, component: str) -> str:
+    """The local directory ``component`` of ``source`` was read from (hub ids: the HF cache)."""
+    root = Path(source)
+    if not root.exists():
+        root = Path(hub_snapshot(source) or source)
+    if component == "unet" and (root / "config.json").is_file() and not (root / "unet").is_dir():
+        return str(root)
+    return str(root / component)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+#: Samples of each weight file that enter its digest: enough to tell a fine-tune from its base
+#: (which changes every tensor) without reading gigabytes.
+DIGEST_SAMPLES, DIGEST_SAMPLE_BYTES = 32, 64 * 1024
+
+
+def weights_fingerprint(sources: dict[str, str]) -> str:
+    """16 hex chars over the weight files of each component directory.
+
+    A file contributes its name, its size, its safetensors header (tensor names, dtypes, shapes,
+    offsets) when it has one, and ``DIGEST_SAMPLES`` evenly spaced samples of its bytes, so two
+    checkpoints of one architecture (a fine-tuned UNet and its base) differ. Directories that do
+    not exist locally contribute their name.
+    """
+    digest = hashlib.sha256()
+    for component in sorted(sources):
+        folder = Path(sources[component])
+        digest.update(f"[{component}]".encode())
+        files = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+        if not files:
+            digest.update(str(folder).encode())
+        for path in files:
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+            if path.suffix == ".safetensors":
+                digest.update(_safetensors_header(path))
+            digest.update(_sampled_bytes(path))
+    return digest.hexdigest()[:16]
+
+
+def _safetensors_header(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        return handle.read(min(length, 100_000_000))
+
+
+def _sampled_bytes(path: Path) -> bytes:
+    size = path.stat().st_size
+    step = max(size // DIGEST_SAMPLES, 1)
+    chunks = []
+    with path.open("rb") as handle:
+        for offset in range(0, size, step)[:DIGEST_SAMPLES]:
+            handle.seek(offset)
+            chunks.append(handle.read(DIGEST_SAMPLE_BYTES))
+    return hashlib.sha256(b"".join(chunks)).digest()

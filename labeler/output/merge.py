@@ -43,19 +43,19 @@ def _part(shard_id: str, name: str) -> str:
 
 
 def _merge_images(output: Folder, shard_ids: list[str], counts: dict) -> None:
-    with output.open_atomic_writer("images.parquet") as handle:
-        with pq.ParquetWriter(handle, schema.IMAGES) as writer:
-            for shard_id in shard_ids:
-                table = _read(output, _part(shard_id, "images.parquet"), schema.IMAGES)
-                writer.write_table(table)
-                statuses = table.column("status").to_pylist()
-                counts["images"] += len(statuses)
-                counts["labeled"] += statuses.count(schema.IMAGE_STATUS_LABELED)
-                counts["failed"] += statuses.count(schema.IMAGE_STATUS_FAILED)
-                for reason in table.column("reason").to_pylist():
-                    if reason:
-                        reasons = counts["failure_reasons"]
-                        reasons[reason] = reasons.get(reason, 0) + 1
+    with (output.open_atomic_writer("images.parquet") as handle,
+          pq.ParquetWriter(handle, schema.IMAGES) as writer):
+        for shard_id in shard_ids:
+            table = _read(output, _part(shard_id, "images.parquet"), schema.IMAGES)
+            writer.write_table(table)
+            statuses = table.column("status").to_pylist()
+            counts["images"] += len(statuses)
+            counts["labeled"] += statuses.count(schema.IMAGE_STATUS_LABELED)
+            counts["failed"] += statuses.count(schema.IMAGE_STATUS_FAILED)
+            for reason in table.column("reason").to_pylist():
+                if reason:
+                    reasons = counts["failure_reasons"]
+                    reasons[reason] = reasons.get(reason, 0) + 1
 
 
 def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> None:
@@ -73,7 +73,7 @@ def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> None:
 
 def _write_coco(output: Folder, shard_ids, categories, info, counts) -> None:
     with output.open_atomic_writer("coco.json") as raw:
-        write = lambda text: raw.write(text.encode("utf-8"))  # noqa: E731
+        write = lambda text: raw.write(text.encode("utf-8"))
         write('{"info": ' + json.dumps(info, sort_keys=True) + ',\n"images": [')
         first = True
         for shard_id in shard_ids:

@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.listing import folder_root, iter_inputs
 from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
 from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
+from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
 from labeler.runtime.ray_executor import ExecutionReport, execute_shards
 from labeler.runtime.run_folder import RunFolder
@@ -69,10 +71,12 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     """Run (or resume) a labeling job: plan, label the pending shards on Ray workers, merge.
 
     Raises:
-        ValueError: bad settings or input (including a changed configuration on resume).
+        UserError: bad settings, resources or input, refused before the output is touched and
+            before Ray starts (a ValueError, as is a changed configuration on resume).
         RuntimeError: the workers cannot start.
     """
     started = time.perf_counter()
+    preflight(config, storage_options)
     output = Folder(config.output, storage_options)
     run = RunFolder(output)
     try:
@@ -86,7 +90,7 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
         else:
             plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
     except InputError as error:
-        raise ValueError(str(error)) from error
+        raise UserError(str(error)) from None
     shard_ids = [shard["shard_id"] for shard in plan["shards"]]
     done = run.done_shards()
     pending = [shard for shard in plan["shards"] if shard["shard_id"] not in done]
@@ -142,15 +146,8 @@ def _run_id(output: Folder) -> str:
 
 
 def _categories_of(config: JobConfig) -> list[dict]:
-    if config.method == "diffseg":
-        from labeler.methods.diffseg.segmenter import DiffSeg
-
-        return DiffSeg.categories
-    if config.method == "slime":
-        from labeler.methods.slime.embedding_set import EmbeddingSet
-
-        return EmbeddingSet.load(config.embeddings).categories()
-    raise ValueError(f"no categories known for {config.method}")
+    """The method's categories, known without loading a model."""
+    return config.spec.categories(config)
 
 
 def _coco_info(config: JobConfig, output: Folder) -> dict:

@@ -72,6 +72,7 @@ FORWARDED_ENV = (
     "HF_HOME",
     "HF_ENDPOINT",
     "LABELER_CACHE",
+    "LABELER_METHODS",  # method plug-ins (see labeler.methods.registry)
 )
 
 
@@ -137,7 +138,7 @@ class LabelWorker:
 
         logging.getLogger("labeler").setLevel(logging.INFO)  # per-shard logs keep INFO records
         segmenter = build_segmenter(config)
-        device = str(getattr(getattr(segmenter, "backbone", None), "device", config.device or "?"))
+        device = str(segmenter.device)
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.categories = segmenter.categories
         self.storage_options = storage_options
@@ -296,7 +297,7 @@ def execute_shards(
             max_task_retries=0,
             runtime_env={"env_vars": session.worker_env()},
         )
-        make_worker = lambda: actor_class.remote(config, run_id, storage_options)  # noqa: E731
+        make_worker = lambda: actor_class.remote(config, run_id, storage_options)
         logger.info("%d workers (%g GPU, %g CPU each) for %d shards", placement.workers,
                     placement.num_gpus, placement.num_cpus, len(shard_ids))
         driver = _Driver(session.ray, make_worker, placement.workers, run, shard_ids, events)

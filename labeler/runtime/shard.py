@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from labeler.io.decode import ImageDecodeError, decode_image
 from labeler.io.folders import Folder
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
-from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
+from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels, Segmenter
 from labeler.output import schema
 from labeler.output.rle import encode_label_map
 from labeler.runtime.run_folder import RunFolder
@@ -246,9 +247,9 @@ class ShardProcessor:
         started, started_at = time.perf_counter(), time.time()
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
-        method_before = dict(getattr(getattr(self.segmenter, "timer", None), "seconds", {}))
+        method_before = dict(self.segmenter.timer.seconds)
         rows = ShardRows()
-        produce = lambda: self._batches(entries, timings)  # noqa: E731
+        produce = lambda: self._batches(entries, timings)
         with Prefetcher(produce) as batches:
             for batch in batches:
                 for entry, reason, detail in batch.failures:
@@ -266,7 +267,7 @@ class ShardProcessor:
             "labeled": sum(r["status"] == schema.IMAGE_STATUS_LABELED for r in rows.images),
             "failed": sum(r["status"] == schema.IMAGE_STATUS_FAILED for r in rows.images),
             "annotations": len(rows.annotations),
-            "failure_reasons": _count([r["reason"] for r in rows.images if r["reason"]]),
+            "failure_reasons": dict(Counter(r["reason"] for r in rows.images if r["reason"])),
             "seconds": time.perf_counter() - started,
             "started_at": started_at,
             "finished_at": time.time(),
@@ -324,7 +325,7 @@ class ShardProcessor:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
         try:
             return self._label_splitting(images)
-        except Exception as batch_error:  # noqa: BLE001 - isolate the image that breaks the batch
+        except Exception as batch_error:  # isolate the image that breaks the batch
             if len(images) == 1:
                 raise
             logger.warning("batch failed (%s); retrying its images one by one", batch_error)
@@ -343,7 +344,7 @@ class ShardProcessor:
         detail = None
         try:
             return list(self.segmenter.label(images))
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
+        except Exception as error:  # only out-of-memory is handled here
             if not is_out_of_memory(error):
                 raise
             detail = f"{type(error).__name__}: {str(error)[:300]}"
@@ -415,13 +416,7 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
         logger.warning("could not write the log of shard %s: %s", shard_id, error)
 
 
-def _timer_delta(segmenter, before: dict[str, float]) -> dict[str, float]:
-    after = getattr(getattr(segmenter, "timer", None), "seconds", {})
+def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
+    after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
 
-
-def _count(values: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts

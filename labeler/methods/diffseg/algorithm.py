@@ -2,8 +2,8 @@
 
 The first part of this module is the pure algorithm (no model code): per-resolution attention
 aggregation, iterative KL merging of anchor proposals, and labeling by argmax over upsampled
-proposals. It follows the reference code (google/diffseg @ 77ea596) as specified in
-``shared/reference/diffseg.md`` sections 1.5, 2 and 4.4.
+proposals. It follows the reference code (google/diffseg @ 77ea596); README section "DiffSeg: what
+runs, and where we deviate from the reference" lists what runs and the deliberate differences.
 
 Shapes: ``B`` images, ``S`` the largest attention side, ``N = S * S`` pixels, ``K`` proposals.
 Pixels are flattened row-major: pixel ``(i, j)`` is index ``i * S + j``.
@@ -44,14 +44,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from labeler.methods.diffseg.settings import (
+    DEFAULT_EPS,
+    DiffSegOptions,
+    _check_eps,
+    _check_positive_int,
+    _check_thresholds,
+    _normalise_weights,
+)
 
 __all__ = [
     "DEFAULT_EPS",
@@ -72,114 +79,12 @@ __all__ = [
 PROPOSAL_CHUNK: int = 32
 """Proposals upsampled at once when labeling (bounds the (chunk, h, w) temporary)."""
 
-DEFAULT_EPS: float = 1e-12
 """Lower clamp applied to values before taking their log (see the module docstring)."""
 
 
 # --------------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------------
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_threshold(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"KL thresholds must be numbers, got {value!r}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"KL thresholds must be > 0, got {value!r}")
-    return float(value)
-
-
-def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
-    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
-        raise ValueError(f"thresholds must be a sequence of numbers, got {thresholds!r}")
-    if len(thresholds) < 1:
-        raise ValueError("thresholds must hold at least one value (one per merge iteration)")
-    return tuple(_check_threshold(t) for t in thresholds)
-
-
-def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise ValueError(f"eps must be a number, got {eps!r}")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
-    return float(eps)
-
-
-def _normalise_weights(
-    weights: Mapping[int, float] | Sequence[tuple[int, float]] | None,
-) -> tuple[tuple[int, float], ...] | None:
-    """Validate per-side weights; return ``((side, weight), ...)`` sorted by decreasing side."""
-    if weights is None:
-        return None
-    items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
-    if not items:
-        raise ValueError("weights must not be empty (use None for the default weights)")
-    out: dict[int, float] = {}
-    for item in items:
-        if not isinstance(item, tuple) or len(item) != 2:
-            raise ValueError(f"weights must map side -> weight, got entry {item!r}")
-        side, weight = item
-        _check_positive_int("weight side", side)
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-            raise ValueError(f"weight for side {side} must be a number, got {weight!r}")
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight for side {side} must be finite and >= 0, got {weight!r}")
-        if side in out:
-            raise ValueError(f"duplicate weight for side {side}")
-        out[int(side)] = float(weight)
-    if not any(w > 0 for w in out.values()):
-        raise ValueError("at least one weight must be > 0")
-    return tuple(sorted(out.items(), reverse=True))
-
-
-@dataclass(frozen=True)
-class DiffSegOptions:
-    """Validated DiffSeg hyper-parameters (reference defaults: COCO-Stuff-27 benchmark).
-
-    Attributes:
-        kl_threshold: tau used at every merge iteration (unless ``thresholds`` is given).
-        iterations: number of merge iterations (iteration 0 plus greedy reductions), >= 1.
-        grid_points: anchors per axis (``grid_points ** 2`` anchors).
-        weights: per-side aggregation weights ``{side: weight}``, used as given (no
-            renormalisation); None means weights proportional to side. Stored as a tuple of
-            ``(side, weight)`` pairs so the options stay hashable.
-        eps: lower clamp applied before logs in the KL distance.
-        thresholds: explicit per-iteration taus; when given it overrides ``kl_threshold`` and
-            ``iterations`` (its length is the number of iterations).
-    """
-
-    kl_threshold: float = 1.1
-    iterations: int = 3
-    grid_points: int = 16
-    weights: Mapping[int, float] | tuple[tuple[int, float], ...] | None = None
-    eps: float = DEFAULT_EPS
-    thresholds: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        _check_threshold(self.kl_threshold)
-        _check_positive_int("iterations", self.iterations)
-        _check_positive_int("grid_points", self.grid_points)
-        _check_eps(self.eps)
-        object.__setattr__(self, "weights", _normalise_weights(self.weights))
-        if self.thresholds is not None:
-            object.__setattr__(self, "thresholds", _check_thresholds(self.thresholds))
-
-    @property
-    def schedule(self) -> tuple[float, ...]:
-        """Per-iteration thresholds actually used."""
-        if self.thresholds is not None:
-            return self.thresholds
-        return (float(self.kl_threshold),) * self.iterations
-
-    @property
-    def weight_map(self) -> dict[int, float] | None:
-        """Weights as a ``{side: weight}`` dict, or None for the default weights."""
-        return None if self.weights is None else dict(self.weights)
 
 
 # --------------------------------------------------------------------------------------------

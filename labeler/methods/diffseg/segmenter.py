@@ -20,9 +20,10 @@ from labeler.methods.diffseg.algorithm import (
     labels_from_proposals,
     merge_proposals,
 )
-
-#: The timestep the reference passes with the clean latent (no noise is added).
-DIFFSEG_TIMESTEP = 300
+from labeler.methods.diffseg.method import CATEGORIES
+from labeler.methods.preprocess import images_to_model_input, label_grid_size
+from labeler.models.backbone import Backbone
+from labeler.timing import StageTimer
 
 
 class DiffSeg:
@@ -39,29 +40,19 @@ class DiffSeg:
 
     Args:
         backbone: the loaded SD components.
-        options: the merge settings (reference defaults).
-        timestep: the UNet timestep (reference 300).
-        max_label_side: the largest side at which proposals are upsampled before argmax.
-        antialias: antialias the resize to the model size (the reference does not).
+        options: the ``[diffseg]`` settings (reference defaults when None): merging, timestep,
+            label resolution, antialiasing.
     """
 
-    categories: ClassVar[list[dict]] = [{"id": 1, "name": "segment", "supercategory": "segment"}]
+    categories: ClassVar[list[dict]] = CATEGORIES
 
-    def __init__(
-        self,
-        backbone,
-        options: DiffSegOptions | None = None,
-        timestep: int = DIFFSEG_TIMESTEP,
-        max_label_side: int = 1024,
-        antialias: bool = True,
-    ) -> None:
-        from labeler.timing import StageTimer
-
+    def __init__(self, backbone: Backbone, options: DiffSegOptions | None = None) -> None:
         self.backbone = backbone
         self.options = options or DiffSegOptions()
-        self.timestep = timestep
-        self.max_label_side = max_label_side
-        self.antialias = antialias
+        self.timestep = self.options.timestep
+        self.max_label_side = self.options.max_label_side
+        self.antialias = self.options.antialias
+        self.device = backbone.device
         self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
         if not self.layers:
             raise ValueError(f"model {backbone.name} has no self-attention layers")
@@ -97,8 +88,6 @@ class DiffSeg:
         Returns:
             ``{side: (B, side*side, side*side)}`` float32, head and layer means.
         """
-        from labeler.methods.preprocess import images_to_model_input
-
         backbone = self.backbone
         with self.timer.stage("vae_encode"):
             pixels = images_to_model_input(images, backbone.image_size, self.antialias)
@@ -116,8 +105,6 @@ class DiffSeg:
     @torch.no_grad()
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
-        from labeler.methods.preprocess import label_grid_size
-
         attention = self.attention_maps(images)
         with self.timer.stage("aggregate"):
             aggregated = aggregate_attention(attention, self.options.weight_map)

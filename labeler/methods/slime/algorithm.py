@@ -2,7 +2,7 @@
 
 An embedding set (see :mod:`labeler.methods.slime.embedding_set`) holds K-1 text embeddings, one per
 non-background class, fit with ``labeler slime fit``. Inference follows the official code
-(``shared/reference/slime.md`` §1.6, §3): each image is squashed to the model size, cut into an
+(README section "SLiMe", tables "What runs" and "Deliberate differences"): each image is squashed to the model size, cut into an
 n x n grid of overlapping patches, each patch upsampled to the model size, VAE-sampled, noised to
 t=100 and run through the UNet once with the learned conditioning (no unconditional half). The
 cross-attention maps of the K class tokens and the WAS-attention (self-attention applied to those
@@ -16,16 +16,15 @@ bottom.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from labeler.eval.metrics import mask_iou
 
 logger = logging.getLogger(__name__)
 
@@ -243,120 +242,10 @@ def postprocess_patch(
 
 def iou(prediction: np.ndarray, target: np.ndarray) -> float:
     """IoU of two boolean masks, as the reference (``|P & T| / (|P | T| + 1e-7)``)."""
-    prediction, target = prediction.astype(bool), target.astype(bool)
-    return float((prediction & target).sum() / ((prediction | target).sum() + 1e-7))
+    return mask_iou(prediction, target, smoothing=1e-7)
 
 
 def mean_iou_present(prediction: np.ndarray, target: np.ndarray, num_classes: int) -> float:
     """The reference's per-image mIoU: mean IoU over the classes present in ``target``."""
     present = [c for c in range(num_classes) if np.any(target == c)]
     return float(np.mean([iou(prediction == c, target == c) for c in present]))
-
-
-# --------------------------------------------------------------------------------------------
-# Options: the `[slime]` job table.
-# --------------------------------------------------------------------------------------------
-
-#: The reference's canvas side: patch sizes are given in these pixels.
-REFERENCE_CANVAS = 512
-
-
-@dataclass(frozen=True)
-class SlimeOptions:
-    """SLiMe inference settings (reference defaults; the embedding set may record others).
-
-    Attributes:
-        timestep: the single UNet timestep (reference ``--test_t 100``).
-        patches_per_side: n of the n x n patch grid (reference 2; its PASCAL configs use 1).
-        patch_size: patch side in the reference's 512-pixel units, scaled to the actual model
-            input size; None = 400 (reference 400; its PASCAL configs use 512).
-        cover_edges: spread patch starts to reach the far border (see :func:`patch_grid`).
-        patch_threshold: class gate on the per-patch cross-attention maximum (reference 0.2);
-            None disables the gate.
-        background_threshold: zero the background weights at or below their mean (reference).
-        threshold_first_kept: threshold the first kept row even when it is not the background
-            (the reference's behaviour when the background fails the gate).
-        rescale: per-class affine rescale of WAS onto the cross-attention range (reference).
-        normalization: ``tokens`` (reference inference: 77-token softmax per head and layer, then
-            averaged) or ``classes`` (the training normalisation: softmax over the K classes of
-            the averaged logits).
-        paper_mode: the paper's inference instead of the code's: one whole-image pass, no gate,
-            no background threshold, no rescale, ``classes`` normalisation, WAS resized and
-            argmax. Overrides the settings above.
-        posterior_mean: use the VAE posterior mean instead of a sample (the reference samples).
-        channel_order: ``rgb`` or ``bgr`` input to the VAE; None = what the set was fit with.
-        antialias: antialias the resize of large images to the model size (the reference does
-            not; without it large photos alias).
-        max_label_side: labels are computed at the original size capped at this side, then
-            nearest-resized to the original size.
-        input_size: the model input side; None = the model's native size (512 for SD).
-        patch_batch: patches per UNet call.
-        was_impl: ``fused`` (default) or ``explicit`` WAS-attention.
-    """
-
-    timestep: int = 100
-    patches_per_side: int = 2
-    patch_size: int | None = None
-    cover_edges: bool = True
-    patch_threshold: float | None = 0.2
-    background_threshold: bool = True
-    threshold_first_kept: bool = False
-    rescale: bool = True
-    normalization: str = "tokens"
-    paper_mode: bool = False
-    posterior_mean: bool = False
-    channel_order: str | None = None
-    antialias: bool = True
-    max_label_side: int = 1024
-    input_size: int | None = None
-    patch_batch: int = 8
-    was_impl: str = "fused"
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.timestep < 1000:
-            raise ValueError(f"slime timestep must be in [0, 999], got {self.timestep}")
-        if self.patches_per_side < 1:
-            raise ValueError("slime patches_per_side must be >= 1")
-        if self.normalization not in ("tokens", "classes"):
-            raise ValueError("slime normalization must be 'tokens' or 'classes'")
-        if self.channel_order not in (None, "rgb", "bgr"):
-            raise ValueError("slime channel_order must be 'rgb' or 'bgr'")
-        if self.was_impl not in ("fused", "explicit"):
-            raise ValueError("slime was_impl must be 'fused' or 'explicit'")
-        if self.patch_size is not None and not 0 < self.patch_size <= REFERENCE_CANVAS:
-            raise ValueError(f"slime patch_size must be in 1..{REFERENCE_CANVAS} (512-pixel units)")
-        if self.input_size is not None and (self.input_size < 64 or self.input_size % 64):
-            raise ValueError(f"slime input_size must be a multiple of 64, got {self.input_size}")
-        for name in ("patch_batch", "max_label_side"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"slime {name} must be >= 1")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> SlimeOptions:
-        """Build from a ``[slime]`` table; unknown keys are a ValueError naming them."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown [slime] settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        values = dict(values)
-        if values.get("patch_threshold") is False:
-            values["patch_threshold"] = None
-        try:
-            return cls(**values)
-        except TypeError as error:  # e.g. a string where a number belongs
-            raise ValueError(f"bad [slime] setting: {error}") from error
-
-    def effective(self) -> SlimeOptions:
-        """The settings actually used: ``paper_mode`` expanded."""
-        if not self.paper_mode:
-            return self
-        return dataclasses.replace(
-            self, patches_per_side=1, patch_size=None, patch_threshold=None,
-            background_threshold=False, threshold_first_kept=False, rescale=False,
-            normalization="classes",
-        )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

@@ -11,7 +11,7 @@ image (as viewers show it): the image's EXIF orientation is not applied to its m
 own EXIF orientation is). A mask that has the size of the image as stored, not as shown, is
 refused with a message saying so.
 
-The augmentations follow the reference's training pipeline (``shared/reference/slime.md`` §2.2),
+The augmentations follow the reference's training pipeline (README section "SLiMe", row "augmentation"),
 driven by one seeded ``torch.Generator``: resize to the fit size, horizontal flip (p=0.5),
 Gaussian blur (kernel 1, 3 or 5, p=0.5, image only), a random square crop of side
 U[min_crop_ratio, 1) x size that keeps > 30% of one target class's pixels, resize back, rotation

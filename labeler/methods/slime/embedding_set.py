@@ -29,7 +29,17 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load, save
+from transformers import CLIPTextConfig
+
+from labeler.io.uris import redact_uri
+from labeler.methods.slime.algorithm import DEFAULT_LAYERS
+from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
+from labeler.models.backbone import ModelLoadError, _resolve_source
+from labeler.models.fingerprint import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +129,6 @@ class EmbeddingSet:
 
     def inference_options(self):
         """The recorded inference settings as :class:`labeler.methods.slime.SlimeOptions`."""
-        from labeler.methods.slime.algorithm import SlimeOptions
-
         return SlimeOptions.from_mapping(self.inference)
 
     # ---- the model ----------------------------------------------------------------------------
@@ -177,8 +185,6 @@ class EmbeddingSet:
 
     def to_bytes(self) -> bytes:
         """The safetensors serialisation (deterministic: same set, same bytes)."""
-        from safetensors.torch import save
-
         # one metadata entry: safetensors keeps metadata in a hash map, so several entries would
         # be written in a varying order and the same set would not always give the same bytes
         record = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.metadata()}
@@ -186,8 +192,6 @@ class EmbeddingSet:
 
     def save(self, uri: str, storage_options: dict | None = None) -> str:
         """Write the set to a local path or fsspec URI; returns its sha256 (16 hex)."""
-        import fsspec
-
         data = self.to_bytes()
         with fsspec.open(uri, "wb", **(storage_options or {})) as handle:
             handle.write(data)
@@ -197,8 +201,6 @@ class EmbeddingSet:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> EmbeddingSet:
         """Parse a safetensors embedding set (no unpickling)."""
-        from safetensors.torch import load
-
         header = read_safetensors_metadata(data, source)
         try:
             meta = json.loads(header[METADATA_KEY])
@@ -231,10 +233,6 @@ class EmbeddingSet:
     @classmethod
     def load(cls, uri: str, storage_options: dict | None = None) -> EmbeddingSet:
         """Read a set from a local path or fsspec URI."""
-        import fsspec
-
-        from labeler.io.uris import redact_uri
-
         try:
             with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
                 data = handle.read()
@@ -319,12 +317,6 @@ def config_fingerprint(model: str) -> str:
     Raises:
         labeler.models.backbone.ModelLoadError: the configs cannot be read.
     """
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig
-
-    from labeler.models.backbone import ModelLoadError, _resolve_source
-    from labeler.models.fingerprint import model_fingerprint
-
     source = _resolve_source(model, None)
     try:
         unet_config = UNet2DConditionModel.load_config(source, subfolder="unet")
@@ -352,8 +344,6 @@ def read_official_embeddings(folder: str, storage_options: dict | None = None) -
     Raises:
         ValueError: no files, gaps in the numbering, wrong shapes or dtypes.
     """
-    import fsspec
-
     fs, root = fsspec.core.url_to_fs(folder, **(storage_options or {}))
     if not fs.isdir(root):
         raise ValueError(f"{folder} is not a folder of embedding_i.pth files")
@@ -404,15 +394,12 @@ def import_official(
         channel_order: the reference feeds BGR since 2023-09-28; the authors' released
             embeddings may predate that, so try ``rgb`` if ``bgr`` labels poorly.
     """
-    from labeler.methods.slime.algorithm import DEFAULT_LAYERS, SlimeOptions
-
     embeddings = read_official_embeddings(folder, storage_options)
     if embeddings.shape[0] != len(classes) - 1:
         raise ValueError(
             f"{folder} holds {embeddings.shape[0]} embeddings, so K = {embeddings.shape[0] + 1} "
             f"classes (background first), but {len(classes)} class names were given"
         )
-    defaults = SlimeOptions()
     return EmbeddingSet(
         embeddings=embeddings,
         classes=tuple(classes),
@@ -421,16 +408,10 @@ def import_official(
         prompt=default_prompt(len(classes)),
         layers={kind: list(selectors) for kind, selectors in DEFAULT_LAYERS.items()},
         channel_order=channel_order,
-        inference={
-            "timestep": defaults.timestep,
-            "patches_per_side": defaults.patches_per_side,
-            "patch_threshold": defaults.patch_threshold,
-        },
+        inference=recorded_inference_defaults(),
         fit={"imported_from": _redacted(folder), "source_format": "official SLiMe embedding_i.pth"},
     )
 
 
 def _redacted(uri: str) -> str:
-    from labeler.io.uris import redact_uri
-
     return redact_uri(uri)

@@ -1,6 +1,6 @@
 """Fitting a SLiMe embedding set: the optimisation loop of the reference, seeded.
 
-Per step (``shared/reference/slime.md`` §2.3): one augmented annotated image, VAE posterior
+Per step (README section "SLiMe", table "What runs"): one augmented annotated image, VAE posterior
 sample, t ~ U{5..100}, x_t = add_noise(z0, eps, t); the UNet runs once with the learned
 conditioning (with grad, SLiMe processors installed) and once with the empty prompt (without
 grad: it only feeds the SD loss). Loss = weighted CE on the layer-averaged cross-attention logits
@@ -26,6 +26,7 @@ from torch import Tensor
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
+from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities, mean_iou_present
 from labeler.methods.slime.data import AnnotatedImage, AugmentSettings, augment, prepare
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
@@ -34,6 +35,8 @@ from labeler.methods.slime.embedding_set import (
     prompt_embeddings,
     validate_classes,
 )
+from labeler.methods.slime.segmenter import Slime
+from labeler.methods.slime.settings import recorded_inference_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +160,6 @@ class SlimeFitter:
 
     def __init__(self, backbone, classes: Sequence[str], settings: FitSettings,
                  layers: dict[str, Sequence[str]] | None = None) -> None:
-        from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities
-
         validate_classes(tuple(classes))
         self.backbone = backbone
         self.classes = tuple(classes)
@@ -316,11 +317,7 @@ def fit_embedding_set(
 
 def default_inference() -> dict:
     """The inference settings a new set records (the reference's)."""
-    from labeler.methods.slime.algorithm import SlimeOptions
-
-    options = SlimeOptions()
-    return {"timestep": options.timestep, "patches_per_side": options.patches_per_side,
-            "patch_size": options.patch_size, "patch_threshold": options.patch_threshold}
+    return recorded_inference_defaults()
 
 
 class _BestTracker:
@@ -339,9 +336,6 @@ class _BestTracker:
     def after_epoch(self, epoch: int) -> None:
         if not self.enabled:
             return
-        from labeler.methods.slime.algorithm import mean_iou_present
-        from labeler.methods.slime.segmenter import Slime
-
         candidate = self.fitter.embedding_set(self.fitter.backbone.name, self.inference, {})
         segmenter = Slime(self.fitter.backbone, candidate, seed=self.fitter.settings.seed)
         try:

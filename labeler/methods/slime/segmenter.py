@@ -17,8 +17,6 @@ from labeler.methods.base import ImageLabels
 from labeler.methods.device_labels import compact_device_labels
 from labeler.methods.label_maps import resize_labels
 from labeler.methods.slime.algorithm import (
-    REFERENCE_CANVAS,
-    SlimeOptions,
     accumulate_patches,
     class_probabilities,
     gate_classes,
@@ -26,6 +24,7 @@ from labeler.methods.slime.algorithm import (
     patch_grid,
     postprocess_patch,
 )
+from labeler.methods.slime.settings import REFERENCE_CANVAS, SlimeOptions
 
 
 class Slime:
@@ -66,6 +65,7 @@ class Slime:
                                          self._class_values, self.options.was_impl)
         self.hooks = AttentionHooks(backbone.unet, slime_processors(self.store))
         self.timer = StageTimer()
+        self.device = backbone.device
 
     def close(self) -> None:
         """Give the UNet its original attention processors back."""

@@ -1,0 +1,44 @@
+"""DiffSeg's entry in the method table (see :mod:`labeler.methods.registry`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from labeler.methods.diffseg.settings import DiffSegOptions
+from labeler.methods.spec import MethodSpec
+
+if TYPE_CHECKING:
+    from labeler.config import JobConfig
+    from labeler.methods.diffseg.segmenter import DiffSeg
+
+#: The model DiffSeg runs on when ``--model`` is not given (the reference's).
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+
+
+#: DiffSeg's one category: segments are class-agnostic.
+CATEGORIES = [{"id": 1, "name": "segment", "supercategory": "segment"}]
+
+
+def build(config: JobConfig, device: str | None = None) -> DiffSeg:
+    """DiffSeg on the job's model, with the job's ``[diffseg]`` settings."""
+    # imported here, on the workers: the driver validates settings without loading torch
+    from labeler.methods.diffseg.segmenter import DiffSeg
+    from labeler.models.backbone import load_backbone
+
+    backbone = load_backbone(config.model_name, device=device or config.device, dtype=config.dtype)
+    return DiffSeg(backbone, config.settings)
+
+
+def categories(config: JobConfig) -> list[dict]:
+    """One class-agnostic category, ``segment``."""
+    return [dict(category) for category in CATEGORIES]
+
+
+SPEC = MethodSpec(
+    name="diffseg",
+    summary="zero-shot, class-agnostic segments from self-attention (CVPR 2024)",
+    settings=DiffSegOptions,
+    build=build,
+    categories=categories,
+    default_model=DEFAULT_MODEL,
+)

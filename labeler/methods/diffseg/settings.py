@@ -1,0 +1,141 @@
+"""DiffSeg's settings, the ``[diffseg]`` job table: one typed model, each default written once.
+
+Kept apart from the algorithm (no torch import), so ``labeler run`` refuses a bad setting at once.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+
+from pydantic import Field, field_validator
+
+from labeler.settings import Settings
+
+DEFAULT_EPS: float = 1e-12
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_threshold(value: object) -> float:
+    if not _is_number(value):
+        raise ValueError(f"KL thresholds must be numbers, got {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"KL thresholds must be > 0, got {value!r}")
+    return float(value)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not _is_integer(value) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    if not _is_sequence(thresholds):
+        raise ValueError(f"thresholds must be a sequence of numbers, got {thresholds!r}")
+    if len(thresholds) < 1:
+        raise ValueError("thresholds must hold at least one value (one per merge iteration)")
+    return tuple(_check_threshold(t) for t in thresholds)
+
+
+def _check_eps(eps: object) -> float:
+    if not _is_number(eps):
+        raise ValueError(f"eps must be a number, got {eps!r}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+    return float(eps)
+
+
+def _normalise_weights(
+    weights: Mapping[int | str, float] | Sequence[tuple[int, float]] | None,
+) -> tuple[tuple[int, float], ...] | None:
+    """Validate per-side weights; return ``((side, weight), ...)`` sorted by decreasing side.
+
+    Sides may be given as strings (TOML table keys: ``[diffseg.weights] 64 = 0.5``).
+    """
+    if weights is None:
+        return None
+    items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
+    if not items:
+        raise ValueError("weights must not be empty (use None for the default weights)")
+    out: dict[int, float] = {}
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"weights must map side -> weight, got entry {item!r}")
+        side, weight = item
+        if isinstance(side, str) and side.strip().isdigit():
+            side = int(side)
+        if not _is_integer(side) or side < 1:
+            raise ValueError(f"weight side must be an integer >= 1, got {side!r}")
+        if not _is_number(weight):
+            raise ValueError(f"weight for side {side} must be a number, got {weight!r}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight for side {side} must be finite and >= 0, got {weight!r}")
+        if side in out:
+            raise ValueError(f"duplicate weight for side {side}")
+        out[int(side)] = float(weight)
+    if not any(w > 0 for w in out.values()):
+        raise ValueError("at least one weight must be > 0")
+    return tuple(sorted(out.items(), reverse=True))
+
+
+class DiffSegOptions(Settings):
+    """DiffSeg's settings, the ``[diffseg]`` job table (reference defaults: COCO-Stuff-27).
+
+    Attributes:
+        kl_threshold: tau used at every merge iteration (unless ``thresholds`` is given).
+        iterations: number of merge iterations (iteration 0 plus greedy reductions), >= 1.
+        grid_points: anchors per axis (``grid_points ** 2`` anchors).
+        weights: per-side aggregation weights ``{side: weight}``, used as given (no
+            renormalisation); None means weights proportional to side. Stored as a tuple of
+            ``(side, weight)`` pairs so the options stay hashable.
+        eps: lower clamp applied before logs in the KL distance.
+        thresholds: explicit per-iteration taus; when given it overrides ``kl_threshold`` and
+            ``iterations`` (its length is the number of iterations).
+        timestep: the UNet timestep of the single pass (the reference's 300, no noise added).
+        max_label_side: the largest side at which proposals are upsampled before argmax.
+        antialias: antialias the resize to the model size (the reference does not).
+    """
+
+    kl_threshold: float = Field(1.1, gt=0, allow_inf_nan=False)
+    iterations: int = Field(3, ge=1)
+    grid_points: int = Field(16, ge=1)
+    weights: tuple[tuple[int, float], ...] | None = None
+    eps: float = Field(DEFAULT_EPS, gt=0, lt=1)
+    thresholds: tuple[float, ...] | None = Field(None, min_length=1)
+    timestep: int = Field(300, ge=0, le=999)
+    max_label_side: int = Field(1024, ge=1)
+    antialias: bool = True
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, value: object) -> object:
+        return _normalise_weights(value)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: object) -> object:
+        return None if value is None else _check_thresholds(value)
+
+    @property
+    def schedule(self) -> tuple[float, ...]:
+        """Per-iteration thresholds actually used."""
+        if self.thresholds is not None:
+            return self.thresholds
+        return (float(self.kl_threshold),) * self.iterations
+
+    @property
+    def weight_map(self) -> dict[int, float] | None:
+        """Weights as a ``{side: weight}`` dict, or None for the default weights."""
+        return None if self.weights is None else dict(self.weights)

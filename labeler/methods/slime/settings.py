@@ -1,0 +1,99 @@
+"""SLiMe's inference settings (the ``[slime]`` table without the embedding set): one typed model.
+
+Kept apart from the algorithm (no torch import), so ``labeler run`` refuses a bad setting at once.
+The defaults are the reference code's; an embedding set records some of them at fit time
+(:func:`recorded_inference_defaults`), and a job's ``[slime]`` table wins over the set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from labeler.settings import Settings, parse_settings
+
+#: The reference's canvas side: patch sizes are given in these pixels.
+REFERENCE_CANVAS = 512
+
+
+class SlimeOptions(Settings):
+    """SLiMe inference settings (reference defaults; the embedding set may record others).
+
+    Attributes:
+        timestep: the single UNet timestep (reference ``--test_t 100``).
+        patches_per_side: n of the n x n patch grid (reference 2; its PASCAL configs use 1).
+        patch_size: patch side in the reference's 512-pixel units, scaled to the actual model
+            input size; None = 400 (reference 400; its PASCAL configs use 512).
+        cover_edges: spread patch starts to reach the far border (see :func:`patch_grid`).
+        patch_threshold: class gate on the per-patch cross-attention maximum (reference 0.2);
+            None disables the gate.
+        background_threshold: zero the background weights at or below their mean (reference).
+        threshold_first_kept: threshold the first kept row even when it is not the background
+            (the reference's behaviour when the background fails the gate).
+        rescale: per-class affine rescale of WAS onto the cross-attention range (reference).
+        normalization: ``tokens`` (reference inference: 77-token softmax per head and layer, then
+            averaged) or ``classes`` (the training normalisation: softmax over the K classes of
+            the averaged logits).
+        paper_mode: the paper's inference instead of the code's: one whole-image pass, no gate,
+            no background threshold, no rescale, ``classes`` normalisation, WAS resized and
+            argmax. Overrides the settings above.
+        posterior_mean: use the VAE posterior mean instead of a sample (the reference samples).
+        channel_order: ``rgb`` or ``bgr`` input to the VAE; None = what the set was fit with.
+        antialias: antialias the resize of large images to the model size (the reference does
+            not; without it large photos alias).
+        max_label_side: labels are computed at the original size capped at this side, then
+            nearest-resized to the original size.
+        input_size: the model input side; None = the model's native size (512 for SD).
+        patch_batch: patches per UNet call.
+        was_impl: ``fused`` (default) or ``explicit`` WAS-attention.
+    """
+
+    timestep: int = Field(100, ge=0, le=999)
+    patches_per_side: int = Field(2, ge=1)
+    patch_size: int | None = Field(None, ge=1, le=REFERENCE_CANVAS)
+    cover_edges: bool = True
+    patch_threshold: float | Literal[False] | None = 0.2
+    background_threshold: bool = True
+    threshold_first_kept: bool = False
+    rescale: bool = True
+    normalization: Literal["tokens", "classes"] = "tokens"
+    paper_mode: bool = False
+    posterior_mean: bool = False
+    channel_order: Literal["rgb", "bgr"] | None = None
+    antialias: bool = True
+    max_label_side: int = Field(1024, ge=1)
+    input_size: int | None = Field(None, ge=64, multiple_of=64)
+    patch_batch: int = Field(8, ge=1)
+    was_impl: Literal["fused", "explicit"] = "fused"
+
+    @field_validator("patch_threshold")
+    @classmethod
+    def _false_disables(cls, value: float | bool | None) -> float | None:
+        return None if value is False else value
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> SlimeOptions:
+        """Build from a ``[slime]`` table; unknown keys and bad values are a one-line UserError."""
+        return parse_settings(cls, values, "slime")
+
+    def effective(self) -> SlimeOptions:
+        """The settings actually used: ``paper_mode`` expanded."""
+        if not self.paper_mode:
+            return self
+        return self.model_copy(update={
+            "patches_per_side": 1, "patch_size": None, "patch_threshold": None,
+            "background_threshold": False, "threshold_first_kept": False, "rescale": False,
+            "normalization": "classes",
+        })
+
+
+#: The inference settings a new embedding set records (fit or import): the reference's.
+RECORDED_INFERENCE_KEYS = ("timestep", "patches_per_side", "patch_size", "patch_threshold")
+
+
+def recorded_inference_defaults() -> dict[str, Any]:
+    """What a new embedding set records as its inference settings (one place for fit and import)."""
+    defaults = SlimeOptions()
+    return {key: getattr(defaults, key) for key in RECORDED_INFERENCE_KEYS}

@@ -1,0 +1,81 @@
+"""Where a model is, found offline and in seconds (no weights loaded, no torch imported).
+
+``labeler run`` checks every model this way before it touches the output or starts Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fsspec
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+
+from labeler.io.uris import redact_uri
+
+#: The built-in offline model (see :mod:`labeler.models.tiny`).
+TINY = "tiny"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found, downloaded or is not a Stable Diffusion checkpoint."""
+
+
+def hub_snapshot(repo_id: str) -> str | None:
+    """The local snapshot of a hub model, or None when it is not in the cache (no network)."""
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+
+
+def is_local_model(name: str) -> bool:
+    """``tiny`` or an existing local directory (whose configs can be read cheaply)."""
+    return name == TINY or Path(name.removeprefix("file://")).expanduser().is_dir()
+
+
+def locate_model(name: str, storage_options: dict | None = None, component: str | None = None,
+                 remote: bool = False) -> str:
+    """Check that ``name`` can be loaded without waiting on the network; say where it is.
+
+    ``tiny``, a local diffusers directory (with ``model_index.json`` or ``unet/``), an fsspec URI
+    of one, or a Hugging Face id present in the local Hugging Face cache. With ``component``
+    (``unet``), a folder holding just that component (``config.json`` at its root) is accepted.
+    With ``remote`` (the workers run on a cluster, with their own caches) a hub id is only checked
+    for its spelling.
+
+    Raises:
+        ModelLoadError: in seconds, with what to do.
+    """
+    if name == TINY:
+        return "the built-in tiny model"
+    markers = ("model_index.json", "unet") + (("config.json",) if component else ())
+    if "://" in name and not name.startswith("file://"):
+        fs, root = fsspec.core.url_to_fs(name, **(storage_options or {}))
+        if not any(fs.exists(f"{root.rstrip('/')}/{marker}") for marker in markers):
+            raise ModelLoadError(f"{redact_uri(name)} is not a diffusers model directory "
+                                 f"(no {' or '.join(markers)})")
+        return redact_uri(name)
+    local = Path(name.removeprefix("file://")).expanduser()
+    if local.exists():
+        if not local.is_dir() or not any((local / marker).exists() for marker in markers):
+            raise ModelLoadError(f"{name} is not a diffusers model directory "
+                                 f"(no {' or '.join(markers)})")
+        return str(local)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model directory {name} does not exist")
+    if remote:
+        try:
+            validate_repo_id(name)
+        except HFValidationError as error:
+            raise ModelLoadError(f"model {name!r} is not a Hugging Face id: {error}") from None
+        return name
+    snapshot = hub_snapshot(name)
+    if snapshot is None:
+        raise ModelLoadError(
+            f"model {name!r} is neither `tiny`, an existing directory, nor a Hugging Face model in "
+            f"this machine's cache; download it first (`hf download {name}`) or pass a diffusers "
+            "directory (local path or fsspec URI)"
+        )
+    return snapshot

@@ -1,0 +1,80 @@
+"""Checks that run before ``labeler run`` touches the output folder or starts Ray.
+
+Each refuses a user mistake with a one-line :class:`~labeler.errors.UserError`, in seconds and
+without network waits: the device exists, the output is a writable folder (or can be created),
+every model resolves offline (a Hugging Face id: in the local cache, unless ``--address`` puts the
+workers on a cluster with caches of their own), and the method's own resources are usable (SLiMe: the embedding
+set). The input is checked by :func:`labeler.runtime.job.input_items` right after.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fsspec
+
+from labeler.config import JobConfig
+from labeler.errors import UserError
+from labeler.io.uris import redact_uri
+from labeler.models.locate import ModelLoadError, locate_model
+
+
+def preflight(config: JobConfig, storage_options: dict | None = None) -> None:
+    """Refuse a job that cannot run, before anything is written.
+
+    Raises:
+        UserError: what is wrong, naming the setting.
+    """
+    check_device(config.device, remote=config.address is not None)
+    check_output(config.output, storage_options)
+    for name in filter(None, [config.model_name, *config.spec.models(config)]):
+        try:
+            locate_model(name, storage_options, remote=config.address is not None)
+        except ModelLoadError as error:
+            raise UserError(f"--model: {error}") from None
+    config.spec.check(config)
+
+
+def check_device(device: str | None, remote: bool = False) -> None:
+    """``device`` names a device this machine has (``remote``: the workers are elsewhere, so only
+    its spelling is checked)."""
+    if device is None or device == "cpu":
+        return
+    import torch  # only for a device other than the CPU: refusals stay fast
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if remote:
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine "
+                            "(use --device cpu, or --address to run on a cluster with GPUs)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                            "CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: only cpu, cuda and mps devices are supported")
+
+
+def check_output(uri: str, storage_options: dict | None = None) -> None:
+    """The output is a folder (or does not exist yet) and, when local, can be written."""
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    shown = redact_uri(uri)
+    if fs.isfile(root):
+        raise UserError(f"--output {shown} is a file; give a folder (new or a previous run's)")
+    if "file" not in fs.protocol and "local" not in fs.protocol:
+        return
+    path = Path(root)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--output {shown}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output {shown}: {existing} is not writable")

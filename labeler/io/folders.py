@@ -88,6 +88,19 @@ class Folder:
         if self.exists(relative):
             self.fs.rm(self.path(relative), recursive=recursive)
 
+    def remove_temporary(self, relative: str = "") -> int:
+        """Remove staging files (``*.tmp-*``) a killed writer left under ``relative``.
+
+        Only local folders have them (object stores write in one PUT). Call it only while no
+        other process writes here. Returns how many were removed.
+        """
+        if not self.is_local:
+            return 0
+        stale = [path for path in self.files_under(relative) if ".tmp-" in posixpath.basename(path)]
+        for path in stale:
+            _discard(self.fs, self.path(path))
+        return len(stale)
+
     def open(self, relative: str, mode: str = "rb"):
         return self.fs.open(self.path(relative), mode)
 

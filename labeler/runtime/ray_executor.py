@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labeler.config import JobConfig
+from labeler.errors import StorageFaultError
 from labeler.io.folders import Folder
+from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import redact_uri
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import (
@@ -281,6 +283,8 @@ def execute_shards(
     """Process ``shard_ids`` on Ray workers; write completion markers and failure records.
 
     Raises:
+        StorageFaultError: a worker met a disk fault (full, over quota, read-only, no
+            permission): the run stops at once rather than failing every shard the same way.
         WorkersCannotStartError: workers keep dying before they are ready.
         ValueError: the placement cannot be satisfied.
     """
@@ -401,6 +405,9 @@ class _Driver:
         self.events.shard_done(shard_id, value)
 
     def _application_error(self, slot: WorkerSlot, shard_id: str, error: Exception) -> None:
+        fault = disk_fault(getattr(error, "cause", None) or error)
+        if fault is not None:  # a full or read-only disk: every shard would fail the same way
+            raise StorageFaultError(f"shard {shard_id}: {describe_disk_fault(fault)}")
         text = error_text(str(error))
         if shard_id == READY:  # ready() itself raised: treat the worker as unusable
             self._replace(slot, text)

@@ -26,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.io.decode import ImageDecodeError, decode_image
+from labeler.io.decode import DEFAULT_MAX_DECODED_PIXELS, ImageDecodeError, decode_image
 from labeler.io.folders import Folder
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels, Segmenter
+from labeler.methods.label_maps import resize_labels
 from labeler.output import schema
 from labeler.output.rle import encode_label_map
 from labeler.runtime.run_folder import RunFolder
@@ -77,7 +78,8 @@ class ShardRows:
 class Batch:
     """Up to ``batch_size`` decoded images, plus the images that failed before the model."""
 
-    images: list[tuple[dict, np.ndarray]] = field(default_factory=list)
+    images: list[tuple[dict, np.ndarray, tuple[int, int]]] = field(default_factory=list)
+    """(entry, (h, w, 3) pixels, the stored image's (height, width)) per image."""
     failures: list[tuple[dict, str, str]] = field(default_factory=list)
 
 
@@ -293,13 +295,15 @@ class ShardProcessor:
                 continue
             try:
                 options = {"max_pixels": self.max_pixels} if self.max_pixels else {}
-                decoded = decode_image(data, **options)
+                decoded = decode_image(data, max_decoded_pixels=DEFAULT_MAX_DECODED_PIXELS,
+                                       **options)
             except ImageDecodeError as error:
                 batch.failures.append((entry, error.reason, error.detail))
                 continue
             finally:
                 timings["decode"] += time.perf_counter() - decode_started
-            batch.images.append((entry, decoded.pixels))
+            batch.images.append(
+                (entry, decoded.pixels, (decoded.original_height, decoded.original_width)))
             if len(batch.images) == self.batch_size:
                 yield batch
                 batch = Batch()
@@ -307,18 +311,18 @@ class ShardProcessor:
             yield batch
 
     # -- the model -----------------------------------------------------------------------
-    def _label_batch(self, batch: list[tuple[dict, np.ndarray]], rows: ShardRows, shard_id: str,
-                     timings: dict) -> None:
-        images = [pixels for _, pixels in batch]
+    def _label_batch(self, batch: list[tuple[dict, np.ndarray, tuple[int, int]]], rows: ShardRows,
+                     shard_id: str, timings: dict) -> None:
+        images = [pixels for _, pixels, _ in batch]
         started = time.perf_counter()
         outcomes = self._label_isolating(images)
         encode_started = time.perf_counter()
         timings["label"] += encode_started - started
-        for (entry, pixels), outcome in zip(batch, outcomes):
+        for (entry, _, size), outcome in zip(batch, outcomes):
             if isinstance(outcome, ImageFailure):
                 rows.fail(entry, outcome.reason, outcome.detail, shard_id)
             else:
-                self._add_labels(entry, pixels, outcome, rows, shard_id)
+                self._add_labels(entry, size, outcome, rows, shard_id)
         timings["encode"] += time.perf_counter() - encode_started
 
     def _label_isolating(self, images: list[np.ndarray]) -> list[ImageLabels | ImageFailure]:
@@ -357,10 +361,15 @@ class ShardProcessor:
         logger.warning("out of memory on a batch of %d; splitting it (%s)", len(images), detail)
         return self._label_splitting(images[:half]) + self._label_splitting(images[half:])
 
-    def _add_labels(self, entry: dict, pixels: np.ndarray, labels: ImageLabels, rows: ShardRows,
-                    shard_id: str) -> None:
-        height, width = pixels.shape[:2]
-        masks = encode_label_map(labels.label_map, len(labels.category_ids))
+    def _add_labels(self, entry: dict, size: tuple[int, int], labels: ImageLabels,
+                    rows: ShardRows, shard_id: str) -> None:
+        """Record an image's labels at its stored ``(height, width)``: a map of an image the
+        decoder downscaled is scaled back (nearest), in the narrowest integer type."""
+        height, width = size
+        label_map = labels.label_map
+        if label_map.shape != size:
+            label_map = resize_labels(_narrow(label_map, len(labels.category_ids)), height, width)
+        masks = encode_label_map(label_map, len(labels.category_ids))
         count = 0
         for index, (mask, category, score) in enumerate(zip(masks, labels.category_ids, labels.scores)):
             if mask.area == 0:
@@ -406,6 +415,15 @@ class ShardProcessor:
             buffer = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(table_rows, schema=table_schema), buffer)
             run.write_part(shard_id, name, buffer.getvalue())
+
+
+def _narrow(label_map: np.ndarray, n_labels: int) -> np.ndarray:
+    """An (H, W) label map (-1 for none) in int8/int16 when its labels fit: a quarter or half
+    of the memory once scaled up to a huge image's size."""
+    for dtype in (np.int8, np.int16):
+        if n_labels <= np.iinfo(dtype).max:
+            return label_map.astype(dtype, copy=False)
+    return label_map
 
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:

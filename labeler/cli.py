@@ -16,7 +16,7 @@ from labeler.config import JobConfig, build_config, load_job_file
 from labeler.doctor import add_parser as add_doctor
 from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
-from labeler.io.uris import InputError
+from labeler.io.uris import InputError, redact_text
 from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
@@ -192,8 +192,8 @@ def one_line(error: BaseException) -> str:
     """The error's message; an OS error as what failed and where (no errno prefix)."""
     if isinstance(error, OSError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
-        return f"{error.strerror.lower()}{where}"
-    return str(error).strip() or type(error).__name__
+        return redact_text(f"{error.strerror.lower()}{where}")
+    return redact_text(str(error).strip() or type(error).__name__)
 
 
 if __name__ == "__main__":

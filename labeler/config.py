@@ -22,6 +22,7 @@ import tomllib
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
 from labeler.errors import UserError
+from labeler.io.uris import InputError, refuse_uri_credentials
 from labeler.methods.registry import get_method, method_flags, methods
 from labeler.methods.spec import MethodSpec
 from labeler.settings import Settings, describe_error, parse_settings
@@ -56,6 +57,7 @@ class JobConfig(Settings):
     )
 
     def __init__(self, **values: Any) -> None:
+        refuse_credentials(values)
         try:
             super().__init__(**values)
         except ValidationError as error:
@@ -89,6 +91,26 @@ class JobConfig(Settings):
     def fingerprint(self) -> str:
         blob = json.dumps(self.output_settings(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def refuse_credentials(values: Mapping[str, Any], table: str = "") -> None:
+    """Refuse any URI setting with credentials in it (they would reach ``run/config.json``,
+    messages, and workers that cannot use them): one line naming the setting, secret redacted.
+
+    Raises:
+        UserError: a setting holds ``scheme://user:secret@...``.
+    """
+    if isinstance(values, Settings):
+        values = values.model_dump()
+    for name, value in values.items():
+        where = f"[{table}] {name}" if table else f"--{name.replace('_', '-')}"
+        if isinstance(value, str) and "://" in value:
+            try:
+                refuse_uri_credentials(value, where)
+            except InputError as error:
+                raise UserError(str(error)) from None
+        elif isinstance(value, (Mapping, Settings)):
+            refuse_credentials(value, name if not table else f"{table}.{name}")
 
 
 def route_method_settings(values: Mapping[str, Any]) -> dict[str, Any]:

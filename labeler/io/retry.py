@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from labeler.io.uris import redact_uri
+from labeler.io.uris import redact_text, redact_uri
 
 __all__ = ["DEFAULT_RETRY", "DISK_FAULT_ERRNOS", "RetryPolicy", "describe_disk_fault", "disk_fault", "is_transient_error"]
 
@@ -214,7 +214,7 @@ class RetryPolicy:
                     attempt,
                     self.attempts,
                     wait,
-                    redact_uri(f"{type(exc).__name__}: {exc}"),
+                    redact_text(f"{type(exc).__name__}: {exc}"),
                 )
                 if self.on_retry is not None:
                     self.on_retry(attempt, exc)

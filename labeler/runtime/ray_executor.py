@@ -33,7 +33,7 @@ from labeler.config import JobConfig
 from labeler.errors import StorageFaultError
 from labeler.io.folders import Folder
 from labeler.io.retry import describe_disk_fault, disk_fault
-from labeler.io.uris import redact_uri
+from labeler.io.uris import redact_text, redact_uri
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import (
     READY,
@@ -117,7 +117,7 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 def error_text(text: str, limit: int = 4000) -> str:
     """An error for logs and failure records: no terminal colours, no credentials, bounded."""
-    return redact_uri(_ANSI_ESCAPE.sub("", text))[-limit:]
+    return redact_text(_ANSI_ESCAPE.sub("", text))[-limit:]
 
 
 # --------------------------------------------------------------------------------------------

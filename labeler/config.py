@@ -93,7 +93,7 @@ class JobConfig(Settings):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def refuse_credentials(values: Mapping[str, Any], table: str = "") -> None:
+def refuse_credentials(values: Mapping[str, Any]) -> None:
     """Refuse any URI setting with credentials in it (they would reach ``run/config.json``,
     messages, and workers that cannot use them): one line naming the setting, secret redacted.
 
@@ -103,14 +103,14 @@ def refuse_credentials(values: Mapping[str, Any], table: str = "") -> None:
     if isinstance(values, Settings):
         values = values.model_dump()
     for name, value in values.items():
-        where = f"[{table}] {name}" if table else f"--{name.replace('_', '-')}"
+        where = f"--{name.replace('_', '-')}"
         if isinstance(value, str) and "://" in value:
             try:
                 refuse_uri_credentials(value, where)
             except InputError as error:
                 raise UserError(str(error)) from None
         elif isinstance(value, (Mapping, Settings)):
-            refuse_credentials(value, name if not table else f"{table}.{name}")
+            refuse_credentials(value)  # a method's table: its URIs are flags too
 
 
 def route_method_settings(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Writes two SIDE x SIDE PNGs (a few hundred KB each), labels them as one shard at batch 2 with
 DiffSeg on the offline ``tiny`` model, in this process (what a worker does), and prints the peak
 resident memory (``ru_maxrss``), the peak after loading the model, and the sizes recorded for
-the images (which must be the stored ones).
+the images (which must be the stored ones). ``--side 512`` gives the method's own footprint.
 
     .venv/bin/python bench/huge_images.py --side 9400
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,13 +52,20 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=9400)
     parser.add_argument("--work", help="folder for the images and the output (default: a temp one)")
     parser.add_argument("--json", action="store_true", help="last line: the figures as JSON")
+    parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="labeler-huge-"))
-    paths = write_images(work, args.side)
-    baseline = peak_rss_mb()  # the images were made here: this peak is not the worker's
+    if args.write_only:
+        write_images(work, args.side)
+        return
+    # the images are made in another process: this one's peak is the worker's alone
+    subprocess.run([sys.executable, __file__, "--side", str(args.side), "--work", str(work),
+                    "--write-only"], check=True)
+    paths = sorted(work.glob("huge_*.png"))
     config = build_config({}, {"input": str(work), "output": str(work / "out"),
                                "method": "diffseg", "model": "tiny", "device": "cpu"})
     segmenter = build_segmenter(config, "cpu")
+    loaded = peak_rss_mb()
     run = RunFolder(Folder(str(work / "out")))
     shard_id = plan_run(run, [{"uri": str(p)} for p in paths], shard_size=2)["shards"][0]["shard_id"]
     started = time.perf_counter()
@@ -71,7 +80,7 @@ def main() -> None:
         "failed": stats["failed"],
         "coco_sizes": [[row["width"], row["height"]] for row in rows],
         "peak_rss_mb": round(peak_rss_mb()),
-        "peak_rss_before_labeling_mb": round(baseline),
+        "peak_rss_model_loaded_mb": round(loaded),
         "seconds": round(seconds, 1),
         "mean_annotations": float(np.mean([row["n_annotations"] for row in rows])),
     }

@@ -65,7 +65,9 @@ def _default(name: str) -> str:
                 for spec in methods().values()),
             "workers": "one per GPU, one CPU worker without GPUs", "gpus_per_worker": "1",
             "device": "cuda when available", "address": "a local Ray instance",
-            "max_pixels": "the decoder's limit"}.get(name, repr(value))
+            "max_pixels": "the decoder's limit",
+            "allow_protocols": "the input's own protocol; local files under a local input's "
+                               "folder"}.get(name, repr(value))
 
 
 def _method_settings_help() -> str:
@@ -106,10 +108,16 @@ def _add_run(commands) -> None:
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
+    flag("--allow-protocols", "allow_protocols", "protocols the workers may read, comma-separated "
+         "(e.g. s3,https; file: any local path)", type=_comma_list, metavar="LIST")
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="replace an existing output made with other settings (default: refuse)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     run.set_defaults(func=_run)
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _add_status(commands) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from labeler.config import JobConfig
 from labeler.errors import StorageFaultError
 from labeler.io.folders import Folder
+from labeler.io.policy import InputPolicy
 from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import redact_text, redact_uri
 from labeler.runtime.run_folder import RunFolder
@@ -144,8 +145,9 @@ class LabelWorker:
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.categories = segmenter.categories
         self.storage_options = storage_options
-        self.processor = ShardProcessor(segmenter, config.batch_size, config.max_pixels, run_id,
-                                        storage_options, worker=self.info)
+        self.processor = ShardProcessor(
+            segmenter, config.batch_size, config.max_pixels, run_id, storage_options,
+            worker=self.info, policy=InputPolicy.for_input(config.input, config.allow_protocols))
         self._outputs: dict[str, Folder] = {}
 
     def ready(self) -> dict:

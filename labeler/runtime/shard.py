@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from labeler.io.decode import DEFAULT_MAX_DECODED_PIXELS, ImageDecodeError, decode_image
 from labeler.io.folders import Folder
+from labeler.io.policy import InputPolicy
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels, Segmenter
@@ -209,11 +210,15 @@ class ShardProcessor:
         run_id: recorded with every annotation.
         storage_options: fsspec options for reading inputs.
         worker: facts about the worker (host, pid, device) recorded in the shard's stats.
+        policy: which URIs may be read (:mod:`labeler.io.policy`); None: any. A refused image
+            is a failed image (``protocol_not_allowed``, ``outside_input``), never read.
     """
 
     def __init__(self, segmenter, batch_size: int, max_pixels: int | None, run_id: str,
-                 storage_options: dict | None = None, worker: dict | None = None) -> None:
+                 storage_options: dict | None = None, worker: dict | None = None,
+                 policy: InputPolicy | None = None) -> None:
         self.segmenter = segmenter
+        self.policy = policy
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.run_id = run_id
@@ -282,10 +287,15 @@ class ShardProcessor:
     def _batches(self, entries: list[dict], timings: dict) -> Iterator[Batch]:
         """Read and decode the shard's images in order, cut into batches of decoded images."""
         refs = [InputRef.from_dict(e["ref"]) if "ref" in e else InputRef(uri=e["uri"]) for e in entries]
+        refusals = [self.policy.refusal(ref) if self.policy else None for ref in refs]
         window = max(self.batch_size, 16)
-        reads = read_many(refs, storage_options=self.storage_options, window=window)
+        allowed = [ref for ref, refusal in zip(refs, refusals) if refusal is None]
+        reads = read_many(allowed, storage_options=self.storage_options, window=window)
         batch = Batch()
-        for entry in entries:
+        for entry, refusal in zip(entries, refusals):
+            if refusal is not None:  # never read: the input policy does not allow it
+                batch.failures.append((entry, *refusal))
+                continue
             read_started = time.perf_counter()
             _, data = next(reads)
             decode_started = time.perf_counter()

@@ -120,7 +120,7 @@ def read_only(tmp_path):
 
 def test_a_read_only_output_is_refused_in_one_line(photos, read_only):
     _, view = read_only
-    code, out, err = run_cli(*_labels(photos, view / "labels"))
+    code, _, err = run_cli(*_labels(photos, view / "labels"))
     assert code == 2, err
     assert err.count("\n") == 1 and "not writable" in err and "Traceback" not in err
     assert list(view.iterdir()) == []

@@ -131,6 +131,9 @@ def route_method_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(method, str):
         raise UserError(f"method: must be a method name (got {method!r})")
     spec = get_method(method)
+    clashes = {flag.name for flag in spec.flags} & set(JobConfig.model_fields)
+    if clashes:
+        raise ValueError(f"method {spec.name} flags clash with job settings: {sorted(clashes)}")
     for other in methods():
         if other != spec.name and other in values:
             raise UserError(f"[{other}] table given, but this job's method is {spec.name} "

@@ -35,16 +35,12 @@ def register(spec: MethodSpec) -> MethodSpec:
     """Add a method to the table (idempotent for the same spec).
 
     Raises:
-        ValueError: another method already has this name, or one of its flags is a job setting.
+        ValueError: another method already has this name (a flag that clashes with a job setting
+            is refused by :mod:`labeler.config` when a job names the method).
     """
-    from labeler.config import JobConfig  # config imports this module: resolved at call time
-
     existing = _METHODS.get(spec.name)
     if existing is not None and existing != spec:
         raise ValueError(f"a method named {spec.name!r} is already registered")
-    clashes = {flag.name for flag in spec.flags} & set(JobConfig.model_fields)
-    if clashes:
-        raise ValueError(f"method {spec.name} flags clash with job settings: {sorted(clashes)}")
     _METHODS[spec.name] = spec
     return spec
 

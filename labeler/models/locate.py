@@ -8,14 +8,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import fsspec
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import model_info, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 
 from labeler.io.uris import redact_uri
 
 #: The built-in offline model (see :mod:`labeler.models.tiny`).
 TINY = "tiny"
+
+#: Seconds the Hub gets to answer whether a model that is not cached exists.
+HUB_TIMEOUT_SECONDS = 10.0
 
 
 class ModelLoadError(RuntimeError):
@@ -40,7 +49,8 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
     """Check that ``name`` can be loaded without waiting on the network; say where it is.
 
     ``tiny``, a local diffusers directory (with ``model_index.json`` or ``unet/``), an fsspec URI
-    of one, or a Hugging Face id present in the local Hugging Face cache. With ``component``
+    of one, or a Hugging Face id present in the local Hugging Face cache or, unless
+    ``HF_HUB_OFFLINE`` is set, known to the Hub (asked with a short timeout; the workers download it). With ``component``
     (``unet``), a folder holding just that component (``config.json`` at its root) is accepted.
     With ``remote`` (the workers run on a cluster, with their own caches) a hub id is only checked
     for its spelling.
@@ -72,10 +82,33 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
             raise ModelLoadError(f"model {name!r} is not a Hugging Face id: {error}") from None
         return name
     snapshot = hub_snapshot(name)
-    if snapshot is None:
+    if snapshot is not None:
+        return snapshot
+    if hub_constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
             f"model {name!r} is neither `tiny`, an existing directory, nor a Hugging Face model in "
-            f"this machine's cache; download it first (`hf download {name}`) or pass a diffusers "
-            "directory (local path or fsspec URI)"
+            f"this machine's cache (HF_HUB_OFFLINE is set); download it first (`hf download "
+            f"{name}`) or pass a diffusers directory (local path or fsspec URI)"
         )
-    return snapshot
+    return _ask_hub(name)
+
+
+def _ask_hub(name: str) -> str:
+    """A hub id that is not cached: accepted when the Hub says it exists (workers download it)."""
+    try:
+        model_info(name, timeout=HUB_TIMEOUT_SECONDS)
+    except GatedRepoError:
+        raise ModelLoadError(f"model {name!r} is gated on the Hugging Face Hub: accept its licence "
+                             "and log in (`hf auth login`), or pass a local copy") from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"model {name!r} does not exist on the Hugging Face Hub (nor is it "
+                             "`tiny` or an existing directory)") from None
+    except (HFValidationError, ValueError) as error:
+        raise ModelLoadError(f"model {name!r} is not a Hugging Face id: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any network failure means: not reachable now
+        raise ModelLoadError(
+            f"model {name!r} is not in this machine's Hugging Face cache and the Hub cannot be "
+            f"reached ({type(error).__name__}); download it where there is a network (`hf "
+            f"download {name}`) or pass a diffusers directory"
+        ) from None
+    return f"{name} (on the Hugging Face Hub; downloaded by the workers)"

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import torch
 
+from labeler.models import tiny_calibration
+from labeler.models.tiny_calibration import calibrate_unet, calibrate_vae, text_key_directions
+
 logger = logging.getLogger(__name__)
 
 TINY_SEED = 20240101
-TINY_VERSION = 2
-#: Self-attention keys are tied to queries, scaled by this gain (see :func:`_tie_self_attention`).
-SELF_ATTENTION_GAIN = 3.0
+TINY_VERSION = 3
+#: Prompts of 0..N-1 "part" words whose padding rows set the cross-attention key directions.
+CALIBRATION_PROMPTS = 10
 TEXT_WIDTH = 32
 
 UNET_CONFIG = {
@@ -106,26 +109,29 @@ def tiny_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def _config_digest() -> str:
     blob = json.dumps(
-        [UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, SCHEDULER_CONFIG, TINY_SEED, torch.__version__],
+        [UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, SCHEDULER_CONFIG, TINY_SEED, torch.__version__,
+         tiny_calibration.settings()],
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 @torch.no_grad()
-def _tie_self_attention(unet: torch.nn.Module, gain: float) -> None:
-    """Make every self-attention layer compare features: ``W_k = W_q = gain * W_q``.
+def _text_directions(tokenizer, text_encoder) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Sink and feature directions of the text space, from prompts of 0..9 "part" words.
 
-    With a plain random init, attention scores are tiny and every softmax row is nearly uniform
-    (entropy within 0.1% of the maximum), so the maps carry no image structure and DiffSeg merges
-    everything into one segment. Tied query/key weights turn the scores into a feature-similarity
-    kernel, the behaviour trained SD attention shows, so pixels of one colour attend to each other
-    and methods have structure to find. Measured on the flat-colour test images.
+    Returns:
+        sink (D,), features (F, D) (see :func:`text_key_directions`) and the BOS gap
+        ``(bos - mean padding) . sink``.
     """
-    for name, module in unet.named_modules():
-        if name.endswith("attn1"):
-            module.to_q.weight.mul_(gain)
-            module.to_k.weight.copy_(module.to_q.weight)
+    prompts = [" ".join(["part"] * n) for n in range(CALIBRATION_PROMPTS)]
+    ids = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    states = text_encoder(ids)[0]  # (P, 77, D); "part" is 4 byte tokens plus a space byte
+    real = [len(tokenizer(p).input_ids) - 2 for p in prompts]
+    pads = torch.cat([states[p, n + 1:] for p, n in enumerate(real)])
+    sink, features = text_key_directions(states[0, 0], pads)
+    gap = float((states[0, 0] - pads.mean(0)) @ sink)
+    return sink, features, gap
 
 
 def _build_into(target: Path) -> None:
@@ -147,11 +153,13 @@ def _build_into(target: Path) -> None:
         )
         torch.manual_seed(TINY_SEED)
         unet = UNet2DConditionModel(**UNET_CONFIG)
-        _tie_self_attention(unet, SELF_ATTENTION_GAIN)
         torch.manual_seed(TINY_SEED + 1)
         vae = AutoencoderKL(**VAE_CONFIG)
         torch.manual_seed(TINY_SEED + 2)
-        text_encoder = CLIPTextModel(text_config)
+        text_encoder = CLIPTextModel(text_config).eval()
+        calibrate_vae(vae)
+        sink, features, gap = _text_directions(tokenizer, text_encoder)
+        calibrate_unet(unet, sink, features, gap)
         scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
 
         unet.save_pretrained(staging / "unet")

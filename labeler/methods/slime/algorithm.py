@@ -240,6 +240,25 @@ def postprocess_patch(
     return maps
 
 
+def patch_timesteps(timestep_range: tuple[int, int], generators: Sequence[torch.Generator]) -> Tensor:
+    """One inference timestep per patch: the single value, or a draw from each patch's generator.
+
+    A fixed timestep draws nothing, so the generators' VAE samples and noise are the same
+    whether or not a range is in use (the draw comes after them).
+
+    Args:
+        timestep_range: inclusive ``(low, high)``.
+        generators: one per patch.
+
+    Returns:
+        (P,) int64 timesteps.
+    """
+    low, high = timestep_range
+    if low == high:
+        return torch.full((len(generators),), low, dtype=torch.long)
+    return torch.stack([torch.randint(low, high + 1, (), generator=g) for g in generators]).long()
+
+
 def iou(prediction: np.ndarray, target: np.ndarray) -> float:
     """IoU of two boolean masks, as the reference (``|P & T| / (|P | T| + 1e-7)``)."""
     return mask_iou(prediction, target, smoothing=1e-7)

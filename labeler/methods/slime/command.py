@@ -71,6 +71,12 @@ def _add_fit(commands) -> None:
     group.add_argument("--rotation", type=float, help="max rotation in degrees (30; faces: 10)")
     group.add_argument("--no-augment", action="store_false", dest="augment", default=None,
                        help="no flip/blur/crop/rotation")
+    group.add_argument("--resize", choices=["float", "reference"],
+                       help="resize to the fit size: float bilinear (default) or reference "
+                            "(OpenCV uint8 INTER_LINEAR, as the official code); recorded for labeler run")
+    group.add_argument("--no-antialias", action="store_false", dest="antialias", default=None,
+                       help="float resize without antialiasing (the official code never "
+                            "antialiases); recorded for labeler run")
     group.add_argument("--bgr", action="store_const", const="bgr", dest="channel_order",
                        help="feed the VAE BGR like the reference code (default RGB)")
     group.add_argument("--prompt", help="prompt whose positions 1..K-1 are learned (default: 'part' x K)")
@@ -141,7 +147,8 @@ def _fit(args: argparse.Namespace) -> int:
     validate_classes(classes)
     _refuse_existing(args.output, args.overwrite)
     keys = ("epochs", "lr", "train_t", "mse_weight", "sd_weight", "guidance", "mask_size", "fit_size",
-            "min_crop_ratio", "rotation", "augment", "channel_order", "seed", "prompt", "select_best")
+            "min_crop_ratio", "rotation", "augment", "antialias", "resize", "channel_order", "seed",
+            "prompt", "select_best")
     given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     if "train_t" in given:
         given["train_t"] = tuple(given["train_t"])

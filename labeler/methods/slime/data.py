@@ -13,9 +13,13 @@ refused with a message saying so.
 
 The augmentations follow the reference's training pipeline (README section "SLiMe", row "augmentation"),
 driven by one seeded ``torch.Generator``: resize to the fit size, horizontal flip (p=0.5),
-Gaussian blur (kernel 1, 3 or 5, p=0.5, image only), a random square crop of side
+Gaussian blur (p=0.5, image only; kernel 1 with probability 0.2, 3 or 5 with 0.4 each, as the
+reference's draw of an odd size from 1..5), a random square crop of side
 U[min_crop_ratio, 1) x size that keeps > 30% of one target class's pixels, resize back, rotation
 (p=0.5, +-30 degrees, zero border), and the mask nearest-resized to the loss resolution.
+Resizes are bilinear in float (antialiased by default) or, with ``resize="reference"``, OpenCV's
+uint8 ``INTER_LINEAR`` as the reference (the blurred image is then rounded to whole grey levels
+before the crop is resized back, as the reference's uint8 pipeline does).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from labeler.io.decode import (
 from labeler.io.listing import list_files
 from labeler.io.reading import read_file
 from labeler.io.uris import split_uri_credentials
+from labeler.methods.preprocess import RESIZE_MODES, resize_image, resize_reference
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +247,8 @@ class AugmentSettings:
         crop_min_fraction: the crop keeps more than this fraction of the target class's pixels.
         crop_tries: crop draws before the best one so far is taken (the reference loops forever).
         enabled: False = only resize (no augmentation).
+        resize: ``float`` or ``reference`` (see :func:`labeler.methods.preprocess.resize_image`),
+            for the crop resized back to ``size``.
     """
 
     size: int = 512
@@ -254,25 +261,33 @@ class AugmentSettings:
     crop_min_fraction: float = 0.3
     crop_tries: int = 100
     enabled: bool = True
+    resize: str = "float"
 
     def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if not 0 < self.min_crop_ratio <= 1:
             raise ValueError("min_crop_ratio must be in (0, 1]")
         if self.size < 8 or self.mask_size < 1:
             raise ValueError("size and mask_size must be positive")
 
 
-def prepare(sample: AnnotatedImage, size: int) -> tuple[Tensor, Tensor]:
+def prepare(
+    sample: AnnotatedImage, size: int, antialias: bool = True, resize: str = "float"
+) -> tuple[Tensor, Tensor]:
     """Resize an annotated image once to the fit size (image bilinear, mask nearest).
+
+    Args:
+        antialias, resize: see :func:`labeler.methods.preprocess.resize_image` (the same
+            resize as ``labeler run``'s).
 
     Returns:
         image (3, size, size) float32 in [0, 255] and mask (size, size) int64.
     """
-    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float()
-    image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    image = resize_image(sample.image, size, antialias, resize)
     mask = torch.from_numpy(sample.mask)[None, None].float()
     mask = F.interpolate(mask, size=(size, size), mode="nearest")
-    return image[0].clamp(0, 255), mask[0, 0].long()
+    return image.clamp(0, 255), mask[0, 0].long()
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -282,6 +297,24 @@ def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) ->
 def _randint(generator: torch.Generator, low: int, high: int) -> int:
     """Uniform integer in [low, high] (inclusive)."""
     return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def blur_kernel_size(generator: torch.Generator) -> int:
+    """The reference's blur kernel draw: uniform in 1..5, an even size rounded up to odd.
+
+    So 1 with probability 0.2, 3 and 5 with 0.4 each (albumentations ``GaussianBlur`` with
+    ``blur_limit=(1, 5)``).
+    """
+    size = _randint(generator, 1, 5)
+    return size if size % 2 else size + 1
+
+
+def _resize_crop(image: Tensor, size: int, resize: str) -> Tensor:
+    """A (3, h, w) float crop in [0, 255] resized to (3, size, size), as :func:`prepare`."""
+    if resize == "reference":
+        grey = image.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        return torch.from_numpy(resize_reference(grey, size, size)).permute(2, 0, 1).float()
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
 
 
 def gaussian_blur(image: Tensor, kernel: int) -> Tensor:
@@ -357,13 +390,13 @@ def augment(
         if _uniform(generator) < settings.flip_p:
             image, mask = image.flip(-1), mask.flip(-1)
         if _uniform(generator) < settings.blur_p:
-            image = gaussian_blur(image, (1, 3, 5)[_randint(generator, 0, 2)])
+            image = gaussian_blur(image, blur_kernel_size(generator))
         side = max(1, int(_uniform(generator, settings.min_crop_ratio, 1.0) * size))
         top, left = choose_crop(mask, target, side, generator, settings.crop_min_fraction, settings.crop_tries)
         image = image[:, top : top + side, left : left + side]
         mask = mask[top : top + side, left : left + side]
         if side != size:
-            image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            image = _resize_crop(image, size, settings.resize)
             mask = F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
         if _uniform(generator) < settings.rotate_p:
             image, mask = rotate(image, mask, _uniform(generator, -settings.rotation, settings.rotation))

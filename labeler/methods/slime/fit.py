@@ -26,6 +26,7 @@ from torch import Tensor
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
 from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
+from labeler.methods.preprocess import RESIZE_MODES
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities, mean_iou_present
 from labeler.methods.slime.data import AnnotatedImage, AugmentSettings, augment, prepare
 from labeler.methods.slime.embedding_set import (
@@ -56,6 +57,12 @@ class FitSettings:
         fit_size: the model input side during the fit; None = the model's native size (512 for
             SD). Smaller sizes are much cheaper and meant for CPU tests and quick trials.
         min_crop_ratio, rotation, augment: see :class:`labeler.methods.slime.data.AugmentSettings`.
+        antialias: antialias the resize to the fit size (float resize only; the reference does
+            not antialias).
+        resize: ``float`` (bilinear in float32) or ``reference`` (OpenCV uint8 ``INTER_LINEAR``,
+            as the reference), for the resize to the fit size and the crop resized back.
+            Both are recorded in the set's inference settings, so ``labeler run`` resizes as
+            the fit did unless the job says otherwise.
         channel_order: ``rgb`` (default) or ``bgr`` (the reference's cv2 reading; its released
             embeddings expect it).
         seed: seeds augmentations, timesteps, noise, VAE samples and the image order.
@@ -76,6 +83,8 @@ class FitSettings:
     min_crop_ratio: float = 0.8
     rotation: float = 30.0
     augment: bool = True
+    antialias: bool = True
+    resize: str = "float"
     channel_order: str = "rgb"
     seed: int = 0
     prompt: str | None = None
@@ -88,6 +97,8 @@ class FitSettings:
             raise ValueError(f"train_t must be an inclusive range within [0, 999], got {self.train_t}")
         if self.epochs < 1 or self.lr <= 0:
             raise ValueError("epochs must be >= 1 and lr > 0")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError("channel_order must be rgb or bgr")
         if self.fit_size is not None and (self.fit_size < 64 or self.fit_size % 64):
@@ -179,7 +190,7 @@ class SlimeFitter:
         self.size = settings.fit_size or backbone.image_size
         self.augment_settings = AugmentSettings(
             size=self.size, mask_size=settings.mask_size, min_crop_ratio=settings.min_crop_ratio,
-            rotation=settings.rotation, enabled=settings.augment,
+            rotation=settings.rotation, enabled=settings.augment, resize=settings.resize,
         )
         self.generator = torch.Generator().manual_seed(settings.seed)
 
@@ -284,7 +295,8 @@ def fit_embedding_set(
     if not samples:
         raise ValueError("no annotated images to fit on")
     fitter = SlimeFitter(backbone, classes, settings)
-    prepared = [prepare(sample, fitter.size) for sample in samples]
+    prepared = [prepare(sample, fitter.size, settings.antialias, settings.resize) for sample in samples]
+    inference = recorded_inference(settings, inference)
     order_generator = np.random.default_rng(settings.seed)
     total_steps = settings.epochs * len(samples)
     started = time.perf_counter()
@@ -309,7 +321,7 @@ def fit_embedding_set(
     seconds = time.perf_counter() - started
     embeddings = best.embeddings if best.embeddings is not None else fitter.embeddings.detach().cpu().clone()
     provenance = _provenance(backbone, samples, settings, history, seconds, best)
-    result = fitter.embedding_set(model_name or backbone.name, inference or default_inference(), provenance)
+    result = fitter.embedding_set(model_name or backbone.name, inference, provenance)
     result.embeddings = embeddings
     logger.info("fit %d steps in %.1f s; final loss %.4f", total_steps, seconds, history[-1]["total"])
     return result
@@ -318,6 +330,13 @@ def fit_embedding_set(
 def default_inference() -> dict:
     """The inference settings a new set records (the reference's)."""
     return recorded_inference_defaults()
+
+
+def recorded_inference(settings: FitSettings, inference: dict | None = None) -> dict:
+    """The inference settings a fitted set records: ``inference`` (default: the reference's)
+    with the fit's resize (``resize``, ``antialias``), so ``labeler run`` resizes as the fit."""
+    return {**(inference or default_inference()), "resize": settings.resize,
+            "antialias": settings.antialias}
 
 
 class _BestTracker:

@@ -22,6 +22,7 @@ from labeler.methods.slime.algorithm import (
     gate_classes,
     inference_class_values,
     patch_grid,
+    patch_timesteps,
     postprocess_patch,
 )
 from labeler.methods.slime.settings import REFERENCE_CANVAS, SlimeOptions
@@ -112,7 +113,8 @@ class Slime:
 
         Args:
             pixels: (P, 3, S, S) in [-1, 1] at the model input size, channel order already applied.
-            generators: one CPU generator per patch (VAE sample and noise).
+            generators: one CPU generator per patch (VAE sample, noise, then the timestep
+                when ``timestep`` is a range).
 
         Returns:
             class maps (P, K, h, w) (the normalisation in use), WAS (P, K, h, w) and keep (P, K)
@@ -122,8 +124,7 @@ class Slime:
         with self.timer.stage("vae_encode"):
             latents = backbone.encode_images(pixels, generators, sample=not self.options.posterior_mean)
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
-        timesteps = torch.full((len(pixels),), self.options.timestep, dtype=torch.long,
-                               device=latents.device)
+        timesteps = patch_timesteps(self.options.timestep_range(), generators).to(latents.device)
         noisy = backbone.scheduler.add_noise(latents.float(), noise.to(latents.device), timesteps)
         context = self.context.expand(len(pixels), -1, -1)
         self.store.reset()
@@ -142,7 +143,8 @@ class Slime:
         """(n_patches, 3, S, S) model input of one image's patches, in [-1, 1]."""
         from labeler.methods.preprocess import images_to_model_input
 
-        whole = images_to_model_input([image], self.input_size, self.options.antialias)
+        whole = images_to_model_input([image], self.input_size, self.options.antialias,
+                                      self.options.resize)
         if self.channel_order == "bgr":
             whole = whole.flip(1)
         patches = []

@@ -7,6 +7,7 @@ The defaults are the reference code's; an embedding set records some of them at 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -22,7 +23,9 @@ class SlimeOptions(Settings):
     """SLiMe inference settings (reference defaults; the embedding set may record others).
 
     Attributes:
-        timestep: the single UNet timestep (reference ``--test_t 100``).
+        timestep: the UNet timestep (reference ``--test_t 100``), or an inclusive range
+            ``(low, high)`` from which one timestep is drawn per patch, from the patch's seeded
+            generator (the reference's ``--test_t LOW HIGH``). A TOML list ``[low, high]``.
         patches_per_side: n of the n x n patch grid (reference 2; its PASCAL configs use 1).
         patch_size: patch side in the reference's 512-pixel units, scaled to the actual model
             input size; None = 400 (reference 400; its PASCAL configs use 512).
@@ -43,6 +46,9 @@ class SlimeOptions(Settings):
         channel_order: ``rgb`` or ``bgr`` input to the VAE; None = what the set was fit with.
         antialias: antialias the resize of large images to the model size (the reference does
             not; without it large photos alias).
+        resize: ``float`` (bilinear in float32, ``antialias`` applies) or ``reference`` (OpenCV
+            uint8 ``INTER_LINEAR`` rounded to whole grey levels, as the reference; see
+            :func:`labeler.methods.preprocess.resize_image`).
         max_label_side: labels are computed at the original size capped at this side, then
             nearest-resized to the original size.
         input_size: the model input side; None = the model's native size (512 for SD).
@@ -50,7 +56,7 @@ class SlimeOptions(Settings):
         was_impl: ``fused`` (default) or ``explicit`` WAS-attention.
     """
 
-    timestep: int = Field(100, ge=0, le=999)
+    timestep: int | tuple[int, int] = 100
     patches_per_side: int = Field(2, ge=1)
     patch_size: int | None = Field(None, ge=1, le=REFERENCE_CANVAS)
     cover_edges: bool = True
@@ -63,10 +69,26 @@ class SlimeOptions(Settings):
     posterior_mean: bool = False
     channel_order: Literal["rgb", "bgr"] | None = None
     antialias: bool = True
+    resize: Literal["float", "reference"] = "float"
     max_label_side: int = Field(1024, ge=1)
     input_size: int | None = Field(None, ge=64, multiple_of=64)
     patch_batch: int = Field(8, ge=1)
     was_impl: Literal["fused", "explicit"] = "fused"
+
+    @field_validator("timestep", mode="before")
+    @classmethod
+    def _timestep_or_range(cls, value: Any) -> int | tuple[int, int]:
+        """An int in [0, 999] or an inclusive ``[low, high]`` range within it (``[t, t]`` is t)."""
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2 or not all(_is_int(v) for v in value):
+                raise ValueError(f"must be an integer or [low, high] (got {list(value)!r})")
+            low, high = (int(v) for v in value)
+            if not 0 <= low <= high <= 999:
+                raise ValueError(f"range must satisfy 0 <= low <= high <= 999 (got {list(value)!r})")
+            return low if low == high else (low, high)
+        if not _is_int(value) or not 0 <= value <= 999:
+            raise ValueError(f"must be an integer in [0, 999] or [low, high] (got {value!r})")
+        return int(value)
 
     @field_validator("patch_threshold")
     @classmethod
@@ -87,6 +109,17 @@ class SlimeOptions(Settings):
             "background_threshold": False, "threshold_first_kept": False, "rescale": False,
             "normalization": "classes",
         })
+
+
+    def timestep_range(self) -> tuple[int, int]:
+        """The inclusive timestep range (low == high for a single timestep)."""
+        if isinstance(self.timestep, tuple):
+            return self.timestep
+        return self.timestep, self.timestep
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 #: The inference settings a new embedding set records (fit or import): the reference's.

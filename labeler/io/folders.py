@@ -96,7 +96,12 @@ class Folder:
         """
         if not self.is_local:
             return 0
-        stale = [path for path in self.files_under(relative) if ".tmp-" in posixpath.basename(path)]
+        try:
+            stale = [path for path in self.files_under(relative)
+                     if ".tmp-" in posixpath.basename(path)]
+        except OSError as error:  # an unreadable folder: the caller's own error matters more
+            logger.warning("could not look for temporary files in %s: %s", self.uri, error)
+            return 0
         for path in stale:
             _discard(self.fs, self.path(path))
         return len(stale)

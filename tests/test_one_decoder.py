@@ -22,6 +22,7 @@ from labeler.preview.build import build_preview
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
+from labeler.timing import StageTimer
 from tests._output_fixture import bbox, rle
 
 ORIENTATION = 0x0112
@@ -34,6 +35,8 @@ class RecordingSegmenter:
 
     def __init__(self) -> None:
         self.seen: list[np.ndarray] = []
+        self.timer = StageTimer()  # the Segmenter protocol: stage timings and device
+        self.device = "cpu"
 
     def provenance(self) -> dict:
         return {"method": "test", "model": "none"}

@@ -16,7 +16,7 @@ from labeler.config import JobConfig, build_config, load_job_file
 from labeler.doctor import add_parser as add_doctor
 from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
-from labeler.io.uris import InputError
+from labeler.io.uris import InputError, redact_text
 from labeler.methods.diffews.command import add_parser as add_diffews
 from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
@@ -73,7 +73,9 @@ def _default(name: str) -> str:
             "workers": "one per GPU, one CPU worker without GPUs", "gpus_per_worker": "1",
             "cpus_per_worker": "the CPUs per GPU for GPU workers, 1 for CPU workers",
             "device": "cuda when available", "address": "a local Ray instance",
-            "max_pixels": "the decoder's limit"}.get(name, repr(value))
+            "max_pixels": "the decoder's limit",
+            "allow_protocols": "the input's own protocol; local files under a local input's "
+                               "folder"}.get(name, repr(value))
 
 
 def _method_settings_help() -> str:
@@ -116,6 +118,8 @@ def _add_run(commands) -> None:
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
+    flag("--allow-protocols", "allow_protocols", "protocols the workers may read, comma-separated "
+         "(e.g. s3,https; file: any local path)", type=_comma_list, metavar="LIST")
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="replace an existing output made with other settings (default: refuse)")
     run.add_argument("--wait-lock", action="store_true", default=None,
@@ -130,6 +134,10 @@ def _add_run(commands) -> None:
                      help="check the settings, count the input, load the model and time one "
                           "image; write nothing")
     run.set_defaults(func=_run)
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _add_status(commands) -> None:
@@ -245,8 +253,8 @@ def one_line(error: BaseException) -> str:
     """The error's message; an OS error as what failed and where (no errno prefix)."""
     if isinstance(error, OSError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
-        return f"{error.strerror.lower()}{where}"
-    return str(error).strip() or type(error).__name__
+        return redact_text(f"{error.strerror.lower()}{where}")
+    return redact_text(str(error).strip() or type(error).__name__)
 
 
 if __name__ == "__main__":

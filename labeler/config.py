@@ -16,15 +16,19 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import tomllib
-from pydantic import Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import Field, SerializeAsAny, StringConstraints, ValidationError, model_validator
 
 from labeler.errors import UserError
+from labeler.io.uris import InputError, refuse_uri_credentials
 from labeler.methods.registry import get_method, method_flags, methods
 from labeler.methods.spec import MethodSpec
 from labeler.settings import Settings, describe_error, parse_settings
+
+#: A protocol name for ``allow_protocols``: ``s3``, ``https``, ``file``, ...
+_PROTOCOL = r"^[a-z][a-z0-9+.\-]*$"
 
 
 class JobConfig(Settings):
@@ -41,6 +45,8 @@ class JobConfig(Settings):
     seed: int = 0
     shard_size: int = Field(256, ge=1)
     max_pixels: int | None = Field(None, ge=1)
+    allow_protocols: tuple[Annotated[str, StringConstraints(pattern=_PROTOCOL)], ...] | None = None
+    """Protocols the workers may read (see :mod:`labeler.io.policy`); None: the input's own."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     settings: SerializeAsAny[Settings]
     # scale and placement: may change between a run and its resume
@@ -65,6 +71,7 @@ class JobConfig(Settings):
     )
 
     def __init__(self, **values: Any) -> None:
+        refuse_credentials(values)
         try:
             super().__init__(**values)
         except ValidationError as error:
@@ -92,12 +99,34 @@ class JobConfig(Settings):
         """The settings that change the output (what the fingerprint covers)."""
         settings = self.model_dump(mode="json", exclude={*self.SCALE_KEYS, "output", "settings"})
         settings["model"] = self.model_name or None
+        if self.allow_protocols is None:  # the default policy: fingerprints of older runs stand
+            del settings["allow_protocols"]
         settings[self.method] = self.spec.fingerprint(self.settings)
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.output_settings(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def refuse_credentials(values: Mapping[str, Any]) -> None:
+    """Refuse any URI setting with credentials in it (they would reach ``run/config.json``,
+    messages, and workers that cannot use them): one line naming the setting, secret redacted.
+
+    Raises:
+        UserError: a setting holds ``scheme://user:secret@...``.
+    """
+    if isinstance(values, Settings):
+        values = values.model_dump()
+    for name, value in values.items():
+        where = f"--{name.replace('_', '-')}"
+        if isinstance(value, str) and "://" in value:
+            try:
+                refuse_uri_credentials(value, where)
+            except InputError as error:
+                raise UserError(str(error)) from None
+        elif isinstance(value, (Mapping, Settings)):
+            refuse_credentials(value)  # a method's table: its URIs are flags too
 
 
 def route_method_settings(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,3 +8,10 @@ class UserError(ValueError):
 
     A ValueError, so library callers that catch bad values keep working.
     """
+
+
+class StorageFaultError(UserError):
+    """The storage itself refuses writes (full disk or quota, read-only, no permission).
+
+    Permanent and the same for every shard, so the run stops at once: one line, exit 2.
+    """

@@ -77,8 +77,9 @@ def test_manifest_and_parquet_inputs_get_stable_unique_names(labeled, tmp_path):
     manifest = tmp_path / "list.txt"
     manifest.write_text(f"{folder}/cats/a.jpg\n{folder}/dogs/a.jpg\n")
     output = tmp_path / "from-manifest"
+    # the images are outside the manifest's folder: the input policy must allow local paths
     code, text = cli("run", "--method", "diffseg", "--model", "tiny", "--input", str(manifest),
-                     "--output", str(output), "--no-progress")
+                     "--output", str(output), "--allow-protocols", "file", "--no-progress")
     assert code == 0, text
     coco = json.loads((output / "coco.json").read_text())
     assert [i["file_name"] for i in coco["images"]] == ["00000001_a.jpg", "00000002_a.jpg"]

@@ -84,6 +84,11 @@ def select_layers(
     ]
 
 
+def is_selector(text: object) -> bool:
+    """Whether ``text`` is a well-formed layer selector (``block/kind/side[:n]``)."""
+    return isinstance(text, str) and _SELECTOR.match(text) is not None
+
+
 def resolve_layers(unet, selectors: Sequence[str]) -> list[str]:
     """Processor keys of the layers a list of selectors names, in execution order.
 

@@ -42,6 +42,14 @@ Policies (documented choices)
   whose shorter side is below ``min_side`` (default :data:`DEFAULT_MIN_SIDE` = 8 px) fail with
   ``too_small``: Stable Diffusion works on a 64x64 latent of a 512x512 resize, and such slivers
   produce meaningless labels. Pass ``min_side=1`` to accept every non-empty image.
+* **Memory bound.** With ``max_decoded_pixels`` (the runtime passes
+  :data:`DEFAULT_MAX_DECODED_PIXELS`, 16.8 Mpx) a larger image is downscaled while it is decoded:
+  a JPEG through Pillow's ``draft`` (the decoder itself works at 1/2, 1/4 or 1/8 scale), any
+  other format by an integer box ``reduce`` right after its pixel data is read, before the RGB
+  conversion. One image then holds at most Pillow's buffer of the stored pixels (bounded by
+  ``max_pixels``) while decoding and at most ``max_decoded_pixels`` afterwards.
+  ``original_width``/``original_height`` keep the upright stored size, at which labels are
+  reported.
 * **Truncation** is always a failure (``truncated``): Pillow's ``LOAD_TRUNCATED_IMAGES`` is never
   enabled, so a half-downloaded JPEG is never returned gray-filled. A PNG or GIF missing only its
   trailer (``IEND`` / ``;``) after complete pixel data decodes normally.
@@ -53,6 +61,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -78,6 +87,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS: Final[int] = 89_478_485
 """Default pixel limit (width * height), equal to Pillow's ``MAX_IMAGE_PIXELS`` default."""
+
+DEFAULT_MAX_DECODED_PIXELS: Final[int] = 4096 * 4096
+"""Default per-image memory bound: images with more pixels are downscaled while decoding to at
+most this many (16.8 Mpx, 50 MB as RGB). Methods see 512 px and label at <= 1024 px per side."""
 
 DEFAULT_MIN_SIDE: Final[int] = 8
 """Default minimum length of the shorter side, in pixels (see module docstring)."""
@@ -126,6 +139,9 @@ _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
 
 _BMP_HEADER_SIZES: Final[frozenset[int]] = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _TRANSPARENT_MODES: Final[frozenset[str]] = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_REDUCIBLE_MODES: Final[frozenset[str]] = frozenset(
+    {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"}
+)
 _DETAIL_MAX_CHARS: Final[int] = 300
 _HEADER_PAD: Final[bytes] = bytes(64 * 1024)
 
@@ -162,6 +178,9 @@ class DecodedImage:
         height: height of the upright image in pixels (``pixels.shape[0]``).
         format: the container format Pillow detected (``"JPEG"``, ``"PNG"``, ...).
         orientation: the EXIF orientation (1-8) that was applied; 1 when none.
+        original_width, original_height: the upright size of the stored image. The same as
+            ``width``/``height`` unless the image was downscaled while decoding (above
+            ``max_decoded_pixels``); labels are reported at this size.
     """
 
     pixels: np.ndarray
@@ -169,6 +188,19 @@ class DecodedImage:
     height: int
     format: str = ""
     orientation: int = 1
+    original_width: int = 0
+    original_height: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.original_width:
+            object.__setattr__(self, "original_width", self.width)
+        if not self.original_height:
+            object.__setattr__(self, "original_height", self.height)
+
+    @property
+    def downscaled(self) -> bool:
+        """Whether the pixels are smaller than the stored image."""
+        return (self.width, self.height) != (self.original_width, self.original_height)
 
 
 def has_image_extension(name: str) -> bool:
@@ -220,6 +252,8 @@ def _unsupported_format(data: bytes) -> str | None:
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 return str(im.format)
+    except Image.DecompressionBombError as exc:  # e.g. an ICO holding a huge PNG, renamed .png
+        raise ImageDecodeError("too_many_pixels", _detail(exc)) from None
     except Exception:  # noqa: BLE001 - identification only; any failure means "unknown"
         return None
 
@@ -414,6 +448,54 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return arr
 
 
+def _reduction_factor(width: int, height: int, max_decoded_pixels: int) -> int:
+    """The smallest integer factor f with (width / f) * (height / f) <= max_decoded_pixels."""
+    factor = max(1, math.isqrt(max(0, width * height - 1) // max_decoded_pixels))
+    while math.ceil(width / factor) * math.ceil(height / factor) > max_decoded_pixels:
+        factor += 1
+    return factor
+
+
+def _draft(im: Image.Image, max_decoded_pixels: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when the full size is above the bound."""
+    width, height = im.size
+    if im.format not in ("JPEG", "MPO") or width * height <= max_decoded_pixels:
+        return
+    factor = _reduction_factor(width, height, max_decoded_pixels)
+    im.draft(im.mode, (math.ceil(width / factor), math.ceil(height / factor)))
+
+
+def _reduce_image(im: Image.Image, max_decoded_pixels: int) -> Image.Image:
+    """A loaded image box-downscaled by an integer factor to at most ``max_decoded_pixels``.
+
+    Palette and bilevel images are converted first (averaging palette indices is meaningless);
+    modes :meth:`PIL.Image.Image.reduce` does not handle (16-bit) are left to
+    :func:`_reduce_array` after conversion.
+    """
+    width, height = im.size
+    if width * height <= max_decoded_pixels:
+        return im
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "PA":
+        im = im.convert("RGBA")
+    elif im.mode == "1":
+        im = im.convert("L")
+    if im.mode not in _REDUCIBLE_MODES:
+        return im
+    return im.reduce(_reduction_factor(width, height, max_decoded_pixels))
+
+
+def _reduce_array(pixels: np.ndarray, max_decoded_pixels: int) -> np.ndarray:
+    """An (H, W, 3) uint8 array box-downscaled to at most ``max_decoded_pixels`` (a no-op when
+    it fits)."""
+    height, width = pixels.shape[:2]
+    if width * height <= max_decoded_pixels:
+        return pixels
+    factor = _reduction_factor(width, height, max_decoded_pixels)
+    return np.asarray(Image.fromarray(pixels).reduce(factor))
+
+
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation to an (H, W) or (H, W, C) array (as Pillow's ``exif_transpose``).
 
@@ -454,6 +536,7 @@ def decode_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
+    max_decoded_pixels: int | None = None,
 ) -> DecodedImage:
     """Decode image bytes into an upright RGB ``uint8`` array.
 
@@ -462,6 +545,10 @@ def decode_image(
         max_pixels: refuse images whose header declares more than this many pixels
             (``width * height``) with reason ``too_many_pixels``, before decoding any pixel.
         min_side: refuse images whose shorter side is below this many pixels (``too_small``).
+        max_decoded_pixels: the per-image memory bound: a larger image is downscaled while
+            decoding (JPEG: Pillow's ``draft`` at 1/2-1/8 scale; others: an integer box reduce
+            right after the pixel data is read) to at most this many pixels. None: no bound
+            (every pixel is kept). ``original_width``/``original_height`` keep the stored size.
 
     Returns:
         The decoded image; see :class:`DecodedImage` and the module docstring for the policies
@@ -470,10 +557,10 @@ def decode_image(
     Raises:
         ImageDecodeError: the bytes cannot be turned into an image; ``reason`` is one of
             :data:`DECODE_FAILURE_REASONS`.
-        ValueError: ``max_pixels`` or ``min_side`` is not positive.
+        ValueError: ``max_pixels``, ``min_side`` or ``max_decoded_pixels`` is not positive.
     """
-    if max_pixels < 1 or min_side < 1:
-        raise ValueError("max_pixels and min_side must be >= 1")
+    if max_pixels < 1 or min_side < 1 or (max_decoded_pixels is not None and max_decoded_pixels < 1):
+        raise ValueError("max_pixels, min_side and max_decoded_pixels must be >= 1")
     if not data:
         raise ImageDecodeError("empty_file", "zero bytes")
     data = bytes(data)
@@ -491,10 +578,12 @@ def decode_image(
             raise ImageDecodeError(
                 "too_small", f"{width}x{height}: shorter side is below {min_side} pixels"
             )
+        bound = max_decoded_pixels or width * height
+        _draft(im, bound)
         _load(im, data)
         orientation = exif_orientation(im)
         try:
-            pixels = _to_rgb_array(im)
+            pixels = _reduce_array(_to_rgb_array(_reduce_image(im, bound)), bound)
         except (ImageDecodeError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. lazy decoders failing on conversion
@@ -506,6 +595,9 @@ def decode_image(
 
     pixels = apply_orientation(pixels, orientation)
     out_h, out_w = pixels.shape[:2]
+    if orientation >= 5:  # a quarter turn: the upright image is the stored one transposed
+        width, height = height, width
     return DecodedImage(
-        pixels=pixels, width=int(out_w), height=int(out_h), format=fmt, orientation=orientation
+        pixels=pixels, width=int(out_w), height=int(out_h), format=fmt, orientation=orientation,
+        original_width=int(width), original_height=int(height),
     )

@@ -11,11 +11,14 @@ caller's choice (:class:`labeler.io.retry.RetryPolicy` around the calls, as the 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import uuid
 from collections.abc import Iterator
 
 from labeler.io.uris import open_fs
+
+logger = logging.getLogger(__name__)
 
 
 class Folder:
@@ -54,9 +57,13 @@ class Folder:
         if self.is_local:
             self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
             staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with self.fs.open(staging, "wb") as handle:
-                handle.write(data)
-            self.fs.mv(staging, target)
+            try:
+                with self.fs.open(staging, "wb") as handle:
+                    handle.write(data)
+                self.fs.mv(staging, target)
+            except BaseException:
+                _discard(self.fs, staging)
+                raise
         else:
             self.fs.pipe_file(target, data)
 
@@ -80,6 +87,24 @@ class Folder:
     def remove(self, relative: str, recursive: bool = False) -> None:
         if self.exists(relative):
             self.fs.rm(self.path(relative), recursive=recursive)
+
+    def remove_temporary(self, relative: str = "") -> int:
+        """Remove staging files (``*.tmp-*``) a killed writer left under ``relative``.
+
+        Only local folders have them (object stores write in one PUT). Call it only while no
+        other process writes here. Returns how many were removed.
+        """
+        if not self.is_local:
+            return 0
+        try:
+            stale = [path for path in self.files_under(relative)
+                     if ".tmp-" in posixpath.basename(path)]
+        except OSError as error:  # an unreadable folder: the caller's own error matters more
+            logger.warning("could not look for temporary files in %s: %s", self.uri, error)
+            return 0
+        for path in stale:
+            _discard(self.fs, self.path(path))
+        return len(stale)
 
     def open(self, relative: str, mode: str = "rb"):
         return self.fs.open(self.path(relative), mode)
@@ -107,11 +132,25 @@ class AtomicWriter:
         return self.handle
 
     def __exit__(self, error_type, error, traceback) -> None:
-        self.handle.close()
-        if error_type is None:
-            self.folder.fs.mv(self.folder.path(self.staging), self.folder.path(self.relative))
-        else:
-            self.folder.remove(self.staging)
+        staging = self.folder.path(self.staging)
+        try:
+            self.handle.close()  # flushes: a full disk may raise here
+            if error_type is None:
+                self.folder.fs.mv(staging, self.folder.path(self.relative))
+        except BaseException:
+            _discard(self.folder.fs, staging)
+            raise
+        if error_type is not None:
+            _discard(self.folder.fs, staging)
+
+
+def _discard(fs, path: str) -> None:
+    """Remove a staging file after a failed write; a failure to remove it must not hide that one."""
+    try:
+        if fs.exists(path):
+            fs.rm(path)
+    except OSError as error:
+        logger.warning("could not remove the temporary file %s: %s", path, error)
 
 
 def _protocols(fs) -> tuple[str, ...]:

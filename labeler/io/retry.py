@@ -2,7 +2,9 @@
 
 :func:`is_transient_error` classifies an exception: connection errors, timeouts, HTTP 429/5xx,
 ``SlowDown``, plain ``OSError`` from s3fs are transient; ``FileNotFoundError``,
-``PermissionError`` and other client errors are not. :class:`RetryPolicy` retries transient
+``PermissionError`` and other client errors are not. Disk faults (:data:`DISK_FAULT_ERRNOS`: a
+full disk or quota, a read-only filesystem, no permission) are permanent: waiting does not free
+space, so :func:`disk_fault` finds them for a caller that stops at once. :class:`RetryPolicy` retries transient
 errors with capped exponential backoff and jitter. s3fs/botocore also retry internally, so the
 total number of HTTP attempts can be larger than ``RetryPolicy.attempts``.
 """
@@ -11,31 +13,34 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from labeler.io.uris import redact_uri
+from labeler.io.uris import redact_text, redact_uri
 
-__all__ = ["DEFAULT_RETRY", "RetryPolicy", "is_transient_error"]
+__all__ = ["DEFAULT_RETRY", "DISK_FAULT_ERRNOS", "RetryPolicy", "describe_disk_fault", "disk_fault", "is_transient_error"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_PERMANENT_ERRNOS: Final[frozenset[int]] = frozenset(
+DISK_FAULT_ERRNOS: Final[frozenset[int]] = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+"""Errors of the storage itself, never of one file: a full disk or quota, read-only, no permission."""
+
+_PERMANENT_ERRNOS: Final[frozenset[int]] = DISK_FAULT_ERRNOS | frozenset(
     {
         errno.ENOENT,
-        errno.EACCES,
-        errno.EPERM,
         errno.EISDIR,
         errno.ENOTDIR,
         errno.EINVAL,
         errno.ENAMETOOLONG,
         errno.EEXIST,
-        errno.EROFS,
     }
 )
 _TRANSIENT_CODES: Final[frozenset[str]] = frozenset(
@@ -94,6 +99,8 @@ def _specific_verdict(exc: BaseException) -> bool | None:
         ),
     ):
         return False
+    if isinstance(exc, OSError) and exc.errno in DISK_FAULT_ERRNOS:
+        return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     names = [cls.__name__ for cls in type(exc).__mro__]
@@ -124,6 +131,24 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
         else:
             current = current.__context__
     return chain
+
+
+def disk_fault(exc: BaseException) -> OSError | None:
+    """The disk fault (an ``OSError`` with an errno of :data:`DISK_FAULT_ERRNOS`) behind ``exc``.
+
+    The ``__cause__``/``__context__`` chain is searched; None when ``exc`` is no disk fault.
+    """
+    for item in _exception_chain(exc):
+        if isinstance(item, OSError) and item.errno in DISK_FAULT_ERRNOS:
+            return item
+    return None
+
+
+def describe_disk_fault(fault: OSError) -> str:
+    """One line for a disk fault: what happened and where (credentials redacted)."""
+    what = (fault.strerror or os.strerror(fault.errno or 0)).lower()
+    where = f": {redact_uri(str(fault.filename))}" if fault.filename else ""
+    return f"{what}{where}"
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -189,7 +214,7 @@ class RetryPolicy:
                     attempt,
                     self.attempts,
                     wait,
-                    redact_uri(f"{type(exc).__name__}: {exc}"),
+                    redact_text(f"{type(exc).__name__}: {exc}"),
                 )
                 if self.on_retry is not None:
                     self.on_retry(attempt, exc)

@@ -21,7 +21,9 @@ __all__ = [
     "join_uri",
     "open_fs",
     "parent_uri",
+    "redact_text",
     "redact_uri",
+    "refuse_uri_credentials",
     "resolve_uri",
     "split_uri_credentials",
     "split_userinfo",
@@ -105,6 +107,20 @@ def redact_uri(uri: str) -> str:
     return "::".join(_redact_one(part) for part in uri.split("::"))
 
 
+_USERINFO_IN_TEXT: Final[re.Pattern[str]] = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#@'\"]+@")
+_SECRET_QUERY_IN_TEXT: Final[re.Pattern[str]] = re.compile(
+    r"([?&][^=&\s]*(?:" + "|".join(_SENSITIVE_QUERY_KEYS) + r")[^=&\s]*=)[^&\s#'\"]+",
+    re.IGNORECASE,
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a message, a traceback) with the credentials of every URL in it replaced by
+    ``***``: userinfo (``s3://KEY:SECRET@b`` -> ``s3://***@b``) and secret-looking query values."""
+    text = _USERINFO_IN_TEXT.sub(lambda m: m.group(1) + _REDACTED + "@", str(text))
+    return _SECRET_QUERY_IN_TEXT.sub(lambda m: m.group(1) + _REDACTED, text)
+
+
 def split_userinfo(uri: str) -> tuple[str, str | None]:
     """Split ``scheme://userinfo@rest`` into (``scheme://rest``, userinfo)."""
     match = SCHEME_RE.match(uri)
@@ -122,6 +138,25 @@ def split_userinfo(uri: str) -> tuple[str, str | None]:
         return uri, None
     userinfo, host = authority.rsplit("@", 1)
     return head + host + rest[end:], userinfo
+
+
+def refuse_uri_credentials(value: str, what: str) -> None:
+    """Refuse a URI with credentials in it (``s3://KEY:SECRET@bucket/...``).
+
+    A job's URIs travel to its workers and into ``run/config.json``; credentials must travel
+    another way. The message shows the URI redacted.
+
+    Raises:
+        InputError: ``value`` (or a URL of its ``::`` chain) has a userinfo part.
+    """
+    for part in value.split("::"):
+        if split_userinfo(part.strip())[1] is not None:
+            raise InputError(
+                f"{what}: credentials in a URI are refused ({redact_uri(value)}); give them by "
+                "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "GOOGLE_APPLICATION_CREDENTIALS) or the storage options",
+                redact_uri(value),
+            )
 
 
 def split_uri_credentials(uri: str) -> tuple[str, dict[str, Any]]:

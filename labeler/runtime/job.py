@@ -152,12 +152,20 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
                 _redo_damaged(config, run, shards, report, events, storage_options)
     except BaseException:
         events.close("interrupted")
+        output.remove_temporary()  # the workers are gone: what they were writing is litter
         raise
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
         lease.check()  # another driver took over: merge nothing
-        categories = report.categories or run.read_categories() or _categories_of(config)
-        counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
+        merged = None if pending else _unchanged_merge(output, shard_ids)
+        if merged is not None:  # nothing redone: the outputs stand (read-only storage works)
+            logger.info("%s is complete and unchanged: outputs left as they are", output.uri)
+            counts = merged
+        else:
+            categories = report.categories or run.read_categories() or _categories_of(config)
+            output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
+            counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
+            output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts})
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,
@@ -231,6 +239,19 @@ def _release(lease: OutputLease) -> None:
         lease.release()
     except Exception as error:  # noqa: BLE001 - a stale lease is taken over by the next driver
         logger.warning("could not remove the output lease: %s", error)
+
+
+#: What the last merge covered: its shard ids (in order) and its counts.
+MERGED_RECORD = "run/merged.json"
+_MERGE_OUTPUTS = ("coco.json", "images.parquet")
+
+
+def _unchanged_merge(output: Folder, shard_ids: list[str]) -> dict | None:
+    """The counts of the last merge when it covered exactly ``shard_ids`` and its outputs exist."""
+    if not output.exists(MERGED_RECORD) or not all(map(output.exists, _MERGE_OUTPUTS)):
+        return None
+    record = output.read_json(MERGED_RECORD)
+    return record["counts"] if record.get("shards") == shard_ids else None
 
 
 def _report_changes(changes: PlanChanges, output: str) -> None:

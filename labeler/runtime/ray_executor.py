@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labeler.config import JobConfig
+from labeler.errors import StorageFaultError
 from labeler.io.folders import Folder
-from labeler.io.uris import redact_uri
+from labeler.io.policy import InputPolicy
+from labeler.io.retry import describe_disk_fault, disk_fault
+from labeler.io.uris import redact_text, redact_uri
 from labeler.runtime.postprocess import default_postprocess_threads
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import (
@@ -120,7 +123,7 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 def error_text(text: str, limit: int = 4000) -> str:
     """An error for logs and failure records: no terminal colours, no credentials, bounded."""
-    return redact_uri(_ANSI_ESCAPE.sub("", text))[-limit:]
+    return redact_text(_ANSI_ESCAPE.sub("", text))[-limit:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,9 +151,10 @@ class LabelWorker:
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.categories = segmenter.categories
         self.storage_options = storage_options
-        self.processor = ShardProcessor(segmenter, config.batch_size, config.max_pixels, run_id,
-                                        storage_options, worker=self.info,
-                                        postprocess_threads=postprocess_threads)
+        self.processor = ShardProcessor(
+            segmenter, config.batch_size, config.max_pixels, run_id, storage_options,
+            worker=self.info, postprocess_threads=postprocess_threads,
+            policy=InputPolicy.for_input(config.input, config.allow_protocols))
         self._outputs: dict[str, Folder] = {}
 
     def ready(self) -> dict:
@@ -298,6 +302,8 @@ def execute_shards(
     """Process ``shard_ids`` on Ray workers; write completion markers and failure records.
 
     Raises:
+        StorageFaultError: a worker met a disk fault (full, over quota, read-only, no
+            permission): the run stops at once rather than failing every shard the same way.
         WorkersCannotStartError: workers keep dying before they are ready.
         ValueError: the placement cannot be satisfied.
     """
@@ -421,6 +427,9 @@ class _Driver:
         self.events.shard_done(shard_id, value)
 
     def _application_error(self, slot: WorkerSlot, shard_id: str, error: Exception) -> None:
+        fault = disk_fault(getattr(error, "cause", None) or error)
+        if fault is not None:  # a full or read-only disk: every shard would fail the same way
+            raise StorageFaultError(f"shard {shard_id}: {describe_disk_fault(fault)}")
         text = error_text(str(error))
         if shard_id == READY:  # ready() itself raised: treat the worker as unusable
             self._replace(slot, text)

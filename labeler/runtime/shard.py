@@ -17,6 +17,7 @@ record the shard as failed. An error in the host work of one image becomes that 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import queue
@@ -30,11 +31,13 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from labeler.io.decode import ImageDecodeError, decode_image
+from labeler.io.decode import DEFAULT_MAX_DECODED_PIXELS, ImageDecodeError, decode_image
 from labeler.io.folders import Folder
+from labeler.io.policy import InputPolicy
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
+from labeler.methods.label_maps import resize_labels
 from labeler.output import parts, schema
 from labeler.output.failures import METHOD_ERROR, OUT_OF_MEMORY, POSTPROCESS_ERROR, READ_ERROR
 from labeler.output.rows import (
@@ -79,7 +82,8 @@ def failed_row(entry: dict, reason: str, detail: str, shard_id: str) -> ImageRow
 class Batch:
     """Up to ``batch_size`` decoded images, plus the images that failed before the model."""
 
-    images: list[tuple[dict, np.ndarray]] = field(default_factory=list)
+    images: list[tuple[dict, np.ndarray, tuple[int, int]]] = field(default_factory=list)
+    """(entry, (h, w, 3) pixels, the stored image's (height, width)) per image."""
     failures: list[tuple[dict, str, str]] = field(default_factory=list)
 
 
@@ -255,12 +259,15 @@ class ShardProcessor:
         storage_options: fsspec options for reading inputs.
         worker: facts about the worker (host, pid, device) recorded in the shard's stats.
         postprocess_threads: threads of the post-processing pool.
+        policy: which URIs may be read (:mod:`labeler.io.policy`); None: any. A refused image
+            is a failed image (``protocol_not_allowed``, ``outside_input``), never read.
     """
 
     def __init__(self, segmenter: Segmenter, batch_size: int, max_pixels: int | None, run_id: str,
                  storage_options: dict | None = None, worker: dict | None = None,
-                 postprocess_threads: int = 1) -> None:
+                 postprocess_threads: int = 1, policy: InputPolicy | None = None) -> None:
         self.segmenter = segmenter
+        self.policy = policy
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.run_id = run_id
@@ -364,10 +371,15 @@ class ShardProcessor:
     def _batches(self, entries: list[dict], timings: dict) -> Iterator[Batch]:
         """Read and decode the shard's images in order, cut into batches of decoded images."""
         refs = [InputRef.from_dict(e["ref"]) if "ref" in e else InputRef(uri=e["uri"]) for e in entries]
+        refusals = [self.policy.refusal(ref) if self.policy else None for ref in refs]
         window = max(self.batch_size, 16)
-        reads = read_many(refs, storage_options=self.storage_options, window=window)
+        allowed = [ref for ref, refusal in zip(refs, refusals) if refusal is None]
+        reads = read_many(allowed, storage_options=self.storage_options, window=window)
         batch = Batch()
-        for entry in entries:
+        for entry, refusal in zip(entries, refusals):
+            if refusal is not None:  # never read: the input policy does not allow it
+                batch.failures.append((entry, *refusal))
+                continue
             read_started = time.perf_counter()
             _, data = next(reads)
             decode_started = time.perf_counter()
@@ -377,13 +389,15 @@ class ShardProcessor:
                 continue
             try:
                 options = {"max_pixels": self.max_pixels} if self.max_pixels else {}
-                decoded = decode_image(data, **options)
+                decoded = decode_image(data, max_decoded_pixels=DEFAULT_MAX_DECODED_PIXELS,
+                                       **options)
             except ImageDecodeError as error:
                 batch.failures.append((entry, error.reason, error.detail))
                 continue
             finally:
                 timings["decode"] += time.perf_counter() - decode_started
-            batch.images.append((entry, decoded.pixels))
+            batch.images.append(
+                (entry, decoded.pixels, (decoded.original_height, decoded.original_width)))
             if len(batch.images) == self.batch_size:
                 yield batch
                 batch = Batch()
@@ -391,20 +405,20 @@ class ShardProcessor:
             yield batch
 
     # -- the model -----------------------------------------------------------------------
-    def _label_batch(self, batch: list[tuple[dict, np.ndarray]], results: OrderedResults,
-                     shard_id: str, timings: dict) -> None:
+    def _label_batch(self, batch: list[tuple[dict, np.ndarray, tuple[int, int]]],
+                     results: OrderedResults, shard_id: str, timings: dict) -> None:
         """Run the model on a batch and hand each image's output to the pool, in order."""
-        images = [pixels for _, pixels in batch]
+        images = [pixels for _, pixels, _ in batch]
         started = time.perf_counter()
         outcomes = self._label_isolating(images)
         timings["label"] += time.perf_counter() - started
-        for (entry, pixels), outcome in zip(batch, outcomes):
+        for (entry, pixels, stored), outcome in zip(batch, outcomes):
             if isinstance(outcome, ImageFailure):
                 results.put(_Finished(failed_row(entry, outcome.reason, outcome.detail, shard_id),
                                       []))
             else:
-                height, width = pixels.shape[:2]
-                results.submit(self._finish_image, entry, height, width, outcome, shard_id)
+                results.submit(self._finish_image, entry, pixels.shape[:2], stored, outcome,
+                               shard_id)
 
     def _label_isolating(self, images: list[np.ndarray]) -> list:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
@@ -446,16 +460,25 @@ class ShardProcessor:
         return self._label_splitting(images[:half]) + self._label_splitting(images[half:])
 
     # -- after the model (runs on the post-processing pool) ------------------------------
-    def _finish_image(self, entry: dict, height: int, width: int, raw, shard_id: str) -> _Finished:
+    def _finish_image(self, entry: dict, decoded: tuple[int, int], stored: tuple[int, int], raw,
+                      shard_id: str) -> _Finished:
         """The host step of one image: its labels from the model's output, then its rows; an
-        error here is the image's ``postprocess_error`` row."""
+        error here is the image's ``postprocess_error`` row.
+
+        Labels come at the ``decoded`` (height, width); an image the decoder downscaled has its
+        map scaled back (nearest) to the ``stored`` size, in the narrowest integer type.
+        """
         started = time.perf_counter()
+        height, width = stored
         with working_for(shard_id):
             try:
                 labels = self.segmenter.finish(raw) if self.two_step else raw
-                if labels.label_map.shape != (height, width):
+                if labels.label_map.shape != decoded:
                     raise ValueError(f"label map {labels.label_map.shape} for an image of "
-                                     f"{(height, width)}")
+                                     f"{decoded}")
+                if decoded != stored:
+                    small = _narrow(labels.label_map, len(labels.category_ids))
+                    labels = dataclasses.replace(labels, label_map=resize_labels(small, height, width))
                 image, annotations = self._labeled_rows(entry, height, width, labels, shard_id)
             except Exception as error:  # noqa: BLE001 - becomes the image's failure row
                 logger.warning("post-processing failed on %s: %s", entry["uri"], error)
@@ -491,3 +514,12 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
 def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
     after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
+
+
+def _narrow(label_map: np.ndarray, n_labels: int) -> np.ndarray:
+    """An (H, W) label map (-1 for none) in int8/int16 when its labels fit: a quarter or half
+    of the memory once scaled up to a huge image's size."""
+    for dtype in (np.int8, np.int16):
+        if n_labels <= np.iinfo(dtype).max:
+            return label_map.astype(dtype, copy=False)
+    return label_map

@@ -27,19 +27,23 @@ import posixpath
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import fsspec
 import torch
 from diffusers import UNet2DConditionModel
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
+from pydantic import Field as PydanticField
 from safetensors.torch import load, save
 from transformers import CLIPTextConfig
 
+from labeler.attention.layers import is_selector
 from labeler.io.uris import redact_uri
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS
 from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
 from labeler.models.backbone import ModelLoadError, _resolve_source
 from labeler.models.fingerprint import model_fingerprint
+from labeler.settings import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +204,22 @@ class EmbeddingSet:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> EmbeddingSet:
-        """Parse a safetensors embedding set (no unpickling)."""
+        """Parse a safetensors embedding set (no unpickling).
+
+        The header, the tensor's declared dtype, shape and offsets, and the metadata (classes,
+        layer selectors, channel order, inference settings through
+        :class:`~labeler.methods.slime.settings.SlimeOptions`) are checked before any tensor
+        data is read.
+
+        Raises:
+            ValueError: one line saying what is malformed (``source`` names the file).
+        """
         header = read_safetensors_metadata(data, source)
         try:
             meta = json.loads(header[METADATA_KEY])
-        except (KeyError, json.JSONDecodeError):
+        except (KeyError, TypeError, json.JSONDecodeError):
+            meta = {}
+        if not isinstance(meta, dict):
             meta = {}
         if meta.get("format") != FORMAT:
             raise ValueError(
@@ -214,21 +229,27 @@ class EmbeddingSet:
             )
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{source}: unsupported embedding-set version {meta.get('format_version')!r}")
-        tensors = load(data)
-        if set(tensors) != {"embeddings"}:
-            raise ValueError(f"{source}: expected one tensor 'embeddings', found {sorted(tensors)}")
-        return cls(
-            embeddings=tensors["embeddings"],
-            classes=tuple(meta["classes"]),
-            model=meta["model"],
-            model_fingerprint=meta.get("model_fingerprint"),
-            prompt=meta["prompt"],
-            layers=meta["layers"],
-            channel_order=meta.get("channel_order", "rgb"),
-            inference=meta.get("inference", {}),
-            fit=meta.get("fit", {}),
-            sha256=file_digest(data),
-        )
+        record = _parse_record(meta, source)
+        _check_tensor_entry(data, len(record.classes) - 1, source)
+        try:
+            tensors = load(data)
+        except Exception as error:  # noqa: BLE001 - safetensors' own error type: malformed data
+            raise ValueError(f"{source}: unreadable tensor data ({error})") from None
+        try:
+            return cls(
+                embeddings=tensors["embeddings"],
+                classes=tuple(record.classes),
+                model=record.model,
+                model_fingerprint=record.model_fingerprint,
+                prompt=record.prompt,
+                layers={kind: list(selectors) for kind, selectors in record.layers.items()},
+                channel_order=record.channel_order,
+                inference=record.inference,
+                fit=record.fit,
+                sha256=file_digest(data),
+            )
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
 
     @classmethod
     def load(cls, uri: str, storage_options: dict | None = None) -> EmbeddingSet:
@@ -239,6 +260,88 @@ class EmbeddingSet:
         except FileNotFoundError as error:
             raise FileNotFoundError(f"embedding set {redact_uri(uri)} does not exist") from error
         return cls.from_bytes(data, redact_uri(uri))
+
+
+class _Record(BaseModel):
+    """The ``labeler.slime`` metadata record (format and version checked before)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    classes: list[Annotated[str, StringConstraints(min_length=1)]] = PydanticField(
+        min_length=2, max_length=MAX_TOKENS - 2)
+    model: str
+    model_fingerprint: str | None = None
+    prompt: str
+    layers: dict[Literal["cross", "self"], list[str]]
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    inference: dict[str, Any] = PydanticField(default_factory=dict)
+    fit: dict[str, Any] = PydanticField(default_factory=dict)
+
+    @field_validator("layers")
+    @classmethod
+    def _selectors(cls, layers: dict[str, list[str]]) -> dict[str, list[str]]:
+        if set(layers) != {"cross", "self"}:
+            raise ValueError("must name 'cross' and 'self' selectors")
+        for kind, selectors in layers.items():
+            bad = [selector for selector in selectors if not is_selector(selector)]
+            if not selectors or bad:
+                raise ValueError(f"{kind}: bad layer selectors {bad or selectors!r} "
+                                 "(use block/kind/side[:n], e.g. up/cross/16)")
+        return layers
+
+
+def _parse_record(meta: dict, source: str) -> _Record:
+    """The record validated, its inference settings through :class:`SlimeOptions`.
+
+    Raises:
+        ValueError: one line naming the first bad field.
+    """
+    try:
+        record = _Record.model_validate(meta)
+    except ValidationError as error:
+        raise ValueError(f"{source}: metadata {describe_error(error)}") from None
+    try:
+        SlimeOptions.from_mapping(record.inference)
+    except ValueError as error:
+        raise ValueError(f"{source}: recorded inference settings: {error}") from None
+    return record
+
+
+#: Widest text embedding accepted (SD 1.x: 768, SD 2.x: 1024).
+MAX_EMBEDDING_DIM = 8192
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+
+
+def _check_tensor_entry(data: bytes, rows: int, source: str) -> None:
+    """The header's ``embeddings`` entry: a float (rows, D) tensor whose bytes lie in the file.
+
+    Checked from the JSON header alone, so a huge declared shape or offsets past the data never
+    reach the tensor reader.
+    """
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + length])
+    entries = {name: value for name, value in header.items() if name != "__metadata__"}
+    if set(entries) != {"embeddings"}:
+        raise ValueError(f"{source}: expected one tensor 'embeddings', found {sorted(entries)}")
+    entry = entries["embeddings"]
+    if not isinstance(entry, dict):
+        raise ValueError(  # noqa: TRY004 - the file's content, not the caller's argument
+            f"{source}: the 'embeddings' entry is not a tensor description")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _DTYPE_BYTES:
+        raise ValueError(f"{source}: embeddings must be a float tensor, got dtype {dtype!r}")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+            or shape[0] != rows or not 1 <= shape[1] <= MAX_EMBEDDING_DIM):
+        raise ValueError(f"{source}: embeddings must be ({rows}, D) with 1 <= D <= "
+                         f"{MAX_EMBEDDING_DIM} for {rows + 1} classes, got shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+            or offsets[1] - offsets[0] != shape[0] * shape[1] * _DTYPE_BYTES[dtype]
+            or 8 + length + offsets[1] > len(data)):
+        raise ValueError(f"{source}: the embeddings' data offsets {offsets!r} do not fit the "
+                         f"file ({len(data) - 8 - length} data bytes for shape {shape})")
 
 
 def validate_classes(classes: tuple[str, ...]) -> None:
@@ -266,8 +369,16 @@ def read_safetensors_metadata(data: bytes, source: str = "<bytes>") -> dict[str,
     try:
         header = json.loads(data[8 : 8 + length])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{source} is not a safetensors file ({error})") from error
-    return header.get("__metadata__", {}) or {}
+        raise ValueError(f"{source} is not a safetensors file ({error})") from None
+    if not isinstance(header, dict):
+        raise ValueError(  # noqa: TRY004 - the file's content, not the caller's argument
+                         f"{source} is not a safetensors file (its header is a JSON "
+                         f"{type(header).__name__}, not an object)")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(  # noqa: TRY004 - the file's content, not the caller's argument
+            f"{source} is not a safetensors file (__metadata__ is not an object)")
+    return metadata
 
 
 # --------------------------------------------------------------------------------------------

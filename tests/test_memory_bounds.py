@@ -1,0 +1,152 @@
+"""The decoder's per-image memory bound: huge images are downscaled while decoding, and their
+labels are still reported at the stored size."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from labeler.io.decode import decode_image
+from labeler.io.folders import Folder
+from labeler.methods.base import ImageLabels
+from labeler.runtime import shard as shard_module
+from labeler.runtime.plan import plan_run
+from labeler.runtime.run_folder import RunFolder
+from labeler.runtime.shard import ShardProcessor
+from labeler.timing import StageTimer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _halves(width: int, height: int) -> Image.Image:
+    """Left half red, right half blue."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = (220, 20, 20)
+    pixels[:, width // 2 :] = (20, 20, 220)
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
+def test_a_large_image_is_downscaled_while_decoding_to_the_bound(fmt):
+    data = _encoded(_halves(1200, 800), fmt)
+    decoded = decode_image(data, max_decoded_pixels=100_000)
+    assert decoded.width * decoded.height <= 100_000
+    assert decoded.downscaled and (decoded.original_width, decoded.original_height) == (1200, 800)
+    assert abs(decoded.width / decoded.height - 1.5) < 0.05
+    left, right = decoded.pixels[:, 5].mean(axis=0), decoded.pixels[:, -5].mean(axis=0)
+    assert left[0] > 180 and right[2] > 180  # the content survives the reduction
+
+
+def test_an_image_within_the_bound_is_decoded_as_before():
+    data = _encoded(_halves(120, 80), "PNG")
+    bounded = decode_image(data, max_decoded_pixels=120 * 80)
+    plain = decode_image(data)
+    assert not bounded.downscaled
+    assert np.array_equal(bounded.pixels, plain.pixels)
+
+
+def test_palette_16_bit_and_rotated_images_are_reduced_in_their_upright_frame():
+    palette = Image.new("P", (900, 600), 1)
+    palette.putpalette([0, 0, 0, 250, 20, 20] + [0, 0, 0] * 254)
+    decoded = decode_image(_encoded(palette, "PNG"), max_decoded_pixels=60_000)
+    assert decoded.width * decoded.height <= 60_000 and tuple(decoded.pixels[0, 0]) == (250, 20, 20)
+
+    gray16 = Image.fromarray(np.full((600, 900), 65535, np.uint16))
+    decoded = decode_image(_encoded(gray16, "PNG"), max_decoded_pixels=60_000)
+    assert decoded.width * decoded.height <= 60_000 and tuple(decoded.pixels[0, 0]) == (255,) * 3
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise
+    rotated = decode_image(_encoded(_halves(900, 600), "JPEG", exif=exif.tobytes()),
+                           max_decoded_pixels=60_000)
+    assert (rotated.original_width, rotated.original_height) == (600, 900)
+    assert rotated.height > rotated.width
+
+
+def test_an_ico_decompression_bomb_named_png_is_too_many_pixels():
+    header = bytearray(_encoded(Image.new("1", (8, 8)), "PNG"))
+    header[16:24] = (30000).to_bytes(4, "big") * 2  # the IHDR now declares 30000 x 30000
+    header[29:33] = zlib.crc32(bytes(header[12:29])).to_bytes(4, "big")
+    directory = (0).to_bytes(2, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
+    entry = bytes([0, 0, 0, 0]) + (1).to_bytes(2, "little") + (32).to_bytes(2, "little")
+    entry += len(header).to_bytes(4, "little") + (22).to_bytes(4, "little")
+    with pytest.raises(Exception) as raised:
+        decode_image(directory + entry + bytes(header))
+    assert getattr(raised.value, "reason", None) == "too_many_pixels"
+
+
+class HalvesSegmenter:
+    """Labels the left half 0 and the right half 1, at whatever size it is given."""
+
+    categories: ClassVar[list[dict]] = [{"id": 1, "name": "left", "supercategory": "x"},
+                                        {"id": 2, "name": "right", "supercategory": "x"}]
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[int, int]] = []
+        self.timer = StageTimer()
+        self.device = "cpu"
+
+    def provenance(self) -> dict:
+        return {"method": "test", "model": "none"}
+
+    def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
+        results = []
+        for image in images:
+            height, width = image.shape[:2]
+            self.sizes.append((height, width))
+            label_map = np.zeros((height, width), np.int32)
+            label_map[:, width // 2 :] = 1
+            results.append(ImageLabels(label_map, np.array([1, 2]), np.ones(2)))
+        return results
+
+
+def test_labels_of_a_downscaled_image_are_reported_at_its_stored_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(shard_module, "DEFAULT_MAX_DECODED_PIXELS", 20_000)
+    (tmp_path / "big.png").write_bytes(_encoded(_halves(600, 400), "PNG"))
+    run = RunFolder(Folder(str(tmp_path / "out")))
+    shard_id = plan_run(run, [{"uri": str(tmp_path / "big.png")}], shard_size=1)["shards"][0][
+        "shard_id"]
+    segmenter = HalvesSegmenter()
+    ShardProcessor(segmenter, 2, None, "run").process(run.output, shard_id)
+
+    assert segmenter.sizes[0][0] * segmenter.sizes[0][1] <= 20_000
+    with run.output.open(run.shard_part(shard_id, "images.parquet")) as handle:
+        image = pq.read_table(handle).to_pylist()[0]
+    assert (image["width"], image["height"]) == (600, 400)
+    with run.output.open(run.shard_part(shard_id, "annotations.parquet")) as handle:
+        annotations = pq.read_table(handle).to_pylist()
+    assert [a["segmentation_size"] for a in annotations] == [[400, 600]] * 2
+    right = mask_utils.decode({"size": [400, 600],
+                               "counts": annotations[1]["segmentation_counts"].encode()})
+    assert right[:, 305:].all() and not right[:, :295].any()
+    assert annotations[0]["area"] + annotations[1]["area"] == 600 * 400
+
+
+@pytest.mark.slow
+def test_two_9400_pixel_pngs_at_batch_2_stay_under_2_gb(tmp_path):
+    """The reproduced fault: two 9400x9400 PNGs took a worker to 6.9 GB."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "huge_images.py"), "--side", "9400",
+         "--work", str(tmp_path), "--json"],
+        capture_output=True, text=True, check=True, timeout=900,
+    )
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["labeled"] == 2 and figures["coco_sizes"] == [[9400, 9400]] * 2
+    assert figures["peak_rss_mb"] < 2048, figures

@@ -10,7 +10,7 @@ from PIL import Image
 
 from labeler.methods.diffews.model import duplicate_and_halve, install_dual_conv, write_checkpoint
 from labeler.models.backbone import load_backbone
-from tests.helpers import flat_regions_image
+from tests.helpers import fill_zero_weights, flat_regions_image
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -22,11 +22,7 @@ def tiny_checkpoint(folder: Path) -> Path:
     checkpoint fills every all-zero UNet weight with small seeded noise.
     """
     backbone = load_backbone("tiny")
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for parameter in backbone.unet.parameters():
-            if parameter.ndim > 1 and not parameter.any():
-                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+    fill_zero_weights(backbone.unet)
     support = duplicate_and_halve(backbone.unet.conv_in)
     with torch.no_grad():
         support.weight.add_(0.05 * torch.randn(support.weight.shape, generator=torch.Generator().manual_seed(1)))

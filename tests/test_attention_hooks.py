@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from labeler.methods.slime.data import prepare
 from labeler.methods.slime.fit import FitSettings, SlimeFitter
 from labeler.methods.slime.segmenter import Slime
 from labeler.methods.slime.settings import SlimeOptions
-from tests.helpers import flat_regions_image
+from tests.helpers import fill_zero_weights, flat_regions_image
 from tests.test_slime_model import CLASSES, make_set, small_sample
 
 
@@ -191,7 +193,8 @@ class BankedSelfAttention(ProjectingProcessor):
 def test_kv_fusion_subclass_with_its_own_kv_as_the_bank_equals_plain_attention(
     tiny_backbone, unet_inputs
 ):
-    unet = tiny_backbone.unet
+    unet = copy.deepcopy(tiny_backbone.unet)
+    fill_zero_weights(unet)  # attention must reach the output for the bank to show
     reference = run(unet, unet_inputs)
     keys = [layer.key for layer in select_layers(unet_attention_layers(unet), "self")]
     bank: dict = {}

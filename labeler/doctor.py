@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
@@ -68,6 +67,8 @@ def _version(distribution: str) -> str:
 
 
 def versions() -> Section:
+    import torch  # imported when the command runs, so every other command starts fast
+
     """Python, labeler and the libraries a job uses."""
     section = Section("versions")
     section.add("python", f"{platform.python_version()} ({sys.executable})")
@@ -81,6 +82,8 @@ def versions() -> Section:
 
 
 def gpus() -> Section:
+    import torch  # imported when the command runs (see versions)
+
     """The GPUs torch can use here."""
     section = Section("gpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

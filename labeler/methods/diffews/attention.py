@@ -73,20 +73,12 @@ class SupportBank:
     @staticmethod
     def concat_shots(banks: Iterable[SupportBank]) -> SupportBank:
         """An n-shot bank from n banks of the same groups: concatenation along tokens."""
-        banks = list(banks)
-        return SupportBank(
-            {k: torch.cat([b.keys[k] for b in banks], dim=2) for k in banks[0].keys},
-            {k: torch.cat([b.values[k] for b in banks], dim=2) for k in banks[0].values},
-        )
+        return _concatenate(list(banks), dim=2)
 
     @staticmethod
     def stack_groups(banks: Iterable[SupportBank]) -> SupportBank:
         """A G-group bank from G banks with equal token counts (concatenation along groups)."""
-        banks = list(banks)
-        return SupportBank(
-            {k: torch.cat([b.keys[k] for b in banks], dim=0) for k in banks[0].keys},
-            {k: torch.cat([b.values[k] for b in banks], dim=0) for k in banks[0].values},
-        )
+        return _concatenate(list(banks), dim=0)
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         """Write the bank to a safetensors file (tensors ``key/<layer>``, ``value/<layer>``)."""
@@ -210,3 +202,11 @@ def install_kv_fusion(unet) -> KVFusion:
     fusion = KVFusion()
     fusion.hooks = AttentionHooks(unet, {key: KVFusionProcessor(key, fusion) for key in self_attention_keys(unet)})
     return fusion
+
+
+def _concatenate(banks: list[SupportBank], dim: int) -> SupportBank:
+    """Banks of the same layers joined along ``dim`` (0: groups, 2: tokens) of every K and V."""
+    return SupportBank(
+        {k: torch.cat([b.keys[k] for b in banks], dim=dim) for k in banks[0].keys},
+        {k: torch.cat([b.values[k] for b in banks], dim=dim) for k in banks[0].values},
+    )

@@ -12,6 +12,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 if [ "${1:-}" = "--test" ]; then
   "${pip[@]}" -e ".[test,export-test]"
+  # Datumaro (the cvat export's judge) pins pillow~=12, pyarrow~=25, pandas~=2.3 and opencv<5,
+  # older than labeler's; its COCO importer runs on the newer ones, so it goes in without its
+  # pins (the rest of its dependencies are in the export-test extra). `pip check` lists the four.
+  "${pip[@]}" --no-deps "datumaro==1.13.12"
   if [ -x scripts/install_system_deps.sh ]; then scripts/install_system_deps.sh; fi
 else
   "${pip[@]}" -e .

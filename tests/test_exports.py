@@ -166,6 +166,44 @@ def test_cvat_layout_finds_images_beside_the_annotations(labeled, tmp_path):
             assert picture.size == (image["width"], image["height"])
 
 
+def datumaro_masks(dataset) -> dict[str, tuple[tuple[int, int], list[np.ndarray]]]:
+    """Datumaro item path -> (its image's (H, W) as Datumaro read it, its instance masks).
+
+    Datumaro reads a COCO polygon annotation as one ``Polygon`` per part, grouped; its own
+    transforms rasterise them (pycocotools) and merge each group into one mask.
+    """
+    import datumaro as dm
+
+    dataset = dataset.transform("polygons_to_masks").transform("merge_instance_segments")
+    found = {}
+    for item in dataset:
+        assert item.media.has_data, item.media.path
+        masks = [a.image for a in item.annotations if isinstance(a, dm.Mask)]
+        found[item.media.path] = (item.media.size, masks)
+    return found
+
+
+def assert_same_masks(mine: list[np.ndarray], reference: list[np.ndarray]) -> None:
+    """Same count and each reference mask found exactly (the consumer may reorder them)."""
+    assert len(mine) == len(reference)
+    for theirs in reference:
+        assert max(iou(m.astype(bool), theirs.astype(bool)) for m in mine) == 1.0
+
+
+def test_datumaro_imports_the_cvat_layout_with_its_masks(labeled, tmp_path):
+    dm = pytest.importorskip("datumaro")
+    _, output = labeled
+    assert export(output, "cvat", tmp_path, "--images", "copy", "--tolerance", "0")[0] == 0
+    dataset = dm.Dataset.import_from(str(tmp_path), "coco_instances")
+    found = datumaro_masks(dataset)
+    reference = reference_masks(output)
+    assert sorted(found) == sorted(str(tmp_path / "images" / name) for name in reference)
+    for name, masks in reference.items():
+        size, mine = found[str(tmp_path / "images" / name)]
+        assert size == masks[0].shape and all(m.shape == size for m in mine)
+        assert_same_masks(mine, masks)
+
+
 def test_yolo_seg_labels_parse_to_the_masks(labeled, tmp_path):
     import yaml
 

@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 
 from labeler.cli import main
 from labeler.output.exporters.polygons import mask_polygons, single_polygon
+from tests.consumers import run_isolated
 from tests.helpers import flat_regions_image
 
 
@@ -56,6 +57,22 @@ def reference_masks(output) -> dict[str, list[np.ndarray]]:
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def assert_pooled_iou(mine: list[np.ndarray], theirs: list[np.ndarray], floor: float) -> None:
+    """Same count and shapes; the pooled IoU of all masks above ``floor``.
+
+    OpenCV-based readers (supervision, Ultralytics) fill polygons at integer vertices by pixel
+    centres, not by pycocotools' rule, and fill the zero-width hole cuts: measured pooled IoU
+    0.89 on the tiny model's fragmented segments (pycocotools reads the same polygons at 1.0).
+    """
+    assert len(mine) == len(theirs)
+    assert all(m.shape == t.shape for m, t in zip(mine, theirs))
+    if not theirs:
+        return
+    mine_all = np.stack([m.astype(bool) for m in mine])
+    theirs_all = np.stack([t.astype(bool) for t in theirs])
+    assert (mine_all & theirs_all).sum() / (mine_all | theirs_all).sum() > floor
 
 
 def test_coco_json_names_are_relative_to_the_image_root(labeled):
@@ -147,14 +164,7 @@ def test_supervision_loads_coco_polygons_with_the_image_root(labeled, tmp_path):
     for path, image, detections in dataset:
         name = str(path)[len(str(folder)) + 1:]
         assert detections.mask.shape[1:] == image.shape[:2]
-        assert len(detections) == len(reference[name])
-        # supervision fills polygons with OpenCV at integer vertices, not pycocotools' rule, and
-        # fills the zero-width hole cuts: measured pooled IoU 0.89 on the tiny model's fragmented
-        # segments (pycocotools reads the same polygons at IoU 1.0, test above)
-        mine = np.stack([m.astype(bool) for m in detections.mask])
-        theirs = np.stack([t.astype(bool) for t in reference[name]])
-        pooled = (mine & theirs).sum() / (mine | theirs).sum()
-        assert pooled > 0.85
+        assert_pooled_iou(list(detections.mask), reference[name], 0.85)
 
 
 def test_cvat_layout_finds_images_beside_the_annotations(labeled, tmp_path):
@@ -226,6 +236,29 @@ def test_yolo_seg_labels_parse_to_the_masks(labeled, tmp_path):
             polygon = (points * [width, height]).ravel().tolist()
             decoded = mask_utils.decode(mask_utils.frPyObjects([polygon], height, width)[0])
             assert iou(decoded, mask) > 0.99
+
+
+def ultralytics_masks(data_yaml, tmp_path) -> tuple[dict, dict[str, list[np.ndarray]]]:
+    """What Ultralytics' checker and label parser read from a yolo-seg export (a subprocess)."""
+    run_isolated("ultralytics", "ultralytics_masks.py", str(data_yaml), str(tmp_path),
+                 env={"YOLO_CONFIG_DIR": str(tmp_path), "YOLO_OFFLINE": "1"})
+    names = json.loads((tmp_path / "names.json").read_text())
+    with np.load(tmp_path / "masks.npz") as loaded:
+        masks = {key.rsplit("|", 1)[0]: list(loaded[key]) for key in loaded.files
+                 if key.endswith("|masks")}
+    return names, masks
+
+
+def test_ultralytics_checks_and_parses_the_yolo_seg_export(labeled, tmp_path):
+    _, output = labeled
+    out = tmp_path / "yolo"
+    assert export(output, "yolo-seg", out, "--images", "copy", "--tolerance", "0")[0] == 0
+    names, found = ultralytics_masks(out / "data.yaml", tmp_path)
+    assert names == {"0": "segment"}
+    reference = reference_masks(output)
+    assert sorted(found) == sorted(reference)
+    for name, masks in reference.items():
+        assert_pooled_iou(found[name], masks, 0.85)
 
 
 def test_label_maps_are_16bit_instance_pngs(labeled, tmp_path):

@@ -2,7 +2,7 @@
 
 ::
 
-    data.yaml                 path: ., train/val: images/train, names: {0: first class, ...}
+    data.yaml                 train/val: images/train (relative to data.yaml), names: {0: ...}
     images/train/<file_name>  the images (with ``--images copy|link``)
     labels/train/<stem>.txt   one line per instance: class x1 y1 x2 y2 ... (normalised to 0..1)
 
@@ -45,8 +45,9 @@ class YoloSegExporter(Exporter):
         self.context.out.write_bytes(f"labels/{SPLIT}/{stem}.txt", "".join(lines).encode())
 
     def close(self) -> list[str]:
+        # no ``path``: Ultralytics resolves a relative one against the working directory, and
+        # without one against this file's folder
         data = {
-            "path": ".",
             "train": f"images/{SPLIT}",
             "val": f"images/{SPLIT}",
             "names": {index: c["name"] for index, c in enumerate(self.context.categories)},

@@ -16,6 +16,10 @@ if [ "${1:-}" = "--test" ]; then
   # older than labeler's; its COCO importer runs on the newer ones, so it goes in without its
   # pins (the rest of its dependencies are in the export-test extra). `pip check` lists the four.
   "${pip[@]}" --no-deps "datumaro==1.13.12"
+  # Ultralytics (the yolo-seg export's judge) outside the venv's sys.path (tests/consumers.py):
+  # it needs torchvision, whose PyPI wheels are CUDA builds that cannot load beside a CPU torch
+  "${pip[@]}" --no-deps --upgrade --target .venv/isolated/ultralytics \
+    "ultralytics==8.4.190" "torchvision==0.28.0"
   if [ -x scripts/install_system_deps.sh ]; then scripts/install_system_deps.sh; fi
 else
   "${pip[@]}" -e .

@@ -261,6 +261,33 @@ def test_ultralytics_checks_and_parses_the_yolo_seg_export(labeled, tmp_path):
         assert_pooled_iou(found[name], masks, 0.85)
 
 
+def fiftyone_masks(dataset_dir, data_path, tmp_path) -> tuple[list, dict[str, tuple]]:
+    """What FiftyOne's COCO importer read: labels, and per image (masks, confidences)."""
+    run_isolated("fiftyone", "fiftyone_masks.py", str(dataset_dir), str(data_path),
+                 str(tmp_path), env={"FIFTYONE_DATABASE_DIR": str(tmp_path / "db"),
+                                     "FIFTYONE_DO_NOT_TRACK": "true"})
+    with np.load(tmp_path / "masks.npz") as loaded:
+        found = {key.rsplit("|", 1)[0]: (list(loaded[key]),
+                                         loaded[key.replace("|masks", "|confidence")])
+                 for key in loaded.files if key.endswith("|masks")}
+    return json.loads((tmp_path / "labels.json").read_text()), found
+
+
+@pytest.mark.slow
+def test_fiftyone_loads_masks_and_confidence_with_the_image_root(labeled, tmp_path):
+    folder, output = labeled
+    assert export(output, "fiftyone", tmp_path / "fo")[0] == 0
+    labels, found = fiftyone_masks(tmp_path / "fo", folder, tmp_path)
+    assert labels == ["segment"]
+    coco = COCO(str(output / "coco.json"))
+    assert sorted(found) == sorted(image["file_name"] for image in coco.imgs.values())
+    for image_id, image in coco.imgs.items():
+        masks, confidences = found[image["file_name"]]
+        annotations = coco.imgToAnns[image_id]
+        assert_same_masks(masks, [coco.annToMask(a) for a in annotations])
+        assert sorted(confidences) == pytest.approx(sorted(a["score"] for a in annotations))
+
+
 def test_label_maps_are_16bit_instance_pngs(labeled, tmp_path):
     _, output = labeled
     assert export(output, "label-maps", tmp_path)[0] == 0

@@ -75,3 +75,15 @@ class CvatExporter(CocoPolygonExporter):
     """
 
     annotations_file = "annotations/instances_default.json"
+
+
+class FiftyOneExporter(CocoExporter):
+    """FiftyOne's ``COCODetectionDataset`` layout: ``labels.json`` (RLE, ``score``) + ``data/``.
+
+    ``fo.Dataset.from_dir(dataset_dir=DIR, dataset_type=fo.types.COCODetectionDataset,
+    label_types="segmentations")`` loads it with instance masks and each annotation's ``score``
+    as ``confidence``; without ``--images copy|link`` pass ``data_path=`` the image root.
+    """
+
+    annotations_file = "labels.json"
+    images_subdir = "data"

@@ -13,7 +13,8 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "export", help="write a finished output in another format (streaming)",
         description="Write a finished labeler output as COCO (RLE or polygons), YOLO-seg, "
-                    "label-map PNGs, Label Studio tasks or CVAT's COCO layout.",
+                    "label-map PNGs, Label Studio tasks, CVAT's COCO layout or FiftyOne's "
+                    "COCO dataset directory.",
     )
     parser.add_argument("output", help="the run's output folder URI")
     parser.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")

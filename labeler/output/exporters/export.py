@@ -15,7 +15,12 @@ from labeler.io.folders import Folder
 from labeler.io.reading import read_image_bytes
 from labeler.io.refs import ref_from_uri
 from labeler.output.exporters.base import ExportContext, Exporter
-from labeler.output.exporters.coco import CocoExporter, CocoPolygonExporter, CvatExporter
+from labeler.output.exporters.coco import (
+    CocoExporter,
+    CocoPolygonExporter,
+    CvatExporter,
+    FiftyOneExporter,
+)
 from labeler.output.exporters.filters import ExportFilters
 from labeler.output.exporters.label_maps import LabelMapExporter
 from labeler.output.exporters.label_studio import LabelStudioExporter
@@ -30,6 +35,7 @@ FORMATS: dict[str, type[Exporter]] = {
     "label-maps": LabelMapExporter,
     "label-studio": LabelStudioExporter,
     "cvat": CvatExporter,
+    "fiftyone": FiftyOneExporter,
 }
 IMAGE_MODES = ("none", "copy", "link")
 #: default polygon simplification, pixels (round-trip IoU in the README)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -14,17 +12,19 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from labeler.cli import main
 from labeler.output.exporters.polygons import mask_polygons, single_polygon
-from tests.consumers import run_isolated
+from tests.consumers import (
+    assert_pooled_iou,
+    assert_same_masks,
+    cli,
+    datumaro_masks,
+    export,
+    fiftyone_masks,
+    iou,
+    reference_masks,
+    ultralytics_masks,
+)
 from tests.helpers import flat_regions_image
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
-    return code, out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -42,37 +42,6 @@ def labeled(tmp_path_factory):
                      "--output", str(output), "--shard-size", "2", "--no-progress")
     assert code == 0, text
     return folder, output
-
-
-def export(output, fmt, out, *extra) -> tuple[int, str]:
-    return cli("export", str(output), "--format", fmt, "--out", str(out), *extra)
-
-
-def reference_masks(output) -> dict[str, list[np.ndarray]]:
-    """file_name -> the run's own RLE masks, in annotation order."""
-    coco = COCO(str(output / "coco.json"))
-    return {coco.imgs[i]["file_name"]: [coco.annToMask(a) for a in coco.imgToAnns[i]]
-            for i in coco.imgs}
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
-
-
-def assert_pooled_iou(mine: list[np.ndarray], theirs: list[np.ndarray], floor: float) -> None:
-    """Same count and shapes; the pooled IoU of all masks above ``floor``.
-
-    OpenCV-based readers (supervision, Ultralytics) fill polygons at integer vertices by pixel
-    centres, not by pycocotools' rule, and fill the zero-width hole cuts: measured pooled IoU
-    0.89 on the tiny model's fragmented segments (pycocotools reads the same polygons at 1.0).
-    """
-    assert len(mine) == len(theirs)
-    assert all(m.shape == t.shape for m, t in zip(mine, theirs))
-    if not theirs:
-        return
-    mine_all = np.stack([m.astype(bool) for m in mine])
-    theirs_all = np.stack([t.astype(bool) for t in theirs])
-    assert (mine_all & theirs_all).sum() / (mine_all | theirs_all).sum() > floor
 
 
 def test_coco_json_names_are_relative_to_the_image_root(labeled):
@@ -176,30 +145,6 @@ def test_cvat_layout_finds_images_beside_the_annotations(labeled, tmp_path):
             assert picture.size == (image["width"], image["height"])
 
 
-def datumaro_masks(dataset) -> dict[str, tuple[tuple[int, int], list[np.ndarray]]]:
-    """Datumaro item path -> (its image's (H, W) as Datumaro read it, its instance masks).
-
-    Datumaro reads a COCO polygon annotation as one ``Polygon`` per part, grouped; its own
-    transforms rasterise them (pycocotools) and merge each group into one mask.
-    """
-    import datumaro as dm
-
-    dataset = dataset.transform("polygons_to_masks").transform("merge_instance_segments")
-    found = {}
-    for item in dataset:
-        assert item.media.has_data, item.media.path
-        masks = [a.image for a in item.annotations if isinstance(a, dm.Mask)]
-        found[item.media.path] = (item.media.size, masks)
-    return found
-
-
-def assert_same_masks(mine: list[np.ndarray], reference: list[np.ndarray]) -> None:
-    """Same count and each reference mask found exactly (the consumer may reorder them)."""
-    assert len(mine) == len(reference)
-    for theirs in reference:
-        assert max(iou(m.astype(bool), theirs.astype(bool)) for m in mine) == 1.0
-
-
 def test_datumaro_imports_the_cvat_layout_with_its_masks(labeled, tmp_path):
     dm = pytest.importorskip("datumaro")
     _, output = labeled
@@ -238,17 +183,6 @@ def test_yolo_seg_labels_parse_to_the_masks(labeled, tmp_path):
             assert iou(decoded, mask) > 0.99
 
 
-def ultralytics_masks(data_yaml, tmp_path) -> tuple[dict, dict[str, list[np.ndarray]]]:
-    """What Ultralytics' checker and label parser read from a yolo-seg export (a subprocess)."""
-    run_isolated("ultralytics", "ultralytics_masks.py", str(data_yaml), str(tmp_path),
-                 env={"YOLO_CONFIG_DIR": str(tmp_path), "YOLO_OFFLINE": "1"})
-    names = json.loads((tmp_path / "names.json").read_text())
-    with np.load(tmp_path / "masks.npz") as loaded:
-        masks = {key.rsplit("|", 1)[0]: list(loaded[key]) for key in loaded.files
-                 if key.endswith("|masks")}
-    return names, masks
-
-
 def test_ultralytics_checks_and_parses_the_yolo_seg_export(labeled, tmp_path):
     _, output = labeled
     out = tmp_path / "yolo"
@@ -259,18 +193,6 @@ def test_ultralytics_checks_and_parses_the_yolo_seg_export(labeled, tmp_path):
     assert sorted(found) == sorted(reference)
     for name, masks in reference.items():
         assert_pooled_iou(found[name], masks, 0.85)
-
-
-def fiftyone_masks(dataset_dir, data_path, tmp_path) -> tuple[list, dict[str, tuple]]:
-    """What FiftyOne's COCO importer read: labels, and per image (masks, confidences)."""
-    run_isolated("fiftyone", "fiftyone_masks.py", str(dataset_dir), str(data_path),
-                 str(tmp_path), env={"FIFTYONE_DATABASE_DIR": str(tmp_path / "db"),
-                                     "FIFTYONE_DO_NOT_TRACK": "true"})
-    with np.load(tmp_path / "masks.npz") as loaded:
-        found = {key.rsplit("|", 1)[0]: (list(loaded[key]),
-                                         loaded[key.replace("|masks", "|confidence")])
-                 for key in loaded.files if key.endswith("|masks")}
-    return json.loads((tmp_path / "labels.json").read_text()), found
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ def main(dataset_dir: str, data_path: str, out: str) -> None:
         arrays[f"{name}|masks"] = np.array(masks, np.uint8).reshape(len(masks), height, width)
         arrays[f"{name}|confidence"] = np.array([d.confidence for d in detections], float)
         labels.update(d.label for d in detections)
+    Path(out).mkdir(parents=True, exist_ok=True)
     np.savez_compressed(Path(out) / "masks.npz", **arrays)
     (Path(out) / "labels.json").write_text(json.dumps(sorted(labels)))
     dataset.delete()

@@ -244,6 +244,31 @@ def test_label_studio_tasks_convert_with_label_studios_converter(labeled, tmp_pa
         assert (image["width"], image["height"]) == reference[name][0].shape[::-1]
 
 
+def test_label_studio_brush_masks_convert_with_label_studios_converter(labeled, tmp_path):
+    converter = pytest.importorskip("label_studio_converter")
+    _, output = labeled
+    assert export(output, "label-studio-brush", tmp_path / "ls")[0] == 0
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    for task in tasks:  # accepted pre-annotations, as Label Studio exports them
+        task["annotations"] = [{"id": task["id"], "result": task["predictions"][0]["result"]}]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    config = (tmp_path / "ls" / "labeling_config.xml").read_text()
+    assert "<BrushLabels" in config
+    ls = converter.Converter(config=config, project_dir=str(tmp_path))
+    (tmp_path / "npy").mkdir()
+    ls.convert(str(tmp_path / "export.json"), str(tmp_path / "npy"),
+               "BRUSH_TO_NUMPY", is_dir=False)
+    reference = reference_masks(output)
+    for task in tasks:
+        masks = reference[task["data"]["file_name"]]
+        # one array per brush result: task-<id>-annotation-<id>-by-<user>-label-<class>-<n>.npy
+        files = sorted(tmp_path.glob(f"npy/task-{task['id']}-*.npy"),
+                       key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+        assert len(files) == len(masks)
+        for path, mask in zip(files, masks):
+            assert np.array_equal(np.load(path) > 0, mask.astype(bool))
+
+
 def test_filters_are_counted_not_silently_dropped(labeled, tmp_path):
     _, output = labeled
     coco = json.loads((output / "coco.json").read_text())

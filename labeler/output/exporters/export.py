@@ -23,7 +23,7 @@ from labeler.output.exporters.coco import (
 )
 from labeler.output.exporters.filters import ExportFilters
 from labeler.output.exporters.label_maps import LabelMapExporter
-from labeler.output.exporters.label_studio import LabelStudioExporter
+from labeler.output.exporters.label_studio import LabelStudioBrushExporter, LabelStudioExporter
 from labeler.output.exporters.source import ExportImage, OutputSource
 from labeler.output.exporters.yolo_seg import YoloSegExporter
 
@@ -34,6 +34,7 @@ FORMATS: dict[str, type[Exporter]] = {
     "yolo-seg": YoloSegExporter,
     "label-maps": LabelMapExporter,
     "label-studio": LabelStudioExporter,
+    "label-studio-brush": LabelStudioBrushExporter,
     "cvat": CvatExporter,
     "fiftyone": FiftyOneExporter,
 }

@@ -7,6 +7,9 @@ fragments cut in as zero-width slits, :mod:`.polygons`) with the annotation's ``
 toName="image">`` with the output's classes). The image URL is ``/data/local-files/?d=<file_name>`` (Label Studio's local-files serving, with
 ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the image root or to the export's ``images/``),
 or the source URI when there is neither.
+
+``label-studio-brush`` writes each mask as one ``brushlabels`` result instead (Label Studio's
+brush RLE, :mod:`.brush_rle`: exact, no tracing) with a ``<BrushLabels>`` interface.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from xml.sax.saxutils import quoteattr
 
 from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
+from labeler.output.exporters.brush_rle import encode_brush_rle
 from labeler.output.exporters.polygons import mask_polygons
 from labeler.output.exporters.source import ExportImage, decode_mask
 
@@ -23,6 +27,11 @@ DEFAULT_URL_PREFIX = "/data/local-files/?d="
 
 
 class LabelStudioExporter(Exporter):
+    """``label-studio``: tasks with ``polygonlabels`` pre-annotations."""
+
+    #: the labeling interface's tag (its lower case is the results' ``type``)
+    tag = "PolygonLabels"
+
     def __init__(self, context: ExportContext) -> None:
         super().__init__(context)
         self.names = {c["id"]: c["name"] for c in context.categories}
@@ -35,28 +44,37 @@ class LabelStudioExporter(Exporter):
             return DEFAULT_URL_PREFIX + image.file_name
         return image.uri
 
-    def add(self, image: ExportImage, annotations: list[dict]) -> None:
+    def _results(self, image: ExportImage, annotation: dict) -> list[dict]:
+        """One ``polygonlabels`` result per polygon of the mask."""
         results = []
-        for annotation in annotations:
-            for number, polygon in enumerate(
-                mask_polygons(decode_mask(annotation), self.context.tolerance)
-            ):
-                percent = polygon / [image.width, image.height] * 100.0
-                results.append({
-                    "id": f"{annotation['id']}-{number}",
-                    "from_name": FROM_NAME,
-                    "to_name": TO_NAME,
-                    "type": "polygonlabels",
-                    "original_width": image.width,
-                    "original_height": image.height,
-                    "image_rotation": 0,
-                    "score": annotation["score"],
-                    "value": {
-                        "points": [[round(x, 4), round(y, 4)] for x, y in percent.tolist()],
-                        "closed": True,
-                        "polygonlabels": [self.names[annotation["category_id"]]],
-                    },
-                })
+        for number, polygon in enumerate(
+            mask_polygons(decode_mask(annotation), self.context.tolerance)
+        ):
+            percent = polygon / [image.width, image.height] * 100.0
+            results.append({
+                **self._result_base(image, annotation, f"{annotation['id']}-{number}"),
+                "value": {
+                    "points": [[round(x, 4), round(y, 4)] for x, y in percent.tolist()],
+                    "closed": True,
+                    "polygonlabels": [self.names[annotation["category_id"]]],
+                },
+            })
+        return results
+
+    def _result_base(self, image: ExportImage, annotation: dict, result_id: str) -> dict:
+        return {
+            "id": result_id,
+            "from_name": FROM_NAME,
+            "to_name": TO_NAME,
+            "type": self.tag.lower(),
+            "original_width": image.width,
+            "original_height": image.height,
+            "image_rotation": 0,
+            "score": annotation["score"],
+        }
+
+    def add(self, image: ExportImage, annotations: list[dict]) -> None:
+        results = [r for annotation in annotations for r in self._results(image, annotation)]
         scores = [a["score"] for a in annotations]
         self._tasks.item({
             "id": image.image_id,
@@ -78,8 +96,24 @@ class LabelStudioExporter(Exporter):
         config = (
             "<View>\n"
             f"  <Image name=\"{TO_NAME}\" value=\"${TO_NAME}\"/>\n"
-            f"  <PolygonLabels name=\"{FROM_NAME}\" toName=\"{TO_NAME}\">\n{labels}"
-            "  </PolygonLabels>\n</View>\n"
+            f"  <{self.tag} name=\"{FROM_NAME}\" toName=\"{TO_NAME}\">\n{labels}"
+            f"  </{self.tag}>\n</View>\n"
         )
         self.context.out.write_bytes("labeling_config.xml", config.encode())
         return ["tasks.json", "labeling_config.xml"]
+
+
+class LabelStudioBrushExporter(LabelStudioExporter):
+    """``label-studio-brush``: each mask one ``brushlabels`` result in Label Studio's RLE."""
+
+    tag = "BrushLabels"
+
+    def _results(self, image: ExportImage, annotation: dict) -> list[dict]:
+        return [{
+            **self._result_base(image, annotation, str(annotation["id"])),
+            "value": {
+                "format": "rle",
+                "rle": encode_brush_rle(decode_mask(annotation)),
+                "brushlabels": [self.names[annotation["category_id"]]],
+            },
+        }]

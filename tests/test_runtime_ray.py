@@ -1,9 +1,11 @@
 """``labeler run`` end to end on a local Ray cluster, with real faults.
 
 One Ray session serves the module (started after the S3 test server's environment is set, so the
-workers inherit it); each job starts its own worker actors with the ``tiny`` model. The faults are
-real: a worker process SIGKILLed mid-shard, the driver process group SIGKILLed mid-run, the S3
-server restarted mid-run, a shard whose code fails on every attempt. After each, the output must
+workers inherit it, and pointed at it through a proxy); each job starts its own worker actors with
+the ``tiny`` model. The faults are real and triggered by events (a done marker appears, a
+connection is refused), never timers: a worker process SIGKILLed mid-shard, the driver process
+group SIGKILLed mid-run, the storage cut off mid-run (the proxy resets every connection until
+the run has met the outage), a shard whose code fails on every attempt. After each, the output must
 equal an uninterrupted run's: same ``images.parquet`` rows, same COCO images and annotations,
 same ``annotations/`` rows.
 """
@@ -38,10 +40,14 @@ from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.status import describe_run, run_progress
 from tests.s3server import S3Server
+from tests.tcpproxy import TcpProxy
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "labeler-runtime"
-KL_THRESHOLD = 0.7  # suits the random tiny model (see jobs/demo_diffseg.toml)
+#: Seconds after which a wait is a hang: an upper bound, never a timing. Generous because Ray
+#: runs its workers at niceness 15: beside two normal-priority busy loops on 2 cores (the soak,
+#: scripts/soak_fault_tests.sh) a worker gets a few percent of a core and needs minutes to start.
+PATIENCE = 1800.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,12 +56,19 @@ KL_THRESHOLD = 0.7  # suits the random tiny model (see jobs/demo_diffseg.toml)
 
 
 @pytest.fixture(scope="module")
-def ray_session(s3_server: S3Server) -> Iterator[None]:
-    """One local Ray instance for the module; its workers see the S3 server's environment."""
-    import ray
+def ray_session(s3_server: S3Server, s3_proxy: TcpProxy) -> Iterator[None]:
+    """One local Ray instance for the module; its workers see the S3 server's environment.
 
-    saved = {name: os.environ.get(name) for name in s3_server.env}
-    os.environ.update(s3_server.env)
+    The driver (this process) and the workers reach the server through ``s3_proxy``, so a test
+    can cut the storage off for all of them at once.
+    """
+    import ray
+    import s3fs
+
+    env = {**s3_server.env, "AWS_ENDPOINT_URL": s3_proxy.url}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()  # none made before reaches the server directly
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=256 * 1024**2)
     try:
@@ -93,7 +106,7 @@ def collection(tmp_path_factory) -> Path:
 
 def job_config(input_uri: str, output_uri: str, **overrides) -> JobConfig:
     settings = {"model": "tiny", "shard_size": 2, "batch_size": 2, "workers": 1,
-                "settings": DiffSegOptions(kl_threshold=KL_THRESHOLD), **overrides}
+                "settings": DiffSegOptions(), **overrides}
     return JobConfig(input=input_uri, output=output_uri, **settings)
 
 
@@ -149,7 +162,7 @@ def assert_same_output(expected: Path | Folder, actual: Path | Folder,
     assert len(want["coco.annotations"]) > 0
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -176,7 +189,7 @@ def run_in_thread(config: JobConfig) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
-def finish(thread: threading.Thread, result: dict, timeout: float = 300) -> RunSummary:
+def finish(thread: threading.Thread, result: dict, timeout: float = PATIENCE) -> RunSummary:
     thread.join(timeout)
     assert not thread.is_alive(), "the job did not finish"
     if "error" in result:
@@ -240,7 +253,7 @@ def test_changed_configuration_is_refused_naming_the_change(reference, collectio
                  "--no-progress"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "diffseg.kl_threshold: 0.7 -> 0.9" in err and "--overwrite" in err
+    assert "diffseg.kl_threshold: 1.1 -> 0.9" in err and "--overwrite" in err
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +264,7 @@ def test_changed_configuration_is_refused_naming_the_change(reference, collectio
 def test_killed_worker_is_replaced_and_output_matches(ray_session, reference, collection, tmp_path):
     output = tmp_path / "out"
     thread, result = run_in_thread(job_config(str(collection), str(output)))
-    wait_for(lambda: len(done_markers(output)) >= 1, 180, "the first shard")
+    wait_for(lambda: len(done_markers(output)) >= 1, "the first shard")
     pids = label_worker_pids()
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGKILL)  # mid-way through the second shard
@@ -287,31 +300,23 @@ def test_shard_failing_every_attempt_is_recorded_then_retried_by_a_rerun(
 
     manifest.write_bytes(good)  # the bug is fixed: the same command resumes
     code = main(["run", "--input", str(collection), "--output", str(output), "--model", "tiny",
-                 "--shard-size", "2", "--batch-size", "2", "--workers", "1", "--no-progress",
-                 *_kl_flag(tmp_path)])
+                 "--shard-size", "2", "--batch-size", "2", "--workers", "1", "--no-progress"])
     assert code == 0, capsys.readouterr()
     assert "1 of 2 shards processed" in capsys.readouterr().out
     assert run.failed_shards() == {}
     assert_same_output(reference, output)
 
 
-def _kl_flag(tmp_path: Path) -> list[str]:
-    """The tiny model's KL threshold as a job file (it has no flag)."""
-    job = tmp_path / "kl.toml"
-    job.write_text(f"[diffseg]\nkl_threshold = {KL_THRESHOLD}\n")
-    return [str(job)]
-
-
 def test_killed_driver_resumes_with_only_the_remaining_shards(reference, collection, tmp_path):
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "labeler.cli", "run", *_kl_flag(tmp_path), "--input",
+    command = [sys.executable, "-m", "labeler.cli", "run", "--input",
                str(collection), "--output", str(output), "--model", "tiny", "--shard-size", "2",
                "--batch-size", "2", "--workers", "1", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(done_markers(output)) >= 1, 180, "the first shard")
+        wait_for(lambda: len(done_markers(output)) >= 1, "the first shard")
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and everything in its group
         first.wait(30)
@@ -319,10 +324,12 @@ def test_killed_driver_resumes_with_only_the_remaining_shards(reference, collect
     assert len(finished_before) == 1 and not (output / "coco.json").exists()
     stats_before = {s: (output / "run" / "stats" / f"{s}.json").stat().st_mtime_ns
                     for s in finished_before}
-    assert "running" in describe_run(str(output)) or "interrupted" in describe_run(str(output))
+    # the lease names a dead local pid: interrupted at once, never "running" until it goes stale
+    assert describe_run(str(output)).splitlines()[0].endswith("interrupted")
+    assert run_progress(str(output))["state"] == "interrupted"
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300, check=False)
+                            timeout=PATIENCE, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "1 of 2 shards processed" in second.stdout
     for shard_id, mtime in stats_before.items():  # the finished shard was not redone
@@ -357,34 +364,25 @@ def test_s3_in_and_out(ray_session, reference, collection, s3_collection, s3_ser
     assert "complete" in describe_run(output)
 
 
-def test_storage_restart_mid_run_costs_time_not_data(
-    ray_session, reference, collection, s3_collection, s3_server
+def test_storage_outage_mid_run_costs_time_not_data(
+    ray_session, reference, collection, s3_collection, s3_server, s3_proxy
 ):
     output = f"s3://{BUCKET}/out-restart"
     on_disk = s3_server.data_dir / BUCKET / "out-restart"
     thread, result = run_in_thread(job_config(s3_collection, output))
-    wait_for(lambda: len(done_markers(on_disk)) >= 1, 180, "the first shard")
-    first = done_markers(on_disk)[0]
-    (worker,) = label_worker_pids()
-    s3_server.stop()  # while the second shard is labeled
-    wait_for(lambda: _idle(worker), 120, "the worker to block on the storage")
-    s3_server.start()
+    try:
+        wait_for(lambda: len(done_markers(on_disk)) >= 1, "the first shard")
+        s3_proxy.refuse()  # the storage goes away while the second shard is worked on
+        # the event: the run tried to reach the storage and was refused; then it comes back
+        wait_for(lambda: s3_proxy.refused >= 1, "the run to meet the outage")
+        met_outage_while_running = thread.is_alive()
+    finally:
+        s3_proxy.forward()
     summary = finish(thread, result)
+    assert met_outage_while_running
     assert summary.complete and summary.retries == 0  # absorbed by storage retries
-    second = next(s for s in done_markers(on_disk) if s != first)
-    stats = json.loads((on_disk / "run" / "stats" / f"{second}.json").read_text())
-    # the outage hit this shard (reading its manifest or images, or committing): it waited
-    assert stats["seconds"] - stats["timings"]["label"] > 1.0
-    assert stats["labeled"] == 2
+    assert summary.worker_deaths == 0 and summary.labeled == 4
     assert_same_output(reference, Folder(output), rename=_from_s3(collection))
-
-
-def _idle(pid: int, seconds: float = 1.0) -> bool:
-    """Whether process ``pid`` used (almost) no CPU for ``seconds``: done labeling, waiting."""
-    process = psutil.Process(pid)
-    before = sum(process.cpu_times()[:2])
-    time.sleep(seconds)
-    return sum(process.cpu_times()[:2]) - before < 0.1 * seconds
 
 
 # --------------------------------------------------------------------------------------------

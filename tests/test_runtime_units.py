@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from typing import ClassVar
 
 import numpy as np
@@ -125,38 +124,41 @@ def test_placement_refuses_what_the_machine_cannot_do(overrides, message):
 
 
 def test_prefetcher_reads_ahead_while_the_consumer_works():
-    produced: list[tuple[int, float]] = []
+    produced = [threading.Event() for _ in range(4)]
 
     def produce():
         for index in range(4):
-            produced.append((index, time.perf_counter()))
+            produced[index].set()
             yield index
 
     consumed = []
     with Prefetcher(produce, depth=1) as items:
         for item in items:
-            time.sleep(0.15)  # the "model"
-            consumed.append((item, time.perf_counter()))
-    assert [item for item, _ in consumed] == [0, 1, 2, 3]
-    # item k+1 was produced while item k was being consumed
-    for (_, done_at), (_, produced_at) in zip(consumed, produced[1:]):
-        assert produced_at < done_at
+            # the event: item k+1 is produced while item k is still in the consumer's hands
+            # (a producer that is not ahead would only run when asked for the next item)
+            if item + 1 < len(produced):
+                assert produced[item + 1].wait(60), f"item {item + 1} was not read ahead"
+            consumed.append(item)
+    assert consumed == [0, 1, 2, 3]
 
 
 def test_prefetcher_bounds_read_ahead_and_stops_when_the_consumer_fails():
     produced = []
+    blocked = threading.Event()
 
     def produce():
         for index in range(1000):
             produced.append(index)
+            if index == 3:  # the one consumed, two queued, this one waiting to be queued
+                blocked.set()
             yield index
 
     before = threading.active_count()
     with pytest.raises(RuntimeError, match="model broke"), Prefetcher(produce, depth=2) as items:
         for _ in items:
-            time.sleep(0.05)
+            assert blocked.wait(60), "the producer did not fill the queue"
             raise RuntimeError("model broke")
-    assert len(produced) <= 4  # the one consumed, two queued, one waiting to be queued
+    assert len(produced) == 4  # never more than the bound, and nothing after the failure
     assert threading.active_count() == before
 
 

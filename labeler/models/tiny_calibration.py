@@ -11,6 +11,9 @@ weights of the real diffusers classes (no new layers) so that:
   do (the factor was chosen in the latent diffusion paper to whiten SD's latents). The posterior
   is near-deterministic (std :data:`POSTERIOR_STD` after scaling, ~1% of the latent spread), as a
   KL-regularised autoencoder trained with a tiny KL weight is.
+* **VAE decoder**: the inverse of the encoder's colour part: each latent cell decodes to its
+  8x8 block of RGB (the texture channel is not decoded), so a white-on-black mask image
+  round-trips to the mask (DiffewS reads its masks from decoded images).
 * **UNet residual stream**: every ResNet and transformer residual branch is zeroed, so the latent
   features travel unchanged through all resolutions (2x2 averages on the way down, the skip
   connection's copy on the way up). The output noise prediction is therefore independent of the

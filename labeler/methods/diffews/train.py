@@ -243,7 +243,8 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
     _check_resume(output, record)
     backbone = load_backbone(model, device=device, dtype=torch.float32)
     unet = backbone.unet
-    lr = settings.lr or (TINY_LR if prepare_unet(model, unet) else REFERENCE_LR)
+    tiny = prepare_unet(model, unet)
+    lr = settings.lr or (TINY_LR if tiny else REFERENCE_LR)
     fusion = install_kv_fusion(unet)
     size = settings.size or backbone.image_size
     context = empty_context(backbone, settings.context_tokens)

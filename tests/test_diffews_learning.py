@@ -30,7 +30,7 @@ from labeler.models.synthetic_world import FEW_SHOT_CLASSES, few_shot_world
 
 SIZE = 128
 OPTIONS = DiffewsOptions(input_size=SIZE, cache_banks=False)
-#: Held-out one-shot IoU after 240 steps must exceed this (measured 0.198 on seed 0).
+#: Held-out one-shot IoU after 240 steps must exceed this (measured 0.198 and 0.286, seeds 0 and 1).
 FLOOR = 0.14
 
 
@@ -111,9 +111,9 @@ def test_a_short_run_already_beats_the_untrained_model(tmp_path, untrained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_training_raises_held_out_one_shot_iou_above_the_floor(tmp_path, untrained, seed):
-    # Measured (docs/tiny-model.md): untrained 0.070, seed 0 after 240 steps 0.198.
+    # Measured (docs/tiny-model.md): untrained 0.070; after 240 steps 0.198 (seed 0), 0.286 (seed 1).
     episodes = few_shot_episodes(2000, 12, SIZE)
     before = mean_iou(untrained, episodes)
     after = mean_iou(train(tmp_path, seed, 240), episodes)

@@ -1,4 +1,4 @@
-"""Do the default recipes learn on the offline `tiny` model? DiffSeg ARI and SLiMe one-shot mIoU.
+"""Do the default recipes learn on the offline `tiny` model? DiffSeg ARI, SLiMe and DiffewS one-shot.
 
 Synthetic worlds (:mod:`labeler.models.synthetic_world`): regions separable by colour or texture,
 varied shapes, sizes and counts. DiffSeg runs at its defaults (KL threshold 1.1) on held-out
@@ -6,28 +6,41 @@ seeds and is scored by the adjusted Rand index against the true regions, next to
 spatially coherent partition with the same number of segments (a Voronoi tiling). SLiMe fits on
 ONE annotated image with the default recipe (``labeler slime fit --model tiny``: SD loss on,
 200 epochs, 512 px) and labels held-out images of the same world (per-image mIoU over present
-classes).
+classes). DiffewS fine-tunes from tiny (``labeler diffews train`` defaults on tiny, one episode per
+step) on 16 images of :func:`~labeler.models.synthetic_world.few_shot_world` and is scored by
+held-out one-shot IoU through the run path, before and after, plus the share of absent-class
+queries that get any annotation.
 
     python bench/tiny_quality.py --diffseg-images 8 --slime-seeds 0,1 [--epochs 200] [--fit-size 512]
+    python bench/tiny_quality.py --diffseg-images 0 --slime-seeds "" --diffews-seeds 0,1 --diffews-steps 240
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from labeler.methods.annotations import AnnotatedImage
+from labeler.methods.diffews.evaluation import few_shot_episodes, label_episode, one_shot_ious
+from labeler.methods.diffews.model import load_diffews_backbone, write_checkpoint
+from labeler.methods.diffews.settings import DiffewsOptions
+from labeler.methods.diffews.train import TrainSettings, prepare_unet, train
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.methods.slime.algorithm import mean_iou_present
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
 from labeler.models.backbone import load_backbone
 from labeler.models.synthetic_world import (
+    FEW_SHOT_CLASSES,
     SLIME_CLASSES,
     adjusted_rand_index,
+    few_shot_world,
     region_world,
     slime_world,
     voronoi_partition,
@@ -75,6 +88,35 @@ def slime_scores(backbone, seed: int, settings: FitSettings, held_out: int, size
     return {"seed": seed, "miou": float(np.mean(scores)), "per_image": scores, "fit_s": fit_s}
 
 
+def diffews_scores(checkpoint: Path, size: int, episodes: int) -> dict:
+    """Held-out one-shot IoU (mean, per episode) and the share of absent-class queries labelled."""
+    backbone, weights = load_diffews_backbone(str(checkpoint))
+    options = DiffewsOptions(input_size=size, cache_banks=False)
+    ious = one_shot_ious(backbone, weights, few_shot_episodes(2000, episodes, size), options)
+    absent = [bool(label_episode(backbone, weights, episode, options).any())
+              for episode in few_shot_episodes(3000, episodes, size, absent=True)]
+    return {"iou": float(np.mean(ious)), "per_episode": ious, "absent_labelled": float(np.mean(absent))}
+
+
+def diffews_runs(seeds: list[int], steps: int, size: int, episodes: int) -> dict:
+    """Untrained start vs ``steps`` one-episode steps of fine-tuning from tiny, per seed."""
+    folder = Path(tempfile.mkdtemp(prefix="tiny-diffews-"))
+    start = load_backbone("tiny", device="cpu", dtype=torch.float32)
+    prepare_unet("tiny", start.unet)
+    report = {"untrained": diffews_scores(write_checkpoint(start, folder / "untrained"), size, episodes)}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        samples = [AnnotatedImage(f"{seed}-{i}", *few_shot_world(rng, size), f"{seed:016x}")
+                   for i in range(16)]
+        settings = TrainSettings(steps=steps, accumulation=1, size=size, save_every=steps, seed=seed)
+        began = time.perf_counter()
+        summary = train(samples, FEW_SHOT_CLASSES, folder / f"seed-{seed}", "tiny", settings, "cpu")
+        report[f"seed {seed}"] = {"train_s": time.perf_counter() - began, "steps": steps,
+                                  "lr": summary["lr"],
+                                  **diffews_scores(folder / f"seed-{seed}", size, episodes)}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--diffseg-images", type=int, default=8)
@@ -84,6 +126,10 @@ def main() -> None:
     parser.add_argument("--fit-size", type=int, default=None)
     parser.add_argument("--size", type=int, default=512, help="side of the synthetic images")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--diffews-seeds", default="", help="training seeds of the DiffewS section")
+    parser.add_argument("--diffews-steps", type=int, default=240)
+    parser.add_argument("--diffews-size", type=int, default=128)
+    parser.add_argument("--diffews-episodes", type=int, default=12)
     args = parser.parse_args()
     backbone = load_backbone("tiny", device=args.device)
     report = {}
@@ -94,6 +140,10 @@ def main() -> None:
     settings = FitSettings(epochs=args.epochs, fit_size=args.fit_size)
     report["slime"] = [slime_scores(backbone, seed, settings, args.held_out, args.size)
                        for seed in seeds]
+    diffews_seeds = [int(s) for s in args.diffews_seeds.split(",") if s]
+    if diffews_seeds:
+        report["diffews"] = diffews_runs(diffews_seeds, args.diffews_steps, args.diffews_size,
+                                         args.diffews_episodes)
     print(json.dumps(report, indent=1))
 
 

@@ -15,6 +15,9 @@ PALETTE = np.array([
 ], np.float64)
 #: Classes of :func:`slime_world`.
 SLIME_CLASSES = ("background", "red", "blue")
+#: Classes of :func:`few_shot_world` and their base colours (RGB; the background is a textured grey).
+FEW_SHOT_CLASSES = ("background", "red", "blue", "yellow")
+FEW_SHOT_COLOURS = np.array([[130, 130, 125], [220, 45, 40], [45, 70, 215], [235, 205, 50]], np.float64)
 
 
 def _shape_mask(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
@@ -88,6 +91,32 @@ def slime_world(rng: np.random.Generator, size: int = 512) -> tuple[np.ndarray, 
     image = colours[classes]
     image += _texture(rng, size)[..., None] * 20 * (classes == 0)[..., None]
     image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), classes
+
+
+def few_shot_world(rng: np.random.Generator, size: int = 512,
+                   present: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Objects of several colour classes on a textured grey ground, for one-shot tests: which
+    colour is "the class" is only said by a support mask.
+
+    Args:
+        present: the object classes (indices of FEW_SHOT_CLASSES, 1..3) in the image, 1-2
+            objects each; default: two of the three, drawn.
+
+    Returns:
+        image (size, size, 3) uint8 and classes (size, size) int64 (a class may end up fully
+        occluded).
+    """
+    if present is None:
+        present = tuple(int(c) for c in 1 + rng.permutation(len(FEW_SHOT_CLASSES) - 1)[:2])
+    classes = np.zeros((size, size), np.int64)
+    objects = [c for c in present for _ in range(int(rng.integers(1, 3)))]
+    for label in rng.permutation(objects):
+        classes[_shape_mask(rng, size, rng.uniform(0.12, 0.3))] = label
+    colours = FEW_SHOT_COLOURS + rng.uniform(-15, 15, FEW_SHOT_COLOURS.shape)
+    image = colours[classes]
+    image += _texture(rng, size)[..., None] * 25 * (classes == 0)[..., None]
+    image += rng.normal(0, 5, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), classes
 
 

@@ -26,7 +26,7 @@ from labeler.models.tiny_calibration import calibrate_unet, calibrate_vae, text_
 logger = logging.getLogger(__name__)
 
 TINY_SEED = 20240101
-TINY_VERSION = 3
+TINY_VERSION = 4
 #: Prompts of 0..N-1 "part" words whose padding rows set the cross-attention key directions.
 CALIBRATION_PROMPTS = 10
 TEXT_WIDTH = 32
@@ -51,7 +51,7 @@ VAE_CONFIG = {
     "block_out_channels": [8, 16, 16, 16],
     "layers_per_block": 1,
     "latent_channels": 4,
-    "norm_num_groups": 8,
+    "norm_num_groups": 4,
     "sample_size": 512,
     "scaling_factor": 0.18215,
 }

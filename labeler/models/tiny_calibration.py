@@ -11,6 +11,9 @@ weights of the real diffusers classes (no new layers) so that:
   do (the factor was chosen in the latent diffusion paper to whiten SD's latents). The posterior
   is near-deterministic (std :data:`POSTERIOR_STD` after scaling, ~1% of the latent spread), as a
   KL-regularised autoencoder trained with a tiny KL weight is.
+* **VAE decoder**: the inverse of the encoder's colour part: each latent cell decodes to its
+  8x8 block of RGB (the texture channel is not decoded), so a white-on-black mask image
+  round-trips to the mask (DiffewS reads its masks from decoded images).
 * **UNet residual stream**: every ResNet and transformer residual branch is zeroed, so the latent
   features travel unchanged through all resolutions (2x2 averages on the way down, the skip
   connection's copy on the way up). The output noise prediction is therefore independent of the
@@ -98,63 +101,86 @@ def _pairs(features: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def calibrate_vae(vae: nn.Module) -> None:
-    """VAE encoder -> posterior mean: 8x8 averages of colour axes and texture energy.
+    """VAE encoder -> posterior mean: 8x8 averages of colour axes and texture energy; the
+    decoder inverts the colour part (:func:`calibrate_vae_decoder`).
 
-    The decoder keeps its random weights: no method decodes latents.
     Latent (B, 4, H/8, W/8), times ``scaling_factor``: ``COLOUR_GAIN * axes @ rgb`` (3 channels)
     and ``TEXTURE_GAIN * (mean |grad luminance| - TEXTURE_OFFSET)``.
+
+    The VAE has 4 GroupNorm groups (2 channels per group at width 8, 4 at width 16). Where a
+    feature must be normalised on its own (mean over the image subtracted), it travels as a
+    duplicate ``(f, f)``, which has exactly the statistics of ``f`` alone; where the group mean
+    must be exactly zero, as ``(f, -f)`` (repeated at width 16).
     """
+    calibrate_vae_encoder(vae)
+    calibrate_vae_decoder(vae)
+
+
+@torch.no_grad()
+def calibrate_vae_encoder(vae: nn.Module) -> None:
+    """The encoder half of :func:`calibrate_vae` (see its docstring for the latent)."""
     enc = vae.encoder
     s = HIDDEN_SCALE
-    # conv_in (8, 3, 3, 3): channels (R, -R, G, -G, B, -B, 0, 0).
+    # conv_in (8, 3, 3, 3): channels (R, R, G, G, B, B, 0, 0): each colour alone in its group.
     enc.conv_in.weight.zero_()
     enc.conv_in.bias.zero_()
     for c in range(3):
         enc.conv_in.weight[2 * c, c, 1, 1] = s
-        enc.conv_in.weight[2 * c + 1, c, 1, 1] = -s
+        enc.conv_in.weight[2 * c + 1, c, 1, 1] = s
     # Block 0's resnet computes texture energy into channels 6, 7 as (t, -t).
     texture = enc.down_blocks[0].resnets[0]
     for norm in (texture.norm1, texture.norm2):
         norm.weight.fill_(1.0)
         norm.bias.zero_()
-    # norm1 (groups of one channel) gives ~0.1 * (R - mean R), SiLU halves it: ~0.05 * R.
-    # conv1: central differences of luminance, paired (g, -g), back at the hidden scale s.
+    # norm1 (one colour per group) gives ~0.1 * (R - mean R), SiLU halves it: ~0.05 * R.
+    # conv1: central differences of luminance, as (gx, gx, -gx, -gx, gy, gy, -gy, -gy).
     texture.conv1.weight.zero_()
     texture.conv1.bias.zero_()
     lum = torch.tensor([1 / 3] * 3)
-    # Each of R, G, B enters through its +channel; the gradient taps are central differences.
     diff_x = {(1, 2): 0.5, (1, 0): -0.5}
     diff_y = {(2, 1): 0.5, (0, 1): -0.5}
-    for out, taps in ((0, diff_x), (2, diff_y)):
+    for out, taps in ((0, diff_x), (4, diff_y)):
         for c in range(3):
             for (y, x), w in taps.items():
                 value = w * lum[c] * s * 20.0
-                texture.conv1.weight[out, 2 * c, y, x] = value
-                texture.conv1.weight[out + 1, 2 * c, y, x] = -value
-    # norm2 (groups of 1 channel): ~x*1000; its gain makes SiLU(x) + SiLU(-x) ~ |x|.
+                for copy in (0, 1):
+                    texture.conv1.weight[out + copy, 2 * c, y, x] = value
+                    texture.conv1.weight[out + 2 + copy, 2 * c, y, x] = -value
+    # norm2 (one signed gradient per group): ~x*1000; its gain makes SiLU(x) + SiLU(-x) ~ |x|.
     gain = 40.0
     texture.norm2.weight.fill_(gain)
-    # conv2: t = sum over the 4 rectified channels, written to channels 6, 7 at scale s.
+    # conv2: t = sum over the rectified channels (each twice), written to channels 6, 7.
     texture.conv2.weight.zero_()
     texture.conv2.bias.zero_()
     # norm2 gives 0.1 * gain * g = 4 g; SiLU(4g) + SiLU(-4g) = 4 g tanh(2 g) ~ 4 |g| for edges.
-    unit = s / 4.0
-    for src in range(4):
+    unit = s / 8.0
+    for src in range(8):
         texture.conv2.weight[6, src, 1, 1] = unit
         texture.conv2.weight[7, src, 1, 1] = -unit
-    # Everything else in the encoder is an identity: 2x2 averages in the downsamplers.
-    widths = [8, 8, 8, 8]
+    # Block 0's downsampler: 2x2 average, and (R, R, G, G, B, B) -> (R, -R, G, -G, B, -B).
+    taps = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    down = enc.down_blocks[0].downsamplers[0].conv
+    _identity_conv(down, 8, taps=taps)
+    for c in range(3):
+        down.weight[2 * c + 1] *= -1.0
+    # Block 1's first resnet widens to 16 channels: each pair twice, (f, -f, f, -f).
+    _identity_resnet(enc.down_blocks[1].resnets[0], 0)
+    shortcut = enc.down_blocks[1].resnets[0].conv_shortcut
+    for out in range(16):
+        shortcut.weight[out, 2 * (out // 4) + out % 2, 0, 0] = 1.0
+    # Everything else is an identity: 2x2 averages in the downsamplers.
     for i, block in enumerate(enc.down_blocks):
         for j, resnet in enumerate(block.resnets):
-            if i or j:
-                _identity_resnet(resnet, widths[i])
-        for down in block.downsamplers or []:
-            _identity_conv(down.conv, widths[i], taps=[(0, 0), (0, 1), (1, 0), (1, 1)])
+            if i > 1 or (i == 1 and j):
+                _identity_resnet(resnet, 16)
+        for down in (block.downsamplers or []) if i else []:
+            _identity_conv(down.conv, 16, taps=taps)
     for resnet in enc.mid_block.resnets:
-        _identity_resnet(resnet, 8)
+        _identity_resnet(resnet, 16)
     for attention in enc.mid_block.attentions:
         _zero(attention.to_out[0])
-    # conv_norm_out (16 ch, groups of 2): linear x * 1000, shifted into SiLU's linear range.
+    # conv_norm_out (16 ch, groups of 4 = (f, -f, f, -f)): linear x * 1000, shifted into
+    # SiLU's linear range.
     shift = 20.0
     enc.conv_norm_out.weight.fill_(1.0)
     enc.conv_norm_out.bias.fill_(shift)
@@ -164,16 +190,17 @@ def calibrate_vae(vae: nn.Module) -> None:
     factor = vae.config.scaling_factor
     norm_gain = s / 1e-3  # pixels of value v arrive as v * 0.1
     axes = torch.tensor(COLOUR_AXES)
+    signs = (1.0, -1.0, 1.0, -1.0)
     for k in range(3):
         for c in range(3):
             w = COLOUR_GAIN * axes[k, c] / (factor * norm_gain)
-            enc.conv_out.weight[k, 2 * c, 1, 1] = w / 2
-            enc.conv_out.weight[k, 2 * c + 1, 1, 1] = -w / 2
-        # The shift cancels: both paired channels carry +shift.
-    # texture channel: t arrives at ~0.1 * mean|grad| (paired 6, 7).
+            for j, sign in enumerate(signs):
+                enc.conv_out.weight[k, 4 * c + j, 1, 1] = sign * w / 4
+        # The shift cancels: the paired channels carry +shift.
+    # texture channel: t arrives at ~0.1 * mean|grad| (channels 12-15).
     w = TEXTURE_GAIN / (factor * norm_gain)
-    enc.conv_out.weight[3, 6, 1, 1] = w / 2
-    enc.conv_out.weight[3, 7, 1, 1] = -w / 2
+    for j, sign in enumerate(signs):
+        enc.conv_out.weight[3, 12 + j, 1, 1] = sign * w / 4
     enc.conv_out.bias[3] = -TEXTURE_GAIN * TEXTURE_OFFSET / factor
     # quant_conv (8, 8, 1, 1): identity on the mean, constant log-variance.
     quant = vae.quant_conv
@@ -182,6 +209,55 @@ def calibrate_vae(vae: nn.Module) -> None:
     for k in range(4):
         quant.weight[k, k, 0, 0] = 1.0
     quant.bias[4:] = 2.0 * torch.log(torch.tensor(POSTERIOR_STD / factor))
+
+
+@torch.no_grad()
+def calibrate_vae_decoder(vae: nn.Module) -> None:
+    """VAE decoder: the colour axes of each latent cell back to RGB, as an 8x8 block.
+
+    The encoder's colour latent is ``COLOUR_GAIN * axes @ mean_8x8(rgb)`` with orthonormal axes,
+    so ``rgb = axes.T @ latent / COLOUR_GAIN`` (the texture channel is not decoded). conv_in
+    writes the RGB pairs ``(R, -R, G, -G, B, -B)`` at :data:`HIDDEN_SCALE`, every residual
+    branch is zeroed, the upsamplers copy (nearest), and conv_norm_out (groups ``(f, -f)``, zero
+    mean, linear regime) feeds SiLU, where ``silu(x) - silu(-x) = x`` exactly undoes the
+    nonlinearity. Input (B, 4, h, w) unscaled latents -> (B, 3, 8h, 8w) RGB in [-1, 1] for the
+    latents of images.
+    """
+    dec = vae.decoder
+    s = HIDDEN_SCALE
+    factor = vae.config.scaling_factor
+    post = vae.post_quant_conv
+    post.weight.zero_()
+    post.bias.zero_()
+    for k in range(4):
+        post.weight[k, k, 0, 0] = 1.0
+    dec.conv_in.weight.zero_()
+    dec.conv_in.bias.zero_()
+    axes = torch.tensor(COLOUR_AXES)
+    for c in range(3):
+        for k in range(3):
+            w = s * axes[k, c] * factor / COLOUR_GAIN
+            dec.conv_in.weight[2 * c, k, 1, 1] = w
+            dec.conv_in.weight[2 * c + 1, k, 1, 1] = -w
+    for resnet in dec.mid_block.resnets:
+        _identity_resnet(resnet, 6)
+    for attention in dec.mid_block.attentions:
+        _zero(attention.to_out[0])
+    for block in dec.up_blocks:
+        for resnet in block.resnets:
+            _identity_resnet(resnet, 6)
+        for up in block.upsamplers or []:
+            _identity_conv(up.conv, 6)
+    # conv_norm_out: pixel value v arrives as v * s; the norm divides by ~sqrt(eps) = 1e-3.
+    gain = 10.0
+    dec.conv_norm_out.weight.fill_(gain)
+    dec.conv_norm_out.bias.zero_()
+    dec.conv_out.weight.zero_()
+    dec.conv_out.bias.zero_()
+    unit = 1e-3 / (gain * s)
+    for c in range(3):
+        dec.conv_out.weight[c, 2 * c, 1, 1] = unit
+        dec.conv_out.weight[c, 2 * c + 1, 1, 1] = -unit
 
 
 def _up_hidden_channels(config, block: int, index: int) -> int:

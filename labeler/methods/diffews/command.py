@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument("--model", help=f"base model or DiffewS checkpoint (default {DEFAULT_BASE})")
     fit.add_argument("--steps", type=int, help="optimiser steps (20000)")
     fit.add_argument("--seed", type=int, help="episodes and VAE samples (0)")
-    fit.add_argument("--lr", type=float, help="AdamW learning rate (1e-5)")
+    fit.add_argument("--lr", type=float, help="AdamW learning rate (1e-5; 1e-3 from the tiny model)")
     fit.add_argument("--accumulation", type=int, help="episodes per step (4)")
     fit.add_argument("--max-shots", type=int, dest="max_shots", help="shots per episode, 1..N (2)")
     fit.add_argument("--size", type=int, help="model input side (the model's, 512 for SD)")

@@ -8,7 +8,9 @@ them, and the loss is ``MSE(UNet(z_query, t=1), -z_mask)`` with z the VAE poster
 weight decay 1e-2), linear decay to 1e-7, gradient clipping 1.0, accumulation over episodes,
 bf16/fp16 autocast on GPU with an fp32 master UNet. The whole UNet, both input convs included,
 is trained; VAE and text encoder are frozen. ``conv_in_ref`` starts from the model's own when it
-has one, else from the duplicate-and-halve init.
+has one, else from the duplicate-and-halve init. From the calibrated tiny model (a deviation, for
+offline tests and demos; docs/tiny-model.md) the start also seeds the zeroed bank path
+(:mod:`labeler.methods.diffews.tiny_start`) and the default lr is :data:`TINY_LR`.
 
 Every episode's randomness comes from (seed, step, episode), so a resumed run draws exactly the
 episodes of an uninterrupted one. ``OUTPUT/`` is a checkpoint folder from the first save on;
@@ -49,12 +51,19 @@ from labeler.methods.diffews.model import (
     write_checkpoint,
 )
 from labeler.methods.diffews.support import TIMESTEP, empty_context, mask_images
+from labeler.methods.diffews.tiny_start import is_tiny, tiny_start
 from labeler.methods.preprocess import images_to_model_input
 from labeler.models.backbone import load_backbone
 
 logger = logging.getLogger(__name__)
 
 STATE = "training/state.pt"
+#: The reference recipe's AdamW learning rate.
+REFERENCE_LR = 1e-5
+#: The default on the tiny model (docs/tiny-model.md): its attention and output layers are of
+#: unit order and start from zero or near zero, so 1e-5 moves them ~100x too slowly for a run of
+#: a few hundred steps.
+TINY_LR = 1e-3
 SETTINGS = "training/settings.json"
 
 
@@ -64,7 +73,8 @@ class TrainSettings:
 
     Attributes:
         steps: optimiser steps (the reference script: 20000).
-        lr: AdamW learning rate, decayed linearly to ``lr_end``.
+        lr: AdamW learning rate, decayed linearly to ``lr_end``; None = :data:`REFERENCE_LR`,
+            or :data:`TINY_LR` when training starts from the tiny model.
         weight_decay, lr_end, grad_clip: AdamW weight decay, final lr, gradient-norm clip.
         accumulation: episodes per optimiser step (the script: 4).
         max_shots: shots per episode drawn from 1..max_shots (the script: 2).
@@ -76,7 +86,7 @@ class TrainSettings:
     """
 
     steps: int = 20000
-    lr: float = 1e-5
+    lr: float | None = None
     weight_decay: float = 1e-2
     lr_end: float = 1e-7
     grad_clip: float = 1.0
@@ -91,8 +101,8 @@ class TrainSettings:
         for name in ("steps", "accumulation", "max_shots", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
+        if self.lr is not None and self.lr <= self.lr_end:
+            raise ValueError(f"lr must be > lr_end ({self.lr_end})")
 
 
 @dataclass
@@ -193,13 +203,25 @@ def validation_iou(backbone, fusion, context: Tensor, data: list[EncodedImage], 
     return float(np.mean(ious))
 
 
-def _support_conv(model: str, unet):
+def prepare_unet(model: str, unet) -> bool:
+    """Install the dual input conv: ``conv_in_ref`` from the model when it has one, else the
+    duplicate-and-halve init (and, on the tiny model, :func:`tiny_start`).
+
+    Returns:
+        whether the tiny start was applied.
+    """
+    unet_dir = model_unet_dir(model)
     try:
-        weight, bias = read_support_conv(model_unet_dir(model))
-        return support_conv_from_tensors(unet.conv_in, weight, bias)
+        weight, bias = read_support_conv(unet_dir)
+        install_dual_conv(unet, support_conv_from_tensors(unet.conv_in, weight, bias))
     except NotADiffewsModel:
         logger.info("%s has no conv_in_ref: duplicate-and-halve initialisation", model)
-        return duplicate_and_halve(unet.conv_in)
+        install_dual_conv(unet, duplicate_and_halve(unet.conv_in))
+        if is_tiny(unet_dir.parent):
+            logger.info("tiny model: seeded noise in attn1.to_out and proj_out (docs/tiny-model.md)")
+            tiny_start(unet)
+            return True
+    return False
 
 
 def _autocast(device: torch.device):
@@ -221,13 +243,14 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
     _check_resume(output, record)
     backbone = load_backbone(model, device=device, dtype=torch.float32)
     unet = backbone.unet
-    install_dual_conv(unet, _support_conv(model, unet))
+    tiny = prepare_unet(model, unet)
+    lr = settings.lr or (TINY_LR if tiny else REFERENCE_LR)
     fusion = install_kv_fusion(unet)
     size = settings.size or backbone.image_size
     context = empty_context(backbone, settings.context_tokens)
     data = encode_dataset(backbone, samples, len(classes), size)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - (1 - settings.lr_end / settings.lr)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - (1 - settings.lr_end / lr)
                                                  * min(step, settings.steps) / settings.steps)
     start, history = _restore(output, unet, optimizer, schedule)
     if start == 0:
@@ -264,7 +287,7 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
             logger.info("step %d/%d: loss %.5f, validation IoU %.3f", done, settings.steps, loss_value, iou)
             _save(output, backbone, optimizer, schedule, done, history)
     unet.eval()
-    return {"steps": settings.steps, "resumed_from": start, "loss": loss_value, "history": history}
+    return {"steps": settings.steps, "resumed_from": start, "lr": lr, "loss": loss_value, "history": history}
 
 
 def _check_resume(output: Path, record: dict) -> None:

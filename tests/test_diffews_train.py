@@ -1,14 +1,19 @@
-"""`labeler diffews train` on the tiny model: writes a loadable checkpoint, resumes exactly."""
+"""`labeler diffews train` on the tiny model: writes a loadable checkpoint, resumes exactly, and
+draws absent-class episodes when asked."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from labeler.cli import main
+from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews import train as train_module
 from labeler.methods.diffews.model import load_diffews_backbone
+from labeler.methods.diffews.support import mask_images
+from labeler.models.synthetic_world import FEW_SHOT_CLASSES, few_shot_world
 from tests.diffews_helpers import support_folder
 
 FLAGS = ["--classes", "background,red,green", "--model", "tiny", "--steps", "2", "--save-every", "1",
@@ -19,9 +24,10 @@ class Interrupted(Exception):
     """Stands for a killed training process."""
 
 
-def _train(support, output) -> int:
+def _train(support, output, *extra: str) -> int:
+    """``labeler diffews train`` with FLAGS; ``extra`` flags come last, so they win."""
     return main(["diffews", "train", "--images", str(support), "--masks", str(support),
-                 "--output", str(output), *FLAGS])
+                 "--output", str(output), *FLAGS, *extra])
 
 
 def test_training_writes_a_checkpoint_and_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
@@ -50,3 +56,30 @@ def test_training_writes_a_checkpoint_and_an_interrupted_run_resumes_exactly(tmp
     changed = main(["diffews", "train", "--images", str(support), "--masks", str(support),
                     "--output", str(tmp_path / "resumed"), *FLAGS[:-2], "--seed", "4"])
     assert changed == 2  # other settings on an existing training output are refused
+
+
+def test_absent_episodes_take_queries_without_the_class_and_an_empty_target(tiny_backbone):
+    rng = np.random.default_rng(0)
+    samples = [AnnotatedImage(str(i), *few_shot_world(rng, 64), "0" * 16) for i in range(6)]
+    data = train_module.encode_dataset(tiny_backbone, samples, len(FEW_SHOT_CLASSES), 64)
+    empty = train_module._posterior(tiny_backbone, mask_images([np.zeros((64, 64), bool)], 64))[0]
+    for share in (0.0, 0.25):
+        generator = torch.Generator().manual_seed(5)
+        absent = 0
+        for _ in range(400):
+            cls, query, supports = train_module.draw_episode(data, 2, generator, share)
+            assert all(cls in data[i].classes for i in supports)
+            if cls not in data[query].classes:
+                absent += 1
+                torch.testing.assert_close(data[query].masks[cls], empty)  # the target: no mask
+        if share == 0:
+            assert absent == 0
+        else:
+            assert 0.15 < absent / 400 < 0.35, absent
+
+
+def test_a_bad_absent_share_is_one_line_and_exit_2(tmp_path, capsys):
+    support = support_folder(tmp_path / "support")
+    code = _train(support, tmp_path / "out", "--absent-share", "1.5")
+    assert code == 2 and "absent_share must be in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

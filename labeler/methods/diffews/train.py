@@ -1,7 +1,10 @@
 """Episodic DiffewS fine-tuning on the user's annotated images (the reference recipe).
 
 One episode: a class c drawn uniformly, a query image containing it, k in {1..max_shots} support
-images containing it (others than the query when there are any). The support pass records the
+images containing it (others than the query when there are any). With ``absent_share`` > 0 (an
+option; the reference's queries always hold the class, and so does the default) that share of
+episodes takes a query *without* c, whose target is the empty mask, to teach the model to answer
+"not here" (docs/tiny-model.md has what it did on tiny). The support pass records the
 banks (with gradients: the support branch learns through the query's loss), the query pass reads
 them, and the loss is ``MSE(UNet(z_query, t=1), -z_mask)`` with z the VAE posterior *sample*
 (the reference's training) of the query and of its class mask as a +-1 image. AdamW (lr 1e-5,
@@ -83,6 +86,8 @@ class TrainSettings:
         seed: episode draws and VAE samples.
         context_tokens: empty-prompt length; 2, the inference default (the reference trains
             with 77 and infers with 2).
+        absent_share: share of episodes whose query lacks the class (target: the empty mask);
+            0 = the reference, whose queries always hold it.
     """
 
     steps: int = 20000
@@ -96,11 +101,14 @@ class TrainSettings:
     save_every: int = 500
     seed: int = 0
     context_tokens: int = 2
+    absent_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "accumulation", "max_shots", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.absent_share < 1:
+            raise ValueError(f"absent_share must be in [0, 1) (got {self.absent_share})")
         if self.lr is not None and self.lr <= self.lr_end:
             raise ValueError(f"lr must be > lr_end ({self.lr_end})")
 
@@ -112,7 +120,8 @@ class EncodedImage:
 
     Attributes:
         image: (2, 4, h, w) posterior mean and std of the image.
-        masks: class value -> (2, 4, h, w) of its +-1 mask image.
+        masks: class value -> (2, 4, h, w) of its +-1 mask image, for every class; the absent
+            ones share one tensor, the empty mask's.
         classes: the non-background class values present.
     """
 
@@ -131,10 +140,12 @@ def _posterior(backbone, pixels: Tensor) -> Tensor:
 def encode_dataset(backbone, samples: list[AnnotatedImage], num_classes: int, size: int) -> list[EncodedImage]:
     """Encode every image and every present class mask once."""
     encoded = []
+    empty = _posterior(backbone, mask_images([np.zeros((size, size), bool)], size))[0]
     for sample in samples:
         image = _posterior(backbone, images_to_model_input([sample.image], size))[0]
         present = [c for c in range(1, num_classes) if (sample.mask == c).any()]
-        masks = {c: _posterior(backbone, mask_images([sample.mask == c], size))[0] for c in present}
+        masks = {c: _posterior(backbone, mask_images([sample.mask == c], size))[0] if c in present else empty
+                 for c in range(1, num_classes)}
         encoded.append(EncodedImage(image, masks, present))
     return encoded
 
@@ -144,12 +155,17 @@ def _sample(posterior: Tensor, generator: torch.Generator) -> Tensor:
     return posterior[0] + posterior[1] * noise.to(posterior.device)
 
 
-def draw_episode(data: list[EncodedImage], max_shots: int, generator: torch.Generator) -> tuple[int, int, list[int]]:
-    """(class, query index, support indices) of one episode."""
+def draw_episode(data: list[EncodedImage], max_shots: int, generator: torch.Generator,
+                 absent_share: float = 0.0) -> tuple[int, int, list[int]]:
+    """(class, query index, support indices) of one episode; with probability ``absent_share``
+    (when some image lacks the class) the query is an image without it."""
     classes = sorted({c for item in data for c in item.classes})
     cls = classes[int(torch.randint(len(classes), (), generator=generator))]
-    holders = [i for i, item in enumerate(data) if cls in item.masks]
-    query = holders[int(torch.randint(len(holders), (), generator=generator))]
+    holders = [i for i, item in enumerate(data) if cls in item.classes]
+    lacking = [i for i in range(len(data)) if i not in holders]
+    absent = bool(absent_share) and bool(lacking) and float(torch.rand((), generator=generator)) < absent_share
+    pool = lacking if absent else holders
+    query = pool[int(torch.randint(len(pool), (), generator=generator))]
     others = [i for i in holders if i != query] or [query]
     shots = 1 + int(torch.randint(max_shots, (), generator=generator))
     order = torch.randperm(len(others), generator=generator).tolist()
@@ -267,7 +283,7 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
         total = 0.0
         for micro in range(settings.accumulation):
             generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 97 + micro)
-            episode = draw_episode(data, settings.max_shots, generator)
+            episode = draw_episode(data, settings.max_shots, generator, settings.absent_share)
             with _autocast(backbone.device):
                 loss = episode_loss(unet, fusion, context, data, episode, generator) / settings.accumulation
             scaler.scale(loss).backward()

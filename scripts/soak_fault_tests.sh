@@ -3,7 +3,8 @@
 # Usage: scripts/soak_fault_tests.sh [ROUNDS] [pytest args...]   (ROUNDS defaults to 10)
 # The load is two busy-looping Python processes at normal priority (what `stress --cpu 2` does),
 # killed on exit. PYTHON picks the interpreter (default .venv/bin/python); each round prints its
-# wall time and pass/fail, and the pytest log of a failed round is kept and named.
+# wall time and pass/fail, and the pytest log of a failed round is kept and named (a crash, even
+# one after every test passed, is a failed round, with every thread's stack in that log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-10}
@@ -55,7 +56,8 @@ echo "soak: $count fault tests, $ROUNDS rounds, load: ${#LOAD_PIDS[@]} busy proc
 times=()
 for round in $(seq 1 "$ROUNDS"); do
   start=$(date +%s.%N)
-  "$PYTHON" -m pytest -x -q -p no:cacheprovider "${TESTS[@]}" "$@" >"$LOG" 2>&1 &
+  # faulthandler stays on through interpreter shutdown, so a crash after the session prints stacks
+  PYTHONFAULTHANDLER=1 "$PYTHON" -m pytest -x -q -p no:cacheprovider "${TESTS[@]}" "$@" >"$LOG" 2>&1 &
   PYTEST_PID=$!
   if wait "$PYTEST_PID"; then result=pass; else result=FAIL; fi
   PYTEST_PID=

@@ -138,7 +138,7 @@ def _posterior(backbone, pixels: Tensor) -> Tensor:
 
 
 def encode_dataset(backbone, samples: list[AnnotatedImage], num_classes: int, size: int) -> list[EncodedImage]:
-    """Encode every image and every present class mask once."""
+    """Encode every image, every present class mask and the empty mask once."""
     encoded = []
     empty = _posterior(backbone, mask_images([np.zeros((size, size), bool)], size))[0]
     for sample in samples:
@@ -162,8 +162,8 @@ def draw_episode(data: list[EncodedImage], max_shots: int, generator: torch.Gene
     classes = sorted({c for item in data for c in item.classes})
     cls = classes[int(torch.randint(len(classes), (), generator=generator))]
     holders = [i for i, item in enumerate(data) if cls in item.classes]
-    lacking = [i for i in range(len(data)) if i not in holders]
-    absent = bool(absent_share) and bool(lacking) and float(torch.rand((), generator=generator)) < absent_share
+    lacking = [i for i, item in enumerate(data) if cls not in item.classes]
+    absent = absent_share > 0 and lacking and float(torch.rand((), generator=generator)) < absent_share
     pool = lacking if absent else holders
     query = pool[int(torch.randint(len(pool), (), generator=generator))]
     others = [i for i in holders if i != query] or [query]

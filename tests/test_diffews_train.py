@@ -3,6 +3,8 @@ draws absent-class episodes when asked."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,20 @@ def test_a_bad_absent_share_is_one_line_and_exit_2(tmp_path, capsys):
     code = _train(support, tmp_path / "out", "--absent-share", "1.5")
     assert code == 2 and "absent_share must be in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_absent_share_flag_reaches_the_episodes_train_draws(tmp_path, monkeypatch):
+    support = support_folder(tmp_path / "support")
+    shares = []
+    draw = train_module.draw_episode
+
+    def recording_draw(data, max_shots, generator, absent_share=0.0):
+        shares.append(absent_share)
+        return draw(data, max_shots, generator, absent_share)
+
+    monkeypatch.setattr(train_module, "draw_episode", recording_draw)
+    assert _train(support, tmp_path / "out", "--steps", "1", "--absent-share", "0.5") == 0
+    # one training episode (1 step x 1 episode) draws with the share; validation draws present ones
+    assert shares[0] == 0.5 and shares.count(0.5) == 1 and set(shares[1:]) == {0.0}, shares
+    settings = json.loads((tmp_path / "out" / train_module.SETTINGS).read_text())["settings"]
+    assert settings["absent_share"] == 0.5  # recorded, so a resume with another share is refused

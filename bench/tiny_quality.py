@@ -27,7 +27,12 @@ import numpy as np
 import torch
 
 from labeler.methods.annotations import AnnotatedImage
-from labeler.methods.diffews.evaluation import few_shot_episodes, label_episode, one_shot_ious
+from labeler.methods.diffews.evaluation import (
+    few_shot_episodes,
+    label_episode,
+    one_shot_ious,
+    support_dependence,
+)
 from labeler.methods.diffews.model import load_diffews_backbone, write_checkpoint
 from labeler.methods.diffews.settings import DiffewsOptions
 from labeler.methods.diffews.train import TrainSettings, prepare_unet, train
@@ -89,13 +94,19 @@ def slime_scores(backbone, seed: int, settings: FitSettings, held_out: int, size
 
 
 def diffews_scores(checkpoint: Path, size: int, episodes: int) -> dict:
-    """Held-out one-shot IoU (mean, per episode) and the share of absent-class queries labelled."""
+    """Held-out one-shot IoU (mean, per episode), the share of absent-class queries labelled, and
+    whether the model reads the support mask (soft value on the class with the class support vs
+    with the complement support; equal values: the mask is ignored)."""
     backbone, weights = load_diffews_backbone(str(checkpoint))
     options = DiffewsOptions(input_size=size, cache_banks=False)
-    ious = one_shot_ious(backbone, weights, few_shot_episodes(2000, episodes, size), options)
+    present = few_shot_episodes(2000, episodes, size)
+    ious = one_shot_ious(backbone, weights, present, options)
     absent = [bool(label_episode(backbone, weights, episode, options).any())
               for episode in few_shot_episodes(3000, episodes, size, absent=True)]
-    return {"iou": float(np.mean(ious)), "per_episode": ious, "absent_labelled": float(np.mean(absent))}
+    dependence = np.array([support_dependence(backbone, weights, episode, options) for episode in present])
+    return {"iou": float(np.mean(ious)), "per_episode": ious, "absent_labelled": float(np.mean(absent)),
+            "soft_on_class_with_class_support": float(dependence[:, 0].mean()),
+            "soft_on_class_with_complement_support": float(dependence[:, 1].mean())}
 
 
 def diffews_runs(seeds: list[int], steps: int, size: int, episodes: int) -> dict:

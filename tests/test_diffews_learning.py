@@ -15,13 +15,14 @@ from labeler.cli import main
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews import train as training
 from labeler.methods.diffews.attention import install_kv_fusion
-from labeler.methods.diffews.evaluation import few_shot_episodes, one_shot_ious
+from labeler.methods.diffews.evaluation import few_shot_episodes, one_shot_ious, support_dependence
 from labeler.methods.diffews.model import (
     duplicate_and_halve,
     install_dual_conv,
     load_diffews_backbone,
     write_checkpoint,
 )
+from labeler.methods.diffews.segmenter import DiffewS
 from labeler.methods.diffews.settings import DiffewsOptions
 from labeler.methods.diffews.support import empty_context
 from labeler.methods.diffews.train import prepare_unet
@@ -99,6 +100,22 @@ def test_the_tiny_start_gives_the_bank_path_a_gradient():
     assert support == 0 and max(outs) == 0
     support, outs = bank_path_gradients(tiny_start=True)
     assert support > 0 and sum(outs) > 0, (support, outs)  # measured 0.57 and 0.004
+
+
+def test_support_dependence_reads_the_class_bank_and_sees_an_untrained_start_ignore_the_mask(untrained):
+    # The untrained start's output barely depends on the support (its bank path is seeded noise):
+    # both supports give the same soft value on the class. The class-support value is the one the
+    # single-class segmenter of `labeler run` gives, so the complement adds a bank, changes nothing.
+    backbone, weights = load_diffews_backbone(str(untrained))
+    episode = few_shot_episodes(2000, 1, SIZE)[0]
+    with_class, with_complement = support_dependence(backbone, weights, episode, OPTIONS)
+    alone = DiffewS(backbone, weights, [episode.support], ("background", "class"), OPTIONS)
+    soft = torch.nn.functional.interpolate(alone.soft_maps([episode.query])[:, :1], episode.truth.shape,
+                                           mode="bilinear", align_corners=False)[0, 0]
+    assert with_class == pytest.approx(float(soft[torch.from_numpy(episode.truth)].mean()), abs=1e-5)
+    assert 0.05 < with_class < 0.95 and abs(with_class - with_complement) < 0.01, (with_class, with_complement)
+    absent = few_shot_episodes(3000, 1, SIZE, absent=True)[0]
+    assert all(np.isnan(support_dependence(backbone, weights, absent, OPTIONS)))
 
 
 @pytest.mark.slow

@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from labeler.methods.annotations import AnnotatedImage
+from labeler.methods.diffews.algorithm import resize_soft_maps
 from labeler.methods.diffews.segmenter import DiffewS
 from labeler.methods.diffews.settings import DiffewsOptions
 from labeler.models.synthetic_world import FEW_SHOT_CLASSES, few_shot_world
@@ -60,6 +62,28 @@ def label_episode(backbone, weights: str, episode: Episode, options: DiffewsOpti
     """(H', W') bool: the pixels of the query that DiffewS labels with the support's class."""
     segmenter = DiffewS(backbone, weights, [episode.support], ("background", "class"), options)
     return segmenter.label([episode.query])[0].label_map >= 0
+
+
+def support_dependence(backbone, weights: str, episode: Episode, options: DiffewsOptions) -> tuple[float, float]:
+    """Does the model read the support mask? The query's mean soft value on its true class pixels
+    when the support marks the class, and when the same support image marks everything else.
+
+    A model that copies the support's class gives a high first and a low second value; one that
+    ignores the mask (it marks "objects" whatever the support says) gives two equal values.
+
+    Returns:
+        (soft value with the class support, soft value with the complement support), each the
+        mean over ``episode.truth`` at the query's size; NaN for a query without the class.
+    """
+    support = episode.support
+    labels = np.where(support.mask == 1, 1, 2).astype(np.int64)
+    both = AnnotatedImage(support.name, support.image, labels, support.sha256)
+    segmenter = DiffewS(backbone, weights, [both], ("background", "class", "rest"), options)
+    soft = resize_soft_maps(segmenter.soft_maps([episode.query])[0], episode.truth.shape)
+    if not episode.truth.any():
+        return float("nan"), float("nan")
+    truth = torch.from_numpy(episode.truth)
+    return float(soft[0][truth].mean()), float(soft[1][truth].mean())
 
 
 def one_shot_ious(backbone, weights: str, episodes: list[Episode], options: DiffewsOptions) -> list[float]:

@@ -3,11 +3,17 @@ draws absent-class episodes when asked."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
+from pycocotools.coco import COCO
 from safetensors.torch import load_file
 
 from labeler.cli import main
@@ -102,3 +108,27 @@ def test_the_absent_share_flag_reaches_the_episodes_train_draws(tmp_path, monkey
     assert shares[0] == 0.5 and shares.count(0.5) == 1 and set(shares[1:]) == {0.0}, shares
     settings = json.loads((tmp_path / "out" / train_module.SETTINGS).read_text())["settings"]
     assert settings["absent_share"] == 0.5  # recorded, so a resume with another share is refused
+
+
+def test_labeler_run_labels_a_collection_with_the_checkpoint_train_wrote(tmp_path):
+    support = support_folder(tmp_path / "support")
+    assert _train(support, tmp_path / "ckpt") == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("one.jpg", "two.jpg"):
+        shutil.copy(support / name, photos / name)
+    Image.new("RGB", (40, 24), (200, 40, 40)).save(photos / "small.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    output = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["run", "--method", "diffews", "--model", str(tmp_path / "ckpt"), "--support-images",
+                     str(support), "--support-masks", str(support), "--classes", "background,red,green",
+                     "--input", str(photos), "--output", str(output), "--no-progress"])
+        coco = COCO(str(output / "coco.json"))
+    assert code == 0
+    rows = {row["uri"].rsplit("/", 1)[-1]: row for row in pq.read_table(output / "images.parquet").to_pylist()}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "one.jpg": "labeled", "two.jpg": "labeled", "small.png": "labeled", "broken.png": "failed"}
+    assert rows["broken.png"]["reason"] == "not_an_image"
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["red", "green"]
+    assert len(coco.getImgIds()) == 3

@@ -1,13 +1,17 @@
-"""A tiny DiffewS checkpoint and a synthetic support set for the DiffewS tests."""
+"""A tiny DiffewS checkpoint, a synthetic support set and `labeler run` helpers for the DiffewS tests."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from labeler.cli import main
 from labeler.methods.diffews.model import duplicate_and_halve, install_dual_conv, write_checkpoint
 from labeler.models.backbone import load_backbone
 from tests.helpers import fill_zero_weights, flat_regions_image
@@ -38,3 +42,16 @@ def support_folder(folder: Path) -> Path:
         Image.fromarray(image).save(folder / f"{name}.jpg", quality=95)
         np.save(folder / f"{name}.npy", regions.clip(0, 2))
     return folder
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """``labeler run ARGS --no-progress`` in this process: (exit status, stdout)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["run", *args, "--no-progress"])
+    return code, out.getvalue()
+
+
+def image_rows(output: Path) -> dict[str, dict]:
+    """The rows of ``output``'s images.parquet, by the image's file name."""
+    return {row["uri"].rsplit("/", 1)[-1]: row for row in pq.read_table(output / "images.parquet").to_pylist()}

@@ -12,8 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from labeler.cli import main
-from tests.diffews_helpers import support_folder, tiny_checkpoint
+from tests.diffews_helpers import image_rows, run_cli, support_folder, tiny_checkpoint
 from tests.helpers import flat_regions_image
 
 
@@ -31,13 +30,6 @@ def world(tmp_path_factory):
             "photos": photos, "root": root}
 
 
-def run_cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["run", *args, "--no-progress"])
-    return code, out.getvalue()
-
-
 def test_job_file_run_labels_every_image_with_the_support_classes(world):
     output = world["root"] / "out"
     job = world["root"] / "job.toml"
@@ -49,7 +41,7 @@ def test_job_file_run_labels_every_image_with_the_support_classes(world):
     )
     code, text = run_cli(str(job))
     assert code == 0, text
-    rows = {row["uri"].rsplit("/", 1)[-1]: row for row in pq.read_table(output / "images.parquet").to_pylist()}
+    rows = image_rows(output)
     assert sorted(rows) == ["a.png", "b.jpg", "c.png", "empty.jpg"]
     assert rows["empty.jpg"]["status"] == "failed" and rows["empty.jpg"]["reason"] == "empty_file"
     for name in ("a.png", "b.jpg", "c.png"):

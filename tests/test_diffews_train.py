@@ -9,7 +9,6 @@ import json
 import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -22,7 +21,7 @@ from labeler.methods.diffews import train as train_module
 from labeler.methods.diffews.model import load_diffews_backbone
 from labeler.methods.diffews.support import mask_images
 from labeler.models.synthetic_world import FEW_SHOT_CLASSES, few_shot_world
-from tests.diffews_helpers import support_folder
+from tests.diffews_helpers import image_rows, run_cli, support_folder
 
 FLAGS = ["--classes", "background,red,green", "--model", "tiny", "--steps", "2", "--save-every", "1",
          "--size", "64", "--lr", "1e-3", "--accumulation", "1", "--seed", "3"]
@@ -120,13 +119,13 @@ def test_labeler_run_labels_a_collection_with_the_checkpoint_train_wrote(tmp_pat
     Image.new("RGB", (40, 24), (200, 40, 40)).save(photos / "small.png")
     (photos / "broken.png").write_bytes(b"not a png")
     output = tmp_path / "out"
+    code, text = run_cli("--method", "diffews", "--model", str(tmp_path / "ckpt"), "--support-images",
+                         str(support), "--support-masks", str(support), "--classes", "background,red,green",
+                         "--input", str(photos), "--output", str(output))
+    assert code == 0, text
     with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["run", "--method", "diffews", "--model", str(tmp_path / "ckpt"), "--support-images",
-                     str(support), "--support-masks", str(support), "--classes", "background,red,green",
-                     "--input", str(photos), "--output", str(output), "--no-progress"])
         coco = COCO(str(output / "coco.json"))
-    assert code == 0
-    rows = {row["uri"].rsplit("/", 1)[-1]: row for row in pq.read_table(output / "images.parquet").to_pylist()}
+    rows = image_rows(output)
     assert {name: row["status"] for name, row in rows.items()} == {
         "one.jpg": "labeled", "two.jpg": "labeled", "small.png": "labeled", "broken.png": "failed"}
     assert rows["broken.png"]["reason"] == "not_an_image"

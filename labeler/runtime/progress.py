@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from labeler.runtime.ray_executor import ShardEvents
+from labeler.runtime.executor import ShardEvents
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)

@@ -34,14 +34,9 @@ from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.worker import ShardWorker
 
 
-def execute_shards(
-    config: JobConfig,
-    run: RunFolder,
-    shard_ids: list[str],
-    run_id: str,
-    events: ShardEvents | None = None,
-    storage_options: dict | None = None,
-) -> ExecutionReport:
+def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
+                   events: ShardEvents | None = None,
+                   storage_options: dict | None = None) -> ExecutionReport:
     """Process ``shard_ids`` in this process; write completion markers and failure records.
 
     ``config.workers`` workers (default one), each loading the model once.

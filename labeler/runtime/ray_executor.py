@@ -209,14 +209,9 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
 # --------------------------------------------------------------------------------------------
 
 
-def execute_shards(
-    config: JobConfig,
-    run: RunFolder,
-    shard_ids: list[str],
-    run_id: str,
-    events: ShardEvents | None = None,
-    storage_options: dict | None = None,
-) -> ExecutionReport:
+def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
+                   events: ShardEvents | None = None,
+                   storage_options: dict | None = None) -> ExecutionReport:
     """Process ``shard_ids`` on Ray workers; write completion markers and failure records.
 
     Raises:

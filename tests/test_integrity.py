@@ -128,7 +128,7 @@ def test_a_damaged_merged_output_is_reported_and_merged_again_without_relabellin
     output = tmp_path / "out"
     shutil.copytree(reference, output)
     action, name = damage.split(" ", 1)
-    target = sorted((output / "annotations").iterdir())[0] if name == "an annotations part" \
+    target = min((output / "annotations").iterdir()) if name == "an annotations part" \
         else output / name
     if action == "truncate":
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])

@@ -26,7 +26,7 @@ from labeler.methods.diffews.support import (
     support_latents,
 )
 from labeler.models.backbone import load_backbone
-from labeler.models.tiny import tiny_model_dir
+from labeler.models.tiny.model import tiny_model_dir
 from tests.diffews_helpers import official_relative_decision, tiny_checkpoint
 from tests.helpers import flat_regions_image
 
@@ -225,3 +225,10 @@ def test_training_context_pads_with_the_references_exclamation_mark(labeler_cach
         expected = backbone.text_encoder(ids)[0]
     torch.testing.assert_close(empty_context(backbone, 77), expected.to(backbone.dtype))
     torch.testing.assert_close(empty_context(backbone, 2), expected[:, :2].to(backbone.dtype))
+
+
+def test_loading_a_checkpoint_prints_no_warning_about_the_support_conv(checkpoint, capfd):
+    load_diffews_backbone(checkpoint)  # stock diffusers skips conv_in_ref; labeler loads it
+    captured = capfd.readouterr()
+    assert "conv_in_ref" not in captured.err + captured.out
+    assert "in_channels_ref" not in captured.err + captured.out

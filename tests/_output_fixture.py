@@ -94,12 +94,15 @@ def classes_from_label_map(
 
 
 def write_output(
-    root: str, images: list[FixtureImage], categories: list[dict[str, Any]]
+    root: str, images: list[FixtureImage], categories: list[dict[str, Any]],
+    method: str = "fixture", relative_names: bool = False,
 ) -> dict[str, Any]:
     """Write sources under ``root/src`` and the output under ``root/out``; returns the COCO dict.
 
     The output is made as a run makes it: one shard's parts written with the real part writers
-    (``labeler.output.parts``), then merged by ``merge_outputs``.
+    (``labeler.output.parts``), then merged by ``merge_outputs``. With ``relative_names`` it is
+    a finished output as a folder input leaves it (``file_name`` relative to ``root/src``, the
+    image root, and ``run/config.json``), which ``labeler export`` and ``labeler report`` read.
     """
     out = root.rstrip("/") + "/out"
     names = {int(c["id"]): str(c["name"]) for c in categories}
@@ -113,19 +116,26 @@ def write_output(
         masks = [] if im.failed else im.masks
         image_rows.append(ImageRow(uri=uri, image_id=image_id, status=status, reason=im.failed,
                                    detail=None, width=w, height=h, n_annotations=len(masks),
-                                   shard_id=SHARD, file_name=uri))
+                                   shard_id=SHARD,
+                                   file_name=f"{im.name}.png" if relative_names else uri))
         for cat, mask, score in masks:
             segmentation = rle(mask)
             annotation_rows.append(AnnotationRow(
                 id=ann_id, image_id=image_id, category_id=cat, category_name=names.get(cat, "?"),
                 segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
                 area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=score, file_name=uri,
-                method="fixture", model="fixture", embedding_set=None, run_id="fixture",
+                method=method, model="fixture", embedding_set=None, run_id="fixture",
             ))
             ann_id += 1
     for kind, rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
         _write(out + "/" + parts.shard_part(SHARD, kind), parts.encode_part(kind, rows))
-    merge_outputs(Folder(out), [SHARD], categories, {"method": "fixture"})
+    info: dict[str, Any] = {"method": method}
+    if relative_names:
+        info.update(run_id="fixture-run", image_root=root.rstrip("/") + "/src")
+        Folder(out).write_json("run/config.json", {
+            "fingerprint": "fixture-run", "settings": {"method": method}, "created": None,
+            "labeler_version": "fixture", "image_root": info["image_root"]})
+    merge_outputs(Folder(out), [SHARD], categories, info)
     with fsspec.open(out + "/coco.json", "rb") as handle:
         return json.loads(handle.read())
 

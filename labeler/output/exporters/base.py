@@ -21,6 +21,8 @@ class ExportContext:
         images_dir: where images are placed with ``--images copy|link``, relative to ``out``
             (``None``: images stay at their source; ``file_name``s are relative to the root).
         tolerance: polygon simplification in pixels (:mod:`.polygons`).
+        images: the ``--images`` mode (``none``, ``copy``, ``link``).
+        storage_options: fsspec options for reading the source images.
     """
 
     out: Folder
@@ -28,13 +30,16 @@ class ExportContext:
     info: dict
     images_dir: str | None
     tolerance: float
+    images: str = "none"
+    storage_options: dict | None = None
 
 
 class Exporter(ABC):
     """One export format: fed images one at a time, so memory is flat in the collection size."""
 
     #: the folder, relative to the export, where ``--images copy|link`` puts the images
-    images_subdir = "images"
+    #: (``None``: the format places or embeds them itself)
+    images_subdir: str | None = "images"
 
     def __init__(self, context: ExportContext) -> None:
         self.context = context

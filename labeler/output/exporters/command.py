@@ -13,14 +13,15 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "export", help="write a finished output in another format (streaming)",
         description="Write a finished labeler output as COCO (RLE or polygons), YOLO-seg, "
-                    "label-map PNGs, Label Studio tasks, CVAT's COCO layout or FiftyOne's "
-                    "COCO dataset directory.",
+                    "label-map PNGs, Label Studio tasks, CVAT's COCO layout, FiftyOne's "
+                    "COCO dataset directory or a Hugging Face dataset folder (hf).",
     )
     parser.add_argument("output", help="the run's output folder URI")
     parser.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
     parser.add_argument("--out", required=True, help="the export folder")
     parser.add_argument("--images", choices=IMAGE_MODES, default="none",
-                        help="place the images beside the export (default: none)")
+                        help="place the images beside the export (hf: copy embeds them in the rows; "
+                             "default: none)")
     parser.add_argument("--min-score", action="append", default=[], metavar="[CLASS=]S",
                         help="minimum score, for every class or one (repeatable)")
     parser.add_argument("--min-area", type=float, default=0.0, metavar="A",

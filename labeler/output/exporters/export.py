@@ -22,6 +22,7 @@ from labeler.output.exporters.coco import (
     FiftyOneExporter,
 )
 from labeler.output.exporters.filters import ExportFilters
+from labeler.output.exporters.hf import HfExporter
 from labeler.output.exporters.label_maps import LabelMapExporter
 from labeler.output.exporters.label_studio import LabelStudioBrushExporter, LabelStudioExporter
 from labeler.output.exporters.source import ExportImage, OutputSource
@@ -37,6 +38,7 @@ FORMATS: dict[str, type[Exporter]] = {
     "label-studio-brush": LabelStudioBrushExporter,
     "cvat": CvatExporter,
     "fiftyone": FiftyOneExporter,
+    "hf": HfExporter,
 }
 IMAGE_MODES = ("none", "copy", "link")
 #: default polygon simplification, pixels (round-trip IoU in the README)
@@ -81,7 +83,8 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
     info = {**_info(source), "exported_as": fmt}
     exporter_class = FORMATS[fmt]
     images_dir = None if images == "none" else exporter_class.images_subdir
-    context = ExportContext(target, source.categories, info, images_dir, tolerance)
+    context = ExportContext(target, source.categories, info, images_dir, tolerance, images,
+                            storage_options)
     exporter = exporter_class(context)
     names = {c["id"]: c["name"] for c in source.categories}
     summary = ExportSummary(out=out, format=fmt)

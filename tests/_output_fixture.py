@@ -175,3 +175,26 @@ def write_coco_gt(
         "categories": categories,
     }
     _write(uri, json.dumps(coco).encode())
+
+
+def write_review_output(root: str) -> dict[str, Any]:
+    """A finished SLiMe-like output (``root/out``, images in ``root/src``) for the export tests:
+    ``a.png`` with a ``cat`` mask holding a hole and a one-pixel fragment and a ``dog`` block,
+    ``b.png`` with one ``dog``, ``c.png`` labeled without masks, ``d.png`` failed."""
+    def pixels(seed: int, height: int, width: int) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+    ring = np.zeros((24, 32), bool)
+    ring[2:20, 2:20] = True
+    ring[8:12, 8:12] = False
+    ring[22, 30] = True
+    block = np.zeros((24, 32), bool)
+    block[4:10, 22:30] = True
+    small = np.zeros((16, 20), bool)
+    small[3:9, 3:17] = True
+    return write_output(root, [
+        FixtureImage("a", pixels(0, 24, 32), [(1, ring, 0.91), (2, block, 0.42)]),
+        FixtureImage("b", pixels(1, 16, 20), [(2, small, 0.7)]),
+        FixtureImage("c", pixels(2, 12, 12)),
+        FixtureImage("d", pixels(3, 12, 12), failed="decode_error"),
+    ], [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}], method="slime", relative_names=True)

@@ -126,7 +126,8 @@ def datumaro_masks(dataset) -> dict[str, tuple[tuple[int, int], list[np.ndarray]
 
 
 def ultralytics_masks(data_yaml, tmp_path) -> tuple[dict, dict[str, list[np.ndarray]]]:
-    """What Ultralytics' checker and label parser read from a yolo-seg export (a subprocess)."""
+    """What Ultralytics' checker and label parser read from a yolo-seg export (a subprocess):
+    class names, and the masks per image (train and val; ``tmp_path/splits.json`` says which)."""
     run_isolated("ultralytics", "ultralytics_masks.py", str(data_yaml), str(tmp_path),
                  env={"YOLO_CONFIG_DIR": str(tmp_path), "YOLO_OFFLINE": "1"})
     names = json.loads((tmp_path / "names.json").read_text())

@@ -8,38 +8,16 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests._output_fixture import FixtureImage, write_output
+from tests._output_fixture import write_review_output
 from tests.consumers import export, reference_masks
 
 datasets = pytest.importorskip("datasets")
 torch = pytest.importorskip("torch")
 
-CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
-
-
-def _pixels(seed: int, height: int, width: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished output of 4 images: 2 with masks (one with a hole and a fragment), one labeled
-    without masks, one failed."""
     root = tmp_path_factory.mktemp("hf")
-    ring = np.zeros((24, 32), bool)
-    ring[2:20, 2:20] = True
-    ring[8:12, 8:12] = False
-    ring[22, 30] = True
-    block = np.zeros((24, 32), bool)
-    block[4:10, 22:30] = True
-    small = np.zeros((16, 20), bool)
-    small[3:9, 3:17] = True
-    write_output(str(root), [
-        FixtureImage("a", _pixels(0, 24, 32), [(1, ring, 0.91), (2, block, 0.42)]),
-        FixtureImage("b", _pixels(1, 16, 20), [(2, small, 0.7)]),
-        FixtureImage("c", _pixels(2, 12, 12)),
-        FixtureImage("d", _pixels(3, 12, 12), failed="decode_error"),
-    ], CATEGORIES, method="slime", relative_names=True)
+    write_review_output(str(root))
     return root, root / "out"
 
 

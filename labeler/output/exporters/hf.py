@@ -2,8 +2,10 @@
 
 ::
 
-    README.md                      dataset card: the ``default`` config, split ``train``
-    data/train-NNNNN.parquet       one row per labeled image (files of at most ~512 MiB)
+    README.md                      dataset card: the ``default`` config, its splits
+    data/<split>-NNNNN.parquet     one row per labeled image (files of at most ~512 MiB)
+
+``<split>`` is ``train``, and ``validation`` for the images ``--val-fraction`` puts aside.
 
 A row: ``image`` (the ``Image`` feature, ``struct<bytes, path>``: with ``--images copy`` the
 encoded bytes are embedded and ``path`` is the relative file name; otherwise ``bytes`` is null
@@ -30,7 +32,8 @@ from labeler.io.refs import ref_from_uri
 from labeler.output.exporters.base import ExportContext, Exporter
 from labeler.output.exporters.source import ExportImage
 
-SPLIT = "train"
+#: the dataset split of each export split (Hugging Face's names)
+SPLITS = {"train": "train", "val": "validation"}
 #: rows buffered before a row group is written (bounds memory with embedded images)
 ROWS_PER_GROUP = 64
 #: a new data file is started once one holds this many bytes
@@ -94,10 +97,8 @@ class HfExporter(Exporter):
         names = [c["name"] for c in context.categories]
         self.schema = SCHEMA.with_metadata(
             {"huggingface": json.dumps({"info": {"features": features(names)}})})
-        self._rows: list[dict] = []
-        self._files: dict[str, int] = {}
-        self._writer = None
-        self._handle_context = None
+        self._writers = {split: _SplitWriter(context, split, self.schema)
+                         for split in SPLITS.values()}
 
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         if self.context.images == "copy":
@@ -106,7 +107,7 @@ class HfExporter(Exporter):
             stored = {"bytes": data, "path": image.file_name}
         else:
             stored = {"bytes": None, "path": image.uri}
-        self._rows.append({
+        self._writers[SPLITS[image.split]].add({
             "image": stored,
             "image_id": image.image_id,
             "file_name": image.file_name,
@@ -121,42 +122,16 @@ class HfExporter(Exporter):
                 "segmentation": a["segmentation"],
             } for a in annotations],
         })
-        if len(self._rows) >= ROWS_PER_GROUP:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._rows:
-            return
-        split = SPLIT
-        if self._writer is None:
-            relative = f"data/{split}-{self._files.get(split, 0):05d}.parquet"
-            self._files[split] = self._files.get(split, 0) + 1
-            self._handle_context = self.context.out.open_atomic_writer(relative)
-            handle = self._handle_context.__enter__()
-            self._writer = pq.ParquetWriter(handle, self.schema)
-            self._handle = handle
-        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
-        self._rows = []
-        if self._handle.tell() >= MAX_FILE_BYTES:
-            self._close_file()
-
-    def _close_file(self) -> None:
-        self._writer.close()
-        self._handle_context.__exit__(None, None, None)
-        self._writer = None
 
     def close(self) -> list[str]:
-        self._flush()
-        if self._writer is not None:
-            self._close_file()
-        if not self._files:  # no labeled image: one empty file keeps the dataset loadable
-            self._rows = []
-            self._writer = None
-            with self.context.out.open_atomic_writer(f"data/{SPLIT}-00000.parquet") as handle:
-                pq.write_table(self.schema.empty_table(), handle)
-            self._files[SPLIT] = 1
+        for writer in self._writers.values():
+            writer.close()
+        train = self._writers[SPLITS["train"]]
+        if not train.files:  # no training image: one empty file keeps the dataset loadable
+            train.write_empty()
+        splits = [split for split, writer in self._writers.items() if writer.files]
         card = {"configs": [{"config_name": "default", "default": True, "data_files": [
-            {"split": split, "path": f"data/{split}-*.parquet"} for split in sorted(self._files)
+            {"split": split, "path": f"data/{split}-*.parquet"} for split in splits
         ]}], "tags": ["labeler", "pseudo-labels", "image-segmentation"]}
         body = (f"# {self.context.info.get('description', 'labeler pseudo-labels')}\n\n"
                 "`datasets.load_dataset(DIR)`; `objects.category` is a ClassLabel, "
@@ -164,3 +139,50 @@ class HfExporter(Exporter):
         self.context.out.write_bytes(
             "README.md", f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n\n{body}".encode())
         return ["README.md", "data/"]
+
+
+class _SplitWriter:
+    """The Parquet files of one split: row groups of :data:`ROWS_PER_GROUP` rows, a new file
+    past :data:`MAX_FILE_BYTES`."""
+
+    def __init__(self, context: ExportContext, split: str, schema: pa.Schema) -> None:
+        self.context, self.split, self.schema = context, split, schema
+        self.files = 0
+        self._rows: list[dict] = []
+        self._file = self._handle = self._writer = None
+
+    def add(self, row: dict) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= ROWS_PER_GROUP:
+            self._flush()
+
+    def _next_file(self):
+        relative = f"data/{self.split}-{self.files:05d}.parquet"
+        self.files += 1
+        return self.context.out.open_atomic_writer(relative)
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            self._file = self._next_file()
+            self._handle = self._file.__enter__()
+            self._writer = pq.ParquetWriter(self._handle, self.schema)
+        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
+        self._rows = []
+        if self._handle.tell() >= MAX_FILE_BYTES:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        self._writer.close()
+        self._file.__exit__(None, None, None)
+        self._writer = None
+
+    def close(self) -> None:
+        self._flush()
+        if self._writer is not None:
+            self._close_file()
+
+    def write_empty(self) -> None:
+        with self._next_file() as handle:
+            pq.write_table(self.schema.empty_table(), handle)

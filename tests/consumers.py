@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from labeler.cli import main
@@ -106,6 +107,22 @@ def assert_same_masks(mine: list[np.ndarray], reference: list[np.ndarray]) -> No
     assert len(mine) == len(reference)
     for theirs in reference:
         assert max(iou(m.astype(bool), theirs.astype(bool)) for m in mine) == 1.0
+
+
+def assert_polygon_regions(results: list[dict], masks: list[np.ndarray], name: str) -> None:
+    """Label Studio ``polygonlabels`` results of the review output's image ``name``
+    (:func:`tests._output_fixture.write_review_output`): one region per mask, each filled by
+    pycocotools equal to its mask without the one-pixel fragment of ``a.png``'s cat (below the
+    fragment minimum area)."""
+    assert len(results) == len(masks)
+    for result, mask in zip(results, masks):
+        height, width = mask.shape
+        points = (np.array(result["value"]["points"]) / 100.0 * [width, height]).ravel()
+        drawn = mask_utils.decode(mask_utils.frPyObjects([points.tolist()], height, width)[0])
+        expected = mask.copy()
+        if name == "a.png" and result["value"]["polygonlabels"] == ["cat"]:
+            expected[22, 30] = 0
+        assert iou(drawn.astype(bool), expected.astype(bool)) == 1.0
 
 
 def datumaro_masks(dataset) -> dict[str, tuple[tuple[int, int], list[np.ndarray]]]:

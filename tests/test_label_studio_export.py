@@ -10,7 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from tests._output_fixture import write_review_output
-from tests.consumers import export, iou, reference_masks
+from tests.consumers import assert_polygon_regions, export, iou, reference_masks
 
 
 @pytest.fixture(scope="module")
@@ -64,19 +64,9 @@ def test_as_annotations_moves_the_results(finished, tmp_path):
 def test_polygons_are_one_region_per_segment_small_fragments_dropped(finished, tmp_path):
     assert export(finished, "label-studio", tmp_path, "--tolerance", "0")[0] == 0
     reference = reference_masks(finished)
-    for task in _tasks(tmp_path):
-        masks = reference[task["data"]["file_name"]]
-        results = task["predictions"][0]["result"]
-        assert len(results) == len(masks)
-        for result, mask in zip(results, masks):
-            height, width = mask.shape
-            points = (np.array(result["value"]["points"]) / 100.0 * [width, height]).ravel()
-            drawn = mask_utils.decode(mask_utils.frPyObjects([points.tolist()], height, width)[0])
-            expected = mask.copy()
-            if task["data"]["file_name"] == "a.png" and result["value"]["polygonlabels"] == [
-                    "cat"]:
-                expected[22, 30] = 0  # a one-pixel fragment: below the default 16 pixels
-            assert iou(drawn.astype(bool), expected.astype(bool)) == 1.0
+    for task in _tasks(tmp_path):  # a.png's one-pixel fragment: below the default 16 pixels
+        name = task["data"]["file_name"]
+        assert_polygon_regions(task["predictions"][0]["result"], reference[name], name)
     assert export(finished, "label-studio", tmp_path / "all", "--tolerance", "0",
                   "--fragment-min-area", "0")[0] == 0
     ring = _tasks(tmp_path / "all")[0]["predictions"][0]["result"][0]

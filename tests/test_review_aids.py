@@ -101,6 +101,7 @@ def test_yolo_val_is_not_the_training_images(finished, tmp_path, seed):
     assert (out / "labels" / "val" / "a.txt").is_file()
     assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["b.png", "c.png"]
     names, found = ultralytics_masks(out / "data.yaml", tmp_path)
+    assert names == {"0": "cat", "1": "dog"}
     assert json.loads((tmp_path / "splits.json").read_text()) == {
         "train": ["b.png", "c.png"], "val": ["a.png"]}
     reference = reference_masks(finished)

@@ -11,7 +11,13 @@ from pycocotools.coco import COCO
 
 from labeler.output.exporters.review import split_of
 from tests._output_fixture import write_review_output
-from tests.consumers import assert_pooled_iou, export, reference_masks, ultralytics_masks
+from tests.consumers import (
+    assert_pooled_iou,
+    export,
+    reference_masks,
+    run_isolated,
+    ultralytics_masks,
+)
 
 NAMES = ("a.png", "b.png", "c.png")
 
@@ -130,6 +136,20 @@ def test_fiftyone_loader_names_the_label_field(finished, tmp_path):
                   "--images", "copy")[0] == 0
     loader = (tmp_path / "mine" / "load_fiftyone.py").read_text()
     assert "LABEL_FIELD = 'pseudo'" in loader and "DATA_PATH = 'data'" in loader
+
+
+@pytest.mark.slow
+def test_fiftyone_runs_the_loader_into_the_label_field(finished, tmp_path):
+    assert export(finished, "fiftyone", tmp_path / "fo", "--label-field", "pseudo")[0] == 0
+    run_isolated("fiftyone", "fiftyone_loader.py", str(tmp_path / "fo"), str(tmp_path),
+                 env={"FIFTYONE_DATABASE_DIR": str(tmp_path / "db"),
+                      "FIFTYONE_DO_NOT_TRACK": "true"})
+    loaded = json.loads((tmp_path / "loaded.json").read_text())
+    assert "pseudo" in loaded["fields"] and "ground_truth" not in loaded["fields"]
+    reference = reference_masks(finished)
+    assert loaded["found"]["a.png"] == [["cat", 0.91, int(reference["a.png"][0].sum())],
+                                        ["dog", 0.42, int(reference["a.png"][1].sum())]]
+    assert loaded["found"]["c.png"] == []
 
 
 @pytest.mark.parametrize("flags", [["coco-rle", "--label-field", "x"],

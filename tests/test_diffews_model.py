@@ -25,7 +25,7 @@ from labeler.methods.diffews.support import (
     support_latents,
 )
 from labeler.models.backbone import load_backbone
-from labeler.models.tiny import tiny_model_dir
+from labeler.models.tiny.model import tiny_model_dir
 from tests.diffews_helpers import tiny_checkpoint
 from tests.helpers import flat_regions_image
 

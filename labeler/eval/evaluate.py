@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from labeler.eval import metrics
+from labeler import metrics
 from labeler.eval.loading import (
     ClassMapping,
     EvalInputError,

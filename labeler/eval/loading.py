@@ -48,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from labeler.eval.metrics import VOID
 from labeler.io.folders import Folder
 from labeler.io.listing import list_files, path_kind
 from labeler.io.reading import read_file
 from labeler.io.uris import uri_stem
+from labeler.metrics import VOID
 from labeler.output.coco_json import coco_annotation
 from labeler.output.reader import OutputReader, OutputReadError
 from labeler.output.schema import IMAGE_STATUS_LABELED

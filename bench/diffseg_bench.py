@@ -10,6 +10,7 @@ or any model name ``labeler run --model`` accepts.
     python bench/diffseg_bench.py --model sd15-random --device cuda --images 32 --batch-size 8
     python bench/diffseg_bench.py --model sd15-random --device cuda --dtype bfloat16 \
         --batch-sizes 1,2,4,8,16,32 --compile
+    python bench/diffseg_bench.py --model tiny --images 4 --batch-size 2 --names red,green,blue
 
 Prints a table (seconds per image per stage) and a JSON line with the same figures; with
 ``--batch-sizes`` one table per batch size (``--images`` is then at least the batch size) and a
@@ -111,6 +112,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="batches run before timing")
     parser.add_argument("--batch-sizes", help="comma-separated sweep, e.g. 1,2,4,8,16,32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    parser.add_argument("--names", help="comma-separated vocabulary to name segments with")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -121,7 +123,8 @@ def main() -> int:
         backbone = load_backbone(args.model, device=device, dtype=dtype)
     if args.compile:
         backbone.unet = torch.compile(backbone.unet)
-    diffseg = DiffSeg(backbone, DiffSegOptions())
+    names = tuple(args.names.split(",")) if args.names else None
+    diffseg = DiffSeg(backbone, DiffSegOptions(names=names))
     if not args.batch_sizes:
         run_one(diffseg, args, device, dtype, args.batch_size, args.images)
         return 0
@@ -160,7 +163,7 @@ def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dt
     total = time.perf_counter() - started
 
     per_image = {stage: seconds / args.images for stage, seconds in timer.seconds.items()}
-    order = ["decode", "vae_encode", "unet_capture", "aggregate", "merge", "labeling", "rle"]
+    order = ["decode", "vae_encode", "unet_capture", "aggregate", "merge", "labeling", "naming", "rle"]
     sys.stdout.write(
         f"model={args.model} device={device} dtype={dtype} images={args.images} "
         f"batch={args.batch_size}\n"
@@ -181,6 +184,7 @@ def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dt
         "batch_size": args.batch_size,
         "images": args.images,
         "compile": args.compile,
+        "names": args.names,
         "per_image_s": per_image,
         "images_per_s": args.images / total,
         **memory,

@@ -58,6 +58,8 @@ class LabelResult:
             ``truncated``, ``not_an_image``, ``read_error``, ...), None when it was labeled.
             A failed result has no masks.
         detail: a human-readable explanation of ``reason``.
+        name_scores: (N,) float64 in [0, 1], how well each mask's name explains it (DiffSeg with
+            ``names``), or None.
     """
 
     masks: np.ndarray
@@ -66,6 +68,7 @@ class LabelResult:
     categories: list[dict]
     reason: str | None = None
     detail: str | None = None
+    name_scores: np.ndarray | None = None
 
     @property
     def failed(self) -> bool:
@@ -79,7 +82,8 @@ class LabelResult:
         return [names[int(c)] for c in self.category_ids]
 
     def to_coco(self, image_id: int = 1) -> list[dict]:
-        """COCO annotation dicts (compressed RLE with string counts, area, bbox, score).
+        """COCO annotation dicts (compressed RLE with string counts, area, bbox, score, and
+        ``name_score`` when there are names).
 
         Ids follow the run's rule, ``image_id * 4096 + mask index``.
         """
@@ -87,7 +91,7 @@ class LabelResult:
         for index, mask in enumerate(self.masks):
             label_map[mask] = index
         encoded = encode_label_map(label_map, len(self.masks))
-        return [
+        records = [
             {
                 "id": image_id * MAX_LABELS_PER_IMAGE + index,
                 "image_id": image_id,
@@ -102,6 +106,10 @@ class LabelResult:
                 zip(encoded, self.category_ids, self.scores, strict=True)
             )
         ]
+        if self.name_scores is not None:
+            for record, name_score in zip(records, self.name_scores, strict=True):
+                record["name_score"] = float(name_score)
+        return records
 
 
 def _failure(reason: str, detail: str, categories: list[dict]) -> LabelResult:
@@ -118,6 +126,8 @@ def _result(labels: ImageLabels, categories: list[dict]) -> LabelResult:
         category_ids=np.asarray(labels.category_ids, dtype=np.int64)[kept],
         scores=np.asarray(labels.scores, dtype=np.float64)[kept],
         categories=categories,
+        name_scores=None if labels.name_scores is None
+        else np.asarray(labels.name_scores, dtype=np.float64)[kept],
     )
 
 
@@ -135,7 +145,8 @@ class Labeler:
         max_pixels: decompression-bomb limit for paths and URIs.
         storage_options: fsspec options (credentials, endpoint) for URIs.
         **settings: the method's settings, as in the job file's ``[diffseg]`` / ``[slime]``
-            table (e.g. ``kl_threshold=0.9``).
+            table (e.g. ``kl_threshold=0.9``, or ``names=["person", "car"]`` to name DiffSeg's
+            segments).
 
     Raises:
         ValueError: unknown method or setting (the model is not loaded then).

@@ -108,6 +108,7 @@ def _add_run(commands) -> None:
     flag("--model", "model", "tiny, a Hugging Face id, or a diffusers directory/URI")
     for name, (method_flag, takers) in method_flags().items():
         run.add_argument(method_flag.option, dest=name, metavar=method_flag.metavar,
+                         type=_comma_list if method_flag.is_list else None,
                          help=f"{method_flag.help} (--method {' or '.join(takers)})")
     flag("--executor", "executor", "where shards run: ray (Ray workers on a local instance or the "
          "cluster at --address) or local (this process, no Ray; same retries and resume)",

@@ -98,3 +98,23 @@ def test_unknown_layer_is_refused(tiny_backbone):
         tiny_backbone.unet, {"nope.attn1.processor": print}
     ):
         pass
+
+
+def test_a_row_selection_captures_only_those_rows_and_keeps_every_output():
+    from diffusers.models.attention_processor import Attention
+
+    from labeler.attention.capture import RowSelection
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8, cross_attention_dim=12).eval()
+    hidden, context = torch.randn(3, 10, 16), torch.randn(3, 5, 12)
+    with torch.no_grad():
+        reference = AttnProcessor2_0()(attn, hidden, context)
+        everything, selected = [], []
+        CapturingProcessor("k", lambda key, p: everything.append(p))(attn, hidden, context)
+        selection = RowSelection(slice(1, 2))
+        output = CapturingProcessor("k", lambda key, p: selected.append(p), selection=selection)(
+            attn, hidden, context)
+    torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
+    assert selected[0].shape == (1, 10, 5)
+    torch.testing.assert_close(selected[0], everything[0][1:2])

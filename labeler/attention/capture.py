@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,6 +32,7 @@ from labeler.attention.processor import (
     ProjectedAttention,
     ProjectingProcessor,
     attention_with_probabilities,
+    sdpa_attention,
 )
 
 #: A sink receives ``(layer_key, probabilities)`` with probabilities (B, N_query, N_key) float32,
@@ -38,21 +40,50 @@ from labeler.attention.processor import (
 AttentionSink = Callable[[str, torch.Tensor], None]
 
 
+@dataclass
+class RowSelection:
+    """Which batch rows a set of capturing processors captures, set before each forward pass.
+
+    Attributes:
+        rows: a contiguous ``slice(start, stop)`` of the batch, or None for every row. The other
+            rows attend with the fused kernel (no probabilities kept).
+    """
+
+    rows: slice | None = None
+
+
 class CapturingProcessor(ProjectingProcessor):
     """Attention with explicit, head-averaged probabilities handed to ``sink``.
 
     Args:
         key: the layer's processor key (passed to the sink).
-        sink: receives the (B, N_query, N_key) fp32 head-mean probabilities.
+        sink: receives the (B', N_query, N_key) fp32 head-mean probabilities of the selected rows.
         head_chunk: heads computed at once; bounds the (B, chunk, N, N) fp32 temporary.
+        selection: the rows to capture (shared by the processors of one pass); None = all.
     """
 
-    def __init__(self, key: str, sink: AttentionSink, head_chunk: int = 2) -> None:
+    def __init__(self, key: str, sink: AttentionSink, head_chunk: int = 2,
+                 selection: RowSelection | None = None) -> None:
         super().__init__(key)
         self.sink = sink
         self.head_chunk = head_chunk
+        self.selection = selection
 
     def attend(self, attn, projected: ProjectedAttention) -> torch.Tensor:
+        batch = projected.query.shape[0]
+        rows = self.selection.rows if self.selection is not None else None
+        start, stop, _ = (rows or slice(None)).indices(batch)
+        if (start, stop) == (0, batch):
+            return self._captured(attn, projected)
+        parts = []
+        if start > 0:
+            parts.append(sdpa_attention(attn, _rows(projected, slice(0, start))).float())
+        parts.append(self._captured(attn, _rows(projected, slice(start, stop))))
+        if stop < batch:
+            parts.append(sdpa_attention(attn, _rows(projected, slice(stop, batch))).float())
+        return torch.cat(parts)
+
+    def _captured(self, attn, projected: ProjectedAttention) -> torch.Tensor:
         output, head_mean = attention_with_probabilities(
             projected.query,
             projected.key,
@@ -63,6 +94,15 @@ class CapturingProcessor(ProjectingProcessor):
         )
         self.sink(self.key, head_mean)
         return output
+
+
+def _rows(projected: ProjectedAttention, rows: slice) -> ProjectedAttention:
+    """The projection of some batch rows (a mask of batch 1 is shared)."""
+    mask = projected.mask
+    if mask is not None and mask.shape[0] > 1:
+        mask = mask[rows]
+    return replace(projected, query=projected.query[rows], key=projected.key[rows],
+                   value=projected.value[rows], mask=mask)
 
 
 class ResolutionMeanSink:
@@ -101,10 +141,10 @@ class ResolutionMeanSink:
 
 
 def capturing_processors(
-    sinks: Mapping[str, AttentionSink], head_chunk: int = 2
+    sinks: Mapping[str, AttentionSink], head_chunk: int = 2, selection: RowSelection | None = None
 ) -> dict[str, CapturingProcessor]:
     """One :class:`CapturingProcessor` per processor key in ``sinks``, for :class:`AttentionHooks`."""
-    return {key: CapturingProcessor(key, sink, head_chunk) for key, sink in sinks.items()}
+    return {key: CapturingProcessor(key, sink, head_chunk, selection) for key, sink in sinks.items()}
 
 
 @contextmanager

@@ -27,17 +27,22 @@ class ImageLabels:
             (SLiMe background).
         category_ids: (L,) int64, the COCO category id of each label value.
         scores: (L,) float64 in [0, 1], a confidence per label (the annotation ``score``).
+        name_scores: (L,) float64 in [0, 1], how well each label's category name explains it
+            (DiffSeg with ``names``; the annotation's ``name_score``), or None.
     """
 
     label_map: np.ndarray
     category_ids: np.ndarray
     scores: np.ndarray
+    name_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.label_map.ndim != 2:
             raise ValueError(f"label_map must be (H, W), got {self.label_map.shape}")
         if len(self.category_ids) != len(self.scores):
             raise ValueError("category_ids and scores must have one entry per label")
+        if self.name_scores is not None and len(self.name_scores) != len(self.scores):
+            raise ValueError("name_scores must have one entry per label")
         if len(self.category_ids) > MAX_LABELS_PER_IMAGE:
             raise ValueError(f"at most {MAX_LABELS_PER_IMAGE} labels per image")
 

@@ -27,11 +27,13 @@ class MethodFlag:
             ``--support-images``).
         help: the flag's help text.
         metavar: how the help names the value (e.g. ``URI``).
+        is_list: the flag takes a comma-separated list (``--names a,b``), the table a list.
     """
 
     name: str
     help: str
     metavar: str | None = None
+    is_list: bool = False
 
     @property
     def option(self) -> str:

@@ -24,8 +24,9 @@ def coco_image(row: dict) -> dict:
 
 
 def coco_annotation(row: dict) -> dict:
-    """A COCO annotation record from one ``annotations/`` row."""
-    return {
+    """A COCO annotation record from one ``annotations/`` row (with ``name_score`` when the row
+    has one)."""
+    record = {
         "id": row["id"],
         "image_id": row["image_id"],
         "category_id": row["category_id"],
@@ -38,6 +39,9 @@ def coco_annotation(row: dict) -> dict:
         "iscrowd": row["iscrowd"],
         "score": row["score"],
     }
+    if row.get("name_score") is not None:
+        record["name_score"] = row["name_score"]
+    return record
 
 
 def write_coco_json(reader: OutputReader, out: Folder, relative: str = parts.COCO_JSON) -> None:

@@ -53,6 +53,7 @@ class AnnotationRow(TypedDict):
     model: str
     embedding_set: str | None
     run_id: str
+    name_score: float | None
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,9 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
     file_name = file_name or uri
     masks = encode_label_map(labels.label_map, len(labels.category_ids))
     annotations: list[AnnotationRow] = []
-    for label, (mask, category, score) in enumerate(
-        zip(masks, labels.category_ids, labels.scores)
+    name_scores = [None] * len(masks) if labels.name_scores is None else labels.name_scores
+    for label, (mask, category, score, name_score) in enumerate(
+        zip(masks, labels.category_ids, labels.scores, name_scores)
     ):
         if mask.area == 0:
             continue
@@ -114,6 +116,7 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
             iscrowd=0, score=float(score), file_name=file_name, method=provenance.method,
             model=provenance.model, embedding_set=provenance.embedding_set,
             run_id=provenance.run_id,
+            name_score=None if name_score is None else float(name_score),
         ))
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
                      detail=None, width=width, height=height, n_annotations=len(annotations),

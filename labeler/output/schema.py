@@ -45,5 +45,8 @@ ANNOTATIONS = pa.schema(
         ("model", pa.string()),
         ("embedding_set", pa.string()),
         ("run_id", pa.string()),
+        # how well the category name explains the annotation (DiffSeg with names); null
+        # otherwise and for parts written before the column existed
+        ("name_score", pa.float64()),
     ]
 )

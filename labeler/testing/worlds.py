@@ -145,3 +145,26 @@ def adjusted_rand_index(labels: np.ndarray, truth: np.ndarray) -> float:
     if maximum == expected:
         return 1.0
     return (index - expected) / (maximum - expected)
+
+
+def colour_world(rng: np.random.Generator, colours: np.ndarray, size: int = 512,
+                 count: tuple[int, int] = (2, 4)) -> tuple[np.ndarray, np.ndarray]:
+    """Flat shapes of distinct named colours on a ground of another, for the naming tests.
+
+    Args:
+        colours: (C, 3) RGB of the colours that may appear (e.g. tiny's colour names).
+        count: the range of the number of shapes (inclusive).
+
+    Returns:
+        image (size, size, 3) uint8 (each colour jittered by up to 12 levels, pixel noise 4)
+        and colour (size, size) int64, the index into ``colours`` of every pixel (a shape may be
+        occluded).
+    """
+    shapes = int(rng.integers(count[0], count[1] + 1))
+    drawn = rng.permutation(len(colours))[: shapes + 1]
+    colour = np.full((size, size), drawn[0], np.int64)
+    for index in drawn[1:]:
+        colour[_shape_mask(rng, size, rng.uniform(0.15, 0.3))] = index
+    jittered = np.asarray(colours, np.float64) + rng.uniform(-12, 12, (len(colours), 3))
+    image = jittered[colour] + rng.normal(0, 4, (size, size, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), colour

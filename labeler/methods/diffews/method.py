@@ -125,7 +125,7 @@ SPEC = MethodSpec(
     flags=(
         MethodFlag("support_images", "DiffewS support images (folder or file)", "URI"),
         MethodFlag("support_masks", "their label maps, paired by file stem", "URI"),
-        MethodFlag("classes", "class names, background first: background,a,b", "NAMES"),
+        MethodFlag("classes", "class names, background first: background,a,b", "NAMES", is_list=True),
     ),
     fingerprint=fingerprint,
 )

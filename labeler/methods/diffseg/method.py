@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from labeler.methods.diffseg.settings import DiffSegOptions
-from labeler.methods.spec import MethodSpec
+from labeler.methods.spec import MethodFlag, MethodSpec
 
 if TYPE_CHECKING:
     from labeler.config import JobConfig
@@ -19,6 +19,18 @@ DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 CATEGORIES = [{"id": 1, "name": "segment", "supercategory": "segment"}]
 
 
+def named_categories(settings: DiffSegOptions) -> list[dict]:
+    """The run's categories: ``segment`` without names; with names, one per name (ids 1..N, in
+    the given order), then ``segment`` (id N + 1) for segments no name explains unless they are
+    dropped (``unnamed = "drop"``)."""
+    if not settings.names:
+        return [dict(category) for category in CATEGORIES]
+    named = [{"id": i, "name": name, "supercategory": "name"} for i, name in enumerate(settings.names, 1)]
+    if settings.unnamed == "segment":
+        named.append({"id": len(named) + 1, "name": "segment", "supercategory": "segment"})
+    return named
+
+
 def build(config: JobConfig, device: str | None = None) -> DiffSeg:
     """DiffSeg on the job's model, with the job's ``[diffseg]`` settings."""
     # imported here, on the workers: the driver validates settings without loading torch
@@ -30,8 +42,8 @@ def build(config: JobConfig, device: str | None = None) -> DiffSeg:
 
 
 def categories(config: JobConfig) -> list[dict]:
-    """One class-agnostic category, ``segment``."""
-    return [dict(category) for category in CATEGORIES]
+    """``segment``, or the names (:func:`named_categories`)."""
+    return named_categories(config.settings)
 
 
 SPEC = MethodSpec(
@@ -41,4 +53,6 @@ SPEC = MethodSpec(
     build=build,
     categories=categories,
     default_model=DEFAULT_MODEL,
+    flags=(MethodFlag("names", "name segments from this vocabulary: person,car,road", "NAMES",
+                      is_list=True),),
 )

@@ -1,14 +1,16 @@
 """The DiffSeg segmenter: one UNet pass per batch with self-attention captured, then the pure
-algorithm of :mod:`labeler.methods.diffseg.algorithm`."""
+algorithm of :mod:`labeler.methods.diffseg.algorithm`; with ``names``, the cross-attention of a
+names row names the segments (:mod:`labeler.methods.diffseg.naming`)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from labeler.attention.capture import ResolutionMeanSink, capturing_processors
+from labeler.attention.capture import ResolutionMeanSink, RowSelection, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.methods.base import ImageLabels
@@ -20,10 +22,24 @@ from labeler.methods.diffseg.algorithm import (
     labels_from_proposals,
     merge_proposals,
 )
-from labeler.methods.diffseg.method import CATEGORIES
+from labeler.methods.diffseg.method import named_categories
+from labeler.methods.diffseg.naming import NameRule, name_segments, name_shares, pack_names
 from labeler.methods.preprocess import images_to_model_input, label_grid_size
 from labeler.models.backbone import Backbone
 from labeler.timing import StageTimer
+
+
+@dataclass(frozen=True)
+class NamedRaw:
+    """The device step's output for one image of a naming run.
+
+    Attributes:
+        raw: the labels as :func:`~labeler.methods.device_labels.device_step` gives them.
+        name_scores: (L,) float64, the name score of each compact label 0..L-1.
+    """
+
+    raw: RawLabels
+    name_scores: np.ndarray
 
 
 class DiffSeg:
@@ -44,8 +60,6 @@ class DiffSeg:
             label resolution, antialiasing.
     """
 
-    categories: ClassVar[list[dict]] = CATEGORIES
-
     def __init__(self, backbone: Backbone, options: DiffSegOptions | None = None) -> None:
         self.backbone = backbone
         self.options = options or DiffSegOptions()
@@ -53,14 +67,38 @@ class DiffSeg:
         self.max_label_side = self.options.max_label_side
         self.antialias = self.options.antialias
         self.device = backbone.device
-        self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
+        self.categories = named_categories(self.options)
+        layers = unet_attention_layers(backbone.unet)
+        self.layers = select_layers(layers, "self")
         if not self.layers:
             raise ValueError(f"model {backbone.name} has no self-attention layers")
         self.sink = ResolutionMeanSink()
-        self.hooks = AttentionHooks(
-            backbone.unet, capturing_processors({layer.key: self.sink for layer in self.layers})
-        )
+        self.self_rows = RowSelection()
+        processors = capturing_processors({layer.key: self.sink for layer in self.layers},
+                                          selection=self.self_rows)
+        self.names = self.options.names
+        if self.names:
+            self.name_rule = NameRule(self.options.name_share, self.options.name_margin)
+            self.names_context, self.spans = self._names_context(self.names)
+            self.cross_sink = ResolutionMeanSink()
+            self.cross_rows = RowSelection()
+            processors |= capturing_processors(
+                {layer.key: self.cross_sink for layer in select_layers(layers, "cross")},
+                selection=self.cross_rows,
+            )
+        self.hooks = AttentionHooks(backbone.unet, processors)
         self.timer = StageTimer()
+
+    def _names_context(self, names: tuple[str, ...]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """The names row's context, (1, T, D), and each name's token positions in it."""
+        backbone = self.backbone
+        empty = backbone.encode_prompts([""])[0]
+        states = []
+        for name in names:
+            tokens = len(backbone.tokenizer(name).input_ids) - 2  # without BOS and EOS
+            states.append(backbone.encode_prompts([name])[0, 1:1 + tokens])
+        context, spans = pack_names(states, empty)
+        return context[None], spans
 
     def close(self) -> None:
         """Give the UNet its original attention processors back."""
@@ -79,42 +117,75 @@ class DiffSeg:
                 "weights": self.options.weight_map,
                 "max_label_side": self.max_label_side,
                 "antialias": self.antialias,
+                **({"names": list(self.names), **self.options.model_dump(
+                    include={"unnamed", "name_share", "name_margin", "merge_named", "conditioning"})}
+                   if self.names else {}),
             },
         }
 
-    def attention_maps(self, images: list[np.ndarray]) -> dict[int, torch.Tensor]:
+    def attention_maps(self, images: list[np.ndarray]) -> dict[int, Tensor]:
         """Capture the per-resolution self-attention of one UNet pass.
 
         Returns:
             ``{side: (B, side*side, side*side)}`` float32, head and layer means.
         """
+        return self.capture(images)[0]
+
+    def capture(self, images: list[np.ndarray]) -> tuple[dict[int, Tensor], dict[int, Tensor] | None]:
+        """One UNet call: the self-attention that makes the segments and, with names, the names
+        row's cross-attention.
+
+        Without names the batch is B rows conditioned on the empty prompt. With names and
+        ``conditioning = "separate"`` it is 2B rows, the empty prompt's (self-attention captured)
+        then the names row's (cross-attention captured), so the segments are those of a run
+        without names; with ``conditioning = "names"``, B rows conditioned on the names.
+
+        Returns:
+            self-attention ``{side: (B, side*side, side*side)}`` and cross-attention
+            ``{side: (B, side*side, T)}`` (None without names), float32 head and layer means.
+        """
         backbone = self.backbone
+        batch = len(images)
         with self.timer.stage("vae_encode"):
             pixels = images_to_model_input(images, backbone.image_size, self.antialias)
             latents = backbone.encode_images(pixels)
-        context = backbone.encode_prompts([""]).expand(len(images), -1, -1)
-        timesteps = torch.full(
-            (len(images),), self.timestep, device=backbone.device, dtype=torch.long
-        )
+        empty = backbone.encode_prompts([""])
+        contexts = [empty.expand(batch, -1, -1)]
+        self.self_rows.rows = None
+        if self.names:
+            names = self.names_context.expand(batch, -1, -1)
+            if self.options.conditioning == "names":
+                contexts = [names]
+                self.cross_rows.rows = None
+            else:
+                contexts.append(names)
+                latents = torch.cat([latents, latents])
+                self.self_rows.rows, self.cross_rows.rows = slice(0, batch), slice(batch, 2 * batch)
+            self.cross_sink.reset()
+        context = torch.cat(contexts)
+        timesteps = torch.full((len(context),), self.timestep, device=backbone.device, dtype=torch.long)
         self.sink.reset()
         self.hooks.ensure()
         with self.timer.stage("unet_capture"), torch.no_grad():
             backbone.unet(latents, timesteps, encoder_hidden_states=context)
-        return self.sink.means()
+        return self.sink.means(), (self.cross_sink.means() if self.names else None)
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
         return [self.finish(raw) for raw in self.label_raw(images)]
 
-    def finish(self, raw: RawLabels) -> ImageLabels:
+    def finish(self, raw: RawLabels | NamedRaw) -> ImageLabels:
         """The host step of one image's :meth:`label_raw` output (thread-safe)."""
+        if isinstance(raw, NamedRaw):
+            return replace(finish_labels(raw.raw), name_scores=raw.name_scores)
         return finish_labels(raw)
 
     @torch.no_grad()
-    def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
+    def label_raw(self, images: list[np.ndarray]) -> list[RawLabels | NamedRaw]:
         """The device step of :meth:`label`: up to the label grid's argmax, relabelled on an
-        accelerator (see :func:`labeler.methods.device_labels.device_step`)."""
-        attention = self.attention_maps(images)
+        accelerator (see :func:`labeler.methods.device_labels.device_step`); with names, each
+        segment named (:meth:`named`)."""
+        attention, cross = self.capture(images)
         with self.timer.stage("aggregate"):
             aggregated = aggregate_attention(attention, self.options.weight_map)
         with self.timer.stage("merge"):
@@ -123,10 +194,67 @@ class DiffSeg:
             )
         side = _side_of(aggregated.shape[-1])
         results = []
-        with self.timer.stage("labeling"):
-            for image, image_proposals in zip(images, proposals):
-                height, width = image.shape[:2]
-                grid = label_grid_size(height, width, self.max_label_side)
+        for index, (image, image_proposals) in enumerate(zip(images, proposals)):
+            height, width = image.shape[:2]
+            grid = label_grid_size(height, width, self.max_label_side)
+            with self.timer.stage("labeling"):
                 labels, confidence = labels_from_proposals(image_proposals, side, grid)
-                results.append(device_step(labels, confidence, height, width))
+                if cross is None:
+                    results.append(device_step(labels, confidence, height, width))
+                    continue
+            image_cross = {s: maps[index:index + 1] for s, maps in cross.items()}
+            results.append(self.named(labels, confidence, image_cross, height, width))
         return results
+
+    def named(self, labels: Tensor, confidence: Tensor, cross: dict[int, Tensor], height: int,
+              width: int) -> NamedRaw:
+        """One image's segments named (the device step of a naming run; timed as ``naming``).
+
+        Args:
+            labels: (h, w) segment ids on the label grid; confidence: (h, w).
+            cross: ``{side: (1, side*side, T)}`` the names row's cross-attention.
+
+        Returns:
+            the labels with categories (a name's id; ``segment`` or no annotation where the
+            segment abstains, per ``unnamed``), segments sharing a name merged when
+            ``merge_named``, and each label's name score.
+        """
+        with self.timer.stage("naming"):
+            shares = name_shares(cross, self.spans, tuple(labels.shape))[0]
+            names, scores = name_segments(labels, shares, self.name_rule)
+            labels = labels.long()
+            if self.options.merge_named:
+                labels, scores = merge_named(labels, names, scores)
+            if self.options.unnamed == "drop":
+                keep = (names >= 0).to(labels.device)
+                labels = torch.where((labels >= 0) & keep[labels.clamp_min(0)], labels, -1)
+            unnamed = len(self.names) + 1
+            category_of = torch.where(names >= 0, names + 1, unnamed).cpu().numpy().astype(np.int64)
+            present = labels[labels >= 0].unique().cpu()
+            name_scores = scores.cpu()[present].double().numpy()
+        raw = device_step(labels, confidence, height, width, category_of)
+        return NamedRaw(raw, name_scores)
+
+
+def merge_named(labels: Tensor, names: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Segments that share a name merged into the lowest id among them (the reference's merge).
+
+    Args:
+        labels: (h, w) int64 segment ids, negative for none.
+        names: (L,) int64 name per id, -1 for unnamed (never merged).
+        scores: (L,) name scores.
+
+    Returns:
+        the relabelled (h, w) map, and (L,) scores where each kept id has the area-weighted mean
+        score of the segments merged into it.
+    """
+    first = torch.arange(len(names), device=names.device)
+    for name in names[names >= 0].unique():
+        members = (names == name).nonzero()[:, 0]
+        first[members] = members[0]
+    inside = labels >= 0
+    area = torch.bincount(labels[inside].cpu(), minlength=len(names)).double()
+    merged = torch.zeros(len(names), dtype=torch.float64).index_add_(0, first.cpu(), area * scores.cpu().double())
+    total = torch.zeros(len(names), dtype=torch.float64).index_add_(0, first.cpu(), area)
+    relabelled = torch.where(inside, first.to(labels.device)[labels.clamp_min(0)], labels)
+    return relabelled, (merged / total.clamp_min(1)).to(scores.dtype)

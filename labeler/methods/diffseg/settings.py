@@ -8,12 +8,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from labeler.settings import Settings
 
 DEFAULT_EPS: float = 1e-12
+#: Naming: minimum mean share of the text attention a segment's name must take (calibrated on
+#: `tiny`'s colour world, docs/diffseg.md "Naming").
+DEFAULT_NAME_SHARE: float = 0.05
+#: Naming: minimum ratio of the best name's evidence to the second's.
+DEFAULT_NAME_MARGIN: float = 1.1
 
 
 def _is_number(value: object) -> bool:
@@ -106,6 +112,19 @@ class DiffSegOptions(Settings):
         timestep: the UNet timestep of the single pass (the reference's 300, no noise added).
         max_label_side: the largest side at which proposals are upsampled before argmax.
         antialias: antialias the resize to the model size (the reference does not).
+        names: a vocabulary: each segment is named from the cross-attention of the names' tokens
+            (categories become the names); None = class-agnostic ``segment``s.
+        unnamed: what becomes of a segment no name explains: ``segment`` (kept, category
+            ``segment``) or ``drop`` (no annotation).
+        name_share: a segment takes a name only if the name's mean share of the text attention
+            over it is at least this.
+        name_margin: ... and its evidence is at least this times the second name's.
+        merge_named: segments that share a name become one annotation (the reference merges
+            them); by default they stay separate instances.
+        conditioning: ``separate`` (default): the segments come from the empty-prompt row and the
+            names from a second row of the same UNet call, so names never change the segments;
+            ``names``: one pass conditioned on the names (the reference's captioned pass; its
+            self-attention, so the segments, depend on the names).
     """
 
     kl_threshold: float = Field(1.1, gt=0, allow_inf_nan=False)
@@ -117,6 +136,26 @@ class DiffSegOptions(Settings):
     timestep: int = Field(300, ge=0, le=999)
     max_label_side: int = Field(1024, ge=1)
     antialias: bool = True
+    names: tuple[str, ...] | None = Field(None, min_length=1)
+    unnamed: Literal["segment", "drop"] = "segment"
+    name_share: float = Field(DEFAULT_NAME_SHARE, ge=0, le=1)
+    name_margin: float = Field(DEFAULT_NAME_MARGIN, ge=1, allow_inf_nan=False)
+    merge_named: bool = False
+    conditioning: Literal["separate", "names"] = "separate"
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if _is_sequence(value):
+            if not all(isinstance(name, str) for name in value):
+                raise ValueError(f"names must be strings, got {list(value)!r}")
+            names = tuple(" ".join(name.split()) for name in value)
+            if not all(names) or len(set(names)) != len(names):
+                raise ValueError(f"names must be unique and non-empty, got {list(value)!r}")
+            if "segment" in names:
+                raise ValueError("'segment' is the category of unnamed segments; pick another name")
+            return names
+        return value
 
     @field_validator("weights", mode="before")
     @classmethod

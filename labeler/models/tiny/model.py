@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from labeler.models.tiny import calibration
+from labeler.models.tiny import calibration, names
 from labeler.models.tiny.calibration import calibrate_unet, calibrate_vae, text_key_directions
+from labeler.models.tiny.names import add_colour_names
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def is_tiny(model_dir: str | os.PathLike) -> bool:
 def _config_digest() -> str:
     blob = json.dumps(
         [UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, SCHEDULER_CONFIG, TINY_SEED, torch.__version__,
-         calibration.settings()],
+         calibration.settings(), names.settings()],
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -168,6 +169,7 @@ def _build_into(target: Path) -> None:
         calibrate_vae(vae)
         sink, features, gap = _text_directions(tokenizer, text_encoder)
         calibrate_unet(unet, sink, features, gap)
+        add_colour_names(tokenizer, text_encoder, vae, sink, features)
         scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
 
         unet.save_pretrained(staging / "unet")

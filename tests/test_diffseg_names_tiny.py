@@ -16,6 +16,7 @@ OUTSIDE = {"white": (240, 240, 235), "grey": (128, 128, 128), "black": (25, 25, 
 VOCABULARY = list(COLOUR_NAMES)
 NAMES = [*VOCABULARY, *OUTSIDE]
 COLOURS = np.array([*COLOUR_NAMES.values(), *OUTSIDE.values()])
+PURE = 0.8
 SIZE = 160  # images are resized to the model's 512 anyway; a small label grid keeps it cheap
 
 
@@ -31,13 +32,19 @@ def worlds(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def tally(labels, colour: np.ndarray, categories: list[dict]) -> dict[str, int]:
-    """Segments by outcome: named right/wrong (majority colour in the vocabulary), and for the
-    outside colours abstained (``segment``) or named."""
+    """Segments by outcome. A segment is judged by its majority colour when at least
+    :data:`PURE` of its pixels have it (DiffSeg on tiny sometimes merges two small shapes; such a
+    segment has no one right name and counts as ``mixed``): named right/wrong (vocabulary
+    colours; abstaining counts as wrong), and for the outside colours abstained (``segment``) or
+    named."""
     names = {c["id"]: c["name"] for c in categories}
-    counts = {"right": 0, "wrong": 0, "abstained": 0, "named_outside": 0}
+    counts = dict.fromkeys(("right", "wrong", "abstained", "named_outside", "mixed"), 0)
     for label, category in enumerate(labels.category_ids):
-        truth = NAMES[int(np.bincount(colour[labels.label_map == label]).argmax())]
-        given = names[int(category)]
+        pixels = np.bincount(colour[labels.label_map == label], minlength=len(NAMES))
+        if pixels.max() < PURE * pixels.sum():
+            counts["mixed"] += 1
+            continue
+        truth, given = NAMES[int(pixels.argmax())], names[int(category)]
         if truth in OUTSIDE:
             counts["abstained" if given == "segment" else "named_outside"] += 1
         else:
@@ -66,14 +73,14 @@ def runs(tiny_backbone):
 def test_names_leave_the_segments_as_they_are(runs):
     _, together, _, unnamed = runs
     np.testing.assert_array_equal(together[1].label_map, unnamed.label_map)
-    np.testing.assert_array_equal(together[1].scores, unnamed.scores)
+    np.testing.assert_allclose(together[1].scores, unnamed.scores, rtol=0, atol=1e-6)
     assert unnamed.name_scores is None
 
 
 def test_colour_words_name_their_segments_and_abstain_outside_the_vocabulary(runs):
     categories, together, _, _ = runs
     assert [c["name"] for c in categories] == [*VOCABULARY, "segment"]
-    counts = {"right": 0, "wrong": 0, "abstained": 0, "named_outside": 0}
+    counts = dict.fromkeys(("right", "wrong", "abstained", "named_outside", "mixed"), 0)
     for labels, (_, colour) in zip(together, worlds(2, seed=0)):
         assert labels.name_scores is not None and ((0 <= labels.name_scores) & (labels.name_scores <= 1)).all()
         for key, value in tally(labels, colour, categories).items():
@@ -94,7 +101,7 @@ def test_learning_figures_on_twelve_worlds(tiny_backbone):
     """The learning test's figures (docs/diffseg.md, "Naming"): 12 worlds in batches of 4."""
     data = worlds(12, seed=1)
     named = DiffSeg(tiny_backbone, DiffSegOptions(names=VOCABULARY))
-    counts = {"right": 0, "wrong": 0, "abstained": 0, "named_outside": 0}
+    counts = dict.fromkeys(("right", "wrong", "abstained", "named_outside", "mixed"), 0)
     try:
         for start in range(0, len(data), 4):
             batch = data[start:start + 4]

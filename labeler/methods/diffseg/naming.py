@@ -14,13 +14,14 @@ mean): :func:`name_shares`.
 
 A segment is named by :func:`name_segments`:
 
-1. each name's share map is normalised spatially (L2 over the grid, as the reference does), so a
-   name that draws little attention everywhere can still win the region it draws it in; the
-   segment's evidence for a name is the mean of that normalised map over the segment's pixels;
-2. the best name is the one with the highest evidence (the reference's rule);
-3. the segment **abstains** (no name) when the best name's mean *share* over the segment is below
-   ``share`` (no name explains it: the text attention there goes to the BOS sink and padding) or
-   when its evidence is below ``margin`` x the second name's (two names claim it).
+1. the segment's evidence for a name is the name's mean share over the segment's pixels;
+2. the best name is the one with the highest evidence (the reference normalises each name's map
+   spatially first, L2 over the image; that amplifies the faint map of a name whose colour or
+   object is absent wherever it is faintest-but-present, e.g. "purple" on the border of a red and
+   a blue shape, so labeler compares the shares themselves);
+3. the segment **abstains** (no name) when the best name's mean share is below ``share`` (no name
+   explains it: the text attention there goes to the BOS sink and padding) or below ``margin`` x
+   the second name's (two names claim it).
 
 The annotation's name score is the best name's mean share over the segment, in [0, 1].
 """
@@ -42,7 +43,7 @@ class NameRule:
 
     Attributes:
         share: minimum mean share of the text attention the name takes over the segment, [0, 1].
-        margin: minimum ratio of the best name's evidence to the second best's, >= 1.
+        margin: minimum ratio of the best name's mean share to the second best's, >= 1.
     """
 
     share: float = DEFAULT_NAME_SHARE
@@ -115,14 +116,11 @@ def name_segments(labels: Tensor, shares: Tensor, rule: NameRule) -> tuple[Tenso
     inside = labels.flatten() >= 0
     ids = labels.flatten()[inside].long()
     flat = shares.flatten(1).float()  # (N, P)
-    normalised = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
     pixels = torch.zeros(count, device=flat.device).index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
     area = pixels.clamp_min(1.0)[:, None]
-    evidence = torch.zeros(count, len(flat), device=flat.device).index_add_(0, ids, normalised[:, inside].T) / area
     mean_share = torch.zeros(count, len(flat), device=flat.device).index_add_(0, ids, flat[:, inside].T) / area
-    ranked, order = evidence.sort(dim=1, descending=True)
-    best = order[:, 0]
-    score = mean_share.gather(1, best[:, None])[:, 0]
-    second = ranked[:, 1] if len(flat) > 1 else torch.zeros_like(ranked[:, 0])
-    named = (pixels > 0) & (score >= rule.share) & (ranked[:, 0] >= rule.margin * second)
+    ranked, order = mean_share.sort(dim=1, descending=True, stable=True)
+    best, score = order[:, 0], ranked[:, 0]
+    second = ranked[:, 1] if len(flat) > 1 else torch.zeros_like(score)
+    named = (pixels > 0) & (score >= rule.share) & (score >= rule.margin * second)
     return torch.where(named, best, torch.full_like(best, -1)), torch.where(pixels > 0, score, 0.0)

@@ -17,8 +17,8 @@ from labeler.settings import Settings
 DEFAULT_EPS: float = 1e-12
 #: Naming: minimum mean share of the text attention a segment's name must take (calibrated on
 #: `tiny`'s colour world, docs/diffseg.md "Naming").
-DEFAULT_NAME_SHARE: float = 0.05
-#: Naming: minimum ratio of the best name's evidence to the second's.
+DEFAULT_NAME_SHARE: float = 0.15
+#: Naming: minimum ratio of the best name's mean share to the second's.
 DEFAULT_NAME_MARGIN: float = 1.1
 
 
@@ -118,7 +118,7 @@ class DiffSegOptions(Settings):
             ``segment``) or ``drop`` (no annotation).
         name_share: a segment takes a name only if the name's mean share of the text attention
             over it is at least this.
-        name_margin: ... and its evidence is at least this times the second name's.
+        name_margin: ... and at least this times the second name's.
         merge_named: segments that share a name become one annotation (the reference merges
             them); by default they stay separate instances.
         conditioning: ``separate`` (default): the segments come from the empty-prompt row and the

@@ -3,7 +3,7 @@
 Steps: check that every shard of the plan has committed its parts, concatenate the image parts
 into ``images.parquet``, copy each annotation part to ``annotations/`` (plan order in the name),
 record the categories and COCO info (``run/output.json``), then stream ``coco.json`` from the
-shard parts (:mod:`labeler.output.coco_json`). Other formats are written from a finished output
+shard parts through the COCO exporter (:class:`~labeler.output.exporters.coco.RunCocoExporter`). Other formats are written from a finished output
 by ``labeler export`` (:mod:`labeler.output.exporters`). Everything streams shard by shard,
 so memory stays bounded by one shard's annotations whatever the collection size.
 """
@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 
 from labeler.io.folders import Folder
 from labeler.output import parts, schema
-from labeler.output.coco_json import coco_annotation, write_coco_json
+from labeler.output.coco_records import coco_annotation
+from labeler.output.exporters.base import ExportContext
+from labeler.output.exporters.coco import RunCocoExporter
+from labeler.output.exporters.source import ExportImage
 from labeler.output.reader import OutputReader, OutputReadError, write_meta
-
-#: ``coco_annotation`` is part of this module's interface (the exporters' source uses it).
-__all__ = ["coco_annotation", "merge_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,19 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
     counts = _merge_images(output, shard_ids)
     counts["annotations"] = _merge_annotation_parts(output, shard_ids)
     write_meta(output, categories, info)
-    write_coco_json(OutputReader.of_shards(output, shard_ids, categories, info), output)
+    _write_coco(OutputReader.of_shards(output, shard_ids, categories, info), output)
     return counts
+
+
+def _write_coco(reader: OutputReader, output: Folder) -> None:
+    context = ExportContext(output, reader.categories, reader.info, None, 0.0)
+    with RunCocoExporter(context) as coco:
+        for image in reader.images():
+            if image.is_labeled:
+                row = image.row
+                coco.add(ExportImage(image.image_id, row["file_name"] or row["uri"], row["uri"],
+                                     row["width"], row["height"]),
+                         [coco_annotation(annotation) for annotation in image.annotations])
 
 
 def _check_committed(output: Folder, shard_ids: list[str]) -> None:

@@ -20,11 +20,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
-from pycocotools import mask as mask_util
 
 from labeler.io.folders import Folder
 from labeler.output import schema
-from labeler.output.merge import coco_annotation
+from labeler.output.coco_records import coco_annotation
+from labeler.output.rle import decode_mask
 from labeler.runtime.integrity import file_sha256, shard_problem
 from labeler.runtime.run_folder import RunFolder
 
@@ -117,10 +117,10 @@ def _check_annotations(run: RunFolder, shards: list[dict]) -> tuple[Counter, lis
     problems: list[str] = []
     for shard in shards:
         for row in _annotation_rows(run, shard["shard_id"]):
-            rle = {"size": list(row["segmentation_size"]),
-                   "counts": row["segmentation_counts"].encode()}
+            segmentation = {"size": list(row["segmentation_size"]),
+                            "counts": row["segmentation_counts"]}
             try:
-                area = int(mask_util.decode(rle).sum())
+                area = int(decode_mask(segmentation).sum())
             except Exception as error:  # noqa: BLE001 - pycocotools raises bare Exceptions
                 problems.append(f"annotation {row['id']} (shard {shard['shard_id']}): invalid "
                                 f"RLE ({error})")

@@ -1,12 +1,19 @@
-"""What every export format implements, and the streaming JSON array writer they share."""
+"""What every export format implements, and the streaming JSON array writer they share.
+
+An exporter is a context manager: ``with Format(context) as exporter: exporter.add(...)``. On a
+clean exit it finishes its files (:meth:`Exporter.finish`) and publishes them; when the block
+raises, every file it opened with :meth:`Exporter.open_file` is discarded (atomic writers), so
+an export that failed half way leaves no half file behind.
+"""
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Self
 
-from labeler.io.folders import Folder
+from labeler.io.folders import AtomicWriter, Folder
 from labeler.output.exporters.source import ExportImage
 
 
@@ -21,6 +28,8 @@ class ExportContext:
         images_dir: where images are placed with ``--images copy|link``, relative to ``out``
             (``None``: images stay at their source; ``file_name``s are relative to the root).
         tolerance: polygon simplification in pixels (:mod:`.polygons`).
+        coco_max_annotations: the most annotations one COCO file holds (COCO formats), above
+            which the export is split (:mod:`labeler.output.coco_files`).
     """
 
     out: Folder
@@ -28,32 +37,69 @@ class ExportContext:
     info: dict
     images_dir: str | None
     tolerance: float
+    coco_max_annotations: int | None = None
 
 
 class Exporter(ABC):
-    """One export format: fed images one at a time, so memory is flat in the collection size."""
+    """One export format: fed images one at a time, so memory is flat in the collection size.
+
+    Attributes:
+        files: after a clean exit, the main files written (relative to the export).
+    """
 
     #: the folder, relative to the export, where ``--images copy|link`` puts the images
     images_subdir = "images"
 
     def __init__(self, context: ExportContext) -> None:
         self.context = context
+        self.files: list[str] = []
+        self._open: dict[int, AtomicWriter] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None:
+            self._discard_all(error_type, error, traceback)
+            return
+        try:
+            self.files = self.finish()
+        except BaseException as failure:
+            self._discard_all(type(failure), failure, failure.__traceback__)
+            raise
+        for handle in list(self._open):
+            self._open.pop(handle).__exit__(None, None, None)
+
+    def open_file(self, relative: str):
+        """A binary handle on ``out/relative``, published when closed cleanly (by
+        :meth:`close_file` or at the end of the ``with`` block) and discarded on error."""
+        writer = self.context.out.open_atomic_writer(relative)
+        handle = writer.__enter__()
+        self._open[id(handle)] = writer
+        return handle
+
+    def close_file(self, handle) -> None:
+        """Publish a file opened with :meth:`open_file` now."""
+        self._open.pop(id(handle)).__exit__(None, None, None)
+
+    def _discard_all(self, error_type, error, traceback) -> None:
+        for key in list(self._open):
+            self._open.pop(key).__exit__(error_type, error, traceback)
 
     @abstractmethod
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         """Write one image's (already filtered) annotations."""
 
     @abstractmethod
-    def close(self) -> list[str]:
+    def finish(self) -> list[str]:
         """Finish the files; return the main files written (relative to the export)."""
 
 
 class JsonArrayWriter:
-    """Writes ``prefix [item, item, ...] suffix`` to an atomic file, item by item."""
+    """Writes ``prefix [item, item, ...] suffix`` to a binary handle, item by item."""
 
-    def __init__(self, out: Folder, relative: str) -> None:
-        self._context = out.open_atomic_writer(relative)
-        self._handle = self._context.__enter__()
+    def __init__(self, handle) -> None:
+        self._handle = handle
         self._first = True
 
     def raw(self, text: str) -> None:
@@ -62,10 +108,3 @@ class JsonArrayWriter:
     def item(self, value) -> None:
         self.raw(("\n" if self._first else ",\n") + json.dumps(value, ensure_ascii=False))
         self._first = False
-
-    def restart(self) -> None:
-        """The next :meth:`item` starts a new array (no comma before it)."""
-        self._first = True
-
-    def close(self) -> None:
-        self._context.__exit__(None, None, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.output.exporters.export import DEFAULT_TOLERANCE, FORMATS, IMAGE_MODES, export
 from labeler.output.exporters.filters import ExportFilters, parse_min_score
 
@@ -29,6 +30,10 @@ def add_parser(commands) -> None:
                         help="keep the N best-scoring annotations per image")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help=f"polygon simplification in pixels (default {DEFAULT_TOLERANCE})")
+    parser.add_argument("--coco-max-annotations", type=int, default=None, metavar="N",
+                        help="coco-rle/coco-polygons: above N annotations write "
+                             "coco/part-NNNNN.json files and coco/index.json "
+                             f"(default {DEFAULT_MAX_ANNOTATIONS})")
     parser.set_defaults(func=_export)
 
 
@@ -36,7 +41,7 @@ def _export(args: argparse.Namespace) -> int:
     filters = ExportFilters(min_score=parse_min_score(args.min_score), min_area=args.min_area,
                             max_segments=args.max_segments)
     summary = export(args.output, args.fmt, args.out, images=args.images, filters=filters,
-                     tolerance=args.tolerance)
+                     tolerance=args.tolerance, coco_max_annotations=args.coco_max_annotations)
     filtered = sum(summary.filtered.values())
     sys.stdout.write(
         f"{summary.format}: {summary.images} images, {summary.annotations} annotations in "

@@ -59,8 +59,13 @@ class ExportSummary:
 
 def export(output: str, fmt: str, out: str, *, images: str = "none",
            filters: ExportFilters | None = None, tolerance: float = DEFAULT_TOLERANCE,
+           coco_max_annotations: int | None = None,
            storage_options: dict | None = None) -> ExportSummary:
     """Write ``output`` (a finished run) as ``fmt`` into the folder ``out``.
+
+    ``coco_max_annotations`` splits ``coco-rle``/``coco-polygons`` exports above that many
+    annotations (:mod:`labeler.output.coco_files`; default
+    :data:`~labeler.output.coco_files.DEFAULT_MAX_ANNOTATIONS`).
 
     Raises:
         ValueError: unknown format or image mode, a filter naming an unknown class, ``link``
@@ -72,6 +77,8 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
         raise ValueError(f"--images must be one of {', '.join(IMAGE_MODES)} (got {images!r})")
     if tolerance < 0:
         raise ValueError(f"--tolerance must be >= 0 (got {tolerance})")
+    if coco_max_annotations is not None and coco_max_annotations < 1:
+        raise ValueError(f"--coco-max-annotations must be >= 1 (got {coco_max_annotations})")
     filters = filters or ExportFilters()
     source = OutputSource(output, storage_options)
     filters.check_classes([c["name"] for c in source.categories])
@@ -81,19 +88,20 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
     info = {**_info(source), "exported_as": fmt}
     exporter_class = FORMATS[fmt]
     images_dir = None if images == "none" else exporter_class.images_subdir
-    context = ExportContext(target, source.categories, info, images_dir, tolerance)
-    exporter = exporter_class(context)
+    context = ExportContext(target, source.categories, info, images_dir, tolerance,
+                            coco_max_annotations)
     names = {c["id"]: c["name"] for c in source.categories}
     summary = ExportSummary(out=out, format=fmt)
-    for image, found in source:
-        kept = filters.apply(image.width, image.height, found, names, summary.filtered)
-        exporter.add(image, kept)
-        summary.images += 1
-        summary.annotations += len(kept)
-        if images_dir is not None:
-            _place(image, target, f"{images_dir}/{image.file_name}", images, summary,
-                   storage_options)
-    summary.files = exporter.close()
+    with exporter_class(context) as exporter:
+        for image, found in source:
+            kept = filters.apply(image.width, image.height, found, names, summary.filtered)
+            exporter.add(image, kept)
+            summary.images += 1
+            summary.annotations += len(kept)
+            if images_dir is not None:
+                _place(image, target, f"{images_dir}/{image.file_name}", images, summary,
+                       storage_options)
+    summary.files = exporter.files
     target.write_json("export.json", {
         "format": fmt, "source": output, "image_root": source.image_root,
         "images": summary.images, "annotations": summary.annotations,

@@ -19,7 +19,8 @@ from xml.sax.saxutils import quoteattr
 from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
 from labeler.output.exporters.brush_rle import encode_brush_rle
 from labeler.output.exporters.polygons import mask_polygons
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 FROM_NAME = "label"
 TO_NAME = "image"
@@ -36,7 +37,7 @@ class LabelStudioExporter(Exporter):
         super().__init__(context)
         self.names = {c["id"]: c["name"] for c in context.categories}
         self.model_version = f"labeler-{context.info.get('method')}-{context.info.get('run_id')}"
-        self._tasks = JsonArrayWriter(context.out, "tasks.json")
+        self._tasks = JsonArrayWriter(self.open_file("tasks.json"))
         self._tasks.raw("[")
 
     def _url(self, image: ExportImage) -> str:
@@ -48,7 +49,7 @@ class LabelStudioExporter(Exporter):
         """One ``polygonlabels`` result per polygon of the mask."""
         results = []
         for number, polygon in enumerate(
-            mask_polygons(decode_mask(annotation), self.context.tolerance)
+            mask_polygons(decode_mask(annotation["segmentation"]), self.context.tolerance)
         ):
             percent = polygon / [image.width, image.height] * 100.0
             results.append({
@@ -87,9 +88,8 @@ class LabelStudioExporter(Exporter):
             }],
         })
 
-    def close(self) -> list[str]:
+    def finish(self) -> list[str]:
         self._tasks.raw("\n]\n")
-        self._tasks.close()
         labels = "".join(
             f"    <Label value={quoteattr(c['name'])}/>\n" for c in self.context.categories
         )
@@ -113,7 +113,7 @@ class LabelStudioBrushExporter(LabelStudioExporter):
             **self._result_base(image, annotation, str(annotation["id"])),
             "value": {
                 "format": "rle",
-                "rle": encode_brush_rle(decode_mask(annotation)),
+                "rle": encode_brush_rle(decode_mask(annotation["segmentation"])),
                 "brushlabels": [self.names[annotation["category_id"]]],
             },
         }]

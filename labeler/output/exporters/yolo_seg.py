@@ -20,7 +20,8 @@ import yaml
 
 from labeler.output.exporters.base import ExportContext, Exporter
 from labeler.output.exporters.polygons import mask_polygons, single_polygon
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 SPLIT = "train"
 
@@ -35,7 +36,7 @@ class YoloSegExporter(Exporter):
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         lines = []
         for annotation in annotations:
-            polygon = single_polygon(mask_polygons(decode_mask(annotation), self.context.tolerance))
+            polygon = single_polygon(mask_polygons(decode_mask(annotation["segmentation"]), self.context.tolerance))
             if polygon is None:
                 continue
             normalised = (polygon / [image.width, image.height]).clip(0.0, 1.0).ravel()
@@ -44,7 +45,7 @@ class YoloSegExporter(Exporter):
         stem = posixpath.splitext(image.file_name)[0]
         self.context.out.write_bytes(f"labels/{SPLIT}/{stem}.txt", "".join(lines).encode())
 
-    def close(self) -> list[str]:
+    def finish(self) -> list[str]:
         # no ``path``: Ultralytics resolves a relative one against the working directory, and
         # without one against this file's folder
         data = {

@@ -13,6 +13,7 @@ status, so a re-run retries exactly those shards.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -97,7 +98,8 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     preflight(config, storage_options)
     output = Folder(config.output, storage_options)
     try:
-        items = input_items(config, storage_options)  # fails before the output is touched
+        items = input_items(config, storage_options)
+        items = itertools.chain([next(items)], items)  # an empty input fails before any write
         image_root = folder_root(config.input, storage_options=storage_options)
     except InputError as error:
         raise UserError(str(error)) from None

@@ -39,7 +39,12 @@ from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
 from labeler.methods.label_maps import resize_labels
 from labeler.output import parts, schema
-from labeler.output.failures import METHOD_ERROR, OUT_OF_MEMORY, POSTPROCESS_ERROR, READ_ERROR
+from labeler.output.failures import (
+    METHOD_ERROR,
+    OUT_OF_MEMORY,
+    POSTPROCESS_ERROR,
+    read_failure_reason,
+)
 from labeler.output.rows import (
     AnnotationRow,
     ImageRow,
@@ -385,7 +390,8 @@ class ShardProcessor:
             decode_started = time.perf_counter()
             timings["read"] += decode_started - read_started
             if isinstance(data, BaseException):
-                batch.failures.append((entry, READ_ERROR, f"{type(data).__name__}: {data}"))
+                batch.failures.append((entry, read_failure_reason(data, entry["uri"]),
+                                       f"{type(data).__name__}: {data}"))
                 continue
             try:
                 options = {"max_pixels": self.max_pixels} if self.max_pixels else {}

@@ -114,6 +114,17 @@ class CocoFilesWriter:
         self.out.remove(self.single)
         return [COCO_INDEX]
 
+    def abort(self) -> None:
+        """Remove the files written so far and the temporary fragments not yet written."""
+        for entry in self._index:
+            self.out.remove(f"{COCO_DIR}/{entry['file']}")
+        for fragment in self._current.fragments:
+            if fragment.temporary:
+                fragment.folder.remove(fragment.images)
+                fragment.folder.remove(fragment.annotations)
+        self._index.clear()
+        self._current = _Group()
+
     def _write(self, relative: str, group: _Group) -> None:
         with self.out.open_atomic_writer(relative) as handle:
             handle.write(self._header)

@@ -85,6 +85,10 @@ class Exporter(ABC):
     def _discard_all(self, error_type, error, traceback) -> None:
         for key in list(self._open):
             self._open.pop(key).__exit__(error_type, error, traceback)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Remove what the format already published when the export fails (default: nothing)."""
 
     @abstractmethod
     def add(self, image: ExportImage, annotations: list[dict]) -> None:

@@ -75,6 +75,9 @@ class CocoExporter(Exporter):
             self._hand_over()
         return self._writer.close()
 
+    def abandon(self) -> None:
+        self._writer.abort()
+
     @staticmethod
     def _write(handle, written: int, record: dict) -> None:
         handle.write((b",\n" if written else b"") + render([record]))

@@ -25,7 +25,7 @@ from labeler.methods.diffews.support import (
     support_latents,
 )
 from labeler.models.backbone import load_backbone
-from labeler.models.tiny import tiny_model_dir
+from labeler.models.tiny.model import tiny_model_dir
 from tests.diffews_helpers import tiny_checkpoint
 from tests.helpers import flat_regions_image
 
@@ -183,3 +183,10 @@ def test_default_rule_gives_an_absent_class_no_annotation(model, monkeypatch, tm
     assert labels.category_ids.tolist() == [2]
     assert labels.label_map.shape == (60, 90)
     assert (labels.label_map[:30] == 0).all() and (labels.label_map[30:] == -1).all()
+
+
+def test_loading_a_checkpoint_prints_no_warning_about_the_support_conv(checkpoint, capfd):
+    load_diffews_backbone(checkpoint)  # stock diffusers skips conv_in_ref; labeler loads it
+    captured = capfd.readouterr()
+    assert "conv_in_ref" not in captured.err + captured.out
+    assert "in_channels_ref" not in captured.err + captured.out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,11 @@ from PIL import Image
 
 import labeler
 from labeler.cli import main
+from labeler.io.folders import Folder
 from labeler.methods.annotations import load_annotated
 from labeler.output.failures import MISSING_FILE, READ_ERROR, is_retryable, read_failure_reason
+from labeler.runtime.progress import DriverProgress
+from labeler.runtime.run_folder import RunFolder
 from tests.helpers import flat_regions_image
 
 
@@ -132,3 +137,31 @@ def test_label_many_records_a_bad_input_and_goes_on(tmp_path):
         list(segmenter.label_many([str(good), str(text)], errors="raise"))
     with pytest.raises(ValueError, match="not_an_image"):
         segmenter.label(str(text))
+
+
+class _Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_without_a_terminal_is_plain_lines_not_redraws(tmp_path, caplog):
+    run = RunFolder(Folder(str(tmp_path / "out")))
+    pending = [{"shard_id": "s0", "n_images": 4}, {"shard_id": "s1", "n_images": 4}]
+    stream = StringIO()
+    with caplog.at_level(logging.INFO, logger="labeler.runtime.progress"):
+        progress = DriverProgress(run, 8, pending, enabled=True, stream=stream)
+        for _ in range(5):
+            progress.tick(1, 1)
+        progress.shard_done("s0", {"images": 4, "failed": 1})
+        progress.shard_done("s1", {"images": 4, "failed": 0})  # the last one: always a line
+        progress.close("complete")
+    assert stream.getvalue() == ""  # no bar, no carriage returns
+    lines = [r.getMessage() for r in caplog.records if r.name == "labeler.runtime.progress"]
+    assert lines[0].startswith("labeled 4 of 8 images (50%)") and lines[0].endswith("1 failed")
+    assert lines[-1].startswith("labeled 8 of 8 images (100%)")
+
+    terminal = _Terminal()
+    progress = DriverProgress(run, 8, pending, enabled=True, stream=terminal)
+    progress.shard_done("s0", {"images": 4, "failed": 0})
+    progress.close("complete")
+    assert "\r" in terminal.getvalue() and "4/8" in terminal.getvalue()

@@ -20,7 +20,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from labeler.io.uris import redact_uri, relative_path_hint
 
-#: The built-in offline model (see :mod:`labeler.models.tiny`).
+#: The built-in offline model (see :mod:`labeler.models.tiny.model`).
 TINY = "tiny"
 
 #: Seconds the Hub gets to answer whether a model that is not cached exists.

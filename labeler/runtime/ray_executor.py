@@ -63,6 +63,8 @@ MAX_SHARD_LOSSES = 3
 MAX_START_FAILURES = 3
 #: Seconds between driver heartbeats (progress bar refresh, ``run/progress.json``).
 HEARTBEAT_SECONDS = 1.0
+#: Ray's logger that announces token authentication on a local instance's start.
+RAY_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 #: Object store of the local instance: only small stats travel through it.
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
 #: Environment the workers need that is not a secret. Credentials are never forwarded: on a local
@@ -202,6 +204,9 @@ class RaySession:
         common = {"include_dashboard": False, "log_to_driver": False,
                   "logging_level": logging.WARNING}
         if self.address is None:
+            # A local instance turns on token auth by itself and says so on every start; the
+            # notice tells a labeler user nothing (the instance listens on 127.0.0.1 only).
+            logging.getLogger(RAY_TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
             ray.init(address="local", num_cpus=os.cpu_count() or 1,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
             logger.info("started a local Ray instance on 127.0.0.1")

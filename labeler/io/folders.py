@@ -67,6 +67,25 @@ class Folder:
         else:
             self.fs.pipe_file(target, data)
 
+    def copy(self, source: str, target: str) -> None:
+        """Copy one file of the folder to ``target`` without reading it into this process.
+
+        Object stores copy server-side (one request, atomic by nature); local folders copy to a
+        temporary name and rename, like :meth:`write_bytes`.
+        """
+        path = self.path(target)
+        if not self.is_local:
+            self.fs.copy(self.path(source), path)
+            return
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.copy(self.path(source), staging)
+            self.fs.mv(staging, path)
+        except BaseException:
+            _discard(self.fs, staging)
+            raise
+
     def write_json(self, relative: str, value) -> None:
         self.write_bytes(relative, json.dumps(value, indent=1, sort_keys=True).encode())
 

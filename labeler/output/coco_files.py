@@ -16,7 +16,7 @@ COCO instances file (its images, their annotations, all categories, the ``info``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from labeler.io.folders import Folder
@@ -28,6 +28,31 @@ COCO_INDEX = f"{COCO_DIR}/index.json"
 DEFAULT_MAX_ANNOTATIONS = 250_000
 #: Bytes read per block while concatenating.
 _BLOCK = 1 << 20
+
+
+#: The bytes between a file's images and its annotations.
+BETWEEN = b'],\n"annotations": ['
+
+
+def file_header(info: dict) -> bytes:
+    """A COCO file's first bytes: its ``info`` block, then the opening of ``images``."""
+    return ('{"info": ' + json.dumps(info, sort_keys=True) + ',\n"images": [').encode()
+
+
+def file_footer(categories: list[dict]) -> bytes:
+    """A COCO file's last bytes: the end of ``annotations``, then the categories."""
+    return ('],\n"categories": ' + json.dumps(categories) + "}\n").encode()
+
+
+def concatenated(fragments: Iterable[bytes]) -> Iterator[bytes]:
+    """The bytes :class:`CocoFilesWriter` writes for these fragments, in order (separators
+    before each non-empty one)."""
+    separator = b"\n"
+    for fragment in fragments:
+        if fragment:
+            yield separator
+            yield fragment
+            separator = b",\n"
 
 
 def part_name(number: int) -> str:
@@ -83,8 +108,8 @@ class CocoFilesWriter:
         self.out = out
         self.single = single
         self.max_annotations = max_annotations
-        self._header = ('{"info": ' + json.dumps(info, sort_keys=True) + ',\n"images": [').encode()
-        self._footer = ('],\n"categories": ' + json.dumps(categories) + "}\n").encode()
+        self._header = file_header(info)
+        self._footer = file_footer(categories)
         self._current = _Group()
         self._index: list[dict] = []
 
@@ -129,7 +154,7 @@ class CocoFilesWriter:
         with self.out.open_atomic_writer(relative) as handle:
             handle.write(self._header)
             _concatenate(handle, [(f.folder, f.images) for f in group.fragments])
-            handle.write(b'],\n"annotations": [')
+            handle.write(BETWEEN)
             _concatenate(handle, [(f.folder, f.annotations) for f in group.fragments])
             handle.write(self._footer)
         positions = [f.position for f in group.fragments if f.position is not None]

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from labeler.output import schema
 from labeler.output.rle import encode_label_map
 from labeler.output.rows import annotation_id
 
@@ -73,3 +74,17 @@ def label_map_annotations(label_map: np.ndarray, category_ids: Sequence[int],
 def render(records: Iterable[dict]) -> bytes:
     """The fragment of ``records``: one JSON record per line, joined by ``",\\n"``."""
     return ",\n".join(json.dumps(record, ensure_ascii=False) for record in records).encode()
+
+
+def shard_fragments(image_rows: Iterable[dict],
+                    annotation_rows: Iterable[dict]) -> tuple[bytes, int, bytes, int]:
+    """A shard's COCO fragments from its part rows: its labeled images, then its annotations
+    (in part order).
+
+    Returns:
+        images, n_images, annotations, n_annotations: each fragment and its record count.
+    """
+    images = [coco_image_of_row(row) for row in image_rows
+              if row["status"] == schema.IMAGE_STATUS_LABELED]
+    annotations = [coco_annotation(row) for row in annotation_rows]
+    return render(images), len(images), render(annotations), len(annotations)

@@ -152,8 +152,7 @@ def _areas_and_boxes(runs: _Runs, n_labels: int,
 
     ``height`` is the map's height, or (R,) the height of each run's mask.
     """
-    areas = np.zeros(n_labels, np.int64)
-    np.add.at(areas, runs.label, runs.stop - runs.start)
+    areas = _sums(runs.label, runs.stop - runs.start, n_labels)
     boxes = np.zeros((n_labels, 4), np.int64)
     if not len(runs.label):
         return areas, boxes
@@ -170,6 +169,11 @@ def _areas_and_boxes(runs: _Runs, n_labels: int,
     y_max = np.maximum.reduceat(y_last, group_starts)
     boxes[present] = np.stack([x_min, y_min, x_max - x_min + 1, y_max - y_min + 1], axis=1)
     return areas, boxes
+
+
+def _sums(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups,) int64 sums of ``values`` per group (exact below 2**53, pixel counts are)."""
+    return np.bincount(groups, weights=values, minlength=n_groups).astype(np.int64)
 
 
 def encode_label_map(label_map: np.ndarray, n_labels: int) -> list[EncodedMask]:
@@ -249,8 +253,8 @@ def decode_counts(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
     value_start = np.concatenate(([0], last[:-1] + 1)) if len(last) else last
     owner = np.repeat(np.arange(len(last)), last - value_start + 1)
     position = np.arange(len(chars)) - value_start[owner]
-    values = np.zeros(len(last), np.int64)
-    np.add.at(values, owner, (chars & 0x1F) << (_GROUP_BITS * position))
+    terms = (chars & 0x1F) << (_GROUP_BITS * position)
+    values = np.add.reduceat(terms, value_start) if len(last) else np.zeros(0, np.int64)
     sign = (chars[last] & 0x10) != 0
     values[sign] |= -1 << (_GROUP_BITS * (last - value_start + 1))[sign]
     # each string's values: those whose last character lies before the string's end
@@ -291,8 +295,7 @@ def runs_summary(counts: np.ndarray, offsets: np.ndarray,
     """
     n_masks = len(offsets) - 1
     mask = np.repeat(np.arange(n_masks), np.diff(offsets))
-    total = np.zeros(n_masks, np.int64)
-    np.add.at(total, mask, counts)
+    total = _sums(mask, counts, n_masks)
     ends = np.cumsum(counts)
     ends -= np.concatenate(([0], ends))[offsets[:-1]][mask]  # restart per mask
     odd = ((np.arange(len(counts)) - offsets[:-1][mask]) % 2 == 1) & (counts > 0)

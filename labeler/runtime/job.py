@@ -24,6 +24,8 @@ from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.listing import folder_root, iter_inputs
 from labeler.io.uris import InputError
+from labeler.output import parts
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS, coco_files
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
 from labeler.runtime.integrity import damaged_shards, retryable_failures
@@ -159,15 +161,18 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
         lease.check()  # another driver took over: merge nothing
-        merged = None if pending else _unchanged_merge(output, shard_ids)
+        merged = None if pending else _unchanged_merge(output, shard_ids,
+                                                       config.coco_max_annotations)
         if merged is not None:  # nothing redone: the outputs stand (read-only storage works)
             logger.info("%s is complete and unchanged: outputs left as they are", output.uri)
             counts = merged
         else:
             categories = report.categories or run.read_categories() or _categories_of(config)
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
-            counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
-            output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts})
+            counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output),
+                                   config.coco_max_annotations)
+            output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts,
+                                              "coco_max_annotations": config.coco_max_annotations})
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,
@@ -245,15 +250,18 @@ def _release(lease: OutputLease) -> None:
 
 #: What the last merge covered: its shard ids (in order) and its counts.
 MERGED_RECORD = "run/merged.json"
-_MERGE_OUTPUTS = ("coco.json", "images.parquet")
 
 
-def _unchanged_merge(output: Folder, shard_ids: list[str]) -> dict | None:
-    """The counts of the last merge when it covered exactly ``shard_ids`` and its outputs exist."""
-    if not output.exists(MERGED_RECORD) or not all(map(output.exists, _MERGE_OUTPUTS)):
+def _unchanged_merge(output: Folder, shard_ids: list[str], max_annotations: int) -> dict | None:
+    """The counts of the last merge when it covered exactly ``shard_ids`` with the same COCO
+    split and its outputs exist."""
+    if not output.exists(MERGED_RECORD) or not output.exists(parts.MERGED_IMAGES) \
+            or coco_files(output, parts.COCO_JSON) is None:
         return None
     record = output.read_json(MERGED_RECORD)
-    return record["counts"] if record.get("shards") == shard_ids else None
+    same = (record.get("shards") == shard_ids
+            and record.get("coco_max_annotations", DEFAULT_MAX_ANNOTATIONS) == max_annotations)
+    return record["counts"] if same else None
 
 
 def _report_changes(changes: PlanChanges, output: str) -> None:

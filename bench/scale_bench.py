@@ -8,9 +8,9 @@ child process, so its time and peak RSS are its own:
 * ``plan``: plan N URIs (listing, sharding, manifests, ``run/plan.json``);
 * ``resume``: the resume's listing diff (:func:`labeler.runtime.plan.extend_plan`: the same N
   URIs listed again against the plan);
-* ``status``: ``labeler status`` (sizes and stamps, no hashing);
 * ``merge``: ``merge_outputs`` (images.parquet, annotations/ copies, the COCO files from the
   committed fragments), default ``coco_max_annotations``;
+* ``status``: ``labeler status`` (sizes and stamps, no hashing);
 * ``verify``: ``labeler verify`` with ``--processes`` processes; RSS is the driver's, and
   ``children_peak_rss_mb`` the largest verifying process;
 * ``export``: ``labeler export --format coco-rle``.
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("plan", "resume", "status", "merge", "verify", "export")
+STEPS = ("plan", "resume", "merge", "status", "verify", "export")
 
 
 def _step(step: str, out: str, n_images: int, shard_size: int, processes: int) -> dict:
@@ -69,8 +69,10 @@ def _step(step: str, out: str, n_images: int, shard_size: int, processes: int) -
     if step == "verify":
         from labeler.runtime.verify import verify_output
         problems = verify_output(out, processes=processes)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        return {"problems": len(problems), "children_peak_rss_mb": round(children, 1)}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"problems": len(problems),
+                "children_cpu_seconds": round(children.ru_utime + children.ru_stime, 3),
+                "children_peak_rss_mb": round(children.ru_maxrss / 1024, 1)}
     if step == "export":
         from labeler.output.exporters.export import export
         summary = export(out, "coco-rle", out + ".export")
@@ -133,7 +135,7 @@ def main() -> None:
         out = str(work / f"run-{n_images}")
         steps[str(n_images)] = {}
         for step in wanted:
-            if step == "status":  # the shards are committed between planning and status
+            if step == "merge":  # the shards are committed between resume and merge
                 annotations[str(n_images)] = _commit_all(out)
             steps[str(n_images)][step] = _measure(step, out, n_images, args.shard_size,
                                                   args.processes)

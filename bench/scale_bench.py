@@ -139,6 +139,8 @@ def main() -> None:
                 annotations[str(n_images)] = _commit_all(out)
             steps[str(n_images)][step] = _measure(step, out, n_images, args.shard_size,
                                                   args.processes)
+            print(n_images, step, json.dumps(steps[str(n_images)][step]), file=sys.stderr,
+                  flush=True)
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out + ".export", ignore_errors=True)
     print(json.dumps({"steps": steps, "annotations": annotations, "shard_size": args.shard_size,

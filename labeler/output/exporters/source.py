@@ -68,6 +68,8 @@ class OutputSource:
         return self.config["settings"].get("method", "")
 
     def _categories(self) -> list[dict]:
+        if self.folder.exists(parts.OUTPUT_META):  # written by every merge
+            return self.folder.read_json(parts.OUTPUT_META)["categories"]
         if self.folder.exists("run/categories.json"):
             return self.folder.read_json("run/categories.json")
         with self.folder.open("coco.json") as handle:  # older outputs: the tail of coco.json

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from labeler.io.folders import Folder
 from labeler.output.coco_files import COCO_INDEX, CocoFilesWriter, Fragment, coco_files
 from labeler.output.coco_records import coco_image, label_map_annotations, render
-from labeler.output.exporters.base import ExportContext
+from labeler.output.exporters.base import ExportContext, ExportOptions
 from labeler.output.exporters.coco import CocoExporter
 from labeler.output.exporters.label_studio import LabelStudioExporter
 from labeler.output.exporters.source import ExportImage
@@ -87,7 +87,7 @@ def test_everything_under_the_bound_is_one_file_and_stale_parts_go(tmp_path):
 
 def _context(tmp_path, max_annotations=None) -> ExportContext:
     return ExportContext(Folder(str(tmp_path)), CATEGORIES, {"method": "m"}, None, 0.5,
-                         max_annotations)
+                         options=ExportOptions(coco_max_annotations=max_annotations))
 
 
 def test_the_coco_exporter_splits_above_its_bound(tmp_path):

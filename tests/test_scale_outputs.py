@@ -14,6 +14,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from labeler.io.folders import Folder
+from labeler.output.exporters.base import ExportOptions
 from labeler.output.exporters.export import export
 from labeler.output.merge import merge_outputs
 from labeler.runtime.commit import commit_shard
@@ -149,7 +150,8 @@ def test_shards_committed_without_fragments_still_merge_to_the_same_files(tmp_pa
 
 def test_export_coco_rle_takes_the_same_bound(tmp_path, pool):
     out, _ = _merged(tmp_path, pool, max_annotations=200)  # a split output: no coco.json
-    summary = export(str(out), "coco-rle", str(tmp_path / "export"), coco_max_annotations=150)
+    summary = export(str(out), "coco-rle", str(tmp_path / "export"),
+                     options=ExportOptions(coco_max_annotations=150))
     assert summary.files == ["coco/index.json"]
     index = json.loads((tmp_path / "export" / "coco" / "index.json").read_text())
     counts = [len(COCO(str(tmp_path / "export" / "coco" / e["file"])).getAnnIds())

@@ -99,15 +99,17 @@ class CocoFilesWriter:
         info: the COCO ``info`` block of every file.
         categories: the COCO categories of every file.
         max_annotations: the most annotations a file holds (unless one fragment holds more).
+        parts_dir: the folder of the split files and their index.
     """
 
     def __init__(self, out: Folder, single: str, info: dict, categories: list[dict],
-                 max_annotations: int) -> None:
+                 max_annotations: int, parts_dir: str = COCO_DIR) -> None:
         if max_annotations < 1:
             raise ValueError(f"max_annotations must be >= 1 (got {max_annotations})")
         self.out = out
         self.single = single
         self.max_annotations = max_annotations
+        self.parts_dir = parts_dir
         self._header = file_header(info)
         self._footer = file_footer(categories)
         self._current = _Group()
@@ -118,7 +120,7 @@ class CocoFilesWriter:
         current = self._current
         if current.fragments and (current.n_annotations + fragment.n_annotations
                                   > self.max_annotations):
-            self._write(part_name(len(self._index)), current)
+            self._write(self._part(len(self._index)), current)
             self._current = _Group()
         self._current.fragments.append(fragment)
 
@@ -126,29 +128,35 @@ class CocoFilesWriter:
         """Write what is left; returns the files written (the single file, or the index)."""
         if not self._index:
             self._write(self.single, self._current)
-            self.out.remove(COCO_DIR, recursive=True)
+            self.out.remove(self.parts_dir, recursive=True)
             return [self.single]
-        self._write(part_name(len(self._index)), self._current)
-        self.out.write_json(COCO_INDEX, {
+        self._write(self._part(len(self._index)), self._current)
+        index = f"{self.parts_dir}/index.json"
+        self.out.write_json(index, {
             "files": self._index,
             "images": sum(entry["images"] for entry in self._index),
             "annotations": sum(entry["annotations"] for entry in self._index),
         })
-        for stale in set(self.out.list(COCO_DIR)) - {e["file"] for e in self._index} - {"index.json"}:
-            self.out.remove(f"{COCO_DIR}/{stale}")
+        kept = {e["file"] for e in self._index} | {"index.json"}
+        for stale in set(self.out.list(self.parts_dir)) - kept:
+            if not self.out.fs.isdir(self.out.path(f"{self.parts_dir}/{stale}")):
+                self.out.remove(f"{self.parts_dir}/{stale}")
         self.out.remove(self.single)
-        return [COCO_INDEX]
+        return [index]
 
     def abort(self) -> None:
         """Remove the files written so far and the temporary fragments not yet written."""
         for entry in self._index:
-            self.out.remove(f"{COCO_DIR}/{entry['file']}")
+            self.out.remove(f"{self.parts_dir}/{entry['file']}")
         for fragment in self._current.fragments:
             if fragment.temporary:
                 fragment.folder.remove(fragment.images)
                 fragment.folder.remove(fragment.annotations)
         self._index.clear()
         self._current = _Group()
+
+    def _part(self, number: int) -> str:
+        return f"{self.parts_dir}/{part_name(number).rsplit('/', 1)[1]}"
 
     def _write(self, relative: str, group: _Group) -> None:
         with self.out.open_atomic_writer(relative) as handle:

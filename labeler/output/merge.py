@@ -7,7 +7,9 @@ the storage copies it, the driver reads none of it), record the categories and C
 (:class:`~labeler.output.exporters.coco.RunCocoExporter`) from the fragments the workers
 rendered at commit: byte concatenations, no record is parsed or rendered here (shards committed
 before fragments existed are rendered now). Above ``max_annotations`` the COCO output is split
-(:mod:`labeler.output.coco_files`). Memory stays bounded by one shard's image rows.
+(:mod:`labeler.output.coco_files`). Then the dataset card ``README.md``
+(:mod:`labeler.output.card`: ``datasets.load_dataset(OUTPUT)`` loads the tables). Memory stays
+bounded by one shard's image rows.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import pyarrow.parquet as pq
 
 from labeler.io.folders import Folder
 from labeler.output import parts, schema
+from labeler.output.card import write_dataset_card
 from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS, Fragment
 from labeler.output.coco_records import shard_fragments
-from labeler.output.exporters.base import ExportContext
+from labeler.output.exporters.base import ExportContext, ExportOptions
 from labeler.output.exporters.coco import RunCocoExporter
 from labeler.output.reader import OutputReadError, write_meta
 
@@ -53,11 +56,13 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
     _copy_annotation_parts(output, shard_ids)
     counts["annotations"] = sum(annotations for _, annotations in per_shard)
     write_meta(output, categories, info)
-    context = ExportContext(output, categories, info, None, 0.0, max_annotations)
+    context = ExportContext(output, categories, info, None, 0.0,
+                            options=ExportOptions(coco_max_annotations=max_annotations))
     with RunCocoExporter(context) as coco:
         for position, (shard_id, (labeled, annotations)) in enumerate(zip(shard_ids, per_shard,
                                                                          strict=True)):
             coco.add_fragment(_fragment(output, shard_id, position, labeled, annotations))
+    write_dataset_card(output, categories, info, counts)
     return counts
 
 

@@ -15,6 +15,7 @@ Layout under ``OUTPUT/``::
     coco.json                                  the run's COCO file, or above
     coco/part-NNNNN.json, coco/index.json      ``coco_max_annotations`` several of them
                                                (:mod:`labeler.output.coco_files`)
+    README.md                                  the dataset card (labeler.output.card)
 
 A part is one Parquet file holding one table with its schema; the runtime commits a shard's
 parts through its retrying run folder, the merge copies and concatenates them, readers and
@@ -42,8 +43,10 @@ RUN_CATEGORIES = "run/categories.json"
 MERGED_IMAGES = "images.parquet"
 MERGED_ANNOTATIONS_DIR = "annotations"
 COCO_JSON = "coco.json"
+#: The Hugging Face dataset card (``datasets.load_dataset(OUTPUT)``, :mod:`labeler.output.card`).
+DATASET_CARD = "README.md"
 #: The final outputs beside ``run/`` (what ``--overwrite`` removes with it).
-FINAL_OUTPUTS = (MERGED_ANNOTATIONS_DIR, COCO_JSON, COCO_DIR, MERGED_IMAGES)
+FINAL_OUTPUTS = (MERGED_ANNOTATIONS_DIR, COCO_JSON, COCO_DIR, MERGED_IMAGES, DATASET_CARD)
 #: A shard's COCO fragments: its labeled images' records and its annotations' records.
 COCO_IMAGES_FRAGMENT = "coco_images.json"
 COCO_ANNOTATIONS_FRAGMENT = "coco_annotations.json"

@@ -26,14 +26,13 @@ from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.listing import folder_root, iter_inputs
 from labeler.io.uris import InputError
-from labeler.output import parts
-from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS, coco_files
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
 from labeler.runtime import local_executor, ray_executor
 from labeler.runtime.executor import ExecutionReport, ShardEvents
 from labeler.runtime.integrity import damaged_shards, retryable_failures
 from labeler.runtime.lease import LeaseHeldError, OutputLease
+from labeler.runtime.merge_record import record_merge, unchanged_merge
 from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
@@ -175,8 +174,11 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
         lease.check()  # another driver took over: merge nothing
-        merged = None if pending else _unchanged_merge(output, shard_ids,
-                                                       config.coco_max_annotations)
+        merged, damage = (None, {}) if pending else unchanged_merge(
+            output, shard_ids, {"coco_max_annotations": config.coco_max_annotations})
+        for relative, problem in damage.items():
+            logger.warning("%s: %s; merging again from the verified shard parts",
+                           output.uri_of(relative), problem)
         if merged is not None:  # nothing redone: the outputs stand (read-only storage works)
             logger.info("%s is complete and unchanged: outputs left as they are", output.uri)
             counts = merged
@@ -185,8 +187,8 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
             counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output),
                                    config.coco_max_annotations)
-            output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts,
-                                              "coco_max_annotations": config.coco_max_annotations})
+            record_merge(output, shard_ids, counts,
+                         {"coco_max_annotations": config.coco_max_annotations})
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,
@@ -260,22 +262,6 @@ def _release(lease: OutputLease) -> None:
         lease.release()
     except Exception as error:  # noqa: BLE001 - a stale lease is taken over by the next driver
         logger.warning("could not remove the output lease: %s", error)
-
-
-#: What the last merge covered: its shard ids (in order) and its counts.
-MERGED_RECORD = "run/merged.json"
-
-
-def _unchanged_merge(output: Folder, shard_ids: list[str], max_annotations: int) -> dict | None:
-    """The counts of the last merge when it covered exactly ``shard_ids`` with the same COCO
-    split and its outputs exist."""
-    if not output.exists(MERGED_RECORD) or not output.exists(parts.MERGED_IMAGES) \
-            or coco_files(output, parts.COCO_JSON) is None:
-        return None
-    record = output.read_json(MERGED_RECORD)
-    same = (record.get("shards") == shard_ids
-            and record.get("coco_max_annotations", DEFAULT_MAX_ANNOTATIONS) == max_annotations)
-    return record["counts"] if same else None
 
 
 def _report_changes(changes: PlanChanges, output: str) -> None:

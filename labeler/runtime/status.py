@@ -7,7 +7,9 @@ is gone, or that the store last wrote too long ago, means the driver is gone (``
 Every done shard's parts are checked against their records (:mod:`labeler.runtime.integrity`):
 sizes and storage stamps, one metadata request per part, hashing only the parts rewritten since
 their commit (``deep`` hashes every part); damaged ones are listed, and the run is not
-``complete``. The cost follows the shards: one stats file and a few metadata requests each.
+``complete``; the merged files are checked against the merge's record
+(:mod:`labeler.runtime.merge_record`). The cost follows the shards: one stats file and a few
+metadata requests each.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from labeler.output import parts
 from labeler.output.coco_files import coco_files
 from labeler.runtime.integrity import DIGESTS, STAMPS, damaged_shards
 from labeler.runtime.lease import inspect_lease, state_is_live
+from labeler.runtime.merge_record import merge_damage, read_merge_record
 from labeler.runtime.run_folder import RunFolder
 
 
@@ -26,7 +29,8 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
 
     ``state`` is one of ``planning``, ``running`` (a live driver holds the lease),
     ``interrupted`` (no live driver, shards left), ``damaged`` (committed parts no longer match
-    their digests: ``damaged_shards``), ``failed`` (shards failed after their retries) or
+    their digests: ``damaged_shards``, or merged files no longer match the stamps the merge
+    recorded: ``damaged_outputs``), ``failed`` (shards failed after their retries) or
     ``complete``.
     """
     output = Folder(output_uri, storage_options)
@@ -57,11 +61,15 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     failed_shards = run.failed_shards()
     heartbeat = run.read_progress() or {}
     damaged = damaged_shards(run, plan["shards"], done, depth=DIGESTS if deep else STAMPS)
+    merged = read_merge_record(output)
+    damaged_outputs = merge_damage(output, merged) if merged is not None else {}
     complete = (coco_files(output, parts.COCO_JSON) is not None
-                and len(done) == len(plan["shards"]) and not damaged)
+                and len(done) == len(plan["shards"]) and not damaged and not damaged_outputs)
     return {
-        "state": _state(driver_live, lease.exists, complete, damaged, failed_shards),
+        "state": _state(driver_live, lease.exists, complete, damaged or damaged_outputs,
+                        failed_shards),
         "damaged_shards": damaged,
+        "damaged_outputs": damaged_outputs,
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),
         "shards_failed": sorted(failed_shards),
@@ -133,6 +141,8 @@ def describe_run(output_uri: str, storage_options: dict | None = None, deep: boo
                      f"run/logs/{shard_id}.log)")
     for shard_id, problem in progress["damaged_shards"].items():
         lines.append(f"  damaged shard {shard_id}: {problem}")
+    for relative, problem in progress["damaged_outputs"].items():
+        lines.append(f"  damaged output {relative}: {problem} (re-running merges it again)")
     if progress["state"] in ("interrupted", "damaged"):
         lines.append("  no driver is running: re-run the same command to resume")
     elif progress["state"] == "failed":

@@ -71,7 +71,7 @@ class LabelMapExporter(Exporter):
         stem = posixpath.splitext(image.file_name)[0]
         self.context.out.write_bytes(f"masks/{stem}.png", buffer.getvalue())
 
-    def finish(self) -> list[str]:
+    def close(self) -> list[str]:
         kind = "instances-16bit" if self.instances else "semantic-indexed"
         self.context.out.write_json(
             "label_maps.json", {"kind": kind, "categories": self.context.categories,

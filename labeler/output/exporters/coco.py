@@ -81,9 +81,9 @@ class CocoExporter(Exporter):
 
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         split = image.split or ONLY_SPLIT
+        bound = self._writer(split).max_annotations
         pending = self._pending.get(split)
-        if pending is not None and (pending.n_annotations + len(annotations)
-                                    > self._writer(split).max_annotations):
+        if pending is not None and pending.n_annotations + len(annotations) > bound:
             self._hand_over(split)
             pending = None
         if pending is None:

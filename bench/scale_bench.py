@@ -72,6 +72,7 @@ def _step(step: str, out: str, n_images: int, shard_size: int, processes: int) -
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return {"problems": len(problems),
                 "children_cpu_seconds": round(children.ru_utime + children.ru_stime, 3),
+                # an upper bound: a spawned process's ru_maxrss starts at its parent's RSS
                 "children_peak_rss_mb": round(children.ru_maxrss / 1024, 1)}
     if step == "export":
         from labeler.output.exporters.export import export
@@ -90,13 +91,22 @@ def _measure(step: str, out: str, n_images: int, shard_size: int, processes: int
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS (``VmHWM``: ``ru_maxrss`` would count the RSS of the
+    process it was forked from)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _child(args: argparse.Namespace) -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     found = _step(args.child, args.out, args.images_one, args.shard_size, args.processes)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": round(time.perf_counter() - started, 3),
                       "cpu_seconds": round(time.process_time() - cpu_started, 3),
-                      "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), **found}))
+                      "peak_rss_mb": _peak_rss_mb(), **found}))
 
 
 def _commit_all(out: str) -> int:

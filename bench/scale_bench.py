@@ -13,7 +13,8 @@ child process, so its time and peak RSS are its own:
 * ``status``: ``labeler status`` (sizes and stamps, no hashing);
 * ``verify``: ``labeler verify`` with ``--processes`` processes; RSS is the driver's, and
   ``children_peak_rss_mb`` the largest verifying process;
-* ``export``: ``labeler export --format coco-rle``.
+* ``export``: ``labeler export --format coco-rle``;
+* ``load``: a consumer: ``pycocotools.coco.COCO`` on the run's first COCO file.
 
 ``--plan-only`` sizes get the plan and resume steps only (no parts: disk stays small).
 
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("plan", "resume", "merge", "status", "verify", "export")
+STEPS = ("plan", "resume", "merge", "status", "verify", "export", "load")
 
 
 def _step(step: str, out: str, n_images: int, shard_size: int, processes: int) -> dict:
@@ -78,6 +79,14 @@ def _step(step: str, out: str, n_images: int, shard_size: int, processes: int) -
         from labeler.output.exporters.export import export
         summary = export(out, "coco-rle", out + ".export")
         return {"annotations": summary.annotations, "files": summary.files}
+    if step == "load":
+        from pycocotools.coco import COCO
+
+        from labeler.output.coco_files import coco_files
+        first = coco_files(run.output, "coco.json")[0]
+        coco = COCO(str(Path(out, first)))
+        return {"file": first, "file_mb": round(Path(out, first).stat().st_size / 1e6, 1),
+                "annotations": len(coco.anns)}
     raise ValueError(step)
 
 

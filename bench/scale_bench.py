@@ -39,6 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("plan", "resume", "merge", "status", "verify", "export", "load")
+#: Steps that need every shard committed (merge also before status, verify, export, load).
+NEEDS_PARTS = {"merge", "status", "verify", "export", "load"}
 
 
 def _step(step: str, out: str, n_images: int, shard_size: int, processes: int) -> dict:
@@ -137,6 +139,8 @@ def main() -> None:
     parser.add_argument("--plan-only", default="", help="sizes for plan and resume only")
     parser.add_argument("--shard-size", type=int, default=256)
     parser.add_argument("--processes", type=int, default=2, help="verify's processes")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help="the steps for --images sizes (plan always runs)")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temp dir)")
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -148,14 +152,15 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="scale-bench-"))
     steps: dict[str, dict] = {}
     annotations: dict[str, int] = {}
-    sizes = [(int(n), STEPS) for n in args.images.split(",") if n]
+    chosen = tuple(step for step in STEPS if step == "plan" or step in args.steps.split(","))
+    sizes = [(int(n), chosen) for n in args.images.split(",") if n]
     sizes += [(int(n), ("plan", "resume")) for n in args.plan_only.split(",") if n]
     for n_images, wanted in sizes:
         out = str(work / f"run-{n_images}")
         steps[str(n_images)] = {}
         for step in wanted:
-            if step == "merge":  # the shards are committed between resume and merge
-                annotations[str(n_images)] = _commit_all(out)
+            if step in NEEDS_PARTS and str(n_images) not in annotations:
+                annotations[str(n_images)] = _commit_all(out)  # after plan and resume
             steps[str(n_images)][step] = _measure(step, out, n_images, args.shard_size,
                                                   args.processes)
             print(n_images, step, json.dumps(steps[str(n_images)][step]), file=sys.stderr,

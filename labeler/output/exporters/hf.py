@@ -135,7 +135,7 @@ class HfExporter(Exporter):
         ]}], "tags": ["labeler", "pseudo-labels", "image-segmentation"]}
         body = (f"# {self.context.info.get('description', 'labeler pseudo-labels')}\n\n"
                 "`datasets.load_dataset(DIR)`; `objects.category` is a ClassLabel, "
-                "`objects.segmentation` COCO compressed RLE (see labeler's docs/exports.md).\n")
+                "`objects.segmentation` COCO compressed RLE (see labeler's docs/outputs.md).\n")
         self.context.out.write_bytes(
             "README.md", f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n\n{body}".encode())
         return ["README.md", "data/"]

@@ -184,5 +184,6 @@ class _SplitWriter:
             self._close_file()
 
     def write_empty(self) -> None:
-        with self._next_file() as handle:
-            pq.write_table(self.schema.empty_table(), handle)
+        """A file of no row group (``datasets`` cannot read an empty row group)."""
+        with self._next_file() as handle, pq.ParquetWriter(handle, self.schema):
+            pass

@@ -90,7 +90,9 @@ def merged_annotation_parts(shard_ids: Sequence[str]) -> dict[str, str]:
 def encode_part(kind: PartKind, rows: Sequence[dict]) -> bytes:
     """The Parquet bytes of a part holding ``rows`` (dicts with the kind's columns)."""
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=kind.schema), buffer)
+    with pq.ParquetWriter(buffer, kind.schema) as writer:
+        if rows:  # an empty part has no row group: Hugging Face datasets cannot read an empty one
+            writer.write_table(pa.Table.from_pylist(list(rows), schema=kind.schema))
     return buffer.getvalue()
 
 

@@ -65,7 +65,7 @@ def sd15_random_backbone(device: torch.device, dtype: torch.dtype) -> Backbone:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from labeler.models.tiny import SCHEDULER_CONFIG, tokenizer_vocabulary
+    from labeler.models.tiny.model import SCHEDULER_CONFIG, tokenizer_vocabulary
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)

@@ -68,8 +68,8 @@ from labeler.methods.device_labels import (
 )
 from labeler.methods.preprocess import label_grid_size
 from labeler.output import rle
+from labeler.runtime.executor import SHARDS_IN_FLIGHT_PER_WORKER
 from labeler.runtime.plan import plan_run
-from labeler.runtime.ray_executor import SHARDS_IN_FLIGHT_PER_WORKER
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
 from labeler.timing import StageTimer

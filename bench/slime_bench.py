@@ -128,7 +128,7 @@ def build_backbone(name: str, device: str, dtype: str | None):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from labeler.models.tiny import SCHEDULER_CONFIG, tokenizer_vocabulary
+    from labeler.models.tiny.model import SCHEDULER_CONFIG, tokenizer_vocabulary
 
     torch.manual_seed(0)
     vocab, merges = tokenizer_vocabulary()  # byte-level stand-in: ids fit SD's 49408 vocabulary

@@ -1,13 +1,13 @@
 """Do the default recipes learn on the offline `tiny` model? DiffSeg ARI, SLiMe and DiffewS one-shot.
 
-Synthetic worlds (:mod:`labeler.models.synthetic_world`): regions separable by colour or texture,
+Synthetic worlds (:mod:`labeler.testing.worlds`): regions separable by colour or texture,
 varied shapes, sizes and counts. DiffSeg runs at its defaults (KL threshold 1.1) on held-out
 seeds and is scored by the adjusted Rand index against the true regions, next to a random
 spatially coherent partition with the same number of segments (a Voronoi tiling). SLiMe fits on
 ONE annotated image with the default recipe (``labeler slime fit --model tiny``: SD loss on,
 200 epochs, 512 px) and labels held-out images of the same world (per-image mIoU over present
 classes). DiffewS fine-tunes from tiny (``labeler diffews train`` defaults on tiny, one episode per
-step) on 16 images of :func:`~labeler.models.synthetic_world.few_shot_world` and is scored by
+step) on 16 images of :func:`~labeler.testing.worlds.few_shot_world` and is scored by
 held-out one-shot IoU through the run path, before and after, plus the share of absent-class
 queries that get any annotation.
 
@@ -27,12 +27,6 @@ import numpy as np
 import torch
 
 from labeler.methods.annotations import AnnotatedImage
-from labeler.methods.diffews.evaluation import (
-    few_shot_episodes,
-    label_episode,
-    one_shot_ious,
-    support_dependence,
-)
 from labeler.methods.diffews.model import load_diffews_backbone, write_checkpoint
 from labeler.methods.diffews.settings import DiffewsOptions
 from labeler.methods.diffews.train import TrainSettings, prepare_unet, train
@@ -41,7 +35,13 @@ from labeler.methods.slime.algorithm import mean_iou_present
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
 from labeler.models.backbone import load_backbone
-from labeler.models.synthetic_world import (
+from labeler.testing.diffews_scores import (
+    few_shot_episodes,
+    label_episode,
+    one_shot_ious,
+    support_dependence,
+)
+from labeler.testing.worlds import (
     FEW_SHOT_CLASSES,
     SLIME_CLASSES,
     adjusted_rand_index,

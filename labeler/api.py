@@ -10,7 +10,8 @@ arrays, paths or fsspec URIs; nothing is written and no Ray is started::
     result.masks.shape                           # (N, H, W) bool at the image's size
     annotations = result.to_coco(image_id=1)     # COCO dicts with compressed RLE
     for result in segmenter.label_many(paths):   # batches of ``batch_size`` images
-        ...
+        if result.failed:                        # a bad file is a result, not an exception
+            print(result.reason, result.detail)
 
 ``labeler.run(job)`` runs a job (a job file path or a dict of its keys) exactly like
 ``labeler run`` and returns its :class:`~labeler.runtime.job.RunSummary`.
@@ -22,23 +23,26 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 from PIL import Image
 
 from labeler.config import JobConfig, build_config, load_job_file
-from labeler.io.decode import DEFAULT_MAX_PIXELS, decode_image, pil_to_rgb
+from labeler.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, pil_to_rgb
 from labeler.io.reading import read_image_bytes
-from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
+from labeler.methods.base import ImageLabels
 from labeler.methods.registry import build_segmenter
-from labeler.output.rle import encode_label_map
+from labeler.output.coco_records import label_map_annotations
+from labeler.output.failures import read_failure_reason
 
 #: What :meth:`Labeler.label` accepts.
 ImageInput = Union[Image.Image, np.ndarray, str, Path]  # noqa: UP007 - readable in the docs
 
 #: ``JobConfig`` needs an input and an output; in-process labeling reads and writes neither.
 _IN_PROCESS = "<in-process>"
+#: ``reason`` of a numpy array that is not an image (wrong dtype or shape).
+INVALID_ARRAY = "invalid_array"
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,23 @@ class LabelResult:
         category_ids: (N,) int64, the COCO category id of each mask.
         scores: (N,) float64 in [0, 1], the confidence of each mask.
         categories: the method's COCO categories (``id``, ``name``, ``supercategory``).
+        reason: why the image could not be labeled (the reasons of ``images.parquet``:
+            ``truncated``, ``not_an_image``, ``read_error``, ...), None when it was labeled.
+            A failed result has no masks.
+        detail: a human-readable explanation of ``reason``.
     """
 
     masks: np.ndarray
     category_ids: np.ndarray
     scores: np.ndarray
     categories: list[dict]
+    reason: str | None = None
+    detail: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The image could not be read or decoded (see ``reason``)."""
+        return self.reason is not None
 
     @property
     def category_names(self) -> list[str]:
@@ -71,22 +86,13 @@ class LabelResult:
         label_map = np.full(self.masks.shape[1:], -1, dtype=np.int32)
         for index, mask in enumerate(self.masks):
             label_map[mask] = index
-        encoded = encode_label_map(label_map, len(self.masks))
-        return [
-            {
-                "id": image_id * MAX_LABELS_PER_IMAGE + index,
-                "image_id": image_id,
-                "category_id": int(category),
-                "segmentation": mask.segmentation(),
-                "area": mask.area,
-                "bbox": mask.bbox,
-                "iscrowd": 0,
-                "score": float(score),
-            }
-            for index, (mask, category, score) in enumerate(
-                zip(encoded, self.category_ids, self.scores, strict=True)
-            )
-        ]
+        return label_map_annotations(label_map, self.category_ids.tolist(),
+                                     self.scores.tolist(), image_id)
+
+
+def _failure(reason: str, detail: str, categories: list[dict]) -> LabelResult:
+    return LabelResult(masks=np.zeros((0, 0, 0), dtype=bool), category_ids=np.zeros(0, np.int64),
+                       scores=np.zeros(0), categories=categories, reason=reason, detail=detail)
 
 
 def _result(labels: ImageLabels, categories: list[dict]) -> LabelResult:
@@ -162,16 +168,50 @@ class Labeler:
                         "array, a path or a URI")
 
     def label(self, image: ImageInput) -> LabelResult:
-        """Label one image (see :meth:`pixels` for what is accepted)."""
-        return next(self.label_many([image]))
+        """Label one image (see :meth:`pixels` for what is accepted).
 
-    def label_many(self, images: Iterable[ImageInput]) -> Iterator[LabelResult]:
-        """Label a stream of images, ``batch_size`` per model call; results in input order."""
+        Raises:
+            ValueError: the image cannot be read or decoded (see :meth:`pixels`).
+        """
+        return next(self.label_many([image], errors="raise"))
+
+    def label_many(self, images: Iterable[ImageInput],
+                   errors: Literal["record", "raise"] = "record") -> Iterator[LabelResult]:
+        """Label a stream of images, ``batch_size`` per model call; results in input order.
+
+        Args:
+            errors: ``record`` (default): an image that cannot be read or decoded gives a failed
+                result (``result.failed``, with ``reason`` and ``detail``, as ``labeler run``
+                records it) and the stream goes on; ``raise``: its error is raised.
+        """
+        if errors not in ("record", "raise"):
+            raise ValueError(f"errors must be 'record' or 'raise' (got {errors!r})")
         iterator = iter(images)
         categories = self.categories
-        while batch := [self.pixels(image) for image in islice(iterator, self.config.batch_size)]:
-            for labels in self.segmenter.label(batch):
-                yield _result(labels, categories)
+        while chunk := list(islice(iterator, self.config.batch_size)):
+            prepared = [self._prepare(image, errors) for image in chunk]
+            pixels = [item for item in prepared if isinstance(item, np.ndarray)]
+            labelled = iter(self.segmenter.label(pixels) if pixels else [])
+            for item in prepared:
+                if isinstance(item, np.ndarray):
+                    yield _result(next(labelled), categories)
+                else:
+                    yield _failure(*item, categories)
+
+    def _prepare(self, image: ImageInput, errors: str) -> np.ndarray | tuple[str, str]:
+        """The pixels of ``image``, or ``(reason, detail)`` when it cannot be read or decoded."""
+        try:
+            return self.pixels(image)
+        except ImageDecodeError as error:
+            if errors == "raise":
+                raise
+            return error.reason, error.detail
+        except (OSError, ValueError) as error:
+            if errors == "raise":
+                raise
+            reason = INVALID_ARRAY if isinstance(image, np.ndarray) else read_failure_reason(
+                error, str(image))
+            return reason, f"{type(error).__name__}: {error}"
 
 
 def run(job: str | Path | dict, progress: bool = False, **overrides: Any):

@@ -22,6 +22,7 @@ from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
+from labeler.report.command import add_parser as add_report
 from labeler.runtime.dry_run import dry_run
 from labeler.runtime.job import run_job
 from labeler.runtime.status import describe_run
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     add_eval(commands)
     add_preview(commands)
+    add_report(commands)
     add_export(commands)
     add_slime(commands)
     add_diffews(commands)
@@ -58,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RUN_DESCRIPTION = """\
-Label a collection: list the input, cut it into shards, label them on Ray workers, write COCO
-annotations (compressed RLE) as JSON and Parquet under --output. Re-running the same command
-resumes (finished shards are skipped, images added to the input are labeled). Flags override
-the job file; method settings go in the job file's [diffseg] or [slime] table."""
+Label a collection: list the input, cut it into shards, label them on Ray workers (or in this
+process with --executor local), write COCO annotations (compressed RLE) as JSON and Parquet
+under --output. Re-running the same command resumes (finished shards are skipped, images added
+to the input are labeled). Flags override the job file; method settings go in the job file's [diffseg] or [slime] table."""
 
 
 def _default(name: str) -> str:
@@ -107,6 +109,9 @@ def _add_run(commands) -> None:
     for name, (method_flag, takers) in method_flags().items():
         run.add_argument(method_flag.option, dest=name, metavar=method_flag.metavar,
                          help=f"{method_flag.help} (--method {' or '.join(takers)})")
+    flag("--executor", "executor", "where shards run: ray (Ray workers on a local instance or the "
+         "cluster at --address) or local (this process, no Ray; same retries and resume)",
+         choices=["ray", "local"])
     flag("--address", "address", "Ray cluster address")
     flag("--workers", "workers", "number of model workers", type=int)
     flag("--gpus-per-worker", "gpus_per_worker", "GPUs per worker; 0 for CPU workers", type=float)
@@ -115,6 +120,9 @@ def _add_run(commands) -> None:
     flag("--batch-size", "batch_size", "images per model call", type=int)
     flag("--shard-size", "shard_size", "images per shard (unit of retry and resume)", type=int)
     flag("--seed", "seed", "random seed", type=int)
+    flag("--coco-max-annotations", "coco_max_annotations", "above N annotations, write "
+         "coco/part-NNNNN.json files (each a complete COCO file) and coco/index.json instead "
+         "of coco.json", type=int, metavar="N")
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
@@ -123,7 +131,9 @@ def _add_run(commands) -> None:
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="replace an existing output made with other settings (default: refuse)")
     run.add_argument("--wait-lock", action="store_true", default=None,
-                     help="wait while another driver holds the output (default: refuse)")
+                     help="wait while another driver holds the output and renews its lease; the "
+                          "wait is logged every minute and ends when the holder releases it or "
+                          "its renewals stop for 60 s (default: refuse)")
     run.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=None,
                      help="redo the shards holding images whose failure may heal: storage "
                           "errors, out of memory (default: on)")
@@ -143,17 +153,24 @@ def _comma_list(text: str) -> list[str]:
 def _add_status(commands) -> None:
     status = commands.add_parser("status", help="progress and failures of a run")
     status.add_argument("output", help="the run's output folder URI")
+    status.add_argument("--deep", action="store_true",
+                        help="hash every committed part (default: sizes and storage stamps, "
+                             "hashing only the parts rewritten since their commit)")
     status.set_defaults(func=_status)
 
 
 def _add_verify(commands) -> None:
     verify = commands.add_parser(
-        "verify", help="check a finished output end to end (digests, Parquet, RLE, coco.json)",
-        description="Check a finished output without rewriting anything: every part against its "
-                    "recorded sha256 and counts, images.parquet against the plan, every RLE with "
-                    "pycocotools, coco.json against the parts. Exit 0 when sound, 1 with the "
-                    "list of problems.")
+        "verify", help="check a finished output end to end (digests, Parquet, RLE, COCO files)",
+        description="Check a finished output without rewriting anything, shard by shard in "
+                    "parallel processes: every part against its recorded sha256 and counts, "
+                    "images.parquet against the plan, every RLE from its run lengths (size, "
+                    "area, bbox), the COCO files record by record against the parts. Exit 0 "
+                    "when sound, 1 with the list of problems.")
     verify.add_argument("output", help="the run's output folder URI")
+    verify.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="also decode about N masks in full, spread over the shards "
+                             "(default 0)")
     verify.set_defaults(func=_verify)
 
 
@@ -212,7 +229,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    problems = verify_output(args.output)
+    problems = verify_output(args.output, sample=args.sample)
     if not problems:
         sys.stdout.write(f"{args.output}: sound\n")
         return 0
@@ -222,7 +239,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    sys.stdout.write(describe_run(args.output) + "\n")
+    sys.stdout.write(describe_run(args.output, deep=args.deep) + "\n")
     return 0
 
 

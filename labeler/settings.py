@@ -31,11 +31,17 @@ class Settings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_bools_for_numbers(cls, values: Any) -> Any:
+    def _no_coercion(cls, values: Any) -> Any:
+        """Refuse what pydantic would coerce: a boolean for a number, a string for a non-string
+        (``kl_threshold = "0.9"`` in a job file is a mistake to report, not a number to guess)."""
         if isinstance(values, Mapping):
             for name, value in values.items():
                 field = cls.model_fields.get(name)
-                if field is not None and isinstance(value, bool) and not _admits_bool(field.annotation):
+                if field is None:
+                    continue
+                if isinstance(value, bool) and not _admits(field.annotation, bool):
+                    raise ValueError(f"{name}: must be {_expected(field.annotation)} (got {value!r})")
+                if isinstance(value, str) and not _admits(field.annotation, str):
                     raise ValueError(f"{name}: must be {_expected(field.annotation)} (got {value!r})")
         return values
 
@@ -93,19 +99,23 @@ def describe_error(error: ValidationError) -> str:
     return f"{location}: {message}" + ("" if isinstance(got, dict) else f" (got {got!r})")
 
 
-def _admits_bool(annotation: Any) -> bool:
-    if annotation is bool:
+def _admits(annotation: Any, kind: type) -> bool:
+    """Whether a field of type ``annotation`` takes a value of type ``kind`` as it is."""
+    if annotation is kind or annotation is Any:
         return True
-    if typing.get_origin(annotation) is Literal:
-        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_admits_bool(arg) for arg in typing.get_args(annotation))
-    return annotation is Any
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return any(type(arg) is kind for arg in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return any(_admits(arg, kind) for arg in typing.get_args(annotation))
+    return isinstance(annotation, type) and issubclass(kind, annotation) and annotation is not int
 
 
 def _expected(annotation: Any) -> str:
     if annotation is int:
         return "an integer"
+    if typing.get_origin(annotation) in (tuple, list) or annotation in (tuple, list):
+        return "a list"
     if typing.get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(arg) for arg in typing.get_args(annotation))
     return "a number" if annotation is float or "float" in str(annotation) else "a value"

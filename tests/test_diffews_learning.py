@@ -15,12 +15,6 @@ from labeler.cli import main
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews import train as training
 from labeler.methods.diffews.attention import install_kv_fusion
-from labeler.methods.diffews.evaluation import (
-    few_shot_episodes,
-    label_episode,
-    one_shot_ious,
-    support_dependence,
-)
 from labeler.methods.diffews.model import (
     duplicate_and_halve,
     install_dual_conv,
@@ -32,7 +26,13 @@ from labeler.methods.diffews.settings import DiffewsOptions
 from labeler.methods.diffews.support import empty_context
 from labeler.methods.diffews.train import prepare_unet
 from labeler.models.backbone import load_backbone
-from labeler.models.synthetic_world import FEW_SHOT_CLASSES, few_shot_world
+from labeler.testing.diffews_scores import (
+    few_shot_episodes,
+    label_episode,
+    one_shot_ious,
+    support_dependence,
+)
+from labeler.testing.worlds import FEW_SHOT_CLASSES, few_shot_world
 
 SIZE = 128
 OPTIONS = DiffewsOptions(input_size=SIZE, cache_banks=False)

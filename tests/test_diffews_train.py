@@ -20,7 +20,7 @@ from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews import train as train_module
 from labeler.methods.diffews.model import load_diffews_backbone
 from labeler.methods.diffews.support import mask_images
-from labeler.models.synthetic_world import FEW_SHOT_CLASSES, few_shot_world
+from labeler.testing.worlds import FEW_SHOT_CLASSES, few_shot_world
 from tests.diffews_helpers import image_rows, run_cli, support_folder
 
 FLAGS = ["--classes", "background,red,green", "--model", "tiny", "--steps", "2", "--save-every", "1",

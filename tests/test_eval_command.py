@@ -359,3 +359,65 @@ def test_eval_own_coco_is_perfect_slime(tmp_path):
         assert numbers, name
         for value in numbers:
             assert value is None or value == pytest.approx(1.0), (name, entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions that are not a run's output: the documented layout without run/, plain COCO files.
+
+
+def test_eval_takes_a_folder_in_the_output_layout_without_the_run_folder(tmp_path):
+    out, gt = build_slime_case(str(tmp_path))
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for name in ("coco.json", "images.parquet"):
+        (copied / name).write_bytes((tmp_path / "out" / name).read_bytes())
+    assert run_cli(["eval", "--pred", str(copied), "--gt", gt, "--no-files",
+                    "--protocol", "miou,slime"]) == 0
+    assert run_cli(["eval", "--pred", out, "--gt", gt, "--out", str(tmp_path / "e1"),
+                    "--protocol", "miou,slime"]) == 0
+    report_of_run = read_json(str(tmp_path / "e1" / "eval.json"))
+    assert run_cli(["eval", "--pred", str(copied), "--gt", gt, "--out", str(tmp_path / "e2"),
+                    "--protocol", "miou,slime"]) == 0
+    report_of_copy = read_json(str(tmp_path / "e2" / "eval.json"))
+    check_slime_numbers(report_of_copy)
+    assert report_of_copy["protocols"] == report_of_run["protocols"]
+
+
+def test_eval_takes_a_coco_instances_file(tmp_path):
+    _, gt = build_slime_case(str(tmp_path))
+    plain = tmp_path / "predictions.json"
+    plain.write_bytes((tmp_path / "out" / "coco.json").read_bytes())
+    assert run_cli(["eval", "--pred", str(plain), "--gt", gt, "--out", str(tmp_path / "e"),
+                    "--protocol", "miou,slime"]) == 0
+    check_slime_numbers(read_json(str(tmp_path / "e" / "eval.json")))
+
+
+def test_eval_takes_a_coco_results_file_against_coco_ground_truth(tmp_path, capsys):
+    images = [FixtureImage(f"img{i}", rgb(30, 40, i), segments_from_label_map(_blocks(30, 40, 5, i)))
+              for i in range(2)]
+    write_output(str(tmp_path), images, [{"id": 1, "name": "segment"}])
+    gt = tmp_path / "out" / "coco.json"
+    coco = json.loads(gt.read_text())
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"],
+                "segmentation": a["segmentation"], "score": 0.9} for a in coco["annotations"]]
+    results_file = tmp_path / "results.json"
+    results_file.write_text(json.dumps(results))
+    assert run_cli(["eval", "--pred", str(results_file), "--gt", str(gt),
+                    "--out", str(tmp_path / "e"), "--protocol", "coco-ap"]) == 0
+    ap = read_json(str(tmp_path / "e" / "eval.json"))["protocols"]["coco-ap"]
+    assert ap["n_results"] == len(results)
+    assert ap["AP"] == pytest.approx(1.0)
+    # a results file names ground-truth ids: label-map ground truth has none
+    write_label_maps(str(tmp_path / "maps"), {"img0": np.zeros((30, 40), np.uint8)}, ["background"])
+    assert run_cli(["eval", "--pred", str(results_file), "--gt", str(tmp_path / "maps"),
+                    "--no-files"]) == 2
+    assert "--gt must be a COCO instances .json" in capsys.readouterr().err
+
+
+def test_eval_names_what_it_looked_for_in_a_folder_that_is_no_output(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    write_label_maps(str(tmp_path / "gt"), {"a": np.zeros((2, 4), np.uint8)}, ["background"])
+    assert run_cli(["eval", "--pred", str(tmp_path / "empty"), "--gt", str(tmp_path / "gt"),
+                    "--no-files"]) == 2
+    err = capsys.readouterr().err
+    assert "neither a labeler output" in err and "merge it again" not in err

@@ -1,4 +1,4 @@
-"""Hand-computed cases for every evaluation protocol in ``labeler.eval.metrics``.
+"""Hand-computed cases for every evaluation protocol in ``labeler.metrics``.
 
 Each expected number below was worked out by hand (the arithmetic is in the comments); each
 case is built so that a plausible wrong formula gives a different number.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeler.eval import metrics as M
+from labeler import metrics as M
 
 VOID = M.VOID
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from labeler.models.backbone import ModelLoadError, default_dtype, load_backbone
-from labeler.models.tiny import tiny_model_dir
+from labeler.models.tiny.model import tiny_model_dir
 
 
 def test_tiny_model_is_identical_when_rebuilt(tmp_path, tiny_backbone):

@@ -440,7 +440,7 @@ def bad_input_corpus(root: Path) -> tuple[dict[str, str | None], str]:
         lines.append(name)
         expected[str(path)] = reason
     lines.append("deleted after listing.png")
-    expected[str(root / "deleted after listing.png")] = "read_error"
+    expected[str(root / "deleted after listing.png")] = "missing_file"  # local: never heals
     manifest = root / "manifest.txt"
     manifest.write_text("\n".join(lines) + "\n")
     return expected, str(manifest)
@@ -460,7 +460,7 @@ def test_bad_input_corpus_every_image_accounted_for(ray_session, tmp_path):
         assert (row["detail"] is None) == (row["status"] == "labeled")
     assert summary.labeled == 9 and summary.failed == 7
     assert summary.failure_reasons == {"too_small": 1, "empty_file": 1, "truncated": 2,
-                                       "not_an_image": 1, "too_many_pixels": 1, "read_error": 1}
+                                       "not_an_image": 1, "too_many_pixels": 1, "missing_file": 1}
 
     by_uri = {row["uri"]: row for row in rows}
     rotated = by_uri[str(tmp_path / "corpus" / "rotated.jpg")]

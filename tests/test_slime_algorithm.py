@@ -1,4 +1,4 @@
-"""SLiMe invariants that need no model (README section "SLiMe", "Tests and benchmark"), on random tensors."""
+"""SLiMe invariants that need no model (docs/slime.md, "Tests and benchmark"), on random tensors."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ cut sizes): ``FitSettings()`` (200 epochs at 512 px, posterior samples, t ~ U{5.
 augmentations, weighted CE + WAS MSE + the SD loss, lr 0.1) and the inference settings the set
 records (the reference's: 2x2 patches, 77-token class maps, class gate, background threshold).
 The world: red and blue objects of varied shapes, sizes and counts on a textured green ground
-(:func:`labeler.models.synthetic_world.slime_world`), world seed 0 with three held-out images:
+(:func:`labeler.testing.worlds.slime_world`), world seed 0 with three held-out images:
 the same computation as ``bench/tiny_quality.py --slime-seeds 0 --held-out 3``.
 
 Floors, both measured: the fit of this exact computation scores 0.978, 0.976 and 0.985 per
@@ -26,7 +26,7 @@ from labeler.methods.slime.algorithm import mean_iou_present
 from labeler.methods.slime.embedding_set import prompt_embeddings
 from labeler.methods.slime.fit import FitSettings, fit_embedding_set
 from labeler.methods.slime.segmenter import Slime
-from labeler.models.synthetic_world import SLIME_CLASSES, slime_world
+from labeler.testing.worlds import SLIME_CLASSES, slime_world
 
 # minutes on 2 CPU cores (200 fit steps at 512 px): kept out of the default run, run by .ci/run-slow.
 pytestmark = pytest.mark.slow

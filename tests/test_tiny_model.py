@@ -10,7 +10,7 @@ from labeler.attention.capture import ResolutionMeanSink, capture_attention
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.methods.preprocess import images_to_model_input
-from labeler.models.synthetic_world import (
+from labeler.testing.worlds import (
     adjusted_rand_index,
     region_world,
     slime_world,

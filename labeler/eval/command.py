@@ -43,7 +43,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--pred", required=True, metavar="OUTPUT", help="output folder of a run (any fsspec URI)"
+        "--pred", required=True, metavar="PRED",
+        help="the output folder of a run, a folder holding coco.json, or a COCO instances or "
+             "results .json (any fsspec URI)"
     )
     p.add_argument(
         "--gt",

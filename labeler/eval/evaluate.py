@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from labeler.eval import metrics
+from labeler import metrics
 from labeler.eval.loading import (
     ClassMapping,
     EvalInputError,
@@ -36,10 +36,10 @@ from labeler.eval.loading import (
     determine_num_classes,
     iter_pairs,
     load_ground_truth,
-    load_predictions,
     pair_images,
     resolve_classes,
 )
+from labeler.eval.sources import open_predictions
 
 log = logging.getLogger(__name__)
 
@@ -148,19 +148,22 @@ def evaluate(
     options: EvalOptions | None = None,
     storage_options: dict | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the output at ``pred_uri`` against ``gt_uri``; returns the JSON-ready report.
+    """Evaluate the predictions at ``pred_uri`` against ``gt_uri``; returns the JSON-ready report.
+
+    ``pred_uri`` is a run's output, a folder holding ``coco.json``, or a COCO instances or
+    results file (:func:`labeler.eval.sources.open_predictions`).
 
     ``storage_options`` (fsspec endpoint, credentials) apply to both, as for ``labeler run``.
     Raises ``EvalInputError`` for unusable inputs.
     """
     options = options or EvalOptions()
-    preds = load_predictions(pred_uri, storage_options=storage_options)
     gt = load_ground_truth(
         gt_uri,
         resolve_classes(options.classes, storage_options),
         options.ignore_index,
         storage_options,
     )
+    preds = open_predictions(pred_uri, gt, storage_options)
     kind = _pred_kind(preds, options.pred_kind)
     protocols = resolve_protocols(options.protocols, kind, gt.kind)
     warnings: list[str] = []

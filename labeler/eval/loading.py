@@ -42,19 +42,21 @@ import io
 import json
 import logging
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
-from labeler.eval.metrics import VOID
 from labeler.io.folders import Folder
 from labeler.io.listing import list_files, path_kind
 from labeler.io.reading import read_file
 from labeler.io.uris import uri_stem
-from labeler.output.coco_json import coco_annotation
+from labeler.metrics import VOID
+from labeler.output.coco_records import coco_annotation
 from labeler.output.reader import OutputReader, OutputReadError
+from labeler.output.rle import decode_mask
 from labeler.output.schema import IMAGE_STATUS_LABELED
 
 log = logging.getLogger(__name__)
@@ -74,41 +76,15 @@ class EvalInputError(ValueError):
 # RLE helpers
 
 
-def _rle_for_pycocotools(segmentation: dict[str, Any]) -> dict[str, Any]:
-    counts = segmentation["counts"]
-    if isinstance(counts, list):
-        from pycocotools import mask as mask_utils
-
-        h, w = segmentation["size"]
-        return mask_utils.frPyObjects(segmentation, h, w)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return {"size": list(segmentation["size"]), "counts": counts}
-
-
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode a COCO segmentation (compressed or list RLE, or polygons) to a bool (H, W) mask."""
-    from pycocotools import mask as mask_utils
-
     if isinstance(segmentation, dict):
-        rle = _rle_for_pycocotools(segmentation)
-    elif isinstance(segmentation, list):
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
-    else:
+        return decode_mask(segmentation).astype(bool)
+    if not isinstance(segmentation, list):
         raise EvalInputError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    rles = mask_utils.frPyObjects(segmentation, height, width)
+    rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
     return mask_utils.decode(rle).astype(bool)
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """Encode a bool mask to compressed RLE with string counts (JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": rle["counts"].decode("ascii"),
-    }
 
 
 def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -153,17 +129,23 @@ class ImageRecord:
 
 @dataclass
 class Predictions:
-    """The content of an output folder that evaluation and preview need.
+    """The content of a prediction source that evaluation and preview need.
 
     ``images`` and ``records`` hold one small entry per image; annotations are not kept in
-    memory but streamed, shard by shard, by :meth:`annotated`.
+    memory but streamed by :meth:`annotated` (a run's output: shard by shard).
+
+    Attributes:
+        stream: ``stream(image_ids)`` yields the labeled images among ``image_ids`` with their
+            annotations, in ascending image id order.
+        reader: the run output's reader (None for predictions from a plain COCO file).
     """
 
     uri: str
-    reader: OutputReader
     images: dict[int, PredImage]
     categories: dict[int, dict[str, Any]]
     records: list[ImageRecord]
+    stream: Callable[[Iterable[int]], Iterator[PredImage]]
+    reader: OutputReader | None = None
 
     @property
     def is_class_agnostic(self) -> bool:
@@ -173,13 +155,8 @@ class Predictions:
 
     def annotated(self, image_ids: Iterable[int]) -> Iterator[PredImage]:
         """The labeled images among ``image_ids`` with their COCO annotations (ascending ``id``),
-        in ascending image id order; one shard's annotations are read at a time."""
-        for output_image in self.reader.images(image_ids):
-            if not output_image.is_labeled:
-                continue
-            image = self.images[output_image.image_id]
-            yield PredImage(image.image_id, image.file_name, image.width, image.height,
-                            [coco_annotation(row) for row in output_image.annotations], image.uri)
+        in ascending image id order."""
+        return self.stream(image_ids)
 
 
 def _image_record(row: dict[str, Any]) -> ImageRecord:
@@ -215,9 +192,18 @@ def load_predictions(output_uri: str, storage_options: dict | None = None) -> Pr
                 image_id=int(row["image_id"]), file_name=row["file_name"] or row["uri"],
                 width=int(row["width"]), height=int(row["height"]), uri=row["uri"],
             )
+
+    def stream(image_ids: Iterable[int]) -> Iterator[PredImage]:
+        for output_image in reader.images(image_ids):
+            if not output_image.is_labeled:
+                continue
+            image = images[output_image.image_id]
+            yield PredImage(image.image_id, image.file_name, image.width, image.height,
+                            [coco_annotation(row) for row in output_image.annotations], image.uri)
+
     categories = {int(c["id"]): c for c in reader.categories}
-    return Predictions(uri=output_uri, reader=reader, images=images, categories=categories,
-                       records=records)
+    return Predictions(uri=output_uri, images=images, categories=categories, records=records,
+                       stream=stream, reader=reader)
 
 
 def _paint_order(annotations: list[dict[str, Any]]) -> list[int]:

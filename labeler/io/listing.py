@@ -83,6 +83,7 @@ from labeler.io.uris import (
     open_fs,
     parent_uri,
     redact_uri,
+    relative_path_hint,
     resolve_uri,
     split_userinfo,
 )
@@ -425,7 +426,7 @@ def list_files(
     what = redact_uri(clean)
     kind = _kind(fs, path, what, retry)
     if kind is None:
-        raise FileNotFoundError(f"{what} does not exist")
+        raise FileNotFoundError(f"{what} does not exist{relative_path_hint(clean)}")
     wanted = tuple(extension.lower() for extension in extensions)
 
     def keep(name: str) -> bool:
@@ -482,7 +483,7 @@ def iter_inputs(
     what = redact_uri(clean)
     kind = _kind(fs, path, what, retry)
     if kind is None:
-        raise InputError(f"input not found: {what}", what)
+        raise InputError(f"input not found: {what}{relative_path_hint(clean)}", what)
     if kind == "directory":
         logger.info("enumerating folder %s", what)
         return _ensure_nonempty(_iter_folder(fs, path, clean, retry), what)

@@ -223,6 +223,18 @@ def parent_uri(uri: str) -> str:
     return parent
 
 
+def relative_path_hint(uri: str) -> str:
+    """For a message about a path that was not found: where a relative local path was looked up.
+
+    One rule for flags and job files alike: a relative path resolves against the current folder
+    (not the job file's folder). Returns ``" (relative paths resolve against the current folder,
+    /home/me)"`` for a relative local path, else ``""``.
+    """
+    if SCHEME_RE.match(uri) or os.path.isabs(os.path.expanduser(uri)):
+        return ""
+    return f" (relative paths resolve against the current folder, {os.getcwd()})"
+
+
 def open_fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, str, str]:
     """Return (filesystem, fs path, clean URI) for ``uri``; credentials moved to options.
 

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".npy")
+#: Lossy formats: listed among masks only to refuse them by name (compression changes labels).
+LOSSY_MASK_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ def pair_files(image_files: list[str], mask_files: list[str]) -> list[tuple[str,
         raise ValueError("unpaired files (masks pair with images by file stem): " + "; ".join(parts))
     if not images:
         raise ValueError("no annotated images found")
+    lossy = [masks[stem] for stem in sorted(images) if masks[stem].lower().endswith(LOSSY_MASK_EXTENSIONS)]
+    if lossy:
+        raise ValueError(f"mask {posixpath.basename(lossy[0])} is lossy (JPEG/WebP compression changes "
+                         "label values): save label maps as PNG or .npy")
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -189,7 +195,8 @@ def load_annotated(
     image_uri, image_options = _with_credentials(images, storage_options)
     mask_uri, mask_options = _with_credentials(masks, storage_options)
     pairs = pair_files(list_files(image_uri, IMAGE_EXTENSIONS, storage_options=image_options),
-                       list_files(mask_uri, MASK_EXTENSIONS, storage_options=mask_options))
+                       list_files(mask_uri, MASK_EXTENSIONS + LOSSY_MASK_EXTENSIONS,
+                                  storage_options=mask_options))
     loaded = []
     for stem, image_path, mask_path in pairs:
         image_bytes = read_file(image_path, image_options)
@@ -201,7 +208,8 @@ def load_annotated(
         if mask.min() < 0 or mask.max() >= num_classes:
             raise ValueError(
                 f"{stem}: mask values must be 0..{num_classes - 1} for {num_classes} classes, found "
-                f"{int(mask.min())}..{int(mask.max())}"
+                f"{int(mask.min())}..{int(mask.max())} (class 0 is background: --classes names it "
+                f"first, e.g. background,{'...' if num_classes < 2 else 'a,b'})"
             )
         digest = hashlib.sha256(image_bytes).hexdigest()[:16]
         loaded.append(AnnotatedImage(stem, image, mask, digest))

@@ -26,7 +26,7 @@ from transformers.utils import logging as transformers_logging
 from labeler.io.uris import redact_uri
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
-from labeler.models.tiny import tiny_model_dir
+from labeler.models.tiny.model import tiny_model_dir
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from labeler.io.uris import redact_uri
+from labeler.io.uris import redact_uri, relative_path_hint
 
-#: The built-in offline model (see :mod:`labeler.models.tiny`).
+#: The built-in offline model (see :mod:`labeler.models.tiny.model`).
 TINY = "tiny"
 
 #: Seconds the Hub gets to answer whether a model that is not cached exists.
@@ -74,7 +74,7 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
                                  f"(no {' or '.join(markers)})")
         return str(local)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"model directory {name} does not exist")
+        raise ModelLoadError(f"model directory {name} does not exist{relative_path_hint(name)}")
     if remote:
         try:
             validate_repo_id(name)

@@ -16,6 +16,7 @@ import fsspec
 
 from labeler.config import JobConfig
 from labeler.errors import UserError
+from labeler.io.policy import protocol_of
 from labeler.io.uris import redact_uri
 from labeler.models.locate import ModelLoadError, locate_model
 
@@ -28,6 +29,7 @@ def preflight(config: JobConfig, storage_options: dict | None = None) -> None:
     """
     check_device(config.device, remote=config.address is not None)
     check_output(config.output, storage_options)
+    check_output_outside_input(config.input, config.output)
     for name in filter(None, [config.model_name, *config.spec.models(config)]):
         try:
             locate_model(name, storage_options, remote=config.address is not None)
@@ -78,3 +80,30 @@ def check_output(uri: str, storage_options: dict | None = None) -> None:
         raise UserError(f"--output {shown}: {existing} is a file, so the folder cannot be created")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--output {shown}: {existing} is not writable")
+
+
+#: Inputs that are files naming images (manifests, Parquet of image bytes), not folders to list.
+_FILE_INPUT_SUFFIXES = (".txt", ".csv", ".parquet")
+
+
+def check_output_outside_input(input_uri: str, output_uri: str) -> None:
+    """The output is not the input folder nor inside it: the next run would list labeler's own
+    files (previews, exports) as new images. A manifest or Parquet input is a file, so an
+    output beside it is fine."""
+    if protocol_of(input_uri) != protocol_of(output_uri):
+        return
+    source, target = _comparable(input_uri), _comparable(output_uri)
+    if source.lower().endswith(_FILE_INPUT_SUFFIXES) and not Path(source).is_dir():
+        return
+    if target == source or target.startswith(source.rstrip("/") + "/"):
+        raise UserError(f"--output {redact_uri(output_uri)} is inside --input "
+                        f"{redact_uri(input_uri)}: the next run would label labeler's own files; "
+                        "write the output outside the image folder")
+
+
+def _comparable(uri: str) -> str:
+    """A URI as a path to compare: local paths resolved (``..``, links), others without their
+    scheme and trailing slash."""
+    if protocol_of(uri) == "file":
+        return os.path.realpath(os.path.expanduser(uri.removeprefix("file://")))
+    return uri.split("://", 1)[-1].rstrip("/")

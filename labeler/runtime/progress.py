@@ -1,5 +1,9 @@
 """The driver's progress: a bar on stderr (images/s, ETA, failures) and a heartbeat file.
 
+On a terminal the bar redraws in place; without one (a log file, CI, a cluster job's log) it
+would leave a line per redraw, so progress is logged as plain lines instead, at most every
+:data:`PLAIN_PROGRESS_SECONDS` and when the last shard is done.
+
 The heartbeat (``run/progress.json``) lets ``labeler status`` tell a running job from one whose
 driver is gone, and report the job's current speed.
 """
@@ -13,17 +17,20 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import TextIO
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from labeler.runtime.ray_executor import ShardEvents
+from labeler.runtime.executor import ShardEvents
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between two writes of ``run/progress.json``.
 HEARTBEAT_WRITE_SECONDS = 10.0
+#: Without a terminal: seconds between two progress lines.
+PLAIN_PROGRESS_SECONDS = 30.0
 
 
 class DriverProgress(ShardEvents):
@@ -33,10 +40,13 @@ class DriverProgress(ShardEvents):
         run: the run folder (for the heartbeat).
         total_images: images in the whole plan.
         pending: the shards this run has to do (``shard_id``, ``n_images``).
-        enabled: show the progress bar.
+        enabled: show progress (a bar on a terminal, plain log lines otherwise).
+        stream: where the bar goes (default stderr); whether it is a terminal picks the form.
     """
 
-    def __init__(self, run: RunFolder, total_images: int, pending: list[dict], enabled: bool) -> None:
+    def __init__(self, run: RunFolder, total_images: int, pending: list[dict], enabled: bool,
+                 stream: TextIO | None = None) -> None:
+        stream = stream or sys.stderr
         self.run = run
         self.total_images = total_images
         self.sizes = {shard["shard_id"]: shard["n_images"] for shard in pending}
@@ -47,14 +57,16 @@ class DriverProgress(ShardEvents):
         self.failed_shards = 0
         self.workers = (0, 0)
         self._last_write = 0.0
+        self.plain = enabled and not _is_terminal(stream)
+        self._last_line = float("-inf")
         self.bar = tqdm(
             total=total_images,
             initial=total_images - self.images_pending,
             unit="img",
             desc="labeling",
-            disable=not enabled,
+            disable=not enabled or self.plain,
             dynamic_ncols=True,
-            file=sys.stderr,
+            file=stream,
             smoothing=0.05,
         )
         self.bar.set_postfix(failed=0)
@@ -74,6 +86,20 @@ class DriverProgress(ShardEvents):
         self.failed_images += stats["failed"]
         self.bar.update(stats["images"])
         self.bar.set_postfix(failed=self.failed_images, refresh=False)
+        finished = self.images_done >= self.images_pending
+        if self.plain and (finished or time.monotonic() - self._last_line >= PLAIN_PROGRESS_SECONDS):
+            self._log_line()
+
+    def _log_line(self) -> None:
+        """One plain progress line: done of total, speed, ETA, failures."""
+        self._last_line = time.monotonic()
+        done = self.total_images - self.images_pending + self.images_done
+        rate = self.rate()
+        remaining = self.images_pending - self.images_done
+        eta = f", ETA {_duration(remaining / rate)}" if rate and remaining else ""
+        speed = f", {rate:.2f} images/s" if rate else ""
+        logger.info("labeled %d of %d images (%.0f%%)%s%s, %d failed", done, self.total_images,
+                    100.0 * done / max(1, self.total_images), speed, eta, self.failed_images)
 
     def shard_failed(self, shard_id: str, failure: dict) -> None:
         self.failed_shards += 1
@@ -116,3 +142,18 @@ class DriverProgress(ShardEvents):
     def close(self, state: str) -> None:
         self.bar.close()
         self.write_heartbeat(state)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -14,8 +14,11 @@ from the reference's duplicate-and-halve initialisation (:func:`duplicate_and_ha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,6 +34,31 @@ from labeler.models.backbone import Backbone, _resolve_source, load_backbone
 SUPPORT_WEIGHT = "conv_in_ref.weight"
 SUPPORT_BIAS = "conv_in_ref.bias"
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+#: diffusers' loggers that report the support conv's tensors and config key as unused.
+_LOADING_LOGGERS = ("diffusers.configuration_utils", "diffusers.models.modeling_utils")
+
+
+class _SupportConvNotices(logging.Filter):
+    """Drops diffusers' notices that ``conv_in_ref`` / ``in_channels_ref`` "will be ignored":
+    stock diffusers skips them, and :func:`read_support_conv` loads them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "conv_in_ref" not in message and "in_channels_ref" not in message
+
+
+@contextlib.contextmanager
+def _quiet_about_support_conv() -> Iterator[None]:
+    """While loading a DiffewS UNet with stock diffusers: no misleading "not used" warnings."""
+    notices = _SupportConvNotices()
+    loggers = [logging.getLogger(name) for name in _LOADING_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(notices)
 
 
 class NotADiffewsModel(ValueError):
@@ -220,7 +248,8 @@ def load_diffews_backbone(
     """
     unet_dir = model_unet_dir(name, storage_options)
     weight, bias = read_support_conv(unet_dir)
-    backbone = load_backbone(name, device=device, dtype=dtype, storage_options=storage_options)
+    with _quiet_about_support_conv():
+        backbone = load_backbone(name, device=device, dtype=dtype, storage_options=storage_options)
     support = support_conv_from_tensors(backbone.unet.conv_in, weight, bias)
     support.requires_grad_(False)
     install_dual_conv(backbone.unet, support)
@@ -254,7 +283,8 @@ def import_checkpoint(base: str, unet_dir: str | Path, output: str | Path) -> Pa
     unet_dir = Path(unet_dir)
     weight, bias = read_support_conv(unet_dir)
     backbone = load_backbone(base, device="cpu", dtype=torch.float32)
-    unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32)
+    with _quiet_about_support_conv():
+        unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32)
     install_dual_conv(unet, support_conv_from_tensors(unet.conv_in, weight, bias))
     backbone.unet = unet
     return write_checkpoint(backbone, output)

@@ -11,9 +11,9 @@ them, and the loss is ``MSE(UNet(z_query, t=1), -z_mask)`` with z the VAE poster
 weight decay 1e-2), linear decay to 1e-7, gradient clipping 1.0, accumulation over episodes,
 bf16/fp16 autocast on GPU with an fp32 master UNet. The whole UNet, both input convs included,
 is trained; VAE and text encoder are frozen. ``conv_in_ref`` starts from the model's own when it
-has one, else from the duplicate-and-halve init. From the calibrated tiny model (a deviation, for
-offline tests and demos; docs/tiny-model.md) the start also seeds the zeroed bank path
-(:mod:`labeler.methods.diffews.tiny_start`) and the default lr is :data:`TINY_LR`.
+has one, else from the duplicate-and-halve init. A model that prescribes a start
+(:func:`labeler.models.fine_tune.fine_tune_start`: the calibrated tiny model, a deviation for
+offline tests and demos; docs/tiny-model.md) gets it applied, and its lr is the default.
 
 Every episode's randomness comes from (seed, step, episode), so a resumed run draws exactly the
 episodes of an uninterrupted one. ``OUTPUT/`` is a checkpoint folder from the first save on;
@@ -54,19 +54,15 @@ from labeler.methods.diffews.model import (
     write_checkpoint,
 )
 from labeler.methods.diffews.support import TIMESTEP, empty_context, mask_images
-from labeler.methods.diffews.tiny_start import is_tiny, tiny_start
 from labeler.methods.preprocess import images_to_model_input
 from labeler.models.backbone import load_backbone
+from labeler.models.fine_tune import FineTuneStart, fine_tune_start
 
 logger = logging.getLogger(__name__)
 
 STATE = "training/state.pt"
 #: The reference recipe's AdamW learning rate.
 REFERENCE_LR = 1e-5
-#: The default on the tiny model (docs/tiny-model.md): its attention and output layers are of
-#: unit order and start from zero or near zero, so 1e-5 moves them ~100x too slowly for a run of
-#: a few hundred steps.
-TINY_LR = 1e-3
 SETTINGS = "training/settings.json"
 
 
@@ -77,7 +73,7 @@ class TrainSettings:
     Attributes:
         steps: optimiser steps (the reference script: 20000).
         lr: AdamW learning rate, decayed linearly to ``lr_end``; None = :data:`REFERENCE_LR`,
-            or :data:`TINY_LR` when training starts from the tiny model.
+            or the lr of the start the model prescribes (the tiny model's).
         weight_decay, lr_end, grad_clip: AdamW weight decay, final lr, gradient-norm clip.
         accumulation: episodes per optimiser step (the script: 4).
         max_shots: shots per episode drawn from 1..max_shots (the script: 2).
@@ -219,12 +215,12 @@ def validation_iou(backbone, fusion, context: Tensor, data: list[EncodedImage], 
     return float(np.mean(ious))
 
 
-def prepare_unet(model: str, unet) -> bool:
+def prepare_unet(model: str, unet) -> FineTuneStart | None:
     """Install the dual input conv: ``conv_in_ref`` from the model when it has one, else the
-    duplicate-and-halve init (and, on the tiny model, :func:`tiny_start`).
+    duplicate-and-halve init, then the start the model prescribes, if any.
 
     Returns:
-        whether the tiny start was applied.
+        the start applied (None: none).
     """
     unet_dir = model_unet_dir(model)
     try:
@@ -233,11 +229,12 @@ def prepare_unet(model: str, unet) -> bool:
     except NotADiffewsModel:
         logger.info("%s has no conv_in_ref: duplicate-and-halve initialisation", model)
         install_dual_conv(unet, duplicate_and_halve(unet.conv_in))
-        if is_tiny(unet_dir.parent):
-            logger.info("tiny model: seeded noise in attn1.to_out and proj_out (docs/tiny-model.md)")
-            tiny_start(unet)
-            return True
-    return False
+        start = fine_tune_start(unet_dir.parent)
+        if start is not None:
+            logger.info("%s", start.name)
+            start.prepare(unet)
+            return start
+    return None
 
 
 def _autocast(device: torch.device):
@@ -259,8 +256,8 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
     _check_resume(output, record)
     backbone = load_backbone(model, device=device, dtype=torch.float32)
     unet = backbone.unet
-    tiny = prepare_unet(model, unet)
-    lr = settings.lr or (TINY_LR if tiny else REFERENCE_LR)
+    start = prepare_unet(model, unet)
+    lr = settings.lr or (start.lr if start else REFERENCE_LR)
     fusion = install_kv_fusion(unet)
     size = settings.size or backbone.image_size
     context = empty_context(backbone, settings.context_tokens)

@@ -2,8 +2,8 @@
 
 The first part of this module is the pure algorithm (no model code): per-resolution attention
 aggregation, iterative KL merging of anchor proposals, and labeling by argmax over upsampled
-proposals. It follows the reference code (google/diffseg @ 77ea596); README section "DiffSeg: what
-runs, and where we deviate from the reference" lists what runs and the deliberate differences.
+proposals. It follows the reference code (google/diffseg @ 77ea596); docs/diffseg.md lists what runs
+and the deliberate differences.
 
 Shapes: ``B`` images, ``S`` the largest attention side, ``N = S * S`` pixels, ``K`` proposals.
 Pixels are flattened row-major: pixel ``(i, j)`` is index ``i * S + j``.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labeler.eval.metrics import mask_iou
+from labeler.metrics import mask_iou
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The reference augmentations of SLiMe fitting, over annotated images
 (:mod:`labeler.methods.annotations`).
 
-The augmentations follow the reference's training pipeline (README section "SLiMe", row "augmentation"),
+The augmentations follow the reference's training pipeline (docs/slime.md, row "augmentation"),
 driven by one seeded ``torch.Generator``: resize to the fit size, horizontal flip (p=0.5),
 Gaussian blur (p=0.5, image only; kernel 1 with probability 0.2, 3 or 5 with 0.4 each, as the
 reference's draw of an odd size from 1..5), a random square crop of side

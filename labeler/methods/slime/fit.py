@@ -1,6 +1,6 @@
 """Fitting a SLiMe embedding set: the optimisation loop of the reference, seeded.
 
-Per step (README section "SLiMe", table "What runs"): one augmented annotated image, VAE posterior
+Per step (docs/slime.md, table "What runs"): one augmented annotated image, VAE posterior
 sample, t ~ U{5..100}, x_t = add_noise(z0, eps, t); the UNet runs once with the learned
 conditioning (with grad, SLiMe processors installed) and once with the empty prompt (without
 grad: it only feeds the SD loss). Loss = weighted CE on the layer-averaged cross-attention logits

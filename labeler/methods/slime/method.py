@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import fsspec
 
 from labeler.errors import UserError
-from labeler.io.uris import redact_uri
+from labeler.io.uris import redact_uri, relative_path_hint
 from labeler.methods.slime.settings import SlimeOptions
 from labeler.methods.spec import MethodFlag, MethodSpec
 from labeler.models.locate import ModelLoadError, is_local_model
@@ -49,7 +49,8 @@ def load_set(settings: SlimeSettings) -> EmbeddingSet:
     """
     fs, path = fsspec.core.url_to_fs(settings.embeddings)
     if not fs.isfile(path):
-        raise UserError(f"--embeddings: embedding set {redact_uri(settings.embeddings)} does not exist")
+        raise UserError(f"--embeddings: embedding set {redact_uri(settings.embeddings)} does not "
+                        f"exist{relative_path_hint(settings.embeddings)}")
     # parsing needs torch: imported only once the cheap check (the file exists) has passed
     from labeler.methods.slime.embedding_set import EmbeddingSet
 

@@ -5,7 +5,7 @@ query image with the true mask of that class (empty when the query lacks it). Th
 labelled by :class:`~labeler.methods.diffews.segmenter.DiffewS` with that single-class support,
 so the score covers the whole run path: banks, query pass, decoding, resizing and the decision
 rule. :func:`few_shot_episodes` draws episodes from the procedural world of
-:func:`labeler.models.synthetic_world.few_shot_world`.
+:func:`labeler.testing.worlds.few_shot_world`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.algorithm import resize_soft_maps
 from labeler.methods.diffews.segmenter import DiffewS
 from labeler.methods.diffews.settings import DiffewsOptions
-from labeler.models.synthetic_world import FEW_SHOT_CLASSES, few_shot_world
+from labeler.testing.worlds import FEW_SHOT_CLASSES, few_shot_world
 
 
 @dataclass(frozen=True)

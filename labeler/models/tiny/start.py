@@ -1,10 +1,10 @@
-"""Where DiffewS fine-tuning starts on the calibrated `tiny` model (docs/tiny-model.md).
+"""Where fine-tuning starts on the calibrated `tiny` model (docs/tiny-model.md).
 
 The tiny UNet carries the latent unchanged through every block: each residual branch is zeroed,
 including every transformer's ``proj_out`` and every self-attention's ``to_out``. On the bank
 path (support K/V -> ``attn1`` -> ``to_out`` -> ``proj_out`` -> residual stream) two zero
 matrices follow each other, so the gradient of either is zero and Adam never moves them: the
-query's output cannot learn to depend on the support. A trained SD has no such zeros. The start
+query's output cannot learn to depend on the support (DiffewS). A trained SD has no such zeros. The start
 fills exactly those two weights per transformer with small seeded noise at the scale of what they
 read and write (tokens of unit order in, the residual stream at ``HIDDEN_SCALE`` out), so the
 first step already has a gradient on the bank path and the calibrated features still dominate.
@@ -12,24 +12,19 @@ first step already has a gradient on the bank path and the calibrated features s
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
-from labeler.models.tiny_calibration import HIDDEN_SCALE
+from labeler.models.tiny.calibration import HIDDEN_SCALE
 
 #: Std of the noise in ``attn1.to_out`` (tokens in, tokens out) and ``proj_out`` (relative to
 #: the hidden scale: tokens in, residual stream out).
 OUT_STD = 0.05
 PROJ_STD = 0.1
 SEED = 7
-
-
-def is_tiny(model_dir: Path) -> bool:
-    """Whether a diffusers folder is the calibrated tiny model (its model_index says so)."""
-    index = Path(model_dir) / "model_index.json"
-    return index.exists() and "_labeler_tiny" in json.loads(index.read_text())
+#: The learning rate when fine-tuning from tiny: its attention and output layers are of unit order
+#: and start from zero or near zero, so a reference lr of 1e-5 moves them ~100x too slowly for a
+#: run of a few hundred steps.
+TINY_LR = 1e-3
 
 
 @torch.no_grad()

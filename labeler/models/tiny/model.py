@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from labeler.models import tiny_calibration
-from labeler.models.tiny_calibration import calibrate_unet, calibrate_vae, text_key_directions
+from labeler.models.tiny import calibration
+from labeler.models.tiny.calibration import calibrate_unet, calibrate_vae, text_key_directions
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ TINY_VERSION = 4
 #: Prompts of 0..N-1 "part" words whose padding rows set the cross-attention key directions.
 CALIBRATION_PROMPTS = 10
 TEXT_WIDTH = 32
+#: The key in ``model_index.json`` that marks a folder as the tiny model (its value: the version).
+MARKER = "_labeler_tiny"
 
 UNET_CONFIG = {
     "sample_size": 64,
@@ -107,10 +109,16 @@ def tiny_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def is_tiny(model_dir: str | os.PathLike) -> bool:
+    """Whether a diffusers folder is the calibrated tiny model (its model_index says so)."""
+    index = Path(model_dir) / "model_index.json"
+    return index.exists() and MARKER in json.loads(index.read_text())
+
+
 def _config_digest() -> str:
     blob = json.dumps(
         [UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, SCHEDULER_CONFIG, TINY_SEED, torch.__version__,
-         tiny_calibration.settings()],
+         calibration.settings()],
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -168,7 +176,7 @@ def _build_into(target: Path) -> None:
         tokenizer.save_pretrained(staging / "tokenizer")
         scheduler.save_pretrained(staging / "scheduler")
         (staging / "model_index.json").write_text(
-            json.dumps({"_class_name": "StableDiffusionPipeline", "_labeler_tiny": TINY_VERSION})
+            json.dumps({"_class_name": "StableDiffusionPipeline", MARKER: TINY_VERSION})
         )
         try:
             staging.rename(target)

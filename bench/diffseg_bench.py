@@ -23,7 +23,7 @@ CPU seconds per image and the load average (a shared machine's wall times measur
 per stage and the proposals left: ``random`` is the near-uniform attention of random weights
 (softmax of small Gaussian logits), ``world`` the blocky attention of a real image: each query
 attends to keys of its own region of a synthetic world
-(:func:`labeler.models.synthetic_world.region_world`), falling off with distance:
+(:func:`labeler.testing.worlds.region_world`), falling off with distance:
 
     python bench/diffseg_bench.py --attention world --images 4 --batch-sizes 1,4
 """
@@ -51,7 +51,7 @@ from labeler.methods.diffseg.algorithm import (
 )
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.models.backbone import Backbone, default_dtype, load_backbone
-from labeler.models.synthetic_world import region_world
+from labeler.testing.worlds import region_world
 from labeler.output.rle import encode_label_map
 from labeler.timing import StageTimer
 

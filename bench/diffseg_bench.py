@@ -51,8 +51,8 @@ from labeler.methods.diffseg.algorithm import (
 )
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.models.backbone import Backbone, default_dtype, load_backbone
-from labeler.testing.worlds import region_world
 from labeler.output.rle import encode_label_map
+from labeler.testing.worlds import region_world
 from labeler.timing import StageTimer
 
 SAMPLES = Path(__file__).resolve().parent.parent / "labeler" / "data" / "samples"

@@ -20,8 +20,9 @@
 #   bench/gpu_suite.sh [--out FILE] [--wheelhouse DIR]   # default: gpu_suite.json
 #   bench/gpu_suite.sh --cpu-smoke                       # every step, tiny sizes, on the CPU
 #
-# --wheelhouse DIR (made by bench/wheelhouse.sh): a venv on top of the machine's Python (its torch
-# and the rest) gets the packages the image lacks from DIR, offline, before the steps run.
+# --wheelhouse DIR (made by bench/wheelhouse.sh): the packages the image lacks
+# (bench/gpu_requirements.txt) are installed from DIR, offline, into a folder put on PYTHONPATH
+# beside the machine's own packages (its torch and the rest), before the steps run.
 # Exit status: 0 when every step passed, 1 when one failed, 2 without CUDA (and no --cpu-smoke).
 set -u -o pipefail
 
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --cpu-smoke) SMOKE=1 ;;
     --out) OUT="$2"; shift ;;
     --wheelhouse) WHEELHOUSE="$2"; shift ;;
-    -h|--help) sed -n 2,27p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n 2,26p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_suite.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -45,12 +46,13 @@ OUT="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/labeler-gpu-suite.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-if [ -n "$WHEELHOUSE" ]; then
-  "$PYTHON" -m venv --system-site-packages "$WORK/venv" \
-    && "$WORK/venv/bin/python" -m pip install --quiet --no-index --find-links "$WHEELHOUSE" \
-         -r "$REPO/bench/gpu_requirements.txt" \
+SITE=""
+if [ -n "$WHEELHOUSE" ]; then  # exactly the listed wheels (the closure), beside the image's own
+  SITE="$WORK/site"
+  "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELHOUSE" \
+      --target "$SITE" -r "$REPO/bench/gpu_requirements.txt" \
+    && PYTHONPATH="$SITE" "$PYTHON" -c 'import diffusers, pydantic, pycocotools.mask' \
     || { echo "gpu_suite.sh: installing from $WHEELHOUSE failed" >&2; exit 2; }
-  PYTHON="$WORK/venv/bin/python"
 fi
 
 if [ "$SMOKE" = 0 ] && ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -58,7 +60,7 @@ if [ "$SMOKE" = 0 ] && ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cu
   exit 2
 fi
 
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$REPO${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 cd "$REPO" || exit 2
 

@@ -88,3 +88,12 @@ def test_a_step_cut_short_keeps_the_lines_it_printed(tmp_path):
     assert slow["status"] == "timeout" and slow["lines"] == [{"batch_size": 1, "s": 2.0}]
     assert slow["load_average_after"] == [1.5, 2.5, 3.5] and "log_tail" in slow
     assert quick["status"] == "passed" and quick["figures"] == {"a": 2}
+
+
+def test_a_wheelhouse_that_cannot_provide_the_packages_stops_the_suite(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    done = subprocess.run(["bash", str(SUITE), "--cpu-smoke", "--wheelhouse", str(tmp_path / "wheels"),
+                           "--out", str(tmp_path / "suite.json")], capture_output=True, text=True,
+                          env=_env(), check=False)
+    assert done.returncode == 2 and "installing from" in done.stderr
+    assert not (tmp_path / "suite.json").exists()

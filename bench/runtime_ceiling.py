@@ -68,6 +68,7 @@ from labeler.methods.device_labels import (
 )
 from labeler.methods.preprocess import label_grid_size
 from labeler.output import rle
+from labeler.runtime.commit import commit_shard
 from labeler.runtime.executor import SHARDS_IN_FLIGHT_PER_WORKER
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
@@ -295,7 +296,7 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
                                postprocess_threads=args.postprocess_threads)
     encode = clock_where_imported(rle.encode_label_map)
     decode = clock_where_imported(decode_image)
-    commit = processor._commit = Clock(processor._commit)
+    commit = clock_where_imported(commit_shard)
     postprocess = processor._finish_image = Clock(processor._finish_image)
     stats = []
     started, process_cpu = time.perf_counter(), time.process_time()

@@ -32,7 +32,8 @@ from xml.sax.saxutils import quoteattr
 from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
 from labeler.output.exporters.brush_rle import encode_brush_rle
 from labeler.output.exporters.polygons import mask_polygons, polygon_area, single_polygon
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 FROM_NAME = "label"
 TO_NAME = "image"
@@ -64,7 +65,7 @@ class LabelStudioExporter(Exporter):
                            if context.options.image_url_prefix is not None
                            else default_url_prefix(context.info.get("image_root"),
                                                    context.images_dir))
-        self._tasks = JsonArrayWriter(context.out, "tasks.json")
+        self._tasks = JsonArrayWriter(self.open_file("tasks.json"))
         self._tasks.raw("[")
 
     def _url(self, image: ExportImage) -> str:
@@ -72,7 +73,7 @@ class LabelStudioExporter(Exporter):
 
     def _results(self, image: ExportImage, annotation: dict) -> list[dict]:
         """One ``polygonlabels`` result for the segment: its kept fragments as one polygon."""
-        fragments = mask_polygons(decode_mask(annotation), self.context.tolerance)
+        fragments = mask_polygons(decode_mask(annotation["segmentation"]), self.context.tolerance)
         if not fragments:
             return []
         areas = [polygon_area(fragment) for fragment in fragments]
@@ -124,7 +125,6 @@ class LabelStudioExporter(Exporter):
 
     def close(self) -> list[str]:
         self._tasks.raw("\n]\n")
-        self._tasks.close()
         labels = "".join(
             f"    <Label value={quoteattr(c['name'])}/>\n" for c in self.context.categories
         )
@@ -148,7 +148,7 @@ class LabelStudioBrushExporter(LabelStudioExporter):
             **self._result_base(image, annotation, str(annotation["id"])),
             "value": {
                 "format": "rle",
-                "rle": encode_brush_rle(decode_mask(annotation)),
+                "rle": encode_brush_rle(decode_mask(annotation["segmentation"])),
                 "brushlabels": [self.names[annotation["category_id"]]],
             },
         }]

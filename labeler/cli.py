@@ -126,7 +126,9 @@ def _add_run(commands) -> None:
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="replace an existing output made with other settings (default: refuse)")
     run.add_argument("--wait-lock", action="store_true", default=None,
-                     help="wait while another driver holds the output (default: refuse)")
+                     help="wait while another driver holds the output and renews its lease; the "
+                          "wait is logged every minute and ends when the holder releases it or "
+                          "its renewals stop for 60 s (default: refuse)")
     run.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=None,
                      help="redo the shards holding images whose failure may heal: storage "
                           "errors, out of memory (default: on)")

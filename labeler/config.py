@@ -62,7 +62,8 @@ class JobConfig(Settings):
     overwrite: bool = False
     # how this driver treats the output: never part of the fingerprint either
     wait_lock: bool = False
-    """Wait for another driver's lease on the output instead of refusing."""
+    """Wait for another driver's lease on the output instead of refusing: until it is released
+    or its renewals stop (:mod:`labeler.runtime.lease`)."""
     retry_failed: bool = True
     """Redo the shards holding failures that may heal (storage errors, out of memory)."""
     strict: bool = False

@@ -3,7 +3,7 @@
 Works while a run is going (the driver's heartbeat, ``run/progress.json``, gives its current
 speed and ETA) and after it ended or was killed. Whether a driver is at work comes from the
 output's lease (:mod:`labeler.runtime.lease`): a lease whose holder ran on this host and whose pid
-is gone, or whose heartbeat is stale, means the driver is gone (``interrupted``) at once.
+is gone, or that the store last wrote too long ago, means the driver is gone (``interrupted``).
 Every done shard's parts are checked against their recorded digests
 (:mod:`labeler.runtime.integrity`); damaged ones are listed, and the run is not ``complete``.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from labeler.io.folders import Folder
 from labeler.runtime.integrity import damaged_shards
-from labeler.runtime.lease import lease_is_live, read_lease
+from labeler.runtime.lease import inspect_lease, state_is_live
 from labeler.runtime.run_folder import RunFolder
 
 
@@ -28,8 +28,8 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
     run = RunFolder(output)
     if not output.exists("run/config.json"):
         raise ValueError(f"{output_uri} holds no labeler run")
-    lease = read_lease(output)
-    driver_live = lease is not None and lease_is_live(lease)
+    lease = inspect_lease(output)
+    driver_live = state_is_live(lease)
     if not run.has_plan():
         return {"state": "planning" if driver_live else "interrupted", "shards_total": None}
     plan = run.read_plan()
@@ -54,7 +54,7 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
     damaged = damaged_shards(run, plan["shards"], done)
     complete = output.exists("coco.json") and len(done) == len(plan["shards"]) and not damaged
     return {
-        "state": _state(driver_live, lease is not None, complete, damaged, failed_shards),
+        "state": _state(driver_live, lease.exists, complete, damaged, failed_shards),
         "damaged_shards": damaged,
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),

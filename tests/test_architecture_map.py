@@ -31,7 +31,7 @@ class Entry:
 
 def map_lines(doc: str) -> list[str]:
     """The lines of the code block that starts with ``labeler/``."""
-    blocks = re.findall(r"```\n(labeler/\n.*?)```", doc, flags=re.S)
+    blocks = re.findall(r"```\n(labeler/\n.*?)```", doc, flags=re.DOTALL)
     assert blocks, "docs/architecture.md has no code block starting with labeler/"
     return blocks[0].splitlines()[1:]
 

@@ -32,6 +32,7 @@ from labeler.runtime import local_executor, ray_executor
 from labeler.runtime.executor import ExecutionReport, ShardEvents
 from labeler.runtime.integrity import damaged_shards, retryable_failures
 from labeler.runtime.lease import LeaseHeldError, OutputLease
+from labeler.runtime.merge_record import record_merge, unchanged_merge
 from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
@@ -173,7 +174,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
         lease.check()  # another driver took over: merge nothing
-        merged = None if pending else _unchanged_merge(output, shard_ids)
+        merged, damage = (None, {}) if pending else unchanged_merge(output, shard_ids)
+        for relative, problem in damage.items():
+            logger.warning("%s: %s; merging again from the verified shard parts",
+                           output.uri_of(relative), problem)
         if merged is not None:  # nothing redone: the outputs stand (read-only storage works)
             logger.info("%s is complete and unchanged: outputs left as they are", output.uri)
             counts = merged
@@ -181,7 +185,7 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
             categories = report.categories or run.read_categories() or _categories_of(config)
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
             counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
-            output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts})
+            record_merge(output, shard_ids, counts)
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,
@@ -255,19 +259,6 @@ def _release(lease: OutputLease) -> None:
         lease.release()
     except Exception as error:  # noqa: BLE001 - a stale lease is taken over by the next driver
         logger.warning("could not remove the output lease: %s", error)
-
-
-#: What the last merge covered: its shard ids (in order) and its counts.
-MERGED_RECORD = "run/merged.json"
-_MERGE_OUTPUTS = ("coco.json", "images.parquet")
-
-
-def _unchanged_merge(output: Folder, shard_ids: list[str]) -> dict | None:
-    """The counts of the last merge when it covered exactly ``shard_ids`` and its outputs exist."""
-    if not output.exists(MERGED_RECORD) or not all(map(output.exists, _MERGE_OUTPUTS)):
-        return None
-    record = output.read_json(MERGED_RECORD)
-    return record["counts"] if record.get("shards") == shard_ids else None
 
 
 def _report_changes(changes: PlanChanges, output: str) -> None:

@@ -135,7 +135,7 @@ class HfExporter(Exporter):
         ]}], "tags": ["labeler", "pseudo-labels", "image-segmentation"]}
         body = (f"# {self.context.info.get('description', 'labeler pseudo-labels')}\n\n"
                 "`datasets.load_dataset(DIR)`; `objects.category` is a ClassLabel, "
-                "`objects.segmentation` COCO compressed RLE (see labeler's docs/exports.md).\n")
+                "`objects.segmentation` COCO compressed RLE (see labeler's docs/outputs.md).\n")
         self.context.out.write_bytes(
             "README.md", f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n\n{body}".encode())
         return ["README.md", "data/"]
@@ -184,5 +184,6 @@ class _SplitWriter:
             self._close_file()
 
     def write_empty(self) -> None:
-        with self._next_file() as handle:
-            pq.write_table(self.schema.empty_table(), handle)
+        """A file of no row group (``datasets`` cannot read an empty row group)."""
+        with self._next_file() as handle, pq.ParquetWriter(handle, self.schema):
+            pass

@@ -17,7 +17,7 @@ from __future__ import annotations
 from labeler.io.folders import Folder
 from labeler.output import parts
 from labeler.output.coco_files import coco_files
-from labeler.runtime.integrity import DIGESTS, STAMPS, damaged_shards
+from labeler.runtime.integrity import DIGESTS, STAMPS, stats_problem
 from labeler.runtime.lease import inspect_lease, state_is_live
 from labeler.runtime.merge_record import merge_damage, read_merge_record
 from labeler.runtime.run_folder import RunFolder
@@ -47,10 +47,21 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     labeled = failed = annotations = 0
     seconds = 0.0
     images_done = 0
+    damaged: dict[str, str] = {}
+    depth = DIGESTS if deep else STAMPS
     for shard in plan["shards"]:
         if shard["shard_id"] not in done:
             continue
-        stats = run.read_stats(shard["shard_id"]) or {}
+        try:
+            read = run.read_stats(shard["shard_id"])
+        except (ValueError, UnicodeDecodeError):
+            damaged[shard["shard_id"]] = "stats unreadable"
+            read = None
+        else:
+            problem = stats_problem(run, shard["shard_id"], shard["n_images"], read, depth)
+            if problem is not None:
+                damaged[shard["shard_id"]] = problem
+        stats = read or {}
         images_done += shard["n_images"]
         labeled += stats.get("labeled", 0)
         failed += stats.get("failed", 0)
@@ -60,7 +71,6 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
             reasons[reason] = reasons.get(reason, 0) + count
     failed_shards = run.failed_shards()
     heartbeat = run.read_progress() or {}
-    damaged = damaged_shards(run, plan["shards"], done, depth=DIGESTS if deep else STAMPS)
     merged = read_merge_record(output)
     damaged_outputs = merge_damage(output, merged) if merged is not None else {}
     complete = (coco_files(output, parts.COCO_JSON) is not None

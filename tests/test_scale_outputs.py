@@ -66,6 +66,7 @@ def test_a_large_run_is_split_into_coco_files_each_loading_in_pycocotools(tmp_pa
         ids += coco.getAnnIds()
     assert len(ids) == len(set(ids)) == index["annotations"]
     assert index["images"] == 30
+    assert pq.ParquetFile(out / "images.parquet").metadata.num_row_groups == 1  # not 1 per shard
     assert verify_output(str(out), sample=5, processes=1) == []
     assert describe_run(str(out)).splitlines()[0].endswith("complete")
 

@@ -96,6 +96,17 @@ def test_coco_val_split_writes_two_files_pycocotools_loads(finished, tmp_path, s
     assert json.loads((tmp_path / "export.json").read_text())["splits"] == {"train": 2, "val": 1}
 
 
+def test_cvat_val_split_is_two_subsets_for_datumaro(finished, tmp_path, seed):
+    dm = pytest.importorskip("datumaro")
+    code, text = export(finished, "cvat", tmp_path, "--val-fraction", "0.4", "--seed", str(seed),
+                        "--images", "copy")
+    assert code == 0, text
+    dataset = dm.Dataset.import_from(str(tmp_path), "coco_instances")
+    assert sorted((item.subset, item.id) for item in dataset) == [
+        ("train", "b"), ("train", "c"), ("val", "a")]
+    assert all(item.media.has_data for item in dataset)
+
+
 def test_yolo_val_is_not_the_training_images(finished, tmp_path, seed):
     out = tmp_path / "yolo"
     code, text = export(finished, "yolo-seg", out, "--val-fraction", "0.4", "--seed", str(seed),

@@ -30,7 +30,7 @@ def test_only_the_colour_rows_differ_from_the_seeded_text_encoder(tiny_backbone)
     for name, weight in seeded.items():
         if name.endswith("token_embedding.weight"):
             assert built[name].shape[0] == len(vocab) + len(COLOUR_NAMES)
-            weight, built_weight = weight, built[name][: len(vocab)]
+            built_weight = built[name][: len(vocab)]
         else:
             built_weight = built[name]
         torch.testing.assert_close(built_weight.float(), weight.float(), rtol=0, atol=0)
@@ -38,7 +38,7 @@ def test_only_the_colour_rows_differ_from_the_seeded_text_encoder(tiny_backbone)
 
 def test_each_word_points_at_its_colour(tiny_backbone):
     tokenizer, text_encoder = tiny_backbone.tokenizer, tiny_backbone.text_encoder
-    sink, features, _ = _text_directions(tokenizer, text_encoder)
+    _, features, _ = _text_directions(tokenizer, text_encoder)
     ids = torch.tensor(tokenizer(list(COLOUR_NAMES), padding="max_length", max_length=77).input_ids)
     with torch.no_grad():
         states = text_encoder(ids)[0][:, 1].float()

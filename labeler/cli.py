@@ -121,6 +121,9 @@ def _add_run(commands) -> None:
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
+    flag("--stall-timeout", "stall_timeout", "seconds a busy Ray worker may show no sign of life "
+         "(no image read, no batch labeled) before it is killed and replaced and its shards "
+         "requeued", type=float, metavar="SECONDS")
     flag("--allow-protocols", "allow_protocols", "protocols the workers may read, comma-separated "
          "(e.g. s3,https; file: any local path)", type=_comma_list, metavar="LIST")
     run.add_argument("--overwrite", action="store_true", default=None,
@@ -196,6 +199,9 @@ def _run(args: argparse.Namespace) -> int:
                   f"{summary.retryable_failed} images may succeed on a re-run\n")
     if summary.worker_deaths or summary.retries:
         out.write(f"{summary.worker_deaths} worker restarts, {summary.retries} shard retries\n")
+    if summary.stalls:
+        out.write(f"{summary.stalls} workers showed no sign of life for --stall-timeout: killed "
+                  "and replaced, their shards requeued (run/stalled/)\n")
     if not summary.complete:
         out.write(f"{len(summary.failed_shards)} shards failed after retries:\n")
         for shard_id, failure in summary.failed_shards.items():

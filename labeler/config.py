@@ -60,6 +60,11 @@ class JobConfig(Settings):
     batch_size: int = Field(4, ge=1)
     device: str | None = None
     overwrite: bool = False
+    stall_timeout: float = Field(900.0, gt=0)
+    """Seconds a busy worker may go without a sign of life (an image read, a batch labeled)
+    before it is declared lost, killed and replaced, its shards requeued
+    (:mod:`labeler.runtime.liveness`; Ray workers). The default is generous for GPU work (a model
+    that compiles on its first batch, a slow read retried with backoff)."""
     # how this driver treats the output: never part of the fingerprint either
     wait_lock: bool = False
     """Wait for another driver's lease on the output instead of refusing: until it is released
@@ -71,7 +76,7 @@ class JobConfig(Settings):
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
         "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size", "device",
-        "overwrite", "wait_lock", "retry_failed", "strict",
+        "overwrite", "stall_timeout", "wait_lock", "retry_failed", "strict",
     )
 
     def __init__(self, **values: Any) -> None:

@@ -57,6 +57,8 @@ class RunSummary:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     worker_deaths: int = 0
     retries: int = 0
+    stalls: int = 0
+    """Workers replaced because they showed no sign of life for ``stall_timeout``."""
     images_per_second: float | None = None
     new_images: int = 0
     """Images the input gained since the previous run on this output (labeled by this one)."""
@@ -195,6 +197,7 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         seconds=0.0,
         worker_deaths=report.worker_deaths,
         retries=report.retries,
+        stalls=report.stalls,
         images_per_second=events.rate(),
         new_images=changes.new_images,
         removed_images=changes.removed_images,
@@ -245,6 +248,7 @@ def _redo_damaged(config: JobConfig, run: RunFolder, shards: list[dict], report:
     report.failed.update(again.failed)
     report.worker_deaths += again.worker_deaths
     report.retries += again.retries
+    report.stalls += again.stalls
     redone = [shard for shard in shards if shard["shard_id"] in damaged]
     for shard_id, problem in damaged_shards(run, redone, run.done_shards()).items():
         error = f"shard {shard_id}: {problem} after it was redone"

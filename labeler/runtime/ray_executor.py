@@ -86,7 +86,7 @@ class LabelWorker(ShardWorker):
     def __init__(self, config: JobConfig, run_id: str, storage_options: dict | None = None,
                  postprocess_threads: int = 1) -> None:
         logging.getLogger("labeler").setLevel(logging.INFO)  # per-shard logs keep INFO records
-        super().__init__(config, run_id, storage_options, postprocess_threads)
+        super().__init__(config, run_id, storage_options, postprocess_threads, publish_life=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_
                     placement.workers, placement.num_gpus, placement.num_cpus,
                     placement.postprocess_threads, len(shard_ids))
         driver = Driver(RayWorkers(session.ray, make_worker), placement.workers, run, shard_ids,
-                        events or ShardEvents())
+                        events or ShardEvents(), stall_timeout=config.stall_timeout)
         return driver.run()
 
 

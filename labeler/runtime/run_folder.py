@@ -15,6 +15,8 @@ Layout::
     run/categories.json             the method's COCO categories (reported by the first worker)
     run/progress.json               the driver's heartbeat: rate, workers, updated
     run/lease.json                  the driver holding the output (labeler.runtime.lease)
+    run/alive/<worker>.json         a worker's signs of life (labeler.runtime.liveness)
+    run/stalled/<shard>.json        a shard whose worker stalled and was replaced
 
 A crash at any point leaves no marker, so the shard is redone, and its parts are keyed by the
 shard id, so the redo overwrites them. A done shard whose parts no longer match their recorded
@@ -181,6 +183,19 @@ class RunFolder:
         return {
             name.removesuffix(".json"): self.output.read_json(f"run/failed/{name}")
             for name in self.output.list("run/failed")
+            if name.endswith(".json") and ".tmp-" not in name
+        }
+
+    def record_stall(self, shard_id: str, stall: dict) -> None:
+        """Note that ``shard_id``'s worker showed no sign of life and was replaced
+        (:mod:`labeler.runtime.liveness`); the shard was requeued."""
+        self._write_json(f"run/stalled/{shard_id}.json", stall)
+
+    def stalled_shards(self) -> dict[str, dict]:
+        """The stalls recorded so far, by shard."""
+        return {
+            name.removesuffix(".json"): self.output.read_json(f"run/stalled/{name}")
+            for name in self.output.list("run/stalled")
             if name.endswith(".json") and ".tmp-" not in name
         }
 

@@ -53,6 +53,7 @@ from labeler.output.rows import (
     labeled_rows,
 )
 from labeler.runtime.integrity import part_record
+from labeler.runtime.liveness import LifeSigns
 from labeler.runtime.postprocess import OrderedResults, PostProcessPool
 from labeler.runtime.run_folder import RunFolder
 
@@ -266,12 +267,16 @@ class ShardProcessor:
         postprocess_threads: threads of the post-processing pool.
         policy: which URIs may be read (:mod:`labeler.io.policy`); None: any. A refused image
             is a failed image (``protocol_not_allowed``, ``outside_input``), never read.
+        life: where this worker counts its signs of life (a shard starts, an image is read, a
+            batch leaves the model: :mod:`labeler.runtime.liveness`); None: not counted.
     """
 
     def __init__(self, segmenter: Segmenter, batch_size: int, max_pixels: int | None, run_id: str,
                  storage_options: dict | None = None, worker: dict | None = None,
-                 postprocess_threads: int = 1, policy: InputPolicy | None = None) -> None:
+                 postprocess_threads: int = 1, policy: InputPolicy | None = None,
+                 life: LifeSigns | None = None) -> None:
         self.segmenter = segmenter
+        self.life = life
         self.policy = policy
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -310,8 +315,13 @@ class ShardProcessor:
             finally:
                 _write_log_quietly(run, shard_id, log.getvalue())
 
+    def _beat(self, run: RunFolder) -> None:
+        if self.life is not None:
+            self.life.beat(run.output)
+
     def _process(self, run: RunFolder, shard_id: str) -> dict:
         started, started_at = time.perf_counter(), time.time()
+        self._beat(run)
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
         rows = ShardRows()
@@ -320,7 +330,7 @@ class ShardProcessor:
 
         def produce() -> Iterator[Batch]:
             with working_for(shard_id):
-                yield from self._batches(entries, timings)
+                yield from self._batches(entries, timings, lambda: self._beat(run))
 
         try:
             with Prefetcher(produce) as batches:
@@ -333,6 +343,7 @@ class ShardProcessor:
                             results.put(_Finished(failed_row(entry, reason, detail, shard_id), []))
                         if batch.images:
                             self._label_batch(batch.images, results, shard_id, timings)
+                            self._beat(run)
                         self._collect(results.ready(), rows, timings)
                     method_timings = _timer_delta(self.segmenter, method_before)
             self._collect(results.drain(), rows, timings)
@@ -373,8 +384,10 @@ class ShardProcessor:
             timings["encode"] += result.seconds
 
     # -- input (runs on the prefetch thread) ---------------------------------------------
-    def _batches(self, entries: list[dict], timings: dict) -> Iterator[Batch]:
-        """Read and decode the shard's images in order, cut into batches of decoded images."""
+    def _batches(self, entries: list[dict], timings: dict,
+                 beat: Callable[[], None]) -> Iterator[Batch]:
+        """Read and decode the shard's images in order, cut into batches of decoded images;
+        ``beat`` is called after each read (a sign of life)."""
         refs = [InputRef.from_dict(e["ref"]) if "ref" in e else InputRef(uri=e["uri"]) for e in entries]
         refusals = [self.policy.refusal(ref) if self.policy else None for ref in refs]
         window = max(self.batch_size, 16)
@@ -387,6 +400,7 @@ class ShardProcessor:
                 continue
             read_started = time.perf_counter()
             _, data = next(reads)
+            beat()
             decode_started = time.perf_counter()
             timings["read"] += decode_started - read_started
             if isinstance(data, BaseException):

@@ -64,8 +64,10 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
                         failed_shards),
         "damaged_shards": damaged,
         "damaged_outputs": damaged_outputs,
+        "stalled_shards": run.stalled_shards(),
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),
+        "done_shard_ids": sorted(done),
         "shards_failed": sorted(failed_shards),
         "shard_errors": {shard: _last_line(f.get("error")) for shard, f in failed_shards.items()},
         "images_total": plan["n_images"],
@@ -135,6 +137,11 @@ def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
                      f"run/logs/{shard_id}.log)")
     for shard_id, problem in progress["damaged_shards"].items():
         lines.append(f"  damaged shard {shard_id}: {problem}")
+    for shard_id, stall in progress["stalled_shards"].items():
+        lines.append(f"  stalled shard {shard_id}: its worker showed no sign of life for "
+                     f"{stall['seconds']:.0f} s (--stall-timeout {stall['stall_timeout']:g}); "
+                     "killed and replaced, the shard requeued"
+                     + (", then done" if shard_id in progress["done_shard_ids"] else ""))
     for relative, problem in progress["damaged_outputs"].items():
         lines.append(f"  damaged output {relative}: {problem} (re-running merges it again)")
     if progress["state"] in ("interrupted", "damaged"):

@@ -15,6 +15,7 @@ from labeler.config import JobConfig
 from labeler.io.folders import Folder
 from labeler.io.policy import InputPolicy
 from labeler.methods.registry import build_segmenter
+from labeler.runtime.liveness import LifeSigns, worker_key
 from labeler.runtime.postprocess import default_postprocess_threads
 from labeler.runtime.shard import ShardProcessor
 
@@ -29,10 +30,12 @@ class ShardWorker:
         postprocess_threads: threads of the post-processing pool; None: the default for the
             device the model landed on (:func:`labeler.runtime.postprocess.default_postprocess_threads`
             with this machine's CPUs).
+        publish_life: publish signs of life for the driver's stall watch (a worker process of
+            its own: :mod:`labeler.runtime.liveness`).
     """
 
     def __init__(self, config: JobConfig, run_id: str, storage_options: dict | None = None,
-                 postprocess_threads: int | None = None) -> None:
+                 postprocess_threads: int | None = None, publish_life: bool = False) -> None:
         segmenter = build_segmenter(config)
         device = str(segmenter.device)
         if postprocess_threads is None:
@@ -40,11 +43,14 @@ class ShardWorker:
                 config.cpus_per_worker, os.cpu_count(), 1.0, gpu_worker=not device.startswith("cpu"))
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.categories = segmenter.categories
+        self.life = (LifeSigns(worker_key(self.info), config.stall_timeout / 4) if publish_life
+                     else None)
         self.storage_options = storage_options
         self.processor = ShardProcessor(
             segmenter, config.batch_size, config.max_pixels, run_id, storage_options,
             worker=self.info, postprocess_threads=postprocess_threads,
-            policy=InputPolicy.for_input(config.input, config.allow_protocols))
+            policy=InputPolicy.for_input(config.input, config.allow_protocols),
+            life=self.life)
         self._outputs: dict[str, Folder] = {}
 
     def ready(self) -> dict:
@@ -61,3 +67,5 @@ class ShardWorker:
     def close(self) -> None:
         """Stop the post-processing threads (a worker process that exits needs not call it)."""
         self.processor.close()
+        if self.life is not None:
+            self.life.close()

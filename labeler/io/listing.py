@@ -49,7 +49,9 @@ Credentials embedded in the input URI are moved into the storage options (see
 :mod:`labeler.io.uris`) and never appear in any ``InputRef``; reading then needs the same
 credentials, so callers pass the storage options that :func:`~labeler.io.uris.split_uri_credentials`
 returns. Credentials embedded in manifest entries are stripped from the entry (with one warning);
-provide them through ``storage_options``. Listing calls retry transient errors
+provide them through ``storage_options``. Secret query values of an entry (a pre-signed URL's
+signature, a token) are redacted in ``InputRef.uri`` and kept, in memory only, in
+``InputRef.read_uri``, which is what the workers read. Listing calls retry transient errors
 (:mod:`labeler.io.retry`).
 """
 
@@ -233,13 +235,15 @@ def _iter_folder(fs: Any, root: str, clean_uri: str, retry: RetryPolicy) -> Iter
 
 
 class _EntryResolver:
-    """Turns raw manifest entries into references, stripping embedded credentials."""
+    """Turns raw manifest entries into references, stripping embedded credentials; an entry
+    whose query holds secret values gets a redacted ``uri`` and the full one as ``read_uri``."""
 
     def __init__(self, manifest_uri: str) -> None:
         self.base_dir = parent_uri(manifest_uri)
         self.what = redact_uri(manifest_uri)
         self.skipped = 0
         self._warned_credentials = False
+        self._warned_secrets = False
 
     def __call__(self, entry: object) -> InputRef | None:
         if entry is None:
@@ -260,7 +264,15 @@ class _EntryResolver:
                 )
                 self._warned_credentials = True
             text = clean
-        return ref_from_uri(resolve_uri(text, self.base_dir))
+        ref = ref_from_uri(resolve_uri(text, self.base_dir))
+        shown = redact_uri(ref.uri)
+        if ref.is_parquet_row or shown == ref.uri:
+            return ref
+        if not self._warned_secrets:
+            logger.info("manifest %s has entries with secret query values (e.g. %s): they are "
+                        "read as given and stored redacted", self.what, shown)
+            self._warned_secrets = True
+        return InputRef(uri=shown, read_uri=ref.uri)
 
     def finish(self) -> None:
         if self.skipped:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+from labeler.io.uris import redact_text
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
 from labeler.output import schema
 from labeler.output.failures import is_retryable
@@ -75,10 +76,11 @@ def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id
     """The row of an image that produced no labels, with its machine-readable ``reason``.
 
     ``file_name`` is the name relative to the image root (:mod:`labeler.output.names`);
-    the URI when not given.
+    the URI when not given. Credentials in ``detail`` (an error that quotes the URL it read)
+    are redacted.
     """
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
-                    detail=detail[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
+                    detail=redact_text(detail)[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
                     shard_id=shard_id, file_name=file_name or uri,
                     retryable=is_retryable(reason))
 

@@ -109,7 +109,8 @@ class Workers(Protocol):
     def ready(self, handle: Any) -> Any:
         """Send the first call, answered with ``{host, pid, device, categories}`` once loaded."""
 
-    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int) -> Any:
+    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str]) -> Any:
         """Send one shard (:meth:`labeler.runtime.shard.ShardProcessor.process`'s arguments)."""
 
     def wait(self, calls: list, timeout: float) -> list:
@@ -134,10 +135,13 @@ class Driver:
         stall_timeout: seconds a busy worker may go without a sign of life before it is killed
             and replaced (:mod:`labeler.runtime.liveness`); None: never (an executor that
             cannot stop a worker).
+        read_uris: the full URIs of input entries stored redacted (redacted -> full), handed to
+            the workers with each shard that has some, never written.
     """
 
     def __init__(self, workers: Workers, count: int, run: RunFolder, shard_ids: list[str],
-                 events: ShardEvents, stall_timeout: float | None = None) -> None:
+                 events: ShardEvents, stall_timeout: float | None = None,
+                 read_uris: dict[str, str] | None = None) -> None:
         self.workers = workers
         self.run_folder = run
         self.events = events
@@ -147,6 +151,7 @@ class Driver:
         self.report = ExecutionReport(workers=len(self.slots))
         self.output_uri = run.output.uri
         self.stall_timeout = stall_timeout
+        self.read_uris = read_uris or {}
         self.watch = StallWatch(run.output, stall_timeout) if stall_timeout else None
 
     def run(self) -> ExecutionReport:
@@ -201,9 +206,18 @@ class Driver:
         while self.scheduler.has_pending() and slot.shards_in_flight() < SHARDS_IN_FLIGHT_PER_WORKER:
             shard_id = self.scheduler.take()
             call = self.workers.process(slot.handle, self.output_uri, shard_id,
-                                        self.scheduler.attempt_of(shard_id))
+                                        self.scheduler.attempt_of(shard_id),
+                                        self._read_uris_of(shard_id))
             slot.calls.append((call, shard_id))
             self.calls[call] = slot
+
+    def _read_uris_of(self, shard_id: str) -> dict[str, str]:
+        """The full URIs of the shard's entries that are stored redacted (usually none)."""
+        if not self.read_uris:
+            return {}
+        entries = self.run_folder.read_manifest(shard_id)
+        return {entry["uri"]: self.read_uris[entry["uri"]] for entry in entries
+                if entry["uri"] in self.read_uris}
 
     def _settle(self, call: Any) -> None:
         slot = self.calls.get(call)

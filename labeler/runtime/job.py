@@ -83,18 +83,30 @@ EXECUTORS = {"ray": ray_executor.execute_shards, "local": local_executor.execute
 
 
 def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
-                   events: ShardEvents, storage_options: dict | None) -> ExecutionReport:
+                   events: ShardEvents, storage_options: dict | None,
+                   read_uris: dict[str, str] | None = None) -> ExecutionReport:
     """Process ``shard_ids`` with the job's executor; markers and failure records written."""
-    return EXECUTORS[config.executor](config, run, shard_ids, run_id, events, storage_options)
+    return EXECUTORS[config.executor](config, run, shard_ids, run_id, events, storage_options,
+                                      read_uris=read_uris)
 
 
-def input_items(config: JobConfig, storage_options: dict | None = None) -> Iterator[dict]:
+def input_items(config: JobConfig, storage_options: dict | None = None,
+                read_uris: dict[str, str] | None = None) -> Iterator[dict]:
     """The collection as plan items: ``{"uri", "ref"}`` per image, in order.
 
-    The input is checked now (it exists, its kind is known); listing itself stays lazy.
+    The input is checked now (it exists, its kind is known); listing itself stays lazy. Entries
+    whose URI holds secrets are listed redacted; with ``read_uris``, the full URI of each is
+    added to it as the items are consumed (redacted URI -> URI to read), in memory only.
     """
     refs = iter_inputs(config.input, storage_options=storage_options)
-    return ({"uri": ref.uri, "ref": ref.to_dict()} for ref in refs)
+
+    def items() -> Iterator[dict]:
+        for ref in refs:
+            if ref.read_uri is not None and read_uris is not None:
+                read_uris[ref.uri] = ref.read_uri
+            yield {"uri": ref.uri, "ref": ref.to_dict()}
+
+    return items()
 
 
 def run_job(config: JobConfig, storage_options: dict | None = None, progress: bool = True) -> RunSummary:
@@ -115,7 +127,8 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     preflight(config, storage_options)
     output = Folder(config.output, storage_options)
     try:
-        items = input_items(config, storage_options)
+        read_uris: dict[str, str] = {}  # secrets of the input's URIs: memory only, never stored
+        items = input_items(config, storage_options, read_uris)
         items = itertools.chain([next(items)], items)  # an empty input fails before any write
         image_root = folder_root(config.input, storage_options=storage_options)
     except InputError as error:
@@ -128,7 +141,7 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
             from None
     try:
         summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
-                                     storage_options, progress)
+                                     storage_options, progress, read_uris)
     finally:
         _release(lease)
     summary.seconds = time.perf_counter() - started
@@ -137,7 +150,8 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
 
 def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
                        items: Iterator[dict], image_root: str | None,
-                       storage_options: dict | None, progress: bool) -> RunSummary:
+                       storage_options: dict | None, progress: bool,
+                       read_uris: dict[str, str]) -> RunSummary:
     output = run.output
     try:
         resumed = run.claim(config, image_root=image_root)
@@ -166,9 +180,9 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         with events.logging_above_bar():
             if pending:
                 report = execute_shards(config, run, pending, _run_id(output), events,
-                                        storage_options)
+                                        storage_options, read_uris)
             if not report.failed:
-                _redo_damaged(config, run, shards, report, events, storage_options)
+                _redo_damaged(config, run, shards, report, events, storage_options, read_uris)
     except BaseException:
         events.close("interrupted")
         output.remove_temporary()  # the workers are gone: what they were writing is litter
@@ -231,7 +245,8 @@ def _redo_on_resume(run: RunFolder, shards: list[dict], done: set[str],
 
 
 def _redo_damaged(config: JobConfig, run: RunFolder, shards: list[dict], report: ExecutionReport,
-                  events: DriverProgress, storage_options: dict | None) -> None:
+                  events: DriverProgress, storage_options: dict | None,
+                  read_uris: dict[str, str]) -> None:
     """Hash every committed part before merging; redo the shards whose parts are damaged, once.
 
     A shard still damaged after its redo is recorded as failed (so nothing is merged).
@@ -243,7 +258,7 @@ def _redo_damaged(config: JobConfig, run: RunFolder, shards: list[dict], report:
         logger.warning("shard %s: %s, redoing", shard_id, problem)
         run.unmark_done(shard_id)
     again = execute_shards(config, run, list(damaged), _run_id(run.output), events,
-                           storage_options)
+                           storage_options, read_uris)
     report.done += again.done
     report.failed.update(again.failed)
     report.worker_deaths += again.worker_deaths

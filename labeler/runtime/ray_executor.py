@@ -216,7 +216,8 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
 
 def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
                    events: ShardEvents | None = None,
-                   storage_options: dict | None = None) -> ExecutionReport:
+                   storage_options: dict | None = None,
+                   read_uris: dict[str, str] | None = None) -> ExecutionReport:
     """Process ``shard_ids`` on Ray workers; write completion markers and failure records.
 
     Raises:
@@ -244,7 +245,8 @@ def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_
                     placement.workers, placement.num_gpus, placement.num_cpus,
                     placement.postprocess_threads, len(shard_ids))
         driver = Driver(RayWorkers(session.ray, make_worker), placement.workers, run, shard_ids,
-                        events or ShardEvents(), stall_timeout=config.stall_timeout)
+                        events or ShardEvents(), stall_timeout=config.stall_timeout,
+                        read_uris=read_uris)
         return driver.run()
 
 
@@ -266,8 +268,9 @@ class RayWorkers:
     def ready(self, handle: Any) -> Any:
         return handle.ready.remote()
 
-    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int) -> Any:
-        return handle.process.remote(output_uri, shard_id, attempt)
+    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str]) -> Any:
+        return handle.process.remote(output_uri, shard_id, attempt, read_uris)
 
     def wait(self, calls: list, timeout: float) -> list:
         ready, _ = self.ray.wait(calls, num_returns=1, timeout=timeout)

@@ -297,13 +297,18 @@ class ShardProcessor:
         """Stop the post-processing threads (after the last shard)."""
         self.pool.close()
 
-    def process(self, output: Folder, shard_id: str, attempt: int = 1) -> dict:
-        """Label one shard and commit its parts, stats and log. Returns the stats."""
+    def process(self, output: Folder, shard_id: str, attempt: int = 1,
+                read_uris: dict[str, str] | None = None) -> dict:
+        """Label one shard and commit its parts, stats and log. Returns the stats.
+
+        ``read_uris``: what to read for entries whose stored URI is redacted (redacted -> full
+        URI, held in memory only).
+        """
         run = RunFolder(output)
         with working_for(shard_id), capture_log(shard_id=shard_id) as log:
             logger.info("shard %s attempt %d on %s", shard_id, attempt, self.worker or "this process")
             try:
-                stats = self._process(run, shard_id)
+                stats = self._process(run, shard_id, read_uris or {})
                 stats["attempt"] = attempt
                 run.write_stats(shard_id, stats)
                 logger.info("shard %s: %d labeled, %d failed in %.1f s", shard_id,
@@ -319,7 +324,7 @@ class ShardProcessor:
         if self.life is not None:
             self.life.beat(run.output)
 
-    def _process(self, run: RunFolder, shard_id: str) -> dict:
+    def _process(self, run: RunFolder, shard_id: str, read_uris: dict[str, str]) -> dict:
         started, started_at = time.perf_counter(), time.time()
         self._beat(run)
         entries = run.read_manifest(shard_id)
@@ -330,7 +335,7 @@ class ShardProcessor:
 
         def produce() -> Iterator[Batch]:
             with working_for(shard_id):
-                yield from self._batches(entries, timings, lambda: self._beat(run))
+                yield from self._batches(entries, timings, lambda: self._beat(run), read_uris)
 
         try:
             with Prefetcher(produce) as batches:
@@ -384,11 +389,14 @@ class ShardProcessor:
             timings["encode"] += result.seconds
 
     # -- input (runs on the prefetch thread) ---------------------------------------------
-    def _batches(self, entries: list[dict], timings: dict,
-                 beat: Callable[[], None]) -> Iterator[Batch]:
+    def _batches(self, entries: list[dict], timings: dict, beat: Callable[[], None],
+                 read_uris: dict[str, str]) -> Iterator[Batch]:
         """Read and decode the shard's images in order, cut into batches of decoded images;
-        ``beat`` is called after each read (a sign of life)."""
+        ``beat`` is called after each read (a sign of life); ``read_uris``: what to read for
+        entries stored redacted."""
         refs = [InputRef.from_dict(e["ref"]) if "ref" in e else InputRef(uri=e["uri"]) for e in entries]
+        refs = [dataclasses.replace(ref, read_uri=read_uris[ref.uri]) if ref.uri in read_uris
+                else ref for ref in refs]
         refusals = [self.policy.refusal(ref) if self.policy else None for ref in refs]
         window = max(self.batch_size, 16)
         allowed = [ref for ref, refusal in zip(refs, refusals) if refusal is None]

@@ -57,12 +57,14 @@ class ShardWorker:
         """Where this worker runs and what it emits (answered once the model is loaded)."""
         return {**self.info, "categories": self.categories}
 
-    def process(self, output_uri: str, shard_id: str, attempt: int) -> dict:
-        """Label one shard of the run at ``output_uri``; commit parts, stats and log."""
+    def process(self, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str] | None = None) -> dict:
+        """Label one shard of the run at ``output_uri``; commit parts, stats and log.
+        ``read_uris``: the full URIs of its entries stored redacted (redacted -> full)."""
         output = self._outputs.get(output_uri)
         if output is None:
             output = self._outputs[output_uri] = Folder(output_uri, self.storage_options)
-        return self.processor.process(output, shard_id, attempt)
+        return self.processor.process(output, shard_id, attempt, read_uris)
 
     def close(self) -> None:
         """Stop the post-processing threads (a worker process that exits needs not call it)."""

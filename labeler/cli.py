@@ -22,6 +22,7 @@ from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
+from labeler.report.command import add_parser as add_report
 from labeler.runtime.dry_run import dry_run
 from labeler.runtime.job import run_job
 from labeler.runtime.status import describe_run
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     add_eval(commands)
     add_preview(commands)
+    add_report(commands)
     add_export(commands)
     add_slime(commands)
     add_diffews(commands)

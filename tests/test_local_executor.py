@@ -46,7 +46,8 @@ class ScriptedWorker:
     def ready(self) -> dict:
         return {"host": "here", "pid": 1, "device": "cpu", "categories": [{"id": 1, "name": "x"}]}
 
-    def process(self, output_uri: str, shard_id: str, attempt: int) -> dict:
+    def process(self, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str] | None = None) -> dict:
         assert output_uri == self.run.output.uri
         assert not self.run.is_done(shard_id), "the marker must come after the worker's commit"
         self.calls.append((shard_id, attempt))

@@ -25,6 +25,7 @@ from labeler.errors import UserError
 from labeler.io.uris import InputError, refuse_uri_credentials
 from labeler.methods.registry import get_method, method_flags, methods
 from labeler.methods.spec import MethodSpec
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.settings import Settings, describe_error, parse_settings
 
 #: A protocol name for ``allow_protocols``: ``s3``, ``https``, ``file``, ...
@@ -59,6 +60,8 @@ class JobConfig(Settings):
     cpus_per_worker: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     device: str | None = None
+    coco_max_annotations: int = Field(DEFAULT_MAX_ANNOTATIONS, ge=1)
+    """Above this many annotations the COCO output is split (``coco/part-NNNNN.json``)."""
     overwrite: bool = False
     stall_timeout: float = Field(900.0, gt=0)
     """Seconds a busy worker may go without a sign of life (an image read, a batch labeled)
@@ -75,8 +78,9 @@ class JobConfig(Settings):
     """Any failed image makes the run's exit status non-zero."""
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
-        "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size", "device",
-        "overwrite", "stall_timeout", "wait_lock", "retry_failed", "strict",
+        "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size",
+        "device", "coco_max_annotations", "overwrite", "stall_timeout", "wait_lock",
+        "retry_failed", "strict",
     )
 
     def __init__(self, **values: Any) -> None:

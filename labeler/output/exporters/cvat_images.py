@@ -21,7 +21,8 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from labeler.output.exporters.base import ExportContext, Exporter
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 ANNOTATIONS_FILE = "annotations.xml"
 #: decimals of the score attribute (CVAT's number attribute: min 0, max 1, this step)
@@ -82,7 +83,7 @@ class CvatImagesExporter(Exporter):
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         shapes = []
         for annotation in annotations:
-            mask = decode_mask(annotation)
+            mask = decode_mask(annotation["segmentation"])
             if not mask.any():
                 continue
             (left, top, width, height), runs = cvat_mask_rle(mask)

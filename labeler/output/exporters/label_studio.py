@@ -28,7 +28,8 @@ from xml.sax.saxutils import quoteattr
 from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
 from labeler.output.exporters.brush_rle import encode_brush_rle
 from labeler.output.exporters.polygons import mask_polygons, polygon_area, single_polygon
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 FROM_NAME = "label"
 TO_NAME = "image"
@@ -45,7 +46,7 @@ class LabelStudioExporter(Exporter):
         super().__init__(context)
         self.names = {c["id"]: c["name"] for c in context.categories}
         self.model_version = f"labeler-{context.info.get('method')}-{context.info.get('run_id')}"
-        self._tasks = JsonArrayWriter(context.out, "tasks.json")
+        self._tasks = JsonArrayWriter(self.open_file("tasks.json"))
         self._tasks.raw("[")
 
     def _url(self, image: ExportImage) -> str:
@@ -58,7 +59,7 @@ class LabelStudioExporter(Exporter):
 
     def _results(self, image: ExportImage, annotation: dict) -> list[dict]:
         """One ``polygonlabels`` result for the segment: its kept fragments as one polygon."""
-        fragments = mask_polygons(decode_mask(annotation), self.context.tolerance)
+        fragments = mask_polygons(decode_mask(annotation["segmentation"]), self.context.tolerance)
         if not fragments:
             return []
         areas = [polygon_area(fragment) for fragment in fragments]
@@ -110,7 +111,6 @@ class LabelStudioExporter(Exporter):
 
     def close(self) -> list[str]:
         self._tasks.raw("\n]\n")
-        self._tasks.close()
         labels = "".join(
             f"    <Label value={quoteattr(c['name'])}/>\n" for c in self.context.categories
         )
@@ -134,7 +134,7 @@ class LabelStudioBrushExporter(LabelStudioExporter):
             **self._result_base(image, annotation, str(annotation["id"])),
             "value": {
                 "format": "rle",
-                "rle": encode_brush_rle(decode_mask(annotation)),
+                "rle": encode_brush_rle(decode_mask(annotation["segmentation"])),
                 "brushlabels": [self.names[annotation["category_id"]]],
             },
         }]

@@ -191,8 +191,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     summary = run_job(config, progress=not args.no_progress)
     out = sys.stdout
+    done = "" if summary.complete else (
+        f"{len(summary.failed_shards)} of {summary.shards} shards failed, nothing merged; "
+        "the shards done hold ")
     out.write(
-        f"\n{summary.images} images: {summary.labeled} labeled, {summary.failed} failed; "
+        f"\n{done}{summary.images} images: {summary.labeled} labeled, {summary.failed} failed; "
         f"{summary.annotations} annotations; {summary.shards_processed} of {summary.shards} shards "
         f"processed in {summary.seconds:.1f} s"
         + (f" ({summary.images_per_second:.2f} images/s)" if summary.images_per_second else "")

@@ -317,6 +317,7 @@ def test_shard_failing_every_attempt_is_recorded_then_retried_by_a_rerun(
     assert summary.failed_shards[broken]["attempts"] == 3
     assert "JSONDecodeError" in summary.failed_shards[broken]["error"]
     assert summary.worker_deaths == 0 and summary.shards_processed == 1
+    assert (summary.images, summary.labeled) == (2, 2)  # what the done shard holds, not zeros
     assert not (output / "coco.json").exists()
     status = run_progress(str(output))
     assert status["state"] == "failed" and status["shards_failed"] == [broken]

@@ -115,8 +115,33 @@ def _utf8_key(text: str) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
+class SkippedEntries:
+    """Hidden files and folders (a name part starting with ``.``, ``..`` included) that a folder
+    walk skipped: how many, and the first few (a hidden folder counts once, its content unseen)."""
+
+    EXAMPLES = 5
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, path: str) -> None:
+        self.count += 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(path)
+
+    def describe(self) -> str:
+        """``N hidden files or folders skipped (e.g. a, b)``; empty when none were."""
+        if not self.count:
+            return ""
+        more = ", ..." if self.count > len(self.examples) else ""
+        return (f"{self.count} hidden files or folders skipped (names starting with '.', e.g. "
+                f"{', '.join(self.examples)}{more})")
+
+
 def _iter_s3_relative(
-    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool]
+    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
+    skipped: SkippedEntries,
 ) -> Iterator[str]:
     """Relative paths of the objects under ``root`` (``bucket/prefix``) whose name ``keep``
     accepts, page by page."""
@@ -138,7 +163,10 @@ def _iter_s3_relative(
                 continue  # folder marker
             relative = key[len(prefix) :]
             parts = relative.split("/")
-            if any(part.startswith(".") for part in parts) or not keep(parts[-1]):
+            if any(part.startswith(".") for part in parts):
+                skipped.add(relative)
+                continue
+            if not keep(parts[-1]):
                 continue
             current = _utf8_key(relative)
             if previous is not None and current < previous and not warned_order:
@@ -158,7 +186,8 @@ def _iter_s3_relative(
 
 
 def _sorted_children(
-    fs: Any, directory: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool]
+    fs: Any, directory: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
+    skipped: SkippedEntries,
 ) -> list[tuple[bytes, str, bool]]:
     """(sort key, path, is_dir) of the visible folders in ``directory`` and of its files whose
     name ``keep`` accepts."""
@@ -174,6 +203,7 @@ def _sorted_children(
             continue
         base = name.rsplit("/", 1)[-1]
         if base.startswith("."):
+            skipped.add(name)
             continue
         kind = entry.get("type")
         if local and entry.get("islink"):
@@ -190,13 +220,14 @@ def _sorted_children(
 
 
 def _iter_walk_relative(
-    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool]
+    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
+    skipped: SkippedEntries,
 ) -> Iterator[str]:
     """Relative paths of the files under ``root`` that ``keep`` accepts, depth first, in global
     byte order."""
     root = root.rstrip("/") or "/"
     prefix_len = len(root) if root == "/" else len(root) + 1
-    stack = [iter(_sorted_children(fs, root, retry, what, keep))]
+    stack = [iter(_sorted_children(fs, root, retry, what, keep, skipped))]
     while stack:
         try:
             _, name, is_dir = next(stack[-1])
@@ -204,28 +235,32 @@ def _iter_walk_relative(
             stack.pop()
             continue
         if is_dir:
-            stack.append(iter(_sorted_children(fs, name, retry, what, keep)))
+            stack.append(iter(_sorted_children(fs, name, retry, what, keep, skipped)))
         else:
             yield name[prefix_len:]
 
 
 def _iter_folder_uris(
-    fs: Any, root: str, clean_uri: str, retry: RetryPolicy, keep: Callable[[str], bool]
+    fs: Any, root: str, clean_uri: str, retry: RetryPolicy, keep: Callable[[str], bool],
+    skipped: SkippedEntries | None = None,
 ) -> Iterator[str]:
-    """URIs (in the form of ``clean_uri``) of the files under ``root`` that ``keep`` accepts."""
+    """URIs (in the form of ``clean_uri``) of the files under ``root`` that ``keep`` accepts;
+    hidden entries are counted in ``skipped``."""
     what = redact_uri(clean_uri)
     base = base_uri(clean_uri, fs, root)
+    skipped = skipped if skipped is not None else SkippedEntries()
     relatives = (
-        _iter_s3_relative(fs, root, retry, what, keep)
+        _iter_s3_relative(fs, root, retry, what, keep, skipped)
         if _is_s3(fs)
-        else _iter_walk_relative(fs, root, retry, what, keep)
+        else _iter_walk_relative(fs, root, retry, what, keep, skipped)
     )
     for relative in relatives:
         yield join_relative(base, relative)
 
 
-def _iter_folder(fs: Any, root: str, clean_uri: str, retry: RetryPolicy) -> Iterator[InputRef]:
-    for uri in _iter_folder_uris(fs, root, clean_uri, retry, has_image_extension):
+def _iter_folder(fs: Any, root: str, clean_uri: str, retry: RetryPolicy,
+                 skipped: SkippedEntries | None) -> Iterator[InputRef]:
+    for uri in _iter_folder_uris(fs, root, clean_uri, retry, has_image_extension, skipped):
         yield InputRef(uri=uri)
 
 
@@ -469,6 +504,7 @@ def iter_inputs(
     storage_options: dict[str, Any] | None = None,
     image_column: str | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    skipped: SkippedEntries | None = None,
 ) -> Iterator[InputRef]:
     """Enumerate the images of the collection named by ``uri``, streamed, in a fixed order.
 
@@ -482,6 +518,7 @@ def iter_inputs(
             for S3). Credentials embedded in ``uri`` are added to them.
         image_column: the struct column of a Parquet image file (default: detected).
         retry: backoff policy for transient listing/reading errors.
+        skipped: where a folder walk counts the hidden entries it skips (as it goes).
 
     Returns:
         An iterator of :class:`InputRef`; when it yields nothing it raises :class:`InputError`
@@ -498,7 +535,7 @@ def iter_inputs(
         raise InputError(f"input not found: {what}{relative_path_hint(clean)}", what)
     if kind == "directory":
         logger.info("enumerating folder %s", what)
-        return _ensure_nonempty(_iter_folder(fs, path, clean, retry), what)
+        return _ensure_nonempty(_iter_folder(fs, path, clean, retry, skipped), what)
     if kind != "file":
         raise InputError(f"input {what} is neither a file nor a folder ({kind})", what)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from labeler.config import JobConfig
 from labeler.errors import UserError
 from labeler.io.folders import Folder
-from labeler.io.listing import folder_root, iter_inputs
+from labeler.io.listing import SkippedEntries, folder_root, iter_inputs
 from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
@@ -37,6 +37,7 @@ from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
 from labeler.runtime.run_folder import RunFolder
+from labeler.runtime.status import done_shard_totals
 
 logger = logging.getLogger(__name__)
 
@@ -90,20 +91,31 @@ def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_
                                       read_uris=read_uris)
 
 
+@dataclass
+class InputFacts:
+    """What listing the input told the driver beside the items, filled as they are consumed."""
+
+    read_uris: dict[str, str] = field(default_factory=dict)
+    """The full URIs of entries stored redacted (redacted -> full): in memory only."""
+    skipped: SkippedEntries = field(default_factory=SkippedEntries)
+    """The hidden files and folders a folder walk skipped."""
+
+
 def input_items(config: JobConfig, storage_options: dict | None = None,
-                read_uris: dict[str, str] | None = None) -> Iterator[dict]:
+                facts: InputFacts | None = None) -> Iterator[dict]:
     """The collection as plan items: ``{"uri", "ref"}`` per image, in order.
 
     The input is checked now (it exists, its kind is known); listing itself stays lazy. Entries
-    whose URI holds secrets are listed redacted; with ``read_uris``, the full URI of each is
-    added to it as the items are consumed (redacted URI -> URI to read), in memory only.
+    whose URI holds secrets are listed redacted; with ``facts``, the full URI of each and the
+    hidden entries skipped are recorded there as the items are consumed.
     """
-    refs = iter_inputs(config.input, storage_options=storage_options)
+    facts = facts if facts is not None else InputFacts()
+    refs = iter_inputs(config.input, storage_options=storage_options, skipped=facts.skipped)
 
     def items() -> Iterator[dict]:
         for ref in refs:
-            if ref.read_uri is not None and read_uris is not None:
-                read_uris[ref.uri] = ref.read_uri
+            if ref.read_uri is not None:
+                facts.read_uris[ref.uri] = ref.read_uri
             yield {"uri": ref.uri, "ref": ref.to_dict()}
 
     return items()
@@ -127,8 +139,8 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     preflight(config, storage_options)
     output = Folder(config.output, storage_options)
     try:
-        read_uris: dict[str, str] = {}  # secrets of the input's URIs: memory only, never stored
-        items = input_items(config, storage_options, read_uris)
+        facts = InputFacts()  # the secrets of the input's URIs stay in memory, never stored
+        items = input_items(config, storage_options, facts)
         items = itertools.chain([next(items)], items)  # an empty input fails before any write
         image_root = folder_root(config.input, storage_options=storage_options)
     except InputError as error:
@@ -141,7 +153,7 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
             from None
     try:
         summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
-                                     storage_options, progress, read_uris)
+                                     storage_options, progress, facts)
     finally:
         _release(lease)
     summary.seconds = time.perf_counter() - started
@@ -151,7 +163,7 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
 def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
                        items: Iterator[dict], image_root: str | None,
                        storage_options: dict | None, progress: bool,
-                       read_uris: dict[str, str]) -> RunSummary:
+                       facts: InputFacts) -> RunSummary:
     output = run.output
     try:
         resumed = run.claim(config, image_root=image_root)
@@ -169,9 +181,13 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     done -= set(_redo_on_resume(run, shards, done, config.retry_failed))
     pending = [shard["shard_id"] for shard in shards if shard["shard_id"] not in done]
     logger.info(
-        "%s: %d images in %d shards, %d to do",
+        "%s: %d images in %d shards, %d to do%s",
         "resuming" if resumed else "starting", plan["n_images"], len(shard_ids), len(pending),
+        f"; {facts.skipped.describe()}" if facts.skipped.count else "",
     )
+    listing = {"hidden_skipped": facts.skipped.count, "hidden_examples": facts.skipped.examples}
+    if listing != run.read_listing():  # a finished output on read-only storage stays unwritten
+        run.write_listing(listing)
     events = DriverProgress(run, plan["n_images"],
                             [shard for shard in shards if shard["shard_id"] not in done],
                             enabled=progress)
@@ -180,9 +196,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         with events.logging_above_bar():
             if pending:
                 report = execute_shards(config, run, pending, _run_id(output), events,
-                                        storage_options, read_uris)
+                                        storage_options, facts.read_uris)
             if not report.failed:
-                _redo_damaged(config, run, shards, report, events, storage_options, read_uris)
+                _redo_damaged(config, run, shards, report, events, storage_options,
+                              facts.read_uris)
     except BaseException:
         events.close("interrupted")
         output.remove_temporary()  # the workers are gone: what they were writing is litter
@@ -205,6 +222,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
                                    config.coco_max_annotations)
             record_merge(output, shard_ids, counts,
                          {"coco_max_annotations": config.coco_max_annotations})
+    else:  # nothing merged: say what the shards that are done hold
+        totals = done_shard_totals(run, shards, run.done_shards())
+        counts = {key: totals[key] for key in
+                  ("images", "labeled", "failed", "annotations", "failure_reasons")}
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,

@@ -17,6 +17,7 @@ Layout::
     run/lease.json                  the driver holding the output (labeler.runtime.lease)
     run/alive/<worker>.json         a worker's signs of life (labeler.runtime.liveness)
     run/stalled/<shard>.json        a shard whose worker stalled and was replaced
+    run/listing.json                what the last listing of the input skipped (hidden entries)
 
 A crash at any point leaves no marker, so the shard is redone, and its parts are keyed by the
 shard id, so the redo overwrites them. A done shard whose parts no longer match their recorded
@@ -206,6 +207,14 @@ class RunFolder:
     def read_categories(self) -> list[dict] | None:
         path = parts.RUN_CATEGORIES
         return self.output.read_json(path) if self.output.exists(path) else None
+
+    def write_listing(self, facts: dict) -> None:
+        """What the last listing of the input skipped (``hidden_skipped``, ``hidden_examples``)."""
+        self.output.write_json("run/listing.json", facts)
+
+    def read_listing(self) -> dict:
+        path = "run/listing.json"
+        return self.output.read_json(path) if self.output.exists(path) else {}
 
     def write_progress(self, progress: dict) -> None:
         """One attempt, no retry: a heartbeat must never hold up the driver."""

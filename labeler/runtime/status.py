@@ -43,21 +43,8 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
         return {"state": "planning" if driver_live else "interrupted", "shards_total": None}
     plan = run.read_plan()
     done = run.done_shards()
-    reasons: dict[str, int] = {}
-    labeled = failed = annotations = 0
-    seconds = 0.0
-    images_done = 0
-    for shard in plan["shards"]:
-        if shard["shard_id"] not in done:
-            continue
-        stats = run.read_stats(shard["shard_id"]) or {}
-        images_done += shard["n_images"]
-        labeled += stats.get("labeled", 0)
-        failed += stats.get("failed", 0)
-        annotations += stats.get("annotations", 0)
-        seconds += stats.get("seconds", 0.0)
-        for reason, count in stats.get("failure_reasons", {}).items():
-            reasons[reason] = reasons.get(reason, 0) + count
+    totals = done_shard_totals(run, plan["shards"], done)
+    seconds = totals["seconds"]
     failed_shards = run.failed_shards()
     heartbeat = run.read_progress() or {}
     damaged = damaged_shards(run, plan["shards"], done, depth=DIGESTS if deep else STAMPS)
@@ -71,20 +58,39 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
         "damaged_shards": damaged,
         "damaged_outputs": damaged_outputs,
         "stalled_shards": run.stalled_shards(),
+        "listing": run.read_listing(),
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),
         "done_shard_ids": sorted(done),
         "shards_failed": sorted(failed_shards),
         "shard_errors": {shard: _last_line(f.get("error")) for shard, f in failed_shards.items()},
         "images_total": plan["n_images"],
-        "images_done": images_done,
-        "labeled": labeled,
-        "failed": failed,
-        "annotations": annotations,
-        "failure_reasons": dict(sorted(reasons.items(), key=lambda item: -item[1])),
-        "images_per_second_per_worker": images_done / seconds if seconds else None,
+        "images_done": totals["images"],
+        "labeled": totals["labeled"],
+        "failed": totals["failed"],
+        "annotations": totals["annotations"],
+        "failure_reasons": totals["failure_reasons"],
+        "images_per_second_per_worker": totals["images"] / seconds if seconds else None,
         "driver": heartbeat or None,
     }
+
+
+def done_shard_totals(run: RunFolder, shards: list[dict], done: set[str]) -> dict:
+    """What the done shards hold, from their stats: ``images``, ``labeled``, ``failed``,
+    ``annotations``, ``seconds`` (worker time) and ``failure_reasons`` (most frequent first)."""
+    totals = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "seconds": 0.0}
+    reasons: dict[str, int] = {}
+    for shard in shards:
+        if shard["shard_id"] not in done:
+            continue
+        stats = run.read_stats(shard["shard_id"]) or {}
+        totals["images"] += shard["n_images"]
+        for key in ("labeled", "failed", "annotations", "seconds"):
+            totals[key] += stats.get(key, 0)
+        for reason, count in stats.get("failure_reasons", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    totals["failure_reasons"] = dict(sorted(reasons.items(), key=lambda item: -item[1]))
+    return totals
 
 
 def _state(driver_live: bool, leased: bool, complete: bool, damaged: dict,
@@ -136,6 +142,10 @@ def describe_run(output_uri: str, storage_options: dict | None = None, deep: boo
         )
     if progress["images_per_second_per_worker"]:
         lines.append(f"  throughput  {progress['images_per_second_per_worker']:.2f} images/s per worker")
+    listing = progress["listing"]
+    if listing.get("hidden_skipped"):
+        lines.append(f"  skipped  {listing['hidden_skipped']} hidden files or folders in the input "
+                     f"(names starting with '.', e.g. {', '.join(listing['hidden_examples'])})")
     for reason, count in progress["failure_reasons"].items():
         lines.append(f"  failed: {reason}  {count}")
     for shard_id, error in progress["shard_errors"].items():

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from labeler.config import JobConfig, build_config, load_job_file
+from labeler.errors import UserError
 from labeler.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, pil_to_rgb
 from labeler.io.reading import read_image_bytes
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
@@ -172,7 +173,7 @@ class Labeler:
             if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
                 image.ndim == 3 and image.shape[2] not in (3, 4)
             ):
-                raise ValueError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
+                raise UserError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
                                  f"got {image.dtype} {image.shape}")
             return pil_to_rgb(Image.fromarray(image))
         if isinstance(image, str | Path):
@@ -199,7 +200,7 @@ class Labeler:
                 records it) and the stream goes on; ``raise``: its error is raised.
         """
         if errors not in ("record", "raise"):
-            raise ValueError(f"errors must be 'record' or 'raise' (got {errors!r})")
+            raise UserError(f"errors must be 'record' or 'raise' (got {errors!r})")
         iterator = iter(images)
         categories = self.categories
         while chunk := list(islice(iterator, self.config.batch_size)):

@@ -16,7 +16,7 @@ from labeler.config import JobConfig, build_config, load_job_file
 from labeler.doctor import add_parser as add_doctor
 from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
-from labeler.io.uris import InputError, redact_text
+from labeler.io.uris import redact_text
 from labeler.methods.diffews.command import add_parser as add_diffews
 from labeler.methods.registry import method_flags, methods
 from labeler.methods.slime.command import add_parser as add_slime
@@ -242,18 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; re-run the same command to resume" if args.command in ("run", "submit") else ""
         sys.stderr.write(f"labeler: interrupted{hint}\n")
         return EXIT_INTERRUPTED
-    except (UserError, ValueError, OSError, RuntimeError, InputError) as error:
+    except UserError as error:  # anything else is a bug: its traceback, exit 1
         if args.verbose:
             raise
         sys.stderr.write(f"labeler: error: {one_line(error)}\n")
         return EXIT_USER_ERROR
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message; an OS error as what failed and where (no errno prefix)."""
-    if isinstance(error, OSError) and error.strerror:
-        where = f": {error.filename}" if error.filename else ""
-        return redact_text(f"{error.strerror.lower()}{where}")
+def one_line(error: UserError) -> str:
+    """The error's message, credentials redacted."""
     return redact_text(str(error).strip() or type(error).__name__)
 
 

@@ -23,6 +23,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
+from labeler.errors import UserError
 from labeler.io.uris import redact_uri
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
@@ -183,7 +184,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
         return default_dtype(device)
     if isinstance(dtype, str):
         if dtype not in DTYPE_NAMES:
-            raise ValueError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
+            raise UserError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
         return getattr(torch, dtype)
     return dtype
 

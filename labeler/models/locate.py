@@ -18,6 +18,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from labeler.errors import UserError
 from labeler.io.uris import redact_uri, relative_path_hint
 
 #: The built-in offline model (see :mod:`labeler.models.tiny.model`).
@@ -27,7 +28,7 @@ TINY = "tiny"
 HUB_TIMEOUT_SECONDS = 10.0
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """A model could not be found, downloaded or is not a Stable Diffusion checkpoint."""
 
 

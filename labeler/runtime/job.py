@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.errors import UserError
+from labeler.errors import StorageFaultError, UserError
 from labeler.io.folders import Folder
 from labeler.io.listing import folder_root, iter_inputs
+from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
@@ -89,10 +90,11 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
 
     Raises:
         UserError: bad settings, resources or input, refused before the output is touched and
-            before Ray starts (a ValueError, as is a changed configuration on resume).
+            before Ray starts (as is a changed configuration on resume).
         LeaseHeldError: another live driver holds the output (and ``config.wait_lock`` is false).
         LeaseLostError: another driver took the output over; nothing was merged.
-        RuntimeError: the workers cannot start.
+        StorageFaultError: the output's storage refuses writes (full, read-only, no permission).
+        WorkersCannotStartError: the workers cannot start.
     """
     started = time.perf_counter()
     preflight(config, storage_options)
@@ -112,6 +114,11 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     try:
         summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
                                      storage_options, progress)
+    except OSError as error:
+        fault = disk_fault(error)
+        if fault is None:
+            raise
+        raise StorageFaultError(describe_disk_fault(fault)) from error
     finally:
         _release(lease)
     summary.seconds = time.perf_counter() - started

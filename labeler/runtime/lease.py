@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 
 logger = logging.getLogger(__name__)
@@ -43,11 +44,11 @@ HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 60.0
 
 
-class LeaseHeldError(RuntimeError):
+class LeaseHeldError(UserError):
     """Another live driver holds the output."""
 
 
-class LeaseLostError(RuntimeError):
+class LeaseLostError(UserError):
     """This driver's lease was taken over (its heartbeat went stale, or a concurrent writer won)."""
 
 

@@ -10,6 +10,7 @@ Every done shard's parts are checked against their recorded digests
 
 from __future__ import annotations
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.runtime.integrity import damaged_shards
 from labeler.runtime.lease import lease_is_live, read_lease
@@ -27,7 +28,7 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
     output = Folder(output_uri, storage_options)
     run = RunFolder(output)
     if not output.exists("run/config.json"):
-        raise ValueError(f"{output_uri} holds no labeler run")
+        raise UserError(f"{output_uri} holds no labeler run")
     lease = read_lease(output)
     driver_live = lease is not None and lease_is_live(lease)
     if not run.has_plan():

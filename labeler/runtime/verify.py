@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_util
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.output import schema
 from labeler.output.merge import coco_annotation
@@ -41,7 +42,7 @@ def verify_output(output_uri: str, storage_options: dict | None = None) -> list[
     output = Folder(output_uri, storage_options)
     run = RunFolder(output)
     if not output.exists("run/config.json") or not run.has_plan():
-        raise ValueError(f"{output_uri} holds no planned labeler run")
+        raise UserError(f"{output_uri} holds no planned labeler run")
     shards = run.read_plan()["shards"]
     problems: list[str] = []
     done = run.done_shards()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.errors import UserError
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.attention import KVFusion, SupportBank
 from labeler.methods.preprocess import images_to_model_input
@@ -75,7 +76,7 @@ def class_supports(samples: list[AnnotatedImage], classes: tuple[str, ...]) -> l
                     digest.update(repr(array.shape).encode())
                     digest.update(np.ascontiguousarray(array).tobytes())
         if not images:
-            raise ValueError(
+            raise UserError(
                 f"class {name!r} (value {index}) has no pixel in any support mask: every class "
                 "needs at least one annotated example"
             )

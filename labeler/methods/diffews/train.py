@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.errors import UserError
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
@@ -102,11 +103,11 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("steps", "accumulation", "max_shots", "save_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise UserError(f"{name} must be >= 1")
         if not 0 <= self.absent_share < 1:
-            raise ValueError(f"absent_share must be in [0, 1) (got {self.absent_share})")
+            raise UserError(f"absent_share must be in [0, 1) (got {self.absent_share})")
         if self.lr is not None and self.lr <= self.lr_end:
-            raise ValueError(f"lr must be > lr_end ({self.lr_end})")
+            raise UserError(f"lr must be > lr_end ({self.lr_end})")
 
 
 @dataclass
@@ -311,7 +312,7 @@ def _check_resume(output: Path, record: dict) -> None:
     keep = {k: v for k, v in record["settings"].items() if k != "steps"}
     old_keep = {k: v for k, v in old["settings"].items() if k != "steps"}
     if old["model"] != record["model"] or old["classes"] != record["classes"] or old_keep != keep:
-        raise ValueError(
+        raise UserError(
             f"{output} holds a training run with other settings ({path}); use a new --output "
             "or the same settings (only --steps may change)"
         )

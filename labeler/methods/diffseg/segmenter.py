@@ -11,6 +11,7 @@ import torch
 from labeler.attention.capture import ResolutionMeanSink, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
+from labeler.errors import UserError
 from labeler.methods.base import ImageLabels
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.diffseg.algorithm import (
@@ -55,7 +56,7 @@ class DiffSeg:
         self.device = backbone.device
         self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
         if not self.layers:
-            raise ValueError(f"model {backbone.name} has no self-attention layers")
+            raise UserError(f"model {backbone.name} has no self-attention layers")
         self.sink = ResolutionMeanSink()
         self.hooks = AttentionHooks(
             backbone.unet, capturing_processors({layer.key: self.sink for layer in self.layers})

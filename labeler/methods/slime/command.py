@@ -21,6 +21,8 @@ import logging
 import sys
 from typing import Any
 
+from labeler.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
@@ -134,7 +136,7 @@ def _refuse_existing(uri: str, overwrite: bool) -> None:
 
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.exists(path) and not overwrite:
-        raise ValueError(f"{uri} exists; pass --overwrite to replace it")
+        raise UserError(f"{uri} exists; pass --overwrite to replace it")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -161,7 +163,7 @@ def _fit(args: argparse.Namespace) -> int:
     validation = None
     if args.val_images or args.val_masks:
         if not (args.val_images and args.val_masks):
-            raise ValueError("--val-images and --val-masks go together")
+            raise UserError("--val-images and --val-masks go together")
         validation = load_annotated(args.val_images, args.val_masks, len(classes))
         settings = dataclasses.replace(settings, select_best=True)  # validation images imply it
     model = args.model or DEFAULT_MODEL

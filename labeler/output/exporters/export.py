@@ -11,6 +11,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.reading import read_image_bytes
 from labeler.io.refs import ref_from_uri
@@ -67,17 +68,17 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
             for a remote export or non-local images, or ``output`` not a finished output.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+        raise UserError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
     if images not in IMAGE_MODES:
-        raise ValueError(f"--images must be one of {', '.join(IMAGE_MODES)} (got {images!r})")
+        raise UserError(f"--images must be one of {', '.join(IMAGE_MODES)} (got {images!r})")
     if tolerance < 0:
-        raise ValueError(f"--tolerance must be >= 0 (got {tolerance})")
+        raise UserError(f"--tolerance must be >= 0 (got {tolerance})")
     filters = filters or ExportFilters()
     source = OutputSource(output, storage_options)
     filters.check_classes([c["name"] for c in source.categories])
     target = Folder(out, storage_options)
     if images == "link" and not target.is_local:
-        raise ValueError("--images link needs a local --out folder")
+        raise UserError("--images link needs a local --out folder")
     info = {**_info(source), "exported_as": fmt}
     exporter_class = FORMATS[fmt]
     images_dir = None if images == "none" else exporter_class.images_subdir
@@ -125,7 +126,7 @@ def _place(image: ExportImage, target: Folder, relative: str, mode: str,
         if mode == "link":
             ref = ref_from_uri(image.uri)
             if ref.is_parquet_row or "://" in image.uri and not image.uri.startswith("file://"):
-                raise ValueError("only local files can be linked (use --images copy)")
+                raise UserError("only local files can be linked (use --images copy)")
             path = target.path(relative)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.lexists(path):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.output.coco_json import coco_annotation
 from labeler.output.reader import OutputReader
@@ -59,7 +60,7 @@ class OutputSource:
         self.folder = Folder(uri, storage_options)
         for required in ("images.parquet", "coco.json", "run/config.json"):
             if not self.folder.exists(required):
-                raise ValueError(f"{uri} is not a finished labeler output (no {required})")
+                raise UserError(f"{uri} is not a finished labeler output (no {required})")
         self.config = self.folder.read_json("run/config.json")
         self.categories = self._categories()
 

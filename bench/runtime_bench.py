@@ -153,7 +153,7 @@ def child_merge_parts(work: Path, shards: int, per_shard: int, per_image: int) -
                     "category_name": "segment", "segmentation_counts": counts,
                     "segmentation_size": [384, 512], "area": area, "bbox": bbox, "iscrowd": 0,
                     "score": 0.5, "file_name": images[-1]["uri"], "method": "diffseg",
-                    "model": "tiny", "embedding_set": None, "run_id": "bench",
+                    "model": "tiny", "resource_digest": None, "run_id": "bench",
                 })
         for name, table_schema, rows in (("images.parquet", schema.IMAGES, images),
                                          ("annotations.parquet", schema.ANNOTATIONS, annotations)):

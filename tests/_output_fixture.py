@@ -120,7 +120,7 @@ def write_output(
                 id=ann_id, image_id=image_id, category_id=cat, category_name=names.get(cat, "?"),
                 segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
                 area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=score, file_name=uri,
-                method="fixture", model="fixture", embedding_set=None, run_id="fixture",
+                method="fixture", model="fixture", resource_digest=None, run_id="fixture",
             ))
             ann_id += 1
     for kind, rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import labeler.cli as cli
+from labeler import cli
 from labeler.errors import NotFoundError, StorageFaultError, UserError
 from labeler.eval.loading import EvalInputError
 from labeler.io.decode import ImageDecodeError
@@ -59,9 +59,9 @@ def test_the_command_line_shows_a_bug_with_its_traceback_and_exit_1(tmp_path):
               "def broken(output):\n    raise RuntimeError('injected bug')\n"
               "cli.describe_run = broken\n"
               f"sys.exit(cli.main(['status', {str(tmp_path)!r}]))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "RuntimeError: injected bug" in done.stderr
     done = subprocess.run([sys.executable, "-m", "labeler", "status", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

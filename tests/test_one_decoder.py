@@ -16,7 +16,7 @@ from PIL import Image
 from labeler.io.folders import Folder
 from labeler.io.listing import iter_inputs
 from labeler.methods.annotations import load_annotated
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.output import parts
 from labeler.output.merge import merge_outputs
 from labeler.output.rows import AnnotationRow, ImageRow
@@ -40,8 +40,8 @@ class RecordingSegmenter:
         self.timer = StageTimer()
         self.device = "cpu"
 
-    def provenance(self) -> dict:
-        return {"method": "test", "model": "none"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="test", model="none")
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         self.seen.extend(image.copy() for image in images)

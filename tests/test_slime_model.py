@@ -293,8 +293,8 @@ def test_label_at_original_resolution_with_background_unannotated(segmenter):
         {"id": 2, "name": "bottom-left", "supercategory": "slime"},
     ]
     provenance = segmenter.provenance()
-    assert provenance["method"] == "slime" and len(provenance["embedding_set"]) == 16
-    assert provenance["settings"]["patch_pixels"] == 100
+    assert provenance.method == "slime" and len(provenance.resource_digest) == 16
+    assert provenance.settings["patch_pixels"] == 100
 
 
 def test_predict_gives_class_indices_and_batches_agree(segmenter):

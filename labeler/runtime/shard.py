@@ -280,8 +280,8 @@ class ShardProcessor:
         self.worker = worker or {}
         self.category_names = {c["id"]: c["name"] for c in segmenter.categories}
         provenance = segmenter.provenance()
-        self.provenance = Provenance(method=provenance["method"], model=provenance["model"],
-                                     embedding_set=provenance.get("embedding_set"), run_id=run_id)
+        self.provenance = Provenance(method=provenance.method, model=provenance.model,
+                                     resource_digest=provenance.resource_digest, run_id=run_id)
         self.two_step = callable(getattr(segmenter, "label_raw", None)) and callable(
             getattr(segmenter, "finish", None))
         self.pool = PostProcessPool(postprocess_threads)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from pydantic import Field
 
-from labeler.methods.base import ImageLabels, compact_labels
+from labeler.methods.base import ImageLabels, MethodProvenance, compact_labels
 from labeler.methods.registry import register
 from labeler.methods.spec import MethodSpec
 from labeler.settings import Settings
@@ -41,8 +41,8 @@ class ToySegmenter:
         self.timer = StageTimer()
         self.device = "cpu"
 
-    def provenance(self) -> dict:
-        return {"method": "toy", "model": None, "settings": self.settings.to_dict()}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="toy", settings=self.settings.to_dict())
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """(H, W, 3) uint8 images -> label 0 dark, 1 bright (categories 1 and 2)."""

@@ -12,7 +12,7 @@ from labeler.attention.capture import ResolutionMeanSink, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.errors import UserError
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
@@ -67,12 +67,12 @@ class DiffSeg:
         """Give the UNet its original attention processors back."""
         self.hooks.restore()
 
-    def provenance(self) -> dict:
-        return {
-            "method": "diffseg",
-            "model": self.backbone.name,
-            "model_fingerprint": self.backbone.fingerprint,
-            "settings": {
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(
+            method="diffseg",
+            model=self.backbone.name,
+            model_fingerprint=self.backbone.fingerprint,
+            settings={
                 "timestep": self.timestep,
                 "kl_threshold": self.options.kl_threshold,
                 "iterations": self.options.iterations,
@@ -81,7 +81,7 @@ class DiffSeg:
                 "max_label_side": self.max_label_side,
                 "antialias": self.antialias,
             },
-        }
+        )
 
     def attention_maps(self, images: list[np.ndarray]) -> dict[int, torch.Tensor]:
         """Capture the per-resolution self-attention of one UNet pass.

@@ -207,11 +207,10 @@ def child_bare(work: Path, count: int, model: str, batch_size: int, kl: float) -
     from labeler.config import JobConfig
     from labeler.io.decode import decode_image
     from labeler.methods.diffseg.algorithm import DiffSegOptions
-    from labeler.methods.registry import build_segmenter
 
     config = JobConfig(input="-", output="-", model=model, batch_size=batch_size,
                        settings=DiffSegOptions(kl_threshold=kl))
-    segmenter = build_segmenter(config)
+    segmenter = config.build_segmenter()
     images = [decode_image(path.read_bytes()).pixels for path in _photos(work / "photos", count)]
     segmenter.label(images[:batch_size])  # warm-up
     started = time.perf_counter()

@@ -17,9 +17,7 @@ from labeler.doctor import add_parser as add_doctor
 from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
 from labeler.io.uris import redact_text
-from labeler.methods.diffews.command import add_parser as add_diffews
 from labeler.methods.registry import method_flags, methods
-from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
 from labeler.runtime.dry_run import dry_run
@@ -50,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(commands)
     add_preview(commands)
     add_export(commands)
-    add_slime(commands)
-    add_diffews(commands)
+    for spec in methods().values():  # a method's own commands: labeler slime fit, ...
+        if spec.commands is not None:
+            spec.commands(commands)
     add_cluster(commands)  # submit, logs, stop
     add_doctor(commands)
     return parser
@@ -61,7 +60,8 @@ RUN_DESCRIPTION = """\
 Label a collection: list the input, cut it into shards, label them on Ray workers, write COCO
 annotations (compressed RLE) as JSON and Parquet under --output. Re-running the same command
 resumes (finished shards are skipped, images added to the input are labeled). Flags override
-the job file; method settings go in the job file's [diffseg] or [slime] table."""
+the job file; method settings go in the job file's table of the method ([METHOD], listed
+below)."""
 
 
 def _default(name: str) -> str:
@@ -82,10 +82,9 @@ def _method_settings_help() -> str:
     """Each method's table with its defaults (from its settings model)."""
     lines = ["method settings (job file table, e.g. [diffseg] kl_threshold = 0.9):"]
     for spec in methods().values():
-        lines.append(f"  [{spec.name}]")
+        lines.append(f"  [{spec.name}]" + (f"  {spec.settings_note}" if spec.settings_note else ""))
         lines += [f"    {name} = {field.default!r}" for name, field in spec.settings.model_fields.items()
                   if not field.is_required()]
-    lines += ["  [slime] settings left out come from the embedding set; see README, SLiMe section"]
     return "\n".join(lines)
 
 

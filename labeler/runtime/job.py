@@ -282,7 +282,7 @@ def _run_id(output: Folder) -> str:
 
 def _categories_of(config: JobConfig) -> list[dict]:
     """The method's categories, known without loading a model."""
-    return config.spec.categories(config)
+    return config.spec.categories(config.settings)
 
 
 def _coco_info(config: JobConfig, output: Folder) -> dict:

@@ -30,12 +30,13 @@ def preflight(config: JobConfig, storage_options: dict | None = None) -> None:
     check_device(config.device, remote=config.address is not None)
     check_output(config.output, storage_options)
     check_output_outside_input(config.input, config.output)
-    for name in filter(None, [config.model_name, *config.spec.models(config)]):
+    context = config.method_context()
+    for name in filter(None, [context.model, *config.spec.models(context)]):
         try:
             locate_model(name, storage_options, remote=config.address is not None)
         except ModelLoadError as error:
             raise UserError(f"--model: {error}") from None
-    config.spec.check(config)
+    config.spec.check(context)
 
 
 def check_device(device: str | None, remote: bool = False) -> None:

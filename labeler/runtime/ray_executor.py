@@ -144,11 +144,10 @@ class LabelWorker:
 
     def __init__(self, config: JobConfig, run_id: str, storage_options: dict | None = None,
                  postprocess_threads: int = 1) -> None:
-        from labeler.methods.registry import build_segmenter
         from labeler.runtime.shard import ShardProcessor
 
         logging.getLogger("labeler").setLevel(logging.INFO)  # per-shard logs keep INFO records
-        segmenter = build_segmenter(config)
+        segmenter = config.build_segmenter()
         device = str(segmenter.device)
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.categories = segmenter.categories

@@ -25,11 +25,11 @@ from torch import Tensor
 
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
-from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
 from labeler.errors import UserError
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.preprocess import RESIZE_MODES
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities, mean_iou_present
+from labeler.methods.slime.capture import SlimeAttentionStore, slime_processors
 from labeler.methods.slime.data import AugmentSettings, augment, prepare
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,

@@ -12,7 +12,6 @@ from torch import Tensor
 
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
-from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
 from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.label_maps import resize_labels
@@ -25,6 +24,7 @@ from labeler.methods.slime.algorithm import (
     patch_timesteps,
     postprocess_patch,
 )
+from labeler.methods.slime.capture import SlimeAttentionStore, slime_processors
 from labeler.methods.slime.settings import REFERENCE_CANVAS, SlimeOptions
 
 

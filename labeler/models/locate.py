@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fsspec
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import model_info, snapshot_download
 from huggingface_hub.errors import (
@@ -19,7 +18,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from labeler.errors import UserError
-from labeler.io.uris import redact_uri, relative_path_hint
+from labeler.io.uris import open_fs, redact_uri, relative_path_hint
 
 #: The built-in offline model (see :mod:`labeler.models.tiny.model`).
 TINY = "tiny"
@@ -63,7 +62,7 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
         return "the built-in tiny model"
     markers = ("model_index.json", "unet") + (("config.json",) if component else ())
     if "://" in name and not name.startswith("file://"):
-        fs, root = fsspec.core.url_to_fs(name, **(storage_options or {}))
+        fs, root, _ = open_fs(name, storage_options)
         if not any(fs.exists(f"{root.rstrip('/')}/{marker}") for marker in markers):
             raise ModelLoadError(f"{redact_uri(name)} is not a diffusers model directory "
                                  f"(no {' or '.join(markers)})")

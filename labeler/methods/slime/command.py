@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from labeler.errors import UserError
+from labeler.io.listing import path_kind
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +133,7 @@ def parse_classes(text: str) -> tuple[str, ...]:
 
 
 def _refuse_existing(uri: str, overwrite: bool) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path) and not overwrite:
+    if not overwrite and path_kind(uri) is not None:
         raise UserError(f"{uri} exists; pass --overwrite to replace it")
 
 

@@ -23,13 +23,11 @@ import io
 import json
 import logging
 import pickle
-import posixpath
 import re
 import struct
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import fsspec
 import torch
 from diffusers import UNet2DConditionModel
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
@@ -39,6 +37,10 @@ from transformers import CLIPTextConfig
 
 from labeler.attention.layers import is_selector
 from labeler.errors import NotFoundError, UserError
+from labeler.io.files import write_file
+from labeler.io.folders import Folder
+from labeler.io.listing import path_kind
+from labeler.io.reading import read_file
 from labeler.io.uris import redact_uri
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS
 from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
@@ -196,10 +198,10 @@ class EmbeddingSet:
         return save({"embeddings": self.embeddings}, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
     def save(self, uri: str, storage_options: dict | None = None) -> str:
-        """Write the set to a local path or fsspec URI; returns its sha256 (16 hex)."""
+        """Write the set to a local path or fsspec URI (atomically, through :mod:`labeler.io`);
+        returns its sha256 (16 hex)."""
         data = self.to_bytes()
-        with fsspec.open(uri, "wb", **(storage_options or {})) as handle:
-            handle.write(data)
+        write_file(uri, data, storage_options)
         self.sha256 = file_digest(data)
         return self.sha256
 
@@ -256,8 +258,7 @@ class EmbeddingSet:
     def load(cls, uri: str, storage_options: dict | None = None) -> EmbeddingSet:
         """Read a set from a local path or fsspec URI."""
         try:
-            with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
-                data = handle.read()
+            data = read_file(uri, storage_options)
         except FileNotFoundError as error:
             raise NotFoundError(f"embedding set {redact_uri(uri)} does not exist") from error
         return cls.from_bytes(data, redact_uri(uri))
@@ -456,14 +457,14 @@ def read_official_embeddings(folder: str, storage_options: dict | None = None) -
     Raises:
         ValueError: no files, gaps in the numbering, wrong shapes or dtypes.
     """
-    fs, root = fsspec.core.url_to_fs(folder, **(storage_options or {}))
-    if not fs.isdir(root):
-        raise UserError(f"{folder} is not a folder of embedding_i.pth files")
+    if path_kind(folder, storage_options=storage_options) != "directory":
+        raise UserError(f"{redact_uri(folder)} is not a folder of embedding_i.pth files")
+    files = Folder(folder, storage_options)
     found = {}
-    for path in fs.ls(root, detail=False):
-        match = _OFFICIAL_NAME.match(posixpath.basename(path))
+    for name in files.list(""):
+        match = _OFFICIAL_NAME.match(name)
         if match:
-            found[int(match.group(1))] = path
+            found[int(match.group(1))] = name
     if not found:
         raise UserError(f"{folder} holds no embedding_i.pth files")
     if sorted(found) != list(range(len(found))):
@@ -471,7 +472,8 @@ def read_official_embeddings(folder: str, storage_options: dict | None = None) -
     rows = []
     for index in range(len(found)):
         try:
-            tensor = torch.load(io.BytesIO(fs.cat_file(found[index])), map_location="cpu", weights_only=True)
+            data = read_file(files.uri_of(found[index]), storage_options)
+            tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise UserError(
                 f"embedding_{index}.pth holds more than plain tensors; refused (read with "

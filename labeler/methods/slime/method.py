@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-import fsspec
-
 from labeler.errors import UserError
+from labeler.io.listing import path_kind
+from labeler.io.reading import read_file
 from labeler.io.uris import redact_uri, relative_path_hint
 from labeler.methods.slime.command import add_parser as add_commands
 from labeler.methods.slime.settings import SlimeOptions
@@ -47,8 +47,7 @@ def load_set(settings: SlimeSettings) -> EmbeddingSet:
     Raises:
         UserError: it does not exist or is not an embedding set.
     """
-    fs, path = fsspec.core.url_to_fs(settings.embeddings)
-    if not fs.isfile(path):
+    if path_kind(settings.embeddings) != "file":
         raise UserError(f"--embeddings: embedding set {redact_uri(settings.embeddings)} does not "
                         f"exist{relative_path_hint(settings.embeddings)}")
     # parsing needs torch: imported only once the cheap check (the file exists) has passed
@@ -65,8 +64,7 @@ def load_set(settings: SlimeSettings) -> EmbeddingSet:
 def set_sha256(uri: str) -> str:
     """The sha256 (64 hex digits) of the embedding set file's bytes."""
     try:
-        with fsspec.open(uri, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+        return hashlib.sha256(read_file(uri)).hexdigest()
     except FileNotFoundError:
         raise UserError(f"--embeddings: embedding set {redact_uri(uri)} does not exist") from None
 

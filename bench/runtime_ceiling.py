@@ -59,8 +59,8 @@ from labeler.io.folders import Folder
 from labeler.methods.base import ImageLabels, compact_resized_labels
 from labeler.methods.device_labels import RawLabels, _compact_on_device, device_step, finish_labels
 from labeler.output import rle
+from labeler.runtime.executor import SHARDS_IN_FLIGHT_PER_WORKER
 from labeler.runtime.plan import plan_run
-from labeler.runtime.ray_executor import SHARDS_IN_FLIGHT_PER_WORKER
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
 from labeler.timing import StageTimer

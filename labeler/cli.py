@@ -20,6 +20,7 @@ from labeler.io.uris import redact_text
 from labeler.methods.registry import method_flags, methods
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
+from labeler.report.command import add_parser as add_report
 from labeler.runtime.dry_run import dry_run
 from labeler.runtime.job import run_job
 from labeler.runtime.status import describe_run
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     add_eval(commands)
     add_preview(commands)
+    add_report(commands)
     add_export(commands)
     for spec in methods().values():  # a method's own commands: labeler slime fit, ...
         if spec.commands is not None:
@@ -57,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RUN_DESCRIPTION = """\
-Label a collection: list the input, cut it into shards, label them on Ray workers, write COCO
-annotations (compressed RLE) as JSON and Parquet under --output. Re-running the same command
-resumes (finished shards are skipped, images added to the input are labeled). Flags override
-the job file; method settings go in the job file's table of the method ([METHOD], listed
-below)."""
+Label a collection: list the input, cut it into shards, label them on Ray workers (or in this
+process with --executor local), write COCO annotations (compressed RLE) as JSON and Parquet
+under --output. Re-running the same command resumes (finished shards are skipped, images added
+to the input are labeled). Flags override the job file; method settings go in the job file's
+table of the method ([METHOD], listed below)."""
 
 
 def _default(name: str) -> str:
@@ -106,6 +108,9 @@ def _add_run(commands) -> None:
     for name, (method_flag, takers) in method_flags().items():
         run.add_argument(method_flag.option, dest=name, metavar=method_flag.metavar,
                          help=f"{method_flag.help} (--method {' or '.join(takers)})")
+    flag("--executor", "executor", "where shards run: ray (Ray workers on a local instance or the "
+         "cluster at --address) or local (this process, no Ray; same retries and resume)",
+         choices=["ray", "local"])
     flag("--address", "address", "Ray cluster address")
     flag("--workers", "workers", "number of model workers", type=int)
     flag("--gpus-per-worker", "gpus_per_worker", "GPUs per worker; 0 for CPU workers", type=float)
@@ -122,7 +127,9 @@ def _add_run(commands) -> None:
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="replace an existing output made with other settings (default: refuse)")
     run.add_argument("--wait-lock", action="store_true", default=None,
-                     help="wait while another driver holds the output (default: refuse)")
+                     help="wait while another driver holds the output and renews its lease; the "
+                          "wait is logged every minute and ends when the holder releases it or "
+                          "its renewals stop for 60 s (default: refuse)")
     run.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=None,
                      help="redo the shards holding images whose failure may heal: storage "
                           "errors, out of memory (default: on)")

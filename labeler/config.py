@@ -51,6 +51,9 @@ class JobConfig(Settings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     settings: SerializeAsAny[Settings]
     # scale and placement: may change between a run and its resume
+    executor: Literal["ray", "local"] = "ray"
+    """Where shards run: Ray workers (a local instance, or the cluster at ``address``), or this
+    process (``local``: no Ray; one machine, the same commit protocol and retries)."""
     address: str | None = None
     workers: int | None = Field(None, ge=1)
     gpus_per_worker: float | None = Field(None, ge=0)
@@ -60,14 +63,15 @@ class JobConfig(Settings):
     overwrite: bool = False
     # how this driver treats the output: never part of the fingerprint either
     wait_lock: bool = False
-    """Wait for another driver's lease on the output instead of refusing."""
+    """Wait for another driver's lease on the output instead of refusing: until it is released
+    or its renewals stop (:mod:`labeler.runtime.lease`)."""
     retry_failed: bool = True
     """Redo the shards holding failures that may heal (storage errors, out of memory)."""
     strict: bool = False
     """Any failed image makes the run's exit status non-zero."""
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
-        "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size", "device",
+        "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size", "device",
         "overwrite", "wait_lock", "retry_failed", "strict",
     )
 
@@ -82,6 +86,16 @@ class JobConfig(Settings):
     @classmethod
     def _method_table(cls, values: Any) -> Any:
         return route_method_settings(values) if isinstance(values, Mapping) else values
+
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> JobConfig:
+        if self.executor == "local":
+            for name in ("address", "gpus_per_worker"):
+                if getattr(self, name) is not None:
+                    option = "--" + name.replace("_", "-")
+                    raise ValueError(f"{option} places Ray workers; --executor local runs in this "
+                                     f"process (leave {option} out, or use --executor ray)")
+        return self
 
     @property
     def spec(self) -> MethodSpec:

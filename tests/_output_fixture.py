@@ -94,12 +94,15 @@ def classes_from_label_map(
 
 
 def write_output(
-    root: str, images: list[FixtureImage], categories: list[dict[str, Any]]
+    root: str, images: list[FixtureImage], categories: list[dict[str, Any]],
+    method: str = "fixture", relative_names: bool = False,
 ) -> dict[str, Any]:
     """Write sources under ``root/src`` and the output under ``root/out``; returns the COCO dict.
 
     The output is made as a run makes it: one shard's parts written with the real part writers
-    (``labeler.output.parts``), then merged by ``merge_outputs``.
+    (``labeler.output.parts``), then merged by ``merge_outputs``. With ``relative_names`` it is
+    a finished output as a folder input leaves it (``file_name`` relative to ``root/src``, the
+    image root, and ``run/config.json``), which ``labeler export`` and ``labeler report`` read.
     """
     out = root.rstrip("/") + "/out"
     names = {int(c["id"]): str(c["name"]) for c in categories}
@@ -113,19 +116,26 @@ def write_output(
         masks = [] if im.failed else im.masks
         image_rows.append(ImageRow(uri=uri, image_id=image_id, status=status, reason=im.failed,
                                    detail=None, width=w, height=h, n_annotations=len(masks),
-                                   shard_id=SHARD, file_name=uri))
+                                   shard_id=SHARD,
+                                   file_name=f"{im.name}.png" if relative_names else uri))
         for cat, mask, score in masks:
             segmentation = rle(mask)
             annotation_rows.append(AnnotationRow(
                 id=ann_id, image_id=image_id, category_id=cat, category_name=names.get(cat, "?"),
                 segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
                 area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=score, file_name=uri,
-                method="fixture", model="fixture", resource_digest=None, run_id="fixture",
+                method=method, model="fixture", resource_digest=None, run_id="fixture",
             ))
             ann_id += 1
     for kind, rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
         _write(out + "/" + parts.shard_part(SHARD, kind), parts.encode_part(kind, rows))
-    merge_outputs(Folder(out), [SHARD], categories, {"method": "fixture"})
+    info: dict[str, Any] = {"method": method}
+    if relative_names:
+        info.update(run_id="fixture-run", image_root=root.rstrip("/") + "/src")
+        Folder(out).write_json("run/config.json", {
+            "fingerprint": "fixture-run", "settings": {"method": method}, "created": None,
+            "labeler_version": "fixture", "image_root": info["image_root"]})
+    merge_outputs(Folder(out), [SHARD], categories, info)
     with fsspec.open(out + "/coco.json", "rb") as handle:
         return json.loads(handle.read())
 
@@ -165,3 +175,26 @@ def write_coco_gt(
         "categories": categories,
     }
     _write(uri, json.dumps(coco).encode())
+
+
+def write_review_output(root: str) -> dict[str, Any]:
+    """A finished SLiMe-like output (``root/out``, images in ``root/src``) for the export tests:
+    ``a.png`` with a ``cat`` mask holding a hole and a one-pixel fragment and a ``dog`` block,
+    ``b.png`` with one ``dog``, ``c.png`` labeled without masks, ``d.png`` failed."""
+    def pixels(seed: int, height: int, width: int) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+    ring = np.zeros((24, 32), bool)
+    ring[2:20, 2:20] = True
+    ring[8:12, 8:12] = False
+    ring[22, 30] = True
+    block = np.zeros((24, 32), bool)
+    block[4:10, 22:30] = True
+    small = np.zeros((16, 20), bool)
+    small[3:9, 3:17] = True
+    return write_output(root, [
+        FixtureImage("a", pixels(0, 24, 32), [(1, ring, 0.91), (2, block, 0.42)]),
+        FixtureImage("b", pixels(1, 16, 20), [(2, small, 0.7)]),
+        FixtureImage("c", pixels(2, 12, 12)),
+        FixtureImage("d", pixels(3, 12, 12), failed="decode_error"),
+    ], [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}], method="slime", relative_names=True)

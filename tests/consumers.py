@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from labeler.cli import main
@@ -108,6 +109,22 @@ def assert_same_masks(mine: list[np.ndarray], reference: list[np.ndarray]) -> No
         assert max(iou(m.astype(bool), theirs.astype(bool)) for m in mine) == 1.0
 
 
+def assert_polygon_regions(results: list[dict], masks: list[np.ndarray], name: str) -> None:
+    """Label Studio ``polygonlabels`` results of the review output's image ``name``
+    (:func:`tests._output_fixture.write_review_output`): one region per mask, each filled by
+    pycocotools equal to its mask without the one-pixel fragment of ``a.png``'s cat (below the
+    fragment minimum area)."""
+    assert len(results) == len(masks)
+    for result, mask in zip(results, masks):
+        height, width = mask.shape
+        points = (np.array(result["value"]["points"]) / 100.0 * [width, height]).ravel()
+        drawn = mask_utils.decode(mask_utils.frPyObjects([points.tolist()], height, width)[0])
+        expected = mask.copy()
+        if name == "a.png" and result["value"]["polygonlabels"] == ["cat"]:
+            expected[22, 30] = 0
+        assert iou(drawn.astype(bool), expected.astype(bool)) == 1.0
+
+
 def datumaro_masks(dataset) -> dict[str, tuple[tuple[int, int], list[np.ndarray]]]:
     """Datumaro item path -> (its image's (H, W) as Datumaro read it, its instance masks).
 
@@ -126,7 +143,8 @@ def datumaro_masks(dataset) -> dict[str, tuple[tuple[int, int], list[np.ndarray]
 
 
 def ultralytics_masks(data_yaml, tmp_path) -> tuple[dict, dict[str, list[np.ndarray]]]:
-    """What Ultralytics' checker and label parser read from a yolo-seg export (a subprocess)."""
+    """What Ultralytics' checker and label parser read from a yolo-seg export (a subprocess):
+    class names, and the masks per image (train and val; ``tmp_path/splits.json`` says which)."""
     run_isolated("ultralytics", "ultralytics_masks.py", str(data_yaml), str(tmp_path),
                  env={"YOLO_CONFIG_DIR": str(tmp_path), "YOLO_OFFLINE": "1"})
     names = json.loads((tmp_path / "names.json").read_text())

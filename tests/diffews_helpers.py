@@ -55,3 +55,25 @@ def run_cli(*args: str) -> tuple[int, str]:
 def image_rows(output: Path) -> dict[str, dict]:
     """The rows of ``output``'s images.parquet, by the image's file name."""
     return {row["uri"].rsplit("/", 1)[-1]: row for row in pq.read_table(output / "images.parquet").to_pylist()}
+
+
+def official_relative_decision(decoded: torch.Tensor, ratio: float = 0.25) -> torch.Tensor:
+    """The reference's relative decision, step by step as documented (diffews.md section 1.4):
+    the pipeline's seg path (clip, ``* 0.5 + 0.5``, ``* 255``, clip to [0, 255], numpy ``astype``
+    uint8, PIL image), then ``to_tensor`` (``/ 255`` in float32) and
+    ``mean over channels > max of the 3-channel tensor * r``.
+
+    Args:
+        decoded: (1, 3, H, W) VAE decoder output (batch 1, as the reference evaluates).
+
+    Returns:
+        (1, H, W) bool.
+    """
+    seg = torch.clip(decoded.float(), -1.0, 1.0) * 0.5 + 0.5
+    seg = seg * 255
+    levels = seg.clip(0, 255).numpy().astype(np.uint8)
+    image = Image.fromarray(levels[0].transpose(1, 2, 0))
+    read = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255)
+    threshold = read.max() * ratio
+    return read.mean(dim=1) > threshold
+

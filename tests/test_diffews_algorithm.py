@@ -8,12 +8,14 @@ from diffusers import DDIMScheduler
 
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
+    decided_soft_maps,
     foreground,
     mask_latent_from_output,
     resize_soft_maps,
     resolve_classes,
     soft_maps_from_decoded,
 )
+from tests.diffews_helpers import official_relative_decision
 
 
 def reference_scheduler() -> DDIMScheduler:
@@ -84,3 +86,28 @@ def test_soft_maps_are_resized_before_thresholding():
 def test_bad_rules_are_refused(bad):
     with pytest.raises(ValueError):
         DecisionRule(**bad)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_relative_rule_is_the_reference_decision_pixel_for_pixel(seed):
+    generator = torch.Generator().manual_seed(seed)
+    decoded = torch.rand(1, 3, 64, 64, generator=generator) * 2.4 - 1.2  # clipping included
+    decoded[0, :, 20:40] *= 0.3 * (seed + 1) / 8  # a dimmer band: pixels near the threshold
+    rule = DecisionRule("relative")
+    soft, peak = decided_soft_maps(decoded, rule)
+    assert torch.equal(foreground(soft, rule, peak), official_relative_decision(decoded))
+
+
+def test_the_reference_truncates_to_uint8_and_peaks_over_channels():
+    """Two pixels the float channel mean decides the other way: so the test above has teeth."""
+    decoded = torch.full((1, 3, 1, 3), -1.0)
+    decoded[0, 0, 0, 0] = 1.0  # peak pixel: red only; channel mean 1/3, 3-channel max 1
+    decoded[0, :, 0, 1] = 63.9 / 127.5 - 1.0  # level 63.9: mean 0.2506 > 0.25, truncated 63
+    decoded[0, 0, 0, 2] = 0.0  # channel mean 0.5 / 3 = 0.167: above 0.25 x (1/3), below 0.25 x 1
+    rule = DecisionRule("relative")
+    official = official_relative_decision(decoded)
+    assert official[0].tolist() == [[True, False, False]]
+    soft, peak = decided_soft_maps(decoded, rule)
+    assert torch.equal(foreground(soft, rule, peak), official)
+    float_mean = soft_maps_from_decoded(decoded)
+    assert foreground(float_mean, rule)[0].tolist() == [[True, True, True]]

@@ -8,6 +8,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from labeler.methods.annotations import AnnotatedImage
+from labeler.methods.diffews.algorithm import decode_mask_images
 from labeler.methods.diffews.attention import SupportBank, install_kv_fusion, self_attention_keys
 from labeler.methods.diffews.model import (
     DualInputConv,
@@ -26,7 +27,7 @@ from labeler.methods.diffews.support import (
 )
 from labeler.models.backbone import load_backbone
 from labeler.models.tiny.model import tiny_model_dir
-from tests.diffews_helpers import tiny_checkpoint
+from tests.diffews_helpers import official_relative_decision, tiny_checkpoint
 from tests.helpers import flat_regions_image
 
 SIZE = 256  # any multiple of 64 runs; smaller than the native 512 to keep the suite fast
@@ -178,11 +179,52 @@ def test_default_rule_gives_an_absent_class_no_annotation(model, monkeypatch, tm
     soft = torch.full((1, 2, SIZE, SIZE), 0.05)
     soft[0, 1, : SIZE // 2] = 0.9  # class b present in the top half
     soft[0, 0, SIZE // 2 :] = 0.35  # class a: above the pixel level, but its peak is too low
-    monkeypatch.setattr(segmenter, "soft_maps", lambda images: soft)
+    monkeypatch.setattr(segmenter, "soft_maps_and_peaks", lambda images: (soft, soft.amax(dim=(-2, -1))))
     labels = segmenter.label([np.zeros((60, 90, 3), np.uint8)])[0]
     assert labels.category_ids.tolist() == [2]
     assert labels.label_map.shape == (60, 90)
     assert (labels.label_map[:30] == 0).all() and (labels.label_map[30:] == -1).all()
+
+
+def test_relative_rule_labels_what_the_reference_decides(model, monkeypatch, tmp_path):
+    """Through ``DiffewS.label`` on the tiny checkpoint: at the model size the label map's
+    foreground is the reference's decision on the decoded mask image, pixel for pixel (the decoded
+    image darkened by a ramp, since the tiny decoder saturates)."""
+    from labeler.methods.diffews import segmenter as segmenter_module
+    from labeler.methods.diffews.segmenter import DiffewS
+    from labeler.methods.diffews.settings import DiffewsOptions
+
+    monkeypatch.setenv("LABELER_CACHE", str(tmp_path))
+    backbone, digest, _ = model
+    decoded = []
+
+    def recorded(vae, latents):  # the tiny decoder saturates: a ramp puts pixels on both sides
+        image = decode_mask_images(vae, latents)
+        decoded.append(image - torch.linspace(0.0, 2.2, image.shape[-1]))
+        return decoded[-1]
+
+    monkeypatch.setattr(segmenter_module, "decode_mask_images", recorded)
+    segmenter = DiffewS(backbone, digest, [_annotated("a", "halves", 0)], ("background", "a"),
+                        DiffewsOptions(input_size=SIZE, rule="relative", cache_banks=False))
+    query, _ = flat_regions_image(SIZE, SIZE, "quadrants")
+    labels = segmenter.label([query])[0]
+    expected = official_relative_decision(decoded[-1].cpu())[0].numpy()
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(labels.label_map >= 0, expected)
+
+
+def test_training_context_pads_with_the_references_exclamation_mark(labeler_cache):
+    """The reference's 77 training ids are [BOS, EOS] and 75 x "!" (id 0), whatever the
+    tokenizer's own pad token (tiny's, like SD 1.x's, is EOS)."""
+    backbone = load_backbone("tiny")
+    tokenizer = backbone.tokenizer
+    assert tokenizer.pad_token == "<|endoftext|>"
+    ids = torch.tensor([[tokenizer.bos_token_id, tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids("!")] * 75])
+    assert ids[0, 2] == 0
+    with torch.no_grad():
+        expected = backbone.text_encoder(ids)[0]
+    torch.testing.assert_close(empty_context(backbone, 77), expected.to(backbone.dtype))
+    torch.testing.assert_close(empty_context(backbone, 2), expected[:, :2].to(backbone.dtype))
 
 
 def test_loading_a_checkpoint_prints_no_warning_about_the_support_conv(checkpoint, capfd):

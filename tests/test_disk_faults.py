@@ -178,6 +178,16 @@ def test_a_full_disk_at_the_start_is_exit_2_in_one_line(photos, tiny_disk):
     assert code == 2 and err.count("\n") == 1, err
     assert "no space left on device" in err
     assert [p.name for p in tiny_disk.rglob("*") if ".tmp" in p.name] == []
+    assert not (tiny_disk / "labels" / "run" / "lease.json").exists()  # no lease to wedge on
+
+
+def test_after_a_full_disk_at_the_start_the_same_command_runs_once_freed(photos, tiny_disk):
+    _fill(tiny_disk)
+    assert run_cli(*_labels(photos, tiny_disk / "labels"))[0] == 2
+    (tiny_disk / "ballast").unlink()  # the event: the disk has room again
+    code, _, err = run_cli(*_labels(photos, tiny_disk / "labels"))
+    assert code == 0, err
+    assert run_cli("verify", str(tiny_disk / "labels"))[0] == 0
 
 
 def test_a_disk_filling_up_while_workers_commit_stops_the_run_at_once(photos, tiny_disk,

@@ -12,7 +12,8 @@ import itertools
 
 import pytest
 
-from labeler.runtime.ray_executor import ShardEvents, _Driver
+from labeler.runtime.executor import Driver, ShardEvents
+from labeler.runtime.ray_executor import RayWorkers
 
 
 class FakeRayError(Exception):
@@ -62,7 +63,7 @@ class FakeWorker:
 
 
 class FakeRay:
-    """Just enough of ``ray`` for :class:`_Driver`; a dead worker's calls fail first."""
+    """Just enough of ``ray`` for :class:`RayWorkers`; a dead worker's calls fail first."""
 
     exceptions = FakeExceptions
 
@@ -121,7 +122,7 @@ class FakeRunFolder:
 
 @pytest.fixture(autouse=True)
 def fast_heartbeat(monkeypatch):
-    monkeypatch.setattr("labeler.runtime.ray_executor.HEARTBEAT_SECONDS", 0.0)
+    monkeypatch.setattr("labeler.runtime.executor.HEARTBEAT_SECONDS", 0.0)
 
 
 def test_shards_of_a_lost_node_go_to_live_workers_not_to_a_pending_replacement():
@@ -143,7 +144,7 @@ def test_shards_of_a_lost_node_go_to_live_workers_not_to_a_pending_replacement()
     ray.on_shard_done = lose_node2_after_the_first_shard
     shards = [f"s{index}" for index in range(1, 7)]
     run = FakeRunFolder()
-    driver = _Driver(ray, make_worker, 2, run, shards, ShardEvents())
+    driver = Driver(RayWorkers(ray, make_worker), 2, run, shards, ShardEvents())
     report = driver.run()
 
     assert sorted(report.done) == shards and not report.failed

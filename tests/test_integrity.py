@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from labeler.cli import main
+from labeler.runtime import job as job_module
 from labeler.runtime.status import describe_run
 from tests.s3server import S3Server
 from tests.test_runtime_ray import (  # noqa: F401 - fixtures used by the tests below
@@ -117,6 +118,39 @@ def test_damaged_parts_are_redone_and_never_merged(reference, collection, tmp_pa
     assert_same_output(reference, output)
     assert main(["verify", str(output)]) == 0
     assert "sound" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncate images.parquet", "truncate coco.json",
+                                    "remove an annotations part", "rewrite coco.json"])
+def test_a_damaged_merged_output_is_reported_and_merged_again_without_relabelling(
+    reference, collection, tmp_path, capsys, monkeypatch, damage
+):
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    action, name = damage.split(" ", 1)
+    target = min((output / "annotations").iterdir()) if name == "an annotations part" \
+        else output / name
+    if action == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif action == "remove":
+        target.unlink()
+    else:  # same size, other bytes, written later: only the time tells
+        data = target.read_bytes()
+        target.write_bytes(data.replace(b'"iscrowd": 0', b'"iscrowd": 1', 1))
+        os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    relative = str(target.relative_to(output))
+    status = describe_run(str(output))
+    assert status.splitlines()[0].endswith("damaged"), status
+    assert f"damaged output {relative}" in status
+
+    monkeypatch.setattr(job_module, "execute_shards",
+                        lambda *a, **k: pytest.fail("relabelled a shard to heal a merged file"))
+    capsys.readouterr()
+    assert main(_run_args(str(collection), str(output))) == 0
+    assert describe_run(str(output)).splitlines()[0].endswith("complete")
+    assert main(["verify", str(output)]) == 0
+    assert_same_output(reference, output)
+    assert _tree(output)[relative] == _tree(reference)[relative]
 
 
 def test_verify_catches_a_flipped_bit_in_coco_json(reference, tmp_path, capsys):

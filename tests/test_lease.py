@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,6 +23,7 @@ from labeler.runtime.lease import (
     LeaseLostError,
     LeaseRecord,
     OutputLease,
+    inspect_lease,
     lease_is_live,
     read_lease,
 )
@@ -75,8 +79,19 @@ def test_dead_local_holder_is_taken_over_at_once(folder):
     lease.release()
 
 
+def _date_lease(folder: Folder, epoch: float) -> None:
+    """Set the lease's modification time, as the store's clock would have stamped it."""
+    if folder.is_local:
+        os.utime(folder.path(LEASE_PATH), (epoch, epoch))
+    else:
+        folder.fs.store[folder.path(LEASE_PATH)].modified = datetime.datetime.fromtimestamp(
+            epoch, tz=datetime.timezone.utc)
+    assert abs(folder.modified(LEASE_PATH) - epoch) < 1
+
+
 def test_stale_heartbeat_of_another_host_is_taken_over(folder):
-    _write_foreign_lease(folder, host="elsewhere", heartbeat=time.time() - 600)
+    _write_foreign_lease(folder, host="elsewhere")
+    _date_lease(folder, time.time() - 600)
     lease = OutputLease(folder, stale_seconds=60)
     lease.acquire()
     assert read_lease(folder).owner == lease.owner
@@ -95,13 +110,13 @@ def test_waiting_driver_gets_the_lease_once_released(folder, monkeypatch):
     first.acquire()
     seen_held = threading.Semaphore(0)
 
-    def counting_read(output):
-        record = read_lease(output)
-        if record is not None and record.owner == first.owner:
+    def counting_inspect(output):
+        state = inspect_lease(output)
+        if state.record is not None and state.record.owner == first.owner:
             seen_held.release()
-        return record
+        return state
 
-    monkeypatch.setattr(lease_module, "read_lease", counting_read)
+    monkeypatch.setattr(lease_module, "inspect_lease", counting_inspect)
     second = OutputLease(folder)
     waiter = threading.Thread(target=second.acquire, kwargs={"wait": True, "poll_seconds": 0.01})
     waiter.start()
@@ -147,3 +162,139 @@ def test_liveness_rules():
     assert not lease_is_live(live, stale_seconds=60, now=now + 61)
     remote = LeaseRecord("o", "elsewhere", 999999, "c", now, now)
     assert lease_is_live(remote, now=now)  # a remote pid cannot be checked: heartbeat only
+
+
+def test_store_clock_decides_the_age():
+    now = time.time()
+    record = LeaseRecord("o", "elsewhere", 1, "c", now, heartbeat=now + 3600)
+    assert not lease_is_live(record, stale_seconds=60, now=now, written=now - 600)
+    record = LeaseRecord("o", "elsewhere", 1, "c", now, heartbeat=now - 3600)
+    assert lease_is_live(record, stale_seconds=60, now=now, written=now - 5)
+
+
+# -- fault: an unreadable lease must not lock the output -----------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"\0\0\0", b"{not json", b'{"owner": "x"}', b"[1, 2]"])
+def test_an_unreadable_lease_is_taken_over_naming_the_file(folder, content, caplog):
+    folder.write_bytes(LEASE_PATH, content)
+    assert inspect_lease(folder).problem
+    lease = OutputLease(folder)
+    with caplog.at_level(logging.WARNING, logger="labeler.runtime.lease"):
+        lease.acquire()
+    try:
+        assert read_lease(folder).owner == lease.owner
+        assert folder.uri_of(LEASE_PATH) in caplog.text and "taking over" in caplog.text
+    finally:
+        lease.release()
+    assert not folder.exists(LEASE_PATH)
+
+
+def test_a_lease_that_cannot_be_written_leaves_nothing(tmp_path, monkeypatch):
+    folder = Folder(str(tmp_path / "out"))
+
+    def full_disk(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        OutputLease(folder).acquire()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    monkeypatch.undo()  # the disk has room again: the next driver is not locked out
+    lease = OutputLease(folder)
+    lease.acquire()
+    assert read_lease(folder).owner == lease.owner
+    lease.release()
+
+
+def test_without_hard_links_the_lease_is_created_exclusively(tmp_path, monkeypatch):
+    folder = Folder(str(tmp_path / "out"))
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = OutputLease(folder)
+    first.acquire()
+    try:
+        with pytest.raises(LeaseHeldError):
+            OutputLease(folder).acquire()
+    finally:
+        first.release()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+# -- fault: clock skew between hosts neither locks nor steals ------------------------------------
+
+
+def test_a_holder_clock_ahead_does_not_lock_the_output(folder):
+    """A dead holder whose clock ran an hour ahead: its heartbeat looks fresh for an hour."""
+    _write_foreign_lease(folder, host="elsewhere", heartbeat=time.time() + 3600)
+    _date_lease(folder, time.time() - 600)  # the store wrote it 10 minutes ago
+    lease = OutputLease(folder, stale_seconds=60)
+    lease.acquire()
+    assert read_lease(folder).owner == lease.owner
+    lease.release()
+
+
+def test_a_holder_clock_behind_is_not_robbed(folder):
+    """A live holder whose clock runs an hour behind: its heartbeat looks an hour old."""
+    _write_foreign_lease(folder, host="elsewhere", pid=123, heartbeat=time.time() - 3600)
+    with pytest.raises(LeaseHeldError, match="pid 123 on elsewhere"):
+        OutputLease(folder, stale_seconds=60).acquire()
+    assert read_lease(folder).owner == "someone-else"
+
+
+class _Ticks:
+    """A monotonic clock that advances one second per reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_waiter_takes_over_when_the_beats_stop_whatever_the_clocks(folder, caplog):
+    """The lease looks fresh by every clock (the store's is ahead of ours), but its beat
+    sequence never moves: the waiter reports its wait, then takes over."""
+    _write_foreign_lease(folder, host="elsewhere", pid=77, heartbeat=time.time() + 3600)
+    _date_lease(folder, time.time() + 3600)
+    clock = _Ticks()
+    lease = OutputLease(folder, stale_seconds=5, clock=clock)
+    with caplog.at_level(logging.INFO, logger="labeler.runtime.lease"):
+        lease.acquire(wait=True, poll_seconds=0)
+    try:
+        assert read_lease(folder).owner == lease.owner
+        assert "waiting 0 s so far for the lease" in caplog.text and "pid 77" in caplog.text
+        assert "beats stopped" in caplog.text
+        assert clock.now < 20  # decided by the sequence standing still, not by a timestamp
+    finally:
+        lease.release()
+
+
+def test_a_waiter_keeps_waiting_while_the_beats_go_on(folder, monkeypatch):
+    _write_foreign_lease(folder, host="elsewhere", pid=77)
+    beats = iter(range(1, 40))
+    real_inspect = lease_module.inspect_lease
+
+    released = []
+
+    def beating_holder(output):  # the holder renews between every two looks of the waiter
+        sequence = next(beats, None)
+        if sequence is not None:
+            _write_foreign_lease(output, host="elsewhere", pid=77, sequence=sequence)
+        elif not released:  # then releases it
+            released.append(output.remove(LEASE_PATH))
+        return real_inspect(output)
+
+    monkeypatch.setattr(lease_module, "inspect_lease", beating_holder)
+    clock = _Ticks()
+    lease = OutputLease(folder, stale_seconds=5, clock=clock)
+    lease.acquire(wait=True, poll_seconds=0)
+    try:
+        assert released  # it waited through every beat, then took the released lease
+        assert read_lease(folder).owner == lease.owner
+    finally:
+        lease.release()

@@ -162,7 +162,7 @@ def test_preview_of_a_parquet_of_bytes_input_shows_the_real_pixels(tmp_path: Pat
         id=4096, image_id=1, category_id=1, category_name="segment",
         segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
         area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=1.0, file_name="a.png",
-        method="test", model="none", embedding_set=None, run_id="test")]
+        method="test", model="none", resource_digest=None, run_id="test")]
     folder = Folder(str(out))
     for kind, table_rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
         folder.write_bytes(parts.shard_part(shard, kind), parts.encode_part(kind, table_rows))

@@ -10,8 +10,11 @@ caller's choice (:class:`labeler.io.retry.RetryPolicy` around the calls, as the 
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
 import logging
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -66,6 +69,45 @@ class Folder:
                 raise
         else:
             self.fs.pipe_file(target, data)
+
+    def write_bytes_exclusive(self, relative: str, data: bytes) -> bool:
+        """Publish ``data`` at ``relative`` whole, only when nothing is there (local folders).
+
+        The data is written under a temporary name, then hard-linked to ``relative``: the link
+        fails when ``relative`` exists, so of two writers one wins, and a write that fails (a full
+        disk) leaves nothing. Returns False when ``relative`` already existed.
+        """
+        if not self.is_local:
+            raise NotImplementedError("exclusive creation needs a local folder")
+        target = self.path(relative)
+        staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        try:
+            with open(staging, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(staging, target)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno not in _NO_HARD_LINKS:
+                raise
+            return _create_exclusive(target, data)
+        finally:
+            _discard(self.fs, staging)
+        return True
+
+    def modified(self, relative: str) -> float | None:
+        """When the store last wrote ``relative`` (epoch seconds, by the store's clock), or None
+        when the filesystem keeps no such time."""
+        try:
+            stamp = self.fs.modified(self.path(relative))
+        except (NotImplementedError, KeyError, AttributeError):
+            return None
+        if stamp.tzinfo is None:  # fsspec's convention: naive times are UTC
+            stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+        return stamp.timestamp()
 
     def write_json(self, relative: str, value) -> None:
         self.write_bytes(relative, json.dumps(value, indent=1, sort_keys=True).encode())
@@ -142,6 +184,25 @@ class AtomicWriter:
             raise
         if error_type is not None:
             _discard(self.folder.fs, staging)
+
+
+#: ``os.link`` errors of filesystems without hard links (FUSE mounts of object stores, SMB).
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _create_exclusive(target: str, data: bytes) -> bool:
+    """``O_EXCL`` creation for filesystems without hard links; a failed write removes the file."""
+    try:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        os.unlink(target)
+        raise
+    return True
 
 
 def _discard(fs, path: str) -> None:

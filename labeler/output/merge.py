@@ -3,7 +3,8 @@
 Steps: check that every shard of the plan has committed its parts, concatenate the image parts
 into ``images.parquet``, copy each annotation part to ``annotations/`` (plan order in the name),
 record the categories and COCO info (``run/output.json``), then stream ``coco.json`` from the
-shard parts (:mod:`labeler.output.coco_json`). Other formats are written from a finished output
+shard parts (:mod:`labeler.output.coco_json`) and the dataset card ``README.md``
+(:mod:`labeler.output.card`: ``datasets.load_dataset(OUTPUT)`` loads the tables). Other formats are written from a finished output
 by ``labeler export`` (:mod:`labeler.output.exporters`). Everything streams shard by shard,
 so memory stays bounded by one shard's annotations whatever the collection size.
 """
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from labeler.io.folders import Folder
 from labeler.output import parts, schema
+from labeler.output.card import write_dataset_card
 from labeler.output.coco_json import coco_annotation, write_coco_json
 from labeler.output.reader import OutputReader, OutputReadError, write_meta
 
@@ -48,6 +50,7 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
     counts["annotations"] = _merge_annotation_parts(output, shard_ids)
     write_meta(output, categories, info)
     write_coco_json(OutputReader.of_shards(output, shard_ids, categories, info), output)
+    write_dataset_card(output, categories, info, counts)
     return counts
 
 

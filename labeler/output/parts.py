@@ -9,6 +9,7 @@ Layout under ``OUTPUT/``::
     annotations/part-NNNNNN-<shard>.parquet    a byte copy of each shard's annotation part,
                                                NNNNNN = the shard's position in the plan
     coco.json                                  the default export (see labeler.output.exporters)
+    README.md                                  the dataset card (labeler.output.card)
 
 A part is one Parquet file holding one table with its schema; the runtime commits a shard's
 parts through its retrying run folder, the merge copies and concatenates them, readers and
@@ -35,8 +36,10 @@ RUN_CATEGORIES = "run/categories.json"
 MERGED_IMAGES = "images.parquet"
 MERGED_ANNOTATIONS_DIR = "annotations"
 COCO_JSON = "coco.json"
+#: The Hugging Face dataset card (``datasets.load_dataset(OUTPUT)``, :mod:`labeler.output.card`).
+DATASET_CARD = "README.md"
 #: The final outputs beside ``run/`` (what ``--overwrite`` removes with it).
-FINAL_OUTPUTS = (MERGED_ANNOTATIONS_DIR, COCO_JSON, MERGED_IMAGES)
+FINAL_OUTPUTS = (MERGED_ANNOTATIONS_DIR, COCO_JSON, MERGED_IMAGES, DATASET_CARD)
 
 
 @dataclass(frozen=True)

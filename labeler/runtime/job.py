@@ -1,4 +1,4 @@
-"""The driver of ``labeler run``: claim the output, plan, process pending shards on Ray, merge.
+"""The driver of ``labeler run``: claim the output, plan, process pending shards, merge.
 
 One driver per output: the driver holds the output's lease (:mod:`labeler.runtime.lease`) while
 it works. Re-running the same command resumes: completed shards (those with a marker under
@@ -6,9 +6,11 @@ it works. Re-running the same command resumes: completed shards (those with a ma
 the digests and counts in their stats: :mod:`labeler.runtime.integrity`) or they hold failures
 that may heal (``retry_failed``, :mod:`labeler.output.failures`): those are redone. Every part is
 hashed again before the merge. Images the input gained since the plan was made are appended as
-new shards (:func:`labeler.runtime.plan.extend_plan`). Shards run on Ray workers (:mod:`labeler.runtime.ray_executor`); a shard that keeps
-failing is recorded under ``run/failed/`` and the run then ends without merging, with a non-zero
-status, so a re-run retries exactly those shards.
+new shards (:func:`labeler.runtime.plan.extend_plan`). Shards run on Ray workers
+(:mod:`labeler.runtime.ray_executor`, the default) or in this process
+(:mod:`labeler.runtime.local_executor`, ``executor = "local"``); a shard that keeps failing is
+recorded under ``run/failed/`` and the run then ends without merging, with a non-zero status, so
+a re-run retries exactly those shards.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
+from labeler.runtime import local_executor, ray_executor
+from labeler.runtime.executor import ExecutionReport, ShardEvents
 from labeler.runtime.integrity import damaged_shards, retryable_failures
 from labeler.runtime.lease import LeaseHeldError, OutputLease
+from labeler.runtime.merge_record import record_merge, unchanged_merge
 from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
-from labeler.runtime.ray_executor import ExecutionReport, execute_shards
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,16 @@ class RunSummary:
         return not self.failed_shards
 
 
+#: ``executor`` -> how it runs shards (same driver loop, same commit protocol).
+EXECUTORS = {"ray": ray_executor.execute_shards, "local": local_executor.execute_shards}
+
+
+def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
+                   events: ShardEvents, storage_options: dict | None) -> ExecutionReport:
+    """Process ``shard_ids`` with the job's executor; markers and failure records written."""
+    return EXECUTORS[config.executor](config, run, shard_ids, run_id, events, storage_options)
+
+
 def input_items(config: JobConfig, storage_options: dict | None = None) -> Iterator[dict]:
     """The collection as plan items: ``{"uri", "ref"}`` per image, in order.
 
@@ -83,14 +97,15 @@ def input_items(config: JobConfig, storage_options: dict | None = None) -> Itera
 
 
 def run_job(config: JobConfig, storage_options: dict | None = None, progress: bool = True) -> RunSummary:
-    """Run (or resume) a labeling job: plan, label the pending shards on Ray workers, merge.
+    """Run (or resume) a labeling job: plan, label the pending shards (on Ray workers, or in
+    this process with ``executor = "local"``), merge.
 
     The driver holds the output's lease (:class:`~labeler.runtime.lease.OutputLease`) from before
     it touches the output (before ``--overwrite`` clears anything) until it returns or raises.
 
     Raises:
         UserError: bad settings, resources or input, refused before the output is touched and
-            before Ray starts (as is a changed configuration on resume).
+            before any worker starts (as is a changed configuration on resume).
         LeaseHeldError: another live driver holds the output (and ``config.wait_lock`` is false).
         LeaseLostError: another driver took the output over; nothing was merged.
         StorageFaultError: the output's storage refuses writes (full, read-only, no permission).
@@ -166,7 +181,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
         lease.check()  # another driver took over: merge nothing
-        merged = None if pending else _unchanged_merge(output, shard_ids)
+        merged, damage = (None, {}) if pending else unchanged_merge(output, shard_ids)
+        for relative, problem in damage.items():
+            logger.warning("%s: %s; merging again from the verified shard parts",
+                           output.uri_of(relative), problem)
         if merged is not None:  # nothing redone: the outputs stand (read-only storage works)
             logger.info("%s is complete and unchanged: outputs left as they are", output.uri)
             counts = merged
@@ -174,7 +192,7 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
             categories = report.categories or run.read_categories() or _categories_of(config)
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
             counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
-            output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts})
+            record_merge(output, shard_ids, counts)
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,
@@ -248,19 +266,6 @@ def _release(lease: OutputLease) -> None:
         lease.release()
     except Exception as error:  # noqa: BLE001 - a stale lease is taken over by the next driver
         logger.warning("could not remove the output lease: %s", error)
-
-
-#: What the last merge covered: its shard ids (in order) and its counts.
-MERGED_RECORD = "run/merged.json"
-_MERGE_OUTPUTS = ("coco.json", "images.parquet")
-
-
-def _unchanged_merge(output: Folder, shard_ids: list[str]) -> dict | None:
-    """The counts of the last merge when it covered exactly ``shard_ids`` and its outputs exist."""
-    if not output.exists(MERGED_RECORD) or not all(map(output.exists, _MERGE_OUTPUTS)):
-        return None
-    record = output.read_json(MERGED_RECORD)
-    return record["counts"] if record.get("shards") == shard_ids else None
 
 
 def _report_changes(changes: PlanChanges, output: str) -> None:

@@ -22,7 +22,7 @@ from typing import TextIO
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from labeler.runtime.ray_executor import ShardEvents
+from labeler.runtime.executor import ShardEvents
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)

@@ -254,7 +254,7 @@ class ShardProcessor:
     ahead or finishes its post-processing and commits.
 
     Args:
-        segmenter: built once per worker (see :func:`labeler.methods.registry.build_segmenter`).
+        segmenter: built once per worker (see :meth:`labeler.config.JobConfig.build_segmenter`).
             With ``label_raw``/``finish`` (:class:`labeler.methods.base.TwoStepSegmenter`) the
             host step runs on the pool; otherwise ``label`` runs on the model's thread and the
             pool encodes.

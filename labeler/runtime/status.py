@@ -3,9 +3,10 @@
 Works while a run is going (the driver's heartbeat, ``run/progress.json``, gives its current
 speed and ETA) and after it ended or was killed. Whether a driver is at work comes from the
 output's lease (:mod:`labeler.runtime.lease`): a lease whose holder ran on this host and whose pid
-is gone, or whose heartbeat is stale, means the driver is gone (``interrupted``) at once.
+is gone, or that the store last wrote too long ago, means the driver is gone (``interrupted``).
 Every done shard's parts are checked against their recorded digests
-(:mod:`labeler.runtime.integrity`); damaged ones are listed, and the run is not ``complete``.
+(:mod:`labeler.runtime.integrity`), and the merged files against the merge's record
+(:mod:`labeler.runtime.merge_record`); damaged ones are listed, and the run is not ``complete``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.runtime.integrity import damaged_shards
-from labeler.runtime.lease import lease_is_live, read_lease
+from labeler.runtime.lease import inspect_lease, state_is_live
+from labeler.runtime.merge_record import merge_damage, read_merge_record
 from labeler.runtime.run_folder import RunFolder
 
 
@@ -22,15 +24,16 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
 
     ``state`` is one of ``planning``, ``running`` (a live driver holds the lease),
     ``interrupted`` (no live driver, shards left), ``damaged`` (committed parts no longer match
-    their digests: ``damaged_shards``), ``failed`` (shards failed after their retries) or
+    their digests: ``damaged_shards``, or merged files no longer match the stamps the merge
+    recorded: ``damaged_outputs``), ``failed`` (shards failed after their retries) or
     ``complete``.
     """
     output = Folder(output_uri, storage_options)
     run = RunFolder(output)
     if not output.exists("run/config.json"):
         raise UserError(f"{output_uri} holds no labeler run")
-    lease = read_lease(output)
-    driver_live = lease is not None and lease_is_live(lease)
+    lease = inspect_lease(output)
+    driver_live = state_is_live(lease)
     if not run.has_plan():
         return {"state": "planning" if driver_live else "interrupted", "shards_total": None}
     plan = run.read_plan()
@@ -53,10 +56,15 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
     failed_shards = run.failed_shards()
     heartbeat = run.read_progress() or {}
     damaged = damaged_shards(run, plan["shards"], done)
-    complete = output.exists("coco.json") and len(done) == len(plan["shards"]) and not damaged
+    merged = read_merge_record(output)
+    damaged_outputs = merge_damage(output, merged) if merged is not None else {}
+    complete = (output.exists("coco.json") and len(done) == len(plan["shards"]) and not damaged
+                and not damaged_outputs)
     return {
-        "state": _state(driver_live, lease is not None, complete, damaged, failed_shards),
+        "state": _state(driver_live, lease.exists, complete, damaged or damaged_outputs,
+                        failed_shards),
         "damaged_shards": damaged,
+        "damaged_outputs": damaged_outputs,
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),
         "shards_failed": sorted(failed_shards),
@@ -128,6 +136,8 @@ def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
                      f"run/logs/{shard_id}.log)")
     for shard_id, problem in progress["damaged_shards"].items():
         lines.append(f"  damaged shard {shard_id}: {problem}")
+    for relative, problem in progress["damaged_outputs"].items():
+        lines.append(f"  damaged output {relative}: {problem} (re-running merges it again)")
     if progress["state"] in ("interrupted", "damaged"):
         lines.append("  no driver is running: re-run the same command to resume")
     elif progress["state"] == "failed":

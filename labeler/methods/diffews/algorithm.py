@@ -9,9 +9,12 @@ to [-1, 1], mapped to [0, 1] and averaged over channels: the soft map of the cla
 
 A soft map becomes a mask by one of two rules (:class:`DecisionRule`):
 
-- ``relative`` (the reference's, for parity): foreground iff ``m > ratio * max(m)`` with the max
-  taken per image (the reference takes it over its whole batch, which only matches at batch 1).
-  It always marks the brightest region, even when the class is absent.
+- ``relative`` (the reference's decision, pixel for pixel): the reference writes the decoded mask
+  as a uint8 RGB image (``(x * 0.5 + 0.5) * 255`` truncated) and reads it back as ``level / 255``;
+  a pixel is foreground iff the mean of its three channels is ``> ratio * peak``, the peak being
+  the max over all three channels of the image (:func:`reference_soft_maps`). The max is taken per
+  image (the reference takes it over its whole batch, which only matches at batch 1). It always
+  marks the brightest region, even when the class is absent.
 - ``absolute`` (the default): the class is present iff ``max(m) >= presence``, and then a pixel is
   foreground iff ``m > level``. A query without the class gets no annotation.
 
@@ -55,19 +58,47 @@ def soft_maps_from_decoded(decoded: Tensor) -> Tensor:
     return ((decoded.float().clamp(-1.0, 1.0) + 1.0) / 2.0).mean(dim=1)
 
 
-def decode_soft_maps(vae, mask_latents: Tensor) -> Tensor:
-    """VAE-decode mask latents into soft maps.
+def reference_soft_maps(decoded: Tensor) -> tuple[Tensor, Tensor]:
+    """Soft maps and peaks as the reference reads them from its uint8 mask image.
+
+    The reference clips to [-1, 1], computes ``(x * 0.5 + 0.5) * 255`` in float32, stores it as
+    uint8 (numpy truncation) and reads it back with ``to_tensor`` (``level / 255`` in float32); its
+    decision is ``mean over channels > ratio * max over the 3-channel tensor``.
+
+    Args:
+        decoded: (B, 3, H, W) VAE decoder output.
+
+    Returns:
+        soft (B, H, W) float32: the channel mean of the read-back levels; and peak (B,) float32:
+        the max over channels and pixels of the read-back levels.
+    """
+    shifted = decoded.float().clamp(-1.0, 1.0) * 0.5 + 0.5
+    levels = (shifted * 255).clamp(0, 255).to(torch.uint8)
+    read = levels.float() / 255
+    return read.mean(dim=1), read.amax(dim=(1, 2, 3))
+
+
+def decode_mask_images(vae, mask_latents: Tensor) -> Tensor:
+    """VAE-decode mask latents into mask images.
 
     Args:
         vae: a diffusers ``AutoencoderKL``.
         mask_latents: (B, 4, h, w) scaled latents (see :func:`mask_latent_from_output`).
 
     Returns:
-        (B, 8h, 8w) float32 in [0, 1].
+        (B, 3, 8h, 8w) in the VAE's dtype, nominally in [-1, 1].
     """
     scaled = mask_latents / vae.config.scaling_factor
-    decoded = vae.decode(scaled.to(vae.dtype)).sample
-    return soft_maps_from_decoded(decoded)
+    return vae.decode(scaled.to(vae.dtype)).sample
+
+
+def decode_soft_maps(vae, mask_latents: Tensor) -> Tensor:
+    """VAE-decode mask latents into soft maps (:func:`soft_maps_from_decoded`).
+
+    Returns:
+        (B, 8h, 8w) float32 in [0, 1].
+    """
+    return soft_maps_from_decoded(decode_mask_images(vae, mask_latents))
 
 
 @dataclass(frozen=True)
@@ -95,33 +126,53 @@ class DecisionRule:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
-def foreground(soft: Tensor, rule: DecisionRule) -> Tensor:
+def decided_soft_maps(decoded: Tensor, rule: DecisionRule) -> tuple[Tensor, Tensor]:
+    """The soft maps and peaks ``rule`` decides on.
+
+    Args:
+        decoded: (B, 3, H, W) VAE decoder output.
+
+    Returns:
+        soft (B, H, W) float32 in [0, 1] and peak (B,): for ``relative``, the reference's uint8
+        read-back (:func:`reference_soft_maps`); for ``absolute``, the float channel mean and its max.
+    """
+    if rule.kind == "relative":
+        return reference_soft_maps(decoded)
+    soft = soft_maps_from_decoded(decoded)
+    return soft, soft.amax(dim=(-2, -1))
+
+
+def foreground(soft: Tensor, rule: DecisionRule, peak: Tensor | None = None) -> Tensor:
     """Foreground masks of soft maps under ``rule``.
 
     Args:
-        soft: (..., H, W) float in [0, 1]; the max is taken per map (over the last two axes).
+        soft: (..., H, W) float in [0, 1].
+        peak: (...,) each map's peak (:func:`decided_soft_maps`); None = the map's own max
+            (over the last two axes).
 
     Returns:
         (..., H, W) bool.
     """
-    peak = soft.amax(dim=(-2, -1), keepdim=True)
+    peak = soft.amax(dim=(-2, -1)) if peak is None else peak.to(soft.device)
+    peak = peak[..., None, None]
     if rule.kind == "relative":
-        return soft > rule.ratio * peak
+        return soft > peak * rule.ratio
     return (soft > rule.level) & (peak >= rule.presence)
 
 
-def resolve_classes(soft: Tensor, rule: DecisionRule) -> tuple[Tensor, Tensor]:
+def resolve_classes(soft: Tensor, rule: DecisionRule, peak: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One label per pixel from the soft maps of C classes of one image.
 
     Args:
         soft: (C, H, W) float in [0, 1], one soft map per class.
+        peak: (C,) the maps' peaks (see :func:`foreground`); None = each map's own max.
 
     Returns:
         labels (H, W) int64: the class index 0..C-1 with the highest soft value among the classes
         whose mask covers the pixel, ``-1`` where none does; and confidence (H, W) float32, the
         winner's soft value (0 where unlabeled).
     """
-    masks = foreground(soft, rule)
+    masks = foreground(soft, rule, peak)
     claimed = torch.where(masks, soft.float(), torch.full_like(soft, -1.0, dtype=torch.float32))
     confidence, labels = claimed.max(dim=0)
     covered = masks.any(dim=0)

@@ -3,7 +3,8 @@
 Per worker, once: the support banks (:mod:`labeler.methods.diffews.support`). Per batch: the
 queries are squashed to the model size and VAE-encoded (posterior mean); per class, one UNet pass
 at t = 1 reads that class's bank (broadcast over the batch), the negated output is decoded into a
-soft map (:mod:`labeler.methods.diffews.algorithm`); the soft maps are resized bilinearly to the
+soft map and its peak (:mod:`labeler.methods.diffews.algorithm`; for the ``relative`` rule the
+reference's uint8 read-back); the soft maps are resized bilinearly to the
 label size (the original size, capped at ``max_label_side``), thresholded, and overlaps go to the
 class with the highest soft value.
 """
@@ -22,7 +23,8 @@ from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.base import ImageLabels, MethodProvenance, compact_labels
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
-    decode_soft_maps,
+    decided_soft_maps,
+    decode_mask_images,
     mask_latent_from_output,
     resize_soft_maps,
     resolve_classes,
@@ -101,14 +103,15 @@ class DiffewS:
         )
 
     @torch.no_grad()
-    def query_soft_maps(self, latents: Tensor, bank: SupportBank) -> Tensor:
-        """One query pass against one class's bank, decoded.
+    def query_soft_maps(self, latents: Tensor, bank: SupportBank) -> tuple[Tensor, Tensor]:
+        """One query pass against one class's bank, decoded into what the rule decides on.
 
         Args:
             latents: (B, 4, h, w) query latents.
 
         Returns:
-            (B, 8h, 8w) float32 soft maps in [0, 1].
+            soft (B, 8h, 8w) float32 in [0, 1] and peak (B,) (see
+            :func:`~labeler.methods.diffews.algorithm.decided_soft_maps`).
         """
         backbone = self.backbone
         timesteps = torch.full((len(latents),), TIMESTEP, dtype=torch.long, device=latents.device)
@@ -118,27 +121,36 @@ class DiffewS:
                                    encoder_hidden_states=self.context.expand(len(latents), -1, -1)).sample
         finally:
             self.fusion.off()
-        return decode_soft_maps(backbone.vae, mask_latent_from_output(output))
+        decoded = decode_mask_images(backbone.vae, mask_latent_from_output(output))
+        soft, peak = decided_soft_maps(decoded, self.rule)
+        return soft.cpu(), peak.cpu()
 
     @torch.no_grad()
-    def soft_maps(self, images: list[np.ndarray]) -> Tensor:
-        """Per-class soft maps on the model-size canvas.
+    def soft_maps_and_peaks(self, images: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """Per-class soft maps on the model-size canvas, with the peaks the rule compares to.
 
         Returns:
-            (B, C, S, S) float32 in [0, 1], C = K - 1 classes in category order.
+            soft (B, C, S, S) float32 in [0, 1], C = K - 1 classes in category order; peak (B, C).
         """
         pixels = images_to_model_input(images, self.input_size, self.options.antialias)
         latents = self.backbone.encode_images(pixels)
-        return torch.stack([self.query_soft_maps(latents, bank).cpu() for bank in self.banks], dim=1)
+        per_class = [self.query_soft_maps(latents, bank) for bank in self.banks]
+        return (torch.stack([soft for soft, _ in per_class], dim=1),
+                torch.stack([peak for _, peak in per_class], dim=1))
+
+    def soft_maps(self, images: list[np.ndarray]) -> Tensor:
+        """Per-class soft maps on the model-size canvas: (B, C, S, S) float32 in [0, 1]."""
+        return self.soft_maps_and_peaks(images)[0]
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; absent classes get no annotation."""
         category_of = np.array([s.index for s in self.supports], dtype=np.int64)
         results = []
-        for image, soft in zip(images, self.soft_maps(images)):
+        soft_maps, peaks = self.soft_maps_and_peaks(images)
+        for image, soft, peak in zip(images, soft_maps, peaks):
             height, width = image.shape[:2]
             grid = label_grid_size(height, width, self.options.max_label_side)
-            labels, confidence = resolve_classes(resize_soft_maps(soft, grid), self.rule)
+            labels, confidence = resolve_classes(resize_soft_maps(soft, grid), self.rule, peak)
             label_map = resize_labels(labels.numpy().astype(np.int32), height, width)
             confidence = resize_labels(confidence.numpy(), height, width)
             results.append(compact_labels(label_map, confidence, category_of=category_of))

@@ -24,13 +24,18 @@ class DiffewsOptions(Settings):
     """DiffewS inference settings.
 
     Attributes:
-        rule: ``absolute`` (absence-aware, default) or ``relative`` (the reference's).
+        rule: ``absolute`` (absence-aware, default; labeler's own, on the float soft map) or
+            ``relative`` (the reference's decision, pixel for pixel: its uint8 read-back of the
+            decoded mask, channel mean ``> ratio x`` the 3-channel max).
         level: absolute rule: pixel threshold on the soft map, in [0, 1].
         presence: absolute rule: minimum max of the soft map for the class to be present.
         ratio: relative rule: pixel threshold as a fraction of the per-image max.
-        context_tokens: 2 (``[BOS, EOS]``, the reference's inference) or 77 (its training).
+        context_tokens: 2 (``[BOS, EOS]``, the reference's inference) or 77 (its training ids:
+            ``[BOS, EOS]`` then ``"!"``, the SD-2.1 tokenizer's pad token, whatever the model's).
         input_size: model input side; None = the model's (512 for SD).
-        antialias: antialiased squash-resize of images (False = plain bilinear, the reference).
+        antialias: antialiased bilinear squash-resize of images (default, the closer to the
+            reference, which resizes uint8 with PIL bilinear, an antialiasing filter); False =
+            plain bilinear without antialiasing (closer to DiffSeg's and SLiMe's references).
         max_label_side: labels are decided at the original size capped at this side.
         cache_banks: keep support banks in ``$LABELER_CACHE/diffews-banks`` across runs.
     """

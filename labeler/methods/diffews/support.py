@@ -33,7 +33,10 @@ logger = logging.getLogger(__name__)
 
 #: Timestep of both DiffewS passes (the reference's ``set_timesteps(1)`` with ``steps_offset=1``).
 TIMESTEP = 1
-BANK_FORMAT = 1
+#: Cache format of support banks (2: the 77-token context pads with "!").
+BANK_FORMAT = 2
+#: The pad token of the reference's 77-token training ids (id 0 in CLIP's vocabulary).
+TRAINING_PAD = "!"
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,19 @@ def mask_images(masks: list[np.ndarray], size: int) -> Tensor:
 
 def empty_context(backbone, tokens: int = 2) -> Tensor:
     """The empty prompt's text-encoder states: ``[BOS, EOS]`` (2 tokens, the reference's
-    inference) or padded to the tokenizer's length (77, its training).
+    inference) or the reference's 77 training ids, ``[BOS, EOS]`` then :data:`TRAINING_PAD`.
+
+    The reference trains on saved ids (``[49406, 49407]`` and 75 zeros: ``"!"``, the SD-2.1
+    tokenizer's pad token), so the 77-token context pads with ``"!"`` on every model, also on one
+    whose tokenizer pads with EOS (SD 1.x, ``tiny``).
 
     Returns:
         (1, tokens, D) in the backbone's dtype on its device.
     """
-    if tokens == 2:
-        ids = backbone.tokenizer([""], return_tensors="pt").input_ids
-    else:
-        ids = backbone.tokenizer([""], padding="max_length", max_length=tokens, return_tensors="pt").input_ids
+    ids = backbone.tokenizer([""], return_tensors="pt").input_ids
+    if tokens > ids.shape[1]:
+        pad = backbone.tokenizer.convert_tokens_to_ids(TRAINING_PAD)
+        ids = torch.cat([ids, torch.full((1, tokens - ids.shape[1]), pad, dtype=ids.dtype)], dim=1)
     with torch.no_grad():
         hidden = backbone.text_encoder(ids.to(backbone.text_encoder.device))[0]
     return hidden.to(backbone.device, backbone.dtype)

@@ -4,10 +4,38 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from labeler.io.folders import Folder
 from labeler.output.exporters.source import ExportImage
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Options that only some formats read (``labeler export`` refuses them for the others).
+
+    Attributes:
+        image_url_prefix: ``label-studio*``: a task's image is this prefix + the relative
+            ``file_name`` (``None``: ``/data/local-files/?d=`` + ``file_name``).
+        as_annotations: ``label-studio*``: write the masks as annotations instead of
+            predictions (pre-annotations).
+        fragment_min_area: ``label-studio``: fragments of a segment smaller than this many
+            pixels are dropped from its polygon (the largest fragment is always kept).
+        renames: every format: old class name -> new name (two onto one merge them,
+            :mod:`.review`).
+        val_fraction: COCO formats, ``yolo-seg``, ``hf``: the share of images in the ``val``
+            split (:func:`.review.split_of`); 0: one split, ``train``.
+        seed: the split's seed.
+        label_field: ``fiftyone``: the sample field the labels are imported into.
+    """
+
+    image_url_prefix: str | None = None
+    as_annotations: bool = False
+    fragment_min_area: float = 16.0
+    renames: dict[str, str] = field(default_factory=dict)
+    val_fraction: float = 0.0
+    seed: int = 0
+    label_field: str = "predictions"
 
 
 @dataclass(frozen=True)
@@ -21,6 +49,9 @@ class ExportContext:
         images_dir: where images are placed with ``--images copy|link``, relative to ``out``
             (``None``: images stay at their source; ``file_name``s are relative to the root).
         tolerance: polygon simplification in pixels (:mod:`.polygons`).
+        images: the ``--images`` mode (``none``, ``copy``, ``link``).
+        storage_options: fsspec options for reading the source images.
+        options: the format-specific options.
     """
 
     out: Folder
@@ -28,16 +59,24 @@ class ExportContext:
     info: dict
     images_dir: str | None
     tolerance: float
+    images: str = "none"
+    storage_options: dict | None = None
+    options: ExportOptions = ExportOptions()
 
 
 class Exporter(ABC):
     """One export format: fed images one at a time, so memory is flat in the collection size."""
 
     #: the folder, relative to the export, where ``--images copy|link`` puts the images
-    images_subdir = "images"
+    #: (``None``: the format places or embeds them itself)
+    images_subdir: str | None = "images"
 
     def __init__(self, context: ExportContext) -> None:
         self.context = context
+
+    def image_path(self, image: ExportImage) -> str:
+        """Where ``--images copy|link`` puts ``image``, relative to the export."""
+        return f"{self.context.images_dir}/{image.file_name}"
 
     @abstractmethod
     def add(self, image: ExportImage, annotations: list[dict]) -> None:

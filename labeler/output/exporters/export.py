@@ -7,6 +7,7 @@ output's image root.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,16 +16,19 @@ from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.reading import read_image_bytes
 from labeler.io.refs import ref_from_uri
-from labeler.output.exporters.base import ExportContext, Exporter
+from labeler.output.exporters.base import ExportContext, Exporter, ExportOptions
 from labeler.output.exporters.coco import (
     CocoExporter,
     CocoPolygonExporter,
     CvatExporter,
     FiftyOneExporter,
 )
+from labeler.output.exporters.cvat_images import CvatImagesExporter
 from labeler.output.exporters.filters import ExportFilters
+from labeler.output.exporters.hf import HfExporter
 from labeler.output.exporters.label_maps import LabelMapExporter
 from labeler.output.exporters.label_studio import LabelStudioBrushExporter, LabelStudioExporter
+from labeler.output.exporters.review import CategoryMerger, split_of
 from labeler.output.exporters.source import ExportImage, OutputSource
 from labeler.output.exporters.yolo_seg import YoloSegExporter
 
@@ -37,9 +41,20 @@ FORMATS: dict[str, type[Exporter]] = {
     "label-studio": LabelStudioExporter,
     "label-studio-brush": LabelStudioBrushExporter,
     "cvat": CvatExporter,
+    "cvat-images": CvatImagesExporter,
     "fiftyone": FiftyOneExporter,
+    "hf": HfExporter,
 }
 IMAGE_MODES = ("none", "copy", "link")
+#: the formats that read each :class:`ExportOptions` field (the others refuse it when set)
+OPTION_FORMATS = {
+    "image_url_prefix": ("label-studio", "label-studio-brush"),
+    "as_annotations": ("label-studio", "label-studio-brush"),
+    "fragment_min_area": ("label-studio",),
+    "val_fraction": ("coco-rle", "coco-polygons", "cvat", "yolo-seg", "hf"),
+    "seed": ("coco-rle", "coco-polygons", "cvat", "yolo-seg", "hf"),
+    "label_field": ("fiftyone",),
+}
 #: default polygon simplification, pixels (round-trip IoU in the README)
 DEFAULT_TOLERANCE = 0.5
 
@@ -53,6 +68,7 @@ class ExportSummary:
     images: int = 0
     annotations: int = 0
     filtered: Counter = field(default_factory=Counter)
+    splits: Counter = field(default_factory=Counter)
     images_placed: int = 0
     image_failures: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
@@ -60,12 +76,14 @@ class ExportSummary:
 
 def export(output: str, fmt: str, out: str, *, images: str = "none",
            filters: ExportFilters | None = None, tolerance: float = DEFAULT_TOLERANCE,
-           storage_options: dict | None = None) -> ExportSummary:
+           storage_options: dict | None = None,
+           options: ExportOptions | None = None) -> ExportSummary:
     """Write ``output`` (a finished run) as ``fmt`` into the folder ``out``.
 
     Raises:
         ValueError: unknown format or image mode, a filter naming an unknown class, ``link``
             for a remote export or non-local images, or ``output`` not a finished output.
+        UserError: an option the format does not read.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
@@ -74,26 +92,33 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
     if tolerance < 0:
         raise UserError(f"--tolerance must be >= 0 (got {tolerance})")
     filters = filters or ExportFilters()
+    options = options or ExportOptions()
+    _check_options(fmt, options)
     source = OutputSource(output, storage_options)
     filters.check_classes([c["name"] for c in source.categories])
+    merger = CategoryMerger(source.categories, options.renames)
     target = Folder(out, storage_options)
     if images == "link" and not target.is_local:
         raise UserError("--images link needs a local --out folder")
     info = {**_info(source), "exported_as": fmt}
     exporter_class = FORMATS[fmt]
     images_dir = None if images == "none" else exporter_class.images_subdir
-    context = ExportContext(target, source.categories, info, images_dir, tolerance)
+    context = ExportContext(target, merger.categories, info, images_dir, tolerance, images,
+                            storage_options, options)
     exporter = exporter_class(context)
     names = {c["id"]: c["name"] for c in source.categories}
     summary = ExportSummary(out=out, format=fmt)
     for image, found in source:
-        kept = filters.apply(image.width, image.height, found, names, summary.filtered)
+        kept = merger.apply(filters.apply(image.width, image.height, found, names,
+                                          summary.filtered))
+        image = dataclasses.replace(
+            image, split=split_of(image.file_name, options.val_fraction, options.seed))
         exporter.add(image, kept)
         summary.images += 1
+        summary.splits[image.split] += 1
         summary.annotations += len(kept)
         if images_dir is not None:
-            _place(image, target, f"{images_dir}/{image.file_name}", images, summary,
-                   storage_options)
+            _place(image, target, exporter.image_path(image), images, summary, storage_options)
     summary.files = exporter.close()
     target.write_json("export.json", {
         "format": fmt, "source": output, "image_root": source.image_root,
@@ -103,8 +128,26 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
         "filters": {"min_score": filters.min_score, "min_area": filters.min_area,
                     "max_segments": filters.max_segments},
         "tolerance": tolerance,
+        "splits": dict(summary.splits),
+        "renames": options.renames,
+        "seed": options.seed,
     })
     return summary
+
+
+def _check_options(fmt: str, options: ExportOptions) -> None:
+    """Refuse an option set away from its default for a format that would ignore it."""
+    defaults = ExportOptions()
+    for name, formats in OPTION_FORMATS.items():
+        if getattr(options, name) != getattr(defaults, name) and fmt not in formats:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} applies to --format {' or '.join(formats)}, not {fmt}")
+    if options.fragment_min_area < 0:
+        raise UserError(f"--fragment-min-area must be >= 0 (got {options.fragment_min_area})")
+    if not 0 <= options.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
+    if not options.label_field.isidentifier():
+        raise UserError(f"--label-field must be a field name (got {options.label_field!r})")
 
 
 def _info(source: OutputSource) -> dict:

@@ -1,12 +1,21 @@
 """``label-studio``: a tasks file to import into Label Studio, masks as pre-annotations.
 
-``tasks.json`` is a list of tasks ``{"data": {"image": URL}, "predictions": [...]}``, one per
-image; each mask is a ``polygonlabels`` result (points in percent of the image, holes and
-fragments cut in as zero-width slits, :mod:`.polygons`) with the annotation's ``score``.
-``labeling_config.xml`` is the matching labeling interface (``<PolygonLabels name="label"
-toName="image">`` with the output's classes). The image URL is ``/data/local-files/?d=<file_name>`` (Label Studio's local-files serving, with
-``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the image root or to the export's ``images/``),
-or the source URI when there is neither.
+``tasks.json`` is a list of tasks ``{"data": {"image": URL, ...}, "predictions": [...],
+"meta": {...}}``, one per image. Each segment is one ``polygonlabels`` region (points in percent
+of the image): its fragments smaller than ``fragment_min_area`` pixels are dropped (the largest
+is always kept), the rest simplified with the tolerance and joined, holes included, by zero-width
+cuts into one polygon (:mod:`.polygons`), so relabelling a segment in the UI is one click.
+Every result carries the annotation's ``score``; the prediction (or, with ``as_annotations``,
+the annotation) carries ``model_version`` and the image's mean score; ``meta`` holds each
+region's ``area`` and ``score`` and their totals. ``labeling_config.xml`` is the matching
+labeling interface (``<PolygonLabels name="label" toName="image">`` with the output's classes).
+
+The image URL is ``image_url_prefix`` + the relative ``file_name``: ``/data/local-files/?d=``
+by default (Label Studio's local-files serving, where ``LOCAL_FILES_DOCUMENT_ROOT`` is the
+image root itself), ``/data/local-files/?d=photos/`` when the root is the ``photos`` folder under
+the document root (what Label Studio's local storage needs), or a cloud or web prefix
+(``s3://bucket/photos/``, ``https://host/photos/``). Outputs without an image root (manifest and
+Parquet inputs) keep the source URI unless a prefix is given or the images are placed.
 
 ``label-studio-brush`` writes each mask as one ``brushlabels`` result instead (Label Studio's
 brush RLE, :mod:`.brush_rle`: exact, no tracing) with a ``<BrushLabels>`` interface.
@@ -18,7 +27,7 @@ from xml.sax.saxutils import quoteattr
 
 from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
 from labeler.output.exporters.brush_rle import encode_brush_rle
-from labeler.output.exporters.polygons import mask_polygons
+from labeler.output.exporters.polygons import mask_polygons, polygon_area, single_polygon
 from labeler.output.exporters.source import ExportImage, decode_mask
 
 FROM_NAME = "label"
@@ -40,26 +49,31 @@ class LabelStudioExporter(Exporter):
         self._tasks.raw("[")
 
     def _url(self, image: ExportImage) -> str:
+        prefix = self.context.options.image_url_prefix
+        if prefix is not None:
+            return prefix + image.file_name
         if self.context.images_dir is not None or self.context.info.get("image_root"):
             return DEFAULT_URL_PREFIX + image.file_name
         return image.uri
 
     def _results(self, image: ExportImage, annotation: dict) -> list[dict]:
-        """One ``polygonlabels`` result per polygon of the mask."""
-        results = []
-        for number, polygon in enumerate(
-            mask_polygons(decode_mask(annotation), self.context.tolerance)
-        ):
-            percent = polygon / [image.width, image.height] * 100.0
-            results.append({
-                **self._result_base(image, annotation, f"{annotation['id']}-{number}"),
-                "value": {
-                    "points": [[round(x, 4), round(y, 4)] for x, y in percent.tolist()],
-                    "closed": True,
-                    "polygonlabels": [self.names[annotation["category_id"]]],
-                },
-            })
-        return results
+        """One ``polygonlabels`` result for the segment: its kept fragments as one polygon."""
+        fragments = mask_polygons(decode_mask(annotation), self.context.tolerance)
+        if not fragments:
+            return []
+        areas = [polygon_area(fragment) for fragment in fragments]
+        floor = self.context.options.fragment_min_area
+        kept = [f for f, area in zip(fragments, areas) if area >= floor]
+        polygon = single_polygon(kept or [fragments[areas.index(max(areas))]])
+        percent = polygon / [image.width, image.height] * 100.0
+        return [{
+            **self._result_base(image, annotation, str(annotation["id"])),
+            "value": {
+                "points": [[round(x, 4), round(y, 4)] for x, y in percent.tolist()],
+                "closed": True,
+                "polygonlabels": [self.names[annotation["category_id"]]],
+            },
+        }]
 
     def _result_base(self, image: ExportImage, annotation: dict, result_id: str) -> dict:
         return {
@@ -71,20 +85,27 @@ class LabelStudioExporter(Exporter):
             "original_height": image.height,
             "image_rotation": 0,
             "score": annotation["score"],
+            "model_version": self.model_version,
         }
 
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         results = [r for annotation in annotations for r in self._results(image, annotation)]
         scores = [a["score"] for a in annotations]
+        mean_score = sum(scores) / len(scores) if scores else 0.0
+        labels = {"model_version": self.model_version, "score": mean_score, "result": results}
+        if self.context.options.as_annotations:
+            labels = {**labels, "ground_truth": False, "was_cancelled": False}
         self._tasks.item({
             "id": image.image_id,
             "data": {TO_NAME: self._url(image), "file_name": image.file_name,
                      "source_uri": image.uri},
-            "predictions": [{
-                "model_version": self.model_version,
-                "score": sum(scores) / len(scores) if scores else 0.0,
-                "result": results,
-            }],
+            "annotations" if self.context.options.as_annotations else "predictions": [labels],
+            "meta": {
+                "area": sum(a["area"] for a in annotations),
+                "score": mean_score,
+                "regions": [{"id": str(a["id"]), "area": a["area"], "score": a["score"]}
+                            for a in annotations],
+            },
         })
 
     def close(self) -> list[str]:

@@ -57,6 +57,12 @@ def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[np.ndarray]:
     return polygons
 
 
+def polygon_area(polygon: np.ndarray) -> float:
+    """The area (pixels) enclosed by an (N, 2) polygon; a hole joined by a cut is subtracted."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
 def single_polygon(polygons: list[np.ndarray]) -> np.ndarray | None:
     """All fragments joined into one polygon by zero-width cuts (``None`` for no polygon)."""
     if not polygons:

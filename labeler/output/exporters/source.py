@@ -29,6 +29,7 @@ class ExportImage:
         file_name: its name relative to the image root (:mod:`labeler.output.names`).
         uri: the source URI.
         width, height: original size in pixels.
+        split: ``train`` or ``val`` (``--val-fraction``).
     """
 
     image_id: int
@@ -36,6 +37,7 @@ class ExportImage:
     uri: str
     width: int
     height: int
+    split: str = "train"
 
 
 def decode_mask(annotation: dict) -> np.ndarray:

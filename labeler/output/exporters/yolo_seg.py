@@ -2,9 +2,14 @@
 
 ::
 
-    data.yaml                 train/val: images/train (relative to data.yaml), names: {0: ...}
-    images/train/<file_name>  the images (with ``--images copy|link``)
-    labels/train/<stem>.txt   one line per instance: class x1 y1 x2 y2 ... (normalised to 0..1)
+    data.yaml                 train: images/train, val: images/val (relative to data.yaml),
+                              names: {0: ...}
+    images/<split>/<file_name>  the images (with ``--images copy|link``)
+    labels/<split>/<stem>.txt   one line per instance: class x1 y1 x2 y2 ... (normalised to 0..1)
+
+``<split>`` is ``train`` or ``val`` (``--val-fraction``, seeded). Without a val split ``val``
+names the training images, since Ultralytics needs one; its metrics then measure fit, not
+generalisation.
 
 Class ids are 0-based positions in the output's categories. An instance is one polygon: its
 fragments and holes are joined by zero-width cuts (:func:`.polygons.single_polygon`), as
@@ -20,17 +25,20 @@ import yaml
 
 from labeler.output.exporters.base import ExportContext, Exporter
 from labeler.output.exporters.polygons import mask_polygons, single_polygon
+from labeler.output.exporters.review import TRAIN, VAL
 from labeler.output.exporters.source import ExportImage, decode_mask
-
-SPLIT = "train"
 
 
 class YoloSegExporter(Exporter):
-    images_subdir = f"images/{SPLIT}"
+    images_subdir = "images"
 
     def __init__(self, context: ExportContext) -> None:
         super().__init__(context)
         self.class_index = {c["id"]: index for index, c in enumerate(context.categories)}
+        self.splits: set[str] = set()
+
+    def image_path(self, image: ExportImage) -> str:
+        return f"images/{image.split}/{image.file_name}"
 
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         lines = []
@@ -42,15 +50,17 @@ class YoloSegExporter(Exporter):
             coordinates = " ".join(f"{value:.6f}" for value in normalised)
             lines.append(f"{self.class_index[annotation['category_id']]} {coordinates}\n")
         stem = posixpath.splitext(image.file_name)[0]
-        self.context.out.write_bytes(f"labels/{SPLIT}/{stem}.txt", "".join(lines).encode())
+        self.context.out.write_bytes(f"labels/{image.split}/{stem}.txt", "".join(lines).encode())
+        self.splits.add(image.split)
 
     def close(self) -> list[str]:
         # no ``path``: Ultralytics resolves a relative one against the working directory, and
         # without one against this file's folder
+        split = self.context.options.val_fraction > 0
         data = {
-            "train": f"images/{SPLIT}",
-            "val": f"images/{SPLIT}",
+            "train": f"images/{TRAIN}",
+            "val": f"images/{VAL if split else TRAIN}",
             "names": {index: c["name"] for index, c in enumerate(self.context.categories)},
         }
         self.context.out.write_bytes("data.yaml", yaml.safe_dump(data, sort_keys=False).encode())
-        return ["data.yaml", f"labels/{SPLIT}/"]
+        return ["data.yaml"] + [f"labels/{name}/" for name in sorted(self.splits)]

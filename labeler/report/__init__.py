@@ -1,0 +1,1 @@
+"""``labeler report``: one HTML page of plots that sums up a run (:mod:`.command`)."""

@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 
 from labeler.io.decode import decode_image
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels, compact_resized_labels
+from labeler.methods.base import ImageLabels, MethodProvenance, compact_resized_labels
 from labeler.methods.device_labels import RawLabels, _compact_on_device, device_step, finish_labels
 from labeler.output import rle
 from labeler.runtime.executor import SHARDS_IN_FLIGHT_PER_WORKER
@@ -119,8 +119,8 @@ class ZeroCostSegmenter:
             for _ in range(MAPS_PER_SIZE)
         ]
 
-    def provenance(self) -> dict:
-        return {"method": "zero-cost", "model": f"sleep {self.model_seconds * 1000:g} ms/image"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="zero-cost", model=f"sleep {self.model_seconds * 1000:g} ms/image")
 
     def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
         with self.timer.stage("model"):

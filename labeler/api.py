@@ -32,10 +32,10 @@ from labeler.config import JobConfig, build_config, load_job_file
 from labeler.errors import UserError
 from labeler.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, pil_to_rgb
 from labeler.io.reading import read_image_bytes
-from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
+from labeler.methods.base import ImageLabels
 from labeler.methods.registry import DEFAULT_METHOD
+from labeler.output.coco_records import label_map_annotations
 from labeler.output.failures import read_failure_reason
-from labeler.output.rle import encode_label_map
 
 #: What :meth:`Labeler.label` accepts.
 ImageInput = Union[Image.Image, np.ndarray, str, Path]  # noqa: UP007 - readable in the docs
@@ -87,22 +87,8 @@ class LabelResult:
         label_map = np.full(self.masks.shape[1:], -1, dtype=np.int32)
         for index, mask in enumerate(self.masks):
             label_map[mask] = index
-        encoded = encode_label_map(label_map, len(self.masks))
-        return [
-            {
-                "id": image_id * MAX_LABELS_PER_IMAGE + index,
-                "image_id": image_id,
-                "category_id": int(category),
-                "segmentation": mask.segmentation(),
-                "area": mask.area,
-                "bbox": mask.bbox,
-                "iscrowd": 0,
-                "score": float(score),
-            }
-            for index, (mask, category, score) in enumerate(
-                zip(encoded, self.category_ids, self.scores, strict=True)
-            )
-        ]
+        return label_map_annotations(label_map, self.category_ids.tolist(),
+                                     self.scores.tolist(), image_id)
 
 
 def _failure(reason: str, detail: str, categories: list[dict]) -> LabelResult:

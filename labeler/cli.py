@@ -119,6 +119,9 @@ def _add_run(commands) -> None:
     flag("--batch-size", "batch_size", "images per model call", type=int)
     flag("--shard-size", "shard_size", "images per shard (unit of retry and resume)", type=int)
     flag("--seed", "seed", "random seed", type=int)
+    flag("--coco-max-annotations", "coco_max_annotations", "above N annotations, write "
+         "coco/part-NNNNN.json files (each a complete COCO file) and coco/index.json instead "
+         "of coco.json", type=int, metavar="N")
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
@@ -149,17 +152,24 @@ def _comma_list(text: str) -> list[str]:
 def _add_status(commands) -> None:
     status = commands.add_parser("status", help="progress and failures of a run")
     status.add_argument("output", help="the run's output folder URI")
+    status.add_argument("--deep", action="store_true",
+                        help="hash every committed part (default: sizes and storage stamps, "
+                             "hashing only the parts rewritten since their commit)")
     status.set_defaults(func=_status)
 
 
 def _add_verify(commands) -> None:
     verify = commands.add_parser(
-        "verify", help="check a finished output end to end (digests, Parquet, RLE, coco.json)",
-        description="Check a finished output without rewriting anything: every part against its "
-                    "recorded sha256 and counts, images.parquet against the plan, every RLE with "
-                    "pycocotools, coco.json against the parts. Exit 0 when sound, 1 with the "
-                    "list of problems.")
+        "verify", help="check a finished output end to end (digests, Parquet, RLE, COCO files)",
+        description="Check a finished output without rewriting anything, shard by shard in "
+                    "parallel processes: every part against its recorded sha256 and counts, "
+                    "images.parquet against the plan, every RLE from its run lengths (size, "
+                    "area, bbox), the COCO files record by record against the parts. Exit 0 "
+                    "when sound, 1 with the list of problems.")
     verify.add_argument("output", help="the run's output folder URI")
+    verify.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="also decode about N masks in full, spread over the shards "
+                             "(default 0)")
     verify.set_defaults(func=_verify)
 
 
@@ -218,7 +228,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    problems = verify_output(args.output)
+    problems = verify_output(args.output, sample=args.sample)
     if not problems:
         sys.stdout.write(f"{args.output}: sound\n")
         return 0
@@ -228,7 +238,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    sys.stdout.write(describe_run(args.output) + "\n")
+    sys.stdout.write(describe_run(args.output, deep=args.deep) + "\n")
     return 0
 
 

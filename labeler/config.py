@@ -26,6 +26,7 @@ from labeler.io.uris import InputError, refuse_uri_credentials
 from labeler.methods.base import Segmenter
 from labeler.methods.registry import DEFAULT_METHOD, get_method, method_flags, methods
 from labeler.methods.spec import MethodContext, MethodSpec
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.settings import Settings, describe_error, parse_settings
 
 #: A protocol name for ``allow_protocols``: ``s3``, ``https``, ``file``, ...
@@ -60,6 +61,8 @@ class JobConfig(Settings):
     cpus_per_worker: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     device: str | None = None
+    coco_max_annotations: int = Field(DEFAULT_MAX_ANNOTATIONS, ge=1)
+    """Above this many annotations the COCO output is split (``coco/part-NNNNN.json``)."""
     overwrite: bool = False
     # how this driver treats the output: never part of the fingerprint either
     wait_lock: bool = False
@@ -71,8 +74,8 @@ class JobConfig(Settings):
     """Any failed image makes the run's exit status non-zero."""
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
-        "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size", "device",
-        "overwrite", "wait_lock", "retry_failed", "strict",
+        "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size",
+        "device", "coco_max_annotations", "overwrite", "wait_lock", "retry_failed", "strict",
     )
 
     def __init__(self, **values: Any) -> None:

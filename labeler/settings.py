@@ -35,15 +35,24 @@ class Settings(BaseModel):
         """Refuse what pydantic would coerce: a boolean for a number, a string for a non-string
         (``kl_threshold = "0.9"`` in a job file is a mistake to report, not a number to guess)."""
         if isinstance(values, Mapping):
+            parsed = cls._parsed_fields()
             for name, value in values.items():
                 field = cls.model_fields.get(name)
-                if field is None or name in _parsed_by_the_model(cls):
+                if field is None:
                     continue
                 if isinstance(value, bool) and not _admits(field.annotation, bool):
                     raise ValueError(f"{name}: must be {_expected(field.annotation)} (got {value!r})")
-                if isinstance(value, str) and not _admits(field.annotation, str):
+                if isinstance(value, str) and name not in parsed \
+                        and not _admits(field.annotation, str):
                     raise ValueError(f"{name}: must be {_expected(field.annotation)} (got {value!r})")
         return values
+
+    @classmethod
+    def _parsed_fields(cls) -> set[str]:
+        """Fields that parse a string themselves (a ``mode="before"`` field validator, e.g.
+        DiffewS's comma-separated ``classes``): a string is their input, not a coercion."""
+        return {name for validator in cls.__pydantic_decorators__.field_validators.values()
+                if validator.info.mode == "before" for name in validator.info.fields}
 
     def to_dict(self) -> dict:
         """The settings as plain JSON-compatible values."""
@@ -97,13 +106,6 @@ def describe_error(error: ValidationError) -> str:
         location = location.removesuffix(".[key]")
     got = first.get("input")
     return f"{location}: {message}" + ("" if isinstance(got, dict) else f" (got {got!r})")
-
-
-def _parsed_by_the_model(cls: type[BaseModel]) -> set[str]:
-    """Fields with a ``mode="before"`` validator of their own: they take raw values on purpose
-    (DiffewS's ``classes`` takes ``"background,red"`` as well as a list)."""
-    return {name for decorator in cls.__pydantic_decorators__.field_validators.values()
-            if decorator.info.mode == "before" for name in decorator.info.fields}
 
 
 def _admits(annotation: Any, kind: type) -> bool:

@@ -95,7 +95,7 @@ def classes_from_label_map(
 
 def write_output(
     root: str, images: list[FixtureImage], categories: list[dict[str, Any]],
-    method: str = "fixture", relative_names: bool = False,
+    method: str = "fixture", relative_names: bool = False, shard_size: int | None = None,
 ) -> dict[str, Any]:
     """Write sources under ``root/src`` and the output under ``root/out``; returns the COCO dict.
 
@@ -103,12 +103,15 @@ def write_output(
     (``labeler.output.parts``), then merged by ``merge_outputs``. With ``relative_names`` it is
     a finished output as a folder input leaves it (``file_name`` relative to ``root/src``, the
     image root, and ``run/config.json``), which ``labeler export`` and ``labeler report`` read.
+    ``shard_size`` splits the images into shards of that many (default: one shard).
     """
     out = root.rstrip("/") + "/out"
     names = {int(c["id"]): str(c["name"]) for c in categories}
-    image_rows, annotation_rows = [], []
+    rows_of: dict[str, tuple[list, list]] = {}
     ann_id = 1
     for image_id, im in enumerate(images, start=1):
+        shard = SHARD if shard_size is None else f"{SHARD}-{(image_id - 1) // shard_size}"
+        image_rows, annotation_rows = rows_of.setdefault(shard, ([], []))
         uri = root.rstrip("/") + f"/src/{im.name}.png"
         _write(uri, png_bytes(im.pixels))
         h, w = im.pixels.shape[:2]
@@ -116,7 +119,7 @@ def write_output(
         masks = [] if im.failed else im.masks
         image_rows.append(ImageRow(uri=uri, image_id=image_id, status=status, reason=im.failed,
                                    detail=None, width=w, height=h, n_annotations=len(masks),
-                                   shard_id=SHARD,
+                                   shard_id=shard,
                                    file_name=f"{im.name}.png" if relative_names else uri))
         for cat, mask, score in masks:
             segmentation = rle(mask)
@@ -127,15 +130,16 @@ def write_output(
                 method=method, model="fixture", resource_digest=None, run_id="fixture",
             ))
             ann_id += 1
-    for kind, rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
-        _write(out + "/" + parts.shard_part(SHARD, kind), parts.encode_part(kind, rows))
+    for shard, (image_rows, annotation_rows) in rows_of.items():
+        for kind, rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
+            _write(out + "/" + parts.shard_part(shard, kind), parts.encode_part(kind, rows))
     info: dict[str, Any] = {"method": method}
     if relative_names:
         info.update(run_id="fixture-run", image_root=root.rstrip("/") + "/src")
         Folder(out).write_json("run/config.json", {
             "fingerprint": "fixture-run", "settings": {"method": method}, "created": None,
             "labeler_version": "fixture", "image_root": info["image_root"]})
-    merge_outputs(Folder(out), [SHARD], categories, info)
+    merge_outputs(Folder(out), list(rows_of), categories, info)
     with fsspec.open(out + "/coco.json", "rb") as handle:
         return json.loads(handle.read())
 

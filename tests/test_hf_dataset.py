@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests._output_fixture import write_review_output
+from tests._output_fixture import FixtureImage, write_output, write_review_output
 from tests.consumers import export, reference_masks
 
 datasets = pytest.importorskip("datasets")
@@ -86,6 +86,22 @@ def test_hf_export_without_images_references_the_sources(finished, tmp_path):
                                                                             "c.png")]
     assert all(s["bytes"] is None for s in stored)
     assert dataset[1]["image"].size == (20, 16)  # opened from the source when decoded
+
+
+def test_a_shard_without_annotations_does_not_break_loading(tmp_path):
+    """A shard whose images all failed has an empty annotation part: it holds no row group,
+    which ``datasets`` skips (an empty row group fails the whole load)."""
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:6] = True
+    write_output(str(tmp_path), [
+        FixtureImage("a", np.zeros((8, 8, 3), np.uint8), failed="not_an_image"),
+        FixtureImage("b", np.zeros((8, 8, 3), np.uint8), [(1, mask, 0.5)]),
+    ], [{"id": 1, "name": "cat"}], method="slime", relative_names=True, shard_size=1)
+    output = tmp_path / "out"
+    assert len(list((output / "annotations").iterdir())) == 2
+    annotations = datasets.load_dataset(str(output), "annotations", split="train",
+                                        cache_dir=str(tmp_path / "cache"))
+    assert annotations["image_id"] == [2]
 
 
 def test_hf_export_refuses_links(finished, tmp_path):

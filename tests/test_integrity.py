@@ -120,6 +120,25 @@ def test_damaged_parts_are_redone_and_never_merged(reference, collection, tmp_pa
     assert "sound" in capsys.readouterr().out
 
 
+def test_a_flipped_bit_in_a_coco_fragment_is_caught_and_the_shard_redone(
+    reference, collection, tmp_path, capsys, caplog
+):
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    first = _shards(output)[0]
+    fragment = output / "run" / "shards" / first / "coco_annotations.json"
+    _flip_bit(fragment, fragment.read_bytes().index(b'"counts": "') + 14)  # still valid JSON
+    assert f"damaged shard {first}: part corrupt" in describe_run(str(output))
+    assert main(["verify", str(output)]) == 1
+    assert f"shard {first}: part corrupt" in capsys.readouterr().out
+    with caplog.at_level("WARNING", logger="labeler"):
+        assert main(_run_args(str(collection), str(output))) == 0
+    assert any(record.getMessage().startswith(f"shard {first}: part corrupt")
+               for record in caplog.records)
+    assert_same_output(reference, output)
+    assert main(["verify", str(output)]) == 0
+
+
 @pytest.mark.parametrize("damage", ["truncate images.parquet", "truncate coco.json",
                                     "remove an annotations part", "rewrite coco.json"])
 def test_a_damaged_merged_output_is_reported_and_merged_again_without_relabelling(

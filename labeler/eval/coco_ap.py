@@ -26,9 +26,9 @@ from labeler.eval.loading import (
     GroundTruth,
     Predictions,
     decode_segmentation,
-    encode_mask,
     resize_nearest,
 )
+from labeler.output.rle import encode_mask
 
 STAT_NAMES = (
     "AP",

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from labeler.errors import UserError
 from labeler.io.folders import Folder
@@ -54,8 +55,9 @@ from labeler.io.listing import list_files, path_kind
 from labeler.io.reading import read_file
 from labeler.io.uris import uri_stem
 from labeler.metrics import VOID
-from labeler.output.coco_json import coco_annotation
+from labeler.output.coco_records import coco_annotation
 from labeler.output.reader import OutputReader, OutputReadError
+from labeler.output.rle import decode_mask
 from labeler.output.schema import IMAGE_STATUS_LABELED
 
 log = logging.getLogger(__name__)
@@ -75,41 +77,15 @@ class EvalInputError(UserError):
 # RLE helpers
 
 
-def _rle_for_pycocotools(segmentation: dict[str, Any]) -> dict[str, Any]:
-    counts = segmentation["counts"]
-    if isinstance(counts, list):
-        from pycocotools import mask as mask_utils
-
-        h, w = segmentation["size"]
-        return mask_utils.frPyObjects(segmentation, h, w)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return {"size": list(segmentation["size"]), "counts": counts}
-
-
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode a COCO segmentation (compressed or list RLE, or polygons) to a bool (H, W) mask."""
-    from pycocotools import mask as mask_utils
-
     if isinstance(segmentation, dict):
-        rle = _rle_for_pycocotools(segmentation)
-    elif isinstance(segmentation, list):
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
-    else:
+        return decode_mask(segmentation).astype(bool)
+    if not isinstance(segmentation, list):
         raise EvalInputError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    rles = mask_utils.frPyObjects(segmentation, height, width)
+    rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
     return mask_utils.decode(rle).astype(bool)
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """Encode a bool mask to compressed RLE with string counts (JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": rle["counts"].decode("ascii"),
-    }
 
 
 def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:

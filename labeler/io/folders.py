@@ -70,6 +70,25 @@ class Folder:
         else:
             self.fs.pipe_file(target, data)
 
+    def copy(self, source: str, target: str) -> None:
+        """Copy one file of the folder to ``target`` without reading it into this process.
+
+        Object stores copy server-side (one request, atomic by nature); local folders copy to a
+        temporary name and rename, like :meth:`write_bytes`.
+        """
+        path = self.path(target)
+        if not self.is_local:
+            self.fs.copy(self.path(source), path)
+            return
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.copy(self.path(source), staging)
+            self.fs.mv(staging, path)
+        except BaseException:
+            _discard(self.fs, staging)
+            raise
+
     def write_bytes_exclusive(self, relative: str, data: bytes) -> bool:
         """Publish ``data`` at ``relative`` whole, only when nothing is there (local folders).
 

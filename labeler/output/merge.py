@@ -1,12 +1,15 @@
-"""Merging per-shard parts into ``images.parquet``, ``annotations/`` and the configured exports.
+"""Merging per-shard parts into ``images.parquet``, ``annotations/`` and the run's COCO files.
 
 Steps: check that every shard of the plan has committed its parts, concatenate the image parts
-into ``images.parquet``, copy each annotation part to ``annotations/`` (plan order in the name),
-record the categories and COCO info (``run/output.json``), then stream ``coco.json`` from the
-shard parts (:mod:`labeler.output.coco_json`) and the dataset card ``README.md``
-(:mod:`labeler.output.card`: ``datasets.load_dataset(OUTPUT)`` loads the tables). Other formats are written from a finished output
-by ``labeler export`` (:mod:`labeler.output.exporters`). Everything streams shard by shard,
-so memory stays bounded by one shard's annotations whatever the collection size.
+into ``images.parquet``, copy each annotation part to ``annotations/`` (plan order in the name;
+the storage copies it, the driver reads none of it), record the categories and COCO info
+(``run/output.json``), then write the COCO files through the COCO exporter
+(:class:`~labeler.output.exporters.coco.RunCocoExporter`) from the fragments the workers
+rendered at commit: byte concatenations, no record is parsed or rendered here (shards committed
+before fragments existed are rendered now). Above ``max_annotations`` the COCO output is split
+(:mod:`labeler.output.coco_files`). Then the dataset card ``README.md``
+(:mod:`labeler.output.card`: ``datasets.load_dataset(OUTPUT)`` loads the tables). Memory stays
+bounded by one shard's image rows.
 """
 
 from __future__ import annotations
@@ -20,16 +23,22 @@ import pyarrow.parquet as pq
 from labeler.io.folders import Folder
 from labeler.output import parts, schema
 from labeler.output.card import write_dataset_card
-from labeler.output.coco_json import coco_annotation, write_coco_json
-from labeler.output.reader import OutputReader, OutputReadError, write_meta
-
-#: ``coco_annotation`` is part of this module's interface (the exporters' source uses it).
-__all__ = ["coco_annotation", "merge_outputs"]
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS, Fragment
+from labeler.output.coco_records import shard_fragments
+from labeler.output.exporters.base import ExportContext, ExportOptions
+from labeler.output.exporters.coco import RunCocoExporter
+from labeler.output.reader import OutputReadError, write_meta
 
 logger = logging.getLogger(__name__)
+#: Rows per row group of ``images.parquet`` (at least: whole shards are grouped). One group per
+#: shard would make its footer grow with the shards (390k groups at 100M images).
+IMAGE_ROW_GROUP = 65536
+#: Where fragments of shards committed without them are rendered during a merge.
+_LEGACY_FRAGMENTS = "run/merge"
 
 
-def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], info: dict) -> dict:
+def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], info: dict,
+                  max_annotations: int = DEFAULT_MAX_ANNOTATIONS) -> dict:
     """Write the final outputs from the committed shard parts, in plan order.
 
     Args:
@@ -37,6 +46,7 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
         shard_ids: the plan's shards, in collection order; every one must be committed.
         categories: the COCO categories.
         info: the COCO ``info`` block (method, model, run id...).
+        max_annotations: the most annotations one COCO file holds.
 
     Returns:
         counts: ``images``, ``labeled``, ``failed``, ``annotations``, and ``failure_reasons``
@@ -46,10 +56,16 @@ def merge_outputs(output: Folder, shard_ids: list[str], categories: list[dict], 
         OutputReadError: a shard of the plan has not committed its parts.
     """
     _check_committed(output, shard_ids)
-    counts = _merge_images(output, shard_ids)
-    counts["annotations"] = _merge_annotation_parts(output, shard_ids)
+    counts, per_shard = _merge_images(output, shard_ids)
+    _copy_annotation_parts(output, shard_ids)
+    counts["annotations"] = sum(annotations for _, annotations in per_shard)
     write_meta(output, categories, info)
-    write_coco_json(OutputReader.of_shards(output, shard_ids, categories, info), output)
+    context = ExportContext(output, categories, info, None, 0.0,
+                            options=ExportOptions(coco_max_annotations=max_annotations))
+    with RunCocoExporter(context) as coco:
+        for position, (shard_id, (labeled, annotations)) in enumerate(zip(shard_ids, per_shard,
+                                                                         strict=True)):
+            coco.add_fragment(_fragment(output, shard_id, position, labeled, annotations))
     write_dataset_card(output, categories, info, counts)
     return counts
 
@@ -63,33 +79,60 @@ def _check_committed(output: Folder, shard_ids: list[str]) -> None:
                 )
 
 
-def _merge_images(output: Folder, shard_ids: list[str]) -> dict:
+def _merge_images(output: Folder, shard_ids: list[str]) -> tuple[dict, list[tuple[int, int]]]:
+    """Concatenate the image parts; returns the counts and each shard's (labeled, annotations)."""
     images = labeled = failed = 0
     reasons: Counter = Counter()
+    per_shard = []
+    pending: list[pa.Table] = []
+    written = 0  # image rows written so far
     with (output.open_atomic_writer(parts.MERGED_IMAGES) as handle,
           pq.ParquetWriter(handle, schema.IMAGES) as writer):
         for shard_id in shard_ids:
             table = parts.read_part(output, parts.shard_part(shard_id, parts.IMAGES), parts.IMAGES)
-            writer.write_table(table)
+            pending.append(table)
+            if images + table.num_rows - written >= IMAGE_ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending))
+                pending, written = [], images + table.num_rows
             statuses = table.column("status").to_pylist()
+            shard_labeled = statuses.count(schema.IMAGE_STATUS_LABELED)
+            per_shard.append((shard_labeled, sum(table.column("n_annotations").to_pylist())))
             images += len(statuses)
-            labeled += statuses.count(schema.IMAGE_STATUS_LABELED)
+            labeled += shard_labeled
             failed += statuses.count(schema.IMAGE_STATUS_FAILED)
             reasons.update(reason for reason in table.column("reason").to_pylist() if reason)
-    return {"images": images, "labeled": labeled, "failed": failed, "annotations": 0,
-            "failure_reasons": dict(reasons)}
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
+    return ({"images": images, "labeled": labeled, "failed": failed, "annotations": 0,
+             "failure_reasons": dict(reasons)}, per_shard)
 
 
-def _merge_annotation_parts(output: Folder, shard_ids: list[str]) -> int:
-    """Copy each shard's annotation part to ``annotations/``; returns the number of rows."""
+def _copy_annotation_parts(output: Folder, shard_ids: list[str]) -> None:
+    """Copy each shard's annotation part to ``annotations/`` (a storage-side copy)."""
     wanted = {path.rsplit("/", 1)[1]: (shard_id, path)
               for shard_id, path in parts.merged_annotation_parts(shard_ids).items()}
     for stale in set(output.list(parts.MERGED_ANNOTATIONS_DIR)) - set(wanted):
         output.remove(f"{parts.MERGED_ANNOTATIONS_DIR}/{stale}")
-    rows = 0
     for shard_id, path in wanted.values():
-        data = output.read_bytes(parts.shard_part(shard_id, parts.ANNOTATIONS))
-        output.write_bytes(path, data)
-        rows += pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-    return rows
+        output.copy(parts.shard_part(shard_id, parts.ANNOTATIONS), path)
 
+
+def _fragment(output: Folder, shard_id: str, position: int, labeled: int,
+              annotations: int) -> Fragment:
+    """The shard's committed COCO fragments (rendered now for shards committed without)."""
+    images_path = parts.shard_file(shard_id, parts.COCO_IMAGES_FRAGMENT)
+    annotations_path = parts.shard_file(shard_id, parts.COCO_ANNOTATIONS_FRAGMENT)
+    if output.exists(images_path) and output.exists(annotations_path):
+        return Fragment(output, images_path, annotations_path, labeled, annotations,
+                        position=position)
+    logger.info("shard %s was committed without COCO fragments: rendering them", shard_id)
+    image_rows = parts.read_part(output, parts.shard_part(shard_id, parts.IMAGES),
+                                 parts.IMAGES).to_pylist()
+    annotation_rows = parts.read_part(output, parts.shard_part(shard_id, parts.ANNOTATIONS),
+                                      parts.ANNOTATIONS).to_pylist()
+    images, n_images, records, n_records = shard_fragments(image_rows, annotation_rows)
+    legacy = (f"{_LEGACY_FRAGMENTS}/{shard_id}.images.json",
+              f"{_LEGACY_FRAGMENTS}/{shard_id}.annotations.json")
+    output.write_bytes(legacy[0], images)
+    output.write_bytes(legacy[1], records)
+    return Fragment(output, *legacy, n_images, n_records, temporary=True, position=position)

@@ -4,11 +4,17 @@ Layout under ``OUTPUT/``::
 
     run/shards/<shard>/images.parquet          a shard's image rows (schema.IMAGES)
     run/shards/<shard>/annotations.parquet     a shard's annotation rows (schema.ANNOTATIONS)
+    run/shards/<shard>/coco_images.json        its labeled images as COCO records (a fragment,
+    run/shards/<shard>/coco_annotations.json   :mod:`labeler.output.coco_records`), and its
+                                               annotations: the COCO files are their bytes
     run/output.json                            categories and COCO info of the merged output
     images.parquet                             every shard's image rows, plan order
-    annotations/part-NNNNNN-<shard>.parquet    a byte copy of each shard's annotation part,
+    annotations/part-NNNNNN-<shard>.parquet    a copy of each shard's annotation part (made
+                                               by the storage, not read by the driver),
                                                NNNNNN = the shard's position in the plan
-    coco.json                                  the default export (see labeler.output.exporters)
+    coco.json                                  the run's COCO file, or above
+    coco/part-NNNNN.json, coco/index.json      ``coco_max_annotations`` several of them
+                                               (:mod:`labeler.output.coco_files`)
     README.md                                  the dataset card (labeler.output.card)
 
 A part is one Parquet file holding one table with its schema; the runtime commits a shard's
@@ -27,6 +33,7 @@ import pyarrow.parquet as pq
 
 from labeler.io.folders import Folder
 from labeler.output import schema
+from labeler.output.coco_files import COCO_DIR
 
 SHARDS_DIR = "run/shards"
 #: Categories and COCO info of a merged output, so exports need no ``coco.json``.
@@ -39,7 +46,10 @@ COCO_JSON = "coco.json"
 #: The Hugging Face dataset card (``datasets.load_dataset(OUTPUT)``, :mod:`labeler.output.card`).
 DATASET_CARD = "README.md"
 #: The final outputs beside ``run/`` (what ``--overwrite`` removes with it).
-FINAL_OUTPUTS = (MERGED_ANNOTATIONS_DIR, COCO_JSON, MERGED_IMAGES, DATASET_CARD)
+FINAL_OUTPUTS = (MERGED_ANNOTATIONS_DIR, COCO_JSON, COCO_DIR, MERGED_IMAGES, DATASET_CARD)
+#: A shard's COCO fragments: its labeled images' records and its annotations' records.
+COCO_IMAGES_FRAGMENT = "coco_images.json"
+COCO_ANNOTATIONS_FRAGMENT = "coco_annotations.json"
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,9 @@ def merged_annotation_parts(shard_ids: Sequence[str]) -> dict[str, str]:
 def encode_part(kind: PartKind, rows: Sequence[dict]) -> bytes:
     """The Parquet bytes of a part holding ``rows`` (dicts with the kind's columns)."""
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=kind.schema), buffer)
+    with pq.ParquetWriter(buffer, kind.schema) as writer:
+        if rows:  # an empty part has no row group: Hugging Face datasets cannot read an empty one
+            writer.write_table(pa.Table.from_pylist(list(rows), schema=kind.schema))
     return buffer.getvalue()
 
 

@@ -1,4 +1,9 @@
-"""Label maps to COCO compressed RLE, with area and bbox, for every label in one pass.
+"""The one COCO RLE codec of labeler: label maps to compressed RLE (area, bbox), and back.
+
+Encoding: label maps to COCO compressed RLE, with area and bbox, for every label in one pass.
+Decoding: :func:`decode_mask` (a full mask, for exporters, eval and verify's samples) and
+:func:`decode_counts` (the run lengths of many masks at once, without building any mask: what
+``labeler verify`` checks sizes, areas and boxes from).
 
 COCO run-length encoding reads a mask in column-major (Fortran) order and alternates counts of
 0-pixels and 1-pixels, starting with 0s (a leading 0 when the first pixel is set). The compressed
@@ -17,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 #: Bits per character of the compressed RLE string, and the offset of its alphabet.
 _GROUP_BITS = 5
@@ -140,10 +146,13 @@ def _compress(counts: np.ndarray, offsets: np.ndarray) -> tuple[bytes, np.ndarra
     return chars.astype(np.uint8).tobytes(), char_offsets
 
 
-def _areas_and_boxes(runs: _Runs, n_labels: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per label: the pixel count and the ``[x, y, w, h]`` box of its runs (zeros when empty)."""
-    areas = np.zeros(n_labels, np.int64)
-    np.add.at(areas, runs.label, runs.stop - runs.start)
+def _areas_and_boxes(runs: _Runs, n_labels: int,
+                     height: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label: the pixel count and the ``[x, y, w, h]`` box of its runs (zeros when empty).
+
+    ``height`` is the map's height, or (R,) the height of each run's mask.
+    """
+    areas = _sums(runs.label, runs.stop - runs.start, n_labels)
     boxes = np.zeros((n_labels, 4), np.int64)
     if not len(runs.label):
         return areas, boxes
@@ -160,6 +169,11 @@ def _areas_and_boxes(runs: _Runs, n_labels: int, height: int) -> tuple[np.ndarra
     y_max = np.maximum.reduceat(y_last, group_starts)
     boxes[present] = np.stack([x_min, y_min, x_max - x_min + 1, y_max - y_min + 1], axis=1)
     return areas, boxes
+
+
+def _sums(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups,) int64 sums of ``values`` per group (exact below 2**53, pixel counts are)."""
+    return np.bincount(groups, weights=values, minlength=n_groups).astype(np.int64)
 
 
 def encode_label_map(label_map: np.ndarray, n_labels: int) -> list[EncodedMask]:
@@ -187,3 +201,106 @@ def encode_label_map(label_map: np.ndarray, n_labels: int) -> list[EncodedMask]:
         )
         for label, area in enumerate(areas.tolist())
     ]
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """The COCO ``segmentation`` (compressed RLE, string counts) of one (H, W) boolean mask."""
+    label_map = np.where(np.asarray(mask, dtype=bool), 0, -1).astype(np.int8)
+    return encode_label_map(label_map, 1)[0].segmentation()
+
+
+def decode_mask(segmentation: dict) -> np.ndarray:
+    """The (H, W) uint8 0/1 mask of a COCO RLE ``segmentation``.
+
+    ``counts`` may be the compressed string (``str`` or ``bytes``) or the uncompressed list of
+    run lengths (COCO's ``iscrowd`` ground truth).
+    """
+    height, width = (int(v) for v in segmentation["size"])
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    else:
+        rle = {"size": [height, width],
+               "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle)
+
+
+class CountsError(ValueError):
+    """A compressed RLE string that is not well formed (a value's groups run past its end)."""
+
+
+def decode_counts(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The uncompressed run lengths of many compressed RLE strings, decoded together.
+
+    The inverse of the string form written by :func:`encode_label_map` (and pycocotools),
+    vectorised over all strings: no mask is built, so the cost follows the string lengths.
+
+    Returns:
+        counts: (C,) int64, string 0's run lengths, then string 1's, ... (0-runs first).
+        offsets: (len(strings) + 1,) int64, string k's are ``counts[offsets[k]:offsets[k+1]]``.
+
+    Raises:
+        CountsError: a string ends inside a value (its last character has the "more" bit).
+    """
+    lengths = np.fromiter((len(s) for s in strings), np.int64, len(strings))
+    chars = np.frombuffer("".join(strings).encode("ascii"), np.uint8).astype(np.int64)
+    chars -= _ALPHABET_START
+    more = (chars & 0x20) != 0
+    string_end = np.cumsum(lengths)
+    if len(chars) and np.any(more[string_end[lengths > 0] - 1]):
+        raise CountsError("a compressed RLE string ends inside a value")
+    last = np.flatnonzero(~more)  # the last character of each value
+    value_start = np.concatenate(([0], last[:-1] + 1)) if len(last) else last
+    owner = np.repeat(np.arange(len(last)), last - value_start + 1)
+    position = np.arange(len(chars)) - value_start[owner]
+    terms = (chars & 0x1F) << (_GROUP_BITS * position)
+    values = np.add.reduceat(terms, value_start) if len(last) else np.zeros(0, np.int64)
+    sign = (chars[last] & 0x10) != 0
+    values[sign] |= -1 << (_GROUP_BITS * (last - value_start + 1))[sign]
+    # each string's values: those whose last character lies before the string's end
+    offsets = np.concatenate(([0], np.searchsorted(last, string_end - 1, side="right")))
+    return _undelta(values, offsets), offsets.astype(np.int64)
+
+
+def _undelta(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Undo the string form's differences: ``count[i] = value[i] + count[i-2]`` for i > 2.
+
+    Each string's counts of one parity form a chain from index 1 (odd) or 2 (even); along the
+    whole array the positions of one parity are summed once, and each count subtracts the
+    running sum just before its chain began.
+    """
+    running = np.empty_like(values)
+    running[0::2] = np.cumsum(values[0::2])
+    running[1::2] = np.cumsum(values[1::2])
+    string = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    first = offsets[:-1][string]  # each element's string start
+    odd = (np.arange(len(values)) - first) & 1
+    before_chain = first - odd  # the position two before the chain's first (index 2 - odd)
+    counts = running - np.where(before_chain >= 0, running[np.maximum(before_chain, 0)], 0)
+    heads = offsets[:-1][np.diff(offsets) > 0]
+    counts[heads] = values[heads]  # index 0: no chain
+    return counts
+
+
+def runs_summary(counts: np.ndarray, offsets: np.ndarray,
+                 heights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per mask, from its run lengths alone: the pixels covered, the foreground, and the bbox.
+
+    Args:
+        counts, offsets: from :func:`decode_counts`.
+        heights: (M,) each mask's height (runs are column-major).
+
+    Returns:
+        total: (M,) int64, the sum of the run lengths (must be H * W).
+        area: (M,) int64, the foreground pixels (the odd runs).
+        bbox: (M, 4) int64 ``[x, y, w, h]`` of the foreground; zeros when empty.
+    """
+    n_masks = len(offsets) - 1
+    mask = np.repeat(np.arange(n_masks), np.diff(offsets))
+    total = _sums(mask, counts, n_masks)
+    ends = np.cumsum(counts)
+    ends -= np.concatenate(([0], ends))[offsets[:-1]][mask]  # restart per mask
+    odd = ((np.arange(len(counts)) - offsets[:-1][mask]) % 2 == 1) & (counts > 0)
+    runs = _Runs(mask[odd], ends[odd] - counts[odd], ends[odd])
+    area, bbox = _areas_and_boxes(runs, n_masks, heights[runs.label])
+    return total, area, bbox

@@ -191,7 +191,8 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
         lease.check()  # another driver took over: merge nothing
-        merged, damage = (None, {}) if pending else unchanged_merge(output, shard_ids)
+        merged, damage = (None, {}) if pending else unchanged_merge(
+            output, shard_ids, {"coco_max_annotations": config.coco_max_annotations})
         for relative, problem in damage.items():
             logger.warning("%s: %s; merging again from the verified shard parts",
                            output.uri_of(relative), problem)
@@ -201,8 +202,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         else:
             categories = report.categories or run.read_categories() or _categories_of(config)
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
-            counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output))
-            record_merge(output, shard_ids, counts)
+            counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output),
+                                   config.coco_max_annotations)
+            record_merge(output, shard_ids, counts,
+                         {"coco_max_annotations": config.coco_max_annotations})
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from labeler.io.folders import Folder
 from labeler.output import parts
+from labeler.output.coco_files import coco_files
 
 MERGED_RECORD = "run/merged.json"
 
@@ -39,12 +40,15 @@ def file_stamp(output: Folder, relative: str) -> dict | None:
     return {"bytes": size, "modified": output.modified(relative)}
 
 
-def record_merge(output: Folder, shard_ids: list[str], counts: dict) -> None:
-    """Write ``run/merged.json`` after a merge of ``shard_ids`` that produced ``counts``."""
+def record_merge(output: Folder, shard_ids: list[str], counts: dict,
+                 layout: dict | None = None) -> None:
+    """Write ``run/merged.json`` after a merge of ``shard_ids`` that produced ``counts``, with
+    the settings that shaped the files (``layout``: e.g. ``coco_max_annotations``)."""
     output.fs.invalidate_cache()  # the merge just wrote these files: no cached sizes
     stamps = {relative: stamp for relative in merged_files(output)
               if (stamp := file_stamp(output, relative)) is not None}
-    output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts, "files": stamps})
+    output.write_json(MERGED_RECORD, {"shards": shard_ids, "counts": counts, "files": stamps,
+                                      "layout": layout or {}})
 
 
 def merge_damage(output: Folder, record: dict) -> dict[str, str]:
@@ -69,12 +73,16 @@ def read_merge_record(output: Folder) -> dict | None:
         return None
 
 
-def unchanged_merge(output: Folder, shard_ids: list[str]) -> tuple[dict | None, dict[str, str]]:
-    """(counts, damage): the last merge's counts when it covered exactly ``shard_ids`` and every
-    file it wrote still matches (else None), and the damaged files found."""
+def unchanged_merge(output: Folder, shard_ids: list[str],
+                    layout: dict | None = None) -> tuple[dict | None, dict[str, str]]:
+    """(counts, damage): the last merge's counts when it covered exactly ``shard_ids`` with the
+    same ``layout`` and every file it wrote still matches (else None), and the damaged files."""
     record = read_merge_record(output)
-    if record is None or record.get("shards") != shard_ids:
+    if record is None or record.get("shards") != shard_ids \
+            or record.get("layout", {}) != (layout or {}):
         return None, {}
-    missing = [name for name in (parts.COCO_JSON, parts.MERGED_IMAGES) if not output.exists(name)]
+    missing = [name for name in (parts.MERGED_IMAGES,) if not output.exists(name)]
+    if coco_files(output, parts.COCO_JSON) is None:
+        missing.append(parts.COCO_JSON)
     damage = merge_damage(output, record) or {name: "missing" for name in missing}
     return (None if damage else record["counts"]), damage

@@ -8,19 +8,22 @@ shard ids are hashes of the shard's URIs (content, not position).
 On resume the input is listed again (:func:`extend_plan`): images it did not hold before are
 appended as new shards, with ids after the existing ones, in collection order; the existing
 shards, their ids and their manifests are left as they are, and images no longer listed are
-reported, not removed.
+reported, not removed. The diff of the listing against the plan runs through bucket files on
+local disk (:mod:`labeler.runtime.listing_diff`): memory stays bounded there too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter, deque
+import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from labeler.errors import UserError
+from labeler.runtime.listing_diff import diff_listing
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -36,10 +39,6 @@ def shard_id_for(uris: list[str]) -> str:
         digest.update(uri.encode("utf-8", "surrogateescape"))
         digest.update(b"\n")
     return digest.hexdigest()[:16]
-
-
-#: Removed images named in the resume report.
-REMOVED_EXAMPLES = 5
 
 
 def cut_into_shards(
@@ -136,31 +135,25 @@ def extend_plan(
     shards; existing shards are not rewritten. Plan URIs missing from the listing are reported.
     """
     plan = run.read_plan()
-    try:
-        known = _known_uris(run, [shard["shard_id"] for shard in plan["shards"]])
-    except Exception as error:  # noqa: BLE001 - reported, the resume goes on without the check
-        logger.warning("new images not looked for: a manifest of %s is unreadable (%s)",
-                       run.output.uri, error)
-        return plan, PlanChanges(checked=False)
+    shard_ids = [shard["shard_id"] for shard in plan["shards"]]
     last_id = max((s["first_image_id"] + s["n_images"] - 1 for s in plan["shards"]), default=0)
-
-    def unseen() -> Iterator[dict]:
-        for item in items:
-            if known[item["uri"]] > 0:
-                known[item["uri"]] -= 1
-            else:
-                yield item
-
-    seen = {shard["shard_id"] for shard in plan["shards"]}
-    new_shards = _write_shards(
-        run, cut_into_shards(unseen(), shard_size, name, first_image_id=last_id + 1), seen
-    )
-    removed = [uri for uri, count in known.items() for _ in range(count)]
+    seen = set(shard_ids)
+    with tempfile.TemporaryDirectory(prefix="labeler-resume-") as workdir:
+        try:
+            diff = diff_listing(_plan_uris(run, shard_ids), items, plan["n_images"], workdir)
+        except ManifestError as error:
+            logger.warning("new images not looked for: a manifest of %s is unreadable (%s)",
+                           run.output.uri, error.__cause__)
+            return plan, PlanChanges(checked=False)
+        new_shards = _write_shards(
+            run, cut_into_shards(diff.new_items(), shard_size, name, first_image_id=last_id + 1),
+            seen,
+        )
     changes = PlanChanges(
         new_images=sum(s["n_images"] for s in new_shards),
         new_shards=new_shards,
-        removed_images=len(removed),
-        removed_examples=removed[:REMOVED_EXAMPLES],
+        removed_images=diff.removed,
+        removed_examples=diff.removed_examples,
     )
     if new_shards:
         run.write_plan(plan["shards"] + new_shards)
@@ -168,11 +161,27 @@ def extend_plan(
     return plan, changes
 
 
-def _known_uris(run: RunFolder, shard_ids: list[str]) -> Counter[str]:
-    """How many times each URI appears in the given shards' manifests (read concurrently)."""
-    known: Counter[str] = Counter()
+class ManifestError(Exception):
+    """A plan manifest could not be read while diffing the listing (its error is the cause)."""
+
+
+def _plan_uris(run: RunFolder, shard_ids: list[str]) -> Iterator[str]:
+    """Every URI of the plan's manifests, in plan order (manifests read a few at a time)."""
     writers = 1 if run.output.is_local else MANIFEST_WRITERS
     with ThreadPoolExecutor(writers, thread_name_prefix="labeler-plan") as pool:
-        for entries in pool.map(run.read_manifest, shard_ids):
-            known.update(entry["uri"] for entry in entries)
-    return known
+        pending: deque[Future] = deque()
+        for shard_id in shard_ids:
+            pending.append(pool.submit(run.read_manifest, shard_id))
+            if len(pending) > 2 * writers:
+                yield from _uris_of(pending.popleft())
+        while pending:
+            yield from _uris_of(pending.popleft())
+
+
+def _uris_of(future: Future) -> Iterator[str]:
+    try:
+        entries = future.result()
+    except Exception as error:
+        raise ManifestError(str(error)) from error
+    for entry in entries:
+        yield entry["uri"]

@@ -139,9 +139,9 @@ class RunFolder:
         """Where the shard's part file ``name`` lives (see :mod:`labeler.output.parts`)."""
         return parts.shard_file(shard_id, name)
 
-    def write_part(self, shard_id: str, kind: parts.PartKind, data: bytes) -> None:
-        """Commit one of the shard's parts (atomically: see :class:`~labeler.io.folders.Folder`)."""
-        self._write(parts.shard_part(shard_id, kind), data)
+    def write_shard_file(self, shard_id: str, name: str, data: bytes) -> None:
+        """Commit one file of the shard's part folder (a part or a COCO fragment), atomically."""
+        self._write(parts.shard_file(shard_id, name), data)
 
     def is_done(self, shard_id: str) -> bool:
         return self.output.exists(f"run/done/{shard_id}")

@@ -38,7 +38,7 @@ from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
 from labeler.methods.label_maps import resize_labels
-from labeler.output import parts, schema
+from labeler.output import schema
 from labeler.output.failures import (
     METHOD_ERROR,
     OUT_OF_MEMORY,
@@ -52,7 +52,7 @@ from labeler.output.rows import (
     failed_image_row,
     labeled_rows,
 )
-from labeler.runtime.integrity import part_record
+from labeler.runtime.commit import commit_shard
 from labeler.runtime.postprocess import OrderedResults, PostProcessPool
 from labeler.runtime.run_folder import RunFolder
 
@@ -342,7 +342,7 @@ class ShardProcessor:
         timings["wait_input"] = batches.waited
         rows.images.sort(key=lambda row: row["image_id"])
         commit_started = time.perf_counter()
-        part_records = self._commit(run, shard_id, rows)
+        part_records = commit_shard(run, shard_id, rows.images, rows.annotations)
         timings["commit"] = time.perf_counter() - commit_started
         return {
             "shard_id": shard_id,
@@ -497,17 +497,6 @@ class ShardProcessor:
                       shard_id: str) -> tuple[ImageRow, list[AnnotationRow]]:
         return labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
                             self.category_names, self.provenance, shard_id, entry.get("file_name"))
-
-    def _commit(self, run: RunFolder, shard_id: str, rows: ShardRows) -> dict[str, dict]:
-        """Write the shard's parts; returns each part's digest and row count (for its stats)."""
-        records = {}
-        for kind in parts.KINDS:
-            table_rows = rows.images if kind is parts.IMAGES else rows.annotations
-            data = parts.encode_part(kind, table_rows)
-            run.write_part(shard_id, kind, data)
-            records[kind.file_name] = part_record(data, len(table_rows))
-        return records
-
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
     """Write the shard's log; a storage error here must not hide the shard's own outcome."""

@@ -4,22 +4,28 @@ Works while a run is going (the driver's heartbeat, ``run/progress.json``, gives
 speed and ETA) and after it ended or was killed. Whether a driver is at work comes from the
 output's lease (:mod:`labeler.runtime.lease`): a lease whose holder ran on this host and whose pid
 is gone, or that the store last wrote too long ago, means the driver is gone (``interrupted``).
-Every done shard's parts are checked against their recorded digests
-(:mod:`labeler.runtime.integrity`), and the merged files against the merge's record
-(:mod:`labeler.runtime.merge_record`); damaged ones are listed, and the run is not ``complete``.
+Every done shard's parts are checked against their records (:mod:`labeler.runtime.integrity`):
+sizes and storage stamps, one metadata request per part, hashing only the parts rewritten since
+their commit (``deep`` hashes every part); damaged ones are listed, and the run is not
+``complete``; the merged files are checked against the merge's record
+(:mod:`labeler.runtime.merge_record`). The cost follows the shards: one stats file and a few
+metadata requests each.
 """
 
 from __future__ import annotations
 
 from labeler.errors import UserError
 from labeler.io.folders import Folder
-from labeler.runtime.integrity import damaged_shards
+from labeler.output import parts
+from labeler.output.coco_files import coco_files
+from labeler.runtime.integrity import DIGESTS, STAMPS, stats_problem
 from labeler.runtime.lease import inspect_lease, state_is_live
 from labeler.runtime.merge_record import merge_damage, read_merge_record
 from labeler.runtime.run_folder import RunFolder
 
 
-def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
+def run_progress(output_uri: str, storage_options: dict | None = None,
+                 deep: bool = False) -> dict:
     """Counts from the run folder: shards and images done of total, failures by reason, speed.
 
     ``state`` is one of ``planning``, ``running`` (a live driver holds the lease),
@@ -42,10 +48,21 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
     labeled = failed = annotations = 0
     seconds = 0.0
     images_done = 0
+    damaged: dict[str, str] = {}
+    depth = DIGESTS if deep else STAMPS
     for shard in plan["shards"]:
         if shard["shard_id"] not in done:
             continue
-        stats = run.read_stats(shard["shard_id"]) or {}
+        try:
+            read = run.read_stats(shard["shard_id"])
+        except (ValueError, UnicodeDecodeError):
+            damaged[shard["shard_id"]] = "stats unreadable"
+            read = None
+        else:
+            problem = stats_problem(run, shard["shard_id"], shard["n_images"], read, depth)
+            if problem is not None:
+                damaged[shard["shard_id"]] = problem
+        stats = read or {}
         images_done += shard["n_images"]
         labeled += stats.get("labeled", 0)
         failed += stats.get("failed", 0)
@@ -55,11 +72,10 @@ def run_progress(output_uri: str, storage_options: dict | None = None) -> dict:
             reasons[reason] = reasons.get(reason, 0) + count
     failed_shards = run.failed_shards()
     heartbeat = run.read_progress() or {}
-    damaged = damaged_shards(run, plan["shards"], done)
     merged = read_merge_record(output)
     damaged_outputs = merge_damage(output, merged) if merged is not None else {}
-    complete = (output.exists("coco.json") and len(done) == len(plan["shards"]) and not damaged
-                and not damaged_outputs)
+    complete = (coco_files(output, parts.COCO_JSON) is not None
+                and len(done) == len(plan["shards"]) and not damaged and not damaged_outputs)
     return {
         "state": _state(driver_live, lease.exists, complete, damaged or damaged_outputs,
                         failed_shards),
@@ -100,9 +116,9 @@ def _last_line(text: str | None) -> str:
     return lines[-1] if lines else "?"
 
 
-def describe_run(output_uri: str, storage_options: dict | None = None) -> str:
+def describe_run(output_uri: str, storage_options: dict | None = None, deep: bool = False) -> str:
     """A short human-readable report of :func:`run_progress`."""
-    progress = run_progress(output_uri, storage_options)
+    progress = run_progress(output_uri, storage_options, deep)
     if progress["shards_total"] is None:
         if progress["state"] == "planning":
             return f"{output_uri}: planning (listing inputs)"

@@ -1,12 +1,20 @@
-"""What every export format implements, and the streaming JSON array writer they share."""
+"""What every export format implements, and the streaming JSON array writer they share.
+
+An exporter is a context manager: ``with Format(context) as exporter: exporter.add(...)``. On a
+clean exit it finishes its files (:meth:`Exporter.close`) and publishes the ones it opened with
+:meth:`Exporter.open_file`; when the block raises, those are discarded (atomic writers) and the
+format removes what it already published (:meth:`Exporter.abandon`), so an export that failed half
+way leaves no half file behind.
+"""
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Self
 
-from labeler.io.folders import Folder
+from labeler.io.folders import AtomicWriter, Folder
 from labeler.output.exporters.source import ExportImage
 
 
@@ -27,6 +35,9 @@ class ExportOptions:
             split (:func:`.review.split_of`); 0: one split, ``train``.
         seed: the split's seed.
         label_field: ``fiftyone``: the sample field the labels are imported into.
+        coco_max_annotations: ``coco-rle``/``coco-polygons``: above this many annotations the
+            export is split into ``coco/part-NNNNN.json`` files (:mod:`labeler.output.coco_files`;
+            ``None``: the default bound).
     """
 
     image_url_prefix: str | None = None
@@ -36,6 +47,7 @@ class ExportOptions:
     val_fraction: float = 0.0
     seed: int = 0
     label_field: str = "predictions"
+    coco_max_annotations: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,11 @@ class ExportContext:
 
 
 class Exporter(ABC):
-    """One export format: fed images one at a time, so memory is flat in the collection size."""
+    """One export format: fed images one at a time, so memory is flat in the collection size.
+
+    Attributes:
+        files: after a clean exit, the main files written (relative to the export).
+    """
 
     #: the folder, relative to the export, where ``--images copy|link`` puts the images
     #: (``None``: the format places or embeds them itself)
@@ -73,6 +89,43 @@ class Exporter(ABC):
 
     def __init__(self, context: ExportContext) -> None:
         self.context = context
+        self.files: list[str] = []
+        self._open: dict[int, AtomicWriter] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None:
+            self._discard_all(error_type, error, traceback)
+            return
+        try:
+            self.files = self.close()
+        except BaseException as failure:
+            self._discard_all(type(failure), failure, failure.__traceback__)
+            raise
+        for key in list(self._open):
+            self._open.pop(key).__exit__(None, None, None)
+
+    def open_file(self, relative: str):
+        """A binary handle on ``out/relative``, published when closed cleanly (by
+        :meth:`close_file` or at the end of the ``with`` block) and discarded on error."""
+        writer = self.context.out.open_atomic_writer(relative)
+        handle = writer.__enter__()
+        self._open[id(handle)] = writer
+        return handle
+
+    def close_file(self, handle) -> None:
+        """Publish a file opened with :meth:`open_file` now."""
+        self._open.pop(id(handle)).__exit__(None, None, None)
+
+    def _discard_all(self, error_type, error, traceback) -> None:
+        for key in list(self._open):
+            self._open.pop(key).__exit__(error_type, error, traceback)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Remove what the format already published when the export fails (default: nothing)."""
 
     def image_path(self, image: ExportImage) -> str:
         """Where ``--images copy|link`` puts ``image``, relative to the export."""
@@ -84,15 +137,15 @@ class Exporter(ABC):
 
     @abstractmethod
     def close(self) -> list[str]:
-        """Finish the files; return the main files written (relative to the export)."""
+        """Finish the files; return the main files written (relative to the export). Called by
+        the ``with`` block's clean exit."""
 
 
 class JsonArrayWriter:
-    """Writes ``prefix [item, item, ...] suffix`` to an atomic file, item by item."""
+    """Writes ``prefix [item, item, ...] suffix`` to a binary handle, item by item."""
 
-    def __init__(self, out: Folder, relative: str) -> None:
-        self._context = out.open_atomic_writer(relative)
-        self._handle = self._context.__enter__()
+    def __init__(self, handle) -> None:
+        self._handle = handle
         self._first = True
 
     def raw(self, text: str) -> None:
@@ -101,10 +154,3 @@ class JsonArrayWriter:
     def item(self, value) -> None:
         self.raw(("\n" if self._first else ",\n") + json.dumps(value, ensure_ascii=False))
         self._first = False
-
-    def restart(self) -> None:
-        """The next :meth:`item` starts a new array (no comma before it)."""
-        self._first = True
-
-    def close(self) -> None:
-        self._context.__exit__(None, None, None)

@@ -1,32 +1,60 @@
 """``coco-rle`` and ``coco-polygons``: COCO instances files with relative ``file_name``.
 
 ``coco-rle`` keeps the output's compressed RLE; ``coco-polygons`` writes each mask as polygons
-(:mod:`.polygons`: holes cut in, every fragment kept). Both stream images and annotations
-through temporary JSON-lines parts, then write ``annotations.json`` in one pass. With
+(:mod:`.polygons`: holes cut in, every fragment kept). Images and annotations are rendered one
+image at a time into temporary fragments (:mod:`labeler.output.coco_records`), which
+:class:`~labeler.output.coco_files.CocoFilesWriter` concatenates into ``annotations.json``, or,
+above ``--coco-max-annotations``, into ``coco/part-NNNNN.json`` with ``coco/index.json``. With
 ``--val-fraction`` there is one file per split instead, ``annotations_train.json`` and
 ``annotations_val.json`` (CVAT: ``instances_train.json`` and ``instances_val.json``, which
-CVAT and Datumaro read as the subsets ``train`` and ``val``).
+CVAT and Datumaro read as the subsets ``train`` and ``val``; split files above the bound go to
+``coco/<split>/``). The run's own COCO output is this exporter fed the fragments its workers
+rendered (:meth:`CocoExporter.add_fragment`, :class:`RunCocoExporter`).
 """
 
 from __future__ import annotations
 
-import json
 import posixpath
+import sys
+from dataclasses import dataclass
 
+from labeler.output.coco_files import COCO_DIR, DEFAULT_MAX_ANNOTATIONS, CocoFilesWriter, Fragment
+from labeler.output.coco_records import coco_image, render
 from labeler.output.exporters.base import ExportContext, Exporter
 from labeler.output.exporters.polygons import mask_polygons
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
+
+#: The split every image is in without ``--val-fraction``.
+ONLY_SPLIT = "train"
+
+
+@dataclass
+class _Pending:
+    """The temporary fragment of one split being written (handles and record counts)."""
+
+    paths: tuple[str, str]
+    images: object
+    annotations: object
+    n_images: int = 0
+    n_annotations: int = 0
 
 
 class CocoExporter(Exporter):
     """COCO instances at ``annotations.json`` (``layout`` sets the file and images folder)."""
 
     annotations_file = "annotations.json"
+    #: what the ``info`` block's ``segmentation`` says (``None``: no such key)
+    segmentation: str | None = "rle"
     polygons = False
+    #: whether ``coco_max_annotations`` splits the export (layouts that name one file do not)
+    splits = True
 
     def __init__(self, context: ExportContext) -> None:
         super().__init__(context)
-        self._parts: dict[str, tuple] = {}
+        self._writers: dict[str, CocoFilesWriter] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._fragments = 0
 
     def _file_of(self, split: str) -> str:
         if self.context.options.val_fraction <= 0:
@@ -35,64 +63,86 @@ class CocoExporter(Exporter):
         stem = stem.removesuffix("_default")
         return f"{stem}_{split}{extension}"
 
-    def _handles(self, split: str) -> tuple:
-        """The (images, annotations) JSON-lines part handles of a split's file."""
-        if split not in self._parts:
-            relative = self._file_of(split)
-            writers = (self.context.out.open_atomic_writer(f"{relative}.images.part"),
-                       self.context.out.open_atomic_writer(f"{relative}.ann.part"))
-            self._parts[split] = (relative, writers, tuple(w.__enter__() for w in writers))
-        return self._parts[split][2]
+    def _writer(self, split: str) -> CocoFilesWriter:
+        if split not in self._writers:
+            info = dict(self.context.info)
+            if self.segmentation is not None:
+                info["segmentation"] = self.segmentation
+            split_files = self.context.options.val_fraction > 0
+            if split_files:
+                info["split"] = split
+            bound = self.context.options.coco_max_annotations or DEFAULT_MAX_ANNOTATIONS
+            self._writers[split] = CocoFilesWriter(
+                self.context.out, self._file_of(split), info, self.context.categories,
+                bound if self.splits else sys.maxsize,
+                parts_dir=f"{COCO_DIR}/{split}" if split_files else COCO_DIR,
+            )
+        return self._writers[split]
 
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
-        image_handle, annotation_handle = self._handles(image.split)
-        record = {
-            "id": image.image_id,
-            "file_name": image.file_name,
-            "width": image.width,
-            "height": image.height,
-            "coco_url": image.uri,
-        }
-        image_handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        split = image.split or ONLY_SPLIT
+        bound = self._writer(split).max_annotations
+        pending = self._pending.get(split)
+        if pending is not None and pending.n_annotations + len(annotations) > bound:
+            self._hand_over(split)
+            pending = None
+        if pending is None:
+            pending = self._pending[split] = self._start_fragment()
+        record = coco_image(image.image_id, image.file_name, image.uri, image.width, image.height)
+        _append(pending.images, pending.n_images, record)
+        pending.n_images += 1
         for annotation in annotations:
             if self.polygons:
-                polygons = mask_polygons(decode_mask(annotation), self.context.tolerance)
+                polygons = mask_polygons(decode_mask(annotation["segmentation"]),
+                                         self.context.tolerance)
                 annotation = {
                     **annotation,
                     "segmentation": [[round(float(v), 2) for v in p.ravel()] for p in polygons],
                 }
-            annotation_handle.write((json.dumps(annotation) + "\n").encode())
+            _append(pending.annotations, pending.n_annotations, annotation)
+            pending.n_annotations += 1
+
+    def add_fragment(self, fragment: Fragment) -> None:
+        """Append records rendered elsewhere (a shard's, at commit) after those added so far."""
+        if ONLY_SPLIT in self._pending:
+            self._hand_over(ONLY_SPLIT)
+        self._writer(ONLY_SPLIT).add(fragment)
 
     def close(self) -> list[str]:
-        if not self._parts:  # no labeled image: the file still exists, empty
-            self._handles("train")
+        if not self._writers:  # no labeled image: the file still exists, empty
+            self._writer(ONLY_SPLIT)
         written = []
-        for split, (relative, writers, _) in sorted(self._parts.items()):
-            for writer in writers:
-                writer.__exit__(None, None, None)
-            self._write(relative, split)
-            written.append(relative)
+        for split in sorted(self._writers):
+            if split in self._pending:
+                self._hand_over(split)
+            written += self._writers[split].close()
         return written
 
-    def _write(self, relative: str, split: str) -> None:
-        """Join a split's two parts into its COCO file."""
-        out = self.context.out
-        info = {**self.context.info, "segmentation": "polygons" if self.polygons else "rle"}
-        if self.context.options.val_fraction > 0:
-            info["split"] = split
-        with out.open_atomic_writer(relative) as handle:
-            handle.write(('{"info": ' + json.dumps(info, sort_keys=True)).encode())
-            for key, part in (("images", ".images.part"), ("annotations", ".ann.part")):
-                handle.write(f',\n"{key}": ['.encode())
-                with out.open(relative + part) as lines:
-                    for number, line in enumerate(lines):
-                        handle.write((b",\n" if number else b"\n") + line.rstrip(b"\n"))
-                handle.write(b"]")
-                out.remove(relative + part)
-            handle.write((',\n"categories": ' + json.dumps(self.context.categories) + "}\n").encode())
+    def abandon(self) -> None:
+        for writer in self._writers.values():
+            writer.abort()
+
+    def _start_fragment(self) -> _Pending:
+        stem = f"{self.annotations_file}.{self._fragments}"
+        self._fragments += 1
+        paths = (f"{stem}.images.part", f"{stem}.annotations.part")
+        return _Pending(paths, self.open_file(paths[0]), self.open_file(paths[1]))
+
+    def _hand_over(self, split: str) -> None:
+        """Publish a split's fragment being written and give it to the split's files writer."""
+        pending = self._pending.pop(split)
+        self.close_file(pending.images)
+        self.close_file(pending.annotations)
+        self._writer(split).add(Fragment(self.context.out, *pending.paths, pending.n_images,
+                                         pending.n_annotations, temporary=True))
+
+
+def _append(handle, written: int, record: dict) -> None:
+    handle.write((b",\n" if written else b"") + render([record]))
 
 
 class CocoPolygonExporter(CocoExporter):
+    segmentation = "polygons"
     polygons = True
 
 
@@ -104,6 +154,7 @@ class CvatExporter(CocoPolygonExporter):
     """
 
     annotations_file = "annotations/instances_default.json"
+    splits = False
 
 
 class FiftyOneExporter(CocoExporter):
@@ -119,6 +170,7 @@ class FiftyOneExporter(CocoExporter):
 
     annotations_file = "labels.json"
     images_subdir = "data"
+    splits = False
     loader_file = "load_fiftyone.py"
 
     def close(self) -> list[str]:
@@ -127,6 +179,13 @@ class FiftyOneExporter(CocoExporter):
         self.context.out.write_bytes(self.loader_file, _FIFTYONE_LOADER.format(
             data_path=data_path, label_field=self.context.options.label_field).encode())
         return [*written, self.loader_file]
+
+
+class RunCocoExporter(CocoExporter):
+    """A run's own COCO output: ``coco.json`` (or split), its ``info`` block as the run made it."""
+
+    annotations_file = "coco.json"
+    segmentation = None
 
 
 _FIFTYONE_LOADER = '''"""Load this export into FiftyOne (written by ``labeler export --format fiftyone``).

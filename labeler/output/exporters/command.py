@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.output.exporters.base import ExportOptions
 from labeler.output.exporters.export import DEFAULT_TOLERANCE, FORMATS, IMAGE_MODES, export
 from labeler.output.exporters.filters import ExportFilters, parse_min_score
@@ -37,13 +38,19 @@ def add_parser(commands) -> None:
     studio.add_argument("--image-url-prefix", metavar="PREFIX",
                         help="a task's image is PREFIX + its relative file name, e.g. "
                              "/data/local-files/?d=photos/, s3://bucket/photos/, "
-                             "https://host/photos/ (default: /data/local-files/?d=)")
+                             "https://host/photos/ (default: /data/local-files/?d=<the image "
+                             "root's folder name>/, or images/ for placed images)")
     studio.add_argument("--as-annotations", action="store_true",
                         help="import the masks as annotations instead of predictions")
     studio.add_argument("--fragment-min-area", type=float, default=defaults.fragment_min_area,
                         metavar="PX",
                         help="label-studio: drop a segment's fragments below PX pixels from its "
                              f"polygon; the largest is kept (default {defaults.fragment_min_area:g})")
+    coco = parser.add_argument_group("COCO (coco-rle, coco-polygons)")
+    coco.add_argument("--coco-max-annotations", type=int, default=None, metavar="N",
+                      help="above N annotations write coco/part-NNNNN.json files (each a "
+                           "complete COCO file) and coco/index.json "
+                           f"(default {DEFAULT_MAX_ANNOTATIONS})")
     review = parser.add_argument_group("review aids")
     review.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                         help="rename a class (repeatable); two classes renamed to one name are "
@@ -67,7 +74,8 @@ def _export(args: argparse.Namespace) -> int:
                             as_annotations=args.as_annotations,
                             fragment_min_area=args.fragment_min_area,
                             renames=parse_renames(args.rename), val_fraction=args.val_fraction,
-                            seed=args.seed, label_field=args.label_field)
+                            seed=args.seed, label_field=args.label_field,
+                            coco_max_annotations=args.coco_max_annotations)
     summary = export(args.output, args.fmt, args.out, images=args.images, filters=filters,
                      tolerance=args.tolerance, options=options)
     filtered = sum(summary.filtered.values())

@@ -21,7 +21,8 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from labeler.output.exporters.base import ExportContext, Exporter
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 ANNOTATIONS_FILE = "annotations.xml"
 #: decimals of the score attribute (CVAT's number attribute: min 0, max 1, this step)
@@ -54,8 +55,7 @@ class CvatImagesExporter(Exporter):
         super().__init__(context)
         self.names = {c["id"]: c["name"] for c in context.categories}
         self._frame = 0
-        self._file = context.out.open_atomic_writer(ANNOTATIONS_FILE)
-        self._handle = self._file.__enter__()
+        self._handle = self.open_file(ANNOTATIONS_FILE)
         self._write('<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n'
                     "  <version>1.1</version>\n  <meta>\n    <task>\n"
                     f"      <name>{escape(context.info.get('description') or 'labeler')}</name>\n"
@@ -82,7 +82,7 @@ class CvatImagesExporter(Exporter):
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         shapes = []
         for annotation in annotations:
-            mask = decode_mask(annotation)
+            mask = decode_mask(annotation["segmentation"])
             if not mask.any():
                 continue
             (left, top, width, height), runs = cvat_mask_rle(mask)
@@ -99,5 +99,4 @@ class CvatImagesExporter(Exporter):
 
     def close(self) -> list[str]:
         self._write("</annotations>\n")
-        self._file.__exit__(None, None, None)
         return [ANNOTATIONS_FILE]

@@ -54,6 +54,7 @@ OPTION_FORMATS = {
     "val_fraction": ("coco-rle", "coco-polygons", "cvat", "yolo-seg", "hf"),
     "seed": ("coco-rle", "coco-polygons", "cvat", "yolo-seg", "hf"),
     "label_field": ("fiftyone",),
+    "coco_max_annotations": ("coco-rle", "coco-polygons"),
 }
 #: default polygon simplification, pixels (round-trip IoU in the README)
 DEFAULT_TOLERANCE = 0.5
@@ -105,21 +106,22 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
     images_dir = None if images == "none" else exporter_class.images_subdir
     context = ExportContext(target, merger.categories, info, images_dir, tolerance, images,
                             storage_options, options)
-    exporter = exporter_class(context)
     names = {c["id"]: c["name"] for c in source.categories}
     summary = ExportSummary(out=out, format=fmt)
-    for image, found in source:
-        kept = merger.apply(filters.apply(image.width, image.height, found, names,
-                                          summary.filtered))
-        image = dataclasses.replace(
-            image, split=split_of(image.file_name, options.val_fraction, options.seed))
-        exporter.add(image, kept)
-        summary.images += 1
-        summary.splits[image.split] += 1
-        summary.annotations += len(kept)
-        if images_dir is not None:
-            _place(image, target, exporter.image_path(image), images, summary, storage_options)
-    summary.files = exporter.close()
+    with exporter_class(context) as exporter:
+        for image, found in source:
+            kept = merger.apply(filters.apply(image.width, image.height, found, names,
+                                              summary.filtered))
+            image = dataclasses.replace(
+                image, split=split_of(image.file_name, options.val_fraction, options.seed))
+            exporter.add(image, kept)
+            summary.images += 1
+            summary.splits[image.split] += 1
+            summary.annotations += len(kept)
+            if images_dir is not None:
+                _place(image, target, exporter.image_path(image), images, summary,
+                       storage_options)
+    summary.files = exporter.files
     target.write_json("export.json", {
         "format": fmt, "source": output, "image_root": source.image_root,
         "images": summary.images, "annotations": summary.annotations,
@@ -146,6 +148,8 @@ def _check_options(fmt: str, options: ExportOptions) -> None:
         raise UserError(f"--fragment-min-area must be >= 0 (got {options.fragment_min_area})")
     if not 0 <= options.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
+    if options.coco_max_annotations is not None and options.coco_max_annotations < 1:
+        raise UserError(f"--coco-max-annotations must be >= 1 (got {options.coco_max_annotations})")
     if not options.label_field.isidentifier():
         raise UserError(f"--label-field must be a field name (got {options.label_field!r})")
 

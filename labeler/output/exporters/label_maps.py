@@ -21,7 +21,8 @@ from PIL import Image
 
 from labeler.errors import UserError
 from labeler.output.exporters.base import ExportContext, Exporter
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 
 def palette(n: int = 256) -> list[int]:
@@ -48,15 +49,14 @@ class LabelMapExporter(Exporter):
             raise UserError("label-maps: category ids above 255 do not fit an indexed PNG")
         self._index = None
         if self.instances:
-            self._index_writer = context.out.open_atomic_writer("instances.jsonl")
-            self._index = self._index_writer.__enter__()
+            self._index = self.open_file("instances.jsonl")
 
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         dtype = np.uint16 if self.instances else np.uint8
         label_map = np.zeros((image.height, image.width), dtype)
         for number, annotation in enumerate(annotations, start=1):
             value = number if self.instances else annotation["category_id"]
-            label_map[decode_mask(annotation).astype(bool)] = value
+            label_map[decode_mask(annotation["segmentation"]).astype(bool)] = value
             if self._index is not None:
                 record = {"file_name": image.file_name, "image_id": image.image_id,
                           "value": number, "annotation_id": annotation["id"],
@@ -73,8 +73,6 @@ class LabelMapExporter(Exporter):
         self.context.out.write_bytes(f"masks/{stem}.png", buffer.getvalue())
 
     def close(self) -> list[str]:
-        if self._index is not None:
-            self._index_writer.__exit__(None, None, None)
         kind = "instances-16bit" if self.instances else "semantic-indexed"
         self.context.out.write_json(
             "label_maps.json", {"kind": kind, "categories": self.context.categories,

@@ -11,12 +11,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
 from labeler.errors import UserError
 from labeler.io.folders import Folder
-from labeler.output.coco_json import coco_annotation
+from labeler.output import parts
+from labeler.output.coco_files import COCO_INDEX, coco_files
+from labeler.output.coco_records import coco_annotation
 from labeler.output.reader import OutputReader
 
 
@@ -40,13 +39,6 @@ class ExportImage:
     split: str = "train"
 
 
-def decode_mask(annotation: dict) -> np.ndarray:
-    """The (H, W) uint8 0/1 mask of a COCO annotation with compressed RLE."""
-    segmentation = annotation["segmentation"]
-    rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
-    return mask_utils.decode(rle)
-
-
 class OutputSource:
     """A finished ``labeler run`` output, read for export.
 
@@ -60,9 +52,12 @@ class OutputSource:
 
     def __init__(self, uri: str, storage_options: dict | None = None) -> None:
         self.folder = Folder(uri, storage_options)
-        for required in ("images.parquet", "coco.json", "run/config.json"):
+        for required in ("images.parquet", "run/config.json"):
             if not self.folder.exists(required):
                 raise UserError(f"{uri} is not a finished labeler output (no {required})")
+        if coco_files(self.folder, parts.COCO_JSON) is None:
+            raise UserError(f"{uri} is not a finished labeler output (no {parts.COCO_JSON} "
+                             f"or {COCO_INDEX})")
         self.config = self.folder.read_json("run/config.json")
         self.categories = self._categories()
 
@@ -76,6 +71,8 @@ class OutputSource:
         return self.config["settings"].get("method", "")
 
     def _categories(self) -> list[dict]:
+        if self.folder.exists(parts.OUTPUT_META):  # written by every merge
+            return self.folder.read_json(parts.OUTPUT_META)["categories"]
         if self.folder.exists("run/categories.json"):
             return self.folder.read_json("run/categories.json")
         with self.folder.open("coco.json") as handle:  # older outputs: the tail of coco.json

@@ -26,7 +26,8 @@ import yaml
 from labeler.output.exporters.base import ExportContext, Exporter
 from labeler.output.exporters.polygons import mask_polygons, single_polygon
 from labeler.output.exporters.review import TRAIN, VAL
-from labeler.output.exporters.source import ExportImage, decode_mask
+from labeler.output.exporters.source import ExportImage
+from labeler.output.rle import decode_mask
 
 
 class YoloSegExporter(Exporter):
@@ -43,7 +44,7 @@ class YoloSegExporter(Exporter):
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
         lines = []
         for annotation in annotations:
-            polygon = single_polygon(mask_polygons(decode_mask(annotation), self.context.tolerance))
+            polygon = single_polygon(mask_polygons(decode_mask(annotation["segmentation"]), self.context.tolerance))
             if polygon is None:
                 continue
             normalised = (polygon / [image.width, image.height]).clip(0.0, 1.0).ravel()

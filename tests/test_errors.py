@@ -35,7 +35,7 @@ def test_a_missing_path_is_a_user_error_and_still_a_file_not_found_error():
 
 @pytest.mark.parametrize("bug", [RuntimeError("a bug"), ValueError("a bug"), OSError("a bug")])
 def test_a_bug_in_a_command_is_not_reported_as_a_user_mistake(monkeypatch, tmp_path, bug):
-    def broken(output: str) -> str:
+    def broken(output: str, **options) -> str:
         raise bug
 
     monkeypatch.setattr(cli, "describe_run", broken)
@@ -44,7 +44,7 @@ def test_a_bug_in_a_command_is_not_reported_as_a_user_mistake(monkeypatch, tmp_p
 
 
 def test_a_user_mistake_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
-    def refused(output: str) -> str:
+    def refused(output: str, **options) -> str:
         raise UserError("no such run")
 
     monkeypatch.setattr(cli, "describe_run", refused)
@@ -56,7 +56,7 @@ def test_the_command_line_shows_a_bug_with_its_traceback_and_exit_1(tmp_path):
     # `labeler status` on a folder that is no run is a user mistake (exit 2); the same command
     # with describe_run broken is a bug: Python's traceback and exit status 1.
     script = ("import sys, labeler.cli as cli\n"
-              "def broken(output):\n    raise RuntimeError('injected bug')\n"
+              "def broken(output, **options):\n    raise RuntimeError('injected bug')\n"
               "cli.describe_run = broken\n"
               f"sys.exit(cli.main(['status', {str(tmp_path)!r}]))\n")
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)

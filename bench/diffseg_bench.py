@@ -12,30 +12,52 @@ or any model name ``labeler run --model`` accepts.
         --batch-sizes 1,2,4,8,16,32 --compile
 
 Prints a table (seconds per image per stage) and a JSON line with the same figures; with
-``--batch-sizes`` one table per batch size (``--images`` is then at least the batch size) and a
-last JSON line holding them all (``sweep``). ``--compile`` wraps the UNet in ``torch.compile``
-(warm-up batches compile it, outside the timing).
+``--batch-sizes`` one table and JSON line per batch size as each finishes (``--images`` is then at
+least the batch size) and a last JSON line holding them all (``sweep``). ``--compile`` wraps the
+UNet in ``torch.compile``; the first warm-up batch of each batch size (the compilation of its
+shape) is timed apart (``first_batch_s``) from the steady state. Every line carries the process
+CPU seconds per image and the load average (a shared machine's wall times measure the neighbours).
+
+``--attention random|world`` times the post-processing alone (aggregation, merge, labeling at
+``--output-size``; no model) on SD-shaped attention (sides 64, 32, 16, 8), CPU seconds per image
+per stage and the proposals left: ``random`` is the near-uniform attention of random weights
+(softmax of small Gaussian logits), ``world`` the blocky attention of a real image: each query
+attends to keys of its own region of a synthetic world
+(:func:`labeler.testing.worlds.region_world`), falling off with distance:
+
+    python bench/diffseg_bench.py --attention world --images 4 --batch-sizes 1,4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from labeler.io.decode import decode_image
-from labeler.methods.diffseg.algorithm import DiffSegOptions
+from labeler.methods.diffseg.algorithm import (
+    DiffSegOptions,
+    _side_of,
+    aggregate_attention,
+    labels_from_proposals,
+    merge_proposals,
+)
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.models.backbone import Backbone, default_dtype, load_backbone
 from labeler.output.rle import encode_label_map
+from labeler.testing.worlds import region_world
 from labeler.timing import StageTimer
 
 SAMPLES = Path(__file__).resolve().parent.parent / "labeler" / "data" / "samples"
+#: The self-attention sides of SD 1.x/2.x at 512 px.
+SD_SIDES = (64, 32, 16, 8)
 
 
 def sd15_random_backbone(device: torch.device, dtype: torch.dtype) -> Backbone:
@@ -101,9 +123,100 @@ def peak_memory_mib(device: torch.device) -> dict:
     return figures
 
 
+def random_attention(batch: int, side: int, rng: np.random.Generator) -> torch.Tensor:
+    """(batch, side², side²) row-stochastic: softmax of N(0, 0.5²) logits (random weights)."""
+    logits = torch.from_numpy(rng.standard_normal((batch, side * side, side * side), np.float32))
+    return torch.softmax(logits * 0.5, dim=-1)
+
+
+def world_attention(regions: np.ndarray, side: int) -> torch.Tensor:
+    """(side², side²) row-stochastic attention of one synthetic world at one side.
+
+    Query q attends to key k with logit ``6 [region(q) = region(k)] - d(q, k)² / (2 (side/4)²)``
+    (d in cells), so proposals follow the world's regions as a trained model's do.
+
+    Args:
+        regions: (H, W) int region map, H = W a multiple of ``side``.
+    """
+    step = regions.shape[0] // side
+    cells = torch.from_numpy(regions[step // 2 :: step, step // 2 :: step][:side, :side]).flatten()
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    position = torch.stack([yy.flatten(), xx.flatten()], -1).float()
+    logits = 6.0 * (cells[:, None] == cells[None, :]).float()
+    logits -= torch.cdist(position, position) ** 2 / (2 * (side / 4) ** 2)
+    return torch.softmax(logits, dim=-1)
+
+
+def make_attention(kind: str, batch: int, seed: int,
+                   sides: tuple[int, ...] = SD_SIDES) -> dict[int, torch.Tensor]:
+    """``{side: (batch, side², side²)}`` attention of ``kind`` (random or world)."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return {side: random_attention(batch, side, rng) for side in sides}
+    worlds = [region_world(rng, 512)[1] for _ in range(batch)]
+    return {side: torch.stack([world_attention(w, side) for w in worlds]) for side in sides}
+
+
+def label_each(proposals: list[torch.Tensor], side: int, output_size: int) -> list:
+    """The labeling step of every image of a batch."""
+    return [labels_from_proposals(p, side, output_size) for p in proposals]
+
+
+def run_postprocess(args: argparse.Namespace, batch_size: int) -> dict:
+    """Seconds per image (process CPU and wall) of aggregation, merge and labeling on
+    ``args.attention`` maps on ``args.device`` (made before the timing)."""
+    device = torch.device(args.device)
+    options = DiffSegOptions()
+    batches = [{side: maps.to(device) for side, maps in
+                make_attention(args.attention, batch_size, seed, args.sides).items()}
+               for seed in range(-(-max(args.images, batch_size) // batch_size))]
+    stages = ("aggregate", "merge", "labeling")
+    cpu, wall = dict.fromkeys(stages, 0.0), dict.fromkeys(stages, 0.0)
+    proposals_kept = []
+
+    def timed(stage, function, *arguments, **keywords):
+        started, process = time.perf_counter(), time.process_time()
+        result = function(*arguments, **keywords)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        cpu[stage] += time.process_time() - process
+        wall[stage] += time.perf_counter() - started
+        return result
+
+    for attention in batches:
+        aggregated = timed("aggregate", aggregate_attention, attention, options.weight_map)
+        proposals = timed("merge", merge_proposals, aggregated, options.schedule,
+                          options.grid_points, eps=options.eps)
+        side = _side_of(aggregated.shape[-1])
+        timed("labeling", label_each, proposals, side, args.output_size)
+        proposals_kept += [len(p) for p in proposals]
+    images = len(batches) * batch_size
+    figures = {"attention": args.attention, "sides": list(args.sides), "device": str(device),
+               "batch_size": batch_size,
+               "images": images, "output_size": args.output_size,
+               "threads": torch.get_num_threads(),
+               "cpu_s_per_image": {k: v / images for k, v in cpu.items()},
+               "cpu_s_per_image_total": sum(cpu.values()) / images,
+               "wall_s_per_image": {k: v / images for k, v in wall.items()},
+               "proposals_mean": float(np.mean(proposals_kept)),
+               "load_average": os.getloadavg()}
+    sys.stdout.write(json.dumps(figures) + "\n")
+    sys.stdout.flush()
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attention", choices=["random", "world"],
+                        help="time the post-processing alone on this attention (no model)")
+    parser.add_argument("--output-size", type=int, default=512,
+                        help="label side of --attention's labeling")
+    parser.add_argument("--sides", type=lambda text: tuple(int(v) for v in text.split(",")),
+                        default=SD_SIDES, help="attention sides of --attention (default 64,32,16,8)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--model", default="tiny")
+    parser.add_argument("--input-size", type=int, dest="input_size",
+                        help="model input side (default: the model's; >= 128 for 16 anchors)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--images", type=int, default=8)
@@ -112,6 +225,13 @@ def main() -> int:
     parser.add_argument("--batch-sizes", help="comma-separated sweep, e.g. 1,2,4,8,16,32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.attention:
+        sizes = [int(part) for part in (args.batch_sizes or str(args.batch_size)).split(",")]
+        for batch_size in sizes:
+            run_postprocess(args, batch_size)
+        return 0
 
     device = torch.device(args.device)
     dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -119,6 +239,8 @@ def main() -> int:
         backbone = sd15_random_backbone(device, dtype)
     else:
         backbone = load_backbone(args.model, device=device, dtype=dtype)
+    if args.input_size:  # a smaller model input (the smoke run's): the UNet's sample size
+        backbone.unet.register_to_config(sample_size=args.input_size // backbone.vae_scale)
     if args.compile:
         backbone.unet = torch.compile(backbone.unet)
     diffseg = DiffSeg(backbone, DiffSegOptions())
@@ -140,14 +262,20 @@ def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dt
     """Time ``images_count`` images in batches of ``batch_size``; print and return the figures."""
     args = argparse.Namespace(**{**vars(args), "batch_size": batch_size, "images": images_count})
     blobs = load_images(args.images)
+    first_batch_s = None  # the first warm-up batch: with --compile, the compilation of its shape
     for _ in range(args.warmup):
+        started = time.perf_counter()
         diffseg.label([decode_image(blobs[0]).pixels] * min(args.batch_size, args.images))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if first_batch_s is None:
+            first_batch_s = time.perf_counter() - started
     diffseg.timer = StageTimer()
     timer = diffseg.timer
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, args.images, args.batch_size):
         with timer.stage("decode"):
             images = [decode_image(blob).pixels for blob in blobs[start : start + args.batch_size]]
@@ -158,6 +286,7 @@ def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dt
     if device.type == "cuda":
         torch.cuda.synchronize()
     total = time.perf_counter() - started
+    cpu = time.process_time() - cpu
 
     per_image = {stage: seconds / args.images for stage, seconds in timer.seconds.items()}
     order = ["decode", "vae_encode", "unet_capture", "aggregate", "merge", "labeling", "rle"]
@@ -183,9 +312,13 @@ def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dt
         "compile": args.compile,
         "per_image_s": per_image,
         "images_per_s": args.images / total,
+        "cpu_s_per_image": cpu / args.images,
+        "first_batch_s": first_batch_s,
+        "load_average": os.getloadavg(),
         **memory,
     }
     sys.stdout.write(json.dumps(figures) + "\n")
+    sys.stdout.flush()
     return figures
 
 

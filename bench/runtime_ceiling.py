@@ -38,12 +38,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import threading
 import time
 import timeit
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +58,17 @@ sys.path.insert(0, str(REPO))
 
 from labeler.io.decode import decode_image
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels, compact_resized_labels
-from labeler.methods.device_labels import RawLabels, _compact_on_device, device_step, finish_labels
+from labeler.methods.base import ImageLabels, MethodProvenance, compact_resized_labels
+from labeler.methods.device_labels import (
+    PendingLabels,
+    RawLabels,
+    _compact_on_device,
+    device_step,
+    finish_labels,
+)
+from labeler.methods.preprocess import label_grid_size
 from labeler.output import rle
+from labeler.runtime.commit import commit_shard
 from labeler.runtime.executor import SHARDS_IN_FLIGHT_PER_WORKER
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
@@ -66,8 +76,13 @@ from labeler.runtime.shard import ShardProcessor
 from labeler.timing import StageTimer
 from tests.s3server import S3Server
 
-#: Label maps kept per image size (generating one costs far more than the runtime under test).
-MAPS_PER_SIZE = 4
+#: Distinct images and label maps by default (fewer would let caches and tiny parts flatter the
+#: figures: parts of repeated maps compress to a fraction of their real size).
+DISTINCT = 64
+#: The methods' default cap on the label grid's long side (``max_label_side``).
+MAX_LABEL_SIDE = 1024
+#: Low-resolution proposal scores per label-grid side on the device (upsampled, then argmax).
+SCORE_STRIDE = 16
 
 
 def voronoi_labels(height: int, width: int, segments: int, rng: np.random.Generator) -> np.ndarray:
@@ -86,52 +101,108 @@ def voronoi_labels(height: int, width: int, segments: int, rng: np.random.Genera
     return labels
 
 
+def device_cycles_per_ms(device: torch.device) -> float:
+    """GPU clock cycles of ``torch.cuda._sleep`` per millisecond, measured with CUDA events."""
+    cycles = 10_000_000
+    torch.cuda._sleep(cycles)  # warm-up
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    return cycles / start.elapsed_time(end)
+
+
 class ZeroCostSegmenter:
     """A two-step :class:`labeler.methods.base.Segmenter` whose model costs ``model_seconds`` per
-    image.
+    image, with ``distinct`` different label maps at the label grid (the image's size capped at
+    ``MAX_LABEL_SIDE``, as the methods label).
 
-    The device step (``label_raw``, timed as ``model``) is a sleep, then per image one of a few
-    cached Voronoi maps of the image's size; the host step (``finish``, timed as ``compact``,
-    on the pool's threads) relabels it as the methods do on CPU.
+    On the CPU the device step (``label_raw``, timed as ``model``) sleeps (a call that releases
+    the GIL and burns no CPU, as a model on an accelerator) and hands over cached Voronoi maps;
+    the host step (``finish``, timed as ``compact``, on the pool's threads) relabels and resizes
+    them as the methods do on CPU. On an accelerator the model burns its time on the device
+    (``torch.cuda._sleep``, no host CPU) and the label maps are made there as the methods make
+    them: per image, low-resolution proposal scores (K, h/16, w/16) bilinearly upsampled to the
+    grid, the argmax and its confidence, then :func:`device_step` (relabelling and resize on the
+    device, the int32 map copied to the host).
     """
 
     categories = ({"id": 1, "name": "segment", "supercategory": "segment"},)
 
-    def __init__(self, segments: int, model_seconds: float, seed: int = 0) -> None:
+    def __init__(self, segments: int, model_seconds: float, distinct: int = DISTINCT,
+                 device: str = "cpu", seed: int = 0) -> None:
         self.segments = segments
         self.model_seconds = model_seconds
+        self.distinct = distinct
+        self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
         self.maps: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.timer = StageTimer()
         self.calls = 0
         self._lock = threading.Lock()
+        self._cycles_per_ms = (device_cycles_per_ms(self.device)
+                               if self.device.type == "cuda" else 0.0)
+        #: CUDA events around each simulated model call (read once, after the run)
+        self.model_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         #: thread CPU and wall seconds spent relabelling, over all threads
         self.compact_cpu = 0.0
         self.compact_wall = 0.0
 
     def prepare(self, height: int, width: int) -> None:
-        """Make the cached maps of one size (outside the timed run)."""
+        """Make the distinct maps (or device scores) of one image size (outside the timed run)."""
+        grid = label_grid_size(height, width, MAX_LABEL_SIDE)
+        if self.device.type == "cpu":
+            self.maps[(height, width)] = [
+                (torch.from_numpy(voronoi_labels(*grid, self.segments, self.rng)),
+                 torch.from_numpy(self.rng.random(grid, dtype=np.float32)))
+                for _ in range(self.distinct)]
+            return
+        low = (max(1, grid[0] // SCORE_STRIDE), max(1, grid[1] // SCORE_STRIDE))
+        generator = torch.Generator().manual_seed(int(self.rng.integers(1 << 31)))
         self.maps[(height, width)] = [
-            (
-                torch.from_numpy(voronoi_labels(height, width, self.segments, self.rng)),
-                torch.from_numpy(self.rng.random((height, width), dtype=np.float32)),
-            )
-            for _ in range(MAPS_PER_SIZE)
-        ]
+            (torch.rand((1, self.segments, *low), generator=generator).to(self.device), grid)
+            for _ in range(self.distinct)]
 
-    def provenance(self) -> dict:
-        return {"method": "zero-cost", "model": f"sleep {self.model_seconds * 1000:g} ms/image"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="zero-cost", model=f"{self.model_seconds * 1000:g} ms/image")
 
     def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
         with self.timer.stage("model"):
-            time.sleep(self.model_seconds * len(images))
+            self._model(len(images))
         results = []
         for image in images:
             height, width = image.shape[:2]
-            labels, confidence = self.maps[(height, width)][self.calls % MAPS_PER_SIZE]
+            first, second = self.maps[(height, width)][self.calls % self.distinct]
             self.calls += 1
+            if self.device.type == "cpu":
+                results.append(device_step(first, second, height, width))
+                continue
+            scores = torch.nn.functional.interpolate(first, size=second, mode="bilinear",
+                                                     align_corners=False)[0]
+            confidence, labels = scores.max(dim=0)
             results.append(device_step(labels, confidence, height, width))
         return results
+
+    def _model(self, images: int) -> None:
+        """The simulated model: a GIL-free sleep on the CPU, a device-side busy wait on CUDA."""
+        if self.device.type == "cpu":
+            time.sleep(self.model_seconds * images)
+            return
+        if not self.model_seconds:
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(int(self._cycles_per_ms * 1000 * self.model_seconds * images))
+        end.record()
+        self.model_events.append((start, end))
+
+    def model_busy_seconds(self) -> float | None:
+        """Device seconds the simulated model ran (CUDA events), None on the CPU."""
+        if self.device.type == "cpu":
+            return None
+        torch.cuda.synchronize()
+        return sum(start.elapsed_time(end) for start, end in self.model_events) / 1000
 
     def finish(self, raw: RawLabels) -> ImageLabels:
         cpu, wall = time.thread_time(), time.perf_counter()
@@ -195,10 +266,13 @@ def image_bytes(rng: np.random.Generator, width: int, height: int, image_format:
     return buffer.getvalue()
 
 
-def write_inputs(folder: Folder, count: int, width: int, height: int, image_format: str) -> list[str]:
-    """``count`` images (a few distinct ones, repeated) under ``folder``; their URIs."""
+def write_inputs(folder: Folder, count: int, width: int, height: int, image_format: str,
+                 distinct_count: int = DISTINCT) -> list[str]:
+    """``count`` images (``distinct_count`` different ones, repeated) under ``folder``; their
+    URIs."""
     rng = np.random.default_rng(1)
-    distinct = [image_bytes(rng, width, height, image_format) for _ in range(min(count, 8))]
+    distinct = [image_bytes(rng, width, height, image_format)
+                for _ in range(min(count, distinct_count))]
     suffix = "jpg" if image_format == "jpeg" else "png"
     uris = []
     for index in range(count):
@@ -211,16 +285,18 @@ def write_inputs(folder: Folder, count: int, width: int, height: int, image_form
 def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
                 storage_options: dict | None) -> dict:
     width, height = args.size
-    uris = write_inputs(input_folder, args.images, width, height, args.format)
-    segmenter = ZeroCostSegmenter(args.segments, args.model_ms_per_image / 1000)
+    uris = write_inputs(input_folder, args.images, width, height, args.format, args.distinct)
+    segmenter = ZeroCostSegmenter(args.segments, args.model_ms_per_image / 1000,
+                                  min(args.distinct, args.images), args.device)
     segmenter.prepare(height, width)
+    load_before = os.getloadavg()
     run = RunFolder(Folder(str(work / "out")))
     plan = plan_run(run, ({"uri": uri} for uri in uris), args.shard_size)
     processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options,
                                postprocess_threads=args.postprocess_threads)
     encode = clock_where_imported(rle.encode_label_map)
     decode = clock_where_imported(decode_image)
-    commit = processor._commit = Clock(processor._commit)
+    commit = clock_where_imported(commit_shard)
     postprocess = processor._finish_image = Clock(processor._finish_image)
     stats = []
     started, process_cpu = time.perf_counter(), time.process_time()
@@ -233,12 +309,15 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
             run.mark_done(stats[-1]["shard_id"])
     wall = time.perf_counter() - started
     process_cpu = time.process_time() - process_cpu
+    device_model = segmenter.model_busy_seconds()
     processor.close()
     labeled = sum(s["labeled"] for s in stats)
     if labeled != args.images:
         raise RuntimeError(f"only {labeled} of {args.images} images labeled: {stats[0]}")
     total = {name: sum(s["timings"][name] for s in stats) for name in stats[0]["timings"]}
     model = sum(s["method_timings"].get("model", 0.0) for s in stats)
+    if device_model is not None:  # the device's busy time, not the host's launch time
+        model = device_model
     pipeline = {name: sum(s["pipeline"][name] for s in stats)
                 for name in ("wait_model", "wait_postprocess")}
     wall_ms = {
@@ -260,7 +339,11 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
         name: round(1000 * value / labeled, 3) for name, value in seconds.items()
     }
     return {
-        "benchmark": "runtime_ceiling", "images": labeled, "size": f"{width}x{height}",
+        "benchmark": "runtime_ceiling", "images": labeled, "distinct": segmenter.distinct,
+        "device": str(segmenter.device), "size": f"{width}x{height}",
+        "label_grid": "x".join(map(str, label_grid_size(height, width, MAX_LABEL_SIDE)[::-1])),
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "segments": args.segments, "format": args.format, "storage": "s3" if args.s3 else "local",
         "batch_size": args.batch_size, "shard_size": args.shard_size,
         "model_ms_per_image": args.model_ms_per_image,
@@ -277,6 +360,48 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
         "cpus_assumed": 2 + args.postprocess_threads,
         "annotations_per_image": round(sum(s["annotations"] for s in stats) / labeled, 2),
     }
+
+
+def host_step(labels: np.ndarray, confidence: np.ndarray, height: int, width: int) -> float:
+    """One image's host work after the model (relabel, resize, encode); its thread CPU seconds."""
+    cpu = time.thread_time()
+    result = finish_labels(PendingLabels(labels, confidence, height, width))
+    rle.encode_label_map(result.label_map, len(result.category_ids))
+    return time.thread_time() - cpu
+
+
+def run_pool_scaling(args: argparse.Namespace) -> dict:
+    """The host step over ``--images`` maps on 1..``--pool-scaling`` threads, then processes.
+
+    A process pool is handed each map as a thread pool is (pickled to the worker, so its
+    transfer is paid). ``concurrency`` is the workers' CPU seconds over the wall seconds: the
+    number of cores the pool really kept busy (1.0 for a pool the GIL serialises).
+    """
+    width, height = args.size
+    grid = label_grid_size(height, width, MAX_LABEL_SIDE)
+    rng = np.random.default_rng(0)
+    maps = [(voronoi_labels(*grid, args.segments, rng), rng.random(grid, dtype=np.float32))
+            for _ in range(min(args.distinct, args.images))]
+    work = [(*maps[index % len(maps)], height, width) for index in range(args.images)]
+    rows = []
+    for kind in ("threads", "processes"):
+        for workers in range(1, args.pool_scaling + 1):
+            executor = (ThreadPoolExecutor(workers) if kind == "threads" else ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork")))
+            with executor:
+                list(executor.map(host_step, *zip(*work[:workers])))  # start the workers
+                started = time.perf_counter()
+                cpu = sum(executor.map(host_step, *zip(*work)))
+                wall = time.perf_counter() - started
+            rows.append({"pool": kind, "workers": workers, "images": args.images,
+                         "images_per_second": round(args.images / wall, 2),
+                         "cpu_ms_per_image": round(1000 * cpu / args.images, 3),
+                         "concurrency": round(cpu / wall, 2),
+                         "load_average": [round(v, 2) for v in os.getloadavg()]})
+            sys.stdout.write(json.dumps(rows[-1]) + "\n")
+            sys.stdout.flush()
+    return {"benchmark": "pool_scaling", "size": f"{width}x{height}", "segments": args.segments,
+            "cpus": os.cpu_count(), "rows": rows}
 
 
 def per_label_pycocotools(label_map: np.ndarray, n_labels: int) -> list[tuple]:
@@ -351,16 +476,24 @@ def main() -> int:
                         help="the worker's post-processing pool (--cpus-per-worker)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--distinct", type=int, default=DISTINCT,
+                        help="distinct images and label maps (repeated up to --images)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the zero-cost model makes its label maps (cpu, cuda)")
     parser.add_argument("--encoder", action="store_true", help="the mask encoder alone")
+    parser.add_argument("--pool-scaling", type=int, metavar="N",
+                        help="the host step alone on 1..N threads, then 1..N processes")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of figures")
     args = parser.parse_args()
     if min(args.images, args.segments, args.batch_size, args.shard_size,
-           args.postprocess_threads) < 1:
-        parser.error("--images, --segments, --batch-size, --shard-size and --postprocess-threads "
-                     "must be >= 1")
+           args.postprocess_threads, args.distinct, args.pool_scaling or 1) < 1:
+        parser.error("--images, --segments, --batch-size, --shard-size, --postprocess-threads, "
+                     "--distinct and --pool-scaling must be >= 1")
     torch.set_num_threads(1)  # what a one-CPU worker gets
     if args.encoder:
         figures = run_encoder(args)
+    elif args.pool_scaling:
+        figures = run_pool_scaling(args)
     else:
         with tempfile.TemporaryDirectory(prefix="labeler-ceiling-") as work:
             work = Path(work)
@@ -371,6 +504,7 @@ def main() -> int:
                     figures = run_ceiling(args, work, inputs, server.storage_options)
             else:
                 figures = run_ceiling(args, work, Folder(str(work / "inputs")), None)
+    figures["load_average"] = [round(v, 2) for v in os.getloadavg()]
     for name, value in figures.items():
         sys.stdout.write(f"{name}: {value}\n")
     if args.json:

@@ -21,7 +21,11 @@ Usage::
 
 ``--patch-batches`` sweeps inference over patches per UNet call (``patch_batch``; each image is
 4 patches, so ``--images`` is raised to a quarter of the largest batch): ``infer_sweep`` in the
-row. ``--compile`` wraps the UNet in ``torch.compile`` (the warm-up step and image compile it).
+row. ``--compile`` wraps the UNet in ``torch.compile`` (the warm-up step and image compile it);
+the warm-up's own time is kept apart (``fit_first_step_s``, ``first_image_s``) from the steady
+state, and ``--fit-steps 0`` times inference only (no backward graph to compile). Each row is
+printed as one JSON line as soon as its subprocess ends (and ``--json`` rewritten), so a run cut
+short keeps the rows so far.
 """
 
 from __future__ import annotations
@@ -158,9 +162,7 @@ def synthetic(size: int, seed: int):
 def worker(args: argparse.Namespace) -> dict:
     """One model and WAS implementation: fit steps, inference, WAS alone."""
     from labeler.methods.slime.algorithm import DEFAULT_LAYERS
-    from labeler.methods.slime.data import prepare
     from labeler.methods.slime.embedding_set import EmbeddingSet, default_prompt
-    from labeler.methods.slime.fit import FitSettings, SlimeFitter
     from labeler.methods.slime.segmenter import Slime
     from labeler.methods.slime.settings import SlimeOptions
 
@@ -169,31 +171,23 @@ def worker(args: argparse.Namespace) -> dict:
     if args.compile:
         backbone.unet = torch.compile(backbone.unet)
     classes = tuple(["background"] + [f"part{i}" for i in range(1, args.classes)])
-    size = backbone.image_size
+    size = args.input_size or backbone.image_size
     result = {"model": args.model, "was": args.was, "device": str(backbone.device),
               "dtype": str(backbone.dtype).removeprefix("torch."), "size": size,
               "compile": args.compile}
 
-    fitter = SlimeFitter(backbone, classes, FitSettings(seed=0, was_impl=args.was))
-    image, mask = prepare(synthetic(size, 0), size)
-    mask = mask.clamp(max=args.classes - 1)
-    times = []
-    with PeakMemory(backbone.device) as memory:
-        for step in range(args.fit_steps + 1):  # the first step warms up
-            pixels, loss_mask = fitter.sample(image, mask, target=step % args.classes)
-            started = _now(backbone.device)
-            fitter.step(pixels, loss_mask)
-            times.append(_now(backbone.device) - started)
-    result["fit_s_per_step"] = float(np.mean(times[1:]))
-    result["fit_peak_gib"] = memory.above_base
-    del fitter
+    if args.fit_steps:
+        result.update(fit_figures(backbone, classes, args))
 
     embedding_set = EmbeddingSet(torch.randn(args.classes - 1, backbone.text_encoder.config.hidden_size),
                                  classes, args.model, backbone.fingerprint, default_prompt(args.classes),
                                  {k: list(v) for k, v in DEFAULT_LAYERS.items()})
-    segmenter = Slime(backbone, embedding_set, SlimeOptions(was_impl=args.was))
+    segmenter = Slime(backbone, embedding_set,
+                      SlimeOptions(was_impl=args.was, input_size=args.input_size))
     images = [synthetic(size, seed).image for seed in range(1, args.images + 1)]
-    segmenter.predict(images[:1])  # warm-up
+    started = _now(backbone.device)
+    segmenter.predict(images[:1])  # warm-up (with --compile: the compilation)
+    result["first_image_s"] = _now(backbone.device) - started
     with PeakMemory(backbone.device) as memory:
         started = _now(backbone.device)
         segmenter.predict(images)
@@ -205,37 +199,62 @@ def worker(args: argparse.Namespace) -> dict:
     return result
 
 
+def fit_figures(backbone, classes: tuple[str, ...], args: argparse.Namespace) -> dict:
+    """Seconds per fit step after a warm-up step (with --compile: the compilation), peak memory."""
+    from labeler.methods.slime.data import prepare
+    from labeler.methods.slime.fit import FitSettings, SlimeFitter
+
+    size = args.input_size or backbone.image_size
+    fitter = SlimeFitter(backbone, classes,
+                         FitSettings(seed=0, was_impl=args.was, fit_size=args.input_size))
+    image, mask = prepare(synthetic(size, 0), size)
+    mask = mask.clamp(max=args.classes - 1)
+    times = []
+    with PeakMemory(backbone.device) as memory:
+        for step in range(args.fit_steps + 1):  # the first step warms up
+            pixels, loss_mask = fitter.sample(image, mask, target=step % args.classes)
+            started = _now(backbone.device)
+            fitter.step(pixels, loss_mask)
+            times.append(_now(backbone.device) - started)
+    return {"fit_first_step_s": times[0], "fit_s_per_step": float(np.mean(times[1:])),
+            "fit_peak_gib": memory.above_base}
+
+
 def infer_sweep(backbone, embedding_set, args: argparse.Namespace) -> list[dict]:
     """Inference seconds per image for each ``patch_batch`` of ``--patch-batches``."""
-    from labeler.methods.slime.algorithm import SlimeOptions
     from labeler.methods.slime.segmenter import Slime
+    from labeler.methods.slime.settings import SlimeOptions
 
     sizes = [int(part) for part in args.patch_batches.split(",")]
     count = max(args.images, -(-max(sizes) // 4))
-    images = [synthetic(backbone.image_size, seed).image for seed in range(1, count + 1)]
+    size = args.input_size or backbone.image_size
+    images = [synthetic(size, seed).image for seed in range(1, count + 1)]
     rows = []
     for patch_batch in sizes:
         segmenter = Slime(backbone, embedding_set,
-                          SlimeOptions(was_impl=args.was, patch_batch=patch_batch))
+                          SlimeOptions(was_impl=args.was, patch_batch=patch_batch,
+                                       input_size=args.input_size))
+        started = _now(backbone.device)
         segmenter.predict(images[:1])  # warm-up (and compilation of a new shape)
+        first = _now(backbone.device) - started
         with PeakMemory(backbone.device) as memory:
             started = _now(backbone.device)
             segmenter.predict(images)
             seconds = (_now(backbone.device) - started) / len(images)
-        rows.append({"patch_batch": patch_batch, "images": len(images),
+        rows.append({"patch_batch": patch_batch, "images": len(images), "first_image_s": first,
                      "infer_s_per_image": seconds, "infer_peak_gib": memory.above_base})
     return rows
 
 
 def was_alone(backbone, args: argparse.Namespace) -> dict:
-    """The WAS-attention of one 64x64 SD-2.1 layer (5 heads x 64) for 4 patches."""
-    from labeler.attention.slime_capture import explicit_was, fused_was
+    """The WAS-attention of one SD-2.1 layer at the latent side (5 heads x 64) for 4 patches."""
+    from labeler.methods.slime.capture import explicit_was, fused_was
 
     generator = torch.Generator().manual_seed(0)
-    shape = (4, 5, 4096, 64)
+    shape = (4, 5, ((args.input_size or backbone.image_size) // 8) ** 2, 64)
     query = torch.randn(shape, generator=generator).to(backbone.device, backbone.dtype)
     key = torch.randn(shape, generator=generator).to(backbone.device, backbone.dtype)
-    values = torch.rand(4, 4096, args.classes, generator=generator).to(backbone.device)
+    values = torch.rand(4, shape[2], args.classes, generator=generator).to(backbone.device)
     function = fused_was if args.was == "fused" else explicit_was
     function(query, key, values, 0.125)
     with PeakMemory(backbone.device) as memory, torch.no_grad():
@@ -256,12 +275,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,sd21", help="comma-separated: tiny, sd21")
     parser.add_argument("--was", default="fused,explicit", help="comma-separated: fused, explicit")
-    parser.add_argument("--fit-steps", type=int, default=2, dest="fit_steps", help="timed steps (+1 warm-up)")
+    parser.add_argument("--fit-steps", type=int, default=2, dest="fit_steps", help="timed steps (+1 warm-up); 0: inference only")
     parser.add_argument("--images", type=int, default=1, help="timed images (+1 warm-up)")
     parser.add_argument("--classes", type=int, default=3, help="K, background included")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument("--input-size", type=int, default=None, dest="input_size",
+                        help="model input side (multiple of 64; default: the model's)")
     parser.add_argument("--patch-batches", help="comma-separated patch_batch sweep, e.g. 1,4,16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -278,6 +299,7 @@ def main() -> None:
                        str(args.fit_steps), "--images", str(args.images), "--classes", str(args.classes),
                        "--device", args.device] + (["--dtype", args.dtype] if args.dtype else []) + (
                 ["--threads", str(args.threads)] if args.threads else []) + (
+                ["--input-size", str(args.input_size)] if args.input_size else []) + (
                 ["--patch-batches", args.patch_batches] if args.patch_batches else []) + (
                 ["--compile"] if args.compile else [])
             done = subprocess.run(command, check=False, capture_output=True, text=True)
@@ -285,18 +307,22 @@ def main() -> None:
             if done.returncode or not lines:
                 sys.stderr.write(done.stderr[-3000:])
                 raise SystemExit(f"{model}:{was} failed")
-            rows.append(json.loads(lines[-1][7:]))
+            rows.append({**json.loads(lines[-1][7:]), "load_average": os.getloadavg()})
             _print_row(rows[-1], header=len(rows) == 1)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+            sys.stdout.write(json.dumps(rows[-1]) + "\n")  # each row as it comes
+            sys.stdout.flush()
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 def _print_row(row: dict, header: bool) -> None:
     columns = ("model", "was", "device", "dtype", "size", "fit_s_per_step", "fit_peak_gib",
-               "infer_s_per_image", "infer_peak_gib", "was_layer_ms", "was_layer_peak_gib")
+               "first_image_s", "infer_s_per_image", "infer_peak_gib", "was_layer_ms",
+               "was_layer_peak_gib")
     if header:
         sys.stdout.write(" | ".join(columns) + "\n" + " | ".join("---" for _ in columns) + "\n")
-    cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+    cells = [f"{row.get(c):.3f}" if isinstance(row.get(c), float) else str(row.get(c, "-"))
+             for c in columns]
     sys.stdout.write(" | ".join(cells) + "\n")
     sys.stdout.flush()
 

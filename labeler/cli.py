@@ -16,10 +16,8 @@ from labeler.config import JobConfig, build_config, load_job_file
 from labeler.doctor import add_parser as add_doctor
 from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
-from labeler.io.uris import InputError, redact_text
-from labeler.methods.diffews.command import add_parser as add_diffews
+from labeler.io.uris import redact_text
 from labeler.methods.registry import method_flags, methods
-from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
 from labeler.report.command import add_parser as add_report
@@ -52,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_preview(commands)
     add_report(commands)
     add_export(commands)
-    add_slime(commands)
-    add_diffews(commands)
+    for spec in methods().values():  # a method's own commands: labeler slime fit, ...
+        if spec.commands is not None:
+            spec.commands(commands)
     add_cluster(commands)  # submit, logs, stop
     add_doctor(commands)
     return parser
@@ -63,7 +62,8 @@ RUN_DESCRIPTION = """\
 Label a collection: list the input, cut it into shards, label them on Ray workers (or in this
 process with --executor local), write COCO annotations (compressed RLE) as JSON and Parquet
 under --output. Re-running the same command resumes (finished shards are skipped, images added
-to the input are labeled). Flags override the job file; method settings go in the job file's [diffseg] or [slime] table."""
+to the input are labeled). Flags override the job file; method settings go in the job file's
+table of the method ([METHOD], listed below)."""
 
 
 def _default(name: str) -> str:
@@ -84,10 +84,9 @@ def _method_settings_help() -> str:
     """Each method's table with its defaults (from its settings model)."""
     lines = ["method settings (job file table, e.g. [diffseg] kl_threshold = 0.9):"]
     for spec in methods().values():
-        lines.append(f"  [{spec.name}]")
+        lines.append(f"  [{spec.name}]" + (f"  {spec.settings_note}" if spec.settings_note else ""))
         lines += [f"    {name} = {field.default!r}" for name, field in spec.settings.model_fields.items()
                   if not field.is_required()]
-    lines += ["  [slime] settings left out come from the embedding set; see README, SLiMe section"]
     return "\n".join(lines)
 
 
@@ -268,18 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; re-run the same command to resume" if args.command in ("run", "submit") else ""
         sys.stderr.write(f"labeler: interrupted{hint}\n")
         return EXIT_INTERRUPTED
-    except (UserError, ValueError, OSError, RuntimeError, InputError) as error:
+    except UserError as error:  # anything else is a bug: its traceback, exit 1
         if args.verbose:
             raise
         sys.stderr.write(f"labeler: error: {one_line(error)}\n")
         return EXIT_USER_ERROR
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message; an OS error as what failed and where (no errno prefix)."""
-    if isinstance(error, OSError) and error.strerror:
-        where = f": {error.filename}" if error.filename else ""
-        return redact_text(f"{error.strerror.lower()}{where}")
+def one_line(error: UserError) -> str:
+    """The error's message, credentials redacted."""
     return redact_text(str(error).strip() or type(error).__name__)
 
 

@@ -35,15 +35,24 @@ class Settings(BaseModel):
         """Refuse what pydantic would coerce: a boolean for a number, a string for a non-string
         (``kl_threshold = "0.9"`` in a job file is a mistake to report, not a number to guess)."""
         if isinstance(values, Mapping):
+            parsed = cls._parsed_fields()
             for name, value in values.items():
                 field = cls.model_fields.get(name)
                 if field is None:
                     continue
                 if isinstance(value, bool) and not _admits(field.annotation, bool):
                     raise ValueError(f"{name}: must be {_expected(field.annotation)} (got {value!r})")
-                if isinstance(value, str) and not _admits(field.annotation, str):
+                if isinstance(value, str) and name not in parsed \
+                        and not _admits(field.annotation, str):
                     raise ValueError(f"{name}: must be {_expected(field.annotation)} (got {value!r})")
         return values
+
+    @classmethod
+    def _parsed_fields(cls) -> set[str]:
+        """Fields that parse a string themselves (a ``mode="before"`` field validator, e.g.
+        DiffewS's comma-separated ``classes``): a string is their input, not a coercion."""
+        return {name for validator in cls.__pydantic_decorators__.field_validators.values()
+                if validator.info.mode == "before" for name in validator.info.fields}
 
     def to_dict(self) -> dict:
         """The settings as plain JSON-compatible values."""

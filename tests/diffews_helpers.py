@@ -45,10 +45,11 @@ def support_folder(folder: Path) -> Path:
 
 
 def run_cli(*args: str) -> tuple[int, str]:
-    """``labeler run ARGS --no-progress`` in this process: (exit status, stdout)."""
+    """``labeler run ARGS --no-progress`` in this process, on the in-process executor:
+    (exit status, stdout)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["run", *args, "--no-progress"])
+        code = main(["run", *args, "--executor", "local", "--no-progress"])
     return code, out.getvalue()
 
 

@@ -83,6 +83,6 @@ def test_run_returns_the_summary(tmp_path):
     image, _ = flat_regions_image(64, 64, "halves")
     Image.fromarray(image).save(photos / "one.png")
     summary = labeler.run({"method": "diffseg", "model": "tiny", "input": str(photos),
-                           "output": str(tmp_path / "out"), "workers": 1})
+                           "output": str(tmp_path / "out"), "workers": 1}, executor="local")
     assert summary.complete and summary.images == 1 and summary.labeled == 1
     assert json.loads((tmp_path / "out" / "coco.json").read_text())["images"][0]["file_name"] == "one.png"

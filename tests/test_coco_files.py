@@ -12,8 +12,11 @@ from pycocotools.coco import COCO
 from labeler.io.folders import Folder
 from labeler.output.coco_files import COCO_INDEX, CocoFilesWriter, Fragment, coco_files
 from labeler.output.coco_records import coco_image, label_map_annotations, render
+from labeler.output.exporters import hf
 from labeler.output.exporters.base import ExportContext, ExportOptions
 from labeler.output.exporters.coco import CocoExporter
+from labeler.output.exporters.cvat_images import CvatImagesExporter
+from labeler.output.exporters.hf import HfExporter
 from labeler.output.exporters.label_studio import LabelStudioExporter
 from labeler.output.exporters.source import ExportImage
 
@@ -106,8 +109,12 @@ def test_the_coco_exporter_splits_above_its_bound(tmp_path):
         ["coco", "index.json"] + [entry["file"] for entry in index["files"]])
 
 
-@pytest.mark.parametrize("exporter_class", [CocoExporter, LabelStudioExporter])
-def test_an_export_that_raises_leaves_no_file(tmp_path, exporter_class):
+@pytest.mark.parametrize("exporter_class", [CocoExporter, LabelStudioExporter,
+                                            CvatImagesExporter, HfExporter])
+def test_an_export_that_raises_leaves_no_file(tmp_path, exporter_class, monkeypatch):
+    # hf: a file per row, published at once, so the failure has published files to take back
+    monkeypatch.setattr(hf, "ROWS_PER_GROUP", 1)
+    monkeypatch.setattr(hf, "MAX_FILE_BYTES", 0)
     rng = np.random.default_rng(3)
     with pytest.raises(RuntimeError), exporter_class(_context(tmp_path, 2)) as exporter:
         for image_id in range(1, 5):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labeler.config import build_config, load_job_file, settings_difference
+from labeler.errors import UserError
 
 
 def test_flags_override_the_job_file(tmp_path):
@@ -71,3 +72,15 @@ def test_bad_job_file(tmp_path):
         load_job_file(bad)
     with pytest.raises(ValueError, match="does not exist"):
         load_job_file(tmp_path / "missing.toml")
+
+
+def test_a_field_that_parses_strings_takes_one_and_other_fields_still_refuse_them():
+    base = {"input": "in", "output": "out", "method": "diffews", "support_images": "s",
+            "support_masks": "m"}
+    # --classes background,red on the command line reaches the table as one string
+    assert build_config(base, {"classes": "background, red"}).settings.classes == (
+        "background", "red")
+    assert build_config({**base, "classes": ["background", "red"]}, {}).settings.classes == (
+        "background", "red")
+    with pytest.raises(UserError, match=r"\[diffews\] .*must be"):
+        build_config({**base, "classes": "background,red", "diffews": {"ratio": "0.5"}}, {})

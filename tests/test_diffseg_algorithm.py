@@ -614,3 +614,62 @@ def test_chunked_labeling_equals_one_shot_argmax():
     torch.testing.assert_close(whole, up.argmax(0), rtol=0, atol=0)
     torch.testing.assert_close(chunked_confidence, whole_confidence)
     assert not torch.any(chunked == 40)
+
+
+# --------------------------------------------------------------------------------------------
+# The one-pass aggregation and the blocked iteration-0 distances (issue 27) against the
+# per-side and elementwise forms
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_coarse_to_fine_aggregation_equals_adding_each_side_in_turn():
+    from labeler.methods.diffseg.algorithm import _accumulate_side, _aggregate_chain
+
+    att = _attention((16, 8, 4, 2), batch=2, seed=3)
+    weights = {16: 0.4, 8: 0.3, 4: 0.2, 2: 0.1}
+    per_side = torch.zeros(2, 256, 256)
+    for side, maps in att.items():
+        _accumulate_side(per_side, maps, side, 16, weights[side])
+    chain = _aggregate_chain(att, weights, 16)
+    torch.testing.assert_close(chain, per_side, rtol=1e-6, atol=1e-9)
+    # the largest side at weight 0: the coarser sum is replicated over its queries
+    coarse = {s: m for s, m in att.items() if s != 16}
+    zero_largest = aggregate_attention(att, {8: 0.5, 4: 0.3, 2: 0.2})
+    torch.testing.assert_close(zero_largest, _aggregate_chain(coarse, weights | {8: 0.5, 4: 0.3,
+                                                              2: 0.2}, 16))
+    expected = torch.zeros(2, 256, 256)
+    for side, weight in {8: 0.5, 4: 0.3, 2: 0.2}.items():
+        _accumulate_side(expected, att[side], side, 16, weight)
+    torch.testing.assert_close(zero_largest, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_sides_that_do_not_divide_each_other_still_aggregate():
+    """48 is a multiple of 16 and of 12, but 16 is not of 12: the per-side path runs."""
+    att = _attention((12, 16), batch=1, seed=5)
+    att[48] = _stochastic(1, 48 * 48, 48 * 48, 7)
+    P = aggregate_attention(att)
+    torch.testing.assert_close(P.sum(-1), torch.ones(1, 48 * 48))
+
+
+@pytest.mark.parametrize("rows", [512, 5])
+def test_blocked_anchor_distances_equal_the_elementwise_distance(monkeypatch, rows):
+    from labeler.methods.diffseg import algorithm
+
+    monkeypatch.setattr(algorithm, "LOG_ROWS", rows)  # one block, or blocks with a remainder
+    P = aggregate_attention(_attention((8, 4), batch=2, seed=1, scale=4.0))
+    P[0, 3, :7] = 0.0  # exact zeros take the epsilon clamp
+    P[0, 3] /= P[0, 3].sum()
+    grid = anchor_grid(8, 4)
+    anchors = P[:, grid]
+    blocked = algorithm._anchor_distances(P, anchors, 1e-12)
+    elementwise = symmetric_kl(anchors.unsqueeze(2), P.unsqueeze(1)).clamp(min=0)
+    torch.testing.assert_close(blocked, elementwise, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(blocked, pairwise_symmetric_kl(anchors, P), rtol=1e-5, atol=2e-5)
+
+
+def test_pairwise_distances_of_a_set_with_itself_take_one_log():
+    p = _stochastic(2, 6, 64, 11, scale=3.0)
+    same = pairwise_symmetric_kl(p, p)
+    expected = symmetric_kl(p.unsqueeze(2), p.unsqueeze(1)).clamp(min=0)
+    torch.testing.assert_close(same, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(same, pairwise_symmetric_kl(p, p.clone()))

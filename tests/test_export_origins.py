@@ -6,7 +6,8 @@ Each case labels two small images of different shapes, exports ``cvat`` (Datumar
 ``fiftyone`` (FiftyOne, where its venv is installed), and checks each consumer's masks against
 the output's own ``coco.json``: one mask per annotation, each the size of its image. torchvision
 is not among them: its PyPI wheels for torch 2.13 are CUDA builds that cannot be imported beside
-the CPU torch (tests/consumers.py). Slow: six runs on Ray and a SLiMe fit.
+the CPU torch (tests/consumers.py). Slow: six runs (in-process executor) and a SLiMe
+fit.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def test_output_opens_in_the_consumers(origin, method, tmp_path, request):
     source = make_input(origin, tmp_path, request)
     output = tmp_path / "labels"
     flags = ["--embeddings", request.getfixturevalue("embeddings")] if method == "slime" else []
-    code, text = cli("run", "--method", method, "--model", "tiny", "--input", source,
-                     "--output", str(output), "--no-progress", *flags)
+    code, text = cli("run", "--executor", "local", "--method", method, "--model", "tiny",
+                     "--input", source, "--output", str(output), "--no-progress", *flags)
     assert code == 0, text
     coco = COCO(str(output / "coco.json"))
     assert len(coco.imgs) == len(SHAPES) and coco.anns

@@ -38,8 +38,9 @@ def labeled(tmp_path_factory):
     Image.fromarray(image[:, :64]).save(folder / "dogs" / "a.jpg", quality=95)
     Image.fromarray(image[:80, :40]).save(folder / "top.png")
     output = tmp_path_factory.mktemp("out") / "labels"
-    code, text = cli("run", "--method", "diffseg", "--model", "tiny", "--input", str(folder),
-                     "--output", str(output), "--shard-size", "2", "--no-progress")
+    code, text = cli("run", "--executor", "local", "--method", "diffseg", "--model", "tiny",
+                     "--input", str(folder), "--output", str(output), "--shard-size", "2",
+                     "--no-progress")
     assert code == 0, text
     return folder, output
 
@@ -64,8 +65,9 @@ def test_manifest_and_parquet_inputs_get_stable_unique_names(labeled, tmp_path):
     manifest.write_text(f"{folder}/cats/a.jpg\n{folder}/dogs/a.jpg\n")
     output = tmp_path / "from-manifest"
     # the images are outside the manifest's folder: the input policy must allow local paths
-    code, text = cli("run", "--method", "diffseg", "--model", "tiny", "--input", str(manifest),
-                     "--output", str(output), "--allow-protocols", "file", "--no-progress")
+    code, text = cli("run", "--executor", "local", "--method", "diffseg", "--model", "tiny",
+                     "--input", str(manifest), "--output", str(output), "--allow-protocols",
+                     "file", "--no-progress")
     assert code == 0, text
     coco = json.loads((output / "coco.json").read_text())
     assert [i["file_name"] for i in coco["images"]] == ["00000001_a.jpg", "00000002_a.jpg"]
@@ -75,8 +77,8 @@ def test_manifest_and_parquet_inputs_get_stable_unique_names(labeled, tmp_path):
     parquet = tmp_path / "images.parquet"
     pq.write_table(pa.table({"image": images}), parquet)
     output = tmp_path / "from-parquet"
-    code, text = cli("run", "--method", "diffseg", "--model", "tiny", "--input", str(parquet),
-                     "--output", str(output), "--no-progress")
+    code, text = cli("run", "--executor", "local", "--method", "diffseg", "--model", "tiny",
+                     "--input", str(parquet), "--output", str(output), "--no-progress")
     assert code == 0, text
     coco = json.loads((output / "coco.json").read_text())
     assert [i["file_name"] for i in coco["images"]] == ["00000001_top.png", "00000002"]

@@ -17,7 +17,7 @@ from tests.helpers import flat_regions_image
 def run_cli(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["run", *args, "--no-progress"])
+        code = main(["run", *args, "--executor", "local", "--no-progress"])
     return code, out.getvalue()
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from labeler.output.exporters.label_studio import default_url_prefix
 from tests._output_fixture import write_review_output
 from tests.consumers import assert_polygon_regions, export, iou, reference_masks
 
@@ -34,9 +35,24 @@ def test_the_image_url_is_the_prefix_and_the_relative_name(finished, tmp_path, p
                                                                         "c.png")]
 
 
-def test_without_a_prefix_images_are_local_files_under_their_name(finished, tmp_path):
-    assert export(finished, "label-studio", tmp_path)[0] == 0
-    assert _tasks(tmp_path)[0]["data"]["image"] == "/data/local-files/?d=a.png"
+def test_without_a_prefix_the_image_roots_folder_is_served(finished, tmp_path):
+    """The document root is the image root's parent (Label Studio serves no storage at it)."""
+    assert export(finished, "label-studio", tmp_path / "a")[0] == 0
+    assert _tasks(tmp_path / "a")[0]["data"]["image"] == "/data/local-files/?d=src/a.png"
+    assert export(finished, "label-studio", tmp_path / "b", "--images", "copy")[0] == 0
+    assert _tasks(tmp_path / "b")[0]["data"]["image"] == "/data/local-files/?d=images/a.png"
+    assert (tmp_path / "b" / "images" / "a.png").is_file()
+
+
+@pytest.mark.parametrize(("root", "placed", "prefix"), [
+    ("/data/photos", None, "/data/local-files/?d=photos/"),
+    ("file:///data/photos/", None, "/data/local-files/?d=photos/"),
+    ("s3://bucket/photos", None, "s3://bucket/photos/"),
+    ("/data/photos", "images", "/data/local-files/?d=images/"),
+    (None, None, None),
+])
+def test_default_url_prefix(root, placed, prefix):
+    assert default_url_prefix(root, placed) == prefix
 
 
 def test_results_carry_model_version_and_score_and_tasks_meta(finished, tmp_path):

@@ -2,8 +2,9 @@
 
 The server runs from ``<venv>/isolated/label-studio`` (``scripts/install_label_studio.sh``) on
 127.0.0.1 with local-files serving, the document root one folder above the images (Label Studio
-refuses a local storage at the document root itself). The exports are imported through the API
-with ``--image-url-prefix /data/local-files/?d=src/``: every task's image answers 200 with the
+refuses a local storage at the document root itself). The exports are imported through the API,
+brush with the default image URLs and polygons with ``--image-url-prefix
+/data/local-files/?d=src/`` (the same URLs): every task's image answers 200 with the
 image's bytes, and the regions read back equal the masks (brush: exactly; polygons: one region
 per segment, its small fragments dropped).
 """
@@ -120,7 +121,7 @@ def test_brush_export_shows_images_and_reads_back_exactly(server, tmp_path):
     brush = pytest.importorskip("label_studio_converter.brush")
     api, root = server
     output = root / "out"
-    code, text = export(output, "label-studio-brush", tmp_path, "--image-url-prefix", PREFIX)
+    code, text = export(output, "label-studio-brush", tmp_path)  # the default prefix
     assert code == 0, text
     tasks = _import(api, root, tmp_path, "labeler brush")
     _check_images(api, root, tasks)

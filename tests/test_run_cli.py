@@ -35,7 +35,7 @@ def photo_folder(tmp_path_factory):
 def run_cli(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["run", *args, "--no-progress"])
+        code = main(["run", *args, "--executor", "local", "--no-progress"])
     return code, out.getvalue()
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 
+import labeler
 from labeler.io.folders import Folder
 from labeler.output.exporters.base import ExportOptions
 from labeler.output.exporters.export import export
@@ -22,6 +24,7 @@ from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.status import describe_run
 from labeler.runtime.verify import verify_output
 from labeler.testing.committed_runs import CATEGORIES, mask_pool, synthesize_run
+from tests.helpers import flat_regions_image
 
 INFO = {"run_id": "synthetic", "method": "diffseg"}
 
@@ -63,6 +66,7 @@ def test_a_large_run_is_split_into_coco_files_each_loading_in_pycocotools(tmp_pa
         ids += coco.getAnnIds()
     assert len(ids) == len(set(ids)) == index["annotations"]
     assert index["images"] == 30
+    assert pq.ParquetFile(out / "images.parquet").metadata.num_row_groups == 1  # not 1 per shard
     assert verify_output(str(out), sample=5, processes=1) == []
     assert describe_run(str(out)).splitlines()[0].endswith("complete")
 
@@ -158,3 +162,27 @@ def test_export_coco_rle_takes_the_same_bound(tmp_path, pool):
               for e in index["files"]]
     assert counts == [e["annotations"] for e in index["files"]] and max(counts) <= 150
     assert sum(counts) == summary.annotations
+
+
+def test_a_run_splits_its_coco_output_and_a_new_bound_merges_again(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    picture, _ = flat_regions_image(64, 64, "quadrants")
+    for name in "abcd":
+        Image.fromarray(picture).save(images / f"{name}.png")
+    output = tmp_path / "out"
+    job = {"input": str(images), "output": str(output), "model": "tiny", "shard_size": 2,
+           "device": "cpu", "coco_max_annotations": 1}
+    summary = labeler.run(job, executor="local")
+    index = json.loads((output / "coco" / "index.json").read_text())
+    assert len(index["files"]) == 2 and not (output / "coco.json").exists()  # one per shard
+    assert index["annotations"] == summary.annotations > 2
+    for entry in index["files"]:
+        assert len(COCO(str(output / "coco" / entry["file"])).getAnnIds()) == entry["annotations"]
+    assert verify_output(str(output), processes=1) == []
+    assert describe_run(str(output)).splitlines()[0].endswith("complete")
+
+    labeler.run({**job, "coco_max_annotations": 1000}, executor="local")  # nothing relabeled
+    assert not (output / "coco").exists()
+    assert len(COCO(str(output / "coco.json")).getAnnIds()) == summary.annotations
+    assert verify_output(str(output), processes=1) == []

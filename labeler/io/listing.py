@@ -67,6 +67,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.errors import NotFoundError
 from labeler.io.decode import has_image_extension
 from labeler.io.parquet_images import (
     find_image_column,
@@ -466,14 +467,14 @@ def list_files(
     with their dot (``".png"``), matched case-insensitively, a single file included.
 
     Raises:
-        FileNotFoundError: nothing at ``uri`` (the message holds the redacted URI).
+        NotFoundError: nothing at ``uri`` (a FileNotFoundError; the message holds the redacted URI).
         InputError: ``uri`` cannot be accessed.
     """
     fs, path, clean = open_fs(uri, storage_options)
     what = redact_uri(clean)
     kind = _kind(fs, path, what, retry)
     if kind is None:
-        raise FileNotFoundError(f"{what} does not exist{relative_path_hint(clean)}")
+        raise NotFoundError(f"{what} does not exist{relative_path_hint(clean)}")
     wanted = tuple(extension.lower() for extension in extensions)
 
     def keep(name: str) -> bool:

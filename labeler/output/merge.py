@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.io.folders import Folder
@@ -29,6 +30,9 @@ from labeler.output.exporters.coco import RunCocoExporter
 from labeler.output.reader import OutputReadError, write_meta
 
 logger = logging.getLogger(__name__)
+#: Rows per row group of ``images.parquet`` (at least: whole shards are grouped). One group per
+#: shard would make its footer grow with the shards (390k groups at 100M images).
+IMAGE_ROW_GROUP = 65536
 #: Where fragments of shards committed without them are rendered during a merge.
 _LEGACY_FRAGMENTS = "run/merge"
 
@@ -80,11 +84,16 @@ def _merge_images(output: Folder, shard_ids: list[str]) -> tuple[dict, list[tupl
     images = labeled = failed = 0
     reasons: Counter = Counter()
     per_shard = []
+    pending: list[pa.Table] = []
+    written = 0  # image rows written so far
     with (output.open_atomic_writer(parts.MERGED_IMAGES) as handle,
           pq.ParquetWriter(handle, schema.IMAGES) as writer):
         for shard_id in shard_ids:
             table = parts.read_part(output, parts.shard_part(shard_id, parts.IMAGES), parts.IMAGES)
-            writer.write_table(table)
+            pending.append(table)
+            if images + table.num_rows - written >= IMAGE_ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending))
+                pending, written = [], images + table.num_rows
             statuses = table.column("status").to_pylist()
             shard_labeled = statuses.count(schema.IMAGE_STATUS_LABELED)
             per_shard.append((shard_labeled, sum(table.column("n_annotations").to_pylist())))
@@ -92,6 +101,8 @@ def _merge_images(output: Folder, shard_ids: list[str]) -> tuple[dict, list[tupl
             labeled += shard_labeled
             failed += statuses.count(schema.IMAGE_STATUS_FAILED)
             reasons.update(reason for reason in table.column("reason").to_pylist() if reason)
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
     return ({"images": images, "labeled": labeled, "failed": failed, "annotations": 0,
              "failure_reasons": dict(reasons)}, per_shard)
 

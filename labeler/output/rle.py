@@ -263,20 +263,22 @@ def decode_counts(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _undelta(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Undo the string form's differences: ``count[i] = value[i] + count[i-2]`` for i > 2."""
-    n_strings = len(offsets) - 1
-    string = np.repeat(np.arange(n_strings), np.diff(offsets))
-    index = np.arange(len(values)) - offsets[string]
-    counts = values.copy()
-    for parity in (0, 1):
-        chain = (index > 2) & (index % 2 == parity) | (index == 2 - parity)
-        # a running sum along each string's chain of this parity, restarted per string
-        summed = np.cumsum(np.where(chain, values, 0))
-        starts = offsets[:-1] + 2 - parity
-        base = np.zeros(n_strings, np.int64)
-        has = starts < offsets[1:]
-        base[has] = summed[starts[has]] - values[starts[has]]
-        counts[chain] = summed[chain] - base[string[chain]]
+    """Undo the string form's differences: ``count[i] = value[i] + count[i-2]`` for i > 2.
+
+    Each string's counts of one parity form a chain from index 1 (odd) or 2 (even); along the
+    whole array the positions of one parity are summed once, and each count subtracts the
+    running sum just before its chain began.
+    """
+    running = np.empty_like(values)
+    running[0::2] = np.cumsum(values[0::2])
+    running[1::2] = np.cumsum(values[1::2])
+    string = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    first = offsets[:-1][string]  # each element's string start
+    odd = (np.arange(len(values)) - first) & 1
+    before_chain = first - odd  # the position two before the chain's first (index 2 - odd)
+    counts = running - np.where(before_chain >= 0, running[np.maximum(before_chain, 0)], 0)
+    heads = offsets[:-1][np.diff(offsets) > 0]
+    counts[heads] = values[heads]  # index 0: no chain
     return counts
 
 

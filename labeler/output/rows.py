@@ -52,7 +52,7 @@ class AnnotationRow(TypedDict):
     file_name: str
     method: str
     model: str
-    embedding_set: str | None
+    resource_digest: str | None
     run_id: str
 
 
@@ -62,7 +62,7 @@ class Provenance:
 
     method: str
     model: str
-    embedding_set: str | None
+    resource_digest: str | None
     run_id: str
 
 
@@ -114,7 +114,7 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
             category_name=category_names[int(category)], segmentation_counts=mask.counts,
             segmentation_size=[mask.height, mask.width], area=mask.area, bbox=mask.bbox,
             iscrowd=0, score=float(score), file_name=file_name, method=provenance.method,
-            model=provenance.model, embedding_set=provenance.embedding_set,
+            model=provenance.model, resource_digest=provenance.resource_digest,
             run_id=provenance.run_id,
         ))
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,

@@ -76,11 +76,17 @@ def shard_problem(run: RunFolder, shard_id: str, n_images: int, digests: bool = 
         Shards committed before digests were recorded (no ``parts`` in their stats) are only
         checked for presence.
     """
-    depth = depth or (DIGESTS if digests else SIZES)
     try:
         stats = run.read_stats(shard_id)
     except (ValueError, UnicodeDecodeError):
         return "stats unreadable"
+    return stats_problem(run, shard_id, n_images, stats,
+                         depth or (DIGESTS if digests else SIZES))
+
+
+def stats_problem(run: RunFolder, shard_id: str, n_images: int, stats: dict | None,
+                  depth: str) -> str | None:
+    """:func:`shard_problem` given the shard's stats, already read (None: missing)."""
     if stats is None:
         return "stats missing"
     records = stats.get("parts")

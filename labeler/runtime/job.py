@@ -19,12 +19,14 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.errors import UserError
+from labeler.errors import StorageFaultError, UserError
 from labeler.io.folders import Folder
 from labeler.io.listing import SkippedEntries, folder_root, iter_inputs
+from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
@@ -130,10 +132,11 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
 
     Raises:
         UserError: bad settings, resources or input, refused before the output is touched and
-            before any worker starts (a ValueError, as is a changed configuration on resume).
+            before any worker starts (as is a changed configuration on resume).
         LeaseHeldError: another live driver holds the output (and ``config.wait_lock`` is false).
         LeaseLostError: another driver took the output over; nothing was merged.
-        RuntimeError: the workers cannot start.
+        StorageFaultError: the output's storage refuses writes (full, read-only, no permission).
+        WorkersCannotStartError: the workers cannot start.
     """
     started = time.perf_counter()
     preflight(config, storage_options)
@@ -146,18 +149,32 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     except InputError as error:
         raise UserError(str(error)) from None
     lease = OutputLease(output)
-    try:
-        lease.acquire(wait=config.wait_lock)
-    except LeaseHeldError as error:
-        raise LeaseHeldError(f"refusing --overwrite: {error}" if config.overwrite else str(error)) \
-            from None
-    try:
-        summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
-                                     storage_options, progress, facts)
-    finally:
-        _release(lease)
+    with _disk_faults_refused():
+        try:
+            lease.acquire(wait=config.wait_lock)
+        except LeaseHeldError as error:
+            raise LeaseHeldError(f"refusing --overwrite: {error}" if config.overwrite
+                                 else str(error)) from None
+        try:
+            summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
+                                         storage_options, progress, facts)
+        finally:
+            _release(lease)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@contextmanager
+def _disk_faults_refused() -> Iterator[None]:
+    """A disk fault at the driver (full, over quota, read-only, no permission) becomes one
+    :class:`StorageFaultError` line; any other OSError stays what it is."""
+    try:
+        yield
+    except OSError as error:
+        fault = disk_fault(error)
+        if fault is None:
+            raise
+        raise StorageFaultError(describe_disk_fault(fault)) from error
 
 
 def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
@@ -323,7 +340,7 @@ def _run_id(output: Folder) -> str:
 
 def _categories_of(config: JobConfig) -> list[dict]:
     """The method's categories, known without loading a model."""
-    return config.spec.categories(config)
+    return config.spec.categories(config.settings)
 
 
 def _coco_info(config: JobConfig, output: Folder) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labeler.config import JobConfig
+from labeler.errors import UserError
 from labeler.io.uris import redact_uri
 from labeler.runtime.executor import (
     SHARDS_IN_FLIGHT_PER_WORKER,
@@ -181,10 +182,10 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 1.0))
     if config.workers is not None and config.workers < 1:
-        raise ValueError("--workers must be >= 1")
+        raise UserError("--workers must be >= 1")
     per_gpu = config.gpus_per_worker
     if per_gpu is not None and per_gpu < 0:
-        raise ValueError("--gpus-per-worker must be >= 0")
+        raise UserError("--gpus-per-worker must be >= 0")
     per_cpu = config.cpus_per_worker
     on_cpu = (config.device or "").startswith("cpu") or per_gpu == 0
     if not on_cpu and (gpus > 0 or per_gpu):
@@ -192,7 +193,7 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
         capacity = int(gpus / per_gpu + 1e-9)
         workers = config.workers or max(capacity, 1)
         if local and workers > capacity:
-            raise ValueError(
+            raise UserError(
                 f"{workers} workers with {per_gpu:g} GPU each need {workers * per_gpu:g} GPUs; "
                 f"this machine has {gpus:g} (use --gpus-per-worker 0 for CPU workers)"
             )
@@ -203,7 +204,7 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
     workers = config.workers or 1
     threads = default_postprocess_threads(per_cpu, int(cpus), gpus, gpu_worker=False)
     if local and workers * threads > cpus:
-        raise ValueError(f"{workers} CPU workers need {workers * threads} CPUs ({threads} each); "
+        raise UserError(f"{workers} CPU workers need {workers * threads} CPUs ({threads} each); "
                          f"this machine has {cpus:g}")
     return Placement(workers=workers, num_gpus=0.0, num_cpus=float(threads),
                      postprocess_threads=threads)

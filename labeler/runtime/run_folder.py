@@ -32,6 +32,7 @@ import time
 
 from labeler import __version__
 from labeler.config import JobConfig, settings_difference
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.retry import RetryPolicy
 from labeler.output import parts
@@ -39,7 +40,7 @@ from labeler.output import parts
 logger = logging.getLogger(__name__)
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(UserError):
     """The output folder belongs to a run with other settings."""
 
 

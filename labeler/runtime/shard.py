@@ -255,7 +255,7 @@ class ShardProcessor:
     ahead or finishes its post-processing and commits.
 
     Args:
-        segmenter: built once per worker (see :func:`labeler.methods.registry.build_segmenter`).
+        segmenter: built once per worker (see :meth:`labeler.config.JobConfig.build_segmenter`).
             With ``label_raw``/``finish`` (:class:`labeler.methods.base.TwoStepSegmenter`) the
             host step runs on the pool; otherwise ``label`` runs on the model's thread and the
             pool encodes.
@@ -285,8 +285,8 @@ class ShardProcessor:
         self.worker = worker or {}
         self.category_names = {c["id"]: c["name"] for c in segmenter.categories}
         provenance = segmenter.provenance()
-        self.provenance = Provenance(method=provenance["method"], model=provenance["model"],
-                                     embedding_set=provenance.get("embedding_set"), run_id=run_id)
+        self.provenance = Provenance(method=provenance.method, model=provenance.model,
+                                     resource_digest=provenance.resource_digest, run_id=run_id)
         self.two_step = callable(getattr(segmenter, "label_raw", None)) and callable(
             getattr(segmenter, "finish", None))
         self.pool = PostProcessPool(postprocess_threads)

@@ -14,10 +14,11 @@ metadata requests each.
 
 from __future__ import annotations
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.output import parts
 from labeler.output.coco_files import coco_files
-from labeler.runtime.integrity import DIGESTS, STAMPS, damaged_shards
+from labeler.runtime.integrity import DIGESTS, STAMPS, stats_problem
 from labeler.runtime.lease import inspect_lease, state_is_live
 from labeler.runtime.merge_record import merge_damage, read_merge_record
 from labeler.runtime.run_folder import RunFolder
@@ -36,18 +37,41 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     output = Folder(output_uri, storage_options)
     run = RunFolder(output)
     if not output.exists("run/config.json"):
-        raise ValueError(f"{output_uri} holds no labeler run")
+        raise UserError(f"{output_uri} holds no labeler run")
     lease = inspect_lease(output)
     driver_live = state_is_live(lease)
     if not run.has_plan():
         return {"state": "planning" if driver_live else "interrupted", "shards_total": None}
     plan = run.read_plan()
     done = run.done_shards()
-    totals = done_shard_totals(run, plan["shards"], done)
-    seconds = totals["seconds"]
+    reasons: dict[str, int] = {}
+    labeled = failed = annotations = 0
+    seconds = 0.0
+    images_done = 0
+    damaged: dict[str, str] = {}
+    depth = DIGESTS if deep else STAMPS
+    for shard in plan["shards"]:
+        if shard["shard_id"] not in done:
+            continue
+        try:
+            read = run.read_stats(shard["shard_id"])
+        except (ValueError, UnicodeDecodeError):
+            damaged[shard["shard_id"]] = "stats unreadable"
+            read = None
+        else:
+            problem = stats_problem(run, shard["shard_id"], shard["n_images"], read, depth)
+            if problem is not None:
+                damaged[shard["shard_id"]] = problem
+        stats = read or {}
+        images_done += shard["n_images"]
+        labeled += stats.get("labeled", 0)
+        failed += stats.get("failed", 0)
+        annotations += stats.get("annotations", 0)
+        seconds += stats.get("seconds", 0.0)
+        for reason, count in stats.get("failure_reasons", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
     failed_shards = run.failed_shards()
     heartbeat = run.read_progress() or {}
-    damaged = damaged_shards(run, plan["shards"], done, depth=DIGESTS if deep else STAMPS)
     merged = read_merge_record(output)
     damaged_outputs = merge_damage(output, merged) if merged is not None else {}
     complete = (coco_files(output, parts.COCO_JSON) is not None
@@ -65,12 +89,12 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
         "shards_failed": sorted(failed_shards),
         "shard_errors": {shard: _last_line(f.get("error")) for shard, f in failed_shards.items()},
         "images_total": plan["n_images"],
-        "images_done": totals["images"],
-        "labeled": totals["labeled"],
-        "failed": totals["failed"],
-        "annotations": totals["annotations"],
-        "failure_reasons": totals["failure_reasons"],
-        "images_per_second_per_worker": totals["images"] / seconds if seconds else None,
+        "images_done": images_done,
+        "labeled": labeled,
+        "failed": failed,
+        "annotations": annotations,
+        "failure_reasons": dict(sorted(reasons.items(), key=lambda item: -item[1])),
+        "images_per_second_per_worker": images_done / seconds if seconds else None,
         "driver": heartbeat or None,
     }
 

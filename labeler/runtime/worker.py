@@ -14,7 +14,6 @@ import socket
 from labeler.config import JobConfig
 from labeler.io.folders import Folder
 from labeler.io.policy import InputPolicy
-from labeler.methods.registry import build_segmenter
 from labeler.runtime.liveness import LifeSigns, worker_key
 from labeler.runtime.postprocess import default_postprocess_threads
 from labeler.runtime.shard import ShardProcessor
@@ -36,7 +35,7 @@ class ShardWorker:
 
     def __init__(self, config: JobConfig, run_id: str, storage_options: dict | None = None,
                  postprocess_threads: int | None = None, publish_life: bool = False) -> None:
-        segmenter = build_segmenter(config)
+        segmenter = config.build_segmenter()
         device = str(segmenter.device)
         if postprocess_threads is None:
             postprocess_threads = default_postprocess_threads(

@@ -43,6 +43,7 @@ Deviations from the reference (all deliberate)
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -78,6 +79,9 @@ __all__ = [
 
 PROPOSAL_CHUNK: int = 32
 """Proposals upsampled at once when labeling (bounds the (chunk, h, w) temporary)."""
+
+LOG_ROWS: int = 512
+"""Rows of P whose log iteration 0 takes at once (bounds that temporary to (B, LOG_ROWS, N))."""
 
 """Lower clamp applied to values before taking their log (see the module docstring)."""
 
@@ -136,8 +140,13 @@ def full_precision_matmul() -> Iterator[None]:
 
 
 def _safe_log(x: Tensor, eps: float) -> Tensor:
-    """``log(clamp(x, min=eps))``; x itself is left unchanged."""
-    return torch.log(torch.clamp(x, min=eps))
+    """``log(clamp(x, min=eps))`` in one new tensor; x itself is left unchanged."""
+    return torch.clamp(x, min=eps).log_()
+
+
+def _row_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``(x * y).sum(-1)`` without the (..., N) product: (B, K, N) twice -> (B, K)."""
+    return torch.linalg.vecdot(x, y)
 
 
 def _side_of(n: int) -> int:
@@ -174,7 +183,9 @@ def upsample_key_maps(maps: Tensor, out_side: int) -> Tensor:
     maps = maps.to(_compute_dtype(maps))
     if side == out_side:
         return maps
-    images = maps.reshape(batch, queries, side, side)
+    # One single-channel image per query: torch's bilinear kernel is several times faster on
+    # (B*Q, 1, s, s) than on (B, Q, s, s) (same weights; results may differ in the last bit).
+    images = maps.reshape(batch * queries, 1, side, side)
     up = F.interpolate(
         images, size=(out_side, out_side), mode="bilinear", align_corners=False, antialias=False
     )
@@ -222,6 +233,11 @@ def aggregate_attention(
     (half-pixel centres), each renormalised to sum 1, replicated over r x r query blocks (query
     ``(I, J)`` takes coarse query ``(I // r, J // r)``), weighted and summed.
 
+    When every side (of non-zero weight) divides the next larger one (SD: 8, 16, 32, 64) the sum
+    is built coarse to fine, each side's terms added to the coarser sum replicated over its query
+    blocks, so the (B, N, N) result is written in one pass (:func:`_aggregate_chain`); otherwise
+    each side is added into it in turn.
+
     Args:
         attention: ``{side: (B, side*side, side*side)}`` head/layer-averaged row-stochastic maps.
         weights: ``{side: weight}`` used as given (no renormalisation); sides missing from it get
@@ -236,12 +252,55 @@ def aggregate_attention(
     dtype = _compute_dtype(*attention.values())
     device = next(iter(attention.values())).device
     n = largest * largest
+    sides = sorted(side for side in attention if resolved[side] != 0)
+    if sides and all(finer % coarser == 0 for coarser, finer in itertools.pairwise(sides)):
+        maps = {side: attention[side].to(device=device, dtype=dtype) for side in sides}
+        return _aggregate_chain(maps, resolved, largest)
     out = torch.zeros(batch, n, n, dtype=dtype, device=device)
-    for side, maps in attention.items():
-        weight = resolved[side]
-        if weight != 0:
-            _accumulate_side(out, maps.to(device=device, dtype=dtype), side, largest, weight)
+    for side in sides:
+        maps = attention[side].to(device=device, dtype=dtype)
+        _accumulate_side(out, maps, side, largest, resolved[side])
     return out
+
+
+def _scaled_keys(maps: Tensor, largest: int, weight: float) -> tuple[Tensor, Tensor]:
+    """One side's key maps upsampled to the largest side and its per-query factor.
+
+    maps: (B, s*s, s*s). Returns up (B, s*s, N) and ``weight / row sum`` (B, s*s, 1).
+    """
+    up = upsample_key_maps(maps, largest)
+    return up, weight / up.sum(dim=-1, keepdim=True)
+
+
+def _aggregate_chain(maps: Mapping[int, Tensor], weights: Mapping[int, float],
+                     largest: int) -> Tensor:
+    """:func:`aggregate_attention` for sides that each divide the next: coarse to fine.
+
+    ``sum_s`` at side s is ``weight * renormalised keys`` of s plus the coarser sum replicated
+    over s's query blocks: one ``addcmul`` per side writes each (B, s*s, N) sum once, so the
+    (B, N, N) result costs one pass instead of one per side.
+
+    maps: ``{side: (B, s*s, s*s)}`` in the compute dtype, every weight non-zero.
+    Returns (B, N, N).
+    """
+    batch, n = next(iter(maps.values())).shape[0], largest * largest
+    total = coarse = None
+    for side in sorted(maps):
+        up, scale = _scaled_keys(maps[side], largest, weights[side])
+        if total is None:
+            total, coarse = up * scale, side
+            continue
+        ratio = side // coarse
+        blocks = (batch, coarse, ratio, coarse, ratio)
+        finer = torch.empty(batch, side * side, n, dtype=up.dtype, device=up.device)
+        torch.addcmul(total.view(batch, coarse, 1, coarse, 1, n), up.view(*blocks, n),
+                      scale.view(*blocks, 1), out=finer.view(*blocks, n))
+        total, coarse = finer, side
+    if coarse != largest:  # the largest side has weight 0: replicate the sum over its queries
+        ratio = largest // coarse
+        total = total.view(batch, coarse, 1, coarse, 1, n).expand(
+            batch, coarse, ratio, coarse, ratio, n).reshape(batch, n, n)
+    return total
 
 
 def _accumulate_side(out: Tensor, maps: Tensor, side: int, largest: int, weight: float) -> None:
@@ -251,8 +310,7 @@ def _accumulate_side(out: Tensor, maps: Tensor, side: int, largest: int, weight:
     """
     batch, n = out.shape[0], out.shape[-1]
     ratio = largest // side
-    up = upsample_key_maps(maps, largest)  # (B, s*s, N)
-    scale = weight / up.sum(dim=-1, keepdim=True)  # (B, s*s, 1)
+    up, scale = _scaled_keys(maps, largest, weight)  # (B, s*s, N), (B, s*s, 1)
     blocks = out.view(batch, side, ratio, side, ratio, n)
     blocks.addcmul_(up.view(batch, side, 1, side, 1, n), scale.view(batch, side, 1, side, 1, 1))
 
@@ -278,7 +336,10 @@ def symmetric_kl(p: Tensor, q: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
 
 
 def pairwise_symmetric_kl(a: Tensor, p: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
-    """All-pairs symmetric KL by one GEMM: ``D = 0.5 * (h_a 1' + 1 h_p' - [A|log A][log P|P]')``.
+    """All-pairs symmetric KL by two GEMMs: ``D = 0.5 * (h_a 1' + 1 h_p' - A log P' - log A P')``.
+
+    ``h`` are the rows' ``sum x log x``; the two products accumulate into one (B, K, M) result
+    (no (B, M, 2N) concatenation of ``[log P, P]``); when ``p is a`` its log is taken once.
 
     Args:
         a: (B, K, N) distributions.
@@ -293,12 +354,15 @@ def pairwise_symmetric_kl(a: Tensor, p: Tensor, eps: float = DEFAULT_EPS) -> Ten
             f"expected (B, K, N) and (B, M, N), got {tuple(a.shape)} and {tuple(p.shape)}"
         )
     dtype = _compute_dtype(a, p)
-    a, p = a.to(dtype), p.to(dtype)
-    log_a, log_p = _safe_log(a, eps), _safe_log(p, eps)
-    h_a = (a * log_a).sum(dim=-1)  # (B, K)
-    h_p = (p * log_p).sum(dim=-1)  # (B, M)
+    same = p is a
+    a = a.to(dtype)
+    p = a if same else p.to(dtype)
+    log_a = _safe_log(a, eps)
+    log_p = log_a if same else _safe_log(p, eps)
+    h_a = _row_dot(a, log_a)  # (B, K)
+    h_p = h_a if same else _row_dot(p, log_p)  # (B, M)
     with full_precision_matmul():
-        cross = torch.bmm(torch.cat([a, log_a], dim=-1), torch.cat([log_p, p], dim=-1).mT)
+        cross = torch.bmm(a, log_p.mT).baddbmm_(log_a, p.mT)  # (B, K, M)
     dist = 0.5 * (h_a.unsqueeze(-1) + h_p.unsqueeze(-2) - cross)
     return dist.clamp_(min=0)
 
@@ -342,13 +406,37 @@ def _member_means(members: Tensor, maps: Tensor) -> Tensor:
         return torch.bmm(weights, maps)
 
 
+def _anchor_distances(P: Tensor, anchors: Tensor, eps: float) -> Tensor:
+    """``pairwise_symmetric_kl(anchors, P)`` without P's whole log: (B, K, N).
+
+    ``log P`` is taken ``LOG_ROWS`` rows at a time into one reused buffer; each block gives its
+    rows' entropy terms and its columns of ``A log P'``, added to ``log A P'``.
+
+    P: (B, N, N) in the compute dtype; anchors: (B, K, N), rows of P.
+    """
+    batch, n = P.shape[0], P.shape[-1]
+    log_anchors = _safe_log(anchors, eps)
+    h_anchors = _row_dot(anchors, log_anchors)  # (B, K)
+    h_rows = torch.empty(batch, n, dtype=P.dtype, device=P.device)
+    buffer = torch.empty(batch, min(LOG_ROWS, n), n, dtype=P.dtype, device=P.device)
+    with full_precision_matmul():
+        cross = torch.bmm(log_anchors, P.mT)  # (B, K, N)
+        for start in range(0, n, LOG_ROWS):
+            rows = P[:, start : start + LOG_ROWS]
+            log_rows = torch.clamp(rows, min=eps, out=buffer[:, : rows.shape[1]]).log_()
+            h_rows[:, start : start + rows.shape[1]] = _row_dot(rows, log_rows)
+            cross[:, :, start : start + rows.shape[1]].baddbmm_(anchors, log_rows.mT)
+    dist = 0.5 * (h_anchors.unsqueeze(-1) + h_rows.unsqueeze(-2) - cross)
+    return dist.clamp_(min=0)
+
+
 def _first_iteration(P: Tensor, grid: Tensor, tau: float, eps: float) -> Tensor:
     """Iteration 0: each anchor row against all rows; proposals = means of members (D < tau).
 
     P: (B, N, N); grid: (K,) anchor rows. Returns (B, K, N).
     """
     anchors = P[:, grid.to(P.device)]  # (B, K, N)
-    dist = pairwise_symmetric_kl(anchors, P, eps)  # (B, K, N)
+    dist = _anchor_distances(P, anchors, eps)  # (B, K, N)
     _fill_self_distance(dist, grid)
     return _member_means(dist < tau, P)
 

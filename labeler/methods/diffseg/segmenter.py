@@ -11,7 +11,8 @@ import torch
 from labeler.attention.capture import ResolutionMeanSink, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
-from labeler.methods.base import ImageLabels
+from labeler.errors import UserError
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
@@ -55,7 +56,7 @@ class DiffSeg:
         self.device = backbone.device
         self.layers = select_layers(unet_attention_layers(backbone.unet), "self")
         if not self.layers:
-            raise ValueError(f"model {backbone.name} has no self-attention layers")
+            raise UserError(f"model {backbone.name} has no self-attention layers")
         self.sink = ResolutionMeanSink()
         self.hooks = AttentionHooks(
             backbone.unet, capturing_processors({layer.key: self.sink for layer in self.layers})
@@ -66,12 +67,12 @@ class DiffSeg:
         """Give the UNet its original attention processors back."""
         self.hooks.restore()
 
-    def provenance(self) -> dict:
-        return {
-            "method": "diffseg",
-            "model": self.backbone.name,
-            "model_fingerprint": self.backbone.fingerprint,
-            "settings": {
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(
+            method="diffseg",
+            model=self.backbone.name,
+            model_fingerprint=self.backbone.fingerprint,
+            settings={
                 "timestep": self.timestep,
                 "kl_threshold": self.options.kl_threshold,
                 "iterations": self.options.iterations,
@@ -80,7 +81,7 @@ class DiffSeg:
                 "max_label_side": self.max_label_side,
                 "antialias": self.antialias,
             },
-        }
+        )
 
     def attention_maps(self, images: list[np.ndarray]) -> dict[int, torch.Tensor]:
         """Capture the per-resolution self-attention of one UNet pass.

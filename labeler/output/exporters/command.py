@@ -38,7 +38,8 @@ def add_parser(commands) -> None:
     studio.add_argument("--image-url-prefix", metavar="PREFIX",
                         help="a task's image is PREFIX + its relative file name, e.g. "
                              "/data/local-files/?d=photos/, s3://bucket/photos/, "
-                             "https://host/photos/ (default: /data/local-files/?d=)")
+                             "https://host/photos/ (default: /data/local-files/?d=<the image "
+                             "root's folder name>/, or images/ for placed images)")
     studio.add_argument("--as-annotations", action="store_true",
                         help="import the masks as annotations instead of predictions")
     studio.add_argument("--fragment-min-area", type=float, default=defaults.fragment_min_area,

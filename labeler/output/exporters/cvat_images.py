@@ -55,8 +55,7 @@ class CvatImagesExporter(Exporter):
         super().__init__(context)
         self.names = {c["id"]: c["name"] for c in context.categories}
         self._frame = 0
-        self._file = context.out.open_atomic_writer(ANNOTATIONS_FILE)
-        self._handle = self._file.__enter__()
+        self._handle = self.open_file(ANNOTATIONS_FILE)
         self._write('<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n'
                     "  <version>1.1</version>\n  <meta>\n    <task>\n"
                     f"      <name>{escape(context.info.get('description') or 'labeler')}</name>\n"
@@ -100,5 +99,4 @@ class CvatImagesExporter(Exporter):
 
     def close(self) -> list[str]:
         self._write("</annotations>\n")
-        self._file.__exit__(None, None, None)
         return [ANNOTATIONS_FILE]

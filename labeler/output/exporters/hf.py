@@ -97,7 +97,7 @@ class HfExporter(Exporter):
         names = [c["name"] for c in context.categories]
         self.schema = SCHEMA.with_metadata(
             {"huggingface": json.dumps({"info": {"features": features(names)}})})
-        self._writers = {split: _SplitWriter(context, split, self.schema)
+        self._writers = {split: _SplitWriter(self, split, self.schema)
                          for split in SPLITS.values()}
 
     def add(self, image: ExportImage, annotations: list[dict]) -> None:
@@ -136,20 +136,28 @@ class HfExporter(Exporter):
         body = (f"# {self.context.info.get('description', 'labeler pseudo-labels')}\n\n"
                 "`datasets.load_dataset(DIR)`; `objects.category` is a ClassLabel, "
                 "`objects.segmentation` COCO compressed RLE (see labeler's docs/outputs.md).\n")
-        self.context.out.write_bytes(
-            "README.md", f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n\n{body}".encode())
+        self.open_file("README.md").write(
+            f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n\n{body}".encode())
         return ["README.md", "data/"]
+
+    def abandon(self) -> None:
+        """Remove the data files published before the export failed."""
+        for writer in self._writers.values():
+            for relative in writer.published:
+                self.context.out.remove(relative)
 
 
 class _SplitWriter:
     """The Parquet files of one split: row groups of :data:`ROWS_PER_GROUP` rows, a new file
-    past :data:`MAX_FILE_BYTES`."""
+    past :data:`MAX_FILE_BYTES`, each opened and published through the exporter."""
 
-    def __init__(self, context: ExportContext, split: str, schema: pa.Schema) -> None:
-        self.context, self.split, self.schema = context, split, schema
+    def __init__(self, exporter: Exporter, split: str, schema: pa.Schema) -> None:
+        self.exporter, self.split, self.schema = exporter, split, schema
         self.files = 0
+        #: the files published so far (a file past the size bound, before the export ends)
+        self.published: list[str] = []
         self._rows: list[dict] = []
-        self._file = self._handle = self._writer = None
+        self._relative = self._handle = self._writer = None
 
     def add(self, row: dict) -> None:
         self._rows.append(row)
@@ -157,16 +165,15 @@ class _SplitWriter:
             self._flush()
 
     def _next_file(self):
-        relative = f"data/{self.split}-{self.files:05d}.parquet"
+        self._relative = f"data/{self.split}-{self.files:05d}.parquet"
         self.files += 1
-        return self.context.out.open_atomic_writer(relative)
+        return self.exporter.open_file(self._relative)
 
     def _flush(self) -> None:
         if not self._rows:
             return
         if self._writer is None:
-            self._file = self._next_file()
-            self._handle = self._file.__enter__()
+            self._handle = self._next_file()
             self._writer = pq.ParquetWriter(self._handle, self.schema)
         self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
         self._rows = []
@@ -175,7 +182,8 @@ class _SplitWriter:
 
     def _close_file(self) -> None:
         self._writer.close()
-        self._file.__exit__(None, None, None)
+        self.exporter.close_file(self._handle)
+        self.published.append(self._relative)
         self._writer = None
 
     def close(self) -> None:
@@ -185,5 +193,6 @@ class _SplitWriter:
 
     def write_empty(self) -> None:
         """A file of no row group (``datasets`` cannot read an empty row group)."""
-        with self._next_file() as handle, pq.ParquetWriter(handle, self.schema):
-            pass
+        self._handle = self._next_file()
+        self._writer = pq.ParquetWriter(self._handle, self.schema)
+        self._close_file()

@@ -10,12 +10,15 @@ the annotation) carries ``model_version`` and the image's mean score; ``meta`` h
 region's ``area`` and ``score`` and their totals. ``labeling_config.xml`` is the matching
 labeling interface (``<PolygonLabels name="label" toName="image">`` with the output's classes).
 
-The image URL is ``image_url_prefix`` + the relative ``file_name``: ``/data/local-files/?d=``
-by default (Label Studio's local-files serving, where ``LOCAL_FILES_DOCUMENT_ROOT`` is the
-image root itself), ``/data/local-files/?d=photos/`` when the root is the ``photos`` folder under
-the document root (what Label Studio's local storage needs), or a cloud or web prefix
-(``s3://bucket/photos/``, ``https://host/photos/``). Outputs without an image root (manifest and
-Parquet inputs) keep the source URI unless a prefix is given or the images are placed.
+The image URL is ``image_url_prefix`` + the relative ``file_name``: a cloud or web prefix
+(``s3://bucket/photos/``, ``https://host/photos/``) or Label Studio's local-files serving,
+``/data/local-files/?d=photos/``, with ``LOCAL_FILES_DOCUMENT_ROOT`` the folder above ``photos``
+(Label Studio serves only from a local storage below the document root, never at it). Without a
+prefix (:func:`default_url_prefix`): the images placed with ``--images copy|link`` are
+``/data/local-files/?d=images/`` (the document root is the export folder); a local image root
+``/data/photos`` gives ``/data/local-files/?d=photos/`` (the document root is ``/data``); a
+remote image root is its own URI; outputs without an image root (manifest and Parquet inputs)
+keep each source URI.
 
 ``label-studio-brush`` writes each mask as one ``brushlabels`` result instead (Label Studio's
 brush RLE, :mod:`.brush_rle`: exact, no tracing) with a ``<BrushLabels>`` interface.
@@ -23,6 +26,7 @@ brush RLE, :mod:`.brush_rle`: exact, no tracing) with a ``<BrushLabels>`` interf
 
 from __future__ import annotations
 
+import posixpath
 from xml.sax.saxutils import quoteattr
 
 from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
@@ -33,7 +37,18 @@ from labeler.output.rle import decode_mask
 
 FROM_NAME = "label"
 TO_NAME = "image"
-DEFAULT_URL_PREFIX = "/data/local-files/?d="
+LOCAL_FILES = "/data/local-files/?d="
+
+
+def default_url_prefix(image_root: str | None, images_dir: str | None) -> str | None:
+    """The image URL prefix without ``--image-url-prefix`` (``None``: each source URI)."""
+    if images_dir is not None:
+        return f"{LOCAL_FILES}{images_dir}/"
+    if not image_root:
+        return None
+    if "://" in image_root and not image_root.startswith("file://"):
+        return image_root.rstrip("/") + "/"
+    return f"{LOCAL_FILES}{posixpath.basename(image_root.removeprefix('file://').rstrip('/'))}/"
 
 
 class LabelStudioExporter(Exporter):
@@ -46,16 +61,15 @@ class LabelStudioExporter(Exporter):
         super().__init__(context)
         self.names = {c["id"]: c["name"] for c in context.categories}
         self.model_version = f"labeler-{context.info.get('method')}-{context.info.get('run_id')}"
+        self.url_prefix = (context.options.image_url_prefix
+                           if context.options.image_url_prefix is not None
+                           else default_url_prefix(context.info.get("image_root"),
+                                                   context.images_dir))
         self._tasks = JsonArrayWriter(self.open_file("tasks.json"))
         self._tasks.raw("[")
 
     def _url(self, image: ExportImage) -> str:
-        prefix = self.context.options.image_url_prefix
-        if prefix is not None:
-            return prefix + image.file_name
-        if self.context.images_dir is not None or self.context.info.get("image_root"):
-            return DEFAULT_URL_PREFIX + image.file_name
-        return image.uri
+        return image.uri if self.url_prefix is None else self.url_prefix + image.file_name
 
     def _results(self, image: ExportImage, annotation: dict) -> list[dict]:
         """One ``polygonlabels`` result for the segment: its kept fragments as one polygon."""

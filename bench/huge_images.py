@@ -25,7 +25,6 @@ from PIL import Image
 
 from labeler.config import build_config
 from labeler.io.folders import Folder
-from labeler.methods.registry import build_segmenter
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
@@ -64,7 +63,7 @@ def main() -> None:
     paths = sorted(work.glob("huge_*.png"))
     config = build_config({}, {"input": str(work), "output": str(work / "out"),
                                "method": "diffseg", "model": "tiny", "device": "cpu"})
-    segmenter = build_segmenter(config, "cpu")
+    segmenter = config.build_segmenter("cpu")
     loaded = peak_rss_mb()
     run = RunFolder(Folder(str(work / "out")))
     shard_id = plan_run(run, [{"uri": str(p)} for p in paths], shard_size=2)["shards"][0]["shard_id"]

@@ -153,7 +153,7 @@ def child_merge_parts(work: Path, shards: int, per_shard: int, per_image: int) -
                     "category_name": "segment", "segmentation_counts": counts,
                     "segmentation_size": [384, 512], "area": area, "bbox": bbox, "iscrowd": 0,
                     "score": 0.5, "file_name": images[-1]["uri"], "method": "diffseg",
-                    "model": "tiny", "embedding_set": None, "run_id": "bench",
+                    "model": "tiny", "resource_digest": None, "run_id": "bench",
                 })
         for name, table_schema, rows in (("images.parquet", schema.IMAGES, images),
                                          ("annotations.parquet", schema.ANNOTATIONS, annotations)):
@@ -207,11 +207,10 @@ def child_bare(work: Path, count: int, model: str, batch_size: int, kl: float) -
     from labeler.config import JobConfig
     from labeler.io.decode import decode_image
     from labeler.methods.diffseg.algorithm import DiffSegOptions
-    from labeler.methods.registry import build_segmenter
 
     config = JobConfig(input="-", output="-", model=model, batch_size=batch_size,
                        settings=DiffSegOptions(kl_threshold=kl))
-    segmenter = build_segmenter(config)
+    segmenter = config.build_segmenter()
     images = [decode_image(path.read_bytes()).pixels for path in _photos(work / "photos", count)]
     segmenter.label(images[:batch_size])  # warm-up
     started = time.perf_counter()

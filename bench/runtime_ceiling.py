@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from labeler.io.decode import decode_image
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels, compact_resized_labels
+from labeler.methods.base import ImageLabels, MethodProvenance, compact_resized_labels
 from labeler.methods.device_labels import (
     PendingLabels,
     RawLabels,
@@ -164,8 +164,8 @@ class ZeroCostSegmenter:
             (torch.rand((1, self.segments, *low), generator=generator).to(self.device), grid)
             for _ in range(self.distinct)]
 
-    def provenance(self) -> dict:
-        return {"method": "zero-cost", "model": f"{self.model_seconds * 1000:g} ms/image"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="zero-cost", model=f"{self.model_seconds * 1000:g} ms/image")
 
     def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
         with self.timer.stage("model"):

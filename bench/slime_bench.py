@@ -248,7 +248,7 @@ def infer_sweep(backbone, embedding_set, args: argparse.Namespace) -> list[dict]
 
 def was_alone(backbone, args: argparse.Namespace) -> dict:
     """The WAS-attention of one SD-2.1 layer at the latent side (5 heads x 64) for 4 patches."""
-    from labeler.attention.slime_capture import explicit_was, fused_was
+    from labeler.methods.slime.capture import explicit_was, fused_was
 
     generator = torch.Generator().manual_seed(0)
     shape = (4, 5, ((args.input_size or backbone.image_size) // 8) ** 2, 64)

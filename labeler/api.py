@@ -29,10 +29,11 @@ import numpy as np
 from PIL import Image
 
 from labeler.config import JobConfig, build_config, load_job_file
+from labeler.errors import UserError
 from labeler.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, pil_to_rgb
 from labeler.io.reading import read_image_bytes
 from labeler.methods.base import ImageLabels
-from labeler.methods.registry import build_segmenter
+from labeler.methods.registry import DEFAULT_METHOD
 from labeler.output.coco_records import label_map_annotations
 from labeler.output.failures import read_failure_reason
 
@@ -121,35 +122,34 @@ class Labeler:
     """A segmentation method on a loaded model, labeling images in this process.
 
     Args:
-        method: ``diffseg`` or ``slime``.
+        method: a method name (``labeler run --help`` lists them); default: the job default.
         model: ``tiny``, a Hugging Face id or a diffusers directory (default: the method's).
-        embeddings: SLiMe's embedding set (``.safetensors``).
-        device, dtype: where and in which precision the model runs (default: cuda if
-            available; fp16/bf16 on GPU, fp32 on CPU).
-        batch_size: images per model call in :meth:`label_many`.
-        seed: the job seed (SLiMe's noise).
-        max_pixels: decompression-bomb limit for paths and URIs.
+        device, dtype, batch_size, seed, max_pixels: the job settings of the same names (see
+            ``labeler run --help``; left out: the job defaults). ``batch_size`` is the images
+            per model call in :meth:`label_many`, ``max_pixels`` the decompression-bomb limit
+            for paths and URIs.
         storage_options: fsspec options (credentials, endpoint) for URIs.
-        **settings: the method's settings, as in the job file's ``[diffseg]`` / ``[slime]``
-            table (e.g. ``kl_threshold=0.9``, or ``names=["person", "car"]`` to name DiffSeg's
-            segments).
+        **settings: the method's settings, as in its job table (``[diffseg]``, ``[slime]``,
+            ...), checked by the method's settings model: e.g. ``kl_threshold=0.9`` or
+            ``names=["person", "car"]`` for DiffSeg, ``embeddings="set.safetensors"`` for SLiMe.
 
     Raises:
-        ValueError: unknown method or setting (the model is not loaded then).
+        UserError: unknown method or setting, a bad value (the model is not loaded then).
     """
 
-    def __init__(self, method: str = "diffseg", model: str | None = None, *,
-                 embeddings: str | None = None, device: str | None = None,
-                 dtype: str = "auto", batch_size: int = 4, seed: int = 0,
+    def __init__(self, method: str = DEFAULT_METHOD, model: str | None = None, *,
+                 device: str | None = None, dtype: str | None = None,
+                 batch_size: int | None = None, seed: int | None = None,
                  max_pixels: int | None = None, storage_options: dict | None = None,
                  **settings: Any) -> None:
-        values = {"input": _IN_PROCESS, "output": _IN_PROCESS, "method": method,
-                  "model": model, "embeddings": embeddings, "device": device, "dtype": dtype,
-                  "batch_size": batch_size, "seed": seed, method: settings}
-        self.config: JobConfig = build_config({k: v for k, v in values.items() if v is not None}, {})
-        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+        job = {"method": method, "model": model, "device": device, "dtype": dtype,
+               "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels}
+        values = {"input": _IN_PROCESS, "output": _IN_PROCESS, method: settings,
+                  **{key: value for key, value in job.items() if value is not None}}
+        self.config: JobConfig = build_config(values, {})
+        self.max_pixels = self.config.max_pixels or DEFAULT_MAX_PIXELS
         self.storage_options = storage_options
-        self.segmenter = build_segmenter(self.config)
+        self.segmenter = self.config.build_segmenter()
 
     @property
     def categories(self) -> list[dict]:
@@ -169,7 +169,7 @@ class Labeler:
             if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
                 image.ndim == 3 and image.shape[2] not in (3, 4)
             ):
-                raise ValueError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
+                raise UserError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
                                  f"got {image.dtype} {image.shape}")
             return pil_to_rgb(Image.fromarray(image))
         if isinstance(image, str | Path):
@@ -196,7 +196,7 @@ class Labeler:
                 records it) and the stream goes on; ``raise``: its error is raised.
         """
         if errors not in ("record", "raise"):
-            raise ValueError(f"errors must be 'record' or 'raise' (got {errors!r})")
+            raise UserError(f"errors must be 'record' or 'raise' (got {errors!r})")
         iterator = iter(images)
         categories = self.categories
         while chunk := list(islice(iterator, self.config.batch_size)):

@@ -16,10 +16,8 @@ from labeler.config import JobConfig, build_config, load_job_file
 from labeler.doctor import add_parser as add_doctor
 from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
-from labeler.io.uris import InputError, redact_text
-from labeler.methods.diffews.command import add_parser as add_diffews
+from labeler.io.uris import redact_text
 from labeler.methods.registry import method_flags, methods
-from labeler.methods.slime.command import add_parser as add_slime
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
 from labeler.report.command import add_parser as add_report
@@ -52,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_preview(commands)
     add_report(commands)
     add_export(commands)
-    add_slime(commands)
-    add_diffews(commands)
+    for spec in methods().values():  # a method's own commands: labeler slime fit, ...
+        if spec.commands is not None:
+            spec.commands(commands)
     add_cluster(commands)  # submit, logs, stop
     add_doctor(commands)
     return parser
@@ -63,7 +62,8 @@ RUN_DESCRIPTION = """\
 Label a collection: list the input, cut it into shards, label them on Ray workers (or in this
 process with --executor local), write COCO annotations (compressed RLE) as JSON and Parquet
 under --output. Re-running the same command resumes (finished shards are skipped, images added
-to the input are labeled). Flags override the job file; method settings go in the job file's [diffseg] or [slime] table."""
+to the input are labeled). Flags override the job file; method settings go in the job file's
+table of the method ([METHOD], listed below)."""
 
 
 def _default(name: str) -> str:
@@ -84,10 +84,9 @@ def _method_settings_help() -> str:
     """Each method's table with its defaults (from its settings model)."""
     lines = ["method settings (job file table, e.g. [diffseg] kl_threshold = 0.9):"]
     for spec in methods().values():
-        lines.append(f"  [{spec.name}]")
+        lines.append(f"  [{spec.name}]" + (f"  {spec.settings_note}" if spec.settings_note else ""))
         lines += [f"    {name} = {field.default!r}" for name, field in spec.settings.model_fields.items()
                   if not field.is_required()]
-    lines += ["  [slime] settings left out come from the embedding set; see README, SLiMe section"]
     return "\n".join(lines)
 
 
@@ -127,6 +126,9 @@ def _add_run(commands) -> None:
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
+    flag("--stall-timeout", "stall_timeout", "seconds a busy Ray worker may show no sign of life "
+         "(no image read, no batch labeled) before it is killed and replaced and its shards "
+         "requeued", type=float, metavar="SECONDS")
     flag("--allow-protocols", "allow_protocols", "protocols the workers may read, comma-separated "
          "(e.g. s3,https; file: any local path)", type=_comma_list, metavar="LIST")
     run.add_argument("--overwrite", action="store_true", default=None,
@@ -189,8 +191,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     summary = run_job(config, progress=not args.no_progress)
     out = sys.stdout
+    done = "" if summary.complete else (
+        f"{len(summary.failed_shards)} of {summary.shards} shards failed, nothing merged; "
+        "the shards done hold ")
     out.write(
-        f"\n{summary.images} images: {summary.labeled} labeled, {summary.failed} failed; "
+        f"\n{done}{summary.images} images: {summary.labeled} labeled, {summary.failed} failed; "
         f"{summary.annotations} annotations; {summary.shards_processed} of {summary.shards} shards "
         f"processed in {summary.seconds:.1f} s"
         + (f" ({summary.images_per_second:.2f} images/s)" if summary.images_per_second else "")
@@ -209,6 +214,9 @@ def _run(args: argparse.Namespace) -> int:
                   f"{summary.retryable_failed} images may succeed on a re-run\n")
     if summary.worker_deaths or summary.retries:
         out.write(f"{summary.worker_deaths} worker restarts, {summary.retries} shard retries\n")
+    if summary.stalls:
+        out.write(f"{summary.stalls} workers showed no sign of life for --stall-timeout: killed "
+                  "and replaced, their shards requeued (run/stalled/)\n")
     if not summary.complete:
         out.write(f"{len(summary.failed_shards)} shards failed after retries:\n")
         for shard_id, failure in summary.failed_shards.items():
@@ -260,18 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; re-run the same command to resume" if args.command in ("run", "submit") else ""
         sys.stderr.write(f"labeler: interrupted{hint}\n")
         return EXIT_INTERRUPTED
-    except (UserError, ValueError, OSError, RuntimeError, InputError) as error:
+    except UserError as error:  # anything else is a bug: its traceback, exit 1
         if args.verbose:
             raise
         sys.stderr.write(f"labeler: error: {one_line(error)}\n")
         return EXIT_USER_ERROR
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message; an OS error as what failed and where (no errno prefix)."""
-    if isinstance(error, OSError) and error.strerror:
-        where = f": {error.filename}" if error.filename else ""
-        return redact_text(f"{error.strerror.lower()}{where}")
+def one_line(error: UserError) -> str:
+    """The error's message, credentials redacted."""
     return redact_text(str(error).strip() or type(error).__name__)
 
 

@@ -23,8 +23,9 @@ from pydantic import Field, SerializeAsAny, StringConstraints, ValidationError, 
 
 from labeler.errors import UserError
 from labeler.io.uris import InputError, refuse_uri_credentials
-from labeler.methods.registry import get_method, method_flags, methods
-from labeler.methods.spec import MethodSpec
+from labeler.methods.base import Segmenter
+from labeler.methods.registry import DEFAULT_METHOD, get_method, method_flags, methods
+from labeler.methods.spec import MethodContext, MethodSpec
 from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.settings import Settings, describe_error, parse_settings
 
@@ -41,7 +42,7 @@ class JobConfig(Settings):
 
     input: str = Field(min_length=1)
     output: str = Field(min_length=1)
-    method: str = "diffseg"
+    method: str = DEFAULT_METHOD
     model: str | None = None
     seed: int = 0
     shard_size: int = Field(256, ge=1)
@@ -63,6 +64,11 @@ class JobConfig(Settings):
     coco_max_annotations: int = Field(DEFAULT_MAX_ANNOTATIONS, ge=1)
     """Above this many annotations the COCO output is split (``coco/part-NNNNN.json``)."""
     overwrite: bool = False
+    stall_timeout: float = Field(900.0, gt=0)
+    """Seconds a busy worker may go without a sign of life (an image read, a batch labeled)
+    before it is declared lost, killed and replaced, its shards requeued
+    (:mod:`labeler.runtime.liveness`; Ray workers). The default is generous for GPU work (a model
+    that compiles on its first batch, a slow read retried with backoff)."""
     # how this driver treats the output: never part of the fingerprint either
     wait_lock: bool = False
     """Wait for another driver's lease on the output instead of refusing: until it is released
@@ -74,7 +80,8 @@ class JobConfig(Settings):
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
         "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size",
-        "device", "coco_max_annotations", "overwrite", "wait_lock", "retry_failed", "strict",
+        "device", "coco_max_annotations", "overwrite", "stall_timeout", "wait_lock",
+        "retry_failed", "strict",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -108,6 +115,15 @@ class JobConfig(Settings):
     def model_name(self) -> str:
         """The model to load: explicit, else the method's default ("" when its resources name it)."""
         return self.model or self.spec.default_model or ""
+
+    def method_context(self, device: str | None = None) -> MethodContext:
+        """What the method sees of this job (``device`` overrides the job's)."""
+        return MethodContext(settings=self.settings, model=self.model_name or None,
+                             device=device or self.device, dtype=self.dtype, seed=self.seed)
+
+    def build_segmenter(self, device: str | None = None) -> Segmenter:
+        """Load the model and the method once (a worker calls this at start-up)."""
+        return self.spec.build(self.method_context(device))
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -153,7 +169,7 @@ def route_method_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         UserError: unknown method, a table or flag of another method, a bad method setting.
     """
     values = dict(values)
-    method = values.get("method", "diffseg")
+    method = values.get("method", DEFAULT_METHOD)
     if not isinstance(method, str):
         raise UserError(f"method: must be a method name (got {method!r})")
     spec = get_method(method)

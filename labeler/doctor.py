@@ -25,7 +25,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from labeler import __version__
-from labeler.methods.diffseg.method import DEFAULT_MODEL as DEFAULT_DIFFSEG_MODEL
+from labeler.methods.registry import DEFAULT_METHOD, get_method
 
 #: Distributions whose versions are reported (looked up in the installed metadata, not imported).
 PACKAGES = ("torch", "ray", "diffusers", "transformers", "huggingface-hub", "fsspec", "s3fs", "gcsfs")
@@ -191,8 +191,9 @@ def add_parser(commands) -> None:
         description=__doc__.split("\n\n")[0].removeprefix("``labeler doctor``: "),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    doctor.add_argument("--model", default=DEFAULT_DIFFSEG_MODEL,
-                        help="model to look up: tiny, a Hugging Face id or a diffusers directory")
+    doctor.add_argument("--model", default=get_method(DEFAULT_METHOD).default_model,
+                        help="model to look up: tiny, a Hugging Face id or a diffusers directory "
+                             f"(the default: {DEFAULT_METHOD}'s)")
     doctor.set_defaults(func=_doctor)
 
 

@@ -1,4 +1,7 @@
-"""The error every command turns into one line on stderr and exit status 2."""
+"""The one family of user mistakes: every command turns a UserError into one line on stderr and
+exit status 2. Anything else that escapes a command is a bug: the CLI shows its traceback (exit 1).
+Subclasses may live near their use (e.g. `io.uris.InputError`), but derive from UserError.
+"""
 
 from __future__ import annotations
 
@@ -14,4 +17,11 @@ class StorageFaultError(UserError):
     """The storage itself refuses writes (full disk or quota, read-only, no permission).
 
     Permanent and the same for every shard, so the run stops at once: one line, exit 2.
+    """
+
+
+class NotFoundError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist: one line, exit 2.
+
+    Also a FileNotFoundError, so callers that treat a missing path as such keep working.
     """

@@ -22,6 +22,8 @@ TESTS=(
   tests/test_inputs.py::test_read_retries_transient_errors_with_backoff
   tests/test_inputs.py::test_s3_read_survives_server_restart
   tests/test_runtime_ray.py::test_killed_worker_is_replaced_and_output_matches
+  tests/test_runtime_ray.py::test_a_stopped_worker_is_declared_lost_killed_and_replaced
+  tests/test_liveness.py
   tests/test_runtime_ray.py::test_shard_failing_every_attempt_is_recorded_then_retried_by_a_rerun
   tests/test_runtime_ray.py::test_killed_driver_resumes_with_only_the_remaining_shards
   tests/test_runtime_ray.py::test_storage_outage_mid_run_costs_time_not_data

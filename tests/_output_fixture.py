@@ -127,7 +127,7 @@ def write_output(
                 id=ann_id, image_id=image_id, category_id=cat, category_name=names.get(cat, "?"),
                 segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
                 area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=score, file_name=uri,
-                method=method, model="fixture", embedding_set=None, run_id="fixture",
+                method=method, model="fixture", resource_digest=None, run_id="fixture",
             ))
             ann_id += 1
     for shard, (image_rows, annotation_rows) in rows_of.items():

@@ -62,7 +62,7 @@ def test_job_file_run_labels_every_image_with_the_support_classes(world):
             coverage += mask
         assert coverage.max() <= 1  # one class per pixel
     provenance = pq.read_table(output / "annotations").to_pylist()[0]
-    assert provenance["method"] == "diffews" and provenance["embedding_set"]
+    assert provenance["method"] == "diffews" and provenance["resource_digest"]
 
 
 def test_flags_run_and_changed_support_is_refused_on_resume(world, tmp_path, capsys):

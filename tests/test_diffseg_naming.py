@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labeler.errors import UserError
-from labeler.methods.diffseg.method import named_categories
+from labeler.methods.diffseg.method import categories
 from labeler.methods.diffseg.naming import NameRule, name_segments, name_shares, pack_names
 from labeler.methods.diffseg.segmenter import merge_named
 from labeler.methods.diffseg.settings import DiffSegOptions
@@ -93,10 +93,10 @@ def test_segments_sharing_a_name_merge_into_the_lowest_id_with_area_weighted_sco
 
 
 def test_categories_are_the_names_then_segment_unless_dropped():
-    assert [c["name"] for c in named_categories(DiffSegOptions())] == ["segment"]
-    named = named_categories(DiffSegOptions(names=["red", " light  blue"]))
+    assert [c["name"] for c in categories(DiffSegOptions())] == ["segment"]
+    named = categories(DiffSegOptions(names=["red", " light  blue"]))
     assert [(c["id"], c["name"]) for c in named] == [(1, "red"), (2, "light blue"), (3, "segment")]
-    dropped = named_categories(DiffSegOptions(names=["red"], unnamed="drop"))
+    dropped = categories(DiffSegOptions(names=["red"], unnamed="drop"))
     assert [c["name"] for c in dropped] == ["red"]
 
 

@@ -17,7 +17,7 @@ from labeler.io.folders import Folder
 from labeler.io.listing import iter_inputs
 from labeler.io.policy import OUTSIDE_INPUT, PROTOCOL_NOT_ALLOWED, InputPolicy
 from labeler.io.refs import InputRef
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
@@ -73,8 +73,8 @@ class OneLabel:
         self.device = "cpu"
         self.images = 0
 
-    def provenance(self) -> dict:
-        return {"method": "test", "model": "none"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="test", model="none")
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         self.images += len(images)

@@ -25,6 +25,7 @@ from labeler.runtime.executor import MAX_SHARD_ATTEMPTS, Driver, ShardEvents
 from labeler.runtime.local_executor import InProcessWorkers
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import WorkersCannotStartError
+from labeler.runtime.status import describe_run
 from tests.helpers import flat_regions_image
 
 
@@ -46,7 +47,8 @@ class ScriptedWorker:
     def ready(self) -> dict:
         return {"host": "here", "pid": 1, "device": "cpu", "categories": [{"id": 1, "name": "x"}]}
 
-    def process(self, output_uri: str, shard_id: str, attempt: int) -> dict:
+    def process(self, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str] | None = None) -> dict:
         assert output_uri == self.run.output.uri
         assert not self.run.is_done(shard_id), "the marker must come after the worker's commit"
         self.calls.append((shard_id, attempt))
@@ -139,6 +141,9 @@ def test_a_local_run_labels_everything_without_ray(tmp_path, monkeypatch):
     for name in ("a", "b", "c"):
         Image.fromarray(picture).save(images / f"{name}.png")
     (images / "broken.png").write_bytes(b"not a png")
+    (images / ".thumb.png").write_bytes(b"hidden")  # skipped, and counted
+    (images / ".cache").mkdir()
+    Image.fromarray(picture).save(images / ".cache" / "d.png")
     output = tmp_path / "out"
     monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` now raises ImportError
     summary = labeler.run({"input": str(images), "output": str(output), "model": "tiny",
@@ -152,3 +157,4 @@ def test_a_local_run_labels_everything_without_ray(tmp_path, monkeypatch):
                for shard in run.done_shards())
     coco = json.loads((output / "coco.json").read_text())
     assert len(coco["images"]) == 3 and coco["annotations"]  # failed images are not in COCO
+    assert "skipped  2 hidden files or folders in the input" in describe_run(str(output))

@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 
 from labeler.io.decode import decode_image
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.runtime import shard as shard_module
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
@@ -103,8 +103,8 @@ class HalvesSegmenter:
         self.timer = StageTimer()
         self.device = "cpu"
 
-    def provenance(self) -> dict:
-        return {"method": "test", "model": "none"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="test", model="none")
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         results = []

@@ -16,7 +16,7 @@ from PIL import Image
 from labeler.io.folders import Folder
 from labeler.io.listing import iter_inputs
 from labeler.methods.annotations import load_annotated
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.output import parts
 from labeler.output.merge import merge_outputs
 from labeler.output.rows import AnnotationRow, ImageRow
@@ -40,8 +40,8 @@ class RecordingSegmenter:
         self.timer = StageTimer()
         self.device = "cpu"
 
-    def provenance(self) -> dict:
-        return {"method": "test", "model": "none"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="test", model="none")
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         self.seen.extend(image.copy() for image in images)
@@ -162,7 +162,7 @@ def test_preview_of_a_parquet_of_bytes_input_shows_the_real_pixels(tmp_path: Pat
         id=4096, image_id=1, category_id=1, category_name="segment",
         segmentation_counts=segmentation["counts"], segmentation_size=segmentation["size"],
         area=int(mask.sum()), bbox=bbox(mask), iscrowd=0, score=1.0, file_name="a.png",
-        method="test", model="none", embedding_set=None, run_id="test")]
+        method="test", model="none", resource_digest=None, run_id="test")]
     folder = Folder(str(out))
     for kind, table_rows in ((parts.IMAGES, image_rows), (parts.ANNOTATIONS, annotation_rows)):
         folder.write_bytes(parts.shard_part(shard, kind), parts.encode_part(kind, table_rows))

@@ -86,7 +86,7 @@ def _write_shard(output: Folder, shard_id: str, image_ids: list[int], failed: se
                     "file_name": f"mem://{image_id}.png",
                     "method": "diffseg",
                     "model": "tiny",
-                    "embedding_set": None,
+                    "resource_digest": None,
                     "run_id": "r",
                 }
             )

@@ -16,7 +16,7 @@ from labeler.output.rows import Provenance, annotation_id, failed_image_row, lab
 from tests._output_fixture import FixtureImage, segments_from_label_map, write_output
 
 CATEGORIES = [{"id": 1, "name": "segment", "supercategory": "segment"}]
-PROVENANCE = Provenance(method="diffseg", model="tiny", embedding_set=None, run_id="r1")
+PROVENANCE = Provenance(method="diffseg", model="tiny", resource_digest=None, run_id="r1")
 
 
 def _synthetic_output(root, n_images: int, per_image: int, shard_size: int = 250) -> Folder:

@@ -20,7 +20,7 @@ from PIL import Image
 from labeler.config import JobConfig
 from labeler.errors import UserError
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.output.failures import POSTPROCESS_ERROR
 from labeler.runtime.plan import plan_run
@@ -48,8 +48,8 @@ class GridSegmenter:
         self.most_inside = 0
         self.lock = threading.Lock()
 
-    def provenance(self) -> dict:
-        return {"method": "grid", "model": "none"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="grid", model="none")
 
     def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
         with self.lock:

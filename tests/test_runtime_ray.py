@@ -274,6 +274,30 @@ def test_killed_worker_is_replaced_and_output_matches(ray_session, reference, co
     assert_same_output(reference, output)
 
 
+def test_a_stopped_worker_is_declared_lost_killed_and_replaced(ray_session, reference, collection,
+                                                               tmp_path):
+    """A worker stopped (SIGSTOP) mid-run shows no sign of life: after --stall-timeout it is
+    killed and replaced, its shard requeued, and the output matches an uninterrupted run."""
+    output = tmp_path / "out"
+    thread, result = run_in_thread(job_config(str(collection), str(output), stall_timeout=15))
+    wait_for(lambda: len(done_markers(output)) >= 1, "the first shard")
+    pids = label_worker_pids()
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGSTOP)  # the event: mid-way through the second shard
+    try:
+        summary = finish(thread, result)
+    finally:
+        if psutil.pid_exists(pids[0]):
+            os.kill(pids[0], signal.SIGKILL)
+    assert summary.complete and summary.stalls == 1 and summary.shards_processed == 2
+    assert_same_output(reference, output)
+    stalled = list((output / "run" / "stalled").iterdir())
+    assert len(stalled) == 1
+    status = describe_run(str(output))
+    assert f"stalled shard {stalled[0].stem}: its worker showed no sign of life" in status
+    assert "then done" in status
+
+
 def test_shard_failing_every_attempt_is_recorded_then_retried_by_a_rerun(
     ray_session, reference, collection, tmp_path, capsys
 ):
@@ -293,6 +317,7 @@ def test_shard_failing_every_attempt_is_recorded_then_retried_by_a_rerun(
     assert summary.failed_shards[broken]["attempts"] == 3
     assert "JSONDecodeError" in summary.failed_shards[broken]["error"]
     assert summary.worker_deaths == 0 and summary.shards_processed == 1
+    assert (summary.images, summary.labeled) == (2, 2)  # what the done shard holds, not zeros
     assert not (output / "coco.json").exists()
     status = run_progress(str(output))
     assert status["state"] == "failed" and status["shards_failed"] == [broken]

@@ -18,7 +18,7 @@ from PIL import Image
 
 from labeler.config import JobConfig
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.runtime.plan import plan_run
 from labeler.runtime.ray_executor import plan_placement
 from labeler.runtime.run_folder import RunFolder
@@ -192,8 +192,8 @@ class SizeLimitedSegmenter:
         self.timer = StageTimer()  # the Segmenter protocol: stage timings and device
         self.device = "cpu"
 
-    def provenance(self) -> dict:
-        return {"method": "test", "model": "none"}
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(method="test", model="none")
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         self.calls.append(len(images))

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labeler.attention.slime_capture import explicit_was, fused_was
 from labeler.methods.slime.algorithm import (
     accumulate_patches,
     class_probabilities,
@@ -21,6 +20,7 @@ from labeler.methods.slime.algorithm import (
     threshold_row,
     weighted_attention_sum,
 )
+from labeler.methods.slime.capture import explicit_was, fused_was
 from labeler.methods.slime.fit import ce_loss, class_weights, sd_loss, was_mse_loss
 from labeler.methods.slime.settings import SlimeOptions
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import labeler
 from labeler.cli import main
 from labeler.config import build_config
 from labeler.methods.slime.embedding_set import EmbeddingSet
@@ -79,13 +80,11 @@ def test_import_official_folder(tmp_path, capsys):
 
 
 def test_registry_builds_slime_with_the_sets_model_and_options(fitted_set):
-    from labeler.methods.registry import build_segmenter
-
     _, output = fitted_set
     config = build_config({"slime": {"timestep": 80, "input_size": 128}},
                           {"method": "slime", "input": "x", "output": "y", "embeddings": str(output),
                            "device": "cpu", "seed": 4})
-    segmenter = build_segmenter(config)
+    segmenter = config.build_segmenter()
     assert segmenter.backbone.name == "tiny"  # the set's model
     assert segmenter.options.timestep == 80 and segmenter.options.patches_per_side == 1
     assert segmenter.seed == 4
@@ -99,6 +98,15 @@ def test_registry_builds_slime_with_the_sets_model_and_options(fitted_set):
     with pytest.raises(ValueError, match="unknown \\[slime\\] settings: patch_treshold"):
         build_config({"slime": {"patch_treshold": 0.3}},  # refused at config time now
                      {"method": "slime", "input": "x", "output": "y", "embeddings": str(output)})
+
+
+def test_the_api_takes_slimes_embedding_set_as_a_method_keyword(fitted_set):
+    _, output = fitted_set
+    segmenter = labeler.Labeler(method="slime", embeddings=str(output), device="cpu", seed=4,
+                                timestep=80, input_size=128)
+    assert segmenter.segmenter.backbone.name == "tiny" and segmenter.segmenter.seed == 4
+    assert segmenter.segmenter.options.timestep == 80
+    assert [c["name"] for c in segmenter.categories] == ["red", "green"]
 
 
 def test_job_knows_the_categories_without_loading_a_model(fitted_set):

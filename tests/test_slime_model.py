@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from labeler.attention.layers import resolve_layers
-from labeler.attention.slime_capture import SlimeAttentionStore, slime_attention
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities
+from labeler.methods.slime.capture import SlimeAttentionStore, slime_attention
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
     IncompatibleModelError,
@@ -293,8 +293,8 @@ def test_label_at_original_resolution_with_background_unannotated(segmenter):
         {"id": 2, "name": "bottom-left", "supercategory": "slime"},
     ]
     provenance = segmenter.provenance()
-    assert provenance["method"] == "slime" and len(provenance["embedding_set"]) == 16
-    assert provenance["settings"]["patch_pixels"] == 100
+    assert provenance.method == "slime" and len(provenance.resource_digest) == 16
+    assert provenance.settings["patch_pixels"] == 100
 
 
 def test_predict_gives_class_indices_and_batches_agree(segmenter):
@@ -322,7 +322,7 @@ def test_bgr_switch_changes_what_the_vae_sees(tiny_backbone, segmenter):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_fit_step_and_fused_was_on_gpu(labeler_cache, dtype):
-    from labeler.attention.slime_capture import explicit_was, fused_was
+    from labeler.methods.slime.capture import explicit_was, fused_was
     from labeler.models.backbone import load_backbone
 
     backbone = load_backbone("tiny", device="cuda", dtype=dtype)

@@ -164,7 +164,7 @@ def test_inference_draws_a_timestep_per_patch_from_the_range(tiny_backbone):
     assert seen[0].shape == (4,) and len(set(seen[0].tolist())) > 1
     assert int(seen[0].min()) >= 20 and int(seen[0].max()) <= 900
     np.testing.assert_array_equal(first[0][0], second[0][0])
-    assert ranged.provenance()["settings"]["timestep"] == [20, 900]
+    assert ranged.provenance().settings["timestep"] == [20, 900]
 
 
 # ---- recorded in the set, applied at fit and at inference ----------------------------------------
@@ -206,7 +206,7 @@ def test_fit_records_and_applies_resize_and_antialias(tiny_backbone):
         {**parity.inference, "input_size": 128, "resize": "float", "antialias": True}))
     overridden.close()
     assert not torch.equal(overridden._patches(image), inherited._patches(image))
-    assert overridden.provenance()["settings"]["resize"] == "float"
+    assert overridden.provenance().settings["resize"] == "float"
 
 
 # ---- remaining epsilon forms: measured effect ----------------------------------------------------

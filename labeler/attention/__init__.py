@@ -5,6 +5,7 @@
 - :mod:`~labeler.attention.hooks`: installs a set of processors once per segmenter, restores
   the UNet's own.
 - :mod:`~labeler.attention.layers`: attention layers by role and resolution, layer selectors.
-- :mod:`~labeler.attention.capture` (DiffSeg) and :mod:`~labeler.attention.slime_capture`
-  (SLiMe): the processors and sinks of each method.
+- :mod:`~labeler.attention.capture`: explicit, head-averaged attention probabilities handed
+  to a sink (DiffSeg, the tiny model's checks). A method's own processors live in its package
+  (``methods/slime/capture.py``, ``methods/diffews/attention.py``).
 """

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from labeler.errors import UserError
+
 _PROCESSOR_KEY = re.compile(
     r"^(down_blocks|mid_block|up_blocks)\.?(\d+)?\.(.+)\.(attn1|attn2)\.processor$"
 )
@@ -105,7 +107,7 @@ def resolve_layers(unet, selectors: Sequence[str]) -> list[str]:
     for selector in selectors:
         match = _SELECTOR.match(selector)
         if match is None:
-            raise ValueError(
+            raise UserError(
                 f"bad layer selector {selector!r}: use block/kind/side[:n], e.g. up/cross/16"
             )
         block, kind, side, first = match.groups()
@@ -117,7 +119,7 @@ def resolve_layers(unet, selectors: Sequence[str]) -> list[str]:
             and _within_first(layer.key, limit)
         ]
         if not matched:
-            raise ValueError(f"layer selector {selector!r} matches no attention layer of this UNet")
+            raise UserError(f"layer selector {selector!r} matches no attention layer of this UNet")
         chosen.update(matched)
     return [key for key in unet.attn_processors if key in chosen]
 

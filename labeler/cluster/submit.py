@@ -51,6 +51,7 @@ import tomllib
 
 from labeler import __version__
 from labeler.config import JobConfig, build_config, load_job_file
+from labeler.errors import UserError
 from labeler.io.uris import redact_uri, split_uri_credentials
 from labeler.runtime.ray_executor import FORWARDED_ENV
 
@@ -158,7 +159,7 @@ def _check_no_credentials(values: Mapping[str, Any]) -> None:
             continue
         _, options = split_uri_credentials(value)
         if options and options != {"anon": True}:
-            raise ValueError(
+            raise UserError(
                 f"{key} {redact_uri(value)} embeds credentials; a submitted job's command line "
                 "and files are visible to every user of the cluster. Give the cluster's nodes "
                 "credentials through their environment (instance role, Kubernetes secret)."
@@ -279,7 +280,7 @@ def build_job_spec(
         ValueError: bad settings, or URIs with embedded credentials.
     """
     if not python or any(char.isspace() for char in python):
-        raise ValueError(f"python must be an executable name or path, got {python!r}")
+        raise UserError(f"python must be an executable name or path, got {python!r}")
     config, flags = resolve_job(job_file, overrides, cwd)
     command = [python, "-m", "labeler", "run"]
     path = Path(job_file) if job_file else None
@@ -315,7 +316,7 @@ def declared_dependencies() -> list[str]:
     try:
         return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
     except (OSError, KeyError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"cannot find labeler's requirements (no metadata, {pyproject}: "
+        raise UserError(f"cannot find labeler's requirements (no metadata, {pyproject}: "
                          f"{error})") from error
 
 
@@ -349,7 +350,7 @@ def read_requirements(path: str | Path) -> list[str]:
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as error:
-        raise ValueError(f"cannot read requirements file {path}: {error}") from error
+        raise UserError(f"cannot read requirements file {path}: {error}") from error
     return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
@@ -385,9 +386,9 @@ def connect(address: str | None) -> JobsClient:
             logger.debug("the cluster requires a token: using the local one")
             return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
     except ConnectionError as error:
-        raise RuntimeError(f"cannot reach the Ray Jobs API at {where}: {error}") from error
+        raise UserError(f"cannot reach the Ray Jobs API at {where}: {error}") from error
     except AuthenticationError as error:
-        raise RuntimeError(
+        raise UserError(
             f"the Ray cluster at {where} requires an authentication token that was not found "
             "or not accepted: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's "
             "token, as `ray get-auth-token` prints it on the head"
@@ -449,7 +450,7 @@ def submit_job(client: JobsClient, spec: JobSpec) -> Submission:
         metadata = getattr(job, "metadata", None) or {}
         if (metadata.get("labeler_output_hash") == spec.metadata["labeler_output_hash"]
                 and _status_name(job.status) not in TERMINAL):
-            raise ValueError(
+            raise UserError(
                 f"job {job.submission_id} ({_status_name(job.status)}) is writing the same output "
                 f"{spec.metadata['labeler_output']} with other settings; stop it first "
                 f"(labeler stop {job.submission_id})"

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.listing import list_files, path_kind
 from labeler.io.reading import read_file
@@ -68,7 +69,7 @@ CLASSES_FILES = ("classes.txt", "classes.json")
 LABEL_MAP_EXTENSIONS = (".png", ".npy")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError):
     """Raised for unusable inputs (missing files, no image pairs, ambiguous mappings)."""
 
 

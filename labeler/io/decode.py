@@ -70,6 +70,8 @@ from typing import Final
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
+from labeler.errors import UserError
+
 __all__ = [
     "DECODE_FAILURE_REASONS",
     "DEFAULT_MAX_PIXELS",
@@ -146,7 +148,7 @@ _DETAIL_MAX_CHARS: Final[int] = 300
 _HEADER_PAD: Final[bytes] = bytes(64 * 1024)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError):
     """An image could not be decoded; a per-image, permanent failure.
 
     Attributes:

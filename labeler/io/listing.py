@@ -49,7 +49,9 @@ Credentials embedded in the input URI are moved into the storage options (see
 :mod:`labeler.io.uris`) and never appear in any ``InputRef``; reading then needs the same
 credentials, so callers pass the storage options that :func:`~labeler.io.uris.split_uri_credentials`
 returns. Credentials embedded in manifest entries are stripped from the entry (with one warning);
-provide them through ``storage_options``. Listing calls retry transient errors
+provide them through ``storage_options``. Secret query values of an entry (a pre-signed URL's
+signature, a token) are redacted in ``InputRef.uri`` and kept, in memory only, in
+``InputRef.read_uri``, which is what the workers read. Listing calls retry transient errors
 (:mod:`labeler.io.retry`).
 """
 
@@ -65,6 +67,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.errors import NotFoundError
 from labeler.io.decode import has_image_extension
 from labeler.io.parquet_images import (
     find_image_column,
@@ -113,8 +116,33 @@ def _utf8_key(text: str) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
+class SkippedEntries:
+    """Hidden files and folders (a name part starting with ``.``, ``..`` included) that a folder
+    walk skipped: how many, and the first few (a hidden folder counts once, its content unseen)."""
+
+    EXAMPLES = 5
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, path: str) -> None:
+        self.count += 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(path)
+
+    def describe(self) -> str:
+        """``N hidden files or folders skipped (e.g. a, b)``; empty when none were."""
+        if not self.count:
+            return ""
+        more = ", ..." if self.count > len(self.examples) else ""
+        return (f"{self.count} hidden files or folders skipped (names starting with '.', e.g. "
+                f"{', '.join(self.examples)}{more})")
+
+
 def _iter_s3_relative(
-    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool]
+    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
+    skipped: SkippedEntries,
 ) -> Iterator[str]:
     """Relative paths of the objects under ``root`` (``bucket/prefix``) whose name ``keep``
     accepts, page by page."""
@@ -136,7 +164,10 @@ def _iter_s3_relative(
                 continue  # folder marker
             relative = key[len(prefix) :]
             parts = relative.split("/")
-            if any(part.startswith(".") for part in parts) or not keep(parts[-1]):
+            if any(part.startswith(".") for part in parts):
+                skipped.add(relative)
+                continue
+            if not keep(parts[-1]):
                 continue
             current = _utf8_key(relative)
             if previous is not None and current < previous and not warned_order:
@@ -156,7 +187,8 @@ def _iter_s3_relative(
 
 
 def _sorted_children(
-    fs: Any, directory: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool]
+    fs: Any, directory: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
+    skipped: SkippedEntries,
 ) -> list[tuple[bytes, str, bool]]:
     """(sort key, path, is_dir) of the visible folders in ``directory`` and of its files whose
     name ``keep`` accepts."""
@@ -172,6 +204,7 @@ def _sorted_children(
             continue
         base = name.rsplit("/", 1)[-1]
         if base.startswith("."):
+            skipped.add(name)
             continue
         kind = entry.get("type")
         if local and entry.get("islink"):
@@ -188,13 +221,14 @@ def _sorted_children(
 
 
 def _iter_walk_relative(
-    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool]
+    fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
+    skipped: SkippedEntries,
 ) -> Iterator[str]:
     """Relative paths of the files under ``root`` that ``keep`` accepts, depth first, in global
     byte order."""
     root = root.rstrip("/") or "/"
     prefix_len = len(root) if root == "/" else len(root) + 1
-    stack = [iter(_sorted_children(fs, root, retry, what, keep))]
+    stack = [iter(_sorted_children(fs, root, retry, what, keep, skipped))]
     while stack:
         try:
             _, name, is_dir = next(stack[-1])
@@ -202,28 +236,32 @@ def _iter_walk_relative(
             stack.pop()
             continue
         if is_dir:
-            stack.append(iter(_sorted_children(fs, name, retry, what, keep)))
+            stack.append(iter(_sorted_children(fs, name, retry, what, keep, skipped)))
         else:
             yield name[prefix_len:]
 
 
 def _iter_folder_uris(
-    fs: Any, root: str, clean_uri: str, retry: RetryPolicy, keep: Callable[[str], bool]
+    fs: Any, root: str, clean_uri: str, retry: RetryPolicy, keep: Callable[[str], bool],
+    skipped: SkippedEntries | None = None,
 ) -> Iterator[str]:
-    """URIs (in the form of ``clean_uri``) of the files under ``root`` that ``keep`` accepts."""
+    """URIs (in the form of ``clean_uri``) of the files under ``root`` that ``keep`` accepts;
+    hidden entries are counted in ``skipped``."""
     what = redact_uri(clean_uri)
     base = base_uri(clean_uri, fs, root)
+    skipped = skipped if skipped is not None else SkippedEntries()
     relatives = (
-        _iter_s3_relative(fs, root, retry, what, keep)
+        _iter_s3_relative(fs, root, retry, what, keep, skipped)
         if _is_s3(fs)
-        else _iter_walk_relative(fs, root, retry, what, keep)
+        else _iter_walk_relative(fs, root, retry, what, keep, skipped)
     )
     for relative in relatives:
         yield join_relative(base, relative)
 
 
-def _iter_folder(fs: Any, root: str, clean_uri: str, retry: RetryPolicy) -> Iterator[InputRef]:
-    for uri in _iter_folder_uris(fs, root, clean_uri, retry, has_image_extension):
+def _iter_folder(fs: Any, root: str, clean_uri: str, retry: RetryPolicy,
+                 skipped: SkippedEntries | None) -> Iterator[InputRef]:
+    for uri in _iter_folder_uris(fs, root, clean_uri, retry, has_image_extension, skipped):
         yield InputRef(uri=uri)
 
 
@@ -233,13 +271,15 @@ def _iter_folder(fs: Any, root: str, clean_uri: str, retry: RetryPolicy) -> Iter
 
 
 class _EntryResolver:
-    """Turns raw manifest entries into references, stripping embedded credentials."""
+    """Turns raw manifest entries into references, stripping embedded credentials; an entry
+    whose query holds secret values gets a redacted ``uri`` and the full one as ``read_uri``."""
 
     def __init__(self, manifest_uri: str) -> None:
         self.base_dir = parent_uri(manifest_uri)
         self.what = redact_uri(manifest_uri)
         self.skipped = 0
         self._warned_credentials = False
+        self._warned_secrets = False
 
     def __call__(self, entry: object) -> InputRef | None:
         if entry is None:
@@ -260,7 +300,15 @@ class _EntryResolver:
                 )
                 self._warned_credentials = True
             text = clean
-        return ref_from_uri(resolve_uri(text, self.base_dir))
+        ref = ref_from_uri(resolve_uri(text, self.base_dir))
+        shown = redact_uri(ref.uri)
+        if ref.is_parquet_row or shown == ref.uri:
+            return ref
+        if not self._warned_secrets:
+            logger.info("manifest %s has entries with secret query values (e.g. %s): they are "
+                        "read as given and stored redacted", self.what, shown)
+            self._warned_secrets = True
+        return InputRef(uri=shown, read_uri=ref.uri)
 
     def finish(self) -> None:
         if self.skipped:
@@ -419,14 +467,14 @@ def list_files(
     with their dot (``".png"``), matched case-insensitively, a single file included.
 
     Raises:
-        FileNotFoundError: nothing at ``uri`` (the message holds the redacted URI).
+        NotFoundError: nothing at ``uri`` (a FileNotFoundError; the message holds the redacted URI).
         InputError: ``uri`` cannot be accessed.
     """
     fs, path, clean = open_fs(uri, storage_options)
     what = redact_uri(clean)
     kind = _kind(fs, path, what, retry)
     if kind is None:
-        raise FileNotFoundError(f"{what} does not exist{relative_path_hint(clean)}")
+        raise NotFoundError(f"{what} does not exist{relative_path_hint(clean)}")
     wanted = tuple(extension.lower() for extension in extensions)
 
     def keep(name: str) -> bool:
@@ -457,6 +505,7 @@ def iter_inputs(
     storage_options: dict[str, Any] | None = None,
     image_column: str | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    skipped: SkippedEntries | None = None,
 ) -> Iterator[InputRef]:
     """Enumerate the images of the collection named by ``uri``, streamed, in a fixed order.
 
@@ -470,6 +519,7 @@ def iter_inputs(
             for S3). Credentials embedded in ``uri`` are added to them.
         image_column: the struct column of a Parquet image file (default: detected).
         retry: backoff policy for transient listing/reading errors.
+        skipped: where a folder walk counts the hidden entries it skips (as it goes).
 
     Returns:
         An iterator of :class:`InputRef`; when it yields nothing it raises :class:`InputError`
@@ -486,7 +536,7 @@ def iter_inputs(
         raise InputError(f"input not found: {what}{relative_path_hint(clean)}", what)
     if kind == "directory":
         logger.info("enumerating folder %s", what)
-        return _ensure_nonempty(_iter_folder(fs, path, clean, retry), what)
+        return _ensure_nonempty(_iter_folder(fs, path, clean, retry, skipped), what)
     if kind != "file":
         raise InputError(f"input {what} is neither a file nor a folder ({kind})", what)
 

@@ -148,7 +148,7 @@ def read_image_bytes(
     if isinstance(ref, str):
         ref = ref_from_uri(ref)
     if not ref.is_parquet_row:
-        return read_file(ref.uri, storage_options, retry)
+        return read_file(ref.location, storage_options, retry)
     groups: dict[int | None, list[InputRef]] = {ref.row_group: [ref]}
     outcome = _read_row_group_images(str(ref.parquet), ref.column, groups, storage_options, retry)[
         ref
@@ -168,7 +168,7 @@ def _read_window(
         if ref.is_parquet_row:
             continue
         try:
-            fs, path, _ = open_fs(ref.uri, storage_options)
+            fs, path, _ = open_fs(ref.location, storage_options)
         except Exception as exc:  # noqa: BLE001 - per-image failure
             results[position] = exc
             continue
@@ -182,7 +182,7 @@ def _read_window(
         for (position, _, ref), value in zip(members, fetched):
             if isinstance(value, Exception) and is_transient_error(value):
                 try:
-                    value = read_file(ref.uri, storage_options, retry)
+                    value = read_file(ref.location, storage_options, retry)
                 except Exception as exc:  # noqa: BLE001 - per-image failure
                     value = exc
             results[position] = value if isinstance(value, Exception) else bytes(value)

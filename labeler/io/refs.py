@@ -14,7 +14,7 @@ with ``i`` the 0-based row index in the file. :func:`parse_parquet_row_uri` and
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = ["InputRef", "parquet_row_uri", "parse_parquet_row_uri", "ref_from_uri"]
@@ -38,6 +38,10 @@ class InputRef:
         row_group: for a Parquet row, the row group holding it (``None``: found from the footer).
         index_in_group: for a Parquet row, its index inside ``row_group``.
         path: for a Parquet row, the struct's ``path`` field (``None`` when null).
+        read_uri: the URI to read when it differs from ``uri``: a manifest entry whose query
+            holds secret values (a pre-signed URL's signature, a token) has them redacted in
+            ``uri``, and only here in full. Held in memory only: never in :meth:`to_dict`, in
+            ``repr``, or in comparisons.
     """
 
     uri: str
@@ -47,6 +51,12 @@ class InputRef:
     row_group: int | None = None
     index_in_group: int | None = None
     path: str | None = None
+    read_uri: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def location(self) -> str:
+        """What to read: ``read_uri`` when there is one, else ``uri``."""
+        return self.read_uri or self.uri
 
     @property
     def is_parquet_row(self) -> bool:

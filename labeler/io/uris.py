@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import fsspec
 
+from labeler.errors import UserError
+
 __all__ = [
     "InputError",
     "base_uri",
@@ -49,7 +51,7 @@ _SENSITIVE_QUERY_KEYS: Final[tuple[str, ...]] = (
 _REDACTED: Final[str] = "***"
 
 
-class InputError(Exception):
+class InputError(UserError):
     """The input collection cannot be enumerated (missing, empty, unreadable, malformed).
 
     ``uri`` holds the redacted URI the message is about.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from labeler.errors import UserError
 from labeler.io.decode import (
     DecodedImage,
     ImageDecodeError,
@@ -86,7 +87,7 @@ def pair_files(image_files: list[str], mask_files: list[str]) -> list[tuple[str,
     for path in image_files:
         stem = _stem(path)
         if stem in images:
-            raise ValueError(f"two images share the name {stem!r}: {images[stem]} and {path}")
+            raise UserError(f"two images share the name {stem!r}: {images[stem]} and {path}")
         images[stem] = path
     image_set = set(image_files)
     masks: dict[str, str] = {}
@@ -95,7 +96,7 @@ def pair_files(image_files: list[str], mask_files: list[str]) -> list[tuple[str,
             continue
         stem = _stem(path)
         if stem in masks:
-            raise ValueError(f"two masks share the name {stem!r}: {masks[stem]} and {path}")
+            raise UserError(f"two masks share the name {stem!r}: {masks[stem]} and {path}")
         masks[stem] = path
     missing = sorted(set(images) - set(masks))
     orphans = sorted(set(masks) - set(images))
@@ -105,12 +106,12 @@ def pair_files(image_files: list[str], mask_files: list[str]) -> list[tuple[str,
             parts.append(f"images without a mask: {', '.join(missing[:5])}")
         if orphans:
             parts.append(f"masks without an image: {', '.join(orphans[:5])}")
-        raise ValueError("unpaired files (masks pair with images by file stem): " + "; ".join(parts))
+        raise UserError("unpaired files (masks pair with images by file stem): " + "; ".join(parts))
     if not images:
-        raise ValueError("no annotated images found")
+        raise UserError("no annotated images found")
     lossy = [masks[stem] for stem in sorted(images) if masks[stem].lower().endswith(LOSSY_MASK_EXTENSIONS)]
     if lossy:
-        raise ValueError(f"mask {posixpath.basename(lossy[0])} is lossy (JPEG/WebP compression changes "
+        raise UserError(f"mask {posixpath.basename(lossy[0])} is lossy (JPEG/WebP compression changes "
                          "label values): save label maps as PNG or .npy")
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
@@ -124,13 +125,13 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as error:
-            raise ValueError(f"mask {name} is not a plain .npy array: {error}") from error
+            raise UserError(f"mask {name} is not a plain .npy array: {error}") from error
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
             if array.ndim == 2 and np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)):
                 return array.astype(np.int64)
-            raise ValueError(f"mask {name} must be a 2-D integer label map, got {array.dtype} {array.shape}")
+            raise UserError(f"mask {name} must be a 2-D integer label map, got {array.dtype} {array.shape}")
         return array.astype(np.int64)
     with Image.open(io.BytesIO(data)) as image:
         orientation = exif_orientation(image)
@@ -139,7 +140,7 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
         array = np.array(image.convert("RGB"))
     if np.all(array == array[..., :1]):
         return apply_orientation(array[..., 0].astype(np.int64), orientation)
-    raise ValueError(
+    raise UserError(
         f"mask {name} is a colour image; masks must be single-channel label maps (values 0..K-1)"
     )
 
@@ -156,7 +157,7 @@ def decode_rgb(data: bytes, name: str) -> DecodedImage:
     try:
         return decode_image(data, min_side=1)
     except ImageDecodeError as error:
-        raise ValueError(f"{name} is not a readable image: {error}") from error
+        raise UserError(f"{name} is not a readable image: {error}") from error
 
 
 def _check_frame(stem: str, image: DecodedImage, mask: np.ndarray) -> None:
@@ -164,13 +165,13 @@ def _check_frame(stem: str, image: DecodedImage, mask: np.ndarray) -> None:
     if mask.shape == (image.height, image.width):
         return
     if image.orientation >= 5 and mask.shape == (image.width, image.height):
-        raise ValueError(
+        raise UserError(
             f"{stem}: mask is {mask.shape[1]}x{mask.shape[0]}, the size of the image as stored, "
             f"but the image has EXIF orientation {image.orientation} and is read upright as "
             f"{image.width}x{image.height}: masks are taken in the upright frame (as viewers "
             "show the image); rotate the mask the same way"
         )
-    raise ValueError(
+    raise UserError(
         f"{stem}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
         f"{image.width}x{image.height} (width x height)"
     )
@@ -206,7 +207,7 @@ def load_annotated(
         _check_frame(stem, decoded, mask)
         image = decoded.pixels
         if mask.min() < 0 or mask.max() >= num_classes:
-            raise ValueError(
+            raise UserError(
                 f"{stem}: mask values must be 0..{num_classes - 1} for {num_classes} classes, found "
                 f"{int(mask.min())}..{int(mask.max())} (class 0 is background: --classes names it "
                 f"first, e.g. background,{'...' if num_classes < 2 else 'a,b'})"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -47,6 +47,27 @@ class ImageLabels:
             raise ValueError(f"at most {MAX_LABELS_PER_IMAGE} labels per image")
 
 
+@dataclass(frozen=True)
+class MethodProvenance:
+    """How a segmenter makes its labels: recorded with every annotation (``method``, ``model``,
+    ``resource_digest``) and in the worker's stats.
+
+    Attributes:
+        method: the method's name.
+        model: the model it runs on (what the user named), None for a method without one.
+        model_fingerprint: a digest of the model's configs or weights, when it has one.
+        resource_digest: a digest of the method's own resource (SLiMe: the embedding set;
+            DiffewS: the support set), None when it has none.
+        settings: the effective settings, as plain JSON values.
+    """
+
+    method: str
+    model: str | None = None
+    model_fingerprint: str | None = None
+    resource_digest: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 class Segmenter(Protocol):
     """A method loaded once per worker and applied to many batches of images.
 
@@ -64,8 +85,8 @@ class Segmenter(Protocol):
         """Label a batch of (H_i, W_i, 3) uint8 RGB images (sizes may differ)."""
         ...
 
-    def provenance(self) -> dict:
-        """Method name, model, and settings recorded with every annotation."""
+    def provenance(self) -> MethodProvenance:
+        """Method name, model, resource digest and settings (recorded with every annotation)."""
         ...
 
 

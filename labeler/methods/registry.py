@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import TYPE_CHECKING
 
 from labeler.errors import UserError
 from labeler.methods.diffews.method import SPEC as DIFFEWS
@@ -18,12 +17,10 @@ from labeler.methods.diffseg.method import SPEC as DIFFSEG
 from labeler.methods.slime.method import SPEC as SLIME
 from labeler.methods.spec import MethodFlag, MethodSpec
 
-if TYPE_CHECKING:
-    from labeler.config import JobConfig
-    from labeler.methods.base import Segmenter
-
 #: The methods that ship with labeler, in ``--help`` order.
 BUILTIN: tuple[MethodSpec, ...] = (DIFFSEG, SLIME, DIFFEWS)
+#: The method of a job or an API call that names none.
+DEFAULT_METHOD = DIFFSEG.name
 
 #: Environment variable naming plug-in modules that call :func:`register` when imported.
 PLUGINS_ENV = "LABELER_METHODS"
@@ -84,11 +81,3 @@ def method_flags() -> dict[str, tuple[MethodFlag, list[str]]]:
             flags.setdefault(flag.name, (flag, []))[1].append(spec.name)
     return flags
 
-
-def build_segmenter(config: JobConfig, device: str | None = None) -> Segmenter:
-    """Load the model and the method once (a worker calls this at start-up).
-
-    Returns:
-        an object following :class:`labeler.methods.base.Segmenter`.
-    """
-    return config.spec.build(config, device)

@@ -1,21 +1,39 @@
 """What a method tells the rest of labeler about itself: one :class:`MethodSpec`.
 
-The job configuration, the command line, the runtime and the run fingerprint learn about methods
-only through these specs (see :mod:`labeler.methods.registry`). A method is one package under
-``labeler/methods/<name>/`` that builds one spec.
+The job configuration, the command line, the API, doctor, the runtime and the run fingerprint
+learn about methods only through these specs (see :mod:`labeler.methods.registry`). A method is
+one package under ``labeler/methods/<name>/`` that builds one spec; it sees a job only through a
+:class:`MethodContext` (its own settings and where to run), never the whole job configuration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from labeler.methods.base import Segmenter
 from labeler.settings import Settings
 
-if TYPE_CHECKING:
-    from labeler.config import JobConfig
-    from labeler.methods.base import Segmenter
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method's build and checks see of a job.
+
+    Attributes:
+        settings: the method's table (an instance of its settings model).
+        model: the model to load: the job's ``--model``, else the method's default; None when
+            the method's resources name it (SLiMe: the embedding set's model).
+        device: ``cuda``, ``cuda:1``, ``cpu``; None: cuda when available.
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+        seed: the job seed.
+    """
+
+    settings: Settings
+    model: str | None
+    device: str | None
+    dtype: str
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -40,7 +58,7 @@ class MethodFlag:
         return "--" + self.name.replace("_", "-")
 
 
-def _no_check(config: JobConfig) -> None:
+def _no_check(context: MethodContext) -> None:
     """Methods without resources of their own have nothing to check."""
 
 
@@ -48,7 +66,7 @@ def _all_settings(settings: Settings) -> dict:
     return settings.to_dict()
 
 
-def _no_models(config: JobConfig) -> list[str]:
+def _no_models(context: MethodContext) -> list[str]:
     return []
 
 
@@ -61,29 +79,34 @@ class MethodSpec:
         summary: one line for ``--help``.
         settings: the table's model (every knob, each default written once); the values of
             ``flags`` live in it too.
-        build: ``build(config, device) -> Segmenter``, called once per worker; ``device`` None
-            means ``config.device`` or the default device.
-        categories: ``categories(config) -> [{"id", "name", "supercategory"}, ...]`` without
+        build: ``build(context) -> Segmenter``, called once per worker (and by the API).
+        categories: ``categories(settings) -> [{"id", "name", "supercategory"}, ...]`` without
             loading a model (the driver merges with them).
         default_model: the model used when ``--model`` is not given, or None when the method's
             resources name it (SLiMe: the embedding set's model).
-        check: pre-flight of method resources (files exist and parse, model compatible when
-            cheaply knowable); raises :class:`labeler.errors.UserError`. Runs on the driver
-            before the output is touched and before Ray starts.
+        check: ``check(context)``, pre-flight of method resources (files exist and parse, model
+            compatible when cheaply knowable); raises :class:`labeler.errors.UserError`. Runs on
+            the driver before the output is touched and before Ray starts.
         flags: settings exposed as ``labeler run`` flags and top-level job keys.
         fingerprint: ``fingerprint(settings) -> dict``, what of the table enters the run
             fingerprint (paths of resources are replaced by digests of their content).
-        models: ``models(config) -> [model names]`` that pre-flight must resolve offline, beyond
-            ``config.model_name`` (e.g. a component override such as a fine-tuned UNet).
+        models: ``models(context) -> [model names]`` that pre-flight must resolve offline,
+            beyond ``context.model`` (e.g. the model an embedding set names).
+        commands: ``commands(subparsers)`` adds the method's own command to ``labeler`` (an
+            argparse sub-parser whose ``func`` returns the exit status: ``labeler slime fit``,
+            ``labeler diffews train``); None: it has none.
+        settings_note: one line under the method's table in ``labeler run --help``.
     """
 
     name: str
     summary: str
     settings: type[Settings]
-    build: Callable[[JobConfig, str | None], Segmenter]
-    categories: Callable[[JobConfig], list[dict]]
+    build: Callable[[MethodContext], Segmenter]
+    categories: Callable[[Settings], list[dict]]
     default_model: str | None = None
-    check: Callable[[JobConfig], None] = _no_check
+    check: Callable[[MethodContext], None] = _no_check
     flags: tuple[MethodFlag, ...] = ()
     fingerprint: Callable[[Settings], dict[str, Any]] = _all_settings
-    models: Callable[[JobConfig], list[str]] = _no_models
+    models: Callable[[MethodContext], list[str]] = _no_models
+    commands: Callable[[Any], object] | None = None
+    settings_note: str = ""

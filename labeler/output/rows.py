@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+from labeler.io.uris import redact_text
 from labeler.methods.base import MAX_LABELS_PER_IMAGE, ImageLabels
 from labeler.output import schema
 from labeler.output.failures import is_retryable
@@ -51,7 +52,7 @@ class AnnotationRow(TypedDict):
     file_name: str
     method: str
     model: str
-    embedding_set: str | None
+    resource_digest: str | None
     run_id: str
     name_score: float | None
 
@@ -62,7 +63,7 @@ class Provenance:
 
     method: str
     model: str
-    embedding_set: str | None
+    resource_digest: str | None
     run_id: str
 
 
@@ -76,10 +77,11 @@ def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id
     """The row of an image that produced no labels, with its machine-readable ``reason``.
 
     ``file_name`` is the name relative to the image root (:mod:`labeler.output.names`);
-    the URI when not given.
+    the URI when not given. Credentials in ``detail`` (an error that quotes the URL it read)
+    are redacted.
     """
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
-                    detail=detail[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
+                    detail=redact_text(detail)[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
                     shard_id=shard_id, file_name=file_name or uri,
                     retryable=is_retryable(reason))
 
@@ -114,7 +116,7 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
             category_name=category_names[int(category)], segmentation_counts=mask.counts,
             segmentation_size=[mask.height, mask.width], area=mask.area, bbox=mask.bbox,
             iscrowd=0, score=float(score), file_name=file_name, method=provenance.method,
-            model=provenance.model, embedding_set=provenance.embedding_set,
+            model=provenance.model, resource_digest=provenance.resource_digest,
             run_id=provenance.run_id,
             name_score=None if name_score is None else float(name_score),
         ))

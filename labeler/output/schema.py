@@ -43,7 +43,9 @@ ANNOTATIONS = pa.schema(
         ("file_name", pa.string()),
         ("method", pa.string()),
         ("model", pa.string()),
-        ("embedding_set", pa.string()),
+        # the digest of the method's own resource (SLiMe's embedding set, DiffewS's support
+        # set), null for methods without one; parts written before were named embedding_set
+        ("resource_digest", pa.string()),
         ("run_id", pa.string()),
         # how well the category name explains the annotation (DiffSeg with names); null
         # otherwise and for parts written before the column existed

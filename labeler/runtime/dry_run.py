@@ -17,7 +17,6 @@ from labeler.io.decode import DEFAULT_MAX_PIXELS, decode_image
 from labeler.io.folders import Folder
 from labeler.io.reading import read_image_bytes
 from labeler.io.refs import InputRef
-from labeler.methods.registry import build_segmenter
 from labeler.runtime.job import input_items
 from labeler.runtime.preflight import preflight
 
@@ -76,7 +75,7 @@ def dry_run(config: JobConfig, storage_options: dict | None = None) -> DryRunRep
         first = first or item["ref"]
     state, changes = _output_state(config, storage_options)
     started = time.perf_counter()
-    segmenter = build_segmenter(config)
+    segmenter = config.build_segmenter()
     model_seconds = time.perf_counter() - started
     seconds = None
     if first is not None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from labeler.errors import StorageFaultError
 from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import redact_text
+from labeler.runtime.liveness import StallWatch, worker_key
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.scheduler import READY, ShardScheduler, WorkerSlot, cannot_start
 
@@ -58,6 +59,7 @@ class ExecutionReport:
     workers: int = 0
     worker_deaths: int = 0
     retries: int = 0
+    stalls: int = 0
 
 
 class ShardEvents:
@@ -107,7 +109,8 @@ class Workers(Protocol):
     def ready(self, handle: Any) -> Any:
         """Send the first call, answered with ``{host, pid, device, categories}`` once loaded."""
 
-    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int) -> Any:
+    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str]) -> Any:
         """Send one shard (:meth:`labeler.runtime.shard.ShardProcessor.process`'s arguments)."""
 
     def wait(self, calls: list, timeout: float) -> list:
@@ -129,10 +132,16 @@ class Driver:
         run: the run folder (markers, failure records, categories).
         shard_ids: the shards to process, in plan order.
         events: progress callbacks.
+        stall_timeout: seconds a busy worker may go without a sign of life before it is killed
+            and replaced (:mod:`labeler.runtime.liveness`); None: never (an executor that
+            cannot stop a worker).
+        read_uris: the full URIs of input entries stored redacted (redacted -> full), handed to
+            the workers with each shard that has some, never written.
     """
 
     def __init__(self, workers: Workers, count: int, run: RunFolder, shard_ids: list[str],
-                 events: ShardEvents) -> None:
+                 events: ShardEvents, stall_timeout: float | None = None,
+                 read_uris: dict[str, str] | None = None) -> None:
         self.workers = workers
         self.run_folder = run
         self.events = events
@@ -141,6 +150,9 @@ class Driver:
         self.calls: dict[Any, WorkerSlot] = {}
         self.report = ExecutionReport(workers=len(self.slots))
         self.output_uri = run.output.uri
+        self.stall_timeout = stall_timeout
+        self.read_uris = read_uris or {}
+        self.watch = StallWatch(run.output, stall_timeout) if stall_timeout else None
 
     def run(self) -> ExecutionReport:
         """Process every shard (or record it as failed); the workers are stopped at the end.
@@ -159,6 +171,7 @@ class Driver:
                     self._feed(slot)
                 for call in self.workers.wait(list(self.calls), HEARTBEAT_SECONDS):
                     self._settle(call)
+                self._replace_stalled()
                 if time.monotonic() - last_tick >= HEARTBEAT_SECONDS:
                     last_tick = time.monotonic()
                     self.events.tick(sum(slot.ready for slot in self.slots), len(self.slots))
@@ -188,18 +201,31 @@ class Driver:
         # would be held hostage while live workers sit idle.
         if not slot.ready or slot.handle is None:
             return
+        if self.watch is not None and not slot.shards_in_flight():
+            self.watch.alive(slot.index)  # an idle worker's silence is not a stall
         while self.scheduler.has_pending() and slot.shards_in_flight() < SHARDS_IN_FLIGHT_PER_WORKER:
             shard_id = self.scheduler.take()
             call = self.workers.process(slot.handle, self.output_uri, shard_id,
-                                        self.scheduler.attempt_of(shard_id))
+                                        self.scheduler.attempt_of(shard_id),
+                                        self._read_uris_of(shard_id))
             slot.calls.append((call, shard_id))
             self.calls[call] = slot
+
+    def _read_uris_of(self, shard_id: str) -> dict[str, str]:
+        """The full URIs of the shard's entries that are stored redacted (usually none)."""
+        if not self.read_uris:
+            return {}
+        entries = self.run_folder.read_manifest(shard_id)
+        return {entry["uri"]: self.read_uris[entry["uri"]] for entry in entries
+                if entry["uri"] in self.read_uris}
 
     def _settle(self, call: Any) -> None:
         slot = self.calls.get(call)
         if slot is None:
             return  # a call of a worker already replaced; its shard was requeued
         shard_id = next(shard for sent, shard in slot.calls if sent == call)
+        if self.watch is not None:
+            self.watch.alive(slot.index)
         outcome = self.workers.outcome(call)
         if outcome.lost:
             self._worker_lost(slot, outcome)
@@ -218,6 +244,8 @@ class Driver:
         if shard_id == READY:
             slot.ready = True
             slot.start_failures = 0
+            if self.watch is not None:
+                self.watch.alive(slot.index, worker_key(value))
             if self.report.categories is None:
                 self.report.categories = value["categories"]
                 self.run_folder.write_categories(value["categories"])
@@ -274,7 +302,28 @@ class Driver:
         if self._work_left():
             self._start(slot)
 
+    def _replace_stalled(self) -> None:
+        """Kill and replace the busy workers that showed no sign of life for the stall timeout."""
+        if self.watch is None:
+            return
+        busy = {slot.index: slot for slot in self.slots
+                if slot.ready and slot.handle is not None and slot.shards_in_flight()}
+        for index, seconds in self.watch.stalled(list(busy)):
+            slot = busy[index]
+            running = next(shard for _, shard in slot.calls if shard != READY)
+            message = (f"worker {slot.index} showed no sign of life for {seconds:.0f} s "
+                       f"(--stall-timeout {self.stall_timeout:g}) while running shard {running}: "
+                       "declared lost, killed and replaced")
+            logger.warning("%s", message)
+            self.report.stalls += 1
+            self.run_folder.record_stall(running, {"seconds": round(seconds, 1),
+                                                   "stall_timeout": self.stall_timeout,
+                                                   "worker": slot.index, "at": time.time()})
+            self._replace(slot, message)
+
     def _kill(self, slot: WorkerSlot) -> None:
+        if self.watch is not None:
+            self.watch.forget(slot.index)
         if slot.handle is None:
             return
         try:

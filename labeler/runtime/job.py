@@ -19,12 +19,14 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from labeler.config import JobConfig
-from labeler.errors import UserError
+from labeler.errors import StorageFaultError, UserError
 from labeler.io.folders import Folder
-from labeler.io.listing import folder_root, iter_inputs
+from labeler.io.listing import SkippedEntries, folder_root, iter_inputs
+from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import InputError
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
@@ -37,6 +39,7 @@ from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
 from labeler.runtime.run_folder import RunFolder
+from labeler.runtime.status import done_shard_totals
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class RunSummary:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     worker_deaths: int = 0
     retries: int = 0
+    stalls: int = 0
+    """Workers replaced because they showed no sign of life for ``stall_timeout``."""
     images_per_second: float | None = None
     new_images: int = 0
     """Images the input gained since the previous run on this output (labeled by this one)."""
@@ -81,18 +86,41 @@ EXECUTORS = {"ray": ray_executor.execute_shards, "local": local_executor.execute
 
 
 def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
-                   events: ShardEvents, storage_options: dict | None) -> ExecutionReport:
+                   events: ShardEvents, storage_options: dict | None,
+                   read_uris: dict[str, str] | None = None) -> ExecutionReport:
     """Process ``shard_ids`` with the job's executor; markers and failure records written."""
-    return EXECUTORS[config.executor](config, run, shard_ids, run_id, events, storage_options)
+    return EXECUTORS[config.executor](config, run, shard_ids, run_id, events, storage_options,
+                                      read_uris=read_uris)
 
 
-def input_items(config: JobConfig, storage_options: dict | None = None) -> Iterator[dict]:
+@dataclass
+class InputFacts:
+    """What listing the input told the driver beside the items, filled as they are consumed."""
+
+    read_uris: dict[str, str] = field(default_factory=dict)
+    """The full URIs of entries stored redacted (redacted -> full): in memory only."""
+    skipped: SkippedEntries = field(default_factory=SkippedEntries)
+    """The hidden files and folders a folder walk skipped."""
+
+
+def input_items(config: JobConfig, storage_options: dict | None = None,
+                facts: InputFacts | None = None) -> Iterator[dict]:
     """The collection as plan items: ``{"uri", "ref"}`` per image, in order.
 
-    The input is checked now (it exists, its kind is known); listing itself stays lazy.
+    The input is checked now (it exists, its kind is known); listing itself stays lazy. Entries
+    whose URI holds secrets are listed redacted; with ``facts``, the full URI of each and the
+    hidden entries skipped are recorded there as the items are consumed.
     """
-    refs = iter_inputs(config.input, storage_options=storage_options)
-    return ({"uri": ref.uri, "ref": ref.to_dict()} for ref in refs)
+    facts = facts if facts is not None else InputFacts()
+    refs = iter_inputs(config.input, storage_options=storage_options, skipped=facts.skipped)
+
+    def items() -> Iterator[dict]:
+        for ref in refs:
+            if ref.read_uri is not None:
+                facts.read_uris[ref.uri] = ref.read_uri
+            yield {"uri": ref.uri, "ref": ref.to_dict()}
+
+    return items()
 
 
 def run_job(config: JobConfig, storage_options: dict | None = None, progress: bool = True) -> RunSummary:
@@ -104,38 +132,55 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
 
     Raises:
         UserError: bad settings, resources or input, refused before the output is touched and
-            before any worker starts (a ValueError, as is a changed configuration on resume).
+            before any worker starts (as is a changed configuration on resume).
         LeaseHeldError: another live driver holds the output (and ``config.wait_lock`` is false).
         LeaseLostError: another driver took the output over; nothing was merged.
-        RuntimeError: the workers cannot start.
+        StorageFaultError: the output's storage refuses writes (full, read-only, no permission).
+        WorkersCannotStartError: the workers cannot start.
     """
     started = time.perf_counter()
     preflight(config, storage_options)
     output = Folder(config.output, storage_options)
     try:
-        items = input_items(config, storage_options)
+        facts = InputFacts()  # the secrets of the input's URIs stay in memory, never stored
+        items = input_items(config, storage_options, facts)
         items = itertools.chain([next(items)], items)  # an empty input fails before any write
         image_root = folder_root(config.input, storage_options=storage_options)
     except InputError as error:
         raise UserError(str(error)) from None
     lease = OutputLease(output)
-    try:
-        lease.acquire(wait=config.wait_lock)
-    except LeaseHeldError as error:
-        raise LeaseHeldError(f"refusing --overwrite: {error}" if config.overwrite else str(error)) \
-            from None
-    try:
-        summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
-                                     storage_options, progress)
-    finally:
-        _release(lease)
+    with _disk_faults_refused():
+        try:
+            lease.acquire(wait=config.wait_lock)
+        except LeaseHeldError as error:
+            raise LeaseHeldError(f"refusing --overwrite: {error}" if config.overwrite
+                                 else str(error)) from None
+        try:
+            summary = _run_holding_lease(config, RunFolder(output), lease, items, image_root,
+                                         storage_options, progress, facts)
+        finally:
+            _release(lease)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
+@contextmanager
+def _disk_faults_refused() -> Iterator[None]:
+    """A disk fault at the driver (full, over quota, read-only, no permission) becomes one
+    :class:`StorageFaultError` line; any other OSError stays what it is."""
+    try:
+        yield
+    except OSError as error:
+        fault = disk_fault(error)
+        if fault is None:
+            raise
+        raise StorageFaultError(describe_disk_fault(fault)) from error
+
+
 def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
                        items: Iterator[dict], image_root: str | None,
-                       storage_options: dict | None, progress: bool) -> RunSummary:
+                       storage_options: dict | None, progress: bool,
+                       facts: InputFacts) -> RunSummary:
     output = run.output
     try:
         resumed = run.claim(config, image_root=image_root)
@@ -153,9 +198,13 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     done -= set(_redo_on_resume(run, shards, done, config.retry_failed))
     pending = [shard["shard_id"] for shard in shards if shard["shard_id"] not in done]
     logger.info(
-        "%s: %d images in %d shards, %d to do",
+        "%s: %d images in %d shards, %d to do%s",
         "resuming" if resumed else "starting", plan["n_images"], len(shard_ids), len(pending),
+        f"; {facts.skipped.describe()}" if facts.skipped.count else "",
     )
+    listing = {"hidden_skipped": facts.skipped.count, "hidden_examples": facts.skipped.examples}
+    if listing != run.read_listing():  # a finished output on read-only storage stays unwritten
+        run.write_listing(listing)
     events = DriverProgress(run, plan["n_images"],
                             [shard for shard in shards if shard["shard_id"] not in done],
                             enabled=progress)
@@ -164,9 +213,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         with events.logging_above_bar():
             if pending:
                 report = execute_shards(config, run, pending, _run_id(output), events,
-                                        storage_options)
+                                        storage_options, facts.read_uris)
             if not report.failed:
-                _redo_damaged(config, run, shards, report, events, storage_options)
+                _redo_damaged(config, run, shards, report, events, storage_options,
+                              facts.read_uris)
     except BaseException:
         events.close("interrupted")
         output.remove_temporary()  # the workers are gone: what they were writing is litter
@@ -189,6 +239,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
                                    config.coco_max_annotations)
             record_merge(output, shard_ids, counts,
                          {"coco_max_annotations": config.coco_max_annotations})
+    else:  # nothing merged: say what the shards that are done hold
+        totals = done_shard_totals(run, shards, run.done_shards())
+        counts = {key: totals[key] for key in
+                  ("images", "labeled", "failed", "annotations", "failure_reasons")}
     events.close("failed" if report.failed else "complete")
     return RunSummary(
         output=config.output,
@@ -198,6 +252,7 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         seconds=0.0,
         worker_deaths=report.worker_deaths,
         retries=report.retries,
+        stalls=report.stalls,
         images_per_second=events.rate(),
         new_images=changes.new_images,
         removed_images=changes.removed_images,
@@ -231,7 +286,8 @@ def _redo_on_resume(run: RunFolder, shards: list[dict], done: set[str],
 
 
 def _redo_damaged(config: JobConfig, run: RunFolder, shards: list[dict], report: ExecutionReport,
-                  events: DriverProgress, storage_options: dict | None) -> None:
+                  events: DriverProgress, storage_options: dict | None,
+                  read_uris: dict[str, str]) -> None:
     """Hash every committed part before merging; redo the shards whose parts are damaged, once.
 
     A shard still damaged after its redo is recorded as failed (so nothing is merged).
@@ -243,11 +299,12 @@ def _redo_damaged(config: JobConfig, run: RunFolder, shards: list[dict], report:
         logger.warning("shard %s: %s, redoing", shard_id, problem)
         run.unmark_done(shard_id)
     again = execute_shards(config, run, list(damaged), _run_id(run.output), events,
-                           storage_options)
+                           storage_options, read_uris)
     report.done += again.done
     report.failed.update(again.failed)
     report.worker_deaths += again.worker_deaths
     report.retries += again.retries
+    report.stalls += again.stalls
     redone = [shard for shard in shards if shard["shard_id"] in damaged]
     for shard_id, problem in damaged_shards(run, redone, run.done_shards()).items():
         error = f"shard {shard_id}: {problem} after it was redone"
@@ -283,7 +340,7 @@ def _run_id(output: Folder) -> str:
 
 def _categories_of(config: JobConfig) -> list[dict]:
     """The method's categories, known without loading a model."""
-    return config.spec.categories(config)
+    return config.spec.categories(config.settings)
 
 
 def _coco_info(config: JobConfig, output: Folder) -> dict:

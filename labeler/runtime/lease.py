@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 
 logger = logging.getLogger(__name__)
@@ -58,11 +59,11 @@ STALE_SECONDS = 60.0
 WAIT_REPORT_SECONDS = 60.0
 
 
-class LeaseHeldError(RuntimeError):
+class LeaseHeldError(UserError):
     """Another live driver holds the output."""
 
 
-class LeaseLostError(RuntimeError):
+class LeaseLostError(UserError):
     """This driver's lease was taken over (its heartbeat went stale, or a concurrent writer won)."""
 
 

@@ -36,7 +36,8 @@ from labeler.runtime.worker import ShardWorker
 
 def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
                    events: ShardEvents | None = None,
-                   storage_options: dict | None = None) -> ExecutionReport:
+                   storage_options: dict | None = None,
+                   read_uris: dict[str, str] | None = None) -> ExecutionReport:
     """Process ``shard_ids`` in this process; write completion markers and failure records.
 
     ``config.workers`` workers (default one), each loading the model once.
@@ -48,7 +49,8 @@ def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_
     """
     workers = InProcessWorkers(
         lambda: ShardWorker(config, run_id, storage_options, config.cpus_per_worker))
-    driver = Driver(workers, config.workers or 1, run, shard_ids, events or ShardEvents())
+    driver = Driver(workers, config.workers or 1, run, shard_ids, events or ShardEvents(),
+                    read_uris=read_uris)
     return driver.run()
 
 
@@ -82,9 +84,11 @@ class InProcessWorkers:
 
         return handle.threads.submit(load)
 
-    def process(self, handle: LocalWorker, output_uri: str, shard_id: str, attempt: int) -> Future:
+    def process(self, handle: LocalWorker, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str]) -> Future:
         # The driver sends shards only to a worker whose ready() call returned.
-        return handle.threads.submit(handle.worker.process, output_uri, shard_id, attempt)
+        return handle.threads.submit(handle.worker.process, output_uri, shard_id, attempt,
+                                     read_uris)
 
     def wait(self, calls: list, timeout: float) -> list:
         done, _ = wait_futures(calls, timeout=timeout, return_when=FIRST_COMPLETED)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from labeler.errors import UserError
 from labeler.runtime.listing_diff import diff_listing
 from labeler.runtime.run_folder import RunFolder
 
@@ -102,7 +103,7 @@ def plan_run(
         return run.read_plan()
     shards = _write_shards(run, cut_into_shards(items, shard_size, name), set())
     if not shards:
-        raise ValueError("the input holds no images")
+        raise UserError("the input holds no images")
     run.write_plan(shards)
     logger.info("planned %d images in %d shards", sum(s["n_images"] for s in shards), len(shards))
     return run.read_plan()

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import fsspec
-
 from labeler.config import JobConfig
 from labeler.errors import UserError
+from labeler.io.listing import path_kind
 from labeler.io.policy import protocol_of
-from labeler.io.uris import redact_uri
+from labeler.io.uris import is_local_fs, open_fs, redact_uri
 from labeler.models.locate import ModelLoadError, locate_model
 
 
@@ -30,12 +29,13 @@ def preflight(config: JobConfig, storage_options: dict | None = None) -> None:
     check_device(config.device, remote=config.address is not None)
     check_output(config.output, storage_options)
     check_output_outside_input(config.input, config.output)
-    for name in filter(None, [config.model_name, *config.spec.models(config)]):
+    context = config.method_context()
+    for name in filter(None, [context.model, *config.spec.models(context)]):
         try:
             locate_model(name, storage_options, remote=config.address is not None)
         except ModelLoadError as error:
             raise UserError(f"--model: {error}") from None
-    config.spec.check(config)
+    config.spec.check(context)
 
 
 def check_device(device: str | None, remote: bool = False) -> None:
@@ -66,11 +66,11 @@ def check_device(device: str | None, remote: bool = False) -> None:
 
 def check_output(uri: str, storage_options: dict | None = None) -> None:
     """The output is a folder (or does not exist yet) and, when local, can be written."""
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, root, _ = open_fs(uri, storage_options)
     shown = redact_uri(uri)
-    if fs.isfile(root):
+    if path_kind(uri, storage_options=storage_options) == "file":
         raise UserError(f"--output {shown} is a file; give a folder (new or a previous run's)")
-    if "file" not in fs.protocol and "local" not in fs.protocol:
+    if not is_local_fs(fs):
         return
     path = Path(root)
     existing = path

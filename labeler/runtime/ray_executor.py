@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labeler.config import JobConfig
+from labeler.errors import UserError
 from labeler.io.uris import redact_uri
 from labeler.runtime.executor import (
     SHARDS_IN_FLIGHT_PER_WORKER,
@@ -86,7 +87,7 @@ class LabelWorker(ShardWorker):
     def __init__(self, config: JobConfig, run_id: str, storage_options: dict | None = None,
                  postprocess_threads: int = 1) -> None:
         logging.getLogger("labeler").setLevel(logging.INFO)  # per-shard logs keep INFO records
-        super().__init__(config, run_id, storage_options, postprocess_threads)
+        super().__init__(config, run_id, storage_options, postprocess_threads, publish_life=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,10 +182,10 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 1.0))
     if config.workers is not None and config.workers < 1:
-        raise ValueError("--workers must be >= 1")
+        raise UserError("--workers must be >= 1")
     per_gpu = config.gpus_per_worker
     if per_gpu is not None and per_gpu < 0:
-        raise ValueError("--gpus-per-worker must be >= 0")
+        raise UserError("--gpus-per-worker must be >= 0")
     per_cpu = config.cpus_per_worker
     on_cpu = (config.device or "").startswith("cpu") or per_gpu == 0
     if not on_cpu and (gpus > 0 or per_gpu):
@@ -192,7 +193,7 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
         capacity = int(gpus / per_gpu + 1e-9)
         workers = config.workers or max(capacity, 1)
         if local and workers > capacity:
-            raise ValueError(
+            raise UserError(
                 f"{workers} workers with {per_gpu:g} GPU each need {workers * per_gpu:g} GPUs; "
                 f"this machine has {gpus:g} (use --gpus-per-worker 0 for CPU workers)"
             )
@@ -203,7 +204,7 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
     workers = config.workers or 1
     threads = default_postprocess_threads(per_cpu, int(cpus), gpus, gpu_worker=False)
     if local and workers * threads > cpus:
-        raise ValueError(f"{workers} CPU workers need {workers * threads} CPUs ({threads} each); "
+        raise UserError(f"{workers} CPU workers need {workers * threads} CPUs ({threads} each); "
                          f"this machine has {cpus:g}")
     return Placement(workers=workers, num_gpus=0.0, num_cpus=float(threads),
                      postprocess_threads=threads)
@@ -216,7 +217,8 @@ def plan_placement(config: JobConfig, resources: dict[str, float], local: bool) 
 
 def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_id: str,
                    events: ShardEvents | None = None,
-                   storage_options: dict | None = None) -> ExecutionReport:
+                   storage_options: dict | None = None,
+                   read_uris: dict[str, str] | None = None) -> ExecutionReport:
     """Process ``shard_ids`` on Ray workers; write completion markers and failure records.
 
     Raises:
@@ -244,7 +246,8 @@ def execute_shards(config: JobConfig, run: RunFolder, shard_ids: list[str], run_
                     placement.workers, placement.num_gpus, placement.num_cpus,
                     placement.postprocess_threads, len(shard_ids))
         driver = Driver(RayWorkers(session.ray, make_worker), placement.workers, run, shard_ids,
-                        events or ShardEvents())
+                        events or ShardEvents(), stall_timeout=config.stall_timeout,
+                        read_uris=read_uris)
         return driver.run()
 
 
@@ -266,8 +269,9 @@ class RayWorkers:
     def ready(self, handle: Any) -> Any:
         return handle.ready.remote()
 
-    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int) -> Any:
-        return handle.process.remote(output_uri, shard_id, attempt)
+    def process(self, handle: Any, output_uri: str, shard_id: str, attempt: int,
+                read_uris: dict[str, str]) -> Any:
+        return handle.process.remote(output_uri, shard_id, attempt, read_uris)
 
     def wait(self, calls: list, timeout: float) -> list:
         ready, _ = self.ray.wait(calls, num_returns=1, timeout=timeout)

@@ -15,6 +15,9 @@ Layout::
     run/categories.json             the method's COCO categories (reported by the first worker)
     run/progress.json               the driver's heartbeat: rate, workers, updated
     run/lease.json                  the driver holding the output (labeler.runtime.lease)
+    run/alive/<worker>.json         a worker's signs of life (labeler.runtime.liveness)
+    run/stalled/<shard>.json        a shard whose worker stalled and was replaced
+    run/listing.json                what the last listing of the input skipped (hidden entries)
 
 A crash at any point leaves no marker, so the shard is redone, and its parts are keyed by the
 shard id, so the redo overwrites them. A done shard whose parts no longer match their recorded
@@ -29,6 +32,7 @@ import time
 
 from labeler import __version__
 from labeler.config import JobConfig, settings_difference
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.retry import RetryPolicy
 from labeler.output import parts
@@ -36,7 +40,7 @@ from labeler.output import parts
 logger = logging.getLogger(__name__)
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(UserError):
     """The output folder belongs to a run with other settings."""
 
 
@@ -184,6 +188,19 @@ class RunFolder:
             if name.endswith(".json") and ".tmp-" not in name
         }
 
+    def record_stall(self, shard_id: str, stall: dict) -> None:
+        """Note that ``shard_id``'s worker showed no sign of life and was replaced
+        (:mod:`labeler.runtime.liveness`); the shard was requeued."""
+        self._write_json(f"run/stalled/{shard_id}.json", stall)
+
+    def stalled_shards(self) -> dict[str, dict]:
+        """The stalls recorded so far, by shard."""
+        return {
+            name.removesuffix(".json"): self.output.read_json(f"run/stalled/{name}")
+            for name in self.output.list("run/stalled")
+            if name.endswith(".json") and ".tmp-" not in name
+        }
+
     # -- run-level facts -----------------------------------------------------------------
     def write_categories(self, categories: list[dict]) -> None:
         self.output.write_json(parts.RUN_CATEGORIES, categories)
@@ -191,6 +208,14 @@ class RunFolder:
     def read_categories(self) -> list[dict] | None:
         path = parts.RUN_CATEGORIES
         return self.output.read_json(path) if self.output.exists(path) else None
+
+    def write_listing(self, facts: dict) -> None:
+        """What the last listing of the input skipped (``hidden_skipped``, ``hidden_examples``)."""
+        self.output.write_json("run/listing.json", facts)
+
+    def read_listing(self) -> dict:
+        path = "run/listing.json"
+        return self.output.read_json(path) if self.output.exists(path) else {}
 
     def write_progress(self, progress: dict) -> None:
         """One attempt, no retry: a heartbeat must never hold up the driver."""

@@ -21,11 +21,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from labeler.errors import UserError
+
 #: The call every new worker answers first (model loaded, ready for shards).
 READY = "<ready>"
 
 
-class WorkersCannotStartError(RuntimeError):
+class WorkersCannotStartError(UserError):
     """Workers keep dying before they are ready (the model cannot load, no resources...)."""
 
 

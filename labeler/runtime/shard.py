@@ -53,6 +53,7 @@ from labeler.output.rows import (
     labeled_rows,
 )
 from labeler.runtime.commit import commit_shard
+from labeler.runtime.liveness import LifeSigns
 from labeler.runtime.postprocess import OrderedResults, PostProcessPool
 from labeler.runtime.run_folder import RunFolder
 
@@ -254,7 +255,7 @@ class ShardProcessor:
     ahead or finishes its post-processing and commits.
 
     Args:
-        segmenter: built once per worker (see :func:`labeler.methods.registry.build_segmenter`).
+        segmenter: built once per worker (see :meth:`labeler.config.JobConfig.build_segmenter`).
             With ``label_raw``/``finish`` (:class:`labeler.methods.base.TwoStepSegmenter`) the
             host step runs on the pool; otherwise ``label`` runs on the model's thread and the
             pool encodes.
@@ -266,12 +267,16 @@ class ShardProcessor:
         postprocess_threads: threads of the post-processing pool.
         policy: which URIs may be read (:mod:`labeler.io.policy`); None: any. A refused image
             is a failed image (``protocol_not_allowed``, ``outside_input``), never read.
+        life: where this worker counts its signs of life (a shard starts, an image is read, a
+            batch leaves the model: :mod:`labeler.runtime.liveness`); None: not counted.
     """
 
     def __init__(self, segmenter: Segmenter, batch_size: int, max_pixels: int | None, run_id: str,
                  storage_options: dict | None = None, worker: dict | None = None,
-                 postprocess_threads: int = 1, policy: InputPolicy | None = None) -> None:
+                 postprocess_threads: int = 1, policy: InputPolicy | None = None,
+                 life: LifeSigns | None = None) -> None:
         self.segmenter = segmenter
+        self.life = life
         self.policy = policy
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -280,8 +285,8 @@ class ShardProcessor:
         self.worker = worker or {}
         self.category_names = {c["id"]: c["name"] for c in segmenter.categories}
         provenance = segmenter.provenance()
-        self.provenance = Provenance(method=provenance["method"], model=provenance["model"],
-                                     embedding_set=provenance.get("embedding_set"), run_id=run_id)
+        self.provenance = Provenance(method=provenance.method, model=provenance.model,
+                                     resource_digest=provenance.resource_digest, run_id=run_id)
         self.two_step = callable(getattr(segmenter, "label_raw", None)) and callable(
             getattr(segmenter, "finish", None))
         self.pool = PostProcessPool(postprocess_threads)
@@ -292,13 +297,18 @@ class ShardProcessor:
         """Stop the post-processing threads (after the last shard)."""
         self.pool.close()
 
-    def process(self, output: Folder, shard_id: str, attempt: int = 1) -> dict:
-        """Label one shard and commit its parts, stats and log. Returns the stats."""
+    def process(self, output: Folder, shard_id: str, attempt: int = 1,
+                read_uris: dict[str, str] | None = None) -> dict:
+        """Label one shard and commit its parts, stats and log. Returns the stats.
+
+        ``read_uris``: what to read for entries whose stored URI is redacted (redacted -> full
+        URI, held in memory only).
+        """
         run = RunFolder(output)
         with working_for(shard_id), capture_log(shard_id=shard_id) as log:
             logger.info("shard %s attempt %d on %s", shard_id, attempt, self.worker or "this process")
             try:
-                stats = self._process(run, shard_id)
+                stats = self._process(run, shard_id, read_uris or {})
                 stats["attempt"] = attempt
                 run.write_stats(shard_id, stats)
                 logger.info("shard %s: %d labeled, %d failed in %.1f s", shard_id,
@@ -310,8 +320,13 @@ class ShardProcessor:
             finally:
                 _write_log_quietly(run, shard_id, log.getvalue())
 
-    def _process(self, run: RunFolder, shard_id: str) -> dict:
+    def _beat(self, run: RunFolder) -> None:
+        if self.life is not None:
+            self.life.beat(run.output)
+
+    def _process(self, run: RunFolder, shard_id: str, read_uris: dict[str, str]) -> dict:
         started, started_at = time.perf_counter(), time.time()
+        self._beat(run)
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
         rows = ShardRows()
@@ -320,7 +335,7 @@ class ShardProcessor:
 
         def produce() -> Iterator[Batch]:
             with working_for(shard_id):
-                yield from self._batches(entries, timings)
+                yield from self._batches(entries, timings, lambda: self._beat(run), read_uris)
 
         try:
             with Prefetcher(produce) as batches:
@@ -333,6 +348,7 @@ class ShardProcessor:
                             results.put(_Finished(failed_row(entry, reason, detail, shard_id), []))
                         if batch.images:
                             self._label_batch(batch.images, results, shard_id, timings)
+                            self._beat(run)
                         self._collect(results.ready(), rows, timings)
                     method_timings = _timer_delta(self.segmenter, method_before)
             self._collect(results.drain(), rows, timings)
@@ -373,9 +389,14 @@ class ShardProcessor:
             timings["encode"] += result.seconds
 
     # -- input (runs on the prefetch thread) ---------------------------------------------
-    def _batches(self, entries: list[dict], timings: dict) -> Iterator[Batch]:
-        """Read and decode the shard's images in order, cut into batches of decoded images."""
+    def _batches(self, entries: list[dict], timings: dict, beat: Callable[[], None],
+                 read_uris: dict[str, str]) -> Iterator[Batch]:
+        """Read and decode the shard's images in order, cut into batches of decoded images;
+        ``beat`` is called after each read (a sign of life); ``read_uris``: what to read for
+        entries stored redacted."""
         refs = [InputRef.from_dict(e["ref"]) if "ref" in e else InputRef(uri=e["uri"]) for e in entries]
+        refs = [dataclasses.replace(ref, read_uri=read_uris[ref.uri]) if ref.uri in read_uris
+                else ref for ref in refs]
         refusals = [self.policy.refusal(ref) if self.policy else None for ref in refs]
         window = max(self.batch_size, 16)
         allowed = [ref for ref, refusal in zip(refs, refusals) if refusal is None]
@@ -387,6 +408,7 @@ class ShardProcessor:
                 continue
             read_started = time.perf_counter()
             _, data = next(reads)
+            beat()
             decode_started = time.perf_counter()
             timings["read"] += decode_started - read_started
             if isinstance(data, BaseException):

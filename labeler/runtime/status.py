@@ -14,6 +14,7 @@ metadata requests each.
 
 from __future__ import annotations
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.output import parts
 from labeler.output.coco_files import coco_files
@@ -36,7 +37,7 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     output = Folder(output_uri, storage_options)
     run = RunFolder(output)
     if not output.exists("run/config.json"):
-        raise ValueError(f"{output_uri} holds no labeler run")
+        raise UserError(f"{output_uri} holds no labeler run")
     lease = inspect_lease(output)
     driver_live = state_is_live(lease)
     if not run.has_plan():
@@ -80,8 +81,11 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
                         failed_shards),
         "damaged_shards": damaged,
         "damaged_outputs": damaged_outputs,
+        "stalled_shards": run.stalled_shards(),
+        "listing": run.read_listing(),
         "shards_total": len(plan["shards"]),
         "shards_done": len(done),
+        "done_shard_ids": sorted(done),
         "shards_failed": sorted(failed_shards),
         "shard_errors": {shard: _last_line(f.get("error")) for shard, f in failed_shards.items()},
         "images_total": plan["n_images"],
@@ -93,6 +97,24 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
         "images_per_second_per_worker": images_done / seconds if seconds else None,
         "driver": heartbeat or None,
     }
+
+
+def done_shard_totals(run: RunFolder, shards: list[dict], done: set[str]) -> dict:
+    """What the done shards hold, from their stats: ``images``, ``labeled``, ``failed``,
+    ``annotations``, ``seconds`` (worker time) and ``failure_reasons`` (most frequent first)."""
+    totals = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "seconds": 0.0}
+    reasons: dict[str, int] = {}
+    for shard in shards:
+        if shard["shard_id"] not in done:
+            continue
+        stats = run.read_stats(shard["shard_id"]) or {}
+        totals["images"] += shard["n_images"]
+        for key in ("labeled", "failed", "annotations", "seconds"):
+            totals[key] += stats.get(key, 0)
+        for reason, count in stats.get("failure_reasons", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    totals["failure_reasons"] = dict(sorted(reasons.items(), key=lambda item: -item[1]))
+    return totals
 
 
 def _state(driver_live: bool, leased: bool, complete: bool, damaged: dict,
@@ -144,6 +166,10 @@ def describe_run(output_uri: str, storage_options: dict | None = None, deep: boo
         )
     if progress["images_per_second_per_worker"]:
         lines.append(f"  throughput  {progress['images_per_second_per_worker']:.2f} images/s per worker")
+    listing = progress["listing"]
+    if listing.get("hidden_skipped"):
+        lines.append(f"  skipped  {listing['hidden_skipped']} hidden files or folders in the input "
+                     f"(names starting with '.', e.g. {', '.join(listing['hidden_examples'])})")
     for reason, count in progress["failure_reasons"].items():
         lines.append(f"  failed: {reason}  {count}")
     for shard_id, error in progress["shard_errors"].items():
@@ -151,6 +177,11 @@ def describe_run(output_uri: str, storage_options: dict | None = None, deep: boo
                      f"run/logs/{shard_id}.log)")
     for shard_id, problem in progress["damaged_shards"].items():
         lines.append(f"  damaged shard {shard_id}: {problem}")
+    for shard_id, stall in progress["stalled_shards"].items():
+        lines.append(f"  stalled shard {shard_id}: its worker showed no sign of life for "
+                     f"{stall['seconds']:.0f} s (--stall-timeout {stall['stall_timeout']:g}); "
+                     "killed and replaced, the shard requeued"
+                     + (", then done" if shard_id in progress["done_shard_ids"] else ""))
     for relative, problem in progress["damaged_outputs"].items():
         lines.append(f"  damaged output {relative}: {problem} (re-running merges it again)")
     if progress["state"] in ("interrupted", "damaged"):

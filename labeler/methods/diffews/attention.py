@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as tensors_from_bytes
+from safetensors.torch import save as tensors_to_bytes
 from torch import Tensor
 
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.attention.processor import ProjectedAttention, ProjectingProcessor, sdpa_attention
+from labeler.io.files import write_file
+from labeler.io.reading import read_file
 
 Mode = Literal["off", "record", "read"]
 
@@ -81,15 +84,16 @@ class SupportBank:
         return _concatenate(list(banks), dim=0)
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        """Write the bank to a safetensors file (tensors ``key/<layer>``, ``value/<layer>``)."""
+        """Write the bank to a safetensors file (tensors ``key/<layer>``, ``value/<layer>``),
+        atomically through :mod:`labeler.io` (concurrent workers writing one bank are safe)."""
         tensors = {f"key/{k}": t.contiguous().cpu() for k, t in self.keys.items()}
         tensors.update({f"value/{k}": t.contiguous().cpu() for k, t in self.values.items()})
-        save_file(tensors, str(path), metadata=metadata)
+        write_file(str(path), tensors_to_bytes(tensors, metadata=metadata))
 
     @staticmethod
     def load(path: str | Path) -> SupportBank:
         """Read a bank written by :meth:`save`."""
-        tensors = load_file(str(path))
+        tensors = tensors_from_bytes(read_file(str(path)))
         bank = SupportBank()
         for name, tensor in tensors.items():
             kind, _, layer = name.partition("/")

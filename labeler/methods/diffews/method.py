@@ -14,11 +14,11 @@ from pydantic import field_validator
 
 from labeler.errors import UserError
 from labeler.io.uris import InputError
+from labeler.methods.diffews.command import add_parser as add_commands
 from labeler.methods.diffews.settings import DiffewsOptions
-from labeler.methods.spec import MethodFlag, MethodSpec
+from labeler.methods.spec import MethodContext, MethodFlag, MethodSpec
 
 if TYPE_CHECKING:
-    from labeler.config import JobConfig
     from labeler.methods.annotations import AnnotatedImage
     from labeler.methods.diffews.segmenter import DiffewS
 
@@ -76,32 +76,32 @@ def load_support(settings: DiffewsSettings) -> list[AnnotatedImage]:
     return samples
 
 
-def build(config: JobConfig, device: str | None = None) -> DiffewS:
+def build(context: MethodContext) -> DiffewS:
     """Load the checkpoint and the support set, compute (or read) the banks: once per worker."""
     from labeler.methods.diffews.model import load_diffews_backbone
     from labeler.methods.diffews.segmenter import DiffewS
 
-    settings: DiffewsSettings = config.settings
+    settings: DiffewsSettings = context.settings
     samples = load_support(settings)
-    backbone, weights = load_diffews_backbone(config.model_name, device=device or config.device,
-                                              dtype=config.dtype)
+    backbone, weights = load_diffews_backbone(context.model, device=context.device,
+                                              dtype=context.dtype)
     return DiffewS(backbone, weights, samples, settings.classes, settings.options())
 
 
-def categories(config: JobConfig) -> list[dict]:
+def categories(settings: DiffewsSettings) -> list[dict]:
     """The support's classes without background, ids 1..K-1."""
     return [{"id": index, "name": name, "supercategory": "diffews"}
-            for index, name in enumerate(config.settings.classes) if index > 0]
+            for index, name in enumerate(settings.classes) if index > 0]
 
 
-def check(config: JobConfig) -> None:
+def check(context: MethodContext) -> None:
     """The support set reads and covers every class; the model has a support conv."""
     from labeler.methods.diffews.model import NotADiffewsModel, model_unet_dir, read_support_conv
     from labeler.models.locate import ModelLoadError
 
-    load_support(config.settings)
+    load_support(context.settings)
     try:
-        read_support_conv(model_unet_dir(config.model_name))
+        read_support_conv(model_unet_dir(context.model))
     except (NotADiffewsModel, ModelLoadError, OSError) as error:
         raise UserError(f"--model: {error}") from None
 
@@ -128,4 +128,5 @@ SPEC = MethodSpec(
         MethodFlag("classes", "class names, background first: background,a,b", "NAMES", is_list=True),
     ),
     fingerprint=fingerprint,
+    commands=add_commands,
 )

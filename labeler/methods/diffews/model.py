@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from labeler.errors import UserError
 from labeler.models.backbone import Backbone, _resolve_source, load_backbone
 
 #: Tensor names of the support conv in a DiffewS UNet checkpoint (official naming).
@@ -61,7 +62,7 @@ def _quiet_about_support_conv() -> Iterator[None]:
             logger.removeFilter(notices)
 
 
-class NotADiffewsModel(ValueError):
+class NotADiffewsModel(UserError):
     """The model's UNet has no 8-channel support conv (``conv_in_ref``)."""
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from labeler.methods.annotations import AnnotatedImage
-from labeler.methods.base import ImageLabels, compact_labels
+from labeler.methods.base import ImageLabels, MethodProvenance, compact_labels
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
     decided_soft_maps,
@@ -87,20 +87,20 @@ class DiffewS:
         joined = "/".join(s.digest for s in self.supports)
         self.support_digest = hashlib.sha256(joined.encode()).hexdigest()[:16]
 
-    def provenance(self) -> dict:
-        return {
-            "method": "diffews",
-            "model": self.backbone.name,
-            "model_fingerprint": self.weights,
-            "embedding_set": self.support_digest,
-            "settings": {
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(
+            method="diffews",
+            model=self.backbone.name,
+            model_fingerprint=self.weights,
+            resource_digest=self.support_digest,
+            settings={
                 **self.options.to_dict(),
                 "input_size": self.input_size,
                 "classes": list(self.classes),
                 "support": [{"name": name, "sha256": digest} for name, digest in self.samples],
                 "shots": {s.name: len(s.images) for s in self.supports},
             },
-        }
+        )
 
     @torch.no_grad()
     def query_soft_maps(self, latents: Tensor, bank: SupportBank) -> tuple[Tensor, Tensor]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.errors import UserError
+from labeler.io.listing import path_kind
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.attention import KVFusion, SupportBank
 from labeler.methods.preprocess import images_to_model_input
@@ -78,7 +78,7 @@ def class_supports(samples: list[AnnotatedImage], classes: tuple[str, ...]) -> l
                     digest.update(repr(array.shape).encode())
                     digest.update(np.ascontiguousarray(array).tobytes())
         if not images:
-            raise ValueError(
+            raise UserError(
                 f"class {name!r} (value {index}) has no pixel in any support mask: every class "
                 "needs at least one annotated example"
             )
@@ -173,19 +173,6 @@ def bank_path(cache_dir: Path, weights: str, support: ClassSupport, settings: Ba
     return cache_dir / f"{name}.safetensors"
 
 
-def write_atomically(bank: SupportBank, path: Path, metadata: dict[str, str]) -> None:
-    """Save to a temporary file in the same folder, then rename (concurrent workers are safe)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".bank-", dir=path.parent)
-    os.close(handle)
-    try:
-        bank.save(temporary, metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def build_banks(
     backbone,
     fusion: KVFusion,
@@ -203,7 +190,7 @@ def build_banks(
     banks = []
     for support in supports:
         path = bank_path(cache_dir, weights, support, settings) if cache_dir is not None else None
-        if path is not None and path.exists():
+        if path is not None and path_kind(str(path)) == "file":
             bank = SupportBank.load(path).to(backbone.device, backbone.dtype)
             logger.info("class %s: support bank read from %s", support.name, path)
         else:
@@ -211,8 +198,8 @@ def build_banks(
                                       settings.antialias)
             bank = record_bank(backbone.unet, fusion, latents, context, shots=len(support.images))
             if path is not None:
-                write_atomically(bank, path, {"class": support.name, "support": support.digest,
-                                              "weights": weights, "settings": settings.key()})
+                bank.save(path, {"class": support.name, "support": support.digest,
+                                 "weights": weights, "settings": settings.key()})
         banks.append(bank)
     return banks
 

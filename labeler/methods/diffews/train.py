@@ -23,6 +23,7 @@ re-run continues from.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -35,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.errors import UserError
+from labeler.io.folders import Folder
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
@@ -102,11 +105,11 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("steps", "accumulation", "max_shots", "save_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise UserError(f"{name} must be >= 1")
         if not 0 <= self.absent_share < 1:
-            raise ValueError(f"absent_share must be in [0, 1) (got {self.absent_share})")
+            raise UserError(f"absent_share must be in [0, 1) (got {self.absent_share})")
         if self.lr is not None and self.lr <= self.lr_end:
-            raise ValueError(f"lr must be > lr_end ({self.lr_end})")
+            raise UserError(f"lr must be > lr_end ({self.lr_end})")
 
 
 @dataclass
@@ -268,8 +271,7 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
     start, history = _restore(output, unet, optimizer, schedule)
     if start == 0:
         write_checkpoint(backbone, output)
-        (output / SETTINGS).parent.mkdir(exist_ok=True)
-        (output / SETTINGS).write_text(json.dumps(record, indent=1, sort_keys=True))
+        Folder(str(output)).write_json(SETTINGS, record)
     scaler = torch.amp.GradScaler("cuda", enabled=backbone.device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
     unet.train()
@@ -304,24 +306,26 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
 
 
 def _check_resume(output: Path, record: dict) -> None:
-    path = output / SETTINGS
-    if not path.exists():
+    folder = Folder(str(output))
+    if not folder.exists(SETTINGS):
         return
-    old = json.loads(path.read_text())
+    path = folder.uri_of(SETTINGS)
+    old = folder.read_json(SETTINGS)
     keep = {k: v for k, v in record["settings"].items() if k != "steps"}
     old_keep = {k: v for k, v in old["settings"].items() if k != "steps"}
     if old["model"] != record["model"] or old["classes"] != record["classes"] or old_keep != keep:
-        raise ValueError(
+        raise UserError(
             f"{output} holds a training run with other settings ({path}); use a new --output "
             "or the same settings (only --steps may change)"
         )
 
 
 def _restore(output: Path, unet, optimizer, schedule) -> tuple[int, list[dict]]:
-    path = output / STATE
-    if not path.exists():
+    folder = Folder(str(output))
+    if not folder.exists(STATE):
         return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path = folder.uri_of(STATE)
+    state = torch.load(io.BytesIO(folder.read_bytes(STATE)), map_location="cpu", weights_only=True)
     unet.load_state_dict(state["unet"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -330,7 +334,8 @@ def _restore(output: Path, unet, optimizer, schedule) -> tuple[int, list[dict]]:
 
 
 def _save(output: Path, backbone, optimizer, schedule, step: int, history: list[dict]) -> None:
-    """The checkpoint folder's UNet, then the resumable state (each replaced as a whole)."""
+    """The checkpoint folder's UNet (a folder swapped in whole), then the resumable state
+    (written atomically through :mod:`labeler.io`)."""
     staging = output / "unet.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     save_diffews_unet(backbone.unet, staging)
@@ -338,7 +343,6 @@ def _save(output: Path, backbone, optimizer, schedule, step: int, history: list[
     os.replace(staging, output / "unet")
     state = {"unet": backbone.unet.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "step": step, "history": json.dumps(history)}
-    temporary = output / (STATE + ".tmp")
-    temporary.parent.mkdir(exist_ok=True)
-    torch.save(state, temporary)
-    os.replace(temporary, output / STATE)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Folder(str(output)).write_bytes(STATE, buffer.getvalue())

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from labeler.methods.diffseg.settings import DiffSegOptions
-from labeler.methods.spec import MethodFlag, MethodSpec
+from labeler.methods.spec import MethodContext, MethodFlag, MethodSpec
 
 if TYPE_CHECKING:
-    from labeler.config import JobConfig
     from labeler.methods.diffseg.segmenter import DiffSeg
 
 #: The model DiffSeg runs on when ``--model`` is not given (the reference's).
@@ -19,7 +18,7 @@ DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 CATEGORIES = [{"id": 1, "name": "segment", "supercategory": "segment"}]
 
 
-def named_categories(settings: DiffSegOptions) -> list[dict]:
+def categories(settings: DiffSegOptions) -> list[dict]:
     """The run's categories: ``segment`` without names; with names, one per name (ids 1..N, in
     the given order), then ``segment`` (id N + 1) for segments no name explains unless they are
     dropped (``unnamed = "drop"``)."""
@@ -31,19 +30,14 @@ def named_categories(settings: DiffSegOptions) -> list[dict]:
     return named
 
 
-def build(config: JobConfig, device: str | None = None) -> DiffSeg:
+def build(context: MethodContext) -> DiffSeg:
     """DiffSeg on the job's model, with the job's ``[diffseg]`` settings."""
     # imported here, on the workers: the driver validates settings without loading torch
     from labeler.methods.diffseg.segmenter import DiffSeg
     from labeler.models.backbone import load_backbone
 
-    backbone = load_backbone(config.model_name, device=device or config.device, dtype=config.dtype)
-    return DiffSeg(backbone, config.settings)
-
-
-def categories(config: JobConfig) -> list[dict]:
-    """``segment``, or the names (:func:`named_categories`)."""
-    return named_categories(config.settings)
+    backbone = load_backbone(context.model, device=context.device, dtype=context.dtype)
+    return DiffSeg(backbone, context.settings)
 
 
 SPEC = MethodSpec(

@@ -13,7 +13,8 @@ from torch import Tensor
 from labeler.attention.capture import ResolutionMeanSink, RowSelection, capturing_processors
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import select_layers, unet_attention_layers
-from labeler.methods.base import ImageLabels
+from labeler.errors import UserError
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.diffseg.algorithm import (
     DiffSegOptions,
@@ -22,7 +23,7 @@ from labeler.methods.diffseg.algorithm import (
     labels_from_proposals,
     merge_proposals,
 )
-from labeler.methods.diffseg.method import named_categories
+from labeler.methods.diffseg.method import categories
 from labeler.methods.diffseg.naming import NameRule, name_segments, name_shares, pack_names
 from labeler.methods.preprocess import images_to_model_input, label_grid_size
 from labeler.models.backbone import Backbone
@@ -67,11 +68,11 @@ class DiffSeg:
         self.max_label_side = self.options.max_label_side
         self.antialias = self.options.antialias
         self.device = backbone.device
-        self.categories = named_categories(self.options)
+        self.categories = categories(self.options)
         layers = unet_attention_layers(backbone.unet)
         self.layers = select_layers(layers, "self")
         if not self.layers:
-            raise ValueError(f"model {backbone.name} has no self-attention layers")
+            raise UserError(f"model {backbone.name} has no self-attention layers")
         self.sink = ResolutionMeanSink()
         self.self_rows = RowSelection()
         processors = capturing_processors({layer.key: self.sink for layer in self.layers},
@@ -104,12 +105,12 @@ class DiffSeg:
         """Give the UNet its original attention processors back."""
         self.hooks.restore()
 
-    def provenance(self) -> dict:
-        return {
-            "method": "diffseg",
-            "model": self.backbone.name,
-            "model_fingerprint": self.backbone.fingerprint,
-            "settings": {
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(
+            method="diffseg",
+            model=self.backbone.name,
+            model_fingerprint=self.backbone.fingerprint,
+            settings={
                 "timestep": self.timestep,
                 "kl_threshold": self.options.kl_threshold,
                 "iterations": self.options.iterations,
@@ -121,7 +122,7 @@ class DiffSeg:
                     include={"unnamed", "name_share", "name_margin", "merge_named", "conditioning"})}
                    if self.names else {}),
             },
-        }
+        )
 
     def attention_maps(self, images: list[np.ndarray]) -> dict[int, Tensor]:
         """Capture the per-resolution self-attention of one UNet pass.

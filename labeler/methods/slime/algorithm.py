@@ -6,7 +6,7 @@ non-background class, fit with ``labeler slime fit``. Inference follows the offi
 n x n grid of overlapping patches, each patch upsampled to the model size, VAE-sampled, noised to
 t=100 and run through the UNet once with the learned conditioning (no unconditional half). The
 cross-attention maps of the K class tokens and the WAS-attention (self-attention applied to those
-maps, computed as a fused SDPA, see :mod:`labeler.attention.slime_capture`) then go through the
+maps, computed as a fused SDPA, see :mod:`labeler.methods.slime.capture`) then go through the
 reference post-processing: class gate, background thresholding, per-class rescale, patch
 averaging and argmax. Unlike the reference, labels are mapped back to the original resolution.
 

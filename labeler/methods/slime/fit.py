@@ -25,10 +25,11 @@ from torch import Tensor
 
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
-from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
+from labeler.errors import UserError
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.preprocess import RESIZE_MODES
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS, class_probabilities, mean_iou_present
+from labeler.methods.slime.capture import SlimeAttentionStore, slime_processors
 from labeler.methods.slime.data import AugmentSettings, augment, prepare
 from labeler.methods.slime.embedding_set import (
     EmbeddingSet,
@@ -95,17 +96,17 @@ class FitSettings:
     def __post_init__(self) -> None:
         low, high = self.train_t
         if not 0 <= low <= high < 1000:
-            raise ValueError(f"train_t must be an inclusive range within [0, 999], got {self.train_t}")
+            raise UserError(f"train_t must be an inclusive range within [0, 999], got {self.train_t}")
         if self.epochs < 1 or self.lr <= 0:
-            raise ValueError("epochs must be >= 1 and lr > 0")
+            raise UserError("epochs must be >= 1 and lr > 0")
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+            raise UserError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.channel_order not in ("rgb", "bgr"):
-            raise ValueError("channel_order must be rgb or bgr")
+            raise UserError("channel_order must be rgb or bgr")
         if self.fit_size is not None and (self.fit_size < 64 or self.fit_size % 64):
-            raise ValueError(f"fit_size must be a multiple of 64 (the UNet halves the latent 3 times), got {self.fit_size}")
+            raise UserError(f"fit_size must be a multiple of 64 (the UNet halves the latent 3 times), got {self.fit_size}")
         if self.mask_size < 1:
-            raise ValueError("mask_size must be >= 1")
+            raise UserError("mask_size must be >= 1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def fit_embedding_set(
 
     settings = settings or FitSettings()
     if not samples:
-        raise ValueError("no annotated images to fit on")
+        raise UserError("no annotated images to fit on")
     fitter = SlimeFitter(backbone, classes, settings)
     prepared = [prepare(sample, fitter.size, settings.antialias, settings.resize) for sample in samples]
     inference = recorded_inference(settings, inference)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-import fsspec
-
 from labeler.errors import UserError
+from labeler.io.listing import path_kind
+from labeler.io.reading import read_file
 from labeler.io.uris import redact_uri, relative_path_hint
+from labeler.methods.slime.command import add_parser as add_commands
 from labeler.methods.slime.settings import SlimeOptions
-from labeler.methods.spec import MethodFlag, MethodSpec
+from labeler.methods.spec import MethodContext, MethodFlag, MethodSpec
 from labeler.models.locate import ModelLoadError, is_local_model
 
 if TYPE_CHECKING:
-    from labeler.config import JobConfig
     from labeler.methods.slime.embedding_set import EmbeddingSet
     from labeler.methods.slime.segmenter import Slime
 
@@ -47,8 +47,7 @@ def load_set(settings: SlimeSettings) -> EmbeddingSet:
     Raises:
         UserError: it does not exist or is not an embedding set.
     """
-    fs, path = fsspec.core.url_to_fs(settings.embeddings)
-    if not fs.isfile(path):
+    if path_kind(settings.embeddings) != "file":
         raise UserError(f"--embeddings: embedding set {redact_uri(settings.embeddings)} does not "
                         f"exist{relative_path_hint(settings.embeddings)}")
     # parsing needs torch: imported only once the cheap check (the file exists) has passed
@@ -65,35 +64,34 @@ def load_set(settings: SlimeSettings) -> EmbeddingSet:
 def set_sha256(uri: str) -> str:
     """The sha256 (64 hex digits) of the embedding set file's bytes."""
     try:
-        with fsspec.open(uri, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+        return hashlib.sha256(read_file(uri)).hexdigest()
     except FileNotFoundError:
         raise UserError(f"--embeddings: embedding set {redact_uri(uri)} does not exist") from None
 
 
-def build(config: JobConfig, device: str | None = None) -> Slime:
+def build(context: MethodContext) -> Slime:
     """SLiMe with the job's set, on the job's model (default: the set's)."""
     # imported here, on the workers: the driver validates settings without loading torch
     from labeler.methods.slime.segmenter import Slime
     from labeler.models.backbone import load_backbone
 
-    embedding_set = load_set(config.settings)
-    options = inference_options(config.settings, embedding_set)
-    model = config.model or embedding_set.model
-    backbone = load_backbone(model, device=device or config.device, dtype=config.dtype)
-    return Slime(backbone, embedding_set, options, seed=config.seed)
+    embedding_set = load_set(context.settings)
+    options = inference_options(context.settings, embedding_set)
+    model = context.model or embedding_set.model
+    backbone = load_backbone(model, device=context.device, dtype=context.dtype)
+    return Slime(backbone, embedding_set, options, seed=context.seed)
 
 
-def categories(config: JobConfig) -> list[dict]:
+def categories(settings: SlimeSettings) -> list[dict]:
     """The set's classes without background, ids 1..K-1."""
-    return load_set(config.settings).categories()
+    return load_set(settings).categories()
 
 
-def check(config: JobConfig) -> None:
+def check(context: MethodContext) -> None:
     """The set exists and parses, its settings merge, and a local ``--model`` matches it."""
-    embedding_set = load_set(config.settings)
-    inference_options(config.settings, embedding_set)
-    model = config.model
+    embedding_set = load_set(context.settings)
+    inference_options(context.settings, embedding_set)
+    model = context.model
     if model is None or embedding_set.model_fingerprint is None or not is_local_model(model):
         return  # a hub model's configs are checked when the workers load it
     from labeler.methods.slime.embedding_set import config_fingerprint  # needs diffusers
@@ -110,9 +108,9 @@ def check(config: JobConfig) -> None:
         )
 
 
-def models(config: JobConfig) -> list[str]:
+def models(context: MethodContext) -> list[str]:
     """The set's model, when ``--model`` does not replace it."""
-    return [] if config.model else [load_set(config.settings).model]
+    return [] if context.model else [load_set(context.settings).model]
 
 
 def fingerprint(settings: SlimeSettings) -> dict:
@@ -130,5 +128,7 @@ SPEC = MethodSpec(
     check=check,
     flags=(MethodFlag("embeddings", "SLiMe embedding set (.safetensors)", "URI"),),
     fingerprint=fingerprint,
+    commands=add_commands,
     models=models,
+    settings_note="settings left out come from the embedding set (docs/slime.md)",
 )

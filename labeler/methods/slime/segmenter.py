@@ -12,8 +12,7 @@ from torch import Tensor
 
 from labeler.attention.hooks import AttentionHooks
 from labeler.attention.layers import resolve_layers
-from labeler.attention.slime_capture import SlimeAttentionStore, slime_processors
-from labeler.methods.base import ImageLabels
+from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.methods.device_labels import RawLabels, device_step, finish_labels
 from labeler.methods.label_maps import resize_labels
 from labeler.methods.slime.algorithm import (
@@ -25,6 +24,7 @@ from labeler.methods.slime.algorithm import (
     patch_timesteps,
     postprocess_patch,
 )
+from labeler.methods.slime.capture import SlimeAttentionStore, slime_processors
 from labeler.methods.slime.settings import REFERENCE_CANVAS, SlimeOptions
 
 
@@ -72,13 +72,13 @@ class Slime:
         """Give the UNet its original attention processors back."""
         self.hooks.restore()
 
-    def provenance(self) -> dict:
-        return {
-            "method": "slime",
-            "model": self.backbone.name,
-            "model_fingerprint": self.backbone.fingerprint,
-            "embedding_set": self.embedding_set.digest(),
-            "settings": {
+    def provenance(self) -> MethodProvenance:
+        return MethodProvenance(
+            method="slime",
+            model=self.backbone.name,
+            model_fingerprint=self.backbone.fingerprint,
+            resource_digest=self.embedding_set.digest(),
+            settings={
                 **self.options.to_dict(),
                 "channel_order": self.channel_order,
                 "patch_pixels": self.patch_size,
@@ -87,7 +87,7 @@ class Slime:
                 "classes": list(self.embedding_set.classes),
                 "layers": {"cross": self.cross_keys, "self": self.self_keys},
             },
-        }
+        )
 
     # ---- one UNet pass over a batch of patches -------------------------------------------------
 

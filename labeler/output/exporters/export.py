@@ -87,11 +87,11 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
         UserError: an option the format does not read.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+        raise UserError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
     if images not in IMAGE_MODES:
-        raise ValueError(f"--images must be one of {', '.join(IMAGE_MODES)} (got {images!r})")
+        raise UserError(f"--images must be one of {', '.join(IMAGE_MODES)} (got {images!r})")
     if tolerance < 0:
-        raise ValueError(f"--tolerance must be >= 0 (got {tolerance})")
+        raise UserError(f"--tolerance must be >= 0 (got {tolerance})")
     filters = filters or ExportFilters()
     options = options or ExportOptions()
     _check_options(fmt, options)
@@ -100,7 +100,7 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
     merger = CategoryMerger(source.categories, options.renames)
     target = Folder(out, storage_options)
     if images == "link" and not target.is_local:
-        raise ValueError("--images link needs a local --out folder")
+        raise UserError("--images link needs a local --out folder")
     info = {**_info(source), "exported_as": fmt}
     exporter_class = FORMATS[fmt]
     images_dir = None if images == "none" else exporter_class.images_subdir
@@ -173,7 +173,7 @@ def _place(image: ExportImage, target: Folder, relative: str, mode: str,
         if mode == "link":
             ref = ref_from_uri(image.uri)
             if ref.is_parquet_row or "://" in image.uri and not image.uri.startswith("file://"):
-                raise ValueError("only local files can be linked (use --images copy)")
+                raise UserError("only local files can be linked (use --images copy)")
             path = target.path(relative)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.lexists(path):

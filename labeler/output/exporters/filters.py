@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from labeler.errors import UserError
+
 
 @dataclass(frozen=True)
 class ExportFilters:
@@ -28,15 +30,15 @@ class ExportFilters:
 
     def __post_init__(self) -> None:
         if self.min_area < 0:
-            raise ValueError(f"min area must be >= 0 (got {self.min_area})")
+            raise UserError(f"min area must be >= 0 (got {self.min_area})")
         if self.max_segments is not None and self.max_segments < 1:
-            raise ValueError(f"max segments must be >= 1 (got {self.max_segments})")
+            raise UserError(f"max segments must be >= 1 (got {self.max_segments})")
 
     def check_classes(self, category_names: list[str]) -> None:
         """Refuse score thresholds for classes the output does not have."""
         unknown = sorted(set(self.min_score) - set(category_names) - {"*"})
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"min score for unknown classes {', '.join(unknown)} "
                 f"(the output's classes: {', '.join(category_names)})"
             )
@@ -72,5 +74,5 @@ def parse_min_score(values: list[str]) -> dict[str, float]:
         try:
             thresholds[name or "*"] = float(number)
         except ValueError:
-            raise ValueError(f"--min-score {value!r}: expected NUMBER or CLASS=NUMBER") from None
+            raise UserError(f"--min-score {value!r}: expected NUMBER or CLASS=NUMBER") from None
     return thresholds

@@ -19,6 +19,7 @@ import posixpath
 import numpy as np
 from PIL import Image
 
+from labeler.errors import UserError
 from labeler.output.exporters.base import ExportContext, Exporter
 from labeler.output.exporters.source import ExportImage
 from labeler.output.rle import decode_mask
@@ -45,7 +46,7 @@ class LabelMapExporter(Exporter):
         names = [c["name"] for c in context.categories]
         self.instances = names == ["segment"]
         if not self.instances and max(c["id"] for c in context.categories) > 255:
-            raise ValueError("label-maps: category ids above 255 do not fit an indexed PNG")
+            raise UserError("label-maps: category ids above 255 do not fit an indexed PNG")
         self._index = None
         if self.instances:
             self._index = self.open_file("instances.jsonl")

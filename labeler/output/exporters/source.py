@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.output import parts
 from labeler.output.coco_files import COCO_INDEX, coco_files
@@ -53,9 +54,9 @@ class OutputSource:
         self.folder = Folder(uri, storage_options)
         for required in ("images.parquet", "run/config.json"):
             if not self.folder.exists(required):
-                raise ValueError(f"{uri} is not a finished labeler output (no {required})")
+                raise UserError(f"{uri} is not a finished labeler output (no {required})")
         if coco_files(self.folder, parts.COCO_JSON) is None:
-            raise ValueError(f"{uri} is not a finished labeler output (no {parts.COCO_JSON} "
+            raise UserError(f"{uri} is not a finished labeler output (no {parts.COCO_JSON} "
                              f"or {COCO_INDEX})")
         self.config = self.folder.read_json("run/config.json")
         self.categories = self._categories()

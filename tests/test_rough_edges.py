@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from labeler.output.failures import MISSING_FILE, READ_ERROR, is_retryable, read
 from labeler.runtime.progress import DriverProgress
 from labeler.runtime.run_folder import RunFolder
 from tests.helpers import flat_regions_image
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _photos(folder: Path, n: int = 1) -> Path:
@@ -165,3 +169,29 @@ def test_progress_without_a_terminal_is_plain_lines_not_redraws(tmp_path, caplog
     progress.shard_done("s0", {"images": 4, "failed": 0})
     progress.close("complete")
     assert "\r" in terminal.getvalue() and "4/8" in terminal.getvalue()
+
+
+@pytest.mark.parametrize("command", [
+    ["slime", "fit", "--classes", "background,red", "--output", "{out}/set.safetensors",
+     "--model", "tiny"],
+    ["diffews", "train", "--classes", "background,red", "--output", "{out}/trained",
+     "--model", "tiny"],
+    ["run", "--method", "diffews", "--classes", "background,red", "--model", "{out}/ckpt",
+     "--input", "{images}", "--output", "{out}/run"],
+])
+def test_a_bad_mask_is_refused_before_torch_is_imported(tmp_path, command):
+    values = np.zeros((16, 16))
+    values[8:] = 2  # a value past the two classes
+    images, masks = _annotated(tmp_path, "car.png", values)
+    flags = {"slime": ["--images", str(images), "--masks", str(masks)],
+             "diffews": ["--images", str(images), "--masks", str(masks)],
+             "run": ["--support-images", str(images), "--support-masks", str(masks)]}[command[0]]
+    argv = [part.format(out=tmp_path, images=images) for part in command] + flags
+    (tmp_path / "ckpt").mkdir()  # found by the model lookup; its support conv is checked later
+    (tmp_path / "ckpt" / "model_index.json").write_text("{}")
+    script = ("import sys\nfrom labeler.cli import main\n"
+              f"code = main({argv!r})\nprint(code, 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
+    assert "class 0 is background" in result.stderr

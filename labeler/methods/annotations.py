@@ -222,3 +222,20 @@ def _with_credentials(uri: str, storage_options: dict | None) -> tuple[str, dict
     """``uri`` without embedded credentials, and the storage options with them added."""
     clean, credentials = split_uri_credentials(uri)
     return clean, {**(storage_options or {}), **credentials}
+
+
+def check_every_class_annotated(samples: list[AnnotatedImage], classes: tuple[str, ...]) -> None:
+    """Every class but background (value 0) has a pixel in some mask.
+
+    Raises:
+        UserError: the first class without one, naming its value.
+    """
+    present = set()
+    for sample in samples:
+        present.update(int(value) for value in np.unique(sample.mask))
+    for index, name in enumerate(classes[1:], start=1):
+        if index not in present:
+            raise UserError(
+                f"class {name!r} (value {index}) has no pixel in any support mask: every class "
+                "needs at least one annotated example"
+            )

@@ -69,14 +69,17 @@ def _classes(text: str) -> tuple[str, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # torch and diffusers are imported when the command runs, so every other command starts fast
+    # torch and diffusers are imported when the command runs, so every other command starts
+    # fast, and after the annotations are read and checked: a bad mask is refused in seconds
     from labeler.methods.annotations import load_annotated
-    from labeler.methods.diffews.train import TrainSettings, train
 
     classes = _classes(args.classes)
+    samples = load_annotated(args.images, args.masks, len(classes))
+
+    from labeler.methods.diffews.train import TrainSettings, train
+
     values = {key: getattr(args, key) for key in TRAIN_KEYS if getattr(args, key) is not None}
     settings = TrainSettings(**values)
-    samples = load_annotated(args.images, args.masks, len(classes))
     summary = train(samples, classes, args.output, args.model or DEFAULT_BASE, settings, args.device)
     sys.stdout.write(json.dumps({**summary, "settings": dataclasses.asdict(settings)}, indent=1) + "\n")
     sys.stdout.write(f"checkpoint: {args.output} (labeler run --method diffews --model {args.output} ...)\n")

@@ -14,12 +14,12 @@ from pydantic import field_validator
 
 from labeler.errors import UserError
 from labeler.io.uris import InputError
+from labeler.methods.annotations import AnnotatedImage, check_every_class_annotated, load_annotated
 from labeler.methods.diffews.command import add_parser as add_commands
 from labeler.methods.diffews.settings import DiffewsOptions
 from labeler.methods.spec import MethodContext, MethodFlag, MethodSpec
 
 if TYPE_CHECKING:
-    from labeler.methods.annotations import AnnotatedImage
     from labeler.methods.diffews.segmenter import DiffewS
 
 
@@ -63,14 +63,10 @@ def load_support(settings: DiffewsSettings) -> list[AnnotatedImage]:
     Raises:
         UserError: unpaired or unreadable files, values outside 0..K-1, a class without pixels.
     """
-    # reading and checking the support needs torch: imported once the settings are valid
-    from labeler.methods.annotations import load_annotated
-    from labeler.methods.diffews.support import class_supports
-
     try:
         samples = load_annotated(settings.support_images, settings.support_masks,
                                  len(settings.classes))
-        class_supports(samples, settings.classes)
+        check_every_class_annotated(samples, settings.classes)
     except (ValueError, InputError, OSError) as error:
         raise UserError(f"support set: {error}") from None
     return samples
@@ -96,10 +92,11 @@ def categories(settings: DiffewsSettings) -> list[dict]:
 
 def check(context: MethodContext) -> None:
     """The support set reads and covers every class; the model has a support conv."""
+    load_support(context.settings)  # first: a bad support is refused before torch is imported
+
     from labeler.methods.diffews.model import NotADiffewsModel, model_unet_dir, read_support_conv
     from labeler.models.locate import ModelLoadError
 
-    load_support(context.settings)
     try:
         read_support_conv(model_unet_dir(context.model))
     except (NotADiffewsModel, ModelLoadError, OSError) as error:

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labeler.errors import UserError
 from labeler.io.listing import path_kind
-from labeler.methods.annotations import AnnotatedImage
+from labeler.methods.annotations import AnnotatedImage, check_every_class_annotated
 from labeler.methods.diffews.attention import KVFusion, SupportBank
 from labeler.methods.preprocess import images_to_model_input
 
@@ -62,8 +61,9 @@ def class_supports(samples: list[AnnotatedImage], classes: tuple[str, ...]) -> l
     """Split annotated images into the shots of each non-background class.
 
     Raises:
-        ValueError: a class has no pixel in any support mask.
+        UserError: a class has no pixel in any support mask.
     """
+    check_every_class_annotated(samples, classes)
     supports = []
     for index, name in enumerate(classes):
         if index == 0:
@@ -77,11 +77,6 @@ def class_supports(samples: list[AnnotatedImage], classes: tuple[str, ...]) -> l
                 for array in (sample.image, mask):
                     digest.update(repr(array.shape).encode())
                     digest.update(np.ascontiguousarray(array).tobytes())
-        if not images:
-            raise UserError(
-                f"class {name!r} (value {index}) has no pixel in any support mask: every class "
-                "needs at least one annotated example"
-            )
         supports.append(ClassSupport(index, name, images, masks, digest.hexdigest()[:16]))
     return supports
 

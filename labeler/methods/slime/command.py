@@ -138,14 +138,24 @@ def _refuse_existing(uri: str, overwrite: bool) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    # the annotations are read and checked first: a bad mask is refused before torch is imported
     from labeler.methods.annotations import load_annotated
-    from labeler.methods.slime.embedding_set import DEFAULT_MODEL, validate_classes
-    from labeler.methods.slime.fit import FitSettings, default_inference, fit_embedding_set
-    from labeler.models.backbone import load_backbone
+    from labeler.methods.slime.settings import validate_classes
 
     classes = parse_classes(args.classes)
     validate_classes(classes)
     _refuse_existing(args.output, args.overwrite)
+    if bool(args.val_images) != bool(args.val_masks):
+        raise UserError("--val-images and --val-masks go together")
+    samples = load_annotated(args.images, args.masks, len(classes))
+    validation = None
+    if args.val_images:
+        validation = load_annotated(args.val_images, args.val_masks, len(classes))
+
+    from labeler.methods.slime.embedding_set import DEFAULT_MODEL
+    from labeler.methods.slime.fit import FitSettings, default_inference, fit_embedding_set
+    from labeler.models.backbone import load_backbone
+
     keys = ("epochs", "lr", "train_t", "mse_weight", "sd_weight", "guidance", "mask_size", "fit_size",
             "min_crop_ratio", "rotation", "augment", "antialias", "resize", "channel_order", "seed",
             "prompt", "select_best")
@@ -153,17 +163,12 @@ def _fit(args: argparse.Namespace) -> int:
     if "train_t" in given:
         given["train_t"] = tuple(given["train_t"])
     settings = FitSettings(**given)
+    if validation is not None:
+        settings = dataclasses.replace(settings, select_best=True)  # validation images imply it
     inference = default_inference()
     for key in ("patches_per_side", "patch_size"):
         if getattr(args, key) is not None:
             inference[key] = getattr(args, key)
-    samples = load_annotated(args.images, args.masks, len(classes))
-    validation = None
-    if args.val_images or args.val_masks:
-        if not (args.val_images and args.val_masks):
-            raise UserError("--val-images and --val-masks go together")
-        validation = load_annotated(args.val_images, args.val_masks, len(classes))
-        settings = dataclasses.replace(settings, select_best=True)  # validation images imply it
     model = args.model or DEFAULT_MODEL
     backbone = load_backbone(model, device=args.device, dtype=args.dtype)
     embedding_set = fit_embedding_set(

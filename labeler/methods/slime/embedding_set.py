@@ -43,7 +43,12 @@ from labeler.io.listing import path_kind
 from labeler.io.reading import read_file
 from labeler.io.uris import redact_uri
 from labeler.methods.slime.algorithm import DEFAULT_LAYERS
-from labeler.methods.slime.settings import SlimeOptions, recorded_inference_defaults
+from labeler.methods.slime.settings import (
+    MAX_TOKENS,
+    SlimeOptions,
+    recorded_inference_defaults,
+    validate_classes,
+)
 from labeler.models.backbone import ModelLoadError, _resolve_source
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import SD21_BASE
@@ -58,7 +63,6 @@ METADATA_KEY = "labeler.slime"
 DEFAULT_MODEL = SD21_BASE
 #: The word the reference repeats K times to build the initial prompt.
 PROMPT_WORD = "part"
-MAX_TOKENS = 77
 
 
 class IncompatibleModelError(UserError):
@@ -344,16 +348,6 @@ def _check_tensor_entry(data: bytes, rows: int, source: str) -> None:
             or 8 + length + offsets[1] > len(data)):
         raise UserError(f"{source}: the embeddings' data offsets {offsets!r} do not fit the "
                          f"file ({len(data) - 8 - length} data bytes for shape {shape})")
-
-
-def validate_classes(classes: tuple[str, ...]) -> None:
-    """K >= 2 unique, non-empty names; K-1 must fit the 75 prompt positions after BOS."""
-    if len(classes) < 2:
-        raise UserError("SLiMe needs at least two classes: background and one part")
-    if len(set(classes)) != len(classes) or any(not name.strip() for name in classes):
-        raise UserError(f"class names must be unique and non-empty, got {list(classes)}")
-    if len(classes) > MAX_TOKENS - 2:
-        raise UserError(f"at most {MAX_TOKENS - 2} classes fit in the 77-token prompt")
 
 
 def file_digest(data: bytes) -> str:

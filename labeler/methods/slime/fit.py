@@ -36,10 +36,9 @@ from labeler.methods.slime.embedding_set import (
     assemble_context,
     default_prompt,
     prompt_embeddings,
-    validate_classes,
 )
 from labeler.methods.slime.segmenter import Slime
-from labeler.methods.slime.settings import recorded_inference_defaults
+from labeler.methods.slime.settings import recorded_inference_defaults, validate_classes
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,21 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from labeler.errors import UserError
 from labeler.settings import Settings, parse_settings
+
+#: CLIP's context length: BOS, the class tokens, EOS.
+MAX_TOKENS = 77
+
+
+def validate_classes(classes: tuple[str, ...]) -> None:
+    """K >= 2 unique, non-empty names; K-1 must fit the 75 prompt positions after BOS."""
+    if len(classes) < 2:
+        raise UserError("SLiMe needs at least two classes: background and one part")
+    if len(set(classes)) != len(classes) or any(not name.strip() for name in classes):
+        raise UserError(f"class names must be unique and non-empty, got {list(classes)}")
+    if len(classes) > MAX_TOKENS - 2:
+        raise UserError(f"at most {MAX_TOKENS - 2} classes fit in the 77-token prompt")
 
 #: The reference's canvas side: patch sizes are given in these pixels.
 REFERENCE_CANVAS = 512

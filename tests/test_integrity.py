@@ -232,3 +232,12 @@ def test_a_missing_input_fails_retryable_and_a_rerun_labels_it(
                if (output / "run" / "stats" / f"{s}.json").read_bytes() != data]
     assert changed == [failed["shard_id"]]  # only the shard holding the failure was redone
     assert main([*args, "--strict"]) == 0
+
+
+def test_an_etag_is_the_same_stamp_quoted_by_a_head_and_bare_in_a_listing():
+    from labeler.runtime.integrity import _stamp
+
+    head = {"ETag": '"86d0274d"', "LastModified": "2026-12-07T08:00:47Z"}
+    listing = {"ETag": "86d0274d", "LastModified": "2026-12-07T08:00:47.201Z"}
+    assert _stamp(head) == _stamp(listing) == "ETag:86d0274d"
+    assert _stamp({"mtime": 12.5}) == "mtime:12.5"

@@ -48,7 +48,10 @@ def part_stamp(output: Folder, relative: str) -> str | None:
 def _stamp(info: dict) -> str | None:
     for key in _STAMP_KEYS:
         if info.get(key) is not None:
-            return f"{key}:{info[key]}"
+            value = info[key]
+            if key.lower() == "etag":  # a HEAD quotes it, an S3 listing (via s3fs) does not
+                key, value = "ETag", str(value).strip('"')
+            return f"{key}:{value}"
     return None
 
 

@@ -2,8 +2,11 @@
 heals a damaged one.
 
 After a merge the driver records the shards it covered, its counts, and a stamp of every file it
-wrote (:data:`labeler.output.parts.FINAL_OUTPUTS` and ``run/output.json``): size and modification
-time by the store's clock, one metadata call per file, nothing read. A re-run of a finished output
+wrote (:data:`labeler.output.parts.FINAL_OUTPUTS` and ``run/output.json``): size and the store's
+version stamp (an object store's ETag, else the modification time by the store's clock; see
+:func:`labeler.runtime.integrity.part_stamp`), one metadata call per file, nothing read. An
+S3 listing and a HEAD request give the same ETag but not the same time (milliseconds vs
+whole seconds), so the time is only the stamp where nothing better is kept. A re-run of a finished output
 merges again only when the shards differ or a merged file no longer matches its stamp (truncated,
 rewritten, removed); the merge then rebuilds it from the shard parts, which the driver has just
 hashed, so nothing is labeled again. ``labeler status`` reports such a file as ``damaged``;
@@ -15,6 +18,7 @@ from __future__ import annotations
 from labeler.io.folders import Folder
 from labeler.output import parts
 from labeler.output.coco_files import coco_files
+from labeler.runtime.integrity import part_stamp
 
 MERGED_RECORD = "run/merged.json"
 
@@ -32,12 +36,13 @@ def merged_files(output: Folder) -> list[str]:
 
 
 def file_stamp(output: Folder, relative: str) -> dict | None:
-    """``{"bytes", "modified"}`` of one file (store metadata only), None when it is missing."""
+    """``{"bytes", "stamp"}`` of one file (store metadata only), None when it is missing."""
     try:
         size = output.fs.size(output.path(relative))
+        stamp = part_stamp(output, relative)
     except FileNotFoundError:
         return None
-    return {"bytes": size, "modified": output.modified(relative)}
+    return {"bytes": size, "stamp": stamp}
 
 
 def record_merge(output: Folder, shard_ids: list[str], counts: dict,
@@ -60,7 +65,7 @@ def merge_damage(output: Folder, record: dict) -> dict[str, str]:
             damage[relative] = "missing"
         elif now["bytes"] != stamp["bytes"]:
             damage[relative] = f"{stamp['bytes']} bytes when merged, {now['bytes']} now"
-        elif now["modified"] != stamp["modified"]:
+        elif now["stamp"] != stamp.get("stamp"):
             damage[relative] = "rewritten since the merge"
     return damage
 

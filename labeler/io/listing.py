@@ -1,6 +1,6 @@
 """Enumerate an input collection, streamed, in a fixed order, over any fsspec filesystem.
 
-One ``--input`` URI names a collection (see the README's ``labeler run`` section):
+One ``--input`` URI names a collection (see docs/running.md):
 
   ``memory://...``), searched recursively for files whose extension is in
   :data:`~labeler.io.decode.IMAGE_EXTENSIONS` (case-insensitive). Files and folders whose name

@@ -16,7 +16,7 @@ from labeler.settings import Settings, parse_settings
 REFERENCE_RATIO = 0.25
 #: The paper's best absolute pixel threshold (its appendix A.4: tau = 0.15).
 DEFAULT_LEVEL = 0.15
-#: Default minimum of max(m) for a class to count as present (README, DiffewS section).
+#: Default minimum of max(m) for a class to count as present (docs/diffews.md).
 DEFAULT_PRESENCE = 0.5
 
 

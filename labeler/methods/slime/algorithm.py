@@ -2,7 +2,7 @@
 
 An embedding set (see :mod:`labeler.methods.slime.embedding_set`) holds K-1 text embeddings, one per
 non-background class, fit with ``labeler slime fit``. Inference follows the official code
-(README section "SLiMe", tables "What runs" and "Deliberate differences"): each image is squashed to the model size, cut into an
+(docs/slime.md, tables "What runs" and "Deliberate differences"): each image is squashed to the model size, cut into an
 n x n grid of overlapping patches, each patch upsampled to the model size, VAE-sampled, noised to
 t=100 and run through the UNet once with the learned conditioning (no unconditional half). The
 cross-attention maps of the K class tokens and the WAS-attention (self-attention applied to those

@@ -32,7 +32,7 @@ from labeler.output.exporters.review import CategoryMerger, split_of
 from labeler.output.exporters.source import ExportImage, OutputSource
 from labeler.output.exporters.yolo_seg import YoloSegExporter
 
-#: format name -> (exporter class, consumer, what it holds); the README's table
+#: format name -> (exporter class, consumer, what it holds); the table of docs/outputs.md
 FORMATS: dict[str, type[Exporter]] = {
     "coco-rle": CocoExporter,
     "coco-polygons": CocoPolygonExporter,
@@ -56,7 +56,7 @@ OPTION_FORMATS = {
     "label_field": ("fiftyone",),
     "coco_max_annotations": ("coco-rle", "coco-polygons"),
 }
-#: default polygon simplification, pixels (round-trip IoU in the README)
+#: default polygon simplification, pixels (round-trip IoU in bench/README.md)
 DEFAULT_TOLERANCE = 0.5
 
 

@@ -18,6 +18,7 @@ from labeler.errors import UserError
 from labeler.eval.command import add_parser as add_eval
 from labeler.io.uris import redact_text
 from labeler.methods.registry import method_flags, methods
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.output.exporters.command import add_parser as add_export
 from labeler.preview.command import add_parser as add_preview
 from labeler.report.command import add_parser as add_report
@@ -122,7 +123,7 @@ def _add_run(commands) -> None:
     flag("--seed", "seed", "random seed", type=int)
     flag("--coco-max-annotations", "coco_max_annotations", "above N annotations, write "
          "coco/part-NNNNN.json files (each a complete COCO file) and coco/index.json instead "
-         "of coco.json", type=int, metavar="N")
+         f"of coco.json (default {DEFAULT_MAX_ANNOTATIONS:,})", type=int, metavar="N")
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)

@@ -26,7 +26,6 @@ from labeler.io.uris import InputError, refuse_uri_credentials
 from labeler.methods.base import Segmenter
 from labeler.methods.registry import DEFAULT_METHOD, get_method, method_flags, methods
 from labeler.methods.spec import MethodContext, MethodSpec
-from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.settings import Settings, describe_error, parse_settings
 
 #: A protocol name for ``allow_protocols``: ``s3``, ``https``, ``file``, ...
@@ -61,8 +60,9 @@ class JobConfig(Settings):
     cpus_per_worker: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     device: str | None = None
-    coco_max_annotations: int = Field(DEFAULT_MAX_ANNOTATIONS, ge=1)
-    """Above this many annotations the COCO output is split (``coco/part-NNNNN.json``)."""
+    coco_max_annotations: int | None = Field(None, ge=1)
+    """Above this many annotations the COCO output is split (``coco/part-NNNNN.json``); None:
+    the output format's bound (:data:`labeler.output.coco_files.DEFAULT_MAX_ANNOTATIONS`)."""
     overwrite: bool = False
     stall_timeout: float = Field(900.0, gt=0)
     """Seconds a busy worker may go without a sign of life (an image read, a batch labeled)

@@ -28,6 +28,7 @@ from labeler.io.folders import Folder
 from labeler.io.listing import SkippedEntries, folder_root, iter_inputs
 from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import InputError
+from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
 from labeler.runtime import local_executor, ray_executor
@@ -224,8 +225,9 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     counts = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "failure_reasons": {}}
     if not report.failed:
         lease.check()  # another driver took over: merge nothing
-        merged, damage = (None, {}) if pending else unchanged_merge(
-            output, shard_ids, {"coco_max_annotations": config.coco_max_annotations})
+        max_annotations = config.coco_max_annotations or DEFAULT_MAX_ANNOTATIONS
+        layout = {"coco_max_annotations": max_annotations}
+        merged, damage = (None, {}) if pending else unchanged_merge(output, shard_ids, layout)
         for relative, problem in damage.items():
             logger.warning("%s: %s; merging again from the verified shard parts",
                            output.uri_of(relative), problem)
@@ -236,9 +238,8 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
             categories = report.categories or run.read_categories() or _categories_of(config)
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
             counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output),
-                                   config.coco_max_annotations)
-            record_merge(output, shard_ids, counts,
-                         {"coco_max_annotations": config.coco_max_annotations})
+                                   max_annotations)
+            record_merge(output, shard_ids, counts, layout)
     else:  # nothing merged: say what the shards that are done hold
         totals = done_shard_totals(run, shards, run.done_shards())
         counts = {key: totals[key] for key in

@@ -8,8 +8,9 @@ group is done, and again whenever one of its shards is done again (a redo); befo
 writes those still missing (a driver killed between a shard's done marker and the roll-up).
 Each entry holds the fields of one shard's stats that ``status`` and the run summary use
 (:data:`ROLLED_UP_KEYS`), and the size and storage stamp its stats file had when it was read
-(stamp taken first: a rewrite after the read changes it). The file carries the sha256 of its
-entries and is written atomically through :class:`~labeler.io.folders.Folder`.
+(stamp taken first: a rewrite after the read changes it). The file's first line holds the
+sha256 of the rest (the entries, JSON); it is written atomically through
+:class:`~labeler.io.folders.Folder`.
 
 A roll-up is a cache, never the truth. :class:`CommittedStats` takes a shard's stats from it
 only when the roll-up is whole (its digest matches) and the shard's stats file, listed now,
@@ -45,8 +46,20 @@ def rollup_file(group: int) -> str:
     return f"{ROLLUP_DIR}/group-{group:06d}.json"
 
 
-def _digest(entries: dict) -> str:
-    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+def _encode(entries: dict) -> bytes:
+    """A roll-up file: a first line ``{"sha256": <of the rest>}``, then the entries as JSON."""
+    body = json.dumps(entries, sort_keys=True).encode()
+    return json.dumps({"sha256": hashlib.sha256(body).hexdigest()}).encode() + b"\n" + body
+
+
+def _decode(data: bytes) -> dict | None:
+    """The entries of a roll-up file, or None when it is not whole."""
+    header, _, body = data.partition(b"\n")
+    try:
+        whole = json.loads(header)["sha256"] == hashlib.sha256(body).hexdigest()
+        return json.loads(body) if whole else None
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return None
 
 
 class RollUpWriter:
@@ -96,8 +109,7 @@ class RollUpWriter:
                 entries[shard_id] = {**recorded,
                                      "stats": {key: stats[key] for key in ROLLED_UP_KEYS
                                                if key in stats}}
-            output.write_bytes(rollup_file(group), json.dumps(
-                {"entries": entries, "sha256": _digest(entries)}, sort_keys=True).encode())
+            output.write_bytes(rollup_file(group), _encode(entries))
         except (OSError, ValueError) as error:
             logger.warning("could not roll up the stats of group %d in %s: %s (status reads the "
                            "shards' stats files instead)", group, output.uri, error)
@@ -143,13 +155,12 @@ def _read_rollups(run: RunFolder) -> dict[str, dict]:
             continue
         relative = f"{ROLLUP_DIR}/{name}"
         try:
-            rollup = run.output.read_json(relative)
-            whole = _digest(rollup["entries"]) == rollup["sha256"]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError, FileNotFoundError):
-            whole = False
-        if not whole:
+            rolled = _decode(run.output.read_bytes(relative))
+        except FileNotFoundError:  # removed since the listing
+            continue
+        if not isinstance(rolled, dict):
             logger.warning("%s is damaged: ignored (the shards' stats files are read instead)",
                            run.output.uri_of(relative))
             continue
-        entries.update(rollup["entries"])
+        entries.update(rolled)
     return entries

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 import labeler
 from labeler.io.folders import Folder
@@ -19,7 +18,7 @@ from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.status import describe_run, run_progress
 from labeler.testing.committed_runs import mask_pool, synthesize_run
 from tests import toy_method
-from tests.helpers import flat_regions_image
+from tests.preflight_cases import make_input
 
 
 @pytest.fixture
@@ -162,24 +161,20 @@ def test_groups_a_killed_driver_never_rolled_up_are_read_shard_by_shard(
     assert stats_reads == []
 
 
-def test_the_driver_rolls_up_as_shards_are_done_and_again_after_a_redo(tmp_path, small_groups):
-    images = tmp_path / "images"
-    images.mkdir()
-    picture, _ = flat_regions_image(32, 32, "quadrants")
-    for name in "abcdef":
-        Image.fromarray(picture).save(images / f"{name}.png")
+def test_the_driver_rolls_up_as_shards_are_done_and_again_after_a_redo(tmp_path, monkeypatch):
+    monkeypatch.setattr(rollup, "GROUP_SHARDS", 1)
     output = tmp_path / "out"
-    job = {"method": toy_method.SPEC.name, "input": str(images), "output": str(output),
-           "shard_size": 1}
+    job = {"method": toy_method.SPEC.name, "input": str(make_input(tmp_path / "images")),
+           "output": str(output), "shard_size": 1}
     labeler.run(job, executor="local")
     rollups = output / "run" / "rollup"
     assert sorted(p.name for p in rollups.iterdir()) == ["group-000000.json", "group-000001.json"]
     assert _status(output) == _without_rollups(output)
     assert _status(output)[0]["state"] == "complete"
 
-    # shard 5 redone: its stats file is rewritten, and so is the roll-up of its group
+    # shard 1 redone: its stats file is rewritten, and so is the roll-up of its group
     plan = json.loads((output / "run" / "plan.json").read_text())
-    redone = plan["shards"][5]["shard_id"]
+    redone = plan["shards"][1]["shard_id"]
     before = rollup._decode((rollups / "group-000001.json").read_bytes())[redone]
     (output / "run" / "shards" / redone / "images.parquet").unlink()
     labeler.run(job, executor="local")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import math
-from typing import ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,14 +15,14 @@ from PIL import Image
 from labeler.config import build_config
 from labeler.io.decode import decode_image, side_factor
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels, MethodProvenance, decode_side
+from labeler.methods.base import decode_side
 from labeler.methods.diffews.settings import DiffewsOptions
 from labeler.methods.diffseg.settings import DiffSegOptions
 from labeler.methods.slime.settings import SlimeOptions
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
-from labeler.timing import StageTimer
+from tests.helpers import HalvesSegmenter
 
 
 def _image(width: int, height: int, fmt: str) -> bytes:
@@ -98,32 +97,6 @@ def test_without_a_side_the_image_is_decoded_at_full_size():
 ])
 def test_parity_modes_decode_at_full_size(settings, side):
     assert settings.decode_side(512) == side
-
-
-class HalvesSegmenter:
-    """Labels the left half 0 and the right half 1, at the size it is given; says its side."""
-
-    categories: ClassVar[list[dict]] = [{"id": 1, "name": "left", "supercategory": "x"},
-                                        {"id": 2, "name": "right", "supercategory": "x"}]
-
-    def __init__(self, side: int | None) -> None:
-        self.decode_side = side
-        self.sizes: list[tuple[int, int]] = []
-        self.timer = StageTimer()
-        self.device = "cpu"
-
-    def provenance(self) -> MethodProvenance:
-        return MethodProvenance(method="test", model="none")
-
-    def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
-        results = []
-        for image in images:
-            height, width = image.shape[:2]
-            self.sizes.append((height, width))
-            label_map = np.zeros((height, width), np.int32)
-            label_map[:, width // 2:] = 1
-            results.append(ImageLabels(label_map, np.array([1, 2]), np.ones(2)))
-        return results
 
 
 @pytest.mark.parametrize(("draft_decode", "seen", "scale"), [(True, (100, 150), 4),

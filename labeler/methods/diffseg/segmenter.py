@@ -22,6 +22,7 @@ from labeler.methods.diffseg.algorithm import (
     aggregate_attention,
     labels_from_proposals,
     merge_proposals,
+    workspace,
 )
 from labeler.methods.diffseg.method import categories
 from labeler.methods.diffseg.naming import NameRule, name_segments, name_shares, pack_names
@@ -89,6 +90,8 @@ class DiffSeg:
             )
         self.hooks = AttentionHooks(backbone.unet, processors)
         self.timer = StageTimer()
+        #: P, the (B, N, N) aggregated attention, reused batch after batch (``workspace``)
+        self.aggregated: Tensor | None = None
 
     def _names_context(self, names: tuple[str, ...]) -> tuple[Tensor, list[tuple[int, int]]]:
         """The names row's context, (1, T, D), and each name's token positions in it."""
@@ -188,7 +191,9 @@ class DiffSeg:
         segment named (:meth:`named`)."""
         attention, cross = self.capture(images)
         with self.timer.stage("aggregate"):
-            aggregated = aggregate_attention(attention, self.options.weight_map)
+            self.aggregated = workspace(self.aggregated, attention)
+            aggregated = aggregate_attention(attention, self.options.weight_map,
+                                             out=self.aggregated[:len(images)])
         with self.timer.stage("merge"):
             proposals = merge_proposals(
                 aggregated, self.options.schedule, self.options.grid_points, eps=self.options.eps

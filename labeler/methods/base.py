@@ -222,7 +222,13 @@ def _compact(
         if bin_values[0] != 0:
             bin_values, bins = np.concatenate(([0], bin_values)), bins + 1
     table_size = int(bins.max()) + 1 if bins.size else 1
-    pixels = _pixels_per_bin(bins.reshape(label_map.shape), weights, table_size)
+    lanes = _LANES if _sums_are_exact(confidence, weights) else 1
+    if weights is not None:  # before the lanes: runs along rows are runs of bins
+        pixels = _pixels_per_bin(bins.reshape(label_map.shape), weights, table_size)
+    if lanes > 1:
+        _spread_over_lanes(bins)
+    if weights is None:
+        pixels = _lane_totals(np.bincount(bins, minlength=lanes * table_size), lanes)
     pixels[0] = 0
     present = np.flatnonzero(pixels)
     lookup = np.full(table_size, -1, np.int32)
@@ -230,9 +236,10 @@ def _compact(
     score_weights = confidence.astype(np.float64).ravel()
     if weights is not None:
         score_weights *= np.multiply.outer(*(w.astype(np.float64) for w in weights)).ravel()
-    sums = np.bincount(bins, weights=score_weights, minlength=table_size)[present]
+    sums = _lane_totals(np.bincount(bins, weights=score_weights, minlength=lanes * table_size),
+                        lanes)[present]
     scores = np.clip(sums / np.maximum(pixels[present], 1), 0.0, 1.0)
-    compact = lookup[bins].reshape(label_map.shape)
+    compact = np.repeat(lookup, lanes)[bins].reshape(label_map.shape)
     values = (present if bin_values is None else bin_values[present]) - 1
     categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
     return compact, categories.astype(np.int64), scores
@@ -259,3 +266,55 @@ def _pixels_per_bin(bins: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | N
     col_edges = np.concatenate(([0], np.cumsum(col_weights)))
     run_pixels = row_weights[row] * (col_edges[col + lengths] - col_edges[col])
     return np.bincount(bins.ravel()[starts], weights=run_pixels, minlength=table_size)
+
+
+#: Accumulators per bin when every sum is exact: consecutive cells of one label then add into
+#: different accumulators, so the additions do not wait for each other (about 2x faster).
+_LANES = 4
+#: i % _LANES for a block of cells (a multiple of _LANES long)
+_LANE_OF = np.arange(1 << 15, dtype=np.intp) % _LANES
+
+
+def _sums_are_exact(confidence: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """Whether every float64 sum of ``confidence`` (times the cell weights) is exact, whatever
+    the order of the additions: then summing in lanes gives the bits of a sequential sum.
+
+    It is when the confidence is a binary float of p <= 24 significant bits, finite and
+    non-negative: every value (and every product with an integer weight below 2**(53 - p)) is a
+    multiple of ``step``, 2**(p - 1) times below the smallest non-zero value; every partial sum
+    is a multiple of ``step`` no larger than the total, ``max * pixels``; below ``2**53 * step``
+    all of them are representable. (Winner probabilities of <= ~1000 candidates at 1 Mpx are.)
+    """
+    if confidence.dtype not in (np.float16, np.float32) or not confidence.size:
+        return False
+    low, high = float(confidence.min()), float(confidence.max())
+    if not 0.0 <= low <= high < np.inf:
+        return False
+    if high == 0.0:
+        return True
+    if low == 0.0:
+        low = float(np.min(confidence, where=confidence > 0, initial=high))
+    significant = np.finfo(confidence.dtype).nmant + 1
+    step = 2.0 ** (np.frexp(low)[1] - significant)
+    pixels = confidence.size
+    if weights is not None:
+        rows, cols = weights
+        if float(rows.max()) * float(cols.max()) >= 2.0 ** (53 - significant):
+            return False
+        pixels = float(rows.sum()) * float(cols.sum())
+    return high * pixels < 2.0**53 * step
+
+
+def _spread_over_lanes(bins: np.ndarray) -> None:
+    """In place: bin b of the i-th cell becomes ``b * _LANES + i % _LANES``."""
+    bins *= _LANES
+    for start in range(0, len(bins), len(_LANE_OF)):  # a cache-sized pattern at a time
+        chunk = bins[start:start + len(_LANE_OF)]
+        chunk += _LANE_OF[:len(chunk)]
+
+
+def _lane_totals(per_lane: np.ndarray, lanes: int) -> np.ndarray:
+    """Per bin, the sum of its ``lanes`` accumulators (``per_lane`` is bin-major)."""
+    if lanes == 1:
+        return per_lane
+    return per_lane.reshape(-1, lanes).sum(axis=1)

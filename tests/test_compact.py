@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -129,15 +131,15 @@ def test_scores_are_bit_identical_to_the_sequential_sums(seed):
     confidences = [winners, rng.random(grid.shape).astype(np.float32),  # tiny values: sequential
                    winners.astype(np.float64), winners.astype(np.float16),
                    np.where(rng.random(grid.shape) < 0.3, 0, winners).astype(np.float32)]
-    for confidence in confidences:
-        for target in (grid.shape, size):
-            labels = compact_resized_labels(grid, confidence, *target)
-            values, scores = sequential_grid_compact(grid, confidence, *target)
-            np.testing.assert_array_equal(labels.scores, scores)  # bit for bit
-            assert len(labels.scores) == len(values)
-            np.testing.assert_array_equal(
-                labels.label_map, resize_labels(np.searchsorted(values, grid).astype(np.int32)
-                                                * (grid >= 0) - (grid < 0), *target))
+    unlabelled, every_cell, gaps = grid, np.maximum(grid, 0), np.maximum(grid, 0) * 2
+    for label_grid, confidence, target in itertools.product(
+            (unlabelled, every_cell, gaps), confidences, (grid.shape, size)):
+        labels = compact_resized_labels(label_grid, confidence, *target)
+        values, scores = sequential_grid_compact(label_grid, confidence, *target)
+        np.testing.assert_array_equal(labels.scores, scores)  # bit for bit
+        compact = np.searchsorted(values, label_grid).astype(np.int32)
+        compact[label_grid < 0] = -1
+        np.testing.assert_array_equal(labels.label_map, resize_labels(compact, *target))
 
 
 def test_only_exact_sums_are_summed_in_lanes():

@@ -133,7 +133,8 @@ class ZeroCostSegmenter:
     ``MAX_LABEL_SIDE``, as the methods label).
 
     On the CPU the device step (``label_raw``, timed as ``model``) sleeps (a call that releases
-    the GIL and burns no CPU, as a model on an accelerator) and hands over cached Voronoi maps;
+    the GIL and burns no CPU, as a model on an accelerator) and hands over cached Voronoi maps
+    with a winner-share confidence (:func:`winner_confidence`);
     the host step (``finish``, timed as ``compact``, on the pool's threads) relabels and resizes
     them as the methods do on CPU. On an accelerator the model burns its time on the device
     (``torch.cuda._sleep``, no host CPU) and the label maps are made there as the methods make

@@ -29,12 +29,16 @@ class ImageLabels:
         scores: (L,) float64 in [0, 1], a confidence per label (the annotation ``score``).
         name_scores: (L,) float64 in [0, 1], how well each label's category name explains it
             (DiffSeg with ``names``; the annotation's ``name_score``), or None.
+        category_names: (L,) the category name of each label when the method's categories are
+            open (DiffSeg's caption nouns: per image), or None (the method's categories name
+            every id).
     """
 
     label_map: np.ndarray
     category_ids: np.ndarray
     scores: np.ndarray
     name_scores: np.ndarray | None = None
+    category_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.label_map.ndim != 2:
@@ -43,6 +47,8 @@ class ImageLabels:
             raise ValueError("category_ids and scores must have one entry per label")
         if self.name_scores is not None and len(self.name_scores) != len(self.scores):
             raise ValueError("name_scores must have one entry per label")
+        if self.category_names is not None and len(self.category_names) != len(self.scores):
+            raise ValueError("category_names must have one entry per label")
         if len(self.category_ids) > MAX_LABELS_PER_IMAGE:
             raise ValueError(f"at most {MAX_LABELS_PER_IMAGE} labels per image")
 

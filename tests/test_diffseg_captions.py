@@ -185,3 +185,30 @@ def test_caption_naming_keeps_the_segments_and_names_them_in_the_api(labeler_cac
     assert named.name_scores is not None
     assert set(named.category_names) <= {*COLOUR_NAMES, "segment"}
     assert set(named.category_names) & set(COLOUR_NAMES)
+
+
+@pytest.mark.slow
+def test_caption_naming_figures_on_twelve_worlds(tiny_backbone):
+    """Caption naming's figures (docs/diffseg.md): the twelve worlds of the vocabulary test, in
+    batches of 4, each image's vocabulary its caption's nouns."""
+    from labeler.methods.diffseg.segmenter import DiffSeg
+    from labeler.methods.diffseg.settings import DiffSegOptions
+    from tests.test_diffseg_names_tiny import tally, worlds
+
+    data = worlds(12, seed=1)
+    captioner = load_captioner("tiny", torch.device("cpu"), torch.float32)
+    named = DiffSeg(tiny_backbone, DiffSegOptions(captioner="tiny"), captioner)
+    counts = dict.fromkeys(("right", "wrong", "abstained", "named_outside", "mixed"), 0)
+    try:
+        for start in range(0, len(data), 4):
+            batch = data[start:start + 4]
+            for labels, (_, colour) in zip(named.label([image for image, _ in batch]), batch):
+                categories = [{"id": int(i), "name": n} for i, n in
+                              zip(labels.category_ids, labels.category_names)]
+                for key, value in tally(labels, colour, categories).items():
+                    counts[key] += value
+    finally:
+        named.close()
+    print(counts)
+    assert counts["right"] >= 0.8 * (counts["right"] + counts["wrong"]), counts
+    assert counts["named_outside"] <= 0.1 * (counts["abstained"] + counts["named_outside"]), counts

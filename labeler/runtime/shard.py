@@ -37,7 +37,6 @@ from labeler.io.policy import InputPolicy
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
-from labeler.methods.label_maps import resize_labels
 from labeler.output import schema
 from labeler.output.failures import (
     METHOD_ERROR,
@@ -494,19 +493,18 @@ class ShardProcessor:
         error here is the image's ``postprocess_error`` row.
 
         Labels come at the ``decoded`` (height, width); an image the decoder downscaled has its
-        map scaled back (nearest) to the ``stored`` size, in the narrowest integer type.
+        map scaled back (nearest) to the ``stored`` size as index maps over the label grid
+        (:meth:`~labeler.methods.base.ImageLabels.resized`): no full-size map is built, the
+        encoder reads the grid.
         """
         started = time.perf_counter()
         height, width = stored
         with working_for(shard_id):
             try:
                 labels = self.segmenter.finish(raw) if self.two_step else raw
-                if labels.label_map.shape != decoded:
-                    raise ValueError(f"label map {labels.label_map.shape} for an image of "
-                                     f"{decoded}")
-                if decoded != stored:
-                    small = _narrow(labels.label_map, len(labels.category_ids))
-                    labels = dataclasses.replace(labels, label_map=resize_labels(small, height, width))
+                if labels.shape != decoded:
+                    raise ValueError(f"label map {labels.shape} for an image of {decoded}")
+                labels = labels.resized(height, width)
                 image, annotations = self._labeled_rows(entry, height, width, labels, shard_id)
             except Exception as error:  # noqa: BLE001 - becomes the image's failure row
                 logger.warning("post-processing failed on %s: %s", entry["uri"], error)
@@ -531,12 +529,3 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
 def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
     after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
-
-
-def _narrow(label_map: np.ndarray, n_labels: int) -> np.ndarray:
-    """An (H, W) label map (-1 for none) in int8/int16 when its labels fit: a quarter or half
-    of the memory once scaled up to a huge image's size."""
-    for dtype in (np.int8, np.int16):
-        if n_labels <= np.iinfo(dtype).max:
-            return label_map.astype(dtype, copy=False)
-    return label_map

@@ -22,14 +22,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from labeler.models.tiny.model import staged_folder
 from labeler.models.tiny.names import COLOUR_NAMES
 
 logger = logging.getLogger(__name__)
@@ -168,9 +167,7 @@ def _build_into(target: Path) -> None:
     )
 
     logger.info("building the tiny captioner into %s", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-captioner-", dir=target.parent))
-    try:
+    with staged_folder(target, "config.json") as staging:
         vocab_file = staging / "vocab.txt"
         vocab_file.write_text("\n".join(VOCABULARY) + "\n")
         tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True, bos_token="[DEC]")
@@ -184,13 +181,6 @@ def _build_into(target: Path) -> None:
             _fit(model, image_processor, CAPTIONER_SEED)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").exists():  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager

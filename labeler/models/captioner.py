@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging as transformers_logging
 
-from labeler.models.backbone import _resolve_source
+from labeler.models.backbone import _check_local_weights, _resolve_source
 from labeler.models.locate import ModelLoadError
 from labeler.models.tiny.captioner import tiny_captioner_dir
 
@@ -65,8 +65,10 @@ def load_captioner(name: str, device: torch.device, dtype: torch.dtype,
 
     Raises:
         ModelLoadError: the captioner is missing, unreachable or not an image-to-text model.
+        MalformedSafetensors: a weight file's header is unsound (checked before loading).
     """
     source = _resolve_source(name, storage_options, component=CAPTIONER, builtin=tiny_captioner_dir)
+    _check_local_weights(source)
     transformers_logging.disable_progress_bar()
     try:
         processor = AutoProcessor.from_pretrained(source)

@@ -209,13 +209,58 @@ class _ShardRecords(logging.Filter):
         return self.shard_id is None or tag is None or tag == self.shard_id
 
 
+class _LevelHolds:
+    """Lowers a logger while captures need it; thread-safe and counted, so overlapping captures
+    (two shards in threads of one process, entering and leaving in any order) never leave it
+    changed.
+
+    The logger runs at the lowest level any open capture asked for, unless its own level is
+    already lower, and gets back the level it had before the first capture when the last ends.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._held: Counter[int] = Counter()
+        self._before = logging.NOTSET
+
+    @contextmanager
+    def hold(self, level: int) -> Iterator[None]:
+        with self._lock:
+            if not self._held:
+                self._before = self._logger.level
+            self._held[level] += 1
+            self._apply()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[level] -= 1
+                if not self._held[level]:
+                    del self._held[level]
+                self._apply()
+
+    def _apply(self) -> None:
+        """One ``setLevel`` (never a passing flip that would drop another capture's records)."""
+        target = self._before
+        if self._held:
+            parent = self._logger.parent
+            effective = self._before or (parent.getEffectiveLevel() if parent else logging.WARNING)
+            if effective > min(self._held):
+                target = min(self._held)
+        self._logger.setLevel(target)
+
+
+_OWN_LEVEL = _LevelHolds(logging.getLogger("labeler"))
+
+
 @contextmanager
 def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Iterator[io.StringIO]:
     """Collect the log records emitted (by any thread) while the block runs.
 
     Records of any library at WARNING and above are kept, and labeler's own from ``level`` (its
-    logger is lowered to ``level`` for the duration if needed). With ``shard_id``, records of
-    threads tagged for another shard (:func:`working_for`) are left out.
+    logger is lowered to ``level`` while any capture needs it: :class:`_LevelHolds`). With
+    ``shard_id``, records of threads tagged for another shard (:func:`working_for`) are left out.
     """
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
@@ -224,17 +269,14 @@ def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Itera
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     )
-    root, own = logging.getLogger(), logging.getLogger("labeler")
-    own_level = own.level
-    if own.getEffectiveLevel() > level:
-        own.setLevel(level)
-    root.addHandler(handler)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
-        own.setLevel(own_level)
-        handler.close()
+    root = logging.getLogger()
+    with _OWN_LEVEL.hold(level):
+        root.addHandler(handler)
+        try:
+            yield buffer
+        finally:
+            root.removeHandler(handler)
+            handler.close()
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,9 @@ class Segmenter(Protocol):
         categories: COCO categories (``id``, ``name``, ``supercategory``) this method emits.
         timer: seconds per stage of the method (recorded in each shard's stats).
         device: where the method runs (recorded in the worker's stats).
+        decode_side: optional: the side the method resizes images to (its model input), so
+            the decoder may reduce an image while both sides stay >= it; None (or absent):
+            the method needs full-size pixels (a parity mode). Read with :func:`decode_side`.
     """
 
     categories: list[dict]
@@ -156,6 +159,13 @@ class TwoStepSegmenter(Segmenter, Protocol):
     def finish(self, raw) -> ImageLabels:
         """The host step for one image: its labels from its raw output (thread-safe)."""
         ...
+
+
+def decode_side(segmenter: Segmenter) -> int | None:
+    """The side ``segmenter`` needs decoded images to keep (its ``decode_side``), or None for
+    full size: also for segmenters that do not say."""
+    side = getattr(segmenter, "decode_side", None)
+    return side if isinstance(side, int) and side >= 1 else None
 
 
 def compact_labels(

@@ -187,6 +187,21 @@ def test_caption_naming_keeps_the_segments_and_names_them_in_the_api(labeler_cac
     assert set(named.category_names) & set(COLOUR_NAMES)
 
 
+def test_parity_conditioning_and_captions_without_nouns(labeler_cache):
+    """``conditioning = "names"`` runs one pass conditioned on each image's nouns; an image whose
+    caption has no noun (a flat grey image: tiny captions only its six colours) gets only
+    unnamed segments, in the same batch as a named one."""
+    grey = np.full((96, 96, 3), 128, np.uint8)
+    image, _ = _world(2)
+    captioner = labeler.Labeler(method="diffseg", model="tiny", device="cpu", captioner="tiny",
+                                conditioning="names")
+    assert captioner.segmenter.captioner.caption([grey]) == [""]
+    named, unnamed = captioner.label_many([image, grey])
+    assert set(named.category_names) & set(COLOUR_NAMES)
+    assert set(unnamed.category_names) == {"segment"} and (unnamed.name_scores == 0).all()
+    assert [c["name"] for c in unnamed.categories] == ["segment"]
+
+
 @pytest.mark.slow
 def test_caption_naming_figures_on_twelve_worlds(tiny_backbone):
     """Caption naming's figures (docs/diffseg.md): the twelve worlds of the vocabulary test, in

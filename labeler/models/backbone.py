@@ -24,6 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
 from labeler.errors import UserError
+from labeler.io.files import folder_version, read_folder
 from labeler.io.uris import open_fs, redact_uri
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
@@ -234,9 +235,12 @@ def _expected_layout(component: str | None) -> str:
 
 
 def _mirror_remote_dir(uri: str, storage_options: dict, component: str | None = None) -> Path:
-    """Copy a diffusers (or, with ``component``, a component) directory into the local cache once."""
+    """Copy a diffusers (or, with ``component``, a component) directory into the local cache,
+    once per version of its files (:func:`labeler.io.files.folder_version`: a checkpoint that
+    training rewrote on the store is copied again, never served stale)."""
     cache = Path(os.environ.get("LABELER_CACHE", Path.home() / ".cache" / "labeler"))
-    target = cache / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    version = folder_version(uri, storage_options)
+    target = cache / "models" / hashlib.sha256(f"{uri}@{version}".encode()).hexdigest()[:16]
     if (target / ".complete").exists():
         return target
     fs, root, _ = open_fs(uri, storage_options)
@@ -245,7 +249,7 @@ def _mirror_remote_dir(uri: str, storage_options: dict, component: str | None = 
         raise ModelLoadError(f"{redact_uri(uri)} is not {_expected_layout(component)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".remote-", dir=target.parent))
-    fs.get(root.rstrip("/") + "/", str(staging), recursive=True)
+    read_folder(uri, staging, storage_options)  # file by file, retrying transient errors
     (staging / ".complete").touch()
     try:
         staging.rename(target)

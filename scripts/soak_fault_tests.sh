@@ -38,6 +38,10 @@ TESTS=(
   tests/test_input_policy.py::test_refused_manifest_entries_are_failed_images_never_read
   tests/test_malformed_sets.py::test_slime_info_refuses_a_malformed_set_in_one_line
   tests/test_malformed_sets.py::test_run_refuses_a_malformed_set_before_anything_is_written
+  tests/test_checkpoint_headers.py
+  tests/test_capture_log.py
+  tests/test_export_long_names.py
+  tests/test_diffews_checkpoint_storage.py
 )
 
 LOAD_PIDS=()

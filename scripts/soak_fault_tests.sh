@@ -41,6 +41,7 @@ TESTS=(
   tests/test_checkpoint_headers.py
   tests/test_capture_log.py
   tests/test_export_long_names.py
+  tests/test_diffews_checkpoint_storage.py
 )
 
 LOAD_PIDS=()

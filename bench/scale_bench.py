@@ -10,18 +10,26 @@ child process, so its time and peak RSS are its own:
   URIs listed again against the plan);
 * ``merge``: ``merge_outputs`` (images.parquet, annotations/ copies, the COCO files from the
   committed fragments), default ``coco_max_annotations``;
-* ``status``: ``labeler status`` (sizes and stamps, no hashing);
+* ``status``: ``labeler status`` (sizes and stamps, no hashing; the stats from the roll-ups the
+  driver writes, :mod:`labeler.runtime.rollup`);
 * ``verify``: ``labeler verify`` with ``--processes`` processes; RSS is the driver's, and
   ``children_peak_rss_mb`` the largest verifying process;
 * ``export``: ``labeler export --format coco-rle``;
 * ``load``: a consumer: ``pycocotools.coco.COCO`` on the run's first COCO file.
 
 ``--plan-only`` sizes get the plan and resume steps only (no parts: disk stays small).
+Steps that read the merged outputs merge first, unmeasured, when ``merge`` is not among the
+``--steps``. ``--work DIR --keep`` keeps each committed run under ``DIR/run-N``; a later call
+with the same ``--work`` reuses it (no plan, no resume, no synthesis). The verify of a
+1M-annotation run alone (40,000 images, ~25 annotations each; the synthesis and the unmeasured
+merge take minutes, ~2.5 GB of disk)::
+
+    python bench/scale_bench.py --images 40000 --steps verify --processes 2
 
     python bench/scale_bench.py --images 10000,100000 --plan-only 1000000
 
 Prints one JSON line: ``{"steps": {N: {step: {"seconds", "cpu_seconds", "peak_rss_mb",
-...}}}, "annotations": {N: count}, "load_average": [...], "cpus": ...}``.
+"load_average" (1-minute, when the step ended), ...}}}, "annotations": {N: count}, "load_average": [...], "cpus": ...}``.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = ("plan", "resume", "merge", "status", "verify", "export", "load")
 #: Steps that need every shard committed (merge also before status, verify, export, load).
 NEEDS_PARTS = {"merge", "status", "verify", "export", "load"}
+#: Steps that read the merged outputs (merged first, unmeasured, when ``merge`` is not asked).
+NEEDS_MERGED = {"status", "verify", "export", "load"}
 
 
 def _step(step: str, out: str, n_images: int, shard_size: int, processes: int) -> dict:
@@ -117,7 +127,12 @@ def _child(args: argparse.Namespace) -> None:
     found = _step(args.child, args.out, args.images_one, args.shard_size, args.processes)
     print(json.dumps({"seconds": round(time.perf_counter() - started, 3),
                       "cpu_seconds": round(time.process_time() - cpu_started, 3),
-                      "peak_rss_mb": _peak_rss_mb(), **found}))
+                      "peak_rss_mb": _peak_rss_mb(),
+                      "load_average": round(os.getloadavg()[0], 1), **found}))
+
+
+#: Written beside a run whose every shard is committed (``--keep``: the run is reused).
+COMMITTED = "bench-committed.json"
 
 
 def _commit_all(out: str) -> int:
@@ -130,7 +145,21 @@ def _commit_all(out: str) -> int:
     pool = mask_pool()
     for shard in run.read_plan()["shards"]:
         commit_synthetic_shard(run, shard["shard_id"], pool)
-    return sum(run.read_stats(s["shard_id"])["annotations"] for s in run.read_plan()["shards"])
+    annotations = sum(run.read_stats(s["shard_id"])["annotations"]
+                      for s in run.read_plan()["shards"])
+    _roll_up(out)
+    Path(out, COMMITTED).write_text(json.dumps({"annotations": annotations}))
+    return annotations
+
+
+def _roll_up(out: str) -> None:
+    """Write the stats roll-ups the driver writes as shards are done (those missing)."""
+    from labeler.io.folders import Folder
+    from labeler.runtime.rollup import RollUpWriter
+    from labeler.runtime.run_folder import RunFolder
+
+    run = RunFolder(Folder(out))
+    RollUpWriter(run, run.read_plan()["shards"], run.done_shards()).fill()
 
 
 def main() -> None:
@@ -142,6 +171,8 @@ def main() -> None:
     parser.add_argument("--steps", default=",".join(STEPS),
                         help="the steps for --images sizes (plan always runs)")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the runs under --work (and reuse those already there)")
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,15 +189,22 @@ def main() -> None:
     for n_images, wanted in sizes:
         out = str(work / f"run-{n_images}")
         steps[str(n_images)] = {}
+        if args.keep and Path(out, COMMITTED).exists():
+            annotations[str(n_images)] = json.loads(Path(out, COMMITTED).read_text())["annotations"]
+            _roll_up(out)  # a run kept by an older bench
+            wanted = tuple(step for step in wanted if step in NEEDS_PARTS)
         for step in wanted:
             if step in NEEDS_PARTS and str(n_images) not in annotations:
                 annotations[str(n_images)] = _commit_all(out)  # after plan and resume
+            if step in NEEDS_MERGED and not Path(out, "images.parquet").exists():
+                _step("merge", out, n_images, args.shard_size, args.processes)  # not measured
             steps[str(n_images)][step] = _measure(step, out, n_images, args.shard_size,
                                                   args.processes)
             print(n_images, step, json.dumps(steps[str(n_images)][step]), file=sys.stderr,
                   flush=True)
-        shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out + ".export", ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({"steps": steps, "annotations": annotations, "shard_size": args.shard_size,
                       "load_average": [round(x, 1) for x in os.getloadavg()],
                       "cpus": os.cpu_count()}))

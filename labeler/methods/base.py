@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from labeler.methods.label_maps import resize_labels, resize_weights
+from labeler.methods.label_maps import axis_weights, nearest_indices
 
 if TYPE_CHECKING:
     import torch
@@ -22,29 +23,79 @@ MAX_LABELS_PER_IMAGE = 4096
 class ImageLabels:
     """The labels of one image at its original resolution.
 
+    The map may be held at the label grid with the nearest resize to the image (``rows``,
+    ``cols``): the image's (H, W) map is ``grid[rows[:, None], cols[None, :]]``, built only when
+    :attr:`label_map` is read; the mask encoder reads the grid and the index maps directly
+    (:func:`labeler.output.rle.encode_label_map`), so no full-resolution map is made.
+
     Attributes:
-        label_map: (H, W) int32; value ``k >= 0`` is label k, ``-1`` means no annotation
+        grid: (h, w) integer label values at the label grid (the image's own (H, W) when
+            ``rows`` and ``cols`` are None); ``k >= 0`` is label k, ``-1`` means no annotation
             (SLiMe background).
         category_ids: (L,) int64, the COCO category id of each label value.
         scores: (L,) float64 in [0, 1], a confidence per label (the annotation ``score``).
         name_scores: (L,) float64 in [0, 1], how well each label's category name explains it
             (DiffSeg with ``names``; the annotation's ``name_score``), or None.
+        rows, cols: (H,) and (W,) non-decreasing grid row (column) of each image row (column),
+            or None for a map at the image's size.
+        category_names: (L,) the category name of each label when the method's categories are
+            open (DiffSeg's caption nouns: per image), or None (the method's categories name
+            every id).
     """
 
-    label_map: np.ndarray
+    grid: np.ndarray
     category_ids: np.ndarray
     scores: np.ndarray
     name_scores: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
+    category_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.label_map.ndim != 2:
-            raise ValueError(f"label_map must be (H, W), got {self.label_map.shape}")
+        if self.grid.ndim != 2:
+            raise ValueError(f"label_map must be (H, W), got {self.grid.shape}")
         if len(self.category_ids) != len(self.scores):
             raise ValueError("category_ids and scores must have one entry per label")
         if self.name_scores is not None and len(self.name_scores) != len(self.scores):
             raise ValueError("name_scores must have one entry per label")
+        if self.category_names is not None and len(self.category_names) != len(self.scores):
+            raise ValueError("category_names must have one entry per label")
         if len(self.category_ids) > MAX_LABELS_PER_IMAGE:
             raise ValueError(f"at most {MAX_LABELS_PER_IMAGE} labels per image")
+        if (self.rows is None) != (self.cols is None):
+            raise ValueError("rows and cols are given together or not at all")
+        if self.rows is not None:
+            for index, size in ((self.rows, self.grid.shape[0]), (self.cols, self.grid.shape[1])):
+                if index.ndim != 1 or not len(index) or index[0] < 0 or index[-1] >= size or (
+                        np.any(index[1:] < index[:-1])):
+                    raise ValueError("rows and cols must be non-empty, non-decreasing indices "
+                                     "into the grid")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The image's (H, W)."""
+        if self.rows is None:
+            return self.grid.shape
+        return len(self.rows), len(self.cols)
+
+    @cached_property
+    def label_map(self) -> np.ndarray:
+        """(H, W) label values at the image's size (the grid expanded, on first use)."""
+        if self.rows is None:
+            return self.grid
+        return self.grid[self.rows[:, None], self.cols[None, :]]
+
+    def resized(self, height: int, width: int) -> ImageLabels:
+        """These labels nearest-resized to (height, width), half-pixel centres (what
+        :func:`~labeler.methods.label_maps.resize_labels` does to :attr:`label_map`): only the
+        index maps change, composed with the resize."""
+        if self.shape == (height, width):
+            return self
+        rows = nearest_indices(height, self.shape[0])
+        cols = nearest_indices(width, self.shape[1])
+        if self.rows is not None:
+            rows, cols = self.rows[rows], self.cols[cols]
+        return replace(self, rows=rows, cols=cols)
 
 
 @dataclass(frozen=True)
@@ -75,6 +126,9 @@ class Segmenter(Protocol):
         categories: COCO categories (``id``, ``name``, ``supercategory``) this method emits.
         timer: seconds per stage of the method (recorded in each shard's stats).
         device: where the method runs (recorded in the worker's stats).
+        decode_side: optional: the side the method resizes images to (its model input), so
+            the decoder may reduce an image while both sides stay >= it; None (or absent):
+            the method needs full-size pixels (a parity mode). Read with :func:`decode_side`.
     """
 
     categories: list[dict]
@@ -107,6 +161,13 @@ class TwoStepSegmenter(Segmenter, Protocol):
         ...
 
 
+def decode_side(segmenter: Segmenter) -> int | None:
+    """The side ``segmenter`` needs decoded images to keep (its ``decode_side``), or None for
+    full size: also for segmenters that do not say."""
+    side = getattr(segmenter, "decode_side", None)
+    return side if isinstance(side, int) and side >= 1 else None
+
+
 def compact_labels(
     label_map: np.ndarray, confidence: np.ndarray, category_of: np.ndarray | None = None
 ) -> ImageLabels:
@@ -132,7 +193,8 @@ def compact_resized_labels(
 
     The labels are those of ``compact_labels(resize_labels(grid_labels, ...), ...)``; each score
     is still the mean over the full-resolution pixels, as a mean over grid cells weighted by the
-    pixels each cell becomes (equal up to rounding). Only the compact int32 map is resized.
+    pixels each cell becomes (equal up to rounding). The compact int32 map stays at the grid,
+    with the resize as index maps (:meth:`ImageLabels.resized`).
 
     Args:
         grid_labels: (h, w) integer map at the label grid, negative for no annotation.
@@ -142,15 +204,16 @@ def compact_resized_labels(
     """
     weights = None
     if grid_labels.shape != (height, width):
-        weights = resize_weights(grid_labels.shape, height, width)
+        weights = (axis_weights(height, grid_labels.shape[0]),
+                   axis_weights(width, grid_labels.shape[1]))
     compact, categories, scores = _compact(grid_labels, grid_confidence, weights, category_of)
-    return ImageLabels(resize_labels(compact, height, width), categories, scores)
+    return ImageLabels(compact, categories, scores).resized(height, width)
 
 
 def _compact(
     label_map: np.ndarray,
     confidence: np.ndarray,
-    weights: np.ndarray | None,
+    weights: tuple[np.ndarray, np.ndarray] | None,
     category_of: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Relabel by a lookup table over the label values (no sort of the map) and score.
@@ -158,34 +221,141 @@ def _compact(
     Args:
         label_map: (h, w) integer map, negative for no annotation.
         confidence: (h, w) float.
-        weights: (h, w) pixels per cell, or None for one each.
+        weights: (h,) and (w,) pixels per grid row and column (a cell becomes their product),
+            or None for one each.
 
     Returns:
         the (h, w) int32 compact map, (L,) int64 categories, (L,) float64 scores.
     """
-    # Bin 0 collects the pixels without annotation; bin v + 1 the label value v.
-    bins = label_map.astype(np.intp).ravel()
-    np.maximum(bins, -1, out=bins)
-    bins += 1
-    bin_values = None
-    if bins.size and bins.max() > max(bins.size, 1 << 16):
-        # Huge label values: rank them first, so the tables stay the size of the map.
-        bin_values, bins = np.unique(bins, return_inverse=True)
-        if bin_values[0] != 0:
-            bin_values, bins = np.concatenate(([0], bin_values)), bins + 1
-    table_size = int(bins.max()) + 1 if bins.size else 1
-    cell_weights = None if weights is None else weights.astype(np.float64).ravel()
-    pixels = np.bincount(bins, weights=cell_weights, minlength=table_size)
-    pixels[0] = 0
+    lanes = _LANES if _sums_are_exact(confidence, weights) else 1
+    bins, shift, bin_values, table_size = _bins(label_map, lanes)
+    if weights is None:
+        pixels = _lane_totals(np.bincount(bins, minlength=lanes * table_size), lanes)
+    else:
+        pixels = _weighted_pixels(label_map, bins, lanes, weights, table_size)
+    if shift:
+        pixels[0] = 0
     present = np.flatnonzero(pixels)
-    lookup = np.full(table_size, -1, np.int32)
-    lookup[present] = np.arange(len(present), dtype=np.int32)
     score_weights = confidence.astype(np.float64).ravel()
-    if cell_weights is not None:
-        score_weights = score_weights * cell_weights
-    sums = np.bincount(bins, weights=score_weights, minlength=table_size)[present]
+    if weights is not None:
+        score_weights *= np.multiply.outer(*(w.astype(np.float64) for w in weights)).ravel()
+    sums = _lane_totals(np.bincount(bins, weights=score_weights, minlength=lanes * table_size),
+                        lanes)[present]
     scores = np.clip(sums / np.maximum(pixels[present], 1), 0.0, 1.0)
-    compact = lookup[bins].reshape(label_map.shape)
-    values = (present if bin_values is None else bin_values[present]) - 1
+    if not shift and len(present) == table_size:  # the values are 0..L-1 already
+        compact = label_map.astype(np.int32)
+    else:
+        lookup = np.full(table_size, -1, np.int32)
+        lookup[present] = np.arange(len(present), dtype=np.int32)
+        compact = np.repeat(lookup, lanes)[bins].reshape(label_map.shape)
+    values = (present if bin_values is None else bin_values[present]) - shift
     categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
     return compact, categories.astype(np.int64), scores
+
+
+def _bins(label_map: np.ndarray, lanes: int) -> tuple[np.ndarray, int, np.ndarray | None, int]:
+    """The (h * w,) intp bin of each cell, times ``lanes`` plus the cell's lane (cell i adds
+    into accumulator ``i % lanes`` of its bin).
+
+    Returns:
+        bins, shift, values, table_size: bin b (< table_size) holds the label value
+        ``b - shift`` (``values[b] - shift`` when the values were ranked: huge values, so the
+        tables stay the size of the map); with shift 1, bin 0 collects the cells without
+        annotation (negative values).
+    """
+    size = label_map.size
+    low, high = (int(label_map.min()), int(label_map.max())) if size else (0, 0)
+    bins = np.empty(label_map.shape, np.intp)
+    values = None
+    if high + 1 > max(size, 1 << 16):
+        np.maximum(label_map, -1, out=bins, casting="unsafe")
+        values, bins = np.unique(bins.ravel() + 1, return_inverse=True)
+        if values[0] != 0:
+            values, bins = np.concatenate(([0], values)), bins + 1
+        shift = 1
+        bins *= lanes
+    elif low >= 0:  # every cell has a label
+        shift = 0
+        np.multiply(label_map, lanes, out=bins, casting="unsafe")
+    else:
+        shift = 1
+        np.maximum(label_map, -1, out=bins, casting="unsafe")
+        bins += 1
+        bins *= lanes
+    bins = bins.ravel()
+    if lanes > 1:
+        for start in range(0, size, len(_LANE_OF)):  # a cache-sized pattern at a time
+            chunk = bins[start:start + len(_LANE_OF)]
+            chunk += _LANE_OF[:len(chunk)]
+    table_size = len(values) if values is not None else max(high, -1) + shift + 1
+    return bins, shift, values, table_size
+
+
+def _weighted_pixels(label_map: np.ndarray, bins: np.ndarray, lanes: int,
+                     weights: tuple[np.ndarray, np.ndarray], table_size: int) -> np.ndarray:
+    """(table_size,) pixels per bin, exact: from the map's runs along its rows (each run's
+    pixels: its row's weight times its columns' weights; integers, so float64 sums are exact in
+    any order), which costs one comparison over the map instead of a weighted pass.
+
+    Args:
+        label_map: (h, w); its runs are runs of one bin (two negative values, one bin, make two
+            runs whose pixels add up the same).
+        bins: (h * w,) the bin of each cell times ``lanes`` plus its lane.
+    """
+    if not bins.size:
+        return np.zeros(table_size)
+    row_weights, col_weights = weights
+    height, width = label_map.shape
+    new_run = np.empty((height, width), bool)
+    new_run[:, 0] = True
+    np.not_equal(label_map[:, 1:], label_map[:, :-1], out=new_run[:, 1:])
+    starts = np.flatnonzero(new_run)
+    lengths = np.diff(np.append(starts, height * width))  # runs end at their row's end
+    row, col = np.divmod(starts, width)
+    col_edges = np.concatenate(([0], np.cumsum(col_weights)))
+    run_pixels = row_weights[row] * (col_edges[col + lengths] - col_edges[col])
+    return np.bincount(bins[starts] // lanes, weights=run_pixels, minlength=table_size)
+
+
+#: Accumulators per bin when every sum is exact: consecutive cells of one label then add into
+#: different accumulators, so the additions do not wait for each other (about 2x faster).
+_LANES = 4
+#: i % _LANES for a block of cells (a multiple of _LANES long)
+_LANE_OF = np.arange(1 << 15, dtype=np.intp) % _LANES
+
+
+def _sums_are_exact(confidence: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """Whether every float64 sum of ``confidence`` (times the cell weights) is exact, whatever
+    the order of the additions: then summing in lanes gives the bits of a sequential sum.
+
+    It is when the confidence is a binary float of p <= 24 significant bits, finite and
+    non-negative: every value (and every product with an integer weight below 2**(53 - p)) is a
+    multiple of ``step``, 2**(p - 1) times below the smallest non-zero value; every partial sum
+    is a multiple of ``step`` no larger than the total, ``max * pixels``; below ``2**53 * step``
+    all of them are representable. (Winner probabilities of <= ~1000 candidates at 1 Mpx are.)
+    """
+    if confidence.dtype not in (np.float16, np.float32) or not confidence.size:
+        return False
+    low, high = float(confidence.min()), float(confidence.max())
+    if not 0.0 <= low <= high < np.inf:
+        return False
+    if high == 0.0:
+        return True
+    if low == 0.0:
+        low = float(np.min(confidence, where=confidence > 0, initial=high))
+    significant = np.finfo(confidence.dtype).nmant + 1
+    step = 2.0 ** (np.frexp(low)[1] - significant)
+    pixels = confidence.size
+    if weights is not None:
+        rows, cols = weights
+        if float(rows.max()) * float(cols.max()) >= 2.0 ** (53 - significant):
+            return False
+        pixels = float(rows.sum()) * float(cols.sum())
+    return high * pixels < 2.0**53 * step
+
+
+def _lane_totals(per_lane: np.ndarray, lanes: int) -> np.ndarray:
+    """Per bin, the sum of its ``lanes`` accumulators (``per_lane`` is bin-major)."""
+    if lanes == 1:
+        return per_lane
+    return per_lane.reshape(-1, lanes).sum(axis=1)

@@ -34,6 +34,7 @@ class ImageRow(TypedDict):
     shard_id: str
     file_name: str
     retryable: bool | None
+    decode_scale: int | None
 
 
 class AnnotationRow(TypedDict):
@@ -83,37 +84,43 @@ def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
                     detail=redact_text(detail)[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
                     shard_id=shard_id, file_name=file_name or uri,
-                    retryable=is_retryable(reason))
+                    retryable=is_retryable(reason), decode_scale=None)
 
 
 def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: ImageLabels,
                  category_names: dict[int, str], provenance: Provenance, shard_id: str,
-                 file_name: str | None = None) -> tuple[ImageRow, list[AnnotationRow]]:
+                 file_name: str | None = None, decode_scale: int | None = None,
+                 ) -> tuple[ImageRow, list[AnnotationRow]]:
     """The image row and annotation rows of one labeled image.
 
     Args:
         uri, image_id: the image's manifest entry.
-        width, height: the decoded image's size (the label map is (height, width)).
+        width, height: the decoded image's size (the label map is (height, width)); a map held
+            at a label grid is encoded from the grid (no full-size map is built).
         labels: the method's labels; label k becomes annotation ``annotation_id(image_id, k)``.
             Labels covering no pixel get no annotation.
-        category_names: COCO category id -> name.
+        category_names: COCO category id -> name (the labels' own ``category_names`` win: a
+            method with open categories names them per image).
         provenance: recorded with every annotation.
         shard_id: the shard the image belongs to.
         file_name: the name relative to the image root (:mod:`labeler.output.names`); the URI
             when not given.
+        decode_scale: the factor the decoder reduced the stored image by before the method saw
+            it (:attr:`labeler.io.decode.DecodedImage.scale`); None when not known.
     """
     file_name = file_name or uri
-    masks = encode_label_map(labels.label_map, len(labels.category_ids))
+    masks = encode_label_map(labels.grid, len(labels.category_ids), labels.rows, labels.cols)
     annotations: list[AnnotationRow] = []
     name_scores = [None] * len(masks) if labels.name_scores is None else labels.name_scores
-    for label, (mask, category, score, name_score) in enumerate(
-        zip(masks, labels.category_ids, labels.scores, name_scores)
+    names = labels.category_names or [category_names[int(c)] for c in labels.category_ids]
+    for label, (mask, category, name, score, name_score) in enumerate(
+        zip(masks, labels.category_ids, names, labels.scores, name_scores)
     ):
         if mask.area == 0:
             continue
         annotations.append(AnnotationRow(
             id=annotation_id(image_id, label), image_id=image_id, category_id=int(category),
-            category_name=category_names[int(category)], segmentation_counts=mask.counts,
+            category_name=name, segmentation_counts=mask.counts,
             segmentation_size=[mask.height, mask.width], area=mask.area, bbox=mask.bbox,
             iscrowd=0, score=float(score), file_name=file_name, method=provenance.method,
             model=provenance.model, resource_digest=provenance.resource_digest,
@@ -122,5 +129,6 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
         ))
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
                      detail=None, width=width, height=height, n_annotations=len(annotations),
-                     shard_id=shard_id, file_name=file_name, retryable=None)
+                     shard_id=shard_id, file_name=file_name, retryable=None,
+                     decode_scale=decode_scale)
     return image, annotations

@@ -45,6 +45,11 @@ def part_stamp(output: Folder, relative: str) -> str | None:
     return _stamp(output.fs.info(output.path(relative)))
 
 
+def info_stamp(info: dict) -> str | None:
+    """The version stamp in one file's metadata (a HEAD's or a listing's)."""
+    return _stamp(info)
+
+
 def _stamp(info: dict) -> str | None:
     for key in _STAMP_KEYS:
         if info.get(key) is not None:

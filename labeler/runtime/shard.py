@@ -37,7 +37,6 @@ from labeler.io.policy import InputPolicy
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
-from labeler.methods.label_maps import resize_labels
 from labeler.output import schema
 from labeler.output.failures import (
     METHOD_ERROR,
@@ -88,8 +87,9 @@ def failed_row(entry: dict, reason: str, detail: str, shard_id: str) -> ImageRow
 class Batch:
     """Up to ``batch_size`` decoded images, plus the images that failed before the model."""
 
-    images: list[tuple[dict, np.ndarray, tuple[int, int]]] = field(default_factory=list)
-    """(entry, (h, w, 3) pixels, the stored image's (height, width)) per image."""
+    images: list[tuple[dict, np.ndarray, tuple[int, int], int]] = field(default_factory=list)
+    """(entry, (h, w, 3) pixels, the stored image's (height, width), the decode scale) per
+    image."""
     failures: list[tuple[dict, str, str]] = field(default_factory=list)
 
 
@@ -210,13 +210,58 @@ class _ShardRecords(logging.Filter):
         return self.shard_id is None or tag is None or tag == self.shard_id
 
 
+class _LevelHolds:
+    """Lowers a logger while captures need it; thread-safe and counted, so overlapping captures
+    (two shards in threads of one process, entering and leaving in any order) never leave it
+    changed.
+
+    The logger runs at the lowest level any open capture asked for, unless its own level is
+    already lower, and gets back the level it had before the first capture when the last ends.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._held: Counter[int] = Counter()
+        self._before = logging.NOTSET
+
+    @contextmanager
+    def hold(self, level: int) -> Iterator[None]:
+        with self._lock:
+            if not self._held:
+                self._before = self._logger.level
+            self._held[level] += 1
+            self._apply()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[level] -= 1
+                if not self._held[level]:
+                    del self._held[level]
+                self._apply()
+
+    def _apply(self) -> None:
+        """One ``setLevel`` (never a passing flip that would drop another capture's records)."""
+        target = self._before
+        if self._held:
+            parent = self._logger.parent
+            effective = self._before or (parent.getEffectiveLevel() if parent else logging.WARNING)
+            if effective > min(self._held):
+                target = min(self._held)
+        self._logger.setLevel(target)
+
+
+_OWN_LEVEL = _LevelHolds(logging.getLogger("labeler"))
+
+
 @contextmanager
 def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Iterator[io.StringIO]:
     """Collect the log records emitted (by any thread) while the block runs.
 
     Records of any library at WARNING and above are kept, and labeler's own from ``level`` (its
-    logger is lowered to ``level`` for the duration if needed). With ``shard_id``, records of
-    threads tagged for another shard (:func:`working_for`) are left out.
+    logger is lowered to ``level`` while any capture needs it: :class:`_LevelHolds`). With
+    ``shard_id``, records of threads tagged for another shard (:func:`working_for`) are left out.
     """
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
@@ -225,17 +270,14 @@ def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Itera
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     )
-    root, own = logging.getLogger(), logging.getLogger("labeler")
-    own_level = own.level
-    if own.getEffectiveLevel() > level:
-        own.setLevel(level)
-    root.addHandler(handler)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
-        own.setLevel(own_level)
-        handler.close()
+    root = logging.getLogger()
+    with _OWN_LEVEL.hold(level):
+        root.addHandler(handler)
+        try:
+            yield buffer
+        finally:
+            root.removeHandler(handler)
+            handler.close()
 
 
 @dataclass(frozen=True)
@@ -261,6 +303,9 @@ class ShardProcessor:
             pool encodes.
         batch_size: images per model call.
         max_pixels: decompression-bomb limit passed to the decoder.
+        decode_side: images are decoded down to this side (the method's input side:
+            :meth:`labeler.config.JobConfig.decode_side`); None: full size. Each image row
+            records the scale (``decode_scale``).
         run_id: recorded with every annotation.
         storage_options: fsspec options for reading inputs.
         worker: facts about the worker (host, pid, device) recorded in the shard's stats.
@@ -274,8 +319,9 @@ class ShardProcessor:
     def __init__(self, segmenter: Segmenter, batch_size: int, max_pixels: int | None, run_id: str,
                  storage_options: dict | None = None, worker: dict | None = None,
                  postprocess_threads: int = 1, policy: InputPolicy | None = None,
-                 life: LifeSigns | None = None) -> None:
+                 life: LifeSigns | None = None, decode_side: int | None = None) -> None:
         self.segmenter = segmenter
+        self.decode_side = decode_side
         self.life = life
         self.policy = policy
         self.batch_size = batch_size
@@ -380,6 +426,7 @@ class ShardProcessor:
                          "wait_model": round(wait_model, 4),
                          "wait_postprocess": round(results.waited, 4)},
             "worker": self.worker,
+            "decode_side": self.decode_side,
         }
 
     @staticmethod
@@ -418,14 +465,14 @@ class ShardProcessor:
             try:
                 options = {"max_pixels": self.max_pixels} if self.max_pixels else {}
                 decoded = decode_image(data, max_decoded_pixels=DEFAULT_MAX_DECODED_PIXELS,
-                                       **options)
+                                       needed_side=self.decode_side, **options)
             except ImageDecodeError as error:
                 batch.failures.append((entry, error.reason, error.detail))
                 continue
             finally:
                 timings["decode"] += time.perf_counter() - decode_started
-            batch.images.append(
-                (entry, decoded.pixels, (decoded.original_height, decoded.original_width)))
+            batch.images.append((entry, decoded.pixels,
+                                 (decoded.original_height, decoded.original_width), decoded.scale))
             if len(batch.images) == self.batch_size:
                 yield batch
                 batch = Batch()
@@ -433,20 +480,20 @@ class ShardProcessor:
             yield batch
 
     # -- the model -----------------------------------------------------------------------
-    def _label_batch(self, batch: list[tuple[dict, np.ndarray, tuple[int, int]]],
+    def _label_batch(self, batch: list[tuple[dict, np.ndarray, tuple[int, int], int]],
                      results: OrderedResults, shard_id: str, timings: dict) -> None:
         """Run the model on a batch and hand each image's output to the pool, in order."""
-        images = [pixels for _, pixels, _ in batch]
+        images = [pixels for _, pixels, _, _ in batch]
         started = time.perf_counter()
         outcomes = self._label_isolating(images)
         timings["label"] += time.perf_counter() - started
-        for (entry, pixels, stored), outcome in zip(batch, outcomes):
+        for (entry, pixels, stored, scale), outcome in zip(batch, outcomes):
             if isinstance(outcome, ImageFailure):
                 results.put(_Finished(failed_row(entry, outcome.reason, outcome.detail, shard_id),
                                       []))
             else:
-                results.submit(self._finish_image, entry, pixels.shape[:2], stored, outcome,
-                               shard_id)
+                results.submit(self._finish_image, entry, pixels.shape[:2], stored, scale,
+                               outcome, shard_id)
 
     def _label_isolating(self, images: list[np.ndarray]) -> list:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
@@ -488,26 +535,26 @@ class ShardProcessor:
         return self._label_splitting(images[:half]) + self._label_splitting(images[half:])
 
     # -- after the model (runs on the post-processing pool) ------------------------------
-    def _finish_image(self, entry: dict, decoded: tuple[int, int], stored: tuple[int, int], raw,
-                      shard_id: str) -> _Finished:
+    def _finish_image(self, entry: dict, decoded: tuple[int, int], stored: tuple[int, int],
+                      scale: int, raw, shard_id: str) -> _Finished:
         """The host step of one image: its labels from the model's output, then its rows; an
         error here is the image's ``postprocess_error`` row.
 
         Labels come at the ``decoded`` (height, width); an image the decoder downscaled has its
-        map scaled back (nearest) to the ``stored`` size, in the narrowest integer type.
+        map scaled back (nearest) to the ``stored`` size as index maps over the label grid
+        (:meth:`~labeler.methods.base.ImageLabels.resized`): no full-size map is built, the
+        encoder reads the grid.
         """
         started = time.perf_counter()
         height, width = stored
         with working_for(shard_id):
             try:
                 labels = self.segmenter.finish(raw) if self.two_step else raw
-                if labels.label_map.shape != decoded:
-                    raise ValueError(f"label map {labels.label_map.shape} for an image of "
-                                     f"{decoded}")
-                if decoded != stored:
-                    small = _narrow(labels.label_map, len(labels.category_ids))
-                    labels = dataclasses.replace(labels, label_map=resize_labels(small, height, width))
-                image, annotations = self._labeled_rows(entry, height, width, labels, shard_id)
+                if labels.shape != decoded:
+                    raise ValueError(f"label map {labels.shape} for an image of {decoded}")
+                labels = labels.resized(height, width)
+                image, annotations = self._labeled_rows(entry, height, width, labels, shard_id,
+                                                        scale)
             except Exception as error:  # noqa: BLE001 - becomes the image's failure row
                 logger.warning("post-processing failed on %s: %s", entry["uri"], error)
                 detail = f"{type(error).__name__}: {error}"
@@ -516,9 +563,10 @@ class ShardProcessor:
         return _Finished(image, annotations, time.perf_counter() - started)
 
     def _labeled_rows(self, entry: dict, height: int, width: int, labels: ImageLabels,
-                      shard_id: str) -> tuple[ImageRow, list[AnnotationRow]]:
+                      shard_id: str, decode_scale: int) -> tuple[ImageRow, list[AnnotationRow]]:
         return labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
-                            self.category_names, self.provenance, shard_id, entry.get("file_name"))
+                            self.category_names, self.provenance, shard_id, entry.get("file_name"),
+                            decode_scale)
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
     """Write the shard's log; a storage error here must not hide the shard's own outcome."""
@@ -531,12 +579,3 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
 def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
     after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
-
-
-def _narrow(label_map: np.ndarray, n_labels: int) -> np.ndarray:
-    """An (H, W) label map (-1 for none) in int8/int16 when its labels fit: a quarter or half
-    of the memory once scaled up to a huge image's size."""
-    for dtype in (np.int8, np.int16):
-        if n_labels <= np.iinfo(dtype).max:
-            return label_map.astype(dtype, copy=False)
-    return label_map

@@ -34,6 +34,7 @@ class ImageRow(TypedDict):
     shard_id: str
     file_name: str
     retryable: bool | None
+    input_identity: str | None
 
 
 class AnnotationRow(TypedDict):
@@ -73,22 +74,25 @@ def annotation_id(image_id: int, label: int) -> int:
 
 
 def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id: str,
-                     file_name: str | None = None) -> ImageRow:
+                     file_name: str | None = None,
+                     input_identity: str | None = None) -> ImageRow:
     """The row of an image that produced no labels, with its machine-readable ``reason``.
 
     ``file_name`` is the name relative to the image root (:mod:`labeler.output.names`);
-    the URI when not given. Credentials in ``detail`` (an error that quotes the URL it read)
-    are redacted.
+    the URI when not given. ``input_identity``: the identity of the bytes read
+    (:mod:`labeler.io.identity`), None when nothing was read. Credentials in ``detail`` (an
+    error that quotes the URL it read) are redacted.
     """
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
                     detail=redact_text(detail)[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
                     shard_id=shard_id, file_name=file_name or uri,
-                    retryable=is_retryable(reason))
+                    retryable=is_retryable(reason), input_identity=input_identity)
 
 
 def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: ImageLabels,
                  category_names: dict[int, str], provenance: Provenance, shard_id: str,
-                 file_name: str | None = None) -> tuple[ImageRow, list[AnnotationRow]]:
+                 file_name: str | None = None,
+                 input_identity: str | None = None) -> tuple[ImageRow, list[AnnotationRow]]:
     """The image row and annotation rows of one labeled image.
 
     Args:
@@ -101,6 +105,7 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
         shard_id: the shard the image belongs to.
         file_name: the name relative to the image root (:mod:`labeler.output.names`); the URI
             when not given.
+        input_identity: the identity of the bytes labeled (:mod:`labeler.io.identity`).
     """
     file_name = file_name or uri
     masks = encode_label_map(labels.label_map, len(labels.category_ids))
@@ -122,5 +127,6 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
         ))
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
                      detail=None, width=width, height=height, n_annotations=len(annotations),
-                     shard_id=shard_id, file_name=file_name, retryable=None)
+                     shard_id=shard_id, file_name=file_name, retryable=None,
+                     input_identity=input_identity)
     return image, annotations

@@ -24,6 +24,9 @@ IMAGES = pa.schema(
         # failed rows: whether a re-run may label the image (labeler.output.failures); null
         # for labeled rows and for parts written before the column existed
         ("retryable", pa.bool_()),
+        # which version of the input was read (labeler.io.identity: etag:..., mtime:...:size:...,
+        # sha256:...); null when it could not be read, and for parts written before the column
+        ("input_identity", pa.string()),
     ]
 )
 

@@ -36,6 +36,7 @@ TESTS=(
   tests/test_input_policy.py::test_refused_manifest_entries_are_failed_images_never_read
   tests/test_malformed_sets.py::test_slime_info_refuses_a_malformed_set_in_one_line
   tests/test_malformed_sets.py::test_run_refuses_a_malformed_set_before_anything_is_written
+  tests/test_input_identity.py::test_an_input_replaced_between_plan_and_read_is_recorded_and_relabeled_once_restored
 )
 
 LOAD_PIDS=()

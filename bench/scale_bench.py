@@ -10,13 +10,20 @@ child process, so its time and peak RSS are its own:
   URIs listed again against the plan);
 * ``merge``: ``merge_outputs`` (images.parquet, annotations/ copies, the COCO files from the
   committed fragments), default ``coco_max_annotations``;
-* ``status``: ``labeler status`` (sizes and stamps, no hashing);
+* ``status``: ``labeler status`` (sizes and stamps, no hashing; the stats from the roll-ups the
+  driver writes, :mod:`labeler.runtime.rollup`);
 * ``verify``: ``labeler verify`` with ``--processes`` processes; RSS is the driver's, and
   ``children_peak_rss_mb`` the largest verifying process;
 * ``export``: ``labeler export --format coco-rle``;
 * ``load``: a consumer: ``pycocotools.coco.COCO`` on the run's first COCO file.
 
 ``--plan-only`` sizes get the plan and resume steps only (no parts: disk stays small).
+``--work DIR --keep`` keeps each committed run under ``DIR/run-N``; a later call with the same
+``--work`` reuses it (no plan, no resume, no synthesis: only the other ``--steps`` are measured),
+e.g. the verify of a 1M-annotation run alone::
+
+    python bench/scale_bench.py --images 40000 --work /tmp/bench --keep --steps merge
+    python bench/scale_bench.py --images 40000 --work /tmp/bench --keep --steps verify
 
     python bench/scale_bench.py --images 10000,100000 --plan-only 1000000
 
@@ -120,6 +127,10 @@ def _child(args: argparse.Namespace) -> None:
                       "peak_rss_mb": _peak_rss_mb(), **found}))
 
 
+#: Written beside a run whose every shard is committed (``--keep``: the run is reused).
+COMMITTED = "bench-committed.json"
+
+
 def _commit_all(out: str) -> int:
     """Commit every planned shard with synthetic labels; returns the annotations."""
     from labeler.io.folders import Folder
@@ -130,7 +141,21 @@ def _commit_all(out: str) -> int:
     pool = mask_pool()
     for shard in run.read_plan()["shards"]:
         commit_synthetic_shard(run, shard["shard_id"], pool)
-    return sum(run.read_stats(s["shard_id"])["annotations"] for s in run.read_plan()["shards"])
+    annotations = sum(run.read_stats(s["shard_id"])["annotations"]
+                      for s in run.read_plan()["shards"])
+    _roll_up(out)
+    Path(out, COMMITTED).write_text(json.dumps({"annotations": annotations}))
+    return annotations
+
+
+def _roll_up(out: str) -> None:
+    """Write the stats roll-ups the driver writes as shards are done (those missing)."""
+    from labeler.io.folders import Folder
+    from labeler.runtime.rollup import RollUpWriter
+    from labeler.runtime.run_folder import RunFolder
+
+    run = RunFolder(Folder(out))
+    RollUpWriter(run, run.read_plan()["shards"], run.done_shards()).fill()
 
 
 def main() -> None:
@@ -142,6 +167,8 @@ def main() -> None:
     parser.add_argument("--steps", default=",".join(STEPS),
                         help="the steps for --images sizes (plan always runs)")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the runs under --work (and reuse those already there)")
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,6 +185,10 @@ def main() -> None:
     for n_images, wanted in sizes:
         out = str(work / f"run-{n_images}")
         steps[str(n_images)] = {}
+        if args.keep and Path(out, COMMITTED).exists():
+            annotations[str(n_images)] = json.loads(Path(out, COMMITTED).read_text())["annotations"]
+            _roll_up(out)  # a run kept by an older bench
+            wanted = tuple(step for step in wanted if step in NEEDS_PARTS)
         for step in wanted:
             if step in NEEDS_PARTS and str(n_images) not in annotations:
                 annotations[str(n_images)] = _commit_all(out)  # after plan and resume
@@ -165,8 +196,9 @@ def main() -> None:
                                                   args.processes)
             print(n_images, step, json.dumps(steps[str(n_images)][step]), file=sys.stderr,
                   flush=True)
-        shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out + ".export", ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({"steps": steps, "annotations": annotations, "shard_size": args.shard_size,
                       "load_average": [round(x, 1) for x in os.getloadavg()],
                       "cpus": os.cpu_count()}))

@@ -32,10 +32,15 @@ TESTS=(
   tests/test_memory_bounds.py::test_a_large_image_is_downscaled_while_decoding_to_the_bound
   tests/test_memory_bounds.py::test_an_ico_decompression_bomb_named_png_is_too_many_pixels
   tests/test_memory_bounds.py::test_labels_of_a_downscaled_image_are_reported_at_its_stored_size
+  tests/test_memory_bounds.py::test_decoding_wide_inputs_stays_within_the_stated_memory_bound
+  tests/test_decode.py::test_a_jpeg_header_claiming_more_than_its_data_fill_is_truncated
   tests/test_input_policy.py::test_a_symlink_out_of_the_input_folder_is_outside_it
   tests/test_input_policy.py::test_refused_manifest_entries_are_failed_images_never_read
   tests/test_malformed_sets.py::test_slime_info_refuses_a_malformed_set_in_one_line
   tests/test_malformed_sets.py::test_run_refuses_a_malformed_set_before_anything_is_written
+  tests/test_checkpoint_headers.py
+  tests/test_capture_log.py
+  tests/test_export_long_names.py
   tests/test_input_identity.py::test_an_input_replaced_between_plan_and_read_is_recorded_and_relabeled_once_restored
 )
 

@@ -404,6 +404,35 @@ def test_truncated_jpeg_never_returns_gray_fill() -> None:
         assert info.value.reason in {"truncated", "decode_error"}
 
 
+def _with_frame_size(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header (SOF) declares another size; its data are unchanged."""
+    out, pos = bytearray(data), 2
+    while out[pos + 1] not in (0xC0, 0xC1, 0xC2):
+        pos += 2 + int.from_bytes(out[pos + 2: pos + 4], "big")
+    out[pos + 5: pos + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(out)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_header_claiming_more_than_its_data_fill_is_truncated(progressive: bool) -> None:
+    """The fault: 9000x9000 declared over 64x64 of data decoded "ok" as grey and was labeled."""
+    small = encode(Image.fromarray(noise(64, 64)), "JPEG", progressive=progressive)
+    assert decode_image(small).width == 64
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(_with_frame_size(small, 9000, 9000), max_decoded_pixels=4096 * 4096)
+    assert info.value.reason == "truncated"
+    assert "9000x9000" in info.value.detail
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("options", [{}, {"optimize": True}, {"progressive": True, "optimize": True},
+                                     {"subsampling": 0}])
+def test_jpegs_that_spend_little_on_each_block_still_decode(mode: str, options: dict) -> None:
+    """A flat image costs a Huffman-coded JPEG about one bit per block: the bound is not hit."""
+    data = encode(Image.new(mode, (1600, 1200), 40), "JPEG", **options)
+    assert decode_image(data).pixels.shape == (1200, 1600, 3)
+
+
 def test_corrupt_png_crc_is_decode_error() -> None:
     data = bytearray(encode(Image.fromarray(noise()), "PNG"))
     data[20] ^= 0xFF  # inside IHDR: its CRC no longer matches

@@ -25,7 +25,7 @@ def _cli(*args: str) -> int:
 def test_a_named_run_writes_names_everywhere(tmp_path, labeler_cache):
     photos = tmp_path / "photos"
     photos.mkdir()
-    image, _ = colour_world(np.random.default_rng(3), np.array(list(COLOUR_NAMES.values())), 128)
+    image, colour = colour_world(np.random.default_rng(3), np.array(list(COLOUR_NAMES.values())), 128)
     Image.fromarray(image).save(photos / "a.png")
     output = tmp_path / "out"
     vocabulary = ",".join(COLOUR_NAMES)
@@ -52,3 +52,17 @@ def test_a_named_run_writes_names_everywhere(tmp_path, labeler_cache):
     assert labels and labels <= {*COLOUR_NAMES, "segment"}
     config = (export / "labeling_config.xml").read_text()
     assert all(f'value="{name}"' in config for name in COLOUR_NAMES)
+
+    # labeler eval picks the semantic protocols and matches the names to the classes by name
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    Image.fromarray((colour + 1).astype(np.uint8)).save(truth / "a.png")
+    (truth / "classes.txt").write_text("\n".join(["background", *COLOUR_NAMES]) + "\n")
+    assert _cli("eval", "--pred", str(output), "--gt", str(truth)) == 0
+    report = json.loads((output / "eval" / "eval.json").read_text())
+    assert list(report["protocols"]) == ["miou", "slime"]
+    assert report["class_mapping"]["categories"] == {name: name for name in COLOUR_NAMES}
+    assert report["class_mapping"]["unnamed"] == ["segment"]
+    miou = report["protocols"]["miou"]  # measured: 0.86, per colour 0.78-0.95 (boundaries)
+    assert miou["mIoU"] >= 0.75, miou
+    assert all(c["iou"] >= 0.7 for c in miou["per_class"].values() if c["gt_pixels"]), miou

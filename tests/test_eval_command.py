@@ -26,6 +26,7 @@ from _output_fixture import (
 )
 
 from labeler.eval import command as eval_command
+from labeler.eval.evaluate import EvalOptions, evaluate
 
 
 def run_cli(argv: list[str]) -> int:
@@ -197,6 +198,60 @@ def test_eval_refuses_semantic_protocol_on_segments(tmp_path, capsys):
     out, gt = build_diffseg_case(str(tmp_path))
     assert run_cli(["eval", "--pred", out, "--gt", gt, "--protocol", "miou"]) == 2
     assert "class-agnostic" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# A named DiffSeg run (categories red, blue, then segment for what no name explains), K = 3.
+#   gt [[0 0 1 1], [2 2 0 0]] (background, red, blue); segments [[0 0 1 1], [2 2 3 3]] named
+#   segment, red, blue, red. Unnamed pixels count as unannotated:
+#   background: pred [[0 0 1 1], [2 2 1 1]] -> IoU [2/4, 2/4, 2/2], mIoU 2/3, pixel acc 6/8
+#   void:       background gets no TP      -> IoU [0, 2/4, 1], mIoU 1/2
+#   segments (class-agnostic): Hungarian matches 3 of the 4 segments, TP 6 of 8 -> acc 0.75
+NAMED_GT = np.array([[0, 0, 1, 1], [2, 2, 0, 0]], np.uint8)
+NAMED_SEGMENTS = np.array([[0, 0, 1, 1], [2, 2, 3, 3]])
+NAMED_CATEGORIES = [{"id": 1, "name": "red", "supercategory": "name"},
+                    {"id": 2, "name": "blue", "supercategory": "name"},
+                    {"id": 3, "name": "segment", "supercategory": "segment"}]
+
+
+def build_named_case(root: str, unnamed: str = "segment") -> tuple[str, str]:
+    names = [3, 1, 2, 1]  # category of segments 0..3
+    masks = [(names[s], NAMED_SEGMENTS == s, 0.9) for s in range(4)
+             if unnamed == "segment" or names[s] != 3]
+    categories = NAMED_CATEGORIES if unnamed == "segment" else NAMED_CATEGORIES[:2]
+    write_output(root, [FixtureImage("A", rgb(2, 4, 1), masks)], categories)
+    write_label_maps(root + "/gt", {"A": NAMED_GT}, ["background", "red", "blue"])
+    return root + "/out", root + "/gt"
+
+
+@pytest.mark.parametrize("unnamed", ["segment", "drop"])
+def test_eval_named_diffseg_run_scores_names_semantically(tmp_path, unnamed):
+    out, gt = build_named_case(str(tmp_path), unnamed)
+    assert run_cli(["eval", "--pred", out, "--gt", gt]) == 0
+    report = json.loads((tmp_path / "out" / "eval" / "eval.json").read_text())
+    assert report["prediction_kind"] == "classes"
+    assert list(report["protocols"]) == ["miou", "slime"]
+    mapping = report["class_mapping"]
+    assert mapping["categories"] == {"red": "red", "blue": "blue"}
+    assert mapping["unmapped"] == [] and report["warnings"] == []
+    assert mapping["unnamed"] == (["segment"] if unnamed == "segment" else [])
+    miou = report["protocols"]["miou"]
+    assert [miou["per_class"][c]["iou"] for c in ("background", "red", "blue")] == pytest.approx(
+        [1 / 2, 1 / 2, 1])
+    assert miou["mIoU"] == pytest.approx(2 / 3) and miou["pixel_accuracy"] == pytest.approx(6 / 8)
+    markdown = (tmp_path / "out" / "eval" / "eval.md").read_text()
+    assert ("unnamed segments (scored as unannotated): segment" in markdown) == (unnamed == "segment")
+
+
+def test_eval_named_diffseg_unnamed_as_void_and_class_agnostic(tmp_path):
+    out, gt = build_named_case(str(tmp_path))
+    assert run_cli(["eval", "--pred", out, "--gt", gt, "--unannotated", "void", "--no-files"]) == 0
+    report = evaluate(out, gt, EvalOptions(unannotated="void"))
+    assert [report["protocols"]["miou"]["per_class"][c]["iou"]
+            for c in ("background", "red", "blue")] == pytest.approx([0, 1 / 2, 1])
+    segments = evaluate(out, gt, EvalOptions(pred_kind="segments"))
+    assert list(segments["protocols"]) == ["hungarian", "hungarian-dataset"]
+    assert segments["protocols"]["hungarian"]["pixel_accuracy"] == pytest.approx(0.75)
 
 
 def test_eval_reports_unpairable_inputs(tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import struct
 import subprocess
 import sys
 import zlib
@@ -17,7 +19,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from labeler.io.decode import decode_image
+import labeler
+from labeler.io.decode import DEFAULT_MAX_DECODED_PIXELS, decode_image
 from labeler.io.folders import Folder
 from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.runtime import shard as shard_module
@@ -90,6 +93,66 @@ def test_an_ico_decompression_bomb_named_png_is_too_many_pixels():
     with pytest.raises(Exception) as raised:
         decode_image(directory + entry + bytes(header))
     assert getattr(raised.value, "reason", None) == "too_many_pixels"
+
+
+def _flat_png(side: int, bit_depth: int, color_type: int, channels: int) -> bytes:
+    """A side x side PNG of zeros, compressed row by row: a few hundred KB on disk whatever
+    its decoded size."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = (b"\x00" + bytes(side * channels * bit_depth // 8)) * 64
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(rows[: (min(64, side - top)) * len(rows) // 64])
+                    for top in range(0, side, 64)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
+            + chunk(b"IEND", b""))
+
+
+def _flat_tiff(side: int, mode: str) -> bytes:
+    return _encoded(Image.new(mode, (side, side), 0.5 if mode == "F" else 300), "TIFF",
+                    compression="tiff_adobe_deflate")
+
+
+_PEAK = """
+import sys
+from labeler.io.decode import DEFAULT_MAX_DECODED_PIXELS, decode_image
+
+def high_water():  # this process image's peak resident memory (ru_maxrss counts the parent's)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+data = open(sys.argv[1], "rb").read()
+before = high_water()
+decoded = decode_image(data, max_decoded_pixels=DEFAULT_MAX_DECODED_PIXELS)
+print(decoded.width * decoded.height, high_water() - before)
+"""
+
+#: The bound documented in labeler/io/decode.py ("Memory bound"): Pillow's buffer of the stored
+#: pixels (bytes per pixel of the mode it holds), 16 bytes per decoded pixel, one strip.
+_BYTES_PER_DECODED_PIXEL, _STRIP_BYTES = 16, 32 * 2**20
+
+
+@pytest.mark.parametrize(("name", "make", "held_bytes"), [
+    ("16-bit gray PNG, 9400x9400 (took 953 MB)", lambda: _flat_png(9400, 16, 0, 1), 2),
+    ("16-bit gray+alpha PNG, 4500x4500", lambda: _flat_png(4500, 16, 4, 2), 4),
+    ("32-bit float TIFF, 4096x4096 (took 513 MB)", lambda: _flat_tiff(4096, "F"), 4),
+])
+def test_decoding_wide_inputs_stays_within_the_stated_memory_bound(tmp_path, name, make, held_bytes):
+    """Measured as the peak resident memory a fresh process gains while decoding the file."""
+    path = tmp_path / "image"
+    data = make()
+    path.write_bytes(data)
+    assert len(data) < 2_000_000  # small on disk
+    stored = Image.open(io.BytesIO(data)).size
+    result = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
+                            text=True, check=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(labeler.__file__).parents[1])})
+    decoded, peak = map(int, result.stdout.split())
+    assert decoded <= DEFAULT_MAX_DECODED_PIXELS
+    bound = held_bytes * stored[0] * stored[1] + _BYTES_PER_DECODED_PIXEL * decoded + _STRIP_BYTES
+    assert peak <= bound, f"{name}: {peak / 2**20:.0f} MB > {bound / 2**20:.0f} MB"
 
 
 class HalvesSegmenter:

@@ -63,8 +63,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--pred-kind",
         choices=("auto", "segments", "classes"),
         default="auto",
-        help="segments = class-agnostic (DiffSeg), classes = class-aware (SLiMe); auto: segments when the "
-        "only category is 'segment'",
+        help="segments = class-agnostic (DiffSeg), classes = class-aware (SLiMe, DiffSeg with names: "
+        "its unnamed 'segment's count as unannotated); auto: segments when the only category is "
+        "'segment'",
     )
     p.add_argument(
         "--class-match",

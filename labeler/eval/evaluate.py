@@ -12,6 +12,11 @@ Protocols (names accepted by ``--protocol``):
 ``hungarian,hungarian-dataset`` for class-agnostic ones, plus ``coco-ap`` when the ground truth
 is a COCO file. ``all`` selects every protocol applicable to the inputs.
 
+A DiffSeg run with ``names`` is class-aware (its categories are the names), so it gets the
+semantic protocols, its names matched to the ground-truth classes; its ``segment`` category
+(segments no name explains) counts as unannotated (``ClassMapping.unnamed``). ``pred_kind =
+"segments"`` scores the same output class-agnostically (Hungarian over its segments).
+
 COCO ground truth holds instances: ``hungarian`` matches each GT instance (not each class) to a
 segment, so an output scored against its own ``coco.json`` gets 100. ``hungarian-dataset`` does
 not apply to class-agnostic predictions with COCO ground truth (neither segment nor instance
@@ -318,6 +323,7 @@ def evaluate(
                 for cid, idx in sorted(mapping.category_to_class.items())
             },
             "unmapped": mapping.unmapped,
+            "unnamed": sorted(str(preds.categories[cid].get("name", cid)) for cid in mapping.unnamed),
         },
         "images": {
             "evaluated": len(pairing.pairs),

@@ -17,7 +17,8 @@ Prediction side (an output folder, any fsspec URI):
   - classes: the label is the ground-truth class index the category maps to (see
     ``build_class_mapping``). Unannotated pixels are background (SLiMe writes no background
     annotation) unless ``unannotated="void"``. Categories with no ground-truth counterpart are
-    painted ``VOID``.
+    painted ``VOID``. A named DiffSeg run's ``segment`` category (the segments no name explains)
+    is *unnamed*: its annotations are not painted, so their pixels count as unannotated.
 
 Ground-truth side (``load_ground_truth``):
 
@@ -66,6 +67,9 @@ IGNORE = -1
 """Value of ignored ground-truth pixels after loading (255 and negative values become this)."""
 
 CLASSES_FILES = ("classes.txt", "classes.json")
+UNNAMED = "segment"
+"""Name of the category of a named DiffSeg run's segments that no name explains (and of every
+segment of a class-agnostic run)."""
 LABEL_MAP_EXTENSIONS = (".png", ".npy")
 
 
@@ -152,7 +156,7 @@ class Predictions:
     def is_class_agnostic(self) -> bool:
         """True for DiffSeg-style outputs: exactly one category, named ``segment``."""
         cats = list(self.categories.values())
-        return len(cats) == 1 and str(cats[0].get("name", "")).strip().lower() == "segment"
+        return len(cats) == 1 and _norm(cats[0].get("name", "")) == UNNAMED
 
     def annotated(self, image_ids: Iterable[int]) -> Iterator[PredImage]:
         """The labeled images among ``image_ids`` with their COCO annotations (ascending ``id``),
@@ -232,7 +236,8 @@ def rasterize_segments(image: PredImage) -> np.ndarray:
 
 
 def rasterize_classes(
-    image: PredImage, category_to_class: dict[int, int], background: int | None
+    image: PredImage, category_to_class: dict[int, int], background: int | None,
+    unnamed: frozenset[int] = frozenset(),
 ) -> np.ndarray:
     """Class-index label map (int32, original size) of a class-aware prediction.
 
@@ -241,11 +246,14 @@ def rasterize_classes(
         category_to_class: predicted category id -> ground-truth class index; categories not in
             it are painted ``VOID``.
         background: class index of unannotated pixels, or None to leave them ``VOID``.
+        unnamed: category ids whose annotations are not painted (their pixels stay unannotated).
     """
     fill = VOID if background is None else background
     labels = np.full((image.height, image.width), fill, dtype=np.int32)
     for index in _paint_order(image.annotations):
         ann = image.annotations[index]
+        if int(ann["category_id"]) in unnamed:
+            continue
         mask = decode_segmentation(ann["segmentation"], image.height, image.width)
         labels[mask] = category_to_class.get(int(ann["category_id"]), VOID)
     return labels
@@ -591,6 +599,9 @@ class ClassMapping:
     category_to_class: dict[int, int]
     unmapped: list[str]
     """Predicted categories without a ground-truth class (their pixels count as void)."""
+    unnamed: frozenset[int] = frozenset()
+    """Ids of the ``segment`` category of a named DiffSeg run (segments no name explains): their
+    pixels count as unannotated (background, or void with ``--unannotated void``)."""
 
 
 def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto") -> ClassMapping:
@@ -603,21 +614,30 @@ def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto")
     * ``auto``: ``name`` when the ground truth has class names (COCO always; label maps with a
       classes file or ``--classes``), else ``id``.
 
-    Raises ``EvalInputError`` when the name rule matches no category at all.
+    Under either rule a category named ``segment`` (:data:`UNNAMED`) that matches no
+    ground-truth class by name is *unnamed* (``ClassMapping.unnamed``): a named DiffSeg run's
+    segments that no name explains, scored as unannotated pixels, never as a class.
+
+    Raises ``EvalInputError`` when the name rule maps no category (``segment`` aside) to a class.
     """
     if rule == "auto":
         rule = "name" if gt.classes is not None else "id"
     mapping: dict[int, int] = {}
     unmapped: list[str] = []
+    by_name: dict[str, int] = {}
+    for index, name in enumerate(gt.classes or []):
+        by_name.setdefault(_norm(name), index)
+    unnamed = frozenset(
+        cid for cid, cat in preds.categories.items()
+        if _norm(cat.get("name", "")) == UNNAMED and UNNAMED not in by_name
+    )
+    named = {cid: cat for cid, cat in sorted(preds.categories.items()) if cid not in unnamed}
     if rule == "name":
         if gt.classes is None:
             raise EvalInputError(
                 "--class-match name needs class names: pass --classes or add classes.txt to the GT folder"
             )
-        by_name = {}
-        for index, name in enumerate(gt.classes):
-            by_name.setdefault(_norm(name), index)
-        for cid, cat in sorted(preds.categories.items()):
+        for cid, cat in named.items():
             index = by_name.get(_norm(cat.get("name", "")))
             if index is None:
                 unmapped.append(str(cat.get("name", cid)))
@@ -630,7 +650,7 @@ def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto")
                 f"ground truth: {gt.classes[:10]}); use --class-match id or --classes"
             )
     elif rule == "id":
-        for cid, cat in sorted(preds.categories.items()):
+        for cid, cat in named.items():
             if gt.kind == "coco":
                 index = gt.category_to_class.get(cid)
             else:
@@ -641,7 +661,7 @@ def build_class_mapping(preds: Predictions, gt: GroundTruth, rule: str = "auto")
                 mapping[cid] = index
     else:
         raise EvalInputError(f"unknown --class-match rule {rule!r}")
-    return ClassMapping(rule=rule, category_to_class=mapping, unmapped=unmapped)
+    return ClassMapping(rule=rule, category_to_class=mapping, unmapped=unmapped, unnamed=unnamed)
 
 
 @dataclass
@@ -690,6 +710,7 @@ def iter_pairs(
         else:
             assert mapping is not None
             background = gt.background if unannotated == "background" else None
-            pred_labels = rasterize_classes(image, mapping.category_to_class, background)
+            pred_labels = rasterize_classes(image, mapping.category_to_class, background,
+                                            mapping.unnamed)
         pred_labels = resize_nearest(pred_labels, *gt_labels.shape)
         yield EvalPair(image_id, gt_labels, pred_labels, gt_instances, instance_class)

@@ -154,6 +154,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- category mapping ({mapping['rule']}): {pairs or 'none'}")
         if mapping["unmapped"]:
             lines.append(f"- unmapped categories: {', '.join(mapping['unmapped'])}")
+        if mapping.get("unnamed"):
+            lines.append(f"- unnamed segments (scored as unannotated): {', '.join(mapping['unnamed'])}")
     lines += [f"- {_images_line(report)}", "", "## Summary (percent)", ""]
     lines.append(_md_table(["protocol", "mIoU", "pixel acc", "other"], summary_rows(report)))
     headers, rows = class_rows(report)

@@ -25,7 +25,8 @@ Policies (documented choices)
 * **32-bit integer** (``I``) and **32-bit float** (``F``) have no fixed range, so a documented
   heuristic is used: integers within 0..255 are taken as is, within 0..65535 scaled like 16-bit,
   otherwise min-max normalised; floats within 0..1 are multiplied by 255, within 0..255 taken as
-  is, otherwise min-max normalised. NaN becomes 0, +/-inf are clipped to the finite range.
+  is, otherwise min-max normalised. NaN becomes 0, +/-inf are clipped to the finite range. A
+  reduced image (below) is reduced first and the rule applied to its box means.
 * **CMYK** JPEGs (Adobe inverted ones included) are converted with their embedded ICC profile
   when there is one (LittleCMS via ``PIL.ImageCms``), else with Pillow's naive formula. ICC
   profiles of RGB images are not applied (colour accuracy does not change segmentation).
@@ -45,14 +46,31 @@ Policies (documented choices)
 * **Memory bound.** With ``max_decoded_pixels`` (the runtime passes
   :data:`DEFAULT_MAX_DECODED_PIXELS`, 16.8 Mpx) a larger image is downscaled while it is decoded:
   a JPEG through Pillow's ``draft`` (the decoder itself works at 1/2, 1/4 or 1/8 scale), any
-  other format by an integer box ``reduce`` right after its pixel data is read, before the RGB
-  conversion. One image then holds at most Pillow's buffer of the stored pixels (bounded by
-  ``max_pixels``) while decoding and at most ``max_decoded_pixels`` afterwards.
+  other format by an integer box reduce right after its pixel data is read, strip by strip
+  (about 1 Mpx a strip), before the conversion to RGB. The peak memory of one decode is then at
+  most Pillow's buffer of the stored pixels (a JPEG's: of the drafted ones), ``B`` bytes per
+  pixel of the mode Pillow holds, plus 16 bytes per decoded pixel (the reduced image and its
+  conversion to 8-bit RGB, alpha composited on white), plus one strip's working set (< 32 MB).
+  ``B`` is 1 for bilevel, ``L`` and ``P``; 2 for 16-bit gray (``I;16``); 4 for every other mode:
+  ``RGB`` (Pillow pads it to 4 bytes), ``RGBA``, ``CMYK``, 32-bit ``I`` and ``F``, and 16-bit
+  RGB(A) and gray+alpha PNGs, which Pillow holds at 8 bits per channel. So with the defaults one
+  image peaks below 4 x 89.5 Mpx + 16 x 16.8 Mpx + 32 MB = 0.66 GB whatever its mode (a 16-bit
+  9400x9400 PNG: 0.21 GB measured; 8-bit gray: 0.19 GB) and holds at most 50 MB (RGB) after.
   ``original_width``/``original_height`` keep the upright stored size, at which labels are
   reported.
+* **Decoding what the consumer needs.** With ``needed_side`` (the side a method resizes to;
+  the runtime passes the method's input side unless ``draft_decode = false`` or the method
+  runs a parity mode) the image is reduced by the largest integer factor that keeps both sides
+  at or above it: a JPEG by the largest DCT scale (1/2, 1/4, 1/8) that does, then a box reduce
+  if one still fits, other formats by a box reduce. :attr:`DecodedImage.scale` records the
+  factor.
 * **Truncation** is always a failure (``truncated``): Pillow's ``LOAD_TRUNCATED_IMAGES`` is never
-  enabled, so a half-downloaded JPEG is never returned gray-filled. A PNG or GIF missing only its
-  trailer (``IEND`` / ``;``) after complete pixel data decodes normally.
+  enabled, so a half-downloaded JPEG is never returned gray-filled. libjpeg pads a scan that
+  ends early (at a marker) with grey without failing, so a Huffman-coded JPEG whose image data
+  are shorter than one bit per 8x8 block of its frame (the least such a JPEG can spend, e.g. a
+  header declaring 9000x9000 over 64x64 of data) is ``truncated`` before any pixel is decoded;
+  arithmetic-coded JPEGs have no such bound and are left to the decoder. A PNG or GIF missing
+  only its trailer (``IEND`` / ``;``) after complete pixel data decodes normally.
 * ``MemoryError`` is not converted: with the limits above it means the worker is short of
   memory, a property of the machine rather than of the image.
 """
@@ -145,6 +163,14 @@ _REDUCIBLE_MODES: Final[frozenset[str]] = frozenset(
     {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"}
 )
 _DETAIL_MAX_CHARS: Final[int] = 300
+#: Pixels per strip when wide (16/32-bit) images are reduced and converted piecewise.
+_STRIP_PIXELS: Final[int] = 1 << 20
+#: round(v / 257) for every 16-bit value v: 0..65535 onto 0..255.
+_UINT16_TO_UINT8: Final[np.ndarray] = ((np.arange(65536) + 128) // 257).astype(np.uint8)
+#: Huffman-coded JPEG frames (baseline, extended, progressive): at least one bit per block.
+_HUFFMAN_SOF: Final[frozenset[int]] = frozenset({0xC0, 0xC1, 0xC2})
+_SOF_MARKERS: Final[frozenset[int]] = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SOS, _EOI = 0xDA, b"\xff\xd9"
 _HEADER_PAD: Final[bytes] = bytes(64 * 1024)
 
 
@@ -182,7 +208,10 @@ class DecodedImage:
         orientation: the EXIF orientation (1-8) that was applied; 1 when none.
         original_width, original_height: the upright size of the stored image. The same as
             ``width``/``height`` unless the image was downscaled while decoding (above
-            ``max_decoded_pixels``); labels are reported at this size.
+            ``max_decoded_pixels``, or to ``needed_side``); labels are reported at this size.
+        scale: the integer factor the stored image was reduced by while decoding (1: full
+            size; a JPEG's DCT scale times any box reduce after it): each side is
+            ``ceil(stored side / scale)``.
     """
 
     pixels: np.ndarray
@@ -192,6 +221,7 @@ class DecodedImage:
     orientation: int = 1
     original_width: int = 0
     original_height: int = 0
+    scale: int = 1
 
     def __post_init__(self) -> None:
         if not self.original_width:
@@ -316,6 +346,49 @@ def _is_truncation(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and ("truncated" in text or "broken data stream" in text)
 
 
+def _jpeg_data_short(data: bytes) -> str | None:
+    """Why a JPEG's image data cannot fill the frame its header declares, else None.
+
+    Every 8x8 block of every component costs a Huffman-coded JPEG at least one bit (the code of
+    its DC value, in the sequential scan or the progressive DC scan); libjpeg pads missing data
+    with grey instead of failing, so a file cut short (or a small image behind a forged header:
+    9000x9000 over 64x64 of data) would decode as grey. The bytes counted run from the first
+    scan to the first end-of-image marker. Arithmetic-coded frames (no such bound) and headers
+    that cannot be walked are left to the decoder.
+    """
+    pos, frame = 2, None
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xFF, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # fill byte, no length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        length = int.from_bytes(data[pos + 2: pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            frame = (marker, data[pos + 4: pos + 2 + length])
+        elif marker == _SOS:
+            break
+        pos += 2 + length
+    else:
+        return None
+    if frame is None or frame[0] not in _HUFFMAN_SOF or len(frame[1]) < 6:
+        return None
+    header = frame[1]
+    height, width, count = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5]
+    sampling = [(byte >> 4, byte & 15) for byte in header[7: 6 + 3 * count: 3]]
+    if not (height and width and sampling) or not all(h and v for h, v in sampling):
+        return None
+    h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
+    blocks = sum(math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+                 for h, v in sampling)
+    needed = math.ceil(blocks / 8)
+    end = data.find(_EOI, pos, pos + needed + len(_EOI))  # only as far as the bound: cheap
+    available = (len(data) if end < 0 else end) - pos
+    if available >= needed:
+        return None
+    return (f"{width}x{height} JPEG: {available} bytes of image data, at least {needed} "
+            f"needed to fill its frame")
+
+
 def _load(im: Image.Image, data: bytes) -> None:
     """Decode the first frame's pixels, mapping failures to reason codes."""
     try:
@@ -352,51 +425,107 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scale_uint16(values: np.ndarray) -> np.ndarray:
-    """Map 0..65535 onto 0..255 as round(v / 257), without widening beyond 16 bits."""
-    v = values.astype(np.uint16, copy=False)
-    q = v // 257
-    r = v - q * 257
-    return (q + (r >= 129)).astype(np.uint8)
+def _is_wide(mode: str) -> bool:
+    """16-bit (``I;16*``), 32-bit integer (``I``) and 32-bit float (``F``) modes."""
+    return mode.startswith("I") or mode == "F"
 
 
-def _normalize(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values.astype(np.float64) - lo) * (255.0 / (hi - lo))
-    return np.rint(scaled).astype(np.uint8)
+def _strip_rows(width: int, factor: int = 1) -> int:
+    """Rows per strip of a wide image: about :data:`_STRIP_PIXELS`, a multiple of ``factor``."""
+    return max(1, _STRIP_PIXELS // max(1, width * factor)) * factor
 
 
-def _wide_to_gray8(im: Image.Image) -> np.ndarray:
-    """Convert ``I;16*``, ``I`` and ``F`` images to 8-bit gray (see module docstring)."""
-    arr = np.asarray(im)
-    if arr.ndim != 2:
-        raise ImageDecodeError("unsupported_mode", f"mode {im.mode} with shape {arr.shape}")
-    if im.mode.startswith("I;16") and arr.dtype.kind == "u":
-        return _scale_uint16(arr)
+def _box_mean(strip: np.ndarray, factor: int) -> np.ndarray:
+    """The (ceil(h / factor), ceil(w / factor)) float64 means of ``factor`` x ``factor`` boxes of
+    an (h, w) array (the last row and column of boxes may be narrower, as Pillow's ``reduce``)."""
+    rows = np.arange(0, strip.shape[0], factor)
+    cols = np.arange(0, strip.shape[1], factor)
+    sums = np.add.reduceat(np.add.reduceat(strip.astype(np.float64), rows, axis=0), cols, axis=1)
+    counts = np.outer(np.diff(rows, append=strip.shape[0]), np.diff(cols, append=strip.shape[1]))
+    return sums / counts
+
+
+def _wide_array(im: Image.Image, factor: int) -> np.ndarray:
+    """The pixels of an ``I;16*``, ``I`` or ``F`` image, box-reduced by ``factor``.
+
+    Read in strips of about :data:`_STRIP_PIXELS` (Pillow's ``reduce`` does not take 16-bit
+    modes, and a whole-image array would copy Pillow's buffer), so the working memory beside
+    Pillow's buffer is the result plus one strip.
+
+    Returns:
+        (ceil(H / factor), ceil(W / factor)) ``uint16`` (``I;16*``), ``int32`` (``I``, means
+        rounded) or ``float32`` (``F``).
+    """
+    width, height = im.size
+    dtype = np.float32 if im.mode == "F" else np.uint16 if im.mode.startswith("I;16") else np.int32
+    out = np.empty((math.ceil(height / factor), math.ceil(width / factor)), dtype)
+    rows = _strip_rows(width, factor)
+    for top in range(0, height, rows):
+        strip = np.asarray(im.crop((0, top, width, min(height, top + rows))))
+        if strip.ndim != 2:
+            raise ImageDecodeError("unsupported_mode", f"mode {im.mode} with shape {strip.shape}")
+        if factor > 1:
+            strip = _box_mean(strip, factor)
+            if dtype is not np.float32:
+                strip = np.rint(strip)
+        out[top // factor: top // factor + strip.shape[0]] = strip
+    return out
+
+
+def _finite_range(arr: np.ndarray) -> tuple[float, float, bool] | None:
+    """(min, max) of the finite values of a float array and whether it holds NaN, strip by
+    strip; None when nothing is finite."""
+    lo, hi, has_nan = math.inf, -math.inf, False
+    rows = _strip_rows(arr.shape[1])
+    for top in range(0, arr.shape[0], rows):
+        strip = arr[top: top + rows]
+        finite = strip[np.isfinite(strip)]
+        has_nan = has_nan or bool(np.isnan(strip).any())
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return None if lo > hi else (lo, hi, has_nan)
+
+
+def _wide_to_gray8(arr: np.ndarray) -> np.ndarray:
+    """Convert the 2-D array of an ``I;16*``, ``I`` or ``F`` image (:func:`_wide_array`) to
+    8-bit gray (see module docstring), strip by strip: the only full-size allocation is the
+    (H, W) ``uint8`` result."""
+    out = np.empty(arr.shape, np.uint8)
+    rows = _strip_rows(arr.shape[1])
+    strips = [slice(top, top + rows) for top in range(0, arr.shape[0], rows)]
+    if arr.dtype == np.uint16:
+        for part in strips:
+            out[part] = _UINT16_TO_UINT8[arr[part]]
+        return out
     if arr.dtype.kind == "f":
-        arr = arr.astype(np.float64)
-        finite = np.isfinite(arr)
-        if not finite.any():
-            return np.zeros(arr.shape, dtype=np.uint8)
-        lo, hi = float(arr[finite].min()), float(arr[finite].max())
-        if np.isnan(arr).any():  # NaN becomes 0, so 0 is part of the range
+        found = _finite_range(arr)
+        if found is None:
+            out[...] = 0
+            return out
+        lo, hi, has_nan = found
+        if has_nan:  # NaN becomes 0, so 0 is part of the range
             lo, hi = min(lo, 0.0), max(hi, 0.0)
-        arr = np.nan_to_num(arr, nan=0.0, posinf=hi, neginf=lo)
-        if lo >= 0.0 and hi <= 1.0:
-            return np.rint(arr * 255.0).astype(np.uint8)
-        if lo >= 0.0 and hi <= 255.0:
-            return np.rint(arr).astype(np.uint8)
-        return _normalize(arr)
-    if arr.dtype.kind in "iu":
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0 and hi <= 255:
-            return arr.astype(np.uint8)
-        if lo >= 0 and hi <= 65535:
-            return _scale_uint16(arr)
-        return _normalize(arr)
-    raise ImageDecodeError("unsupported_mode", f"mode {im.mode} ({arr.dtype})")
+    else:
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if arr.dtype.kind in "iu" and lo >= 0 and hi <= 65535:
+        table = np.arange(256, dtype=np.uint8) if hi <= 255 else _UINT16_TO_UINT8
+        for part in strips:
+            out[part] = table[arr[part]]
+        return out
+    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 255.0:
+        gain = 255.0 if hi <= 1.0 else 1.0
+        offset = 0.0
+    elif hi > lo:  # anything else: min-max normalised
+        gain, offset = 255.0 / (hi - lo), lo
+    else:
+        out[...] = 0
+        return out
+    for part in strips:
+        values = arr[part].astype(np.float64)
+        if arr.dtype.kind == "f":
+            np.nan_to_num(values, copy=False, nan=0.0, posinf=hi, neginf=lo)
+        out[part] = np.rint((values - offset) * gain)
+    return out
 
 
 def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
@@ -427,8 +556,8 @@ def _composite_on_white(im: Image.Image) -> Image.Image:
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
     """Convert a loaded image of any supported mode to an (H, W, 3) uint8 array."""
     mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        return _gray_to_rgb(_wide_to_gray8(im))
+    if _is_wide(mode):
+        return _gray_to_rgb(_wide_to_gray8(_wide_array(im, 1)))
     try:
         if mode in _TRANSPARENT_MODES or (
             mode in {"P", "L", "RGB", "1"} and "transparency" in im.info
@@ -450,52 +579,100 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return arr
 
 
-def _reduction_factor(width: int, height: int, max_decoded_pixels: int) -> int:
-    """The smallest integer factor f with (width / f) * (height / f) <= max_decoded_pixels."""
+def _reduction_factor(width: int, height: int, max_decoded_pixels: int | None) -> int:
+    """The smallest integer factor f with (width / f) * (height / f) <= max_decoded_pixels
+    (1 when there is no bound)."""
+    if max_decoded_pixels is None or width * height <= max_decoded_pixels:
+        return 1
     factor = max(1, math.isqrt(max(0, width * height - 1) // max_decoded_pixels))
     while math.ceil(width / factor) * math.ceil(height / factor) > max_decoded_pixels:
         factor += 1
     return factor
 
 
-def _draft(im: Image.Image, max_decoded_pixels: int) -> None:
-    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when the full size is above the bound."""
+def side_factor(width: int, height: int, needed_side: int | None) -> int:
+    """The largest integer factor f whose reduction keeps both sides >= ``needed_side``:
+    ``ceil(width / f) >= needed_side`` and ``ceil(height / f) >= needed_side`` (1 when None or
+    when the shorter side is already at most ``needed_side``)."""
+    shorter = min(width, height)
+    if needed_side is None or shorter <= needed_side:
+        return 1
+    if needed_side == 1:
+        return shorter
+    return max(1, (shorter - 1) // (needed_side - 1))
+
+
+def _factor(width: int, height: int, max_decoded_pixels: int | None,
+            needed_side: int | None) -> int:
+    """The reduction for an image of this size: what ``needed_side`` allows, or more when the
+    memory bound asks for more (the bound wins)."""
+    return max(_reduction_factor(width, height, max_decoded_pixels),
+               side_factor(width, height, needed_side))
+
+
+def _draft(im: Image.Image, factor: int) -> int:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling): the largest of them
+    at most ``factor``. Returns the scale the decoder was set to (1 for other formats)."""
     width, height = im.size
-    if im.format not in ("JPEG", "MPO") or width * height <= max_decoded_pixels:
-        return
-    factor = _reduction_factor(width, height, max_decoded_pixels)
-    im.draft(im.mode, (math.ceil(width / factor), math.ceil(height / factor)))
+    scale = next((s for s in (8, 4, 2) if s <= factor), 1)
+    if im.format not in ("JPEG", "MPO") or scale == 1:
+        return 1
+    # Pillow picks the largest power of two <= min(W // w, H // h): exactly ``scale`` here.
+    im.draft(im.mode, (width // scale, height // scale))
+    return scale if im.size == (math.ceil(width / scale), math.ceil(height / scale)) else 1
 
 
-def _reduce_image(im: Image.Image, max_decoded_pixels: int) -> Image.Image:
-    """A loaded image box-downscaled by an integer factor to at most ``max_decoded_pixels``.
+def _reducible(im: Image.Image) -> Image.Image:
+    """``im`` in a mode Pillow's ``reduce`` averages meaningfully: palette and bilevel images
+    are converted first (averaging palette indices is meaningless)."""
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode == "PA":
+        return im.convert("RGBA")
+    if im.mode == "1":
+        return im.convert("L")
+    return im
 
-    Palette and bilevel images are converted first (averaging palette indices is meaningless);
-    modes :meth:`PIL.Image.Image.reduce` does not handle (16-bit) are left to
+
+def _reduce_image(im: Image.Image, factor: int) -> Image.Image:
+    """A loaded image box-downscaled by an integer ``factor`` (Pillow's ``reduce``).
+
+    Reduced strip by strip (strips of about :data:`_STRIP_PIXELS`, a multiple of ``factor``
+    rows), so no full-size copy is made: Pillow's ``reduce`` premultiplies alpha into a copy, and
+    a palette image is converted to 4 bytes per pixel first. Wide modes are reduced by
+    :func:`_wide_array`; modes :meth:`PIL.Image.Image.reduce` does not handle are left to
     :func:`_reduce_array` after conversion.
     """
+    if factor == 1 or _is_wide(im.mode) or _reducible(im.crop((0, 0, 1, 1))).mode not in _REDUCIBLE_MODES:
+        return im
     width, height = im.size
-    if width * height <= max_decoded_pixels:
-        return im
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif im.mode == "PA":
-        im = im.convert("RGBA")
-    elif im.mode == "1":
-        im = im.convert("L")
-    if im.mode not in _REDUCIBLE_MODES:
-        return im
-    return im.reduce(_reduction_factor(width, height, max_decoded_pixels))
+    rows = _strip_rows(width, factor)
+    out = None
+    for top in range(0, height, rows):
+        piece = _reducible(im.crop((0, top, width, min(height, top + rows)))).reduce(factor)
+        if out is None:
+            out = Image.new(piece.mode, (math.ceil(width / factor), math.ceil(height / factor)))
+        out.paste(piece, (0, top // factor))
+    return out
 
 
-def _reduce_array(pixels: np.ndarray, max_decoded_pixels: int) -> np.ndarray:
-    """An (H, W, 3) uint8 array box-downscaled to at most ``max_decoded_pixels`` (a no-op when
-    it fits)."""
+def _reduce_array(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 array box-downscaled to ``size`` (width, height) when it is larger:
+    the modes :func:`_reduce_image` left as they were."""
     height, width = pixels.shape[:2]
-    if width * height <= max_decoded_pixels:
+    if (width, height) == size:
         return pixels
-    factor = _reduction_factor(width, height, max_decoded_pixels)
-    return np.asarray(Image.fromarray(pixels).reduce(factor))
+    return np.asarray(Image.fromarray(pixels).reduce(math.ceil(width / size[0])))
+
+
+def _rgb_pixels(im: Image.Image, factor: int) -> np.ndarray:
+    """The (ceil(H / factor), ceil(W / factor), 3) uint8 RGB pixels of a loaded image in its
+    stored frame."""
+    width, height = im.size
+    size = (math.ceil(width / factor), math.ceil(height / factor))
+    if _is_wide(im.mode):
+        return _gray_to_rgb(_wide_to_gray8(_wide_array(im, factor)))
+    return _reduce_array(_to_rgb_array(_reduce_image(im, factor)), size)
 
 
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -539,6 +716,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
     max_decoded_pixels: int | None = None,
+    needed_side: int | None = None,
 ) -> DecodedImage:
     """Decode image bytes into an upright RGB ``uint8`` array.
 
@@ -551,6 +729,10 @@ def decode_image(
             decoding (JPEG: Pillow's ``draft`` at 1/2-1/8 scale; others: an integer box reduce
             right after the pixel data is read) to at most this many pixels. None: no bound
             (every pixel is kept). ``original_width``/``original_height`` keep the stored size.
+        needed_side: decode only what a consumer that resizes to this side needs: the image is
+            reduced (the same two ways) by the largest integer factor that keeps both sides
+            >= ``needed_side`` (JPEG: the largest DCT scale that does, then a box reduce if
+            one still fits). None: full size (unless the memory bound asks for less).
 
     Returns:
         The decoded image; see :class:`DecodedImage` and the module docstring for the policies
@@ -559,10 +741,12 @@ def decode_image(
     Raises:
         ImageDecodeError: the bytes cannot be turned into an image; ``reason`` is one of
             :data:`DECODE_FAILURE_REASONS`.
-        ValueError: ``max_pixels``, ``min_side`` or ``max_decoded_pixels`` is not positive.
+        ValueError: ``max_pixels``, ``min_side``, ``max_decoded_pixels`` or ``needed_side`` is
+            not positive.
     """
-    if max_pixels < 1 or min_side < 1 or (max_decoded_pixels is not None and max_decoded_pixels < 1):
-        raise ValueError("max_pixels, min_side and max_decoded_pixels must be >= 1")
+    if max_pixels < 1 or min_side < 1 or any(
+            value is not None and value < 1 for value in (max_decoded_pixels, needed_side)):
+        raise ValueError("max_pixels, min_side, max_decoded_pixels and needed_side must be >= 1")
     if not data:
         raise ImageDecodeError("empty_file", "zero bytes")
     data = bytes(data)
@@ -580,12 +764,15 @@ def decode_image(
             raise ImageDecodeError(
                 "too_small", f"{width}x{height}: shorter side is below {min_side} pixels"
             )
-        bound = max_decoded_pixels or width * height
-        _draft(im, bound)
+        short = _jpeg_data_short(data) if fmt in ("JPEG", "MPO") else None
+        if short:
+            raise ImageDecodeError("truncated", short)
+        scale = _draft(im, _factor(width, height, max_decoded_pixels, needed_side))
         _load(im, data)
         orientation = exif_orientation(im)
+        factor = _factor(*im.size, max_decoded_pixels, needed_side)
         try:
-            pixels = _reduce_array(_to_rgb_array(_reduce_image(im, bound)), bound)
+            pixels = _rgb_pixels(im, factor)
         except (ImageDecodeError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. lazy decoders failing on conversion
@@ -601,5 +788,5 @@ def decode_image(
         width, height = height, width
     return DecodedImage(
         pixels=pixels, width=int(out_w), height=int(out_h), format=fmt, orientation=orientation,
-        original_width=int(width), original_height=int(height),
+        original_width=int(width), original_height=int(height), scale=scale * factor,
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from labeler.methods.label_maps import resize_labels, resize_weights
+from labeler.methods.label_maps import axis_weights, nearest_indices
 
 if TYPE_CHECKING:
     import torch
@@ -22,29 +23,73 @@ MAX_LABELS_PER_IMAGE = 4096
 class ImageLabels:
     """The labels of one image at its original resolution.
 
+    The map may be held at the label grid with the nearest resize to the image (``rows``,
+    ``cols``): the image's (H, W) map is ``grid[rows[:, None], cols[None, :]]``, built only when
+    :attr:`label_map` is read; the mask encoder reads the grid and the index maps directly
+    (:func:`labeler.output.rle.encode_label_map`), so no full-resolution map is made.
+
     Attributes:
-        label_map: (H, W) int32; value ``k >= 0`` is label k, ``-1`` means no annotation
+        grid: (h, w) integer label values at the label grid (the image's own (H, W) when
+            ``rows`` and ``cols`` are None); ``k >= 0`` is label k, ``-1`` means no annotation
             (SLiMe background).
         category_ids: (L,) int64, the COCO category id of each label value.
         scores: (L,) float64 in [0, 1], a confidence per label (the annotation ``score``).
         name_scores: (L,) float64 in [0, 1], how well each label's category name explains it
             (DiffSeg with ``names``; the annotation's ``name_score``), or None.
+        rows, cols: (H,) and (W,) non-decreasing grid row (column) of each image row (column),
+            or None for a map at the image's size.
     """
 
-    label_map: np.ndarray
+    grid: np.ndarray
     category_ids: np.ndarray
     scores: np.ndarray
     name_scores: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.label_map.ndim != 2:
-            raise ValueError(f"label_map must be (H, W), got {self.label_map.shape}")
+        if self.grid.ndim != 2:
+            raise ValueError(f"label_map must be (H, W), got {self.grid.shape}")
         if len(self.category_ids) != len(self.scores):
             raise ValueError("category_ids and scores must have one entry per label")
         if self.name_scores is not None and len(self.name_scores) != len(self.scores):
             raise ValueError("name_scores must have one entry per label")
         if len(self.category_ids) > MAX_LABELS_PER_IMAGE:
             raise ValueError(f"at most {MAX_LABELS_PER_IMAGE} labels per image")
+        if (self.rows is None) != (self.cols is None):
+            raise ValueError("rows and cols are given together or not at all")
+        if self.rows is not None:
+            for index, size in ((self.rows, self.grid.shape[0]), (self.cols, self.grid.shape[1])):
+                if index.ndim != 1 or not len(index) or index[0] < 0 or index[-1] >= size or (
+                        np.any(index[1:] < index[:-1])):
+                    raise ValueError("rows and cols must be non-empty, non-decreasing indices "
+                                     "into the grid")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The image's (H, W)."""
+        if self.rows is None:
+            return self.grid.shape
+        return len(self.rows), len(self.cols)
+
+    @cached_property
+    def label_map(self) -> np.ndarray:
+        """(H, W) label values at the image's size (the grid expanded, on first use)."""
+        if self.rows is None:
+            return self.grid
+        return self.grid[self.rows[:, None], self.cols[None, :]]
+
+    def resized(self, height: int, width: int) -> ImageLabels:
+        """These labels nearest-resized to (height, width), half-pixel centres (what
+        :func:`~labeler.methods.label_maps.resize_labels` does to :attr:`label_map`): only the
+        index maps change, composed with the resize."""
+        if self.shape == (height, width):
+            return self
+        rows = nearest_indices(height, self.shape[0])
+        cols = nearest_indices(width, self.shape[1])
+        if self.rows is not None:
+            rows, cols = self.rows[rows], self.cols[cols]
+        return replace(self, rows=rows, cols=cols)
 
 
 @dataclass(frozen=True)
@@ -132,7 +177,8 @@ def compact_resized_labels(
 
     The labels are those of ``compact_labels(resize_labels(grid_labels, ...), ...)``; each score
     is still the mean over the full-resolution pixels, as a mean over grid cells weighted by the
-    pixels each cell becomes (equal up to rounding). Only the compact int32 map is resized.
+    pixels each cell becomes (equal up to rounding). The compact int32 map stays at the grid,
+    with the resize as index maps (:meth:`ImageLabels.resized`).
 
     Args:
         grid_labels: (h, w) integer map at the label grid, negative for no annotation.
@@ -142,15 +188,16 @@ def compact_resized_labels(
     """
     weights = None
     if grid_labels.shape != (height, width):
-        weights = resize_weights(grid_labels.shape, height, width)
+        weights = (axis_weights(height, grid_labels.shape[0]),
+                   axis_weights(width, grid_labels.shape[1]))
     compact, categories, scores = _compact(grid_labels, grid_confidence, weights, category_of)
-    return ImageLabels(resize_labels(compact, height, width), categories, scores)
+    return ImageLabels(compact, categories, scores).resized(height, width)
 
 
 def _compact(
     label_map: np.ndarray,
     confidence: np.ndarray,
-    weights: np.ndarray | None,
+    weights: tuple[np.ndarray, np.ndarray] | None,
     category_of: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Relabel by a lookup table over the label values (no sort of the map) and score.
@@ -158,7 +205,8 @@ def _compact(
     Args:
         label_map: (h, w) integer map, negative for no annotation.
         confidence: (h, w) float.
-        weights: (h, w) pixels per cell, or None for one each.
+        weights: (h,) and (w,) pixels per grid row and column (a cell becomes their product),
+            or None for one each.
 
     Returns:
         the (h, w) int32 compact map, (L,) int64 categories, (L,) float64 scores.
@@ -174,18 +222,40 @@ def _compact(
         if bin_values[0] != 0:
             bin_values, bins = np.concatenate(([0], bin_values)), bins + 1
     table_size = int(bins.max()) + 1 if bins.size else 1
-    cell_weights = None if weights is None else weights.astype(np.float64).ravel()
-    pixels = np.bincount(bins, weights=cell_weights, minlength=table_size)
+    pixels = _pixels_per_bin(bins.reshape(label_map.shape), weights, table_size)
     pixels[0] = 0
     present = np.flatnonzero(pixels)
     lookup = np.full(table_size, -1, np.int32)
     lookup[present] = np.arange(len(present), dtype=np.int32)
     score_weights = confidence.astype(np.float64).ravel()
-    if cell_weights is not None:
-        score_weights = score_weights * cell_weights
+    if weights is not None:
+        score_weights *= np.multiply.outer(*(w.astype(np.float64) for w in weights)).ravel()
     sums = np.bincount(bins, weights=score_weights, minlength=table_size)[present]
     scores = np.clip(sums / np.maximum(pixels[present], 1), 0.0, 1.0)
     compact = lookup[bins].reshape(label_map.shape)
     values = (present if bin_values is None else bin_values[present]) - 1
     categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
     return compact, categories.astype(np.int64), scores
+
+
+def _pixels_per_bin(bins: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None,
+                    table_size: int) -> np.ndarray:
+    """(table_size,) pixels per bin of an (h, w) map of bins, exact.
+
+    With weights, from the map's runs along its rows (each run's pixels: its row's weight times
+    its columns' weights; integers, so float64 sums are exact in any order), which costs one
+    comparison over the map instead of a weighted pass.
+    """
+    if weights is None or not bins.size:
+        return np.bincount(bins.ravel(), minlength=table_size)
+    row_weights, col_weights = weights
+    height, width = bins.shape
+    new_run = np.empty((height, width), bool)
+    new_run[:, 0] = True
+    np.not_equal(bins[:, 1:], bins[:, :-1], out=new_run[:, 1:])
+    starts = np.flatnonzero(new_run)
+    lengths = np.diff(np.append(starts, height * width))  # runs end at their row's end
+    row, col = np.divmod(starts, width)
+    col_edges = np.concatenate(([0], np.cumsum(col_weights)))
+    run_pixels = row_weights[row] * (col_edges[col + lengths] - col_edges[col])
+    return np.bincount(bins.ravel()[starts], weights=run_pixels, minlength=table_size)

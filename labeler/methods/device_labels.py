@@ -1,4 +1,4 @@
-"""Relabelling, scoring and the nearest resize on the model's device; only int32 crosses over.
+"""Relabelling and scoring on the model's device; only the int32 map at the label grid crosses over.
 
 A method's labeling splits in two steps (see :class:`labeler.methods.base.Segmenter`): the device
 step, on the model's thread, ends with :func:`device_step`; the host step,
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from labeler.methods.base import ImageLabels, compact_resized_labels
-from labeler.methods.label_maps import nearest_indices, resize_weights
+from labeler.methods.label_maps import resize_weights
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def device_step(
 ) -> RawLabels:
     """The end of a method's device step for one image (arguments of :func:`compact_device_labels`).
 
-    On an accelerator the relabelling and resize run there and the labels are final; for CPU
+    On an accelerator the relabelling runs there and the labels are final; for CPU
     tensors the maps are handed over as :class:`PendingLabels` (numpy views, no copy; numpy's tables are
     faster than torch's on the host).
     """
@@ -80,9 +80,10 @@ def compact_device_labels(
     """What :func:`labeler.methods.base.compact_resized_labels` computes, on the tensors' device.
 
     Per-label pixel counts and confidence sums (fp64, each grid cell weighted by the pixels it
-    becomes, so a score is the mean over full-resolution pixels), the lookup to 0..L-1 and the
-    nearest resize run where the tensors are; the host receives the (height, width) int32 map and
-    two vectors of one entry per label value.
+    becomes, so a score is the mean over full-resolution pixels) and the lookup to 0..L-1 run
+    where the tensors are; the host receives the (h, w) int32 map at the grid (the nearest resize
+    to (height, width) as index maps, :meth:`ImageLabels.resized`) and two vectors of one entry
+    per label value.
 
     Args:
         grid_labels: (h, w) integer label values (an argmax: bounded by the number of
@@ -120,11 +121,8 @@ def _compact_on_device(
     lookup = np.full(table_size, -1, np.int32)
     lookup[present] = np.arange(len(present), dtype=np.int32)
     compact = torch.from_numpy(lookup).to(device)[bins].reshape(grid)
-    if grid != (height, width):
-        rows = torch.from_numpy(nearest_indices(height, grid[0])).to(device)
-        cols = torch.from_numpy(nearest_indices(width, grid[1])).to(device)
-        compact = compact.index_select(0, rows).index_select(1, cols)
     scores = np.clip(sums[present] / np.maximum(pixels[present], 1), 0.0, 1.0)
     values = present - 1
     categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
-    return ImageLabels(compact.cpu().numpy(), categories.astype(np.int64), scores)
+    labels = ImageLabels(compact.cpu().numpy(), categories.astype(np.int64), scores)
+    return labels.resized(height, width)

@@ -21,9 +21,13 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
+def axis_weights(size_out: int, size_in: int) -> np.ndarray:
+    """How many of ``size_out`` output positions each of ``size_in`` input positions becomes
+    under a nearest resize along one axis: (size_in,) int64."""
+    return np.bincount(nearest_indices(size_out, size_in), minlength=size_in)
+
+
 def resize_weights(grid: tuple[int, int], height: int, width: int) -> np.ndarray:
     """How many (height, width) pixels each cell of an (h, w) grid becomes under
     :func:`resize_labels`: (h, w) int64."""
-    rows = np.bincount(nearest_indices(height, grid[0]), minlength=grid[0])
-    cols = np.bincount(nearest_indices(width, grid[1]), minlength=grid[1])
-    return rows[:, None] * cols[None, :]
+    return axis_weights(height, grid[0])[:, None] * axis_weights(width, grid[1])[None, :]

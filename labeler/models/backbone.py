@@ -26,6 +26,7 @@ from labeler.errors import UserError
 from labeler.io.uris import open_fs, redact_uri
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
+from labeler.models.safetensors_header import check_folder
 from labeler.models.tiny.model import tiny_model_dir
 
 logger = logging.getLogger(__name__)
@@ -156,14 +157,17 @@ def load_backbone(
 
     Raises:
         ModelLoadError: the model is missing, unreachable or not an SD checkpoint.
+        MalformedSafetensors: a local weight file's header is malformed (checked first).
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = _resolve_dtype(dtype, device)
     source = _resolve_source(name, storage_options)
+    _check_local_weights(source)
     parts = _load_components(source, dtype)
     sources = {key: _component_dir(source, key) for key in COMPONENTS}
     if unet is not None:
         unet_source = _resolve_source(unet, storage_options, component="unet")
+        _check_local_weights(unet_source)
         parts["unet"] = _load_unet_override(unet, unet_source, dtype)
         sources["unet"] = _component_dir(unet_source, "unet")
     _check_compatible(name, parts)
@@ -186,6 +190,13 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
             raise UserError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
         return getattr(torch, dtype)
     return dtype
+
+
+def _check_local_weights(source: str) -> None:
+    """A local model folder's safetensors headers, before any loader trusts them (a hub id is
+    fetched by the loaders themselves: ``labeler run`` checks its cached files beforehand)."""
+    if Path(source).is_dir():
+        check_folder(source)
 
 
 def _resolve_source(name: str, storage_options: dict | None, component: str | None = None) -> str:

@@ -19,6 +19,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from labeler.errors import UserError
 from labeler.io.uris import open_fs, redact_uri, relative_path_hint
+from labeler.models.safetensors_header import MalformedSafetensors, check_folder
 
 #: The built-in offline model (see :mod:`labeler.models.tiny.model`).
 TINY = "tiny"
@@ -33,6 +34,15 @@ HUB_TIMEOUT_SECONDS = 10.0
 
 class ModelLoadError(UserError):
     """A model could not be found, downloaded or is not a Stable Diffusion checkpoint."""
+
+
+def _checked(folder: Path) -> str:
+    """``folder``, once every safetensors header in it is sound."""
+    try:
+        check_folder(folder)
+    except MalformedSafetensors as error:
+        raise ModelLoadError(str(error)) from None
+    return str(folder)
 
 
 def hub_snapshot(repo_id: str) -> str | None:
@@ -52,7 +62,8 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
                  remote: bool = False) -> str:
     """Check that ``name`` can be loaded without waiting on the network; say where it is.
 
-    ``tiny``, a local diffusers directory (with ``model_index.json`` or ``unet/``), an fsspec URI
+    ``tiny``, a local diffusers directory (with ``model_index.json`` or ``unet/``; its
+    safetensors headers are checked, :mod:`labeler.models.safetensors_header`), an fsspec URI
     of one, or a Hugging Face id present in the local Hugging Face cache or, unless
     ``HF_HUB_OFFLINE`` is set, known to the Hub (asked with a short timeout; the workers download it). With ``component``
     (``unet``), a folder holding just that component (``config.json`` at its root) is accepted.
@@ -76,7 +87,7 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
         if not local.is_dir() or not any((local / marker).exists() for marker in markers):
             raise ModelLoadError(f"{name} is not a diffusers model directory "
                                  f"(no {' or '.join(markers)})")
-        return str(local)
+        return _checked(local)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model directory {name} does not exist{relative_path_hint(name)}")
     if remote:
@@ -87,7 +98,7 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
         return name
     snapshot = hub_snapshot(name)
     if snapshot is not None:
-        return snapshot
+        return _checked(Path(snapshot))
     if hub_constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
             f"model {name!r} is neither `tiny`, an existing directory, nor a Hugging Face model in "

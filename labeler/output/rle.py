@@ -67,22 +67,65 @@ class _Runs:
     stop: np.ndarray
 
 
-def _label_runs(label_map: np.ndarray, n_labels: int) -> _Runs:
+def _expansion(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How a nearest resize's (n,) index map into an axis of ``size`` grid lines expands them.
+
+    Returns:
+        used: the grid lines the map uses, ascending.
+        first: (len(used),) the first output position of each used line.
+        width: (len(used),) how many output positions each used line becomes.
+    """
+    if index.ndim != 1 or not len(index) or index[0] < 0 or index[-1] >= size or np.any(
+            index[1:] < index[:-1]):
+        raise ValueError("index maps must be non-empty, non-decreasing indices into the grid")
+    first = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    return index[first], first, np.diff(np.r_[first, len(index)])
+
+
+def _label_runs(label_map: np.ndarray, n_labels: int, rows: np.ndarray | None = None,
+                cols: np.ndarray | None = None) -> _Runs:
     """Find the runs of an (H, W) map once, keep those of labels 0..n_labels-1, group by label.
+
+    The map is ``label_map[rows[:, None], cols[None, :]]`` when the index maps are given (a
+    nearest resize of a grid), and is never built: each vertical change of the grid (restricted
+    to the lines the maps use, so each line becomes at least one output line) becomes one change
+    per output column of its grid column, at the output row where its grid row begins.
 
     The map is not transposed: a column-major run changes value either inside a column (a
     vertical difference) or between the bottom of one column and the top of the next.
     """
-    height, width = label_map.shape
-    if label_map.size == 0:
+    grid = label_map
+    height, width = label_map.shape if rows is None else (len(rows), len(cols))
+    if grid.size == 0 or height * width == 0:
         empty = np.zeros(0, np.int64)
         return _Runs(empty, empty, empty)
-    rows, cols = np.divmod(np.flatnonzero(label_map[1:] != label_map[:-1]), width)
-    next_cols = np.flatnonzero(label_map[0, 1:] != label_map[-1, :-1])
-    changes = np.sort(np.concatenate((cols * height + rows + 1, (next_cols + 1) * height)))
+    row_first = col_first = col_width = None
+    if rows is not None:
+        used_rows, row_first, _ = _expansion(rows, grid.shape[0])
+        used_cols, col_first, col_width = _expansion(cols, grid.shape[1])
+        if len(used_rows) < grid.shape[0]:
+            grid = grid[used_rows]
+        if len(used_cols) < grid.shape[1]:
+            grid = grid[:, used_cols]
+    below, col = np.divmod(np.flatnonzero(grid[1:] != grid[:-1]), grid.shape[1])
+    row = below + 1 if row_first is None else row_first[below + 1]
+    if col_first is None:
+        vertical = col * height + row
+    else:  # repeated over the output columns of each grid column
+        repeats = col_width[col]
+        vertical = np.repeat(col_first[col] * height + row, repeats)
+        vertical += height * (np.arange(len(vertical))
+                              - np.repeat(np.cumsum(repeats) - repeats, repeats))
+    top, bottom = grid[0], grid[-1]
+    if col_first is not None:
+        top, bottom = np.repeat(top, col_width), np.repeat(bottom, col_width)
+    next_cols = np.flatnonzero(top[1:] != bottom[:-1])
+    changes = np.sort(np.concatenate((vertical, (next_cols + 1) * height)))
     starts = np.concatenate(([0], changes)).astype(np.int64)
-    stops = np.concatenate((changes, [label_map.size])).astype(np.int64)
+    stops = np.concatenate((changes, [height * width])).astype(np.int64)
     col_of, row_of = np.divmod(starts, height)
+    if rows is not None:
+        row_of, col_of = rows[row_of], cols[col_of]
     values = label_map[row_of, col_of]
     kept = (values >= 0) & (values < n_labels)
     values, starts, stops = values[kept], starts[kept], stops[kept]
@@ -176,16 +219,24 @@ def _sums(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
     return np.bincount(groups, weights=values, minlength=n_groups).astype(np.int64)
 
 
-def encode_label_map(label_map: np.ndarray, n_labels: int) -> list[EncodedMask]:
+def encode_label_map(label_map: np.ndarray, n_labels: int, rows: np.ndarray | None = None,
+                     cols: np.ndarray | None = None) -> list[EncodedMask]:
     """Encode each label value 0..n_labels-1 of an (H, W) integer map as one RLE mask.
 
     Pixels with values outside 0..n_labels-1 (``-1``: no annotation) belong to no mask. Labels
     that occupy no pixel still get an entry (area 0), so index k always describes label k.
+
+    With ``rows`` (H,) and ``cols`` (W,), non-decreasing indices into ``label_map`` (an (h, w)
+    grid), the map encoded is ``label_map[rows[:, None], cols[None, :]]`` (a nearest resize of
+    the grid, :meth:`labeler.methods.base.ImageLabels.resized`), read from the grid: the cost
+    follows the grid and the number of runs, not H * W.
     """
     if label_map.ndim != 2:
         raise ValueError(f"label_map must be (H, W), got {label_map.shape}")
-    height, width = label_map.shape
-    runs = _label_runs(label_map, n_labels)
+    if (rows is None) != (cols is None):
+        raise ValueError("rows and cols are given together or not at all")
+    height, width = label_map.shape if rows is None else (len(rows), len(cols))
+    runs = _label_runs(label_map, n_labels, rows, cols)
     counts, offsets = _counts(runs, n_labels, height * width)
     text, char_offsets = _compress(counts, offsets)
     areas, boxes = _areas_and_boxes(runs, n_labels, height)

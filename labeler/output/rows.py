@@ -97,7 +97,8 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
 
     Args:
         uri, image_id: the image's manifest entry.
-        width, height: the decoded image's size (the label map is (height, width)).
+        width, height: the decoded image's size (the label map is (height, width)); a map held
+            at a label grid is encoded from the grid (no full-size map is built).
         labels: the method's labels; label k becomes annotation ``annotation_id(image_id, k)``.
             Labels covering no pixel get no annotation.
         category_names: COCO category id -> name.
@@ -108,7 +109,7 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
         input_identity: the identity of the bytes labeled (:mod:`labeler.io.identity`).
     """
     file_name = file_name or uri
-    masks = encode_label_map(labels.label_map, len(labels.category_ids))
+    masks = encode_label_map(labels.grid, len(labels.category_ids), labels.rows, labels.cols)
     annotations: list[AnnotationRow] = []
     name_scores = [None] * len(masks) if labels.name_scores is None else labels.name_scores
     for label, (mask, category, score, name_score) in enumerate(

@@ -45,6 +45,14 @@ def part_stamp(output: Folder, relative: str) -> str | None:
     return _stamp(output.fs.info(output.path(relative)))
 
 
+def listed_stamps(output: Folder, relative: str) -> dict[str, dict]:
+    """``{name: {"bytes", "stamp"}}`` of the files directly under ``relative``, from one
+    listing (the same stamps :func:`part_stamp` reads one request at a time)."""
+    return {name: {"bytes": info.get("size"), "stamp": _stamp(info)}
+            for name, info in output.list_details(relative).items()
+            if info.get("type") != "directory"}
+
+
 def _stamp(info: dict) -> str | None:
     for key in _STAMP_KEYS:
         if info.get(key) is not None:

@@ -42,6 +42,7 @@ from labeler.runtime.merge_record import record_merge, unchanged_merge
 from labeler.runtime.plan import PlanChanges, extend_plan, plan_run
 from labeler.runtime.preflight import preflight
 from labeler.runtime.progress import DriverProgress
+from labeler.runtime.rollup import RollUpWriter
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.status import done_shard_totals
 
@@ -222,9 +223,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
     listing = {"hidden_skipped": facts.skipped.count, "hidden_examples": facts.skipped.examples}
     if listing != run.read_listing():  # a finished output on read-only storage stays unwritten
         run.write_listing(listing)
+    rollup = RollUpWriter(run, shards, done)
     events = DriverProgress(run, plan["n_images"],
                             [shard for shard in shards if shard["shard_id"] not in done],
-                            enabled=progress)
+                            enabled=progress, rollup=rollup)
     report = ExecutionReport()
     try:
         with events.logging_above_bar():
@@ -253,6 +255,7 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         else:
             categories = report.categories or run.read_categories() or _categories_of(config)
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
+            rollup.fill()  # groups whose roll-up a killed driver never wrote
             counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output),
                                    max_annotations)
             record_merge(output, shard_ids, counts, layout)
@@ -274,8 +277,8 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         new_images=changes.new_images,
         removed_images=changes.removed_images,
         changed_images=changes.changed_images,
-        retryable_failed=0 if report.failed else sum(retryable_failures(run, shard_id)
-                                                     for shard_id in shard_ids),
+        retryable_failed=0 if report.failed else done_shard_totals(
+            run, shards, set(shard_ids))["retryable_failures"],
         **counts,
     )
 

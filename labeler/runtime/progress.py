@@ -5,7 +5,8 @@ would leave a line per redraw, so progress is logged as plain lines instead, at 
 :data:`PLAIN_PROGRESS_SECONDS` and when the last shard is done.
 
 The heartbeat (``run/progress.json``) lets ``labeler status`` tell a running job from one whose
-driver is gone, and report the job's current speed.
+driver is gone, and report the job's current speed. Each done shard is handed to the run's
+stats roll-up (:mod:`labeler.runtime.rollup`), which writes a group's summary once it is whole.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from labeler.runtime.executor import ShardEvents
+from labeler.runtime.rollup import RollUpWriter
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,14 @@ class DriverProgress(ShardEvents):
         pending: the shards this run has to do (``shard_id``, ``n_images``).
         enabled: show progress (a bar on a terminal, plain log lines otherwise).
         stream: where the bar goes (default stderr); whether it is a terminal picks the form.
+        rollup: rolls the done shards' stats up as groups complete (None: not rolled up).
     """
 
     def __init__(self, run: RunFolder, total_images: int, pending: list[dict], enabled: bool,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, rollup: RollUpWriter | None = None) -> None:
         stream = stream or sys.stderr
         self.run = run
+        self.rollup = rollup
         self.total_images = total_images
         self.sizes = {shard["shard_id"]: shard["n_images"] for shard in pending}
         self.images_pending = sum(self.sizes.values())
@@ -82,6 +86,8 @@ class DriverProgress(ShardEvents):
             yield
 
     def shard_done(self, shard_id: str, stats: dict) -> None:
+        if self.rollup is not None:
+            self.rollup.shard_done(shard_id)
         self.images_done += stats["images"]
         self.failed_images += stats["failed"]
         self.bar.update(stats["images"])

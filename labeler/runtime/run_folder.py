@@ -9,6 +9,8 @@ Layout::
     run/output.json                 categories and COCO info of the merged output (the merge)
     run/stats/<shard>.json          counts, stage timings and each part's sha256 and row count,
                                     written after the parts (labeler.runtime.integrity)
+    run/rollup/group-<n>.json       the stats of 1000 done shards in one file, for status
+                                    (labeler.runtime.rollup: a cache, checked before use)
     run/done/<shard>                completion marker, written last (by the driver)
     run/logs/<shard>.log            the shard's log (its latest attempt)
     run/failed/<shard>.json         a shard that failed after its retries: error, attempts
@@ -44,6 +46,7 @@ class ConfigMismatchError(UserError):
     """The output folder belongs to a run with other settings."""
 
 
+STATS_DIR = "run/stats"
 #: Backoff for the run folder's own reads and writes (a storage restart must not fail a shard).
 STORAGE_RETRY = RetryPolicy(attempts=8, base_delay=0.25, max_delay=8.0)
 
@@ -163,11 +166,14 @@ class RunFolder:
         self.retry.call(lambda: self.output.remove(f"run/done/{shard_id}"),
                         what=self.output.uri_of(f"run/done/{shard_id}"))
 
+    def stats_file(self, shard_id: str) -> str:
+        return f"{STATS_DIR}/{shard_id}.json"
+
     def write_stats(self, shard_id: str, stats: dict) -> None:
-        self._write_json(f"run/stats/{shard_id}.json", stats)
+        self._write_json(self.stats_file(shard_id), stats)
 
     def read_stats(self, shard_id: str) -> dict | None:
-        path = f"run/stats/{shard_id}.json"
+        path = self.stats_file(shard_id)
         return self.output.read_json(path) if self.output.exists(path) else None
 
     def write_log(self, shard_id: str, text: str) -> None:

@@ -38,7 +38,6 @@ from labeler.io.policy import InputPolicy
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
 from labeler.methods.base import ImageLabels, Segmenter
-from labeler.methods.label_maps import resize_labels
 from labeler.output import schema
 from labeler.output.failures import (
     METHOD_ERROR,
@@ -215,13 +214,58 @@ class _ShardRecords(logging.Filter):
         return self.shard_id is None or tag is None or tag == self.shard_id
 
 
+class _LevelHolds:
+    """Lowers a logger while captures need it; thread-safe and counted, so overlapping captures
+    (two shards in threads of one process, entering and leaving in any order) never leave it
+    changed.
+
+    The logger runs at the lowest level any open capture asked for, unless its own level is
+    already lower, and gets back the level it had before the first capture when the last ends.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._held: Counter[int] = Counter()
+        self._before = logging.NOTSET
+
+    @contextmanager
+    def hold(self, level: int) -> Iterator[None]:
+        with self._lock:
+            if not self._held:
+                self._before = self._logger.level
+            self._held[level] += 1
+            self._apply()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[level] -= 1
+                if not self._held[level]:
+                    del self._held[level]
+                self._apply()
+
+    def _apply(self) -> None:
+        """One ``setLevel`` (never a passing flip that would drop another capture's records)."""
+        target = self._before
+        if self._held:
+            parent = self._logger.parent
+            effective = self._before or (parent.getEffectiveLevel() if parent else logging.WARNING)
+            if effective > min(self._held):
+                target = min(self._held)
+        self._logger.setLevel(target)
+
+
+_OWN_LEVEL = _LevelHolds(logging.getLogger("labeler"))
+
+
 @contextmanager
 def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Iterator[io.StringIO]:
     """Collect the log records emitted (by any thread) while the block runs.
 
     Records of any library at WARNING and above are kept, and labeler's own from ``level`` (its
-    logger is lowered to ``level`` for the duration if needed). With ``shard_id``, records of
-    threads tagged for another shard (:func:`working_for`) are left out.
+    logger is lowered to ``level`` while any capture needs it: :class:`_LevelHolds`). With
+    ``shard_id``, records of threads tagged for another shard (:func:`working_for`) are left out.
     """
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
@@ -230,17 +274,14 @@ def capture_log(level: int = logging.INFO, shard_id: str | None = None) -> Itera
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     )
-    root, own = logging.getLogger(), logging.getLogger("labeler")
-    own_level = own.level
-    if own.getEffectiveLevel() > level:
-        own.setLevel(level)
-    root.addHandler(handler)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
-        own.setLevel(own_level)
-        handler.close()
+    root = logging.getLogger()
+    with _OWN_LEVEL.hold(level):
+        root.addHandler(handler)
+        try:
+            yield buffer
+        finally:
+            root.removeHandler(handler)
+            handler.close()
 
 
 @dataclass(frozen=True)
@@ -512,19 +553,18 @@ class ShardProcessor:
         error here is the image's ``postprocess_error`` row.
 
         Labels come at the ``decoded`` (height, width); an image the decoder downscaled has its
-        map scaled back (nearest) to the ``stored`` size, in the narrowest integer type.
+        map scaled back (nearest) to the ``stored`` size as index maps over the label grid
+        (:meth:`~labeler.methods.base.ImageLabels.resized`): no full-size map is built, the
+        encoder reads the grid.
         """
         started = time.perf_counter()
         height, width = stored
         with working_for(shard_id):
             try:
                 labels = self.segmenter.finish(raw) if self.two_step else raw
-                if labels.label_map.shape != decoded:
-                    raise ValueError(f"label map {labels.label_map.shape} for an image of "
-                                     f"{decoded}")
-                if decoded != stored:
-                    small = _narrow(labels.label_map, len(labels.category_ids))
-                    labels = dataclasses.replace(labels, label_map=resize_labels(small, height, width))
+                if labels.shape != decoded:
+                    raise ValueError(f"label map {labels.shape} for an image of {decoded}")
+                labels = labels.resized(height, width)
                 image, annotations = self._labeled_rows(entry, height, width, labels, shard_id)
             except Exception as error:  # noqa: BLE001 - becomes the image's failure row
                 logger.warning("post-processing failed on %s: %s", entry["uri"], error)
@@ -550,12 +590,3 @@ def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
 def _timer_delta(segmenter: Segmenter, before: dict[str, float]) -> dict[str, float]:
     after = segmenter.timer.seconds
     return {name: round(value - before.get(name, 0.0), 4) for name, value in after.items()}
-
-
-def _narrow(label_map: np.ndarray, n_labels: int) -> np.ndarray:
-    """An (H, W) label map (-1 for none) in int8/int16 when its labels fit: a quarter or half
-    of the memory once scaled up to a huge image's size."""
-    for dtype in (np.int8, np.int16):
-        if n_labels <= np.iinfo(dtype).max:
-            return label_map.astype(dtype, copy=False)
-    return label_map

@@ -8,8 +8,10 @@ Every done shard's parts are checked against their records (:mod:`labeler.runtim
 sizes and storage stamps, one metadata request per part, hashing only the parts rewritten since
 their commit (``deep`` hashes every part); damaged ones are listed, and the run is not
 ``complete``; the merged files are checked against the merge's record
-(:mod:`labeler.runtime.merge_record`). The cost follows the shards: one stats file and a few
-metadata requests each.
+(:mod:`labeler.runtime.merge_record`). The cost follows the shards: a few metadata requests
+each; the stats come from the run's roll-ups (:mod:`labeler.runtime.rollup`: one file per 1000
+done shards, checked against a listing of the stats files), a shard's own stats file only where
+no roll-up vouches for it (``deep`` reads every stats file).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from labeler.output.coco_files import coco_files
 from labeler.runtime.integrity import DIGESTS, STAMPS, stats_problem
 from labeler.runtime.lease import inspect_lease, state_is_live
 from labeler.runtime.merge_record import merge_damage, read_merge_record
+from labeler.runtime.rollup import CommittedStats
 from labeler.runtime.run_folder import RunFolder
 
 
@@ -50,18 +53,13 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     images_done = 0
     damaged: dict[str, str] = {}
     depth = DIGESTS if deep else STAMPS
+    committed = CommittedStats(run, use_rollups=not deep)
     for shard in plan["shards"]:
         if shard["shard_id"] not in done:
             continue
-        try:
-            read = run.read_stats(shard["shard_id"])
-        except (ValueError, UnicodeDecodeError):
-            damaged[shard["shard_id"]] = "stats unreadable"
-            read = None
-        else:
-            problem = stats_problem(run, shard["shard_id"], shard["n_images"], read, depth)
-            if problem is not None:
-                damaged[shard["shard_id"]] = problem
+        read, problem = _checked_stats(run, committed, shard, depth)
+        if problem is not None:
+            damaged[shard["shard_id"]] = problem
         stats = read or {}
         images_done += shard["n_images"]
         labeled += stats.get("labeled", 0)
@@ -99,17 +97,36 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     }
 
 
+def _checked_stats(run: RunFolder, committed: CommittedStats, shard: dict,
+                   depth: str) -> tuple[dict | None, str | None]:
+    """(stats, problem) of one done shard; a shard that looks damaged against its rolled-up
+    stats is checked again against its own stats file (the roll-up may be older than it)."""
+    shard_id = shard["shard_id"]
+    try:
+        read, rolled = committed.stats(shard_id)
+        problem = stats_problem(run, shard_id, shard["n_images"], read, depth)
+        if problem is not None and rolled:
+            read = run.read_stats(shard_id)
+            problem = stats_problem(run, shard_id, shard["n_images"], read, depth)
+    except (ValueError, UnicodeDecodeError):
+        return None, "stats unreadable"
+    return read, problem
+
+
 def done_shard_totals(run: RunFolder, shards: list[dict], done: set[str]) -> dict:
-    """What the done shards hold, from their stats: ``images``, ``labeled``, ``failed``,
-    ``annotations``, ``seconds`` (worker time) and ``failure_reasons`` (most frequent first)."""
-    totals = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "seconds": 0.0}
+    """What the done shards hold, from their stats (rolled up where they can be): ``images``,
+    ``labeled``, ``failed``, ``annotations``, ``seconds`` (worker time),
+    ``retryable_failures`` and ``failure_reasons`` (most frequent first)."""
+    totals = {"images": 0, "labeled": 0, "failed": 0, "annotations": 0, "seconds": 0.0,
+              "retryable_failures": 0}
     reasons: dict[str, int] = {}
+    committed = CommittedStats(run)
     for shard in shards:
         if shard["shard_id"] not in done:
             continue
-        stats = run.read_stats(shard["shard_id"]) or {}
+        stats = committed.stats(shard["shard_id"])[0] or {}
         totals["images"] += shard["n_images"]
-        for key in ("labeled", "failed", "annotations", "seconds"):
+        for key in ("labeled", "failed", "annotations", "seconds", "retryable_failures"):
             totals[key] += stats.get(key, 0)
         for reason, count in stats.get("failure_reasons", {}).items():
             reasons[reason] = reasons.get(reason, 0) + count

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from labeler.errors import UserError
 from labeler.models.backbone import Backbone, _resolve_source, load_backbone
+from labeler.models.safetensors_header import check_file
 
 #: Tensor names of the support conv in a DiffewS UNet checkpoint (official naming).
 SUPPORT_WEIGHT = "conv_in_ref.weight"
@@ -152,10 +153,12 @@ def read_support_conv(unet_dir: str | Path) -> tuple[Tensor, Tensor]:
 
     Raises:
         NotADiffewsModel: no file holds ``conv_in_ref.weight`` and ``conv_in_ref.bias``.
+        MalformedSafetensors: a file's header is malformed (checked before it is opened).
     """
     unet_dir = Path(unet_dir)
     found: dict[str, Tensor] = {}
     for path in unet_files(unet_dir):
+        check_file(path)
         with safe_open(str(path), framework="pt") as handle:
             names = set(handle.keys())
             for name in (SUPPORT_WEIGHT, SUPPORT_BIAS):

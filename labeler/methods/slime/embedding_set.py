@@ -24,7 +24,6 @@ import json
 import logging
 import pickle
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -52,6 +51,7 @@ from labeler.methods.slime.settings import (
 from labeler.models.backbone import ModelLoadError, _resolve_source
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import SD21_BASE
+from labeler.models.safetensors_header import METADATA, parse_header
 from labeler.settings import describe_error
 
 logger = logging.getLogger(__name__)
@@ -221,9 +221,9 @@ class EmbeddingSet:
         Raises:
             ValueError: one line saying what is malformed (``source`` names the file).
         """
-        header = read_safetensors_metadata(data, source)
+        header, metadata = read_safetensors_header(data, source)
         try:
-            meta = json.loads(header[METADATA_KEY])
+            meta = json.loads(metadata[METADATA_KEY])
         except (KeyError, TypeError, json.JSONDecodeError):
             meta = {}
         if not isinstance(meta, dict):
@@ -237,7 +237,7 @@ class EmbeddingSet:
         if meta.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{source}: unsupported embedding-set version {meta.get('format_version')!r}")
         record = _parse_record(meta, source)
-        _check_tensor_entry(data, len(record.classes) - 1, source)
+        _check_tensor_entry(header, len(record.classes) - 1, source)
         try:
             tensors = load(data)
         except Exception as error:  # noqa: BLE001 - safetensors' own error type: malformed data
@@ -315,39 +315,26 @@ def _parse_record(meta: dict, source: str) -> _Record:
 
 #: Widest text embedding accepted (SD 1.x: 768, SD 2.x: 1024).
 MAX_EMBEDDING_DIM = 8192
-_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-def _check_tensor_entry(data: bytes, rows: int, source: str) -> None:
-    """The header's ``embeddings`` entry: a float (rows, D) tensor whose bytes lie in the file.
+def _check_tensor_entry(header: dict, rows: int, source: str) -> None:
+    """The header's ``embeddings`` entry: a float (rows, D) tensor.
 
-    Checked from the JSON header alone, so a huge declared shape or offsets past the data never
-    reach the tensor reader.
+    The header was checked by :func:`labeler.models.safetensors_header.parse_header` (offsets
+    inside the data, sized for the dtype and shape), so a huge declared shape or offsets past the
+    data never reach the tensor reader.
     """
-    length = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + length])
-    entries = {name: value for name, value in header.items() if name != "__metadata__"}
+    entries = {name: value for name, value in header.items() if name != METADATA}
     if set(entries) != {"embeddings"}:
         raise UserError(f"{source}: expected one tensor 'embeddings', found {sorted(entries)}")
     entry = entries["embeddings"]
-    if not isinstance(entry, dict):
-        raise UserError(
-            f"{source}: the 'embeddings' entry is not a tensor description")
-    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPE_BYTES:
+    dtype, shape = entry["dtype"], entry["shape"]
+    if dtype not in _FLOAT_DTYPES:
         raise UserError(f"{source}: embeddings must be a float tensor, got dtype {dtype!r}")
-    if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
-            or shape[0] != rows or not 1 <= shape[1] <= MAX_EMBEDDING_DIM):
+    if len(shape) != 2 or shape[0] != rows or not 1 <= shape[1] <= MAX_EMBEDDING_DIM:
         raise UserError(f"{source}: embeddings must be ({rows}, D) with 1 <= D <= "
-                         f"{MAX_EMBEDDING_DIM} for {rows + 1} classes, got shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
-            or offsets[1] - offsets[0] != shape[0] * shape[1] * _DTYPE_BYTES[dtype]
-            or 8 + length + offsets[1] > len(data)):
-        raise UserError(f"{source}: the embeddings' data offsets {offsets!r} do not fit the "
-                         f"file ({len(data) - 8 - length} data bytes for shape {shape})")
+                        f"{MAX_EMBEDDING_DIM} for {rows + 1} classes, got shape {shape!r}")
 
 
 def file_digest(data: bytes) -> str:
@@ -355,26 +342,10 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def read_safetensors_metadata(data: bytes, source: str = "<bytes>") -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob (JSON header only; nothing executed)."""
-    if len(data) < 8:
-        raise UserError(f"{source} is not a safetensors file (too short)")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise UserError(f"{source} is not a safetensors file (bad header length)")
-    try:
-        header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{source} is not a safetensors file ({error})") from None
-    if not isinstance(header, dict):
-        raise UserError(
-                         f"{source} is not a safetensors file (its header is a JSON "
-                         f"{type(header).__name__}, not an object)")
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise UserError(
-            f"{source} is not a safetensors file (__metadata__ is not an object)")
-    return metadata
+def read_safetensors_header(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, str]]:
+    """The checked header of a safetensors blob and its ``__metadata__`` (nothing executed)."""
+    header = parse_header(data, len(data), source)
+    return header, header.get(METADATA) or {}
 
 
 # --------------------------------------------------------------------------------------------

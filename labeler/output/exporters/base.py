@@ -86,6 +86,9 @@ class Exporter(ABC):
     #: the folder, relative to the export, where ``--images copy|link`` puts the images
     #: (``None``: the format places or embeds them itself)
     images_subdir: str | None = "images"
+    #: whether the format writes a file named after each image (its names are then shortened
+    #: when too long, :mod:`.long_names`, as they are for every format placing images)
+    names_files: bool = False
 
     def __init__(self, context: ExportContext) -> None:
         self.context = context

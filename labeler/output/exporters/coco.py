@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from labeler.output.coco_files import COCO_DIR, DEFAULT_MAX_ANNOTATIONS, CocoFilesWriter, Fragment
 from labeler.output.coco_records import coco_image, render
 from labeler.output.exporters.base import ExportContext, Exporter
+from labeler.output.exporters.long_names import original_name_field
 from labeler.output.exporters.polygons import mask_polygons
 from labeler.output.exporters.source import ExportImage
 from labeler.output.rle import decode_mask
@@ -88,7 +89,8 @@ class CocoExporter(Exporter):
             pending = None
         if pending is None:
             pending = self._pending[split] = self._start_fragment()
-        record = coco_image(image.image_id, image.file_name, image.uri, image.width, image.height)
+        record = {**coco_image(image.image_id, image.file_name, image.uri, image.width, image.height),
+                  **original_name_field(image.original_name)}
         _append(pending.images, pending.n_images, record)
         pending.n_images += 1
         for annotation in annotations:

@@ -86,6 +86,8 @@ def _export(args: argparse.Namespace) -> int:
            + ", ".join(f"{k} {v}" for k, v in sorted(summary.filtered.items())) + ")\n"
            if filtered else "")
         + (f"images placed: {summary.images_placed}\n" if summary.images_placed else "")
+        + (f"{len(summary.long_names)} names too long for a file system were shortened "
+           f"(export.json's long_names has the originals)\n" if summary.long_names else "")
         + ("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.splits.items())) + "\n"
            if len(summary.splits) > 1 else "")
     )

@@ -28,6 +28,7 @@ from labeler.output.exporters.filters import ExportFilters
 from labeler.output.exporters.hf import HfExporter
 from labeler.output.exporters.label_maps import LabelMapExporter
 from labeler.output.exporters.label_studio import LabelStudioBrushExporter, LabelStudioExporter
+from labeler.output.exporters.long_names import export_name
 from labeler.output.exporters.review import CategoryMerger, split_of
 from labeler.output.exporters.source import ExportImage, OutputSource
 from labeler.output.exporters.yolo_seg import YoloSegExporter
@@ -73,6 +74,7 @@ class ExportSummary:
     images_placed: int = 0
     image_failures: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    long_names: dict[str, str] = field(default_factory=dict)
 
 
 def export(output: str, fmt: str, out: str, *, images: str = "none",
@@ -108,12 +110,15 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
                             storage_options, options)
     names = {c["id"]: c["name"] for c in source.categories}
     summary = ExportSummary(out=out, format=fmt)
+    shorten = images_dir is not None or exporter_class.names_files
     with exporter_class(context) as exporter:
         for image, found in source:
             kept = merger.apply(filters.apply(image.width, image.height, found, names,
                                               summary.filtered))
             image = dataclasses.replace(
                 image, split=split_of(image.file_name, options.val_fraction, options.seed))
+            if shorten:
+                image = _short_named(image, summary.long_names)
             exporter.add(image, kept)
             summary.images += 1
             summary.splits[image.split] += 1
@@ -127,6 +132,7 @@ def export(output: str, fmt: str, out: str, *, images: str = "none",
         "images": summary.images, "annotations": summary.annotations,
         "filtered": dict(summary.filtered), "images_placed": summary.images_placed,
         "image_failures": summary.image_failures,
+        "long_names": summary.long_names,
         "filters": {"min_score": filters.min_score, "min_area": filters.min_area,
                     "max_segments": filters.max_segments},
         "tolerance": tolerance,
@@ -164,6 +170,16 @@ def _info(source: OutputSource) -> dict:
         "labeler_version": recorded.get("labeler_version"),
         "image_root": source.image_root,
     }
+
+
+def _short_named(image: ExportImage, long_names: dict[str, str]) -> ExportImage:
+    """``image`` under the short name its files get when its own is too long
+    (:mod:`.long_names`); the pair is recorded in ``long_names`` (short -> original)."""
+    short = export_name(image.file_name)
+    if short == image.file_name:
+        return image
+    long_names[short] = image.file_name
+    return dataclasses.replace(image, file_name=short, original_name=image.file_name)
 
 
 def _place(image: ExportImage, target: Folder, relative: str, mode: str,

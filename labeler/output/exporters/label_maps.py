@@ -21,6 +21,7 @@ from PIL import Image
 
 from labeler.errors import UserError
 from labeler.output.exporters.base import ExportContext, Exporter
+from labeler.output.exporters.long_names import original_name_field
 from labeler.output.exporters.source import ExportImage
 from labeler.output.rle import decode_mask
 
@@ -41,6 +42,8 @@ def palette(n: int = 256) -> list[int]:
 
 
 class LabelMapExporter(Exporter):
+    names_files = True
+
     def __init__(self, context: ExportContext) -> None:
         super().__init__(context)
         names = [c["name"] for c in context.categories]
@@ -60,7 +63,8 @@ class LabelMapExporter(Exporter):
             if self._index is not None:
                 record = {"file_name": image.file_name, "image_id": image.image_id,
                           "value": number, "annotation_id": annotation["id"],
-                          "category_id": annotation["category_id"], "score": annotation["score"]}
+                          "category_id": annotation["category_id"], "score": annotation["score"],
+                          **original_name_field(image.original_name)}
                 self._index.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
         if self.instances:
             picture = Image.fromarray(label_map)  # 16-bit grey (mode I;16)

@@ -31,6 +31,7 @@ from xml.sax.saxutils import quoteattr
 
 from labeler.output.exporters.base import ExportContext, Exporter, JsonArrayWriter
 from labeler.output.exporters.brush_rle import encode_brush_rle
+from labeler.output.exporters.long_names import original_name_field
 from labeler.output.exporters.polygons import mask_polygons, polygon_area, single_polygon
 from labeler.output.exporters.source import ExportImage
 from labeler.output.rle import decode_mask
@@ -113,7 +114,7 @@ class LabelStudioExporter(Exporter):
         self._tasks.item({
             "id": image.image_id,
             "data": {TO_NAME: self._url(image), "file_name": image.file_name,
-                     "source_uri": image.uri},
+                     "source_uri": image.uri, **original_name_field(image.original_name)},
             "annotations" if self.context.options.as_annotations else "predictions": [labels],
             "meta": {
                 "area": sum(a["area"] for a in annotations),

@@ -29,6 +29,8 @@ class ExportImage:
         uri: the source URI.
         width, height: original size in pixels.
         split: ``train`` or ``val`` (``--val-fraction``).
+        original_name: the name relative to the image root when ``file_name`` is the short one
+            the export uses instead (:mod:`.long_names`); ``None``: not shortened.
     """
 
     image_id: int
@@ -37,6 +39,7 @@ class ExportImage:
     width: int
     height: int
     split: str = "train"
+    original_name: str | None = None
 
 
 class OutputSource:

@@ -32,6 +32,7 @@ from labeler.output.rle import decode_mask
 
 class YoloSegExporter(Exporter):
     images_subdir = "images"
+    names_files = True
 
     def __init__(self, context: ExportContext) -> None:
         super().__init__(context)

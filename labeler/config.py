@@ -79,9 +79,10 @@ class JobConfig(Settings):
     """Any failed image makes the run's exit status non-zero."""
     verify_inputs: bool | None = None
     """On a re-run, relabel the images whose identity (ETag, mtime and size, digest:
-    :mod:`labeler.io.identity`) changed since they were labeled. None (the default): where the
-    listing gives identities for free (folders on S3 and local disks); True: everywhere, with a
-    HEAD or stat per entry, or its bytes (HTTP, Parquet rows); False: never."""
+    :mod:`labeler.io.identity`) changed since they were labeled. None (the default): for a
+    folder input, whose listing gives identities for free (on S3 and local disks); True: for
+    every input, with a HEAD or stat per manifest entry, or its bytes (HTTP, Parquet rows);
+    False: never."""
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
         "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size",

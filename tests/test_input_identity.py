@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import labeler
+from labeler.cli import main
 from labeler.io.identity import comparable, content_identity
 from labeler.io.listing import iter_inputs
 from labeler.io.reading import read_many, with_identities
@@ -171,6 +172,32 @@ def test_an_input_replaced_between_plan_and_read_is_recorded_and_relabeled_once_
 
     settled = _run(collection, output)
     assert settled.changed_images == 0 and settled.shards_processed == 0
+
+
+def test_a_manifest_is_compared_with_verify_inputs_only(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(ORIGINAL)
+    (images / "b.png").write_bytes(_png("halves", 64, 64))
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{images / 'a.png'}\n{images / 'b.png'}\n")
+    output = str(tmp_path / "out")
+    job_settings = {"input": str(manifest), "output": output, "model": "tiny", "shard_size": 1,
+                    "device": "cpu"}
+    first = labeler.run(job_settings, executor="local")
+    assert first.labeled == 2
+    (images / "b.png").write_bytes(ORIGINAL)  # replaced after it was labeled
+
+    by_default = labeler.run(job_settings, executor="local")  # a manifest lists names only
+    assert by_default.changed_images == 0 and by_default.shards_processed == 0
+    assert main(["verify", output]) == 0
+    assert main(["verify", output, "--inputs"]) == 1  # a stat per entry finds it
+    assert "1 images changed since they were labeled" in capsys.readouterr().out
+
+    verified = labeler.run({**job_settings, "verify_inputs": True}, executor="local")
+    assert verified.changed_images == 1 and verified.shards_processed == 1
+    assert _labels(output, "b.png") == _labels(output, "a.png")
+    assert main(["verify", output, "--inputs"]) == 0
 
 
 def test_identities_of_entries_the_listing_does_not_give_are_looked_up(tmp_path):

@@ -200,7 +200,7 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         resumed = run.claim(config, image_root=image_root)
         changes = PlanChanges()
         if run.has_plan():
-            compare = run.done_shards() if config.verify_inputs is not False else set()
+            compare = run.done_shards() if _compares_inputs(config, image_root) else set()
             plan, changes = extend_plan(run, items, config.shard_size, ImageNamer(image_root),
                                         compare)
             _report_changes(changes, output.uri)
@@ -281,6 +281,15 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
             run, shards, set(shard_ids))["retryable_failures"],
         **counts,
     )
+
+
+def _compares_inputs(config: JobConfig, image_root: str | None) -> bool:
+    """Whether a re-run compares the input's identities with the recorded ones: always with
+    ``verify_inputs``, never without, and by default for a folder (``image_root``), whose
+    listing gives them for free (on S3 and local disks: :mod:`labeler.io.identity`)."""
+    if config.verify_inputs is None:
+        return image_root is not None
+    return config.verify_inputs
 
 
 def _redo_on_resume(run: RunFolder, shards: list[dict], done: set[str],

@@ -7,19 +7,18 @@ as a worker's actor runs them, with a zero-cost two-step segmenter: its device s
 ``--segments`` regions at each image's size; its host step relabels them with the same
 :func:`~labeler.methods.device_labels.finish_labels` the methods use on CPU. Figures:
 
-* ``images_per_second`` over the whole run;
+* ``images_per_second`` over the whole run (wall clock: on a shared machine it measures the
+  neighbours too, so the load average is printed beside every figure);
 * seconds per image by stage (decode, model, compact, encode, rows, commit; decode runs on the
   prefetch threads, the model on the model's thread, compact/encode/rows on the pool);
 * ``model_idle_fraction``: the share of wall time the simulated model is not running, i.e. waits
   for the rest (what a real model would spend idle);
-* from thread CPU time, robust to a shared machine's neighbours: ``cpu_ms_per_image`` by stage,
-  ``cpu_bound_images_per_second`` (the process's CPU time on one core) and
-  ``model_idle_fraction_cpu``: the model's time against the slowest of the three overlapping
-  lanes as they would run with a core each (the model's thread: model plus the CPU time spent
-  neither decoding, post-processing nor committing; decoding plus commits, on the prefetch and
-  the shards' threads; the pool: post-processing CPU time divided by its threads);
-  ``cpus_assumed`` is those cores, 2 + the pool's threads; ``pipelined_images_per_second_cpu``
-  is the images/s of that slowest lane.
+* from thread CPU time, robust to a shared machine's neighbours: ``cpu_ms_per_image`` by stage
+  and ``cpu_bound_images_per_second`` (the process's CPU time on one core).
+
+Before the timed run a warm-up shard of ``WARMUP_IMAGES`` images goes through the same worker:
+what is paid once per worker process (pyarrow imports pandas on its first table, the threads
+start) is reported apart as ``warmup_s`` and ``warmup_cpu_s``, not spread over the images.
 
 ``--encoder`` measures the mask encoder alone at ``--size`` with 30 and 200 segments, one-pass
 against the per-label pycocotools encoding it replaced (checked identical on the way).
@@ -28,9 +27,11 @@ against the per-label pycocotools encoding it replaced (checked identical on the
     python bench/runtime_ceiling.py --images 128 --size 1024x768 --segments 30 --model-ms-per-image 10
     python bench/runtime_ceiling.py --images 128 --model-ms-per-image 10 --postprocess-threads 2
     python bench/runtime_ceiling.py --images 64 --size 1024x768 --segments 30 --s3 --json
+    python bench/runtime_ceiling.py --images 128 --size 4032x3024
     python bench/runtime_ceiling.py --encoder --size 1024x768
 
-With ``--json`` the last line printed is one JSON object of all figures.
+Every figure is printed with the load average (1, 5, 15 min) before and after the run beside
+it. With ``--json`` the last line printed is one JSON object of all figures.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ DISTINCT = 64
 MAX_LABEL_SIDE = 1024
 #: Low-resolution proposal scores per label-grid side on the device (upsampled, then argmax).
 SCORE_STRIDE = 16
+#: Images of the untimed warm-up shard (one-time costs of a worker process).
+WARMUP_IMAGES = 4
+#: Above this many pixels only FRESH_IMAGES distinct images are generated, the rest rolled.
+FRESH_PIXELS = 4_000_000
+FRESH_IMAGES = 8
 
 
 def voronoi_labels(height: int, width: int, segments: int, rng: np.random.Generator) -> np.ndarray:
@@ -99,6 +105,14 @@ def voronoi_labels(height: int, width: int, segments: int, rng: np.random.Genera
         best[closer] = distance[closer]
         labels[closer] = index
     return labels
+
+
+def winner_confidence(rng: np.random.Generator, shape: tuple[int, int],
+                      segments: int) -> np.ndarray:
+    """(h, w) float32 confidence as the methods give it: the winner's share of ``segments``
+    candidates (DiffSeg: the winning proposal's value over their sum), so in [1/segments, 1]."""
+    return (1 / segments + (1 - 1 / segments) * rng.random(shape, dtype=np.float32)).astype(
+        np.float32)
 
 
 def device_cycles_per_ms(device: torch.device) -> float:
@@ -119,7 +133,8 @@ class ZeroCostSegmenter:
     ``MAX_LABEL_SIDE``, as the methods label).
 
     On the CPU the device step (``label_raw``, timed as ``model``) sleeps (a call that releases
-    the GIL and burns no CPU, as a model on an accelerator) and hands over cached Voronoi maps;
+    the GIL and burns no CPU, as a model on an accelerator) and hands over cached Voronoi maps
+    with a winner-share confidence (:func:`winner_confidence`);
     the host step (``finish``, timed as ``compact``, on the pool's threads) relabels and resizes
     them as the methods do on CPU. On an accelerator the model burns its time on the device
     (``torch.cuda._sleep``, no host CPU) and the label maps are made there as the methods make
@@ -155,7 +170,7 @@ class ZeroCostSegmenter:
         if self.device.type == "cpu":
             self.maps[(height, width)] = [
                 (torch.from_numpy(voronoi_labels(*grid, self.segments, self.rng)),
-                 torch.from_numpy(self.rng.random(grid, dtype=np.float32)))
+                 torch.from_numpy(winner_confidence(self.rng, grid, self.segments)))
                 for _ in range(self.distinct)]
             return
         low = (max(1, grid[0] // SCORE_STRIDE), max(1, grid[1] // SCORE_STRIDE))
@@ -196,6 +211,11 @@ class ZeroCostSegmenter:
         torch.cuda._sleep(int(self._cycles_per_ms * 1000 * self.model_seconds * images))
         end.record()
         self.model_events.append((start, end))
+
+    def reset_counters(self) -> None:
+        """Forget the calls so far (after the warm-up): model events and relabelling times."""
+        self.model_events.clear()
+        self.compact_cpu = self.compact_wall = 0.0
 
     def model_busy_seconds(self) -> float | None:
         """Device seconds the simulated model ran (CUDA events), None on the CPU."""
@@ -251,28 +271,51 @@ def clock_where_imported(function) -> Clock:
     return clock
 
 
-def image_bytes(rng: np.random.Generator, width: int, height: int, image_format: str) -> bytes:
-    """A photo-like image: smooth colour gradients plus noise, encoded as JPEG (q 90) or PNG."""
+def photo_pixels(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8, photo-like: smooth colour gradients plus noise."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     phase = rng.random(3) * 6.28
     channels = [127 + 100 * np.sin(x / (40 + 30 * c) + y / 57 + phase[c]) for c in range(3)]
     pixels = np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def encode_image(pixels: np.ndarray, image_format: str) -> bytes:
+    """JPEG (quality 90) or PNG bytes of (H, W, 3) uint8 pixels."""
     buffer = io.BytesIO()
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     if image_format == "jpeg":
-        image.save(buffer, "JPEG", quality=90)
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
     else:
-        image.save(buffer, "PNG")
+        Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def image_bytes(rng: np.random.Generator, width: int, height: int, image_format: str) -> bytes:
+    """A photo-like image (:func:`photo_pixels`), encoded as JPEG (q 90) or PNG."""
+    return encode_image(photo_pixels(rng, width, height), image_format)
 
 
 def write_inputs(folder: Folder, count: int, width: int, height: int, image_format: str,
                  distinct_count: int = DISTINCT) -> list[str]:
     """``count`` images (``distinct_count`` different ones, repeated) under ``folder``; their
-    URIs."""
+    URIs.
+
+    Above ``FRESH_PIXELS`` only the first ``FRESH_IMAGES`` are generated (seconds each at
+    12 Mpx); the others are those rolled by random offsets along both axes and encoded again:
+    different bytes and pixels of the same statistics, which is all a decoder sees.
+    """
     rng = np.random.default_rng(1)
-    distinct = [image_bytes(rng, width, height, image_format)
-                for _ in range(min(count, distinct_count))]
+    count_distinct = min(count, distinct_count)
+    if width * height <= FRESH_PIXELS:
+        distinct = [image_bytes(rng, width, height, image_format) for _ in range(count_distinct)]
+    else:
+        bases = [photo_pixels(rng, width, height) for _ in range(min(count_distinct, FRESH_IMAGES))]
+        offsets = np.random.default_rng(2)
+        distinct = [encode_image(base, image_format) for base in bases] + [
+            encode_image(np.roll(bases[index % len(bases)],
+                                 (int(offsets.integers(height)), int(offsets.integers(width))),
+                                 axis=(0, 1)), image_format)
+            for index in range(len(bases), count_distinct)]
     suffix = "jpg" if image_format == "jpeg" else "png"
     uris = []
     for index in range(count):
@@ -289,11 +332,13 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     segmenter = ZeroCostSegmenter(args.segments, args.model_ms_per_image / 1000,
                                   min(args.distinct, args.images), args.device)
     segmenter.prepare(height, width)
+    processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options,
+                               postprocess_threads=args.postprocess_threads)
+    warmup_s, warmup_cpu_s = warm_up(processor, work / "warmup", uris[:WARMUP_IMAGES])
+    segmenter.reset_counters()
     load_before = os.getloadavg()
     run = RunFolder(Folder(str(work / "out")))
     plan = plan_run(run, ({"uri": uri} for uri in uris), args.shard_size)
-    processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options,
-                               postprocess_threads=args.postprocess_threads)
     encode = clock_where_imported(rle.encode_label_map)
     decode = clock_where_imported(decode_image)
     commit = clock_where_imported(commit_shard)
@@ -333,8 +378,6 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     cpu_ms = {"decode": decode.cpu, "compact": segmenter.compact_cpu, "encode": encode.cpu,
               "postprocess": postprocess.cpu, "commit": commit.cpu, "model_thread": model_thread_cpu,
               "process_total": process_cpu}
-    slowest_lane = max(model + model_thread_cpu, decode.cpu + commit.cpu,
-                       postprocess.cpu / args.postprocess_threads)
     per_image = lambda seconds: {
         name: round(1000 * value / labeled, 3) for name, value in seconds.items()
     }
@@ -352,14 +395,22 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
         "wall_ms_per_image": per_image(wall_ms),
         "cpu_ms_per_image": per_image(cpu_ms),
         "model_idle_fraction": round(1 - model / wall, 4),
-        # The same from CPU time, as on a machine without neighbours: one core for everything,
-        # and the model against the slowest lane, each lane on its own cores.
+        # From CPU time, as on a machine without neighbours: everything on one core.
         "cpu_bound_images_per_second": round(labeled / process_cpu, 2),
-        "model_idle_fraction_cpu": round(1 - model / slowest_lane, 4) if model else None,
-        "pipelined_images_per_second_cpu": round(labeled / slowest_lane, 2),
-        "cpus_assumed": 2 + args.postprocess_threads,
+        "warmup_s": round(warmup_s, 3), "warmup_cpu_s": round(warmup_cpu_s, 3),
         "annotations_per_image": round(sum(s["annotations"] for s in stats) / labeled, 2),
     }
+
+
+def warm_up(processor: ShardProcessor, work: Path, uris: list[str]) -> tuple[float, float]:
+    """One untimed shard of ``uris`` through ``processor`` (its own run folder); its wall and
+    process CPU seconds: what a worker pays once (first-use imports, thread start-up)."""
+    run = RunFolder(Folder(str(work)))
+    plan = plan_run(run, ({"uri": uri} for uri in uris), len(uris))
+    started, cpu = time.perf_counter(), time.process_time()
+    for shard in plan["shards"]:
+        processor.process(run.output, shard["shard_id"])
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def host_step(labels: np.ndarray, confidence: np.ndarray, height: int, width: int) -> float:
@@ -380,7 +431,8 @@ def run_pool_scaling(args: argparse.Namespace) -> dict:
     width, height = args.size
     grid = label_grid_size(height, width, MAX_LABEL_SIDE)
     rng = np.random.default_rng(0)
-    maps = [(voronoi_labels(*grid, args.segments, rng), rng.random(grid, dtype=np.float32))
+    maps = [(voronoi_labels(*grid, args.segments, rng),
+             winner_confidence(rng, grid, args.segments))
             for _ in range(min(args.distinct, args.images))]
     work = [(*maps[index % len(maps)], height, width) for index in range(args.images)]
     rows = []
@@ -442,7 +494,7 @@ def run_encoder(args: argparse.Namespace) -> dict:
             1000 * best(lambda m=label_map, s=segments: rle.encode_label_map(m, s), 30), 3)
         figures[f"per_label_ms_{segments}"] = round(
             1000 * best(lambda m=label_map, s=segments: per_label_pycocotools(m, s), 3), 3)
-        confidence = rng.random((height, width), dtype=np.float32)
+        confidence = winner_confidence(rng, (height, width), segments)
         figures[f"compact_ms_{segments}"] = round(1000 * best(
             lambda m=label_map, c=confidence: compact_resized_labels(m, c, height, width), 30), 3)
         tensors = torch.from_numpy(label_map), torch.from_numpy(confidence)
@@ -505,8 +557,9 @@ def main() -> int:
             else:
                 figures = run_ceiling(args, work, Folder(str(work / "inputs")), None)
     figures["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    load = f"load {figures.get('load_average_before', '-')} -> {figures['load_average']}"
     for name, value in figures.items():
-        sys.stdout.write(f"{name}: {value}\n")
+        sys.stdout.write(f"{name}: {value}    ({load})\n")
     if args.json:
         sys.stdout.write(json.dumps(figures) + "\n")
     return 0

@@ -127,6 +127,10 @@ def _add_run(commands) -> None:
     flag("--device", "device", "cuda, cuda:1, cpu")
     flag("--dtype", "dtype", "auto, float32, float16, bfloat16")
     flag("--max-pixels", "max_pixels", "decompression-bomb limit", type=int)
+    flag("--draft-decode", "draft_decode", "decode images only as large as the method's input "
+         "(JPEG DCT scaling, else an integer box reduce; both sides stay >= the input side); "
+         "labels stay at the stored size, images.parquet's decode_scale records the factor; "
+         "parity modes decode at full size", action=argparse.BooleanOptionalAction)
     flag("--stall-timeout", "stall_timeout", "seconds a busy Ray worker may show no sign of life "
          "(no image read, no batch labeled) before it is killed and replaced and its shards "
          "requeued", type=float, metavar="SECONDS")

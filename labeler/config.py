@@ -23,7 +23,7 @@ from pydantic import Field, SerializeAsAny, StringConstraints, ValidationError, 
 
 from labeler.errors import UserError
 from labeler.io.uris import InputError, refuse_uri_credentials
-from labeler.methods.base import Segmenter
+from labeler.methods.base import Segmenter, decode_side
 from labeler.methods.registry import DEFAULT_METHOD, get_method, method_flags, methods
 from labeler.methods.spec import MethodContext, MethodSpec
 from labeler.settings import Settings, describe_error, parse_settings
@@ -46,6 +46,12 @@ class JobConfig(Settings):
     seed: int = 0
     shard_size: int = Field(256, ge=1)
     max_pixels: int | None = Field(None, ge=1)
+    draft_decode: bool = Field(True, strict=True)
+    """Decode each image only as large as the method needs: reduced (a JPEG by libjpeg's DCT
+    scaling, other formats by an integer box reduce) by the largest factor that keeps both sides
+    >= the method's input side (:func:`labeler.methods.base.decode_side`); labels stay at the
+    stored size and ``images.parquet`` records the factor (``decode_scale``). The methods'
+    parity modes decode at full size whatever this says."""
     allow_protocols: tuple[Annotated[str, StringConstraints(pattern=_PROTOCOL)], ...] | None = None
     """Protocols the workers may read (see :mod:`labeler.io.policy`); None: the input's own."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -131,6 +137,11 @@ class JobConfig(Settings):
         """Load the model and the method once (a worker calls this at start-up)."""
         return self.spec.build(self.method_context(device))
 
+    def decode_side_for(self, segmenter: Segmenter) -> int | None:
+        """The side this job's images are decoded down to for ``segmenter``: its input side
+        with ``draft_decode`` (None in its parity modes), else None (full size)."""
+        return decode_side(segmenter) if self.draft_decode else None
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
@@ -140,6 +151,8 @@ class JobConfig(Settings):
         settings["model"] = self.model_name or None
         if self.allow_protocols is None:  # the default policy: fingerprints of older runs stand
             del settings["allow_protocols"]
+        if self.draft_decode:  # the default: fingerprints of older runs stand (their images
+            del settings["draft_decode"]  # labeled before have a null decode_scale)
         settings[self.method] = self.spec.fingerprint(self.settings)
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 

@@ -123,6 +123,8 @@ def _admits(annotation: Any, kind: type) -> bool:
 def _expected(annotation: Any) -> str:
     if annotation is int:
         return "an integer"
+    if annotation is bool:
+        return _KINDS["bool"]
     if typing.get_origin(annotation) in (tuple, list) or annotation in (tuple, list):
         return "a list"
     if typing.get_origin(annotation) is Literal:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,57 @@ def test_device_compaction_of_a_map_without_annotations():
         labels = compact(torch.full((4, 5), -1), torch.ones(4, 5), 8, 10, None)
         assert len(labels.scores) == 0 and (labels.label_map == -1).all()
         assert labels.label_map.shape == (8, 10)
+
+
+def sequential_grid_compact(grid, confidence, height, width):
+    """The oracle of the scores at the grid: numpy's sequential weighted bincount over the
+    cells (the former code), each cell weighted by the pixels it becomes."""
+    bins = np.maximum(grid.astype(np.intp).ravel(), -1) + 1
+    weights = resize_weights(grid.shape, height, width).astype(np.float64).ravel()
+    pixels = np.bincount(bins, weights=weights)
+    pixels[0] = 0
+    present = np.flatnonzero(pixels)
+    sums = np.bincount(bins, weights=confidence.astype(np.float64).ravel() * weights)[present]
+    return present - 1, np.clip(sums / np.maximum(pixels[present], 1), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_scores_are_bit_identical_to_the_sequential_sums(seed):
+    """Summed in lanes when every sum is exact, sequentially otherwise: the same bits."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(-1, 9, size=(int(rng.integers(1, 70)), int(rng.integers(1, 70))))
+    grid = resize_labels(grid, int(rng.integers(20, 300)), int(rng.integers(20, 300)))
+    size = (int(rng.integers(1, 400)), int(rng.integers(1, 400)))
+    winners = (1 / 9 + (8 / 9) * rng.random(grid.shape)).astype(np.float32)  # exact sums
+    confidences = [winners, rng.random(grid.shape).astype(np.float32),  # tiny values: sequential
+                   winners.astype(np.float64), winners.astype(np.float16),
+                   np.where(rng.random(grid.shape) < 0.3, 0, winners).astype(np.float32)]
+    unlabelled, every_cell, gaps = grid, np.maximum(grid, 0), np.maximum(grid, 0) * 2
+    for label_grid, confidence, target in itertools.product(
+            (unlabelled, every_cell, gaps), confidences, (grid.shape, size)):
+        labels = compact_resized_labels(label_grid, confidence, *target)
+        values, scores = sequential_grid_compact(label_grid, confidence, *target)
+        np.testing.assert_array_equal(labels.scores, scores)  # bit for bit
+        compact = np.searchsorted(values, label_grid).astype(np.int32)
+        compact[label_grid < 0] = -1
+        np.testing.assert_array_equal(labels.label_map, resize_labels(compact, *target))
+
+
+def test_only_exact_sums_are_summed_in_lanes():
+    from labeler.methods.base import _sums_are_exact
+
+    winners = np.full((1024, 1024), 1 / 30, np.float32)
+    assert _sums_are_exact(winners, None)
+    assert not _sums_are_exact(winners.astype(np.float64), None)  # 53-bit values round
+    tiny_and_one = np.full((1024, 1024), 1.0, np.float32)
+    tiny_and_one[5, 7] = 1e-6  # its bits lie 2**-43 below 1: a 1 Mpx sum would drop them
+    assert not _sums_are_exact(tiny_and_one, None)
+    assert _sums_are_exact(tiny_and_one[:4, :8], None)  # a small sum keeps them
+    assert not _sums_are_exact(np.full((4, 4), np.nan, np.float32), None)
+    assert not _sums_are_exact(np.full((4, 4), -0.5, np.float32), None)
+    big = (np.ones(1024, np.int64) * 4, np.ones(1024, np.int64) * 4)  # 16 Mpx
+    assert _sums_are_exact(np.full((1024, 1024), 0.5, np.float32), big)
+    low_and_one = np.full((1024, 1024), 1.0, np.float32)
+    low_and_one[0, 0] = 1 / 300  # 16 Mpx of sum: its low bits would round away
+    assert not _sums_are_exact(low_and_one, big)
+    assert _sums_are_exact(low_and_one, None)  # 1 Mpx: they stay

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,12 +21,11 @@ from pycocotools import mask as mask_utils
 import labeler
 from labeler.io.decode import DEFAULT_MAX_DECODED_PIXELS, decode_image
 from labeler.io.folders import Folder
-from labeler.methods.base import ImageLabels, MethodProvenance
 from labeler.runtime import shard as shard_module
 from labeler.runtime.plan import plan_run
 from labeler.runtime.run_folder import RunFolder
 from labeler.runtime.shard import ShardProcessor
-from labeler.timing import StageTimer
+from tests.helpers import HalvesSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,31 +151,6 @@ def test_decoding_wide_inputs_stays_within_the_stated_memory_bound(tmp_path, nam
     assert decoded <= DEFAULT_MAX_DECODED_PIXELS
     bound = held_bytes * stored[0] * stored[1] + _BYTES_PER_DECODED_PIXEL * decoded + _STRIP_BYTES
     assert peak <= bound, f"{name}: {peak / 2**20:.0f} MB > {bound / 2**20:.0f} MB"
-
-
-class HalvesSegmenter:
-    """Labels the left half 0 and the right half 1, at whatever size it is given."""
-
-    categories: ClassVar[list[dict]] = [{"id": 1, "name": "left", "supercategory": "x"},
-                                        {"id": 2, "name": "right", "supercategory": "x"}]
-
-    def __init__(self) -> None:
-        self.sizes: list[tuple[int, int]] = []
-        self.timer = StageTimer()
-        self.device = "cpu"
-
-    def provenance(self) -> MethodProvenance:
-        return MethodProvenance(method="test", model="none")
-
-    def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
-        results = []
-        for image in images:
-            height, width = image.shape[:2]
-            self.sizes.append((height, width))
-            label_map = np.zeros((height, width), np.int32)
-            label_map[:, width // 2 :] = 1
-            results.append(ImageLabels(label_map, np.array([1, 2]), np.ones(2)))
-        return results
 
 
 def test_labels_of_a_downscaled_image_are_reported_at_its_stored_size(tmp_path, monkeypatch):

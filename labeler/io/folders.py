@@ -145,18 +145,6 @@ class Folder:
             return []
         return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
 
-    def list_details(self, relative: str) -> dict[str, dict]:
-        """Name -> the filesystem's metadata (``size``, stamps) of each entry directly under
-        ``relative``, from one listing (paginated on object stores: no request per entry);
-        empty when it does not exist."""
-        path = self.path(relative)
-        self.fs.invalidate_cache(path)
-        try:
-            entries = self.fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return {}
-        return {posixpath.basename(entry["name"].rstrip("/")): entry for entry in entries}
-
     def remove(self, relative: str, recursive: bool = False) -> None:
         if self.exists(relative):
             self.fs.rm(self.path(relative), recursive=recursive)

@@ -75,9 +75,13 @@ def label_map_annotations(label_map: np.ndarray, category_ids: Sequence[int],
     return records
 
 
+#: ``json.dumps(record, ensure_ascii=False)``, without building an encoder per record.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def render(records: Iterable[dict]) -> bytes:
     """The fragment of ``records``: one JSON record per line, joined by ``",\\n"``."""
-    return ",\n".join(json.dumps(record, ensure_ascii=False) for record in records).encode()
+    return ",\n".join(map(_ENCODER.encode, records)).encode()
 
 
 def shard_fragments(image_rows: Iterable[dict],

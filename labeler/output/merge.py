@@ -9,7 +9,9 @@ rendered at commit: byte concatenations, no record is parsed or rendered here (s
 before fragments existed are rendered now). Above ``max_annotations`` the COCO output is split
 (:mod:`labeler.output.coco_files`). Then the dataset card ``README.md``
 (:mod:`labeler.output.card`: ``datasets.load_dataset(OUTPUT)`` loads the tables). Memory stays
-bounded by one shard's image rows.
+bounded by one row group of ``images.parquet`` (:data:`IMAGE_ROW_GROUP` rows), whatever the
+number of shards; no image row becomes a Python object (Arrow counts the statuses, reasons and
+annotations).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labeler.io.folders import Folder
@@ -33,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: Rows per row group of ``images.parquet`` (at least: whole shards are grouped). One group per
 #: shard would make its footer grow with the shards (390k groups at 100M images).
 IMAGE_ROW_GROUP = 65536
+#: Shards' image tables held before they are copied into one (see :class:`_RowGroups`).
+COMPACT_TABLES = 256
 #: Where fragments of shards committed without them are rendered during a merge.
 _LEGACY_FRAGMENTS = "run/merge"
 
@@ -80,31 +85,66 @@ def _check_committed(output: Folder, shard_ids: list[str]) -> None:
 
 
 def _merge_images(output: Folder, shard_ids: list[str]) -> tuple[dict, list[tuple[int, int]]]:
-    """Concatenate the image parts; returns the counts and each shard's (labeled, annotations)."""
+    """Concatenate the image parts, streaming (:class:`_RowGroups` bounds what is held);
+    returns the counts and each shard's (labeled, annotations), counted by Arrow."""
     images = labeled = failed = 0
     reasons: Counter = Counter()
     per_shard = []
-    pending: list[pa.Table] = []
-    written = 0  # image rows written so far
     with (output.open_atomic_writer(parts.MERGED_IMAGES) as handle,
           pq.ParquetWriter(handle, schema.IMAGES) as writer):
+        groups = _RowGroups(writer)
         for shard_id in shard_ids:
             table = parts.read_part(output, parts.shard_part(shard_id, parts.IMAGES), parts.IMAGES)
-            pending.append(table)
-            if images + table.num_rows - written >= IMAGE_ROW_GROUP:
-                writer.write_table(pa.concat_tables(pending))
-                pending, written = [], images + table.num_rows
-            statuses = table.column("status").to_pylist()
-            shard_labeled = statuses.count(schema.IMAGE_STATUS_LABELED)
-            per_shard.append((shard_labeled, sum(table.column("n_annotations").to_pylist())))
-            images += len(statuses)
+            groups.add(table)
+            status = table.column("status")
+            shard_labeled = _count(pc.equal(status, schema.IMAGE_STATUS_LABELED))
+            per_shard.append((shard_labeled, _count(table.column("n_annotations"))))
+            images += table.num_rows
             labeled += shard_labeled
-            failed += statuses.count(schema.IMAGE_STATUS_FAILED)
-            reasons.update(reason for reason in table.column("reason").to_pylist() if reason)
-        if pending:
-            writer.write_table(pa.concat_tables(pending))
+            failed += _count(pc.equal(status, schema.IMAGE_STATUS_FAILED))
+            if table.column("reason").null_count < table.num_rows:
+                reasons.update({item["values"]: item["counts"] for item in
+                                pc.value_counts(pc.drop_null(table.column("reason"))).to_pylist()})
+        groups.flush()
     return ({"images": images, "labeled": labeled, "failed": failed, "annotations": 0,
              "failure_reasons": dict(reasons)}, per_shard)
+
+
+def _count(values: pa.ChunkedArray) -> int:
+    """The sum of an integer or boolean column (0 when empty)."""
+    return int(pc.sum(values).as_py() or 0)
+
+
+class _RowGroups:
+    """Cuts a stream of small tables (one per shard) into row groups of at least
+    :data:`IMAGE_ROW_GROUP` rows; memory stays bounded by one row group.
+
+    Every :data:`COMPACT_TABLES` tables are copied into one contiguous table: each table read
+    from a part holds buffers of its own, and thousands of tiny shards' tables (kept until their
+    row group is full) would hold far more memory than their rows.
+    """
+
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self.writer = writer
+        self.compacted: list[pa.Table] = []
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        if len(self.pending) >= COMPACT_TABLES:
+            self.compacted.append(pa.concat_tables(self.pending).combine_chunks())
+            self.pending = []
+        if self.rows >= IMAGE_ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is held as one row group."""
+        if self.rows:
+            self.writer.write_table(pa.concat_tables(self.compacted + self.pending),
+                                    row_group_size=self.rows)
+        self.compacted, self.pending, self.rows = [], [], 0
 
 
 def _copy_annotation_parts(output: Folder, shard_ids: list[str]) -> None:

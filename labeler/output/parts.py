@@ -97,6 +97,16 @@ def encode_part(kind: PartKind, rows: Sequence[dict]) -> bytes:
 
 
 def read_part(output: Folder, relative: str, kind: PartKind) -> pa.Table:
-    """Read one part (a shard's, or a merged copy) with its kind's schema."""
-    with output.open(relative) as handle:
-        return pq.read_table(handle, schema=kind.schema)
+    """Read one part (a shard's, or a merged copy) with its kind's schema: one read of the
+    file (one request on object stores), decoded on this thread.
+
+    Columns a part was written without (an older labeler) read as nulls; columns the schema no
+    longer has are dropped.
+    """
+    data = output.read_bytes(relative)
+    table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    if table.schema.equals(kind.schema):
+        return table
+    columns = [table.column(field.name).cast(field.type) if field.name in table.column_names
+               else pa.nulls(table.num_rows, field.type) for field in kind.schema]
+    return pa.Table.from_arrays(columns, schema=kind.schema)

@@ -34,6 +34,7 @@ class ImageRow(TypedDict):
     shard_id: str
     file_name: str
     retryable: bool | None
+    decode_scale: int | None
     input_identity: str | None
 
 
@@ -86,12 +87,13 @@ def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
                     detail=redact_text(detail)[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
                     shard_id=shard_id, file_name=file_name or uri,
-                    retryable=is_retryable(reason), input_identity=input_identity)
+                    retryable=is_retryable(reason), decode_scale=None,
+                    input_identity=input_identity)
 
 
 def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: ImageLabels,
                  category_names: dict[int, str], provenance: Provenance, shard_id: str,
-                 file_name: str | None = None,
+                 file_name: str | None = None, decode_scale: int | None = None,
                  input_identity: str | None = None) -> tuple[ImageRow, list[AnnotationRow]]:
     """The image row and annotation rows of one labeled image.
 
@@ -106,6 +108,8 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
         shard_id: the shard the image belongs to.
         file_name: the name relative to the image root (:mod:`labeler.output.names`); the URI
             when not given.
+        decode_scale: the factor the decoder reduced the stored image by before the method saw
+            it (:attr:`labeler.io.decode.DecodedImage.scale`); None when not known.
         input_identity: the identity of the bytes labeled (:mod:`labeler.io.identity`).
     """
     file_name = file_name or uri
@@ -129,5 +133,5 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
                      detail=None, width=width, height=height, n_annotations=len(annotations),
                      shard_id=shard_id, file_name=file_name, retryable=None,
-                     input_identity=input_identity)
+                     decode_scale=decode_scale, input_identity=input_identity)
     return image, annotations

@@ -24,6 +24,10 @@ IMAGES = pa.schema(
         # failed rows: whether a re-run may label the image (labeler.output.failures); null
         # for labeled rows and for parts written before the column existed
         ("retryable", pa.bool_()),
+        # labeled rows: the integer factor the decoder reduced the stored image by before the
+        # method saw it (1: full size; labeler.io.decode, "Decoding what the consumer needs");
+        # null for failed rows and for parts written before the column existed
+        ("decode_scale", pa.int32()),
         # which version of the input was read (labeler.io.identity: etag:..., mtime:...:size:...,
         # sha256:...); null when it could not be read, and for parts written before the column
         ("input_identity", pa.string()),

@@ -81,7 +81,8 @@ def dry_run(config: JobConfig, storage_options: dict | None = None) -> DryRunRep
     if first is not None:
         ref = InputRef.from_dict(first)
         data = read_image_bytes(ref, storage_options=storage_options)
-        pixels = decode_image(data, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS).pixels
+        pixels = decode_image(data, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
+                              needed_side=config.decode_side_for(segmenter)).pixels
         started = time.perf_counter()
         segmenter.label([pixels])
         seconds = time.perf_counter() - started

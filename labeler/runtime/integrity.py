@@ -45,12 +45,9 @@ def part_stamp(output: Folder, relative: str) -> str | None:
     return _stamp(output.fs.info(output.path(relative)))
 
 
-def listed_stamps(output: Folder, relative: str) -> dict[str, dict]:
-    """``{name: {"bytes", "stamp"}}`` of the files directly under ``relative``, from one
-    listing (the same stamps :func:`part_stamp` reads one request at a time)."""
-    return {name: {"bytes": info.get("size"), "stamp": _stamp(info)}
-            for name, info in output.list_details(relative).items()
-            if info.get("type") != "directory"}
+def info_stamp(info: dict) -> str | None:
+    """The version stamp in one file's metadata (a HEAD's or a listing's)."""
+    return _stamp(info)
 
 
 def _stamp(info: dict) -> str | None:

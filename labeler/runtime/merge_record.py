@@ -18,7 +18,7 @@ from __future__ import annotations
 from labeler.io.folders import Folder
 from labeler.output import parts
 from labeler.output.coco_files import coco_files
-from labeler.runtime.integrity import part_stamp
+from labeler.runtime.integrity import info_stamp
 
 MERGED_RECORD = "run/merged.json"
 
@@ -38,11 +38,10 @@ def merged_files(output: Folder) -> list[str]:
 def file_stamp(output: Folder, relative: str) -> dict | None:
     """``{"bytes", "stamp"}`` of one file (store metadata only), None when it is missing."""
     try:
-        size = output.fs.size(output.path(relative))
-        stamp = part_stamp(output, relative)
+        info = output.fs.info(output.path(relative))
     except FileNotFoundError:
         return None
-    return {"bytes": size, "stamp": stamp}
+    return {"bytes": info.get("size"), "stamp": info_stamp(info)}
 
 
 def record_merge(output: Folder, shard_ids: list[str], counts: dict,

@@ -13,10 +13,10 @@ sha256 of the rest (the entries, JSON); it is written atomically through
 :class:`~labeler.io.folders.Folder`.
 
 A roll-up is a cache, never the truth. :class:`CommittedStats` takes a shard's stats from it
-only when the roll-up is whole (its digest matches) and the shard's stats file, listed now,
-still has the recorded size and stamp; anything else (a shard redone since, a stats file
-removed or rewritten, a group never rolled up, a damaged roll-up) is read from the shard's own
-stats file, as without roll-ups. Callers re-read the stats file before reporting a shard as
+only when the roll-up is whole (its digest matches) and the shard's stats file still has the
+recorded size and stamp (one metadata request); anything else (a shard redone since, a stats
+file removed or rewritten, a group never rolled up, a damaged roll-up) is read from the
+shard's own stats file, as without roll-ups. A reader holds one group's roll-up at a time. Callers re-read the stats file before reporting a shard as
 damaged (:func:`labeler.runtime.status.run_progress`), so a roll-up can never be the evidence of
 damage.
 """
@@ -27,9 +27,8 @@ import hashlib
 import json
 import logging
 
-from labeler.runtime.integrity import listed_stamps
 from labeler.runtime.merge_record import file_stamp
-from labeler.runtime.run_folder import STATS_DIR, RunFolder
+from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +117,9 @@ class RollUpWriter:
 
 
 class CommittedStats:
-    """Each done shard's stats: from the roll-ups where they still vouch for it, else from its
-    own stats file (the reader's side; see the module docstring).
+    """Each done shard's stats: from its group's roll-up where it still vouches for the shard,
+    else from the shard's own stats file (the reader's side; see the module docstring). One
+    group's roll-up is held at a time: ask for shards in plan order.
 
     Args:
         run: the run folder.
@@ -128,39 +128,39 @@ class CommittedStats:
 
     def __init__(self, run: RunFolder, use_rollups: bool = True) -> None:
         self.run = run
-        self.rolled: dict[str, dict] = _read_rollups(run) if use_rollups else {}
-        self.listed = listed_stamps(run.output, STATS_DIR) if self.rolled else {}
+        self.use_rollups = use_rollups
+        self.group: int | None = None
+        self.entries: dict[str, dict] = {}
 
-    def stats(self, shard_id: str) -> tuple[dict | None, bool]:
-        """(stats, from_rollup): the shard's stats (None: no stats file), and whether they came
-        from a roll-up.
+    def stats(self, shard_id: str, position: int) -> tuple[dict | None, bool]:
+        """(stats, from_rollup) of the plan's ``position``-th shard: its stats (None: no stats
+        file), and whether they came from a roll-up (its stats file has the size and stamp
+        the roll-up recorded: one metadata request, nothing read).
 
         Raises:
             ValueError, UnicodeDecodeError: the shard's stats file is unreadable.
         """
-        entry = self.rolled.get(shard_id)
-        if entry is not None:
-            now = self.listed.get(f"{shard_id}.json")
-            if now is not None and now["bytes"] == entry["bytes"] \
-                    and now["stamp"] == entry["stamp"]:
+        if self.use_rollups:
+            group = position // GROUP_SHARDS
+            if group != self.group:
+                self.group, self.entries = group, _read_rollup(self.run, group)
+            entry = self.entries.get(shard_id)
+            if entry is not None and file_stamp(self.run.output, self.run.stats_file(shard_id)) \
+                    == {"bytes": entry["bytes"], "stamp": entry["stamp"]}:
                 return entry["stats"], True
         return self.run.read_stats(shard_id), False
 
 
-def _read_rollups(run: RunFolder) -> dict[str, dict]:
-    """Shard id -> its roll-up entry, from every whole roll-up (damaged ones are skipped)."""
-    entries: dict[str, dict] = {}
-    for name in run.output.list(ROLLUP_DIR):
-        if not name.endswith(".json") or ".tmp-" in name:
-            continue
-        relative = f"{ROLLUP_DIR}/{name}"
-        try:
-            rolled = _decode(run.output.read_bytes(relative))
-        except FileNotFoundError:  # removed since the listing
-            continue
-        if not isinstance(rolled, dict):
-            logger.warning("%s is damaged: ignored (the shards' stats files are read instead)",
-                           run.output.uri_of(relative))
-            continue
-        entries.update(rolled)
-    return entries
+def _read_rollup(run: RunFolder, group: int) -> dict[str, dict]:
+    """Shard id -> its entry in the group's roll-up; empty when there is none or it is not
+    whole (damaged: logged)."""
+    relative = rollup_file(group)
+    try:
+        rolled = _decode(run.output.read_bytes(relative))
+    except FileNotFoundError:
+        return {}
+    if not isinstance(rolled, dict):
+        logger.warning("%s is damaged: ignored (the shards' stats files are read instead)",
+                       run.output.uri_of(relative))
+        return {}
+    return rolled

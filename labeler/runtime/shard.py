@@ -92,8 +92,9 @@ def failed_row(entry: dict, reason: str, detail: str, shard_id: str) -> ImageRow
 class Batch:
     """Up to ``batch_size`` decoded images, plus the images that failed before the model."""
 
-    images: list[tuple[dict, np.ndarray, tuple[int, int]]] = field(default_factory=list)
-    """(entry, (h, w, 3) pixels, the stored image's (height, width)) per image."""
+    images: list[tuple[dict, np.ndarray, tuple[int, int], int]] = field(default_factory=list)
+    """(entry, (h, w, 3) pixels, the stored image's (height, width), the decode scale) per
+    image."""
     failures: list[tuple[dict, str, str]] = field(default_factory=list)
 
 
@@ -307,6 +308,9 @@ class ShardProcessor:
             pool encodes.
         batch_size: images per model call.
         max_pixels: decompression-bomb limit passed to the decoder.
+        decode_side: images are decoded down to this side (the method's input side:
+            :meth:`labeler.config.JobConfig.decode_side`); None: full size. Each image row
+            records the scale (``decode_scale``).
         run_id: recorded with every annotation.
         storage_options: fsspec options for reading inputs.
         worker: facts about the worker (host, pid, device) recorded in the shard's stats.
@@ -320,8 +324,9 @@ class ShardProcessor:
     def __init__(self, segmenter: Segmenter, batch_size: int, max_pixels: int | None, run_id: str,
                  storage_options: dict | None = None, worker: dict | None = None,
                  postprocess_threads: int = 1, policy: InputPolicy | None = None,
-                 life: LifeSigns | None = None) -> None:
+                 life: LifeSigns | None = None, decode_side: int | None = None) -> None:
         self.segmenter = segmenter
+        self.decode_side = decode_side
         self.life = life
         self.policy = policy
         self.batch_size = batch_size
@@ -430,6 +435,7 @@ class ShardProcessor:
                          "wait_model": round(wait_model, 4),
                          "wait_postprocess": round(results.waited, 4)},
             "worker": self.worker,
+            "decode_side": self.decode_side,
         }
 
     @staticmethod
@@ -477,14 +483,14 @@ class ShardProcessor:
             try:
                 options = {"max_pixels": self.max_pixels} if self.max_pixels else {}
                 decoded = decode_image(data, max_decoded_pixels=DEFAULT_MAX_DECODED_PIXELS,
-                                       **options)
+                                       needed_side=self.decode_side, **options)
             except ImageDecodeError as error:
                 batch.failures.append((entry, error.reason, error.detail))
                 continue
             finally:
                 timings["decode"] += time.perf_counter() - decode_started
-            batch.images.append(
-                (entry, decoded.pixels, (decoded.original_height, decoded.original_width)))
+            batch.images.append((entry, decoded.pixels,
+                                 (decoded.original_height, decoded.original_width), decoded.scale))
             if len(batch.images) == self.batch_size:
                 yield batch
                 batch = Batch()
@@ -492,20 +498,20 @@ class ShardProcessor:
             yield batch
 
     # -- the model -----------------------------------------------------------------------
-    def _label_batch(self, batch: list[tuple[dict, np.ndarray, tuple[int, int]]],
+    def _label_batch(self, batch: list[tuple[dict, np.ndarray, tuple[int, int], int]],
                      results: OrderedResults, shard_id: str, timings: dict) -> None:
         """Run the model on a batch and hand each image's output to the pool, in order."""
-        images = [pixels for _, pixels, _ in batch]
+        images = [pixels for _, pixels, _, _ in batch]
         started = time.perf_counter()
         outcomes = self._label_isolating(images)
         timings["label"] += time.perf_counter() - started
-        for (entry, pixels, stored), outcome in zip(batch, outcomes):
+        for (entry, pixels, stored, scale), outcome in zip(batch, outcomes):
             if isinstance(outcome, ImageFailure):
                 results.put(_Finished(failed_row(entry, outcome.reason, outcome.detail, shard_id),
                                       []))
             else:
-                results.submit(self._finish_image, entry, pixels.shape[:2], stored, outcome,
-                               shard_id)
+                results.submit(self._finish_image, entry, pixels.shape[:2], stored, scale,
+                               outcome, shard_id)
 
     def _label_isolating(self, images: list[np.ndarray]) -> list:
         """Label a batch; on an error, retry its images one by one to find the bad ones."""
@@ -547,8 +553,8 @@ class ShardProcessor:
         return self._label_splitting(images[:half]) + self._label_splitting(images[half:])
 
     # -- after the model (runs on the post-processing pool) ------------------------------
-    def _finish_image(self, entry: dict, decoded: tuple[int, int], stored: tuple[int, int], raw,
-                      shard_id: str) -> _Finished:
+    def _finish_image(self, entry: dict, decoded: tuple[int, int], stored: tuple[int, int],
+                      scale: int, raw, shard_id: str) -> _Finished:
         """The host step of one image: its labels from the model's output, then its rows; an
         error here is the image's ``postprocess_error`` row.
 
@@ -565,7 +571,8 @@ class ShardProcessor:
                 if labels.shape != decoded:
                     raise ValueError(f"label map {labels.shape} for an image of {decoded}")
                 labels = labels.resized(height, width)
-                image, annotations = self._labeled_rows(entry, height, width, labels, shard_id)
+                image, annotations = self._labeled_rows(entry, height, width, labels, shard_id,
+                                                        scale)
             except Exception as error:  # noqa: BLE001 - becomes the image's failure row
                 logger.warning("post-processing failed on %s: %s", entry["uri"], error)
                 detail = f"{type(error).__name__}: {error}"
@@ -574,10 +581,10 @@ class ShardProcessor:
         return _Finished(image, annotations, time.perf_counter() - started)
 
     def _labeled_rows(self, entry: dict, height: int, width: int, labels: ImageLabels,
-                      shard_id: str) -> tuple[ImageRow, list[AnnotationRow]]:
+                      shard_id: str, decode_scale: int) -> tuple[ImageRow, list[AnnotationRow]]:
         return labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
                             self.category_names, self.provenance, shard_id, entry.get("file_name"),
-                            entry.get(READ_IDENTITY))
+                            decode_scale, input_identity=entry.get(READ_IDENTITY))
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
     """Write the shard's log; a storage error here must not hide the shard's own outcome."""

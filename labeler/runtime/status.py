@@ -10,8 +10,8 @@ their commit (``deep`` hashes every part); damaged ones are listed, and the run 
 ``complete``; the merged files are checked against the merge's record
 (:mod:`labeler.runtime.merge_record`). The cost follows the shards: a few metadata requests
 each; the stats come from the run's roll-ups (:mod:`labeler.runtime.rollup`: one file per 1000
-done shards, checked against a listing of the stats files), a shard's own stats file only where
-no roll-up vouches for it (``deep`` reads every stats file).
+done shards, each shard's entry checked against its stats file's size and stamp), a shard's own
+stats file only where no roll-up vouches for it (``deep`` reads every stats file).
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     damaged: dict[str, str] = {}
     depth = DIGESTS if deep else STAMPS
     committed = CommittedStats(run, use_rollups=not deep)
-    for shard in plan["shards"]:
+    for position, shard in enumerate(plan["shards"]):
         if shard["shard_id"] not in done:
             continue
-        read, problem = _checked_stats(run, committed, shard, depth)
+        read, problem = _checked_stats(run, committed, shard, position, depth)
         if problem is not None:
             damaged[shard["shard_id"]] = problem
         stats = read or {}
@@ -97,13 +97,13 @@ def run_progress(output_uri: str, storage_options: dict | None = None,
     }
 
 
-def _checked_stats(run: RunFolder, committed: CommittedStats, shard: dict,
+def _checked_stats(run: RunFolder, committed: CommittedStats, shard: dict, position: int,
                    depth: str) -> tuple[dict | None, str | None]:
     """(stats, problem) of one done shard; a shard that looks damaged against its rolled-up
     stats is checked again against its own stats file (the roll-up may be older than it)."""
     shard_id = shard["shard_id"]
     try:
-        read, rolled = committed.stats(shard_id)
+        read, rolled = committed.stats(shard_id, position)
         problem = stats_problem(run, shard_id, shard["n_images"], read, depth)
         if problem is not None and rolled:
             read = run.read_stats(shard_id)
@@ -121,10 +121,10 @@ def done_shard_totals(run: RunFolder, shards: list[dict], done: set[str]) -> dic
               "retryable_failures": 0}
     reasons: dict[str, int] = {}
     committed = CommittedStats(run)
-    for shard in shards:
+    for position, shard in enumerate(shards):
         if shard["shard_id"] not in done:
             continue
-        stats = committed.stats(shard["shard_id"])[0] or {}
+        stats = committed.stats(shard["shard_id"], position)[0] or {}
         totals["images"] += shard["n_images"]
         for key in ("labeled", "failed", "annotations", "seconds", "retryable_failures"):
             totals[key] += stats.get(key, 0)

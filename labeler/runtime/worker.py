@@ -49,7 +49,7 @@ class ShardWorker:
             segmenter, config.batch_size, config.max_pixels, run_id, storage_options,
             worker=self.info, postprocess_threads=postprocess_threads,
             policy=InputPolicy.for_input(config.input, config.allow_protocols),
-            life=self.life)
+            life=self.life, decode_side=config.decode_side_for(segmenter))
         self._outputs: dict[str, Folder] = {}
 
     def ready(self) -> dict:

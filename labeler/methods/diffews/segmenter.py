@@ -72,6 +72,7 @@ class DiffewS:
         self.rule = DecisionRule(self.options.rule, self.options.level, self.options.presence,
                                  self.options.ratio)
         self.input_size = self.options.input_size or backbone.image_size
+        self.decode_side = self.options.decode_side(self.input_size)
         self.supports = class_supports(support, self.classes)
         self.fusion = install_kv_fusion(backbone.unet)
         self.context = empty_context(backbone, self.options.context_tokens)

@@ -50,6 +50,12 @@ class DiffewsOptions(Settings):
     max_label_side: int = Field(1024, ge=1)
     cache_banks: bool = True
 
+    def decode_side(self, input_side: int) -> int | None:
+        """The side images may be decoded down to for a model input of ``input_side``: that
+        side, except in the reference's decision (``rule = "relative"``, pixel for pixel) and
+        without antialiasing (the resize samples the full-size pixels): full size (None)."""
+        return input_side if self.rule == "absolute" and self.antialias else None
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> DiffewsOptions:
         """From a ``[diffews]`` table; unknown keys and bad values are a one-line UserError."""

@@ -67,6 +67,7 @@ class DiffSeg:
         self.timestep = self.options.timestep
         self.max_label_side = self.options.max_label_side
         self.antialias = self.options.antialias
+        self.decode_side = self.options.decode_side(backbone.image_size)
         self.device = backbone.device
         self.categories = categories(self.options)
         layers = unet_attention_layers(backbone.unet)

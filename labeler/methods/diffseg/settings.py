@@ -167,6 +167,12 @@ class DiffSegOptions(Settings):
     def _thresholds(cls, value: object) -> object:
         return None if value is None else _check_thresholds(value)
 
+    def decode_side(self, input_side: int) -> int | None:
+        """The side images may be decoded down to for a model of ``input_side``: that side,
+        except in the reference's parity mode (``antialias = false``: the resize samples the
+        full-size pixels), which decodes at full size (None)."""
+        return input_side if self.antialias else None
+
     @property
     def schedule(self) -> tuple[float, ...]:
         """Per-iteration thresholds actually used."""

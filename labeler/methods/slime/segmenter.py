@@ -55,6 +55,7 @@ class Slime:
         self.cross_keys = resolve_layers(backbone.unet, embedding_set.layers["cross"])
         self.self_keys = resolve_layers(backbone.unet, embedding_set.layers["self"])
         self.input_size = self.options.input_size or backbone.image_size
+        self.decode_side = self.options.decode_side(self.input_size)
         patch = REFERENCE_CANVAS if self.options.paper_mode else (self.options.patch_size or 400)
         self.patch_size = round(patch * self.input_size / REFERENCE_CANVAS)
         self.boxes = patch_grid(self.input_size, self.patch_size, self.options.patches_per_side,

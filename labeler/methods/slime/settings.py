@@ -125,6 +125,12 @@ class SlimeOptions(Settings):
         })
 
 
+    def decode_side(self, input_side: int) -> int | None:
+        """The side images may be decoded down to for a model input of ``input_side``: that
+        side, except in the reference's resize (``resize = "reference"``, OpenCV on uint8) and
+        without antialiasing, which sample the full-size pixels and decode at full size (None)."""
+        return input_side if self.resize == "float" and self.antialias else None
+
     def timestep_range(self) -> tuple[int, int]:
         """The inclusive timestep range (low == high for a single timestep)."""
         if isinstance(self.timestep, tuple):

@@ -292,16 +292,22 @@ def read_many(
     column is read once. Transient errors are retried per image with ``retry``; a failure never stops
     the iteration, it is yielded in place of the bytes.
     """
+    for batch in _windows(refs, window):
+        yield from _read_window(batch, storage_options, retry)
+
+
+def _windows(refs: Iterable[InputRef], window: int) -> Iterator[list[InputRef]]:
+    """``refs`` in lists of ``window`` (the last one shorter)."""
     if window < 1:
         raise ValueError("window must be >= 1")
     batch: list[InputRef] = []
     for ref in refs:
         batch.append(ref)
         if len(batch) >= window:
-            yield from _read_window(batch, storage_options, retry)
+            yield batch
             batch = []
     if batch:
-        yield from _read_window(batch, storage_options, retry)
+        yield batch
 
 
 def with_identities(
@@ -318,14 +324,8 @@ def with_identities(
     else (files elsewhere are read whole, Parquet rows a row group at a time). A ref that
     cannot be looked at keeps no identity (it is not compared).
     """
-    pending: list[InputRef] = []
-    for ref in refs:
-        pending.append(ref)
-        if len(pending) >= window:
-            yield from _identify_window(pending, storage_options, retry)
-            pending = []
-    if pending:
-        yield from _identify_window(pending, storage_options, retry)
+    for batch in _windows(refs, window):
+        yield from _identify_window(batch, storage_options, retry)
 
 
 def _identify_window(refs: list[InputRef], storage_options: dict[str, Any] | None,

@@ -417,7 +417,7 @@ def host_step(labels: np.ndarray, confidence: np.ndarray, height: int, width: in
     """One image's host work after the model (relabel, resize, encode); its thread CPU seconds."""
     cpu = time.thread_time()
     result = finish_labels(PendingLabels(labels, confidence, height, width))
-    rle.encode_label_map(result.label_map, len(result.category_ids))
+    rle.encode_label_map(result.grid, len(result.category_ids), result.rows, result.cols)
     return time.thread_time() - cpu
 
 
@@ -502,6 +502,20 @@ def run_encoder(args: argparse.Namespace) -> dict:
             lambda t=tensors: _compact_on_device(*t, height, width, None), 10), 3)
         figures[f"sorting_compact_ms_{segments}"] = round(
             1000 * best(lambda m=label_map, c=confidence: sorting_compact(m, c), 3), 3)
+        grid = label_grid_size(height, width, MAX_LABEL_SIDE)
+        if grid != (height, width):  # labels at the grid, encoded from it or expanded first
+            labels = ImageLabels(voronoi_labels(*grid, segments, rng), np.ones(segments),
+                                 np.ones(segments)).resized(height, width)
+            from_grid = (labels.grid, segments, labels.rows, labels.cols)
+            if ([(m.counts, m.area, m.bbox) for m in rle.encode_label_map(*from_grid)]
+                    != [(m.counts, m.area, m.bbox)
+                        for m in rle.encode_label_map(labels.label_map, segments)]):
+                raise RuntimeError("encoding from the grid differs from the expanded map's")
+            figures[f"grid_encode_ms_{segments}"] = round(
+                1000 * best(lambda a=from_grid: rle.encode_label_map(*a), 10), 3)
+            figures[f"expand_then_encode_ms_{segments}"] = round(1000 * best(
+                lambda a=from_grid: rle.encode_label_map(
+                    a[0][a[2][:, None], a[3][None, :]], a[1]), 3), 3)
     figures["one_pass_200_over_30"] = round(figures["one_pass_ms_200"] / figures["one_pass_ms_30"], 2)
     return figures
 

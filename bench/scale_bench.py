@@ -29,7 +29,7 @@ merge take minutes, ~2.5 GB of disk)::
     python bench/scale_bench.py --images 10000,100000 --plan-only 1000000
 
 Prints one JSON line: ``{"steps": {N: {step: {"seconds", "cpu_seconds", "peak_rss_mb",
-...}}}, "annotations": {N: count}, "load_average": [...], "cpus": ...}``.
+"load_average" (1-minute, when the step ended), ...}}}, "annotations": {N: count}, "load_average": [...], "cpus": ...}``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ def _child(args: argparse.Namespace) -> None:
     found = _step(args.child, args.out, args.images_one, args.shard_size, args.processes)
     print(json.dumps({"seconds": round(time.perf_counter() - started, 3),
                       "cpu_seconds": round(time.process_time() - cpu_started, 3),
-                      "peak_rss_mb": _peak_rss_mb(), **found}))
+                      "peak_rss_mb": _peak_rss_mb(),
+                      "load_average": round(os.getloadavg()[0], 1), **found}))
 
 
 #: Written beside a run whose every shard is committed (``--keep``: the run is reused).

@@ -36,6 +36,7 @@ from labeler.methods.base import ImageLabels
 from labeler.methods.registry import DEFAULT_METHOD
 from labeler.output.coco_records import label_map_annotations
 from labeler.output.failures import read_failure_reason
+from labeler.output.reader import with_used_categories
 
 #: What :meth:`Labeler.label` accepts.
 ImageInput = Union[Image.Image, np.ndarray, str, Path]  # noqa: UP007 - readable in the docs
@@ -104,7 +105,12 @@ def _failure(reason: str, detail: str, categories: list[dict]) -> LabelResult:
                        scores=np.zeros(0), categories=categories, reason=reason, detail=detail)
 
 
-def _result(labels: ImageLabels, categories: list[dict]) -> LabelResult:
+def _result(labels: ImageLabels, categories: list[dict], supercategory: str | None = None) -> LabelResult:
+    """The result of one labeled image; a method with open categories (``supercategory``:
+    DiffSeg's caption nouns) adds the image's own categories to the method's."""
+    if labels.category_names is not None and supercategory is not None:
+        used = {int(i): {n} for i, n in zip(labels.category_ids, labels.category_names)}
+        categories = with_used_categories(categories, used, supercategory)
     values = np.arange(len(labels.category_ids))
     masks = labels.label_map[None] == values[:, None, None]
     kept = masks.any(axis=(1, 2))
@@ -199,13 +205,14 @@ class Labeler:
             raise UserError(f"errors must be 'record' or 'raise' (got {errors!r})")
         iterator = iter(images)
         categories = self.categories
+        supercategory = self.config.spec.open_categories(self.config.settings)
         while chunk := list(islice(iterator, self.config.batch_size)):
             prepared = [self._prepare(image, errors) for image in chunk]
             pixels = [item for item in prepared if isinstance(item, np.ndarray)]
             labelled = iter(self.segmenter.label(pixels) if pixels else [])
             for item in prepared:
                 if isinstance(item, np.ndarray):
-                    yield _result(next(labelled), categories)
+                    yield _result(next(labelled), categories, supercategory)
                 else:
                     yield _failure(*item, categories)
 

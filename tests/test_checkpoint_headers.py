@@ -1,6 +1,7 @@
 """Safetensors headers are checked before any reader trusts them (issue 26): an absurd header
 length (2^62) or a malformed header in a DiffewS checkpoint, or in any model folder, ends in one
-line and exit 2, never a traceback, and before the run writes anything."""
+line and exit 2, never a traceback, and before the run writes anything; a damaged cached support
+bank is computed again."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from safetensors.torch import save
 
 from labeler.cli import main
 from labeler.errors import UserError
+from labeler.methods.annotations import load_annotated
+from labeler.methods.diffews.attention import SupportBank, install_kv_fusion
 from labeler.methods.diffews.model import load_diffews_backbone, read_support_conv
+from labeler.methods.diffews.support import (
+    BankSettings,
+    bank_path,
+    build_banks,
+    class_supports,
+    empty_context,
+)
 from labeler.models.safetensors_header import (
     MalformedSafetensors,
     check_file,
@@ -149,3 +159,25 @@ def test_import_and_train_refuse_a_damaged_unet_in_one_line(world, tmp_path):
                     str(model), "--output", str(tmp_path / "trained"), "--steps", "1",
                     "--device", "cpu")
     assert code == 2 and err.count("\n") == 1 and "bad header length" in err, err
+
+
+def test_a_damaged_cached_support_bank_is_computed_again_and_replaced(world, tmp_path, caplog):
+    backbone, weights = load_diffews_backbone(str(world["checkpoint"]), device="cpu")
+    fusion = install_kv_fusion(backbone.unet)
+    context = empty_context(backbone)
+    supports = class_supports(load_annotated(str(world["support"]), str(world["support"]), 3),
+                              ("background", "red", "green"))
+    settings = BankSettings(64, 2, True, "float32")
+    first = build_banks(backbone, fusion, supports, context, settings, weights, tmp_path)
+    damaged = bank_path(tmp_path, weights, supports[0], settings)
+    data = bytearray(damaged.read_bytes())
+    data[:8] = struct.pack("<Q", 2**62)
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(MalformedSafetensors, match="bad header length"):
+        SupportBank.load(damaged)
+    again = build_banks(backbone, fusion, supports, context, settings, weights, tmp_path)
+    assert "computing the support bank again" in caplog.text and str(damaged) in caplog.text
+    check_file(damaged)  # replaced by a sound file
+    for before, after in zip(first, again, strict=True):
+        for layer, tensor in before.keys.items():
+            torch.testing.assert_close(after.keys[layer], tensor)

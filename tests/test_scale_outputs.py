@@ -186,3 +186,44 @@ def test_a_run_splits_its_coco_output_and_a_new_bound_merges_again(tmp_path):
     assert not (output / "coco").exists()
     assert len(COCO(str(output / "coco.json")).getAnnIds()) == summary.annotations
     assert verify_output(str(output), processes=1) == []
+
+
+def test_images_parquet_is_streamed_in_row_groups_with_small_tables_compacted(
+        tmp_path, pool, monkeypatch):
+    from labeler.output import merge
+    monkeypatch.setattr(merge, "IMAGE_ROW_GROUP", 10)
+    monkeypatch.setattr(merge, "COMPACT_TABLES", 4)
+    held = []
+    add = merge._RowGroups.add
+
+    def watched(self, table):
+        add(self, table)
+        held.append(len(self.pending))
+
+    monkeypatch.setattr(merge._RowGroups, "add", watched)
+    out = tmp_path / "out"
+    plan = synthesize_run(str(out), 23, shard_size=1, pool=pool)
+    counts = merge_outputs(Folder(str(out)), [s["shard_id"] for s in plan["shards"]],
+                           CATEGORIES, INFO)
+    assert max(held) < 4  # never more than COMPACT_TABLES small tables at once
+    merged = pq.ParquetFile(out / "images.parquet")
+    assert [merged.metadata.row_group(i).num_rows
+            for i in range(merged.metadata.num_row_groups)] == [10, 10, 3]
+    assert merged.read().column("image_id").to_pylist() == list(range(1, 24))  # plan order
+    assert counts["images"] == counts["labeled"] == 23 and counts["failed"] == 0
+    assert verify_output(str(out), processes=1) == []
+
+
+def test_a_part_written_before_a_column_existed_reads_it_as_nulls(tmp_path):
+    from labeler.output import parts, schema
+    folder = Folder(str(tmp_path))
+    older = pa.schema([field for field in schema.IMAGES if field.name != "retryable"]
+                      + [pa.field("gone", pa.string())])
+    pq.write_table(pa.table({"uri": ["a"], "image_id": [3], "status": ["labeled"],
+                             "gone": ["x"]}, schema=pa.schema(
+        [older.field(name) for name in ("uri", "image_id", "status", "gone")])),
+        str(tmp_path / "part.parquet"))
+    table = parts.read_part(folder, "part.parquet", parts.IMAGES)
+    assert table.schema.equals(schema.IMAGES)
+    assert table.to_pylist()[0] == {**{field.name: None for field in schema.IMAGES},
+                                    "uri": "a", "image_id": 3, "status": "labeled"}

@@ -13,7 +13,7 @@
   size, sha256).
 * :mod:`~labeler.io.folders`: a folder (a run's output, a report destination) with atomic writes.
 * :mod:`~labeler.io.files`: single files by URI (embedding sets, banks, training state): atomic
-  writes and checks, with retries.
+  writes and checks, with retries; whole folders (checkpoints) between local disk and any URI.
 * :mod:`~labeler.io.decode`: the one image decoder (upright RGB, alpha on white).
 
 Imports go one way: ``uris`` <- ``retry`` <- ``parquet_images`` <- ``listing``/``reading``;

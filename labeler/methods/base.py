@@ -38,6 +38,9 @@ class ImageLabels:
             (DiffSeg with ``names``; the annotation's ``name_score``), or None.
         rows, cols: (H,) and (W,) non-decreasing grid row (column) of each image row (column),
             or None for a map at the image's size.
+        category_names: (L,) the category name of each label when the method's categories are
+            open (DiffSeg's caption nouns: per image), or None (the method's categories name
+            every id).
     """
 
     grid: np.ndarray
@@ -46,6 +49,7 @@ class ImageLabels:
     name_scores: np.ndarray | None = None
     rows: np.ndarray | None = None
     cols: np.ndarray | None = None
+    category_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.grid.ndim != 2:
@@ -54,6 +58,8 @@ class ImageLabels:
             raise ValueError("category_ids and scores must have one entry per label")
         if self.name_scores is not None and len(self.name_scores) != len(self.scores):
             raise ValueError("name_scores must have one entry per label")
+        if self.category_names is not None and len(self.category_names) != len(self.scores):
+            raise ValueError("category_names must have one entry per label")
         if len(self.category_ids) > MAX_LABELS_PER_IMAGE:
             raise ValueError(f"at most {MAX_LABELS_PER_IMAGE} labels per image")
         if (self.rows is None) != (self.cols is None):

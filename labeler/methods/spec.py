@@ -70,6 +70,11 @@ def _no_models(context: MethodContext) -> list[str]:
     return []
 
 
+def _closed(settings: Settings) -> str | None:
+    """Most methods know every category before they run."""
+    return None
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One method, as the registry table holds it.
@@ -82,6 +87,10 @@ class MethodSpec:
         build: ``build(context) -> Segmenter``, called once per worker (and by the API).
         categories: ``categories(settings) -> [{"id", "name", "supercategory"}, ...]`` without
             loading a model (the driver merges with them).
+        open_categories: ``open_categories(settings) -> supercategory or None``: a string when
+            the annotations may carry categories beyond ``categories`` (ids and names the method
+            derives per image, e.g. DiffSeg's caption nouns): the merge then adds every category
+            the annotations use, with that supercategory; None: the categories are closed.
         default_model: the model used when ``--model`` is not given, or None when the method's
             resources name it (SLiMe: the embedding set's model).
         check: ``check(context)``, pre-flight of method resources (files exist and parse, model
@@ -103,6 +112,7 @@ class MethodSpec:
     settings: type[Settings]
     build: Callable[[MethodContext], Segmenter]
     categories: Callable[[Settings], list[dict]]
+    open_categories: Callable[[Settings], str | None] = _closed
     default_model: str | None = None
     check: Callable[[MethodContext], None] = _no_check
     flags: tuple[MethodFlag, ...] = ()

@@ -12,6 +12,7 @@ import logging
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
 from labeler.errors import UserError
+from labeler.io.files import folder_version, read_folder
 from labeler.io.uris import open_fs, redact_uri
 from labeler.models.fingerprint import model_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
@@ -102,13 +104,15 @@ class Backbone:
         return latents * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text-encoder last hidden states, cached per prompt.
+    def encode_prompts(self, prompts: list[str], cache: bool = True) -> torch.Tensor:
+        """Text-encoder last hidden states, cached per prompt (``cache=False``: computed for
+        this call only, for open-ended prompts such as caption nouns).
 
         Returns:
             (len(prompts), 77, D) in ``self.dtype`` on ``self.device``.
         """
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        store = self._prompt_cache if cache else {}
+        missing = [p for p in dict.fromkeys(prompts) if p not in store]
         if missing:
             tokens = self.tokenizer(
                 missing,
@@ -119,8 +123,8 @@ class Backbone:
             ).input_ids.to(self.text_encoder.device)
             hidden = self.text_encoder(tokens)[0]
             for prompt, row in zip(missing, hidden):
-                self._prompt_cache[prompt] = row.to(self.device, self.dtype)
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+                store[prompt] = row.to(self.device, self.dtype)
+        return torch.stack([store[p] for p in prompts])
 
 
 def default_device() -> torch.device:
@@ -199,13 +203,16 @@ def _check_local_weights(source: str) -> None:
         check_folder(source)
 
 
-def _resolve_source(name: str, storage_options: dict | None, component: str | None = None) -> str:
+def _resolve_source(name: str, storage_options: dict | None, component: str | None = None,
+                    builtin: Callable[[], Path] = tiny_model_dir) -> str:
     """A local directory or hub id that ``from_pretrained`` can read.
 
-    ``component="unet"`` accepts a UNet folder (``config.json`` at its root) as well.
+    ``component="unet"`` accepts a UNet folder (``config.json`` at its root) as well; another
+    component (``captioner``) is a transformers folder with ``config.json`` at its root.
+    ``builtin`` builds the folder that ``tiny`` names (the tiny SD, or the tiny captioner).
     """
     if name == TINY:
-        return str(tiny_model_dir())
+        return str(builtin())
     if "://" in name and not name.startswith("file://"):
         return str(_mirror_remote_dir(name, storage_options or {}, component))
     local = Path(name.removeprefix("file://")).expanduser()
@@ -213,29 +220,36 @@ def _resolve_source(name: str, storage_options: dict | None, component: str | No
         if component is not None and (local / "config.json").is_file():
             return str(local)
         if not (local / "unet").is_dir():
-            raise ModelLoadError(
-                f"{name} is not a diffusers model directory: it has no unet/ folder "
-                f"(expected {', '.join(COMPONENTS)})"
-            )
+            raise ModelLoadError(f"{name} is not {_expected_layout(component)}")
         return str(local)
     if name.startswith((".", "/", "~")):
         raise ModelLoadError(f"model directory {name} does not exist")
     return name
 
 
+def _expected_layout(component: str | None) -> str:
+    """What a model folder for ``component`` must hold, for error messages."""
+    if component in (None, "unet"):
+        return f"a diffusers model directory: it has no unet/ folder (expected {', '.join(COMPONENTS)})"
+    return f"a {component} model directory: it has no config.json"
+
+
 def _mirror_remote_dir(uri: str, storage_options: dict, component: str | None = None) -> Path:
-    """Copy a diffusers (or, with ``component``, a component) directory into the local cache once."""
+    """Copy a diffusers (or, with ``component``, a component) directory into the local cache,
+    once per version of its files (:func:`labeler.io.files.folder_version`: a checkpoint that
+    training rewrote on the store is copied again, never served stale)."""
     cache = Path(os.environ.get("LABELER_CACHE", Path.home() / ".cache" / "labeler"))
-    target = cache / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    version = folder_version(uri, storage_options)
+    target = cache / "models" / hashlib.sha256(f"{uri}@{version}".encode()).hexdigest()[:16]
     if (target / ".complete").exists():
         return target
     fs, root, _ = open_fs(uri, storage_options)
     root_has = fs.exists(f"{root.rstrip('/')}/config.json") and component is not None
     if not root_has and not fs.exists(f"{root.rstrip('/')}/unet"):
-        raise ModelLoadError(f"{redact_uri(uri)} is not a diffusers model directory (no unet/)")
+        raise ModelLoadError(f"{redact_uri(uri)} is not {_expected_layout(component)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".remote-", dir=target.parent))
-    fs.get(root.rstrip("/") + "/", str(staging), recursive=True)
+    read_folder(uri, staging, storage_options)  # file by file, retrying transient errors
     (staging / ".complete").touch()
     try:
         staging.rename(target)

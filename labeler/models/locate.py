@@ -66,7 +66,8 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
     safetensors headers are checked, :mod:`labeler.models.safetensors_header`), an fsspec URI
     of one, or a Hugging Face id present in the local Hugging Face cache or, unless
     ``HF_HUB_OFFLINE`` is set, known to the Hub (asked with a short timeout; the workers download it). With ``component``
-    (``unet``), a folder holding just that component (``config.json`` at its root) is accepted.
+    (``unet``, ``captioner``), a folder holding just that component (``config.json`` at its root)
+    is accepted.
     With ``remote`` (the workers run on a cluster, with their own caches) a hub id is only checked
     for its spelling.
 
@@ -76,16 +77,17 @@ def locate_model(name: str, storage_options: dict | None = None, component: str 
     if name == TINY:
         return "the built-in tiny model"
     markers = ("model_index.json", "unet") + (("config.json",) if component else ())
+    kind = "diffusers" if component in (None, "unet") else component
     if "://" in name and not name.startswith("file://"):
         fs, root, _ = open_fs(name, storage_options)
         if not any(fs.exists(f"{root.rstrip('/')}/{marker}") for marker in markers):
-            raise ModelLoadError(f"{redact_uri(name)} is not a diffusers model directory "
+            raise ModelLoadError(f"{redact_uri(name)} is not a {kind} model directory "
                                  f"(no {' or '.join(markers)})")
         return redact_uri(name)
     local = Path(name.removeprefix("file://")).expanduser()
     if local.exists():
         if not local.is_dir() or not any((local / marker).exists() for marker in markers):
-            raise ModelLoadError(f"{name} is not a diffusers model directory "
+            raise ModelLoadError(f"{name} is not a {kind} model directory "
                                  f"(no {' or '.join(markers)})")
         return _checked(local)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:

@@ -146,6 +146,17 @@ class OutputReader:
             counts.update(column.to_pylist())
         return counts
 
+    def used_categories(self) -> dict[int, set[str]]:
+        """The names each category id has in the annotations (reads two columns per part)."""
+        used: dict[int, set[str]] = {}
+        for _, _, part in self.sources:
+            with self.output.open(part) as handle:
+                table = pq.read_table(handle, columns=["category_id", "category_name"])
+            for category, name in zip(table.column("category_id").to_pylist(),
+                                      table.column("category_name").to_pylist()):
+                used.setdefault(int(category), set()).add(name)
+        return used
+
     # -- internals ---------------------------------------------------------------------------
     def _merged_image_rows(self) -> Iterator[dict]:
         with self.output.open(parts.MERGED_IMAGES) as handle:
@@ -160,6 +171,25 @@ class OutputReader:
         for rows in grouped.values():
             rows.sort(key=lambda r: r["id"])
         return grouped
+
+
+def with_used_categories(categories: list[dict], used: dict[int, set[str]],
+                         supercategory: str) -> list[dict]:
+    """A method's categories plus those its annotations brought (open categories: DiffSeg's
+    caption nouns), the added ones sorted by name, each with ``supercategory``.
+
+    Raises:
+        OutputReadError: one id carries two names (ids derived from names collided).
+    """
+    known = {c["id"] for c in categories}
+    added = []
+    for category, names in used.items():
+        if len(names) > 1:
+            raise OutputReadError(f"category id {category} names {sorted(names)}: ids derived "
+                                  "from names collided; relabel with one of them renamed")
+        if category not in known:
+            added.append({"id": category, "name": next(iter(names)), "supercategory": supercategory})
+    return [*categories, *sorted(added, key=lambda c: (c["name"], c["id"]))]
 
 
 def write_meta(output: Folder, categories: list[dict], info: dict) -> None:

@@ -103,7 +103,8 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
             at a label grid is encoded from the grid (no full-size map is built).
         labels: the method's labels; label k becomes annotation ``annotation_id(image_id, k)``.
             Labels covering no pixel get no annotation.
-        category_names: COCO category id -> name.
+        category_names: COCO category id -> name (the labels' own ``category_names`` win: a
+            method with open categories names them per image).
         provenance: recorded with every annotation.
         shard_id: the shard the image belongs to.
         file_name: the name relative to the image root (:mod:`labeler.output.names`); the URI
@@ -116,14 +117,15 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
     masks = encode_label_map(labels.grid, len(labels.category_ids), labels.rows, labels.cols)
     annotations: list[AnnotationRow] = []
     name_scores = [None] * len(masks) if labels.name_scores is None else labels.name_scores
-    for label, (mask, category, score, name_score) in enumerate(
-        zip(masks, labels.category_ids, labels.scores, name_scores)
+    names = labels.category_names or [category_names[int(c)] for c in labels.category_ids]
+    for label, (mask, category, name, score, name_score) in enumerate(
+        zip(masks, labels.category_ids, names, labels.scores, name_scores)
     ):
         if mask.area == 0:
             continue
         annotations.append(AnnotationRow(
             id=annotation_id(image_id, label), image_id=image_id, category_id=int(category),
-            category_name=category_names[int(category)], segmentation_counts=mask.counts,
+            category_name=name, segmentation_counts=mask.counts,
             segmentation_size=[mask.height, mask.width], area=mask.area, bbox=mask.bbox,
             iscrowd=0, score=float(score), file_name=file_name, method=provenance.method,
             model=provenance.model, resource_digest=provenance.resource_digest,

@@ -34,6 +34,7 @@ from labeler.io.uris import InputError
 from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
 from labeler.output.merge import merge_outputs
 from labeler.output.names import ImageNamer
+from labeler.output.reader import OutputReader, with_used_categories
 from labeler.runtime import local_executor, ray_executor
 from labeler.runtime.executor import ExecutionReport, ShardEvents
 from labeler.runtime.integrity import damaged_shards, retryable_failures
@@ -254,6 +255,10 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
             counts = merged
         else:
             categories = report.categories or run.read_categories() or _categories_of(config)
+            supercategory = config.spec.open_categories(config.settings)
+            if supercategory is not None:  # the annotations name some categories themselves
+                used = OutputReader.of_shards(output, shard_ids, categories, {}).used_categories()
+                categories = with_used_categories(categories, used, supercategory)
             output.remove_temporary()  # e.g. a coco.json.tmp-* of a merge that was killed
             rollup.fill()  # groups whose roll-up a killed driver never wrote
             counts = merge_outputs(output, shard_ids, categories, _coco_info(config, output),

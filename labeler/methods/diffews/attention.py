@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as tensors_from_bytes
 from safetensors.torch import save as tensors_to_bytes
 from torch import Tensor
@@ -35,6 +36,8 @@ from labeler.attention.layers import select_layers, unet_attention_layers
 from labeler.attention.processor import ProjectedAttention, ProjectingProcessor, sdpa_attention
 from labeler.io.files import write_file
 from labeler.io.reading import read_file
+from labeler.io.uris import redact_uri
+from labeler.models.safetensors_header import MalformedSafetensors, parse_header
 
 Mode = Literal["off", "record", "read"]
 
@@ -92,8 +95,19 @@ class SupportBank:
 
     @staticmethod
     def load(path: str | Path) -> SupportBank:
-        """Read a bank written by :meth:`save`."""
-        tensors = tensors_from_bytes(read_file(str(path)))
+        """Read a bank written by :meth:`save`.
+
+        Raises:
+            MalformedSafetensors: the file is not a sound safetensors file (its header is
+                checked before any tensor is read).
+        """
+        data = read_file(str(path))
+        source = redact_uri(str(path))
+        parse_header(data, len(data), source)
+        try:
+            tensors = tensors_from_bytes(data)
+        except SafetensorError as error:
+            raise MalformedSafetensors(f"{source}: unreadable tensor data ({error})") from None
         bank = SupportBank()
         for name, tensor in tensors.items():
             kind, _, layer = name.partition("/")

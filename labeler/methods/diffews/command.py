@@ -18,10 +18,11 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from labeler.errors import UserError
+from labeler.io.listing import path_kind
+from labeler.io.uris import redact_uri
 from labeler.models.locate import SD21_BASE
 
 #: The base the reference fine-tunes.
@@ -89,8 +90,8 @@ def _train(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from labeler.methods.diffews.model import import_checkpoint  # torch: only when run
 
-    if Path(args.output).exists():
-        raise UserError(f"{args.output} exists; choose a new folder")
+    if path_kind(args.output) is not None:
+        raise UserError(f"{redact_uri(args.output)} exists; choose a new folder")
     output = import_checkpoint(args.base, args.unet, args.output)
     sys.stdout.write(f"checkpoint: {output}\n")
     return 0

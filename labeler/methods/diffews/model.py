@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from labeler.errors import UserError
+from labeler.io.files import write_folder, write_in
+from labeler.io.folders import Folder
 from labeler.models.backbone import Backbone, _resolve_source, load_backbone
 from labeler.models.safetensors_header import check_file
 
@@ -260,35 +263,59 @@ def load_diffews_backbone(
     return backbone, weights_digest(unet_dir)
 
 
-def write_checkpoint(backbone: Backbone, output: str | Path) -> Path:
+def write_unet(unet, folder: Folder, under: str = "unet") -> None:
+    """Write the DiffewS UNet folder (:func:`save_diffews_unet`) to ``folder``'s ``under``, on
+    any filesystem, through the storage layer: staged locally, then each file published whole,
+    with retries.
+
+    Its ``config.json`` is the same at every save of one UNet, so a reader (or a resumed
+    training) never pairs weights with another save's config.
+    """
+    with tempfile.TemporaryDirectory(prefix="labeler-unet-") as staging:
+        save_diffews_unet(unet, staging)
+        write_folder(staging, folder, under)
+
+
+def write_checkpoint(backbone: Backbone, output: str | Path,
+                     storage_options: dict | None = None) -> str | Path:
     """Write a DiffewS checkpoint folder (diffusers layout) that ``--model DIR`` loads.
 
     The VAE, text encoder, tokenizer and scheduler are the backbone's; ``unet/`` holds the UNet
-    with ``conv_in_ref`` (see :func:`save_diffews_unet`).
+    with ``conv_in_ref`` (see :func:`save_diffews_unet`). ``output`` is a local folder or any
+    fsspec URI: the components are saved into a local staging folder and published file by file
+    through :mod:`labeler.io` (atomic, retried, credentials redacted from messages), the
+    ``model_index.json`` that makes the folder a model last.
+
+    Returns:
+        ``output``.
     """
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        getattr(backbone, name).save_pretrained(output / name)
-    save_diffews_unet(backbone.unet, output / "unet")
-    index = {"_class_name": "StableDiffusionPipeline", "_labeler_diffews": 1}
-    (output / "model_index.json").write_text(json.dumps(index))
+    folder = Folder(str(output), storage_options)
+    with tempfile.TemporaryDirectory(prefix="labeler-checkpoint-") as staging:
+        for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+            getattr(backbone, name).save_pretrained(Path(staging) / name)
+        save_diffews_unet(backbone.unet, Path(staging) / "unet")
+        write_folder(staging, folder)
+    index = json.dumps({"_class_name": "StableDiffusionPipeline", "_labeler_diffews": 1}).encode()
+    write_in(folder, "model_index.json", index)
     return output
 
 
-def import_checkpoint(base: str, unet_dir: str | Path, output: str | Path) -> Path:
+def import_checkpoint(base: str, unet_dir: str | Path, output: str | Path,
+                      storage_options: dict | None = None) -> str | Path:
     """Assemble an official DiffewS release (a base SD folder + a fine-tuned ``unet`` folder)
     into one checkpoint folder.
 
     Args:
         base: the base model (its VAE, text encoder, tokenizer, scheduler are kept).
-        unet_dir: a diffusers UNet folder whose safetensors hold ``conv_in_ref``.
+        unet_dir: a diffusers UNet folder whose safetensors hold ``conv_in_ref`` (local or any
+            fsspec URI, read through :mod:`labeler.io`).
+        output: the checkpoint folder to write, local or any fsspec URI.
     """
-    unet_dir = Path(unet_dir)
+    unet_dir = Path(_resolve_source(str(unet_dir), storage_options, component="unet"))
     weight, bias = read_support_conv(unet_dir)
-    backbone = load_backbone(base, device="cpu", dtype=torch.float32)
+    backbone = load_backbone(base, device="cpu", dtype=torch.float32, storage_options=storage_options)
     with _quiet_about_support_conv():
         unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32)
     install_dual_conv(unet, support_conv_from_tensors(unet.conv_in, weight, bias))
     backbone.unet = unet
-    return write_checkpoint(backbone, output)
+    return write_checkpoint(backbone, output, storage_options)

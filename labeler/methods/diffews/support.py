@@ -27,6 +27,7 @@ from labeler.io.listing import path_kind
 from labeler.methods.annotations import AnnotatedImage, check_every_class_annotated
 from labeler.methods.diffews.attention import KVFusion, SupportBank
 from labeler.methods.preprocess import images_to_model_input
+from labeler.models.safetensors_header import MalformedSafetensors
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +186,9 @@ def build_banks(
     banks = []
     for support in supports:
         path = bank_path(cache_dir, weights, support, settings) if cache_dir is not None else None
-        if path is not None and path_kind(str(path)) == "file":
-            bank = SupportBank.load(path).to(backbone.device, backbone.dtype)
+        bank = _cached_bank(path) if path is not None else None
+        if bank is not None:
+            bank = bank.to(backbone.device, backbone.dtype)
             logger.info("class %s: support bank read from %s", support.name, path)
         else:
             latents = support_latents(backbone, support.images, support.masks, settings.size,
@@ -197,6 +199,18 @@ def build_banks(
                                  "weights": weights, "settings": settings.key()})
         banks.append(bank)
     return banks
+
+
+def _cached_bank(path: Path) -> SupportBank | None:
+    """The bank cached at ``path``; None when there is none, or when the file is damaged (it is
+    a cache: the bank is computed again and the file replaced)."""
+    if path_kind(str(path)) != "file":
+        return None
+    try:
+        return SupportBank.load(path)
+    except MalformedSafetensors as error:
+        logger.warning("%s; computing the support bank again", error)
+        return None
 
 
 def support_set_digest(samples: list[AnnotatedImage]) -> str:

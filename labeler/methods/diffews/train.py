@@ -26,8 +26,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import shutil
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labeler.errors import UserError
+from labeler.io.files import read_in, write_in
 from labeler.io.folders import Folder
+from labeler.io.uris import redact_uri
 from labeler.methods.annotations import AnnotatedImage
 from labeler.methods.diffews.algorithm import (
     DecisionRule,
@@ -52,9 +53,9 @@ from labeler.methods.diffews.model import (
     install_dual_conv,
     model_unet_dir,
     read_support_conv,
-    save_diffews_unet,
     support_conv_from_tensors,
     write_checkpoint,
+    write_unet,
 )
 from labeler.methods.diffews.support import TIMESTEP, empty_context, mask_images
 from labeler.methods.preprocess import images_to_model_input
@@ -248,16 +249,23 @@ def _autocast(device: torch.device):
 
 
 def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str | Path, model: str,
-          settings: TrainSettings, device: str | None = None) -> dict:
+          settings: TrainSettings, device: str | None = None,
+          storage_options: dict | None = None) -> dict:
     """Fine-tune (or continue fine-tuning) a DiffewS checkpoint into ``output``.
+
+    Args:
+        output: the checkpoint folder, local or any fsspec URI: every file is written and read
+            through :mod:`labeler.io` (atomic, retried), the state with ``weights_only=True``.
+        storage_options: fsspec options for ``output`` and ``model``.
 
     Returns:
         a summary: steps done, last loss, validation IoU history.
     """
-    output = Path(output)
+    uri, output = str(output), Folder(str(output), storage_options)
     record = {"model": model, "classes": list(classes), "settings": asdict(settings)}
     _check_resume(output, record)
-    backbone = load_backbone(model, device=device, dtype=torch.float32)
+    backbone = load_backbone(model, device=device, dtype=torch.float32,
+                             storage_options=storage_options)
     unet = backbone.unet
     start = prepare_unet(model, unet)
     lr = settings.lr or (start.lr if start else REFERENCE_LR)
@@ -270,8 +278,8 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
                                                  * min(step, settings.steps) / settings.steps)
     start, history = _restore(output, unet, optimizer, schedule)
     if start == 0:
-        write_checkpoint(backbone, output)
-        Folder(str(output)).write_json(SETTINGS, record)
+        write_checkpoint(backbone, uri, storage_options)
+        write_in(output, SETTINGS, json.dumps(record, indent=1, sort_keys=True).encode())
     scaler = torch.amp.GradScaler("cuda", enabled=backbone.device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
     unet.train()
@@ -305,27 +313,31 @@ def train(samples: list[AnnotatedImage], classes: tuple[str, ...], output: str |
     return {"steps": settings.steps, "resumed_from": start, "lr": lr, "loss": loss_value, "history": history}
 
 
-def _check_resume(output: Path, record: dict) -> None:
-    folder = Folder(str(output))
-    if not folder.exists(SETTINGS):
+def _check_resume(folder: Folder, record: dict) -> None:
+    data = read_in(folder, SETTINGS)
+    if data is None:
         return
-    path = folder.uri_of(SETTINGS)
-    old = folder.read_json(SETTINGS)
+    path = redact_uri(folder.uri_of(SETTINGS))
+    old = json.loads(data)
     keep = {k: v for k, v in record["settings"].items() if k != "steps"}
     old_keep = {k: v for k, v in old["settings"].items() if k != "steps"}
     if old["model"] != record["model"] or old["classes"] != record["classes"] or old_keep != keep:
         raise UserError(
-            f"{output} holds a training run with other settings ({path}); use a new --output "
-            "or the same settings (only --steps may change)"
+            f"{redact_uri(folder.uri)} holds a training run with other settings ({path}); use a "
+            "new --output or the same settings (only --steps may change)"
         )
 
 
-def _restore(output: Path, unet, optimizer, schedule) -> tuple[int, list[dict]]:
-    folder = Folder(str(output))
-    if not folder.exists(STATE):
+def _restore(folder: Folder, unet, optimizer, schedule) -> tuple[int, list[dict]]:
+    data = read_in(folder, STATE)
+    if data is None:
         return 0, []
-    path = folder.uri_of(STATE)
-    state = torch.load(io.BytesIO(folder.read_bytes(STATE)), map_location="cpu", weights_only=True)
+    path = redact_uri(folder.uri_of(STATE))
+    try:  # weights_only: tensors and plain containers; a pickled callable is refused, never run
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise UserError(f"{path} is not a training state labeler wrote (remove it to start "
+                        f"over): {str(error).splitlines()[0]}") from None
     unet.load_state_dict(state["unet"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -333,16 +345,16 @@ def _restore(output: Path, unet, optimizer, schedule) -> tuple[int, list[dict]]:
     return int(state["step"]), json.loads(state["history"])
 
 
-def _save(output: Path, backbone, optimizer, schedule, step: int, history: list[dict]) -> None:
-    """The checkpoint folder's UNet (a folder swapped in whole), then the resumable state
-    (written atomically through :mod:`labeler.io`)."""
-    staging = output / "unet.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_diffews_unet(backbone.unet, staging)
-    shutil.rmtree(output / "unet", ignore_errors=True)
-    os.replace(staging, output / "unet")
+def _save(output: Folder, backbone, optimizer, schedule, step: int, history: list[dict]) -> None:
+    """The checkpoint folder's UNet, then the resumable state, each file written whole through
+    :mod:`labeler.io` (:func:`~labeler.methods.diffews.model.write_unet`).
+
+    A process killed between the two leaves the UNet of this save and the state of the last
+    one: the re-run resumes from that state (which holds its own UNet weights) and saves again.
+    """
+    write_unet(backbone.unet, output)
     state = {"unet": backbone.unet.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "step": step, "history": json.dumps(history)}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    Folder(str(output)).write_bytes(STATE, buffer.getvalue())
+    write_in(output, STATE, buffer.getvalue())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from labeler.errors import UserError
 from labeler.methods.diffseg.settings import DiffSegOptions
 from labeler.methods.spec import MethodContext, MethodFlag, MethodSpec
+from labeler.models.locate import ModelLoadError, locate_model
 
 if TYPE_CHECKING:
     from labeler.methods.diffseg.segmenter import DiffSeg
@@ -21,7 +23,10 @@ CATEGORIES = [{"id": 1, "name": "segment", "supercategory": "segment"}]
 def categories(settings: DiffSegOptions) -> list[dict]:
     """The run's categories: ``segment`` without names; with names, one per name (ids 1..N, in
     the given order), then ``segment`` (id N + 1) for segments no name explains unless they are
-    dropped (``unnamed = "drop"``)."""
+    dropped (``unnamed = "drop"``). With a captioner, only ``segment`` (id 1, unless dropped):
+    the nouns' categories are open (:func:`open_categories`)."""
+    if settings.captioner:
+        return [dict(category) for category in CATEGORIES] if settings.unnamed == "segment" else []
     if not settings.names:
         return [dict(category) for category in CATEGORIES]
     named = [{"id": i, "name": name, "supercategory": "name"} for i, name in enumerate(settings.names, 1)]
@@ -30,14 +35,36 @@ def categories(settings: DiffSegOptions) -> list[dict]:
     return named
 
 
+def open_categories(settings: DiffSegOptions) -> str | None:
+    """A caption run's categories are the nouns its annotations use, listed at the merge (with
+    the supercategory ``name``, as a vocabulary's)."""
+    return "name" if settings.captioner is not None else None
+
+
+def check(context: MethodContext) -> None:
+    """Pre-flight: the captioner can be found offline, in seconds (as the model is)."""
+    captioner = context.settings.captioner
+    if captioner is None:
+        return
+    try:
+        locate_model(captioner, component="captioner")
+    except ModelLoadError as error:
+        raise UserError(f"[diffseg] captioner: {error}") from None
+
+
 def build(context: MethodContext) -> DiffSeg:
-    """DiffSeg on the job's model, with the job's ``[diffseg]`` settings."""
+    """DiffSeg on the job's model, with the job's ``[diffseg]`` settings (and its captioner,
+    loaded on the same device, in the same dtype)."""
     # imported here, on the workers: the driver validates settings without loading torch
     from labeler.methods.diffseg.segmenter import DiffSeg
     from labeler.models.backbone import load_backbone
+    from labeler.models.captioner import load_captioner
 
     backbone = load_backbone(context.model, device=context.device, dtype=context.dtype)
-    return DiffSeg(backbone, context.settings)
+    captioner = None
+    if context.settings.captioner is not None:
+        captioner = load_captioner(context.settings.captioner, backbone.device, backbone.dtype)
+    return DiffSeg(backbone, context.settings, captioner)
 
 
 SPEC = MethodSpec(
@@ -46,7 +73,11 @@ SPEC = MethodSpec(
     settings=DiffSegOptions,
     build=build,
     categories=categories,
+    open_categories=open_categories,
     default_model=DEFAULT_MODEL,
+    check=check,
     flags=(MethodFlag("names", "name segments from this vocabulary: person,car,road", "NAMES",
-                      is_list=True),),
+                      is_list=True),
+           MethodFlag("captioner", "name segments from each image's caption's nouns: tiny, "
+                      "Salesforce/blip-image-captioning-base or a folder", "MODEL")),
 )

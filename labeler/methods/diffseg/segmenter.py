@@ -1,6 +1,7 @@
 """The DiffSeg segmenter: one UNet pass per batch with self-attention captured, then the pure
 algorithm of :mod:`labeler.methods.diffseg.algorithm`; with ``names``, the cross-attention of a
-names row names the segments (:mod:`labeler.methods.diffseg.naming`)."""
+names row names the segments (:mod:`labeler.methods.diffseg.naming`); with a ``captioner``, each
+image's names row holds its caption's nouns (:mod:`labeler.methods.diffseg.captions`)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,37 @@ from labeler.methods.diffseg.algorithm import (
     labels_from_proposals,
     merge_proposals,
 )
+from labeler.methods.diffseg.captions import UNNAMED_ID, caption_nouns, category_id
 from labeler.methods.diffseg.method import categories
 from labeler.methods.diffseg.naming import NameRule, name_segments, name_shares, pack_names
 from labeler.methods.preprocess import images_to_model_input, label_grid_size
 from labeler.models.backbone import Backbone
+from labeler.models.captioner import Captioner
 from labeler.timing import StageTimer
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """One image's names, where their tokens sit in its names row, and their categories.
+
+    Attributes:
+        names: the names (the run's ``names``, or the image's caption nouns).
+        spans: each name's ``(start, stop)`` token positions in the names row.
+        category_ids: the COCO category id of each name.
+        unnamed_id: the category of a segment no name explains.
+        caption: the caption the names come from (None for ``names``).
+    """
+
+    names: tuple[str, ...]
+    spans: list[tuple[int, int]]
+    category_ids: tuple[int, ...]
+    unnamed_id: int
+    caption: str | None = None
+
+    @property
+    def category_names(self) -> dict[int, str]:
+        """Category id -> name of every category this image may use."""
+        return {**dict(zip(self.category_ids, self.names)), self.unnamed_id: "segment"}
 
 
 @dataclass(frozen=True)
@@ -37,10 +64,13 @@ class NamedRaw:
     Attributes:
         raw: the labels as :func:`~labeler.methods.device_labels.device_step` gives them.
         name_scores: (L,) float64, the name score of each compact label 0..L-1.
+        category_names: category id -> name for a caption run (its categories are per image),
+            None for ``names`` (the run's categories name every id).
     """
 
     raw: RawLabels
     name_scores: np.ndarray
+    category_names: dict[int, str] | None = None
 
 
 class DiffSeg:
@@ -59,9 +89,11 @@ class DiffSeg:
         backbone: the loaded SD components.
         options: the ``[diffseg]`` settings (reference defaults when None): merging, timestep,
             label resolution, antialiasing.
+        captioner: the loaded captioner of ``options.captioner`` (caption naming).
     """
 
-    def __init__(self, backbone: Backbone, options: DiffSegOptions | None = None) -> None:
+    def __init__(self, backbone: Backbone, options: DiffSegOptions | None = None,
+                 captioner: Captioner | None = None) -> None:
         self.backbone = backbone
         self.options = options or DiffSegOptions()
         self.timestep = self.options.timestep
@@ -79,9 +111,15 @@ class DiffSeg:
         processors = capturing_processors({layer.key: self.sink for layer in self.layers},
                                           selection=self.self_rows)
         self.names = self.options.names
+        if (captioner is None) != (self.options.captioner is None):
+            raise ValueError("pass the loaded captioner exactly when the settings name one")
+        self.captioner = captioner
         if self.names:
+            self.names_context, spans = self._names_context(self.names, cache=True)
+            count = len(self.names)
+            self.vocabulary = Vocabulary(self.names, spans, tuple(range(1, count + 1)), count + 1)
+        if self.options.naming:
             self.name_rule = NameRule(self.options.name_share, self.options.name_margin)
-            self.names_context, self.spans = self._names_context(self.names)
             self.cross_sink = ResolutionMeanSink()
             self.cross_rows = RowSelection()
             processors |= capturing_processors(
@@ -91,16 +129,43 @@ class DiffSeg:
         self.hooks = AttentionHooks(backbone.unet, processors)
         self.timer = StageTimer()
 
-    def _names_context(self, names: tuple[str, ...]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """The names row's context, (1, T, D), and each name's token positions in it."""
+    def _names_context(self, names: tuple[str, ...], cache: bool) -> tuple[Tensor, list[tuple[int, int]]]:
+        """The names row's context, (1, T, D), and each name's token positions in it.
+
+        ``cache``: keep each name's encoding (a fixed vocabulary), or not (caption nouns are
+        open-ended). Caption nouns that do not fit one prompt are dropped from the end.
+        """
         backbone = self.backbone
         empty = backbone.encode_prompts([""])[0]
-        states = []
-        for name in names:
+        states, room = [], len(empty) - 2
+        encoded = backbone.encode_prompts(list(names), cache=cache) if names else []
+        for name, row in zip(names, encoded):
             tokens = len(backbone.tokenizer(name).input_ids) - 2  # without BOS and EOS
-            states.append(backbone.encode_prompts([name])[0, 1:1 + tokens])
+            if tokens > room and self.captioner is not None:
+                break
+            states.append(row[1:1 + tokens])
+            room -= tokens
         context, spans = pack_names(states, empty)
         return context[None], spans
+
+    def _caption_vocabularies(self, images: list[np.ndarray]) -> tuple[Tensor, list[Vocabulary]]:
+        """Caption the batch (one ``generate`` call, timed as ``caption``) and build each image's
+        names row from its caption's nouns.
+
+        Returns:
+            contexts (B, T, D) and each image's :class:`Vocabulary`.
+        """
+        with self.timer.stage("caption"):
+            captions = self.captioner.caption(images)
+        contexts, vocabularies = [], []
+        for caption in captions:
+            nouns = caption_nouns(caption)
+            context, spans = self._names_context(nouns, cache=False)
+            nouns = nouns[:len(spans)]
+            contexts.append(context)
+            vocabularies.append(Vocabulary(nouns, spans, tuple(category_id(n) for n in nouns),
+                                           UNNAMED_ID, caption))
+        return torch.cat(contexts), vocabularies
 
     def close(self) -> None:
         """Give the UNet its original attention processors back."""
@@ -119,9 +184,11 @@ class DiffSeg:
                 "weights": self.options.weight_map,
                 "max_label_side": self.max_label_side,
                 "antialias": self.antialias,
-                **({"names": list(self.names), **self.options.model_dump(
-                    include={"unnamed", "name_share", "name_margin", "merge_named", "conditioning"})}
-                   if self.names else {}),
+                **({"names": list(self.names)} if self.names else {}),
+                **({"captioner": self.options.captioner} if self.captioner else {}),
+                **(self.options.model_dump(
+                    include={"unnamed", "name_share", "name_margin", "merge_named", "conditioning"})
+                   if self.options.naming else {}),
             },
         )
 
@@ -133,18 +200,21 @@ class DiffSeg:
         """
         return self.capture(images)[0]
 
-    def capture(self, images: list[np.ndarray]) -> tuple[dict[int, Tensor], dict[int, Tensor] | None]:
+    def capture(self, images: list[np.ndarray]
+                ) -> tuple[dict[int, Tensor], dict[int, Tensor] | None, list[Vocabulary] | None]:
         """One UNet call: the self-attention that makes the segments and, with names, the names
         row's cross-attention.
 
         Without names the batch is B rows conditioned on the empty prompt. With names and
         ``conditioning = "separate"`` it is 2B rows, the empty prompt's (self-attention captured)
         then the names row's (cross-attention captured), so the segments are those of a run
-        without names; with ``conditioning = "names"``, B rows conditioned on the names.
+        without names; with ``conditioning = "names"``, B rows conditioned on the names. With a
+        captioner, the batch is captioned first and each image's names row holds its nouns.
 
         Returns:
-            self-attention ``{side: (B, side*side, side*side)}`` and cross-attention
-            ``{side: (B, side*side, T)}`` (None without names), float32 head and layer means.
+            self-attention ``{side: (B, side*side, side*side)}``, cross-attention
+            ``{side: (B, side*side, T)}`` (None without names), float32 head and layer means, and
+            each image's :class:`Vocabulary` (None without names).
         """
         backbone = self.backbone
         batch = len(images)
@@ -154,8 +224,12 @@ class DiffSeg:
         empty = backbone.encode_prompts([""])
         contexts = [empty.expand(batch, -1, -1)]
         self.self_rows.rows = None
-        if self.names:
-            names = self.names_context.expand(batch, -1, -1)
+        vocabularies = None
+        if self.captioner is not None:
+            names, vocabularies = self._caption_vocabularies(images)
+        elif self.names:
+            names, vocabularies = self.names_context.expand(batch, -1, -1), [self.vocabulary] * batch
+        if vocabularies is not None:
             if self.options.conditioning == "names":
                 contexts = [names]
                 self.cross_rows.rows = None
@@ -170,7 +244,7 @@ class DiffSeg:
         self.hooks.ensure()
         with self.timer.stage("unet_capture"), torch.no_grad():
             backbone.unet(latents, timesteps, encoder_hidden_states=context)
-        return self.sink.means(), (self.cross_sink.means() if self.names else None)
+        return self.sink.means(), (self.cross_sink.means() if vocabularies else None), vocabularies
 
     def label(self, images: list[np.ndarray]) -> list[ImageLabels]:
         """Label a batch of (H_i, W_i, 3) uint8 RGB images; one segment per label."""
@@ -178,16 +252,19 @@ class DiffSeg:
 
     def finish(self, raw: RawLabels | NamedRaw) -> ImageLabels:
         """The host step of one image's :meth:`label_raw` output (thread-safe)."""
-        if isinstance(raw, NamedRaw):
-            return replace(finish_labels(raw.raw), name_scores=raw.name_scores)
-        return finish_labels(raw)
+        if not isinstance(raw, NamedRaw):
+            return finish_labels(raw)
+        labels = finish_labels(raw.raw)
+        names = None if raw.category_names is None else tuple(
+            raw.category_names[int(category)] for category in labels.category_ids)
+        return replace(labels, name_scores=raw.name_scores, category_names=names)
 
     @torch.no_grad()
     def label_raw(self, images: list[np.ndarray]) -> list[RawLabels | NamedRaw]:
         """The device step of :meth:`label`: up to the label grid's argmax, relabelled on an
         accelerator (see :func:`labeler.methods.device_labels.device_step`); with names, each
         segment named (:meth:`named`)."""
-        attention, cross = self.capture(images)
+        attention, cross, vocabularies = self.capture(images)
         with self.timer.stage("aggregate"):
             aggregated = aggregate_attention(attention, self.options.weight_map)
         with self.timer.stage("merge"):
@@ -205,16 +282,19 @@ class DiffSeg:
                     results.append(device_step(labels, confidence, height, width))
                     continue
             image_cross = {s: maps[index:index + 1] for s, maps in cross.items()}
-            results.append(self.named(labels, confidence, image_cross, height, width))
+            results.append(self.named(labels, confidence, image_cross, vocabularies[index], height,
+                                      width))
         return results
 
-    def named(self, labels: Tensor, confidence: Tensor, cross: dict[int, Tensor], height: int,
-              width: int) -> NamedRaw:
+    def named(self, labels: Tensor, confidence: Tensor, cross: dict[int, Tensor],
+              vocabulary: Vocabulary, height: int, width: int) -> NamedRaw:
         """One image's segments named (the device step of a naming run; timed as ``naming``).
 
         Args:
             labels: (h, w) segment ids on the label grid; confidence: (h, w).
             cross: ``{side: (1, side*side, T)}`` the names row's cross-attention.
+            vocabulary: the image's names (an image whose caption has no noun: none, so every
+                segment is unnamed).
 
         Returns:
             the labels with categories (a name's id; ``segment`` or no annotation where the
@@ -222,7 +302,10 @@ class DiffSeg:
             ``merge_named``, and each label's name score.
         """
         with self.timer.stage("naming"):
-            shares = name_shares(cross, self.spans, tuple(labels.shape))[0]
+            if vocabulary.spans:
+                shares = name_shares(cross, vocabulary.spans, tuple(labels.shape))[0]
+            else:
+                shares = torch.zeros((0, *labels.shape), device=labels.device)
             names, scores = name_segments(labels, shares, self.name_rule)
             labels = labels.long()
             if self.options.merge_named:
@@ -230,12 +313,13 @@ class DiffSeg:
             if self.options.unnamed == "drop":
                 keep = (names >= 0).to(labels.device)
                 labels = torch.where((labels >= 0) & keep[labels.clamp_min(0)], labels, -1)
-            unnamed = len(self.names) + 1
-            category_of = torch.where(names >= 0, names + 1, unnamed).cpu().numpy().astype(np.int64)
+            ids = np.array([*vocabulary.category_ids, vocabulary.unnamed_id], np.int64)
+            category_of = ids[torch.where(names >= 0, names, len(vocabulary.names)).cpu().numpy()]
             present = labels[labels >= 0].unique().cpu()
             name_scores = scores.cpu()[present].double().numpy()
         raw = device_step(labels, confidence, height, width, category_of)
-        return NamedRaw(raw, name_scores)
+        return NamedRaw(raw, name_scores,
+                        vocabulary.category_names if vocabulary.caption is not None else None)
 
 
 def merge_named(labels: Tensor, names: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:

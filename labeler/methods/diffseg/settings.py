@@ -10,7 +10,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from labeler.settings import Settings
 
@@ -125,6 +125,11 @@ class DiffSegOptions(Settings):
             names from a second row of the same UNet call, so names never change the segments;
             ``names``: one pass conditioned on the names (the reference's captioned pass; its
             self-attention, so the segments, depend on the names).
+        captioner: caption naming (the reference's path): a captioning model (``tiny``, a
+            Hugging Face id such as ``Salesforce/blip-image-captioning-base``, or a folder saved
+            with ``save_pretrained``) whose caption's nouns are each image's names; exclusive
+            with ``names``. Categories: the nouns the run's annotations use, ids derived from
+            the noun (:mod:`labeler.methods.diffseg.captions`).
     """
 
     kl_threshold: float = Field(1.1, gt=0, allow_inf_nan=False)
@@ -142,6 +147,7 @@ class DiffSegOptions(Settings):
     name_margin: float = Field(DEFAULT_NAME_MARGIN, ge=1, allow_inf_nan=False)
     merge_named: bool = False
     conditioning: Literal["separate", "names"] = "separate"
+    captioner: str | None = Field(None, min_length=1)
 
     @field_validator("names", mode="before")
     @classmethod
@@ -156,6 +162,18 @@ class DiffSegOptions(Settings):
                 raise ValueError("'segment' is the category of unnamed segments; pick another name")
             return names
         return value
+
+    @model_validator(mode="after")
+    def _one_vocabulary(self) -> DiffSegOptions:
+        if self.names and self.captioner:
+            raise ValueError("names and captioner are exclusive: names is one vocabulary for every "
+                             "image, captioner takes each image's from its caption")
+        return self
+
+    @property
+    def naming(self) -> bool:
+        """Segments are named (from ``names`` or from captions)."""
+        return bool(self.names or self.captioner)
 
     @field_validator("weights", mode="before")
     @classmethod

@@ -10,12 +10,14 @@ real checkpoint directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -143,14 +145,30 @@ def _text_directions(tokenizer, text_encoder) -> tuple[torch.Tensor, torch.Tenso
     return sink, features, gap
 
 
+@contextlib.contextmanager
+def staged_folder(target: Path, marker: str) -> Iterator[Path]:
+    """A staging folder beside ``target`` that becomes ``target`` when the block ends (one
+    rename, so no reader sees half a model; a process that built ``target`` first, as its
+    ``marker`` file shows, wins the race). The staging folder is removed whatever happens."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        yield staging
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / marker).exists():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _build_into(target: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     logger.info("building the tiny model into %s", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
+    with staged_folder(target, "model_index.json") as staging:
         vocab, merges = tokenizer_vocabulary()
         tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
         text_config = CLIPTextConfig(
@@ -180,10 +198,3 @@ def _build_into(target: Path) -> None:
         (staging / "model_index.json").write_text(
             json.dumps({"_class_name": "StableDiffusionPipeline", MARKER: TINY_VERSION})
         )
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "model_index.json").exists():  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

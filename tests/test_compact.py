@@ -132,8 +132,9 @@ def test_scores_are_bit_identical_to_the_sequential_sums(seed):
                    winners.astype(np.float64), winners.astype(np.float16),
                    np.where(rng.random(grid.shape) < 0.3, 0, winners).astype(np.float32)]
     unlabelled, every_cell, gaps = grid, np.maximum(grid, 0), np.maximum(grid, 0) * 2
+    below_minus_one = np.where(grid < 0, -3, grid)
     for label_grid, confidence, target in itertools.product(
-            (unlabelled, every_cell, gaps), confidences, (grid.shape, size)):
+            (unlabelled, every_cell, gaps, below_minus_one), confidences, (grid.shape, size)):
         labels = compact_resized_labels(label_grid, confidence, *target)
         values, scores = sequential_grid_compact(label_grid, confidence, *target)
         np.testing.assert_array_equal(labels.scores, scores)  # bit for bit

@@ -49,6 +49,7 @@ from labeler.methods.diffseg.algorithm import (
     aggregate_attention,
     labels_from_proposals,
     merge_proposals,
+    workspace,
 )
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.models.backbone import Backbone, default_dtype, load_backbone
@@ -184,8 +185,11 @@ def run_postprocess(args: argparse.Namespace, batch_size: int) -> dict:
         wall[stage] += time.perf_counter() - started
         return result
 
+    buffer = None  # P's workspace, reused batch after batch as DiffSeg.label_raw does
     for attention in batches:
-        aggregated = timed("aggregate", aggregate_attention, attention, options.weight_map)
+        buffer = workspace(buffer, attention)
+        aggregated = timed("aggregate", aggregate_attention, attention, options.weight_map,
+                           out=buffer[:batch_size])
         proposals = timed("merge", merge_proposals, aggregated, options.schedule,
                           options.grid_points, eps=options.eps)
         side = _side_of(aggregated.shape[-1])

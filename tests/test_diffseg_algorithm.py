@@ -673,3 +673,62 @@ def test_pairwise_distances_of_a_set_with_itself_take_one_log():
     expected = symmetric_kl(p.unsqueeze(2), p.unsqueeze(1)).clamp(min=0)
     torch.testing.assert_close(same, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(same, pairwise_symmetric_kl(p, p.clone()))
+
+
+# --------------------------------------------------------------------------------------------
+# Post-processing cost (issue 27 item 6): P written into a reused workspace (bit-identical),
+# member means over the distinct member sets (bit-identical on one thread)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", [None, {8: 0.5, 4: 0.3, 2: 0.2}, {16: 1.0}])
+def test_aggregation_into_a_reused_workspace_equals_a_fresh_result(weights):
+    from labeler.methods.diffseg.algorithm import workspace
+
+    att = _attention((16, 8, 4, 2), batch=3, seed=4)
+    buffer = workspace(None, att)
+    assert buffer.shape == (3, 256, 256) and buffer.dtype == torch.float32
+    buffer.fill_(float("nan"))  # stale content must be overwritten everywhere
+    P = aggregate_attention(att, weights, out=buffer[:3])
+    assert P.data_ptr() == buffer.data_ptr()
+    assert torch.equal(P, aggregate_attention(att, weights))
+    # a smaller last batch reuses the buffer; another shape or dtype gets a new one
+    last = {s: m[:2] for s, m in att.items()}
+    assert workspace(buffer, last) is buffer
+    assert torch.equal(aggregate_attention(last, weights, out=buffer[:2]),
+                       aggregate_attention(last, weights))
+    assert workspace(buffer, {8: att[8]}) is not buffer
+    assert workspace(buffer, {s: m.double() for s, m in att.items()}).dtype == torch.float64
+    with pytest.raises(ValueError, match="out must be"):
+        aggregate_attention(att, weights, out=buffer[:2])
+
+
+def test_sides_that_do_not_divide_each_other_aggregate_into_a_workspace():
+    att = _attention((12, 16), batch=1, seed=5)
+    att[48] = _stochastic(1, 48 * 48, 48 * 48, 7)
+    out = torch.full((1, 48 * 48, 48 * 48), float("nan"))
+    assert torch.equal(aggregate_attention(att, out=out), aggregate_attention(att))
+
+
+def test_member_means_average_each_distinct_set_once():
+    from labeler.methods.diffseg.algorithm import _member_means
+
+    maps = _stochastic(2, 40, 64, 12)
+    members = torch.rand(2, 9, 40, generator=_gen(1)) < 0.4
+    members[:, :, 0] = True  # no empty set
+    members[0, 5] = members[0, 2]  # shared sets within an image
+    members[0, 7] = members[0, 2]
+    members[1, 3] = members[0, 4]  # and the same set in another image
+    weights = members.float() / members.float().sum(-1, keepdim=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # with several threads MKL splits a GEMM by its shape (rounding)
+    try:
+        means = _member_means(members, maps)
+        assert torch.equal(means, torch.stack([weights[b] @ maps[b] for b in range(2)]))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(_member_means(members, maps), torch.bmm(weights, maps))
+    assert torch.equal(means[0, 5], means[0, 2]) and torch.equal(means[0, 7], means[0, 2])
+    expected = torch.stack([maps[b][members[b, k]].double().mean(0) for b in range(2)
+                            for k in range(9)]).view(2, 9, 64)
+    torch.testing.assert_close(means.double(), expected, rtol=1e-6, atol=1e-9)

@@ -23,6 +23,7 @@ from labeler.methods.diffseg.algorithm import (
     aggregate_attention,
     labels_from_proposals,
     merge_proposals,
+    workspace,
 )
 from labeler.methods.diffseg.captions import UNNAMED_ID, caption_nouns, category_id
 from labeler.methods.diffseg.method import categories
@@ -128,6 +129,8 @@ class DiffSeg:
             )
         self.hooks = AttentionHooks(backbone.unet, processors)
         self.timer = StageTimer()
+        #: P, the (B, N, N) aggregated attention, reused batch after batch (``workspace``)
+        self.aggregated: Tensor | None = None
 
     def _names_context(self, names: tuple[str, ...], cache: bool) -> tuple[Tensor, list[tuple[int, int]]]:
         """The names row's context, (1, T, D), and each name's token positions in it.
@@ -266,7 +269,9 @@ class DiffSeg:
         segment named (:meth:`named`)."""
         attention, cross, vocabularies = self.capture(images)
         with self.timer.stage("aggregate"):
-            aggregated = aggregate_attention(attention, self.options.weight_map)
+            self.aggregated = workspace(self.aggregated, attention)
+            aggregated = aggregate_attention(attention, self.options.weight_map,
+                                             out=self.aggregated[:len(images)])
         with self.timer.stage("merge"):
             proposals = merge_proposals(
                 aggregated, self.options.schedule, self.options.grid_points, eps=self.options.eps

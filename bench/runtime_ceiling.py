@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO))
 
 from labeler.io.decode import decode_image
 from labeler.io.folders import Folder
+from labeler.io.reading import read_image_bytes
 from labeler.methods.base import ImageLabels, MethodProvenance, compact_resized_labels
 from labeler.methods.device_labels import (
     PendingLabels,
@@ -331,9 +332,12 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     uris = write_inputs(input_folder, args.images, width, height, args.format, args.distinct)
     segmenter = ZeroCostSegmenter(args.segments, args.model_ms_per_image / 1000,
                                   min(args.distinct, args.images), args.device)
-    segmenter.prepare(height, width)
+    side = args.decode_side or None  # as draft_decode does for a method of this input side
+    decoded = decode_image(read_image_bytes(uris[0], storage_options=storage_options),
+                           needed_side=side)
+    segmenter.prepare(decoded.height, decoded.width)
     processor = ShardProcessor(segmenter, args.batch_size, None, "bench", storage_options,
-                               postprocess_threads=args.postprocess_threads)
+                               postprocess_threads=args.postprocess_threads, decode_side=side)
     warmup_s, warmup_cpu_s = warm_up(processor, work / "warmup", uris[:WARMUP_IMAGES])
     segmenter.reset_counters()
     load_before = os.getloadavg()
@@ -384,7 +388,9 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     return {
         "benchmark": "runtime_ceiling", "images": labeled, "distinct": segmenter.distinct,
         "device": str(segmenter.device), "size": f"{width}x{height}",
-        "label_grid": "x".join(map(str, label_grid_size(height, width, MAX_LABEL_SIDE)[::-1])),
+        "decode_scale": decoded.scale,
+        "label_grid": "x".join(map(str, label_grid_size(decoded.height, decoded.width,
+                                                        MAX_LABEL_SIDE)[::-1])),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "segments": args.segments, "format": args.format, "storage": "s3" if args.s3 else "local",
@@ -535,6 +541,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--size", type=parse_size, default=(1024, 768), help="WIDTHxHEIGHT")
     parser.add_argument("--segments", type=int, default=30)
+    parser.add_argument("--decode-side", type=int, default=512,
+                        help="images decoded down to this side, as draft_decode does for a "
+                             "method of this input side (0: full size)")
     parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
     parser.add_argument("--s3", action="store_true", help="inputs on a local rclone S3 server")
     parser.add_argument("--model-ms-per-image", type=float, default=0.0)

@@ -205,6 +205,8 @@ def main() -> None:
         shutil.rmtree(out + ".export", ignore_errors=True)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
+    if args.work is None and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"steps": steps, "annotations": annotations, "shard_size": args.shard_size,
                       "load_average": [round(x, 1) for x in os.getloadavg()],
                       "cpus": os.cpu_count()}))

@@ -145,6 +145,12 @@ def _add_run(commands) -> None:
     run.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=None,
                      help="redo the shards holding images whose failure may heal: storage "
                           "errors, out of memory (default: on)")
+    run.add_argument("--verify-inputs", action=argparse.BooleanOptionalAction, default=None,
+                     help="on a re-run, relabel the images whose input changed since they were "
+                          "labeled (ETag, mtime and size, or a digest); --verify-inputs also "
+                          "checks manifest entries and Parquet rows (a HEAD or stat each, or "
+                          "their bytes) (default: where the listing tells for free: folders on "
+                          "S3 and local disks)")
     run.add_argument("--strict", action="store_true", default=None,
                      help="exit 1 when any image failed, even permanently (default: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
@@ -176,6 +182,11 @@ def _add_verify(commands) -> None:
                     "area, bbox), the COCO files record by record against the parts. Exit 0 "
                     "when sound, 1 with the list of problems.")
     verify.add_argument("output", help="the run's output folder URI")
+    verify.add_argument("--inputs", action="store_true",
+                        help="also compare the input as it is now with what was labeled: images "
+                             "changed since they were read (ETag, mtime and size, or a digest), "
+                             "gone, or not labeled; lists the input and looks at each entry the "
+                             "listing gives no identity (a HEAD or stat, or its bytes)")
     verify.add_argument("--sample", type=int, default=0, metavar="N",
                         help="also decode about N masks in full, spread over the shards "
                              "(default 0)")
@@ -211,6 +222,9 @@ def _run(args: argparse.Namespace) -> int:
     if summary.removed_images:
         out.write(f"{summary.removed_images} images are no longer in the input; their labels "
                   "stay in the output\n")
+    if summary.changed_images:
+        out.write(f"{summary.changed_images} images changed in the input since they were "
+                  "labeled: relabeled\n")
     if summary.failure_reasons:
         out.write("failed images by reason: " + ", ".join(
             f"{reason} {count}" for reason, count in sorted(summary.failure_reasons.items())) + "\n")
@@ -243,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    problems = verify_output(args.output, sample=args.sample)
+    problems = verify_output(args.output, sample=args.sample, inputs=args.inputs)
     if not problems:
         sys.stdout.write(f"{args.output}: sound\n")
         return 0

@@ -83,11 +83,17 @@ class JobConfig(Settings):
     """Redo the shards holding failures that may heal (storage errors, out of memory)."""
     strict: bool = False
     """Any failed image makes the run's exit status non-zero."""
+    verify_inputs: bool | None = None
+    """On a re-run, relabel the images whose identity (ETag, mtime and size, digest:
+    :mod:`labeler.io.identity`) changed since they were labeled. None (the default): for a
+    folder input, whose listing gives identities for free (on S3 and local disks); True: for
+    every input, with a HEAD or stat per manifest entry, or its bytes (HTTP, Parquet rows);
+    False: never."""
 
     SCALE_KEYS: ClassVar[tuple[str, ...]] = (
         "executor", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size",
         "device", "coco_max_annotations", "overwrite", "stall_timeout", "wait_lock",
-        "retry_failed", "strict",
+        "retry_failed", "strict", "verify_inputs",
     )
 
     def __init__(self, **values: Any) -> None:

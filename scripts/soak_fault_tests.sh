@@ -42,6 +42,7 @@ TESTS=(
   tests/test_capture_log.py
   tests/test_export_long_names.py
   tests/test_diffews_checkpoint_storage.py
+  tests/test_input_identity.py::test_an_input_replaced_between_plan_and_read_is_recorded_and_relabeled_once_restored
 )
 
 LOAD_PIDS=()

@@ -76,9 +76,10 @@ def test_a_job_with_credentials_in_manifest_entries_writes_the_secret_nowhere(
     fs.pipe_file("creds/in/list.txt", ("\n".join(lines) + "\n").encode())
     output = tmp_path / "out"
 
+    # in-process executor: the pre-signed test below runs the same check on Ray workers too
     result = labeler("run", "--method", "diffseg", "--model", "tiny", "--input",
                      "s3://creds/in/list.txt", "--output", str(output), "--workers", "1",
-                     "--no-progress", env=s3_server.env)
+                     "--executor", "local", "--no-progress", env=s3_server.env)
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "3 labeled" in result.stdout or "3 labeled" in result.stderr

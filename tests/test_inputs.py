@@ -219,7 +219,8 @@ def test_text_manifest(local_tree: Path) -> None:
         f"file://{local_tree}/B.PNG",
         str(local_tree / "missing.jpg"),
     ]
-    results = dict(read_many(refs, retry=FAST_RETRY))
+    reads = list(read_many(refs, retry=FAST_RETRY))
+    results = {ref: data for ref, data, _ in reads}
     assert results[refs[0]] == b"root a"
     assert results[refs[1]] == b"unicode"
     assert results[refs[3]] == b"root B"
@@ -351,8 +352,8 @@ def test_read_many_groups_row_groups_and_keeps_order(
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
     results = list(read_many(mixed, retry=FAST_RETRY))
-    assert [ref for ref, _ in results] == mixed
-    values = [value for _, value in results]
+    assert [ref for ref, _, _ in results] == mixed
+    values = [value for _, value, _ in results]
     assert values[0] == b"image-9" and values[2] == b"image-0" and values[4] == b"image-1"
     assert values[5] == b"image-5" and values[7] == b"image-0"
     assert values[1] == TREE[EXPECTED_ORDER[0]] and values[6] == TREE[EXPECTED_ORDER[1]]
@@ -360,7 +361,7 @@ def test_read_many_groups_row_groups_and_keeps_order(
     assert sorted(reads) == [0, 1, 2]  # each needed row group read exactly once
 
     windowed = list(read_many(mixed, retry=FAST_RETRY, window=3))
-    assert [value for _, value in windowed][:3] == values[:3]
+    assert [value for _, value, _ in windowed][:3] == values[:3]
 
 
 def test_row_uri_scheme() -> None:
@@ -410,7 +411,7 @@ def test_memory_folder_manifest_and_parquet(memory_root: Any) -> None:
     pq.write_table(image_struct_table(5), buffer, row_group_size=2)
     fs.pipe(f"{root}/data.parquet", buffer.getvalue())
     rows = list(iter_inputs(f"memory://{root.lstrip('/')}/data.parquet"))
-    assert [value for _, value in read_many(rows[::-1])] == [
+    assert [value for _, value, _ in read_many(rows[::-1])] == [
         f"image-{i}".encode() for i in range(4, -1, -1)
     ]
 
@@ -578,8 +579,11 @@ def test_s3_folder_listing_and_reading(s3_server: S3Server, s3_tree: str) -> Non
             retry=FAST_RETRY,
         )
     )
-    assert [value for _, value in results[:-1]] == [TREE[name] for name in EXPECTED_ORDER]
-    assert isinstance(results[-1][1], FileNotFoundError)
+    assert [value for _, value, _ in results[:-1]] == [TREE[name] for name in EXPECTED_ORDER]
+    assert isinstance(results[-1][1], FileNotFoundError) and results[-1][2] is None
+    # the ETag of each GET is the one the listing gave (the identity a re-run compares)
+    assert [identity for _, _, identity in results[:-1]] == [ref.identity for ref in refs]
+    assert all(ref.identity.startswith("etag:") for ref in refs)
 
 
 def test_s3_listing_is_paginated_and_lazy(
@@ -614,12 +618,12 @@ def test_s3_manifest_parquet_and_errors(s3_server: S3Server, s3_tree: str) -> No
         f"s3://{s3_tree}/collection/a.jpg",
         f"s3://{s3_tree}/collection/sub/a.jpg",
     ]
-    assert [value for _, value in read_many(refs, storage_options=options)] == [b"root a", b"sub a"]
+    assert [value for _, value, _ in read_many(refs, storage_options=options)] == [b"root a", b"sub a"]
 
     rows = list(iter_inputs(f"s3://{s3_tree}/hf/train.parquet", storage_options=options))
     assert len(rows) == 9 and rows[6].uri == f"s3://{s3_tree}/hf/train.parquet#row=6&path=img 6.jpg"
     assert read_image_bytes(rows[6], storage_options=options) == b"image-6"
-    assert [value for _, value in read_many(rows, storage_options=options)] == [
+    assert [value for _, value, _ in read_many(rows, storage_options=options)] == [
         f"image-{i}".encode() for i in range(9)
     ]
 

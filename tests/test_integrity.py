@@ -2,11 +2,12 @@
 
 Faults are triggered by events, never timers: a lease holder is a subprocess that reports it holds
 the lease and then blocks on stdin; parts are damaged on disk between runs; an input object is
-uploaded to the S3 test server only after the first run.
+uploaded to the S3 test server only after the first run. The run folder, not Ray, is under test:
+every run uses the in-process executor (the same driver loop and commit protocol as on Ray).
 """
 
-# The fixtures of test_runtime_ray are imported (one reference run shared), then named as
-# test parameters: F811 is how ruff sees that.
+# The collection fixture of test_runtime_ray is imported, then named as a test parameter: F811 is
+# how ruff sees that.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from labeler.cli import main
 from labeler.runtime import job as job_module
 from labeler.runtime.status import describe_run
 from tests.s3server import S3Server
-from tests.test_runtime_ray import (  # noqa: F401 - fixtures used by the tests below
+from tests.test_runtime_ray import (  # noqa: F401 - a fixture used by the tests below
     BUCKET,
     REPO,
     assert_same_output,
     collection,
-    ray_session,
-    reference,
+    job_config,
 )
 
 HOLD_LEASE = """
@@ -46,8 +46,19 @@ sys.stdin.read()
 
 
 def _run_args(input_uri: str, output: str, *extra: str) -> list[str]:
-    return ["run", "--input", input_uri, "--output", output, "--model", "tiny",
+    return ["run", "--input", input_uri, "--output", output, "--model", "tiny", "--executor", "local",
             "--shard-size", "2", "--batch-size", "2", "--workers", "1", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(collection, tmp_path_factory) -> Path:
+    """The uninterrupted run every damaged or refused run is compared with."""
+    output = tmp_path_factory.mktemp("reference") / "out"
+    summary = job_module.run_job(job_config(str(collection), str(output), executor="local"),
+                                 progress=False)
+    assert summary.complete and summary.images == 4 and summary.labeled == 4
+    assert summary.retries == 0
+    return output
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -202,7 +213,7 @@ def s3_manifest(s3_server: S3Server, collection: Path) -> tuple[str, str]:
 
 
 def test_a_missing_input_fails_retryable_and_a_rerun_labels_it(
-    ray_session, s3_server, s3_manifest, collection, tmp_path, capsys
+    s3_env, s3_server, s3_manifest, collection, tmp_path, capsys
 ):
     manifest, missing = s3_manifest
     output = tmp_path / "out"

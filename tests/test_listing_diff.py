@@ -10,7 +10,7 @@ import pytest
 
 from labeler.io.folders import Folder
 from labeler.runtime import listing_diff
-from labeler.runtime.listing_diff import diff_listing
+from labeler.runtime.listing_diff import Planned, diff_listing
 from labeler.runtime.plan import extend_plan, plan_run
 from labeler.runtime.run_folder import RunFolder
 
@@ -34,7 +34,7 @@ def test_the_bucketed_diff_equals_the_in_memory_one(tmp_path, monkeypatch, per_b
     names = [f"s3://b/{i}.jpg" for i in range(300)] + ["s3://b/tab\there.jpg", "s3://b/nl\n.jpg"]
     plan = [names[i] for i in rng.integers(0, 200, 250)] + names[-2:]
     listing = [{"uri": names[i], "ref": {"n": int(i)}} for i in rng.integers(50, 302, 400)]
-    diff = diff_listing(iter(plan), iter(listing), len(plan), str(tmp_path))
+    diff = diff_listing((Planned(uri) for uri in plan), iter(listing), len(plan), str(tmp_path))
     new, removed = _in_memory(plan, listing)
     assert list(diff.new_items()) == new
     assert diff.removed == len(removed)

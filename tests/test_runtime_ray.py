@@ -124,7 +124,8 @@ def read_output(folder: Folder, rename: Callable[[str], str] | None = None) -> d
     """What must not change between runs: rows and COCO records.
 
     With ``rename`` (the same collection at another URI) URIs are mapped back, and the ids
-    derived from URIs (shard ids, the run id) are left out.
+    derived from URIs (shard ids, the run id) and the inputs' identities (an ETag on S3, an
+    mtime and size on a local disk) are left out.
     """
     renamed = rename is not None
     rename = rename or (lambda uri: uri)
@@ -145,6 +146,7 @@ def read_output(folder: Folder, rename: Callable[[str], str] | None = None) -> d
     if renamed:
         for row in images:
             row.pop("shard_id")
+            row.pop("input_identity")
         for row in annotations:
             row.pop("run_id")
     return {"images.parquet": images, "coco.images": coco["images"],

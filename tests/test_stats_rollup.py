@@ -188,3 +188,24 @@ def _rows(run: RunFolder, shard_id: str, kind: str) -> list[dict]:
     from labeler.output import parts
     part = {"images": parts.IMAGES, "annotations": parts.ANNOTATIONS}[kind]
     return parts.read_part(run.output, parts.shard_part(shard_id, part), part).to_pylist()
+
+
+def test_the_writer_reads_each_shard_once_as_it_is_done(tmp_path, small_groups, stats_reads):
+    out = tmp_path / "out"
+    plan = synthesize_run(str(out), 12, shard_size=2, pool=mask_pool(3))  # groups: 4 + 2
+    run = RunFolder(Folder(str(out)))
+    shards = plan["shards"]
+    writer = rollup.RollUpWriter(run, shards, {s["shard_id"] for s in shards[4:]})
+    stats_reads.clear()
+    for shard in shards[:3]:
+        writer.shard_done(shard["shard_id"])
+    assert not (out / "run" / "rollup").exists()  # group 0 not complete yet
+    writer.shard_done(shards[3]["shard_id"])
+    assert stats_reads == [s["shard_id"] for s in shards[:4]]  # once each, as they were done
+    assert (out / "run" / "rollup" / "group-000000.json").exists()
+    stats_reads.clear()
+    assert writer.fill() == 1  # group 1, done by an earlier run: read now
+    assert stats_reads == [s["shard_id"] for s in shards[4:]]
+    stats_reads.clear()
+    run_progress(str(out))
+    assert stats_reads == []

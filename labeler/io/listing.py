@@ -42,6 +42,12 @@ Identity (:class:`InputRef`)
 ----------------------------
 ``InputRef.uri`` is the string written as COCO ``file_name`` and ``images.parquet`` ``uri``. For
 files it is the file's URI in the form of the input (plain absolute path for a local input without
+a protocol; see :mod:`labeler.io.refs`).
+
+A folder's listing also gives each image's identity for free where the store lists it
+(:mod:`labeler.io.identity`: the ETag on S3, mtime and size on a local disk), in
+``InputRef.identity``; manifest entries and Parquet rows have none (it would cost a request or
+the bytes).
 
 Credentials
 -----------
@@ -69,6 +75,7 @@ import pyarrow.parquet as pq
 
 from labeler.errors import NotFoundError
 from labeler.io.decode import has_image_extension
+from labeler.io.identity import etag_identity, is_s3_fs, listed_identity
 from labeler.io.parquet_images import (
     find_image_column,
     open_parquet,
@@ -78,7 +85,6 @@ from labeler.io.parquet_images import (
 from labeler.io.refs import InputRef, parquet_row_uri, ref_from_uri
 from labeler.io.retry import DEFAULT_RETRY, RetryPolicy
 from labeler.io.uris import (
-    S3_PROTOCOLS,
     InputError,
     base_uri,
     is_local_fs,
@@ -100,11 +106,6 @@ _MANIFEST_CSV: Final[str] = "csv"
 _PARQUET: Final[str] = "parquet"
 _URI_COLUMN: Final[str] = "uri"
 _S3_PAGE_SIZE: int | None = None  # ListObjectsV2 MaxKeys; None = the server's default (1000)
-
-
-def _is_s3(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return bool(S3_PROTOCOLS.intersection(protocol)) and hasattr(fs, "call_s3")
 
 
 def _utf8_key(text: str) -> bytes:
@@ -143,9 +144,9 @@ class SkippedEntries:
 def _iter_s3_relative(
     fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
     skipped: SkippedEntries,
-) -> Iterator[str]:
-    """Relative paths of the objects under ``root`` (``bucket/prefix``) whose name ``keep``
-    accepts, page by page."""
+) -> Iterator[tuple[str, str | None]]:
+    """(relative path, identity) of the objects under ``root`` (``bucket/prefix``) whose name
+    ``keep`` accepts, page by page (the identity is the listed ETag)."""
     bucket, _, prefix = root.strip("/").partition("/")
     prefix = f"{prefix.rstrip('/')}/" if prefix else ""
     token: str | None = None
@@ -178,7 +179,7 @@ def _iter_s3_relative(
                 )
                 warned_order = True
             previous = current
-            yield relative
+            yield relative, etag_identity(obj["ETag"]) if obj.get("ETag") else None
         if not page.get("IsTruncated"):
             return
         token = page.get("NextContinuationToken")
@@ -189,15 +190,15 @@ def _iter_s3_relative(
 def _sorted_children(
     fs: Any, directory: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
     skipped: SkippedEntries,
-) -> list[tuple[bytes, str, bool]]:
-    """(sort key, path, is_dir) of the visible folders in ``directory`` and of its files whose
-    name ``keep`` accepts."""
+) -> list[tuple[bytes, str, bool, str | None]]:
+    """(sort key, path, is_dir, identity) of the visible folders in ``directory`` and of its
+    files whose name ``keep`` accepts (a local file's identity from the listing's stat)."""
     listing = retry.call(lambda: fs.ls(directory, detail=True), what=what)
     with contextlib.suppress(Exception):
         fs.invalidate_cache(directory)
     local = is_local_fs(fs)
     parent = directory.rstrip("/")
-    children: list[tuple[bytes, str, bool]] = []
+    children: list[tuple[bytes, str, bool, str | None]] = []
     for entry in listing:
         name = str(entry["name"]).rstrip("/")
         if not name or name == parent:
@@ -213,9 +214,10 @@ def _sorted_children(
                 continue
             kind = "file" if os.path.isfile(name) else kind
         if kind == "directory":
-            children.append((_utf8_key(base + "/"), name, True))
+            children.append((_utf8_key(base + "/"), name, True, None))
         elif kind == "file" and keep(base):
-            children.append((_utf8_key(base), name, False))
+            identity = listed_identity(fs, name, entry) if local else None
+            children.append((_utf8_key(base), name, False, identity))
     children.sort()
     return children
 
@@ -223,46 +225,47 @@ def _sorted_children(
 def _iter_walk_relative(
     fs: Any, root: str, retry: RetryPolicy, what: str, keep: Callable[[str], bool],
     skipped: SkippedEntries,
-) -> Iterator[str]:
-    """Relative paths of the files under ``root`` that ``keep`` accepts, depth first, in global
-    byte order."""
+) -> Iterator[tuple[str, str | None]]:
+    """(relative path, identity) of the files under ``root`` that ``keep`` accepts, depth
+    first, in global byte order."""
     root = root.rstrip("/") or "/"
     prefix_len = len(root) if root == "/" else len(root) + 1
     stack = [iter(_sorted_children(fs, root, retry, what, keep, skipped))]
     while stack:
         try:
-            _, name, is_dir = next(stack[-1])
+            _, name, is_dir, identity = next(stack[-1])
         except StopIteration:
             stack.pop()
             continue
         if is_dir:
             stack.append(iter(_sorted_children(fs, name, retry, what, keep, skipped)))
         else:
-            yield name[prefix_len:]
+            yield name[prefix_len:], identity
 
 
-def _iter_folder_uris(
+def _iter_folder_entries(
     fs: Any, root: str, clean_uri: str, retry: RetryPolicy, keep: Callable[[str], bool],
     skipped: SkippedEntries | None = None,
-) -> Iterator[str]:
-    """URIs (in the form of ``clean_uri``) of the files under ``root`` that ``keep`` accepts;
-    hidden entries are counted in ``skipped``."""
+) -> Iterator[tuple[str, str | None]]:
+    """(URI in the form of ``clean_uri``, listed identity) of the files under ``root`` that
+    ``keep`` accepts; hidden entries are counted in ``skipped``."""
     what = redact_uri(clean_uri)
     base = base_uri(clean_uri, fs, root)
     skipped = skipped if skipped is not None else SkippedEntries()
     relatives = (
         _iter_s3_relative(fs, root, retry, what, keep, skipped)
-        if _is_s3(fs)
+        if is_s3_fs(fs)
         else _iter_walk_relative(fs, root, retry, what, keep, skipped)
     )
-    for relative in relatives:
-        yield join_relative(base, relative)
+    for relative, identity in relatives:
+        yield join_relative(base, relative), identity
 
 
 def _iter_folder(fs: Any, root: str, clean_uri: str, retry: RetryPolicy,
                  skipped: SkippedEntries | None) -> Iterator[InputRef]:
-    for uri in _iter_folder_uris(fs, root, clean_uri, retry, has_image_extension, skipped):
-        yield InputRef(uri=uri)
+    for uri, identity in _iter_folder_entries(fs, root, clean_uri, retry, has_image_extension,
+                                              skipped):
+        yield InputRef(uri=uri, identity=identity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +485,7 @@ def list_files(
 
     if kind != "directory":
         return [base_uri(clean, fs, path)] if keep(path) else []
-    return list(_iter_folder_uris(fs, path, clean, retry, keep))
+    return [uri for uri, _ in _iter_folder_entries(fs, path, clean, retry, keep)]
 
 
 def _extension(path: str) -> str:
@@ -569,7 +572,7 @@ def iter_inputs(
         logger.info("enumerating Parquet image column %r of %s", column, what)
         return _ensure_nonempty(_iter_parquet_images(parquet_file, column, base), what)
     if has_image_extension(path):
-        return iter([InputRef(uri=base)])
+        return iter([InputRef(uri=base, identity=listed_identity(fs, path))])
     raise InputError(
         f"input {what} is not a folder, a .txt/.csv/.parquet manifest, a Parquet image file "
         "or an image",

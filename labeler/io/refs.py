@@ -42,6 +42,9 @@ class InputRef:
             holds secret values (a pre-signed URL's signature, a token) has them redacted in
             ``uri``, and only here in full. Held in memory only: never in :meth:`to_dict`, in
             ``repr``, or in comparisons.
+        identity: what the listing says of the version listed (an ETag, a file's mtime and
+            size: :mod:`labeler.io.identity`), when it says it for free; None otherwise. Not
+            in :meth:`to_dict` (the plan keeps it beside the ref) nor in comparisons.
     """
 
     uri: str
@@ -52,6 +55,7 @@ class InputRef:
     index_in_group: int | None = None
     path: str | None = None
     read_uri: str | None = field(default=None, repr=False, compare=False)
+    identity: str | None = field(default=None, compare=False)
 
     @property
     def location(self) -> str:

@@ -35,6 +35,7 @@ class ImageRow(TypedDict):
     file_name: str
     retryable: bool | None
     decode_scale: int | None
+    input_identity: str | None
 
 
 class AnnotationRow(TypedDict):
@@ -74,23 +75,26 @@ def annotation_id(image_id: int, label: int) -> int:
 
 
 def failed_image_row(uri: str, image_id: int, reason: str, detail: str, shard_id: str,
-                     file_name: str | None = None) -> ImageRow:
+                     file_name: str | None = None,
+                     input_identity: str | None = None) -> ImageRow:
     """The row of an image that produced no labels, with its machine-readable ``reason``.
 
     ``file_name`` is the name relative to the image root (:mod:`labeler.output.names`);
-    the URI when not given. Credentials in ``detail`` (an error that quotes the URL it read)
-    are redacted.
+    the URI when not given. ``input_identity``: the identity of the bytes read
+    (:mod:`labeler.io.identity`), None when nothing was read. Credentials in ``detail`` (an
+    error that quotes the URL it read) are redacted.
     """
     return ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_FAILED, reason=reason,
                     detail=redact_text(detail)[:MAX_DETAIL_CHARS], width=None, height=None, n_annotations=0,
                     shard_id=shard_id, file_name=file_name or uri,
-                    retryable=is_retryable(reason), decode_scale=None)
+                    retryable=is_retryable(reason), decode_scale=None,
+                    input_identity=input_identity)
 
 
 def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: ImageLabels,
                  category_names: dict[int, str], provenance: Provenance, shard_id: str,
                  file_name: str | None = None, decode_scale: int | None = None,
-                 ) -> tuple[ImageRow, list[AnnotationRow]]:
+                 input_identity: str | None = None) -> tuple[ImageRow, list[AnnotationRow]]:
     """The image row and annotation rows of one labeled image.
 
     Args:
@@ -107,6 +111,7 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
             when not given.
         decode_scale: the factor the decoder reduced the stored image by before the method saw
             it (:attr:`labeler.io.decode.DecodedImage.scale`); None when not known.
+        input_identity: the identity of the bytes labeled (:mod:`labeler.io.identity`).
     """
     file_name = file_name or uri
     masks = encode_label_map(labels.grid, len(labels.category_ids), labels.rows, labels.cols)
@@ -130,5 +135,5 @@ def labeled_rows(uri: str, image_id: int, width: int, height: int, labels: Image
     image = ImageRow(uri=uri, image_id=image_id, status=schema.IMAGE_STATUS_LABELED, reason=None,
                      detail=None, width=width, height=height, n_annotations=len(annotations),
                      shard_id=shard_id, file_name=file_name, retryable=None,
-                     decode_scale=decode_scale)
+                     decode_scale=decode_scale, input_identity=input_identity)
     return image, annotations

@@ -28,6 +28,9 @@ IMAGES = pa.schema(
         # method saw it (1: full size; labeler.io.decode, "Decoding what the consumer needs");
         # null for failed rows and for parts written before the column existed
         ("decode_scale", pa.int32()),
+        # which version of the input was read (labeler.io.identity: etag:..., mtime:...:size:...,
+        # sha256:...); null when it could not be read, and for parts written before the column
+        ("input_identity", pa.string()),
     ]
 )
 

@@ -117,19 +117,23 @@ def _category_list(categories: Sequence[CategoryCount]) -> str:
     return f'<ul class="cats">{items}</ul>'
 
 
+def _picture(item: GalleryItem, image_class: str, placeholder: str) -> str:
+    """A card's picture: its image linked to itself, or ``placeholder`` when it has none."""
+    if not item.href:
+        return f'<div class="placeholder">{placeholder}</div>'
+    size = f' width="{item.width}" height="{item.height}"' if item.width and item.height else ""
+    return (
+        f'<a href="{_e(item.href)}"><img class="{image_class}" src="{_e(item.href)}" '
+        f'alt="{_e(_display_name(item.uri))}" loading="lazy"{size}></a>'
+    )
+
+
 def _labeled_card(item: GalleryItem) -> str:
     attrs = (
         f'class="card labeled" data-image-id="{_e(item.image_id)}" data-status="labeled" '
         f'data-annotations="{item.n_annotations}"'
     )
-    if item.href:
-        size = f' width="{item.width}" height="{item.height}"' if item.width and item.height else ""
-        picture = (
-            f'<a href="{_e(item.href)}"><img class="thumb" src="{_e(item.href)}" '
-            f'alt="{_e(_display_name(item.uri))}" loading="lazy"{size}></a>'
-        )
-    else:
-        picture = '<div class="placeholder">no preview</div>'
+    picture = _picture(item, "thumb", "no preview")
     word = "annotation" if item.n_annotations == 1 else "annotations"
     note = f'<div class="note">{_e(item.note)}</div>' if item.note else ""
     return (
@@ -142,14 +146,7 @@ def _labeled_card(item: GalleryItem) -> str:
 
 def _failed_card(item: GalleryItem) -> str:
     attrs = f'class="card failed" data-image-id="{_e(item.image_id)}" data-status="failed"'
-    if item.href:
-        size = f' width="{item.width}" height="{item.height}"' if item.width and item.height else ""
-        picture = (
-            f'<a href="{_e(item.href)}"><img class="thumb source" src="{_e(item.href)}" '
-            f'alt="{_e(_display_name(item.uri))}" loading="lazy"{size}></a>'
-        )
-    else:
-        picture = '<div class="placeholder">source not readable</div>'
+    picture = _picture(item, "thumb source", "source not readable")
     reason = item.reason if item.reason else "(no reason recorded)"
     return (
         f"<figure {attrs}>{picture}<figcaption>"

@@ -6,7 +6,9 @@ it works. Re-running the same command resumes: completed shards (those with a ma
 the digests and counts in their stats: :mod:`labeler.runtime.integrity`) or they hold failures
 that may heal (``retry_failed``, :mod:`labeler.output.failures`): those are redone. Every part is
 hashed again before the merge. Images the input gained since the plan was made are appended as
-new shards (:func:`labeler.runtime.plan.extend_plan`). Shards run on Ray workers
+new shards (:func:`labeler.runtime.plan.extend_plan`), and with ``verify_inputs`` the done shards
+holding images whose input changed since they were read are redone (same image ids; their parts
+replaced). Shards run on Ray workers
 (:mod:`labeler.runtime.ray_executor`, the default) or in this process
 (:mod:`labeler.runtime.local_executor`, ``executor = "local"``); a shard that keeps failing is
 recorded under ``run/failed/`` and the run then ends without merging, with a non-zero status, so
@@ -26,6 +28,7 @@ from labeler.config import JobConfig
 from labeler.errors import StorageFaultError, UserError
 from labeler.io.folders import Folder
 from labeler.io.listing import SkippedEntries, folder_root, iter_inputs
+from labeler.io.reading import with_identities
 from labeler.io.retry import describe_disk_fault, disk_fault
 from labeler.io.uris import InputError
 from labeler.output.coco_files import DEFAULT_MAX_ANNOTATIONS
@@ -72,6 +75,8 @@ class RunSummary:
     """Images of an earlier run that the input no longer lists (kept in the output)."""
     retryable_failed: int = 0
     """Failed images that may succeed on a re-run (storage errors, out of memory)."""
+    changed_images: int = 0
+    """Images whose input changed since they were labeled (``verify_inputs``): relabeled."""
 
     @property
     def permanently_failed(self) -> int:
@@ -107,21 +112,27 @@ class InputFacts:
 
 
 def input_items(config: JobConfig, storage_options: dict | None = None,
-                facts: InputFacts | None = None) -> Iterator[dict]:
-    """The collection as plan items: ``{"uri", "ref"}`` per image, in order.
+                facts: InputFacts | None = None, identify: bool = False) -> Iterator[dict]:
+    """The collection as plan items: ``{"uri", "ref"}`` per image, in order, and ``identity``
+    where the listing gives it (:mod:`labeler.io.identity`).
 
     The input is checked now (it exists, its kind is known); listing itself stays lazy. Entries
     whose URI holds secrets are listed redacted; with ``facts``, the full URI of each and the
-    hidden entries skipped are recorded there as the items are consumed.
+    hidden entries skipped are recorded there as the items are consumed. With ``identify``,
+    the entries the listing gives no identity are looked at (a HEAD, a stat, or their bytes).
     """
     facts = facts if facts is not None else InputFacts()
     refs = iter_inputs(config.input, storage_options=storage_options, skipped=facts.skipped)
 
     def items() -> Iterator[dict]:
-        for ref in refs:
+        listed = with_identities(refs, storage_options=storage_options) if identify else refs
+        for ref in listed:
             if ref.read_uri is not None:
                 facts.read_uris[ref.uri] = ref.read_uri
-            yield {"uri": ref.uri, "ref": ref.to_dict()}
+            item = {"uri": ref.uri, "ref": ref.to_dict()}
+            if ref.identity is not None:
+                item["identity"] = ref.identity
+            yield item
 
     return items()
 
@@ -146,7 +157,8 @@ def run_job(config: JobConfig, storage_options: dict | None = None, progress: bo
     output = Folder(config.output, storage_options)
     try:
         facts = InputFacts()  # the secrets of the input's URIs stay in memory, never stored
-        items = input_items(config, storage_options, facts)
+        items = input_items(config, storage_options, facts,
+                            identify=config.verify_inputs is True and RunFolder(output).has_plan())
         items = itertools.chain([next(items)], items)  # an empty input fails before any write
         image_root = folder_root(config.input, storage_options=storage_options)
     except InputError as error:
@@ -189,8 +201,12 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         resumed = run.claim(config, image_root=image_root)
         changes = PlanChanges()
         if run.has_plan():
-            plan, changes = extend_plan(run, items, config.shard_size, ImageNamer(image_root))
+            compare = run.done_shards() if _compares_inputs(config, image_root) else set()
+            plan, changes = extend_plan(run, items, config.shard_size, ImageNamer(image_root),
+                                        compare)
             _report_changes(changes, output.uri)
+            for shard_id in changes.changed_shards:
+                run.unmark_done(shard_id)
         else:
             plan = plan_run(run, items, config.shard_size, ImageNamer(image_root))
     except InputError as error:
@@ -265,10 +281,20 @@ def _run_holding_lease(config: JobConfig, run: RunFolder, lease: OutputLease,
         images_per_second=events.rate(),
         new_images=changes.new_images,
         removed_images=changes.removed_images,
+        changed_images=changes.changed_images,
         retryable_failed=0 if report.failed else done_shard_totals(
             run, shards, set(shard_ids))["retryable_failures"],
         **counts,
     )
+
+
+def _compares_inputs(config: JobConfig, image_root: str | None) -> bool:
+    """Whether a re-run compares the input's identities with the recorded ones: always with
+    ``verify_inputs``, never without, and by default for a folder (``image_root``), whose
+    listing gives them for free (on S3 and local disks: :mod:`labeler.io.identity`)."""
+    if config.verify_inputs is None:
+        return image_root is not None
+    return config.verify_inputs
 
 
 def _redo_on_resume(run: RunFolder, shards: list[dict], done: set[str],
@@ -341,6 +367,11 @@ def _report_changes(changes: PlanChanges, output: str) -> None:
         logger.warning("%d images of the earlier run are no longer in the input (kept in the "
                        "output): %s%s", changes.removed_images, ", ".join(changes.removed_examples),
                        ", ..." if changes.removed_images > len(changes.removed_examples) else "")
+    if changes.changed_images:
+        logger.warning("%d images changed in the input since they were labeled: relabeling them "
+                       "(%d shards, same image ids): %s%s", changes.changed_images,
+                       len(changes.changed_shards), "; ".join(changes.changed_examples),
+                       "; ..." if changes.changed_images > len(changes.changed_examples) else "")
 
 
 def _run_id(output: Folder) -> str:

@@ -9,6 +9,10 @@ merge of the buckets (one line of each in memory).
 
 Matching counts occurrences, as before: a URI planned twice and listed three times yields one
 new item, the third listing of it.
+
+Identities (:mod:`labeler.io.identity`): a plan entry may carry the identity recorded when its
+image was read, and a listed item the identity the listing gives now; when both are known and of
+one kind and differ, the image changed since it was labeled (:attr:`ListingDiff.changed`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,23 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from labeler.io.identity import comparable
 
 #: Plan URIs per bucket the diff aims at (a bucket's Counter then stays near 30 MB).
 URIS_PER_BUCKET = 200_000
 #: Removed URIs named in the resume report.
 REMOVED_EXAMPLES = 5
+
+
+class Planned(NamedTuple):
+    """One image of the plan, as the diff sees it."""
+
+    uri: str
+    identity: str | None = None
+    """The identity recorded when it was read (None: not read yet, or not compared)."""
+    shard_id: str = ""
 
 
 @dataclass
@@ -34,10 +50,16 @@ class ListingDiff:
     Attributes:
         removed: plan URIs (occurrences) the listing no longer holds.
         removed_examples: the first of them in plan order.
+        changed: planned images whose listed identity differs from the recorded one.
+        changed_shards: the shards holding them.
+        changed_examples: the first of them in plan order, ``uri (recorded -> listed)``.
     """
 
     removed: int = 0
     removed_examples: list[str] = field(default_factory=list)
+    changed: int = 0
+    changed_shards: set[str] = field(default_factory=set)
+    changed_examples: list[str] = field(default_factory=list)
     _buckets: list[str] = field(default_factory=list)
 
     def new_items(self) -> Iterator[dict]:
@@ -47,38 +69,52 @@ class ListingDiff:
             yield item
 
 
-def diff_listing(plan_uris: Iterable[str], items: Iterable[dict], n_plan: int,
+def diff_listing(planned: Iterable[Planned], items: Iterable[dict], n_plan: int,
                  workdir: str) -> ListingDiff:
-    """Diff ``items`` (the listing, dicts with ``uri``) against ``plan_uris`` (plan order).
+    """Diff ``items`` (the listing, dicts with ``uri`` and maybe ``identity``) against
+    ``planned`` (plan order).
 
     Args:
-        plan_uris: every URI of the plan, in plan order (streamed).
+        planned: every image of the plan, in plan order (streamed).
         items: the current listing, in collection order (streamed).
         n_plan: how many URIs the plan holds (sets the number of buckets).
         workdir: an empty local folder for the bucket files (the caller removes it).
     """
     n_buckets = max(1, -(-n_plan // URIS_PER_BUCKET))
-    planned = _spread(((uri, f"{position}\t{json.dumps(uri)}")
-                       for position, uri in enumerate(plan_uris)),
-                      n_buckets, os.path.join(workdir, "plan"))
+    plan_files = _spread(((entry.uri, f"{position}\t{json.dumps(list(entry))}")
+                          for position, entry in enumerate(planned)),
+                         n_buckets, os.path.join(workdir, "plan"))
     listed = _spread(((item["uri"], f"{position}\t{json.dumps(item)}")
                       for position, item in enumerate(items)),
                      n_buckets, os.path.join(workdir, "listing"))
     diff = ListingDiff()
     examples: list[tuple[int, str]] = []
-    for bucket, (plan_path, listing_path) in enumerate(zip(planned, listed, strict=True)):
+    changed: list[tuple[int, str]] = []
+    for bucket, (plan_path, listing_path) in enumerate(zip(plan_files, listed, strict=True)):
         known: Counter[str] = Counter()
         first_at: dict[str, int] = {}
+        recorded: dict[str, list[tuple[int, str, str]]] = {}
         for position, text in _lines(plan_path):
-            uri = json.loads(text)
-            known[uri] += 1
-            first_at.setdefault(uri, position)
+            entry = Planned(*json.loads(text))
+            known[entry.uri] += 1
+            first_at.setdefault(entry.uri, position)
+            if entry.identity is not None:
+                recorded.setdefault(entry.uri, []).append(
+                    (position, entry.identity, entry.shard_id))
         new_path = os.path.join(workdir, f"new-{bucket:05d}")
         with open(new_path, "w", encoding="utf-8") as new:
             for position, text in _lines(listing_path):
-                uri = json.loads(text)["uri"]
+                item = json.loads(text)
+                uri = item["uri"]
                 if known[uri] > 0:
                     known[uri] -= 1
+                    for at, identity, shard_id in recorded.pop(uri, ()):  # once per URI
+                        current = item.get("identity")
+                        if comparable(identity, current) and identity != current:
+                            diff.changed += 1
+                            diff.changed_shards.add(shard_id)
+                            changed = heapq.nsmallest(
+                                REMOVED_EXAMPLES, changed + [(at, f"{uri} ({identity} -> {current})")])
                 else:
                     new.write(f"{position}\t{text}\n")
         os.remove(plan_path)
@@ -89,6 +125,7 @@ def diff_listing(plan_uris: Iterable[str], items: Iterable[dict], n_plan: int,
             if count:
                 examples = heapq.nsmallest(REMOVED_EXAMPLES, examples + [(first_at[uri], uri)])
     diff.removed_examples = [uri for _, uri in examples]
+    diff.changed_examples = [text for _, text in changed]
     return diff
 
 

@@ -9,7 +9,10 @@ On resume the input is listed again (:func:`extend_plan`): images it did not hol
 appended as new shards, with ids after the existing ones, in collection order; the existing
 shards, their ids and their manifests are left as they are, and images no longer listed are
 reported, not removed. The diff of the listing against the plan runs through bucket files on
-local disk (:mod:`labeler.runtime.listing_diff`): memory stays bounded there too.
+local disk (:mod:`labeler.runtime.listing_diff`): memory stays bounded there too. The same pass
+compares, for the shards asked, the identity each image had when it was read (its image part's
+``input_identity``) with the identity the listing gives now: images that changed since they were
+labeled are reported with their shards (``verify_inputs``, :mod:`labeler.io.identity`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from labeler.errors import UserError
-from labeler.runtime.listing_diff import diff_listing
+from labeler.output import parts
+from labeler.runtime.listing_diff import Planned, diff_listing
 from labeler.runtime.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -121,11 +125,16 @@ class PlanChanges:
     removed_examples: list[str] = field(default_factory=list)
     checked: bool = True
     """False when a manifest could not be read, so new images could not be told apart."""
+    changed_images: int = 0
+    """Images labeled from another version of their bytes than the listing shows now."""
+    changed_shards: set[str] = field(default_factory=set)
+    """The shards holding them."""
+    changed_examples: list[str] = field(default_factory=list)
 
 
 def extend_plan(
     run: RunFolder, items: Iterable[dict], shard_size: int,
-    name: Callable[[str, int], str] | None = None,
+    name: Callable[[str, int], str] | None = None, compare: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict, PlanChanges]:
     """Append the images the input gained since the plan was made; return the plan and changes.
 
@@ -133,6 +142,8 @@ def extend_plan(
     in the existing manifests (counted, so a manifest listing one URI twice stays consistent).
     New images get ids after the plan's last id, in collection order, and are cut into new
     shards; existing shards are not rewritten. Plan URIs missing from the listing are reported.
+    For the shards in ``compare`` (committed ones), images whose recorded identity differs
+    from the item's ``identity`` are reported as changed, with their shards.
     """
     plan = run.read_plan()
     shard_ids = [shard["shard_id"] for shard in plan["shards"]]
@@ -140,7 +151,8 @@ def extend_plan(
     seen = set(shard_ids)
     with tempfile.TemporaryDirectory(prefix="labeler-resume-") as workdir:
         try:
-            diff = diff_listing(_plan_uris(run, shard_ids), items, plan["n_images"], workdir)
+            diff = diff_listing(planned_images(run, shard_ids, compare), items, plan["n_images"],
+                                workdir)
         except ManifestError as error:
             logger.warning("new images not looked for: a manifest of %s is unreadable (%s)",
                            run.output.uri, error.__cause__)
@@ -154,6 +166,9 @@ def extend_plan(
         new_shards=new_shards,
         removed_images=diff.removed,
         removed_examples=diff.removed_examples,
+        changed_images=diff.changed,
+        changed_shards=diff.changed_shards,
+        changed_examples=diff.changed_examples,
     )
     if new_shards:
         run.write_plan(plan["shards"] + new_shards)
@@ -165,23 +180,38 @@ class ManifestError(Exception):
     """A plan manifest could not be read while diffing the listing (its error is the cause)."""
 
 
-def _plan_uris(run: RunFolder, shard_ids: list[str]) -> Iterator[str]:
-    """Every URI of the plan's manifests, in plan order (manifests read a few at a time)."""
+def planned_images(run: RunFolder, shard_ids: list[str],
+                   compare: set[str] | frozenset[str] = frozenset()) -> Iterator[Planned]:
+    """Every image of the plan, in plan order, read a few shards at a time: from the image
+    part (with the identity recorded when it was read) for the shards in ``compare``, from the
+    manifest (no identity) for the others and for a part that cannot be read.
+
+    Raises:
+        ManifestError: a manifest cannot be read (its error is the cause).
+    """
     writers = 1 if run.output.is_local else MANIFEST_WRITERS
     with ThreadPoolExecutor(writers, thread_name_prefix="labeler-plan") as pool:
         pending: deque[Future] = deque()
         for shard_id in shard_ids:
-            pending.append(pool.submit(run.read_manifest, shard_id))
+            pending.append(pool.submit(_shard_images, run, shard_id, shard_id in compare))
             if len(pending) > 2 * writers:
-                yield from _uris_of(pending.popleft())
+                yield from pending.popleft().result()
         while pending:
-            yield from _uris_of(pending.popleft())
+            yield from pending.popleft().result()
 
 
-def _uris_of(future: Future) -> Iterator[str]:
+def _shard_images(run: RunFolder, shard_id: str, recorded: bool) -> list[Planned]:
+    if recorded:
+        try:
+            table = parts.read_part(run.output, parts.shard_part(shard_id, parts.IMAGES),
+                                    parts.IMAGES).select(["uri", "input_identity"])
+            return [Planned(uri, identity, shard_id) for uri, identity in
+                    zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True)]
+        except Exception as error:  # noqa: BLE001 - damaged: the resume redoes it anyway
+            logger.info("shard %s: its image part cannot be read (%s): its images' identities "
+                        "are not compared", shard_id, error)
     try:
-        entries = future.result()
+        entries = run.read_manifest(shard_id)
     except Exception as error:
         raise ManifestError(str(error)) from error
-    for entry in entries:
-        yield entry["uri"]
+    return [Planned(entry["uri"], None, shard_id) for entry in entries]

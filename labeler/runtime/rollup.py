@@ -64,6 +64,11 @@ def _decode(data: bytes) -> dict | None:
 class RollUpWriter:
     """Writes the roll-ups of a run's groups as their shards are done (the driver's side).
 
+    Each shard's entry is read when its done marker is written (one metadata request and its
+    stats file: the driver's storage work stays spread over the run, no burst of 1000 reads
+    when a group completes) and held until its group is complete; entries of shards done by an
+    earlier run are read when their group is rolled up. Memory: the incomplete groups' entries.
+
     Args:
         run: the run folder.
         shards: the plan's shards (``shard_id``), in plan order.
@@ -76,12 +81,23 @@ class RollUpWriter:
         self.groups = [ids[start:start + GROUP_SHARDS] for start in range(0, len(ids), GROUP_SHARDS)]
         self.group_of = {shard_id: index // GROUP_SHARDS for index, shard_id in enumerate(ids)}
         self.done = set(done)
+        self.held: dict[int, dict[str, dict | None]] = {}
 
     def shard_done(self, shard_id: str) -> None:
-        """A shard's done marker was written: roll its group up when the group is complete."""
+        """A shard's done marker was written: read its entry, and roll its group up when the
+        group is complete. A storage error costs only the roll-up (status reads the stats
+        files instead), never the run."""
         self.done.add(shard_id)
         group = self.group_of.get(shard_id)
-        if group is not None and self.done.issuperset(self.groups[group]):
+        if group is None:
+            return
+        try:
+            self.held.setdefault(group, {})[shard_id] = self._entry(shard_id)
+        except (OSError, ValueError) as error:
+            self.held.get(group, {}).pop(shard_id, None)  # read again with the group
+            logger.warning("could not read the stats of shard %s for its roll-up: %s",
+                           shard_id, error)
+        if self.done.issuperset(self.groups[group]):
             self._write(group)
 
     def fill(self) -> int:
@@ -94,24 +110,26 @@ class RollUpWriter:
                 written += self._write(group)
         return written
 
+    def _entry(self, shard_id: str) -> dict | None:
+        """The shard's entry (None: no stats file, or a store without stamps: nothing to
+        vouch for, readers fall back to the stats file)."""
+        recorded = file_stamp(self.run.output, self.run.stats_file(shard_id))  # before the read
+        stats = self.run.read_stats(shard_id)
+        if recorded is None or recorded["stamp"] is None or stats is None:
+            return None
+        return {**recorded, "stats": {key: stats[key] for key in ROLLED_UP_KEYS if key in stats}}
+
     def _write(self, group: int) -> bool:
-        """Roll one group up; a storage error costs only the roll-up (status reads the stats
-        files instead), never the run."""
-        output = self.run.output
-        entries = {}
+        """Roll one group up (see :meth:`shard_done` for errors)."""
+        held = self.held.pop(group, {})
         try:
-            for shard_id in self.groups[group]:
-                recorded = file_stamp(output, self.run.stats_file(shard_id))  # before the read
-                stats = self.run.read_stats(shard_id)
-                if recorded is None or recorded["stamp"] is None or stats is None:
-                    continue  # nothing to vouch for: readers fall back to the stats file
-                entries[shard_id] = {**recorded,
-                                     "stats": {key: stats[key] for key in ROLLED_UP_KEYS
-                                               if key in stats}}
-            output.write_bytes(rollup_file(group), _encode(entries))
+            entries = {shard_id: held[shard_id] if shard_id in held else self._entry(shard_id)
+                       for shard_id in self.groups[group]}
+            self.run.output.write_bytes(rollup_file(group), _encode(
+                {shard_id: entry for shard_id, entry in entries.items() if entry is not None}))
         except (OSError, ValueError) as error:
             logger.warning("could not roll up the stats of group %d in %s: %s (status reads the "
-                           "shards' stats files instead)", group, output.uri, error)
+                           "shards' stats files instead)", group, self.run.output.uri, error)
             return False
         return True
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from labeler.io.decode import DEFAULT_MAX_DECODED_PIXELS, ImageDecodeError, decode_image
 from labeler.io.folders import Folder
+from labeler.io.identity import comparable
 from labeler.io.policy import InputPolicy
 from labeler.io.reading import read_many
 from labeler.io.refs import InputRef
@@ -60,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 #: Decoded batches kept ready ahead of the model (bounds the worker's memory).
 PREFETCH_BATCHES = 2
+#: The key of a manifest entry, once read, holding the identity of the bytes read
+#: (:mod:`labeler.io.identity`); the plan's ``identity`` is what the listing saw.
+READ_IDENTITY = "input_identity"
 
 T = TypeVar("T")
 
@@ -78,9 +82,10 @@ class ShardRows:
 
 
 def failed_row(entry: dict, reason: str, detail: str, shard_id: str) -> ImageRow:
-    """The image row of a manifest entry that produced no labels."""
+    """The image row of a manifest entry that produced no labels (with the identity of what
+    was read, when it was)."""
     return failed_image_row(entry["uri"], entry["image_id"], reason, detail, shard_id,
-                            entry.get("file_name"))
+                            entry.get("file_name"), entry.get(READ_IDENTITY))
 
 
 @dataclass
@@ -375,13 +380,15 @@ class ShardProcessor:
         self._beat(run)
         entries = run.read_manifest(shard_id)
         timings = {"read": 0.0, "decode": 0.0, "label": 0.0, "encode": 0.0}
+        changed: list[str] = []  # URIs whose bytes read are not the version planned
         rows = ShardRows()
         results: OrderedResults[_Finished] = self.pool.results(
             2 * self.batch_size + self.pool.threads)
 
         def produce() -> Iterator[Batch]:
             with working_for(shard_id):
-                yield from self._batches(entries, timings, lambda: self._beat(run), read_uris)
+                yield from self._batches(entries, timings, lambda: self._beat(run), read_uris,
+                                         changed)
 
         try:
             with Prefetcher(produce) as batches:
@@ -414,6 +421,8 @@ class ShardProcessor:
             "annotations": len(rows.annotations),
             "failure_reasons": dict(Counter(r["reason"] for r in rows.images if r["reason"])),
             "retryable_failures": sum(bool(r.get("retryable")) for r in rows.images),
+            # images whose version read is not the one listed when the run was planned
+            "inputs_changed_since_plan": len(changed),
             "parts": part_records,
             "seconds": time.perf_counter() - started,
             "started_at": started_at,
@@ -437,10 +446,12 @@ class ShardProcessor:
 
     # -- input (runs on the prefetch thread) ---------------------------------------------
     def _batches(self, entries: list[dict], timings: dict, beat: Callable[[], None],
-                 read_uris: dict[str, str]) -> Iterator[Batch]:
+                 read_uris: dict[str, str], changed: list[str]) -> Iterator[Batch]:
         """Read and decode the shard's images in order, cut into batches of decoded images;
         ``beat`` is called after each read (a sign of life); ``read_uris``: what to read for
-        entries stored redacted."""
+        entries stored redacted. Each entry read carries the identity of its bytes; the URIs
+        whose identity differs from the plan's (replaced since the listing) go to ``changed``:
+        they are labeled from what was read, which their rows record."""
         refs = [InputRef.from_dict(e["ref"]) if "ref" in e else InputRef(uri=e["uri"]) for e in entries]
         refs = [dataclasses.replace(ref, read_uri=read_uris[ref.uri]) if ref.uri in read_uris
                 else ref for ref in refs]
@@ -454,8 +465,15 @@ class ShardProcessor:
                 batch.failures.append((entry, *refusal))
                 continue
             read_started = time.perf_counter()
-            _, data = next(reads)
+            _, data, identity = next(reads)
             beat()
+            if identity is not None:
+                entry = {**entry, READ_IDENTITY: identity}
+                if comparable(entry.get("identity"), identity) and entry["identity"] != identity:
+                    logger.warning("%s changed since the run was planned (%s, now %s): "
+                                   "labeling what was read", entry["uri"], entry["identity"],
+                                   identity)
+                    changed.append(entry["uri"])
             decode_started = time.perf_counter()
             timings["read"] += decode_started - read_started
             if isinstance(data, BaseException):
@@ -566,7 +584,7 @@ class ShardProcessor:
                       shard_id: str, decode_scale: int) -> tuple[ImageRow, list[AnnotationRow]]:
         return labeled_rows(entry["uri"], entry["image_id"], width, height, labels,
                             self.category_names, self.provenance, shard_id, entry.get("file_name"),
-                            decode_scale)
+                            decode_scale, input_identity=entry.get(READ_IDENTITY))
 
 def _write_log_quietly(run: RunFolder, shard_id: str, text: str) -> None:
     """Write the shard's log; a storage error here must not hide the shard's own outcome."""

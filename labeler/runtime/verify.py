@@ -16,7 +16,11 @@ the report):
   annotations (spread over the shards) are also fully decoded;
 - the COCO files (``coco.json``, or ``coco/index.json`` and its parts) hold, record by record
   and in order, the labeled images and the annotations of the parts, with the run's ``info`` and
-  categories; a file is read line by line (one record per line), never loaded whole.
+  categories; a file is read line by line (one record per line), never loaded whole;
+- with ``inputs``, the input as it is now: the images whose identity (:mod:`labeler.io.identity`)
+  differs from the one recorded when they were read, the images no longer listed, and the images
+  listed that the output does not hold. This lists the input and looks at every entry the listing
+  gives no identity (a HEAD or stat each, or its bytes).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +38,9 @@ import pyarrow.parquet as pq
 
 from labeler.errors import UserError
 from labeler.io.folders import Folder
+from labeler.io.listing import iter_inputs
+from labeler.io.reading import with_identities
+from labeler.io.uris import InputError, redact_uri
 from labeler.output import parts, schema
 from labeler.output.coco_files import (
     BETWEEN,
@@ -45,6 +53,8 @@ from labeler.output.coco_files import (
 from labeler.output.coco_records import shard_fragments
 from labeler.output.rle import CountsError, decode_counts, decode_mask, runs_summary
 from labeler.runtime.integrity import file_sha256, shard_problem
+from labeler.runtime.listing_diff import diff_listing
+from labeler.runtime.plan import planned_images
 from labeler.runtime.run_folder import RunFolder
 
 #: Problems listed per check before the rest are counted only.
@@ -71,14 +81,15 @@ class _ShardResult:
 
 
 def verify_output(output_uri: str, storage_options: dict | None = None, sample: int = 0,
-                  processes: int | None = None) -> list[str]:
+                  processes: int | None = None, inputs: bool = False) -> list[str]:
     """The problems of a finished output (empty when it is sound).
 
     Args:
         output_uri: the run's output folder.
-        storage_options: fsspec options for it.
+        storage_options: fsspec options for it (and for the input, with ``inputs``).
         sample: about this many annotations, spread over the shards, are fully decoded too.
         processes: verifying processes (default: one per CPU).
+        inputs: also compare the input as it is now with what was labeled.
 
     Raises:
         UserError: ``output_uri`` holds no labeler run.
@@ -115,6 +126,39 @@ def verify_output(output_uri: str, storage_options: dict | None = None, sample: 
         for found in pool.map(_check_coco_file, [target] * len(files), [f for f, _, _ in files],
                               [shards[start:stop] for _, start, stop in files]):
             problems += found
+    if inputs:
+        problems += _check_inputs(run, storage_options)
+    return problems
+
+
+# -- the input as it is now ---------------------------------------------------------------------
+def _check_inputs(run: RunFolder, storage_options: dict | None) -> list[str]:
+    """The images whose input changed, went away or came since the run read it."""
+    input_uri = run.output.read_json("run/config.json")["settings"]["input"]
+    plan = run.read_plan()
+    shard_ids = [shard["shard_id"] for shard in plan["shards"]]
+    try:
+        refs = with_identities(iter_inputs(input_uri, storage_options=storage_options),
+                               storage_options=storage_options)
+        items = ({"uri": ref.uri, "identity": ref.identity} for ref in refs)
+        with tempfile.TemporaryDirectory(prefix="labeler-verify-") as workdir:
+            diff = diff_listing(planned_images(run, shard_ids, set(shard_ids)), items,
+                                plan["n_images"], workdir)
+            new = sum(1 for _ in diff.new_items())
+    except InputError as error:
+        return [f"input {redact_uri(input_uri)}: cannot be listed ({error})"]
+    problems = []
+    if diff.changed:
+        problems.append(f"input: {diff.changed} images changed since they were labeled "
+                        f"(re-run the command to relabel them): {'; '.join(diff.changed_examples)}"
+                        + ("; ..." if diff.changed > len(diff.changed_examples) else ""))
+    if diff.removed:
+        problems.append(f"input: {diff.removed} images of the output are no longer in the "
+                        f"input: {', '.join(diff.removed_examples)}"
+                        + (", ..." if diff.removed > len(diff.removed_examples) else ""))
+    if new:
+        problems.append(f"input: {new} images of the input are not in the output (re-run the "
+                        "command to label them)")
     return problems
 
 

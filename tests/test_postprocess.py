@@ -102,10 +102,11 @@ def _planned_run(tmp_path, name: str, values: list[int], shard_size: int) -> tup
 def _table(run: RunFolder, shard_id: str, name: str) -> list[dict]:
     with run.output.open(run.shard_part(shard_id, name)) as handle:
         rows = pq.read_table(handle).to_pylist()
-    for row in rows:  # the URIs name each run's own folder
+    for row in rows:  # the URIs name each run's own folder, whose files have their own mtimes
         row.pop("uri", None)
         row.pop("file_name", None)
         row.pop("shard_id", None)
+        row.pop("input_identity", None)
     return rows
 
 

@@ -162,8 +162,12 @@ class S3Server:
         return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
 
     def create_bucket(self, name: str) -> None:
-        """Create a bucket (a top-level folder of the data directory)."""
-        (self.data_dir / name).mkdir(parents=True, exist_ok=True)
+        """Create a bucket through the S3 API, so the server knows it when this returns.
+
+        A folder made in the data directory would show only after the server's directory cache
+        expires: a request sent at once could still meet "NoSuchBucket".
+        """
+        self.filesystem().makedirs(name, exist_ok=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -129,7 +129,7 @@ def test_labels_stay_at_the_stored_size_and_the_scale_is_recorded(tmp_path, draf
 
 def test_a_segmenter_that_does_not_say_is_decoded_at_full_size():
     class Silent:
-        pass
+        """A segmenter that declares no decode side."""
 
     silent, sized = Silent(), HalvesSegmenter(512)
     config = build_config({}, {"input": "in", "output": "out"})

@@ -19,24 +19,10 @@ from labeler.methods.base import _compact, _sums_are_exact
 from labeler.methods.label_maps import axis_weights, resize_labels
 
 
-def former_compact(
-    label_map: np.ndarray,
-    confidence: np.ndarray,
-    weights: tuple[np.ndarray, np.ndarray] | None,
-    category_of: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def former_compact(label_map, confidence, weights, category_of):
     """The former relabelling (before runs): a lookup table over every cell, the confidence
     summed per cell in 4 interleaved lanes when the sums are exact, sequentially otherwise.
-
-    Args:
-        label_map: (h, w) integer map, negative for no annotation.
-        confidence: (h, w) float.
-        weights: (h,) and (w,) pixels per grid row and column (a cell becomes their product),
-            or None for one each.
-
-    Returns:
-        the (h, w) int32 compact map, (L,) int64 categories, (L,) float64 scores.
-    """
+    Arguments and results as ``labeler.methods.base._compact``'s."""
     lanes = _FORMER_LANES if _sums_are_exact(confidence, weights) else 1
     bins, shift, bin_values, table_size = _former_bins(label_map, lanes)
     if weights is None:

@@ -9,6 +9,12 @@ It is labeler's only image decoder: ``labeler run`` (the shard's input), ``label
 (:mod:`labeler.methods.slime.data`) and ``labeler preview`` decode with it, so one file gives the
 same pixels everywhere. :func:`apply_orientation` orients arrays drawn in an image's stored frame.
 
+Pillow parses every header (size, mode, EXIF) and decodes every format. The pixels of the common
+JPEGs (8-bit, Huffman-coded, gray or YCbCr) are decoded by libjpeg-turbo's TurboJPEG API instead
+(:mod:`labeler.io.jpeg`, through ``simplejpeg``): the same pixels Pillow's libjpeg-turbo gives,
+at the same DCT scale, for less CPU; anything it is not sure of, or that libjpeg warns about, is
+decoded by Pillow as before.
+
 Policies (documented choices)
 -----------------------------
 * **Orientation.** The EXIF ``Orientation`` tag (values 1-8; JPEG, PNG ``eXIf``, WebP, TIFF) is
@@ -45,10 +51,11 @@ Policies (documented choices)
   produce meaningless labels. Pass ``min_side=1`` to accept every non-empty image.
 * **Memory bound.** With ``max_decoded_pixels`` (the runtime passes
   :data:`DEFAULT_MAX_DECODED_PIXELS`, 16.8 Mpx) a larger image is downscaled while it is decoded:
-  a JPEG through Pillow's ``draft`` (the decoder itself works at 1/2, 1/4 or 1/8 scale), any
+  a JPEG at DCT scale 1/2, 1/4 or 1/8 (the decoder itself works at that scale), any
   other format by an integer box reduce right after its pixel data is read, strip by strip
   (about 1 Mpx a strip), before the conversion to RGB. The peak memory of one decode is then at
-  most Pillow's buffer of the stored pixels (a JPEG's: of the drafted ones), ``B`` bytes per
+  most Pillow's buffer of the stored pixels (a JPEG's: of the drafted ones; libjpeg-turbo's
+  decode holds 3 bytes per drafted pixel, and box-reduces them strip by strip), ``B`` bytes per
   pixel of the mode Pillow holds, plus 16 bytes per decoded pixel (the reduced image and its
   conversion to 8-bit RGB, alpha composited on white), plus one strip's working set (< 32 MB).
   ``B`` is 1 for bilevel, ``L`` and ``P``; 2 for 16-bit gray (``I;16``); 4 for every other mode:
@@ -714,7 +721,7 @@ def decode_image(
             (``width * height``) with reason ``too_many_pixels``, before decoding any pixel.
         min_side: refuse images whose shorter side is below this many pixels (``too_small``).
         max_decoded_pixels: the per-image memory bound: a larger image is downscaled while
-            decoding (JPEG: Pillow's ``draft`` at 1/2-1/8 scale; others: an integer box reduce
+            decoding (JPEG: a DCT scale of 1/2-1/8; others: an integer box reduce
             right after the pixel data is read) to at most this many pixels. None: no bound
             (every pixel is kept). ``original_width``/``original_height`` keep the stored size.
         needed_side: decode only what a consumer that resizes to this side needs: the image is

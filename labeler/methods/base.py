@@ -216,7 +216,14 @@ def _compact(
     weights: tuple[np.ndarray, np.ndarray] | None,
     category_of: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Relabel by a lookup table over the label values (no sort of the map) and score.
+    """Relabel and score per run of equal values along the rows, not per cell.
+
+    The map's runs along its rows are found once (one comparison over the map); pixel counts
+    are sums of run lengths (times the cell weights: exact integers), the lookup to 0..L-1
+    applies to the runs' values, and the compact map is the runs' new values repeated. The
+    confidence sums take one pass over the confidence: per run, then per label, when every sum
+    is exact whatever the order (:func:`_sums_are_exact`: the bits of a sequential sum);
+    otherwise sequentially over the cells in map order, as a per-cell bincount adds them.
 
     Args:
         label_map: (h, w) integer map, negative for no annotation.
@@ -227,106 +234,97 @@ def _compact(
     Returns:
         the (h, w) int32 compact map, (L,) int64 categories, (L,) float64 scores.
     """
-    lanes = _LANES if _sums_are_exact(confidence, weights) else 1
-    bins, shift, bin_values, table_size = _bins(label_map, lanes)
+    if not label_map.size:
+        return (np.full(label_map.shape, -1, np.int32), np.zeros(0, np.int64),
+                np.zeros(0, np.float64))
+    starts, lengths, run_values = _row_runs(label_map)
+    values, inverse = _ranked(run_values)
     if weights is None:
-        pixels = _lane_totals(np.bincount(bins, minlength=lanes * table_size), lanes)
+        run_pixels = lengths
     else:
-        pixels = _weighted_pixels(label_map, bins, lanes, weights, table_size)
-    if shift:
-        pixels[0] = 0
-    present = np.flatnonzero(pixels)
-    score_weights = confidence.astype(np.float64).ravel()
-    if weights is not None:
-        score_weights *= np.multiply.outer(*(w.astype(np.float64) for w in weights)).ravel()
-    sums = _lane_totals(np.bincount(bins, weights=score_weights, minlength=lanes * table_size),
-                        lanes)[present]
-    scores = np.clip(sums / np.maximum(pixels[present], 1), 0.0, 1.0)
-    if not shift and len(present) == table_size:  # the values are 0..L-1 already
+        row_weights, col_weights = (w.astype(np.float64) for w in weights)
+        row, col = np.divmod(starts, label_map.shape[1])
+        col_edges = np.concatenate(([0.0], np.cumsum(col_weights)))
+        run_pixels = row_weights[row] * (col_edges[col + lengths] - col_edges[col])
+    pixels = np.bincount(inverse, weights=run_pixels, minlength=len(values))
+    kept = (values >= 0) & (pixels > 0)
+    sums = _confidence_sums(confidence, weights, starts, lengths, inverse, len(values))
+    scores = np.clip(sums[kept] / np.maximum(pixels[kept], 1), 0.0, 1.0)
+    present = values[kept]
+    if len(present) == len(values) and present[-1] == len(present) - 1:  # 0..L-1 already
         compact = label_map.astype(np.int32)
     else:
-        lookup = np.full(table_size, -1, np.int32)
-        lookup[present] = np.arange(len(present), dtype=np.int32)
-        compact = np.repeat(lookup, lanes)[bins].reshape(label_map.shape)
-    values = (present if bin_values is None else bin_values[present]) - shift
-    categories = np.ones(len(values), np.int64) if category_of is None else category_of[values]
+        lookup = np.full(len(values), -1, np.int32)
+        lookup[kept] = np.arange(len(present), dtype=np.int32)
+        compact = np.repeat(lookup[inverse], lengths).reshape(label_map.shape)
+    categories = np.ones(len(present), np.int64) if category_of is None else category_of[present]
     return compact, categories.astype(np.int64), scores
 
 
-def _bins(label_map: np.ndarray, lanes: int) -> tuple[np.ndarray, int, np.ndarray | None, int]:
-    """The (h * w,) intp bin of each cell, times ``lanes`` plus the cell's lane (cell i adds
-    into accumulator ``i % lanes`` of its bin).
+def _row_runs(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal values along the rows of a non-empty (h, w) map, in map order (a run
+    ends at its row's end).
 
     Returns:
-        bins, shift, values, table_size: bin b (< table_size) holds the label value
-        ``b - shift`` (``values[b] - shift`` when the values were ranked: huge values, so the
-        tables stay the size of the map); with shift 1, bin 0 collects the cells without
-        annotation (negative values).
+        starts: (R,) intp flat row-major position of each run's first cell.
+        lengths: (R,) intp cells per run.
+        values: (R,) int64 each run's value, negative values as ``-1``.
     """
-    size = label_map.size
-    low, high = (int(label_map.min()), int(label_map.max())) if size else (0, 0)
-    bins = np.empty(label_map.shape, np.intp)
-    values = None
-    if high + 1 > max(size, 1 << 16):
-        np.maximum(label_map, -1, out=bins, casting="unsafe")
-        values, bins = np.unique(bins.ravel() + 1, return_inverse=True)
-        if values[0] != 0:
-            values, bins = np.concatenate(([0], values)), bins + 1
-        shift = 1
-        bins *= lanes
-    elif low >= 0:  # every cell has a label
-        shift = 0
-        np.multiply(label_map, lanes, out=bins, casting="unsafe")
-    else:
-        shift = 1
-        np.maximum(label_map, -1, out=bins, casting="unsafe")
-        bins += 1
-        bins *= lanes
-    bins = bins.ravel()
-    if lanes > 1:
-        for start in range(0, size, len(_LANE_OF)):  # a cache-sized pattern at a time
-            chunk = bins[start:start + len(_LANE_OF)]
-            chunk += _LANE_OF[:len(chunk)]
-    table_size = len(values) if values is not None else max(high, -1) + shift + 1
-    return bins, shift, values, table_size
-
-
-def _weighted_pixels(label_map: np.ndarray, bins: np.ndarray, lanes: int,
-                     weights: tuple[np.ndarray, np.ndarray], table_size: int) -> np.ndarray:
-    """(table_size,) pixels per bin, exact: from the map's runs along its rows (each run's
-    pixels: its row's weight times its columns' weights; integers, so float64 sums are exact in
-    any order), which costs one comparison over the map instead of a weighted pass.
-
-    Args:
-        label_map: (h, w); its runs are runs of one bin (two negative values, one bin, make two
-            runs whose pixels add up the same).
-        bins: (h * w,) the bin of each cell times ``lanes`` plus its lane.
-    """
-    if not bins.size:
-        return np.zeros(table_size)
-    row_weights, col_weights = weights
     height, width = label_map.shape
     new_run = np.empty((height, width), bool)
     new_run[:, 0] = True
     np.not_equal(label_map[:, 1:], label_map[:, :-1], out=new_run[:, 1:])
     starts = np.flatnonzero(new_run)
-    lengths = np.diff(np.append(starts, height * width))  # runs end at their row's end
-    row, col = np.divmod(starts, width)
-    col_edges = np.concatenate(([0], np.cumsum(col_weights)))
-    run_pixels = row_weights[row] * (col_edges[col + lengths] - col_edges[col])
-    return np.bincount(bins[starts] // lanes, weights=run_pixels, minlength=table_size)
+    lengths = np.diff(starts, append=height * width)
+    values = np.maximum(label_map.reshape(-1)[starts].astype(np.int64), -1)
+    return starts, lengths, values
 
 
-#: Accumulators per bin when every sum is exact: consecutive cells of one label then add into
-#: different accumulators, so the additions do not wait for each other (about 2x faster).
-_LANES = 4
-#: i % _LANES for a block of cells (a multiple of _LANES long)
-_LANE_OF = np.arange(1 << 15, dtype=np.intp) % _LANES
+def _ranked(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``values`` (R,) int64 >= -1, ascending, and the rank of each
+    (what ``np.unique(values, return_inverse=True)`` gives; a table over small values)."""
+    if int(values.max()) >= _TABLE_VALUES:
+        return np.unique(values, return_inverse=True)
+    seen = np.zeros(int(values.max()) + 2, np.intp)
+    seen[values + 1] = 1
+    distinct = np.flatnonzero(seen)
+    rank = np.cumsum(seen) - 1
+    return distinct - 1, rank[values + 1]
+
+
+def _confidence_sums(confidence: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None,
+                     starts: np.ndarray, lengths: np.ndarray, inverse: np.ndarray,
+                     n_values: int) -> np.ndarray:
+    """(n_values,) float64 sum of the confidence (times each cell's pixels) per ranked value.
+
+    Exact sums (:func:`_sums_are_exact`) are taken per run (``add.reduceat`` over the rows'
+    cells, the row's weight applied to the run), then per value; otherwise cell by cell in map
+    order, the bits of a sequential sum.
+    """
+    flat = confidence.reshape(-1)
+    if _sums_are_exact(confidence, weights):
+        if weights is None:
+            run_sums = np.add.reduceat(flat, starts, dtype=np.float64)
+        else:
+            row_weights, col_weights = weights
+            weighted = confidence * col_weights.astype(np.float64)[None, :]
+            run_sums = np.add.reduceat(weighted.reshape(-1), starts)
+            run_sums *= row_weights.astype(np.float64)[starts // confidence.shape[1]]
+        return np.bincount(inverse, weights=run_sums, minlength=n_values)
+    cell_weights = flat.astype(np.float64)
+    if weights is not None:
+        cell_weights *= np.multiply.outer(*(w.astype(np.float64) for w in weights)).ravel()
+    return np.bincount(np.repeat(inverse, lengths), weights=cell_weights, minlength=n_values)
+
+
+#: Above this label value the runs' values are ranked by sorting instead of a table.
+_TABLE_VALUES = 1 << 16
 
 
 def _sums_are_exact(confidence: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None) -> bool:
     """Whether every float64 sum of ``confidence`` (times the cell weights) is exact, whatever
-    the order of the additions: then summing in lanes gives the bits of a sequential sum.
+    the order of the additions: then summing per run, then the runs, gives the bits of a
+    sequential sum.
 
     It is when the confidence is a binary float of p <= 24 significant bits, finite and
     non-negative: every value (and every product with an integer weight below 2**(53 - p)) is a
@@ -352,10 +350,3 @@ def _sums_are_exact(confidence: np.ndarray, weights: tuple[np.ndarray, np.ndarra
             return False
         pixels = float(rows.sum()) * float(cols.sum())
     return high * pixels < 2.0**53 * step
-
-
-def _lane_totals(per_lane: np.ndarray, lanes: int) -> np.ndarray:
-    """Per bin, the sum of its ``lanes`` accumulators (``per_lane`` is bin-major)."""
-    if lanes == 1:
-        return per_lane
-    return per_lane.reshape(-1, lanes).sum(axis=1)

@@ -14,7 +14,19 @@ as a worker's actor runs them, with a zero-cost two-step segmenter: its device s
 * ``model_idle_fraction``: the share of wall time the simulated model is not running, i.e. waits
   for the rest (what a real model would spend idle);
 * from thread CPU time, robust to a shared machine's neighbours: ``cpu_ms_per_image`` by stage
-  and ``cpu_bound_images_per_second`` (the process's CPU time on one core).
+  and ``cpu_bound_images_per_second`` (the process's CPU time on one core);
+* ``host_ms_per_image_with_accelerator``: the host CPU ms per image of a worker whose device
+  step runs on an accelerator, where the relabelling (``_compact_on_device`` in
+  :func:`~labeler.methods.device_labels.device_step`) runs on the device. On the CPU it is
+  computed from the measured stage CPU times: ``process_total`` minus ``compact``, i.e. the sum
+  of ``decode``, ``postprocess`` less ``compact`` (the encoding, rows and the pool's
+  bookkeeping), ``commit`` and ``model_thread`` (the rest of the process: the reads, batching,
+  the shard loop, the zero-cost model's Python; its sleep burns no CPU); it leaves out the
+  device-to-host copy of the int32 map at the label grid, which a CPU run does not make. With
+  ``--device cuda`` it is measured directly: the process's CPU time per image (``compact`` is
+  then only the host step's return of labels already made on the device), so the kernel
+  launches, the waits and the copy are in it. ``host_images_per_second_with_accelerator`` is
+  its inverse (one core).
 
 Before the timed run a warm-up shard of ``WARMUP_IMAGES`` images goes through the same worker:
 what is paid once per worker process (pyarrow imports pandas on its first table, the threads
@@ -382,6 +394,8 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     cpu_ms = {"decode": decode.cpu, "compact": segmenter.compact_cpu, "encode": encode.cpu,
               "postprocess": postprocess.cpu, "commit": commit.cpu, "model_thread": model_thread_cpu,
               "process_total": process_cpu}
+    # On the CPU the relabelling is host work an accelerator would do in its device step.
+    host_cpu = process_cpu - (segmenter.compact_cpu if segmenter.device.type == "cpu" else 0.0)
     per_image = lambda seconds: {
         name: round(1000 * value / labeled, 3) for name, value in seconds.items()
     }
@@ -403,6 +417,9 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
         "model_idle_fraction": round(1 - model / wall, 4),
         # From CPU time, as on a machine without neighbours: everything on one core.
         "cpu_bound_images_per_second": round(labeled / process_cpu, 2),
+        # What stays on the host when an accelerator relabels (see the module's docstring).
+        "host_ms_per_image_with_accelerator": round(1000 * host_cpu / labeled, 3),
+        "host_images_per_second_with_accelerator": round(labeled / host_cpu, 2),
         "warmup_s": round(warmup_s, 3), "warmup_cpu_s": round(warmup_cpu_s, 3),
         "annotations_per_image": round(sum(s["annotations"] for s in stats) / labeled, 2),
     }

@@ -21,7 +21,12 @@ def test_ceiling_benchmark_labels_every_image_and_ends_with_json():
     assert figures["images"] == 5 and figures["images_per_second"] > 0
     assert 0 <= figures["model_idle_fraction"] < 1
     assert figures["annotations_per_image"] > 1  # Voronoi regions became annotations
-    assert set(figures["cpu_ms_per_image"]) >= {"decode", "compact", "encode", "commit"}
+    cpu = figures["cpu_ms_per_image"]
+    assert set(cpu) >= {"decode", "compact", "encode", "commit", "process_total"}
+    # on the CPU: the process's CPU time less the relabelling an accelerator would do
+    host = figures["host_ms_per_image_with_accelerator"]
+    assert abs(host - (cpu["process_total"] - cpu["compact"])) <= 0.002  # each rounded to 0.001
+    assert figures["host_images_per_second_with_accelerator"] > 0
 
 
 def test_ceiling_benchmark_refuses_a_bad_size():

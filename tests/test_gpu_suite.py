@@ -62,6 +62,7 @@ def test_cpu_smoke_runs_every_step_into_one_json(tmp_path):
     ceiling = suite["steps"]["ceiling"]["figures"]
     assert ceiling["model_ms_per_image"] == 5 and ceiling["distinct"] == 64
     assert ceiling["images"] == 64 and "process_total" in ceiling["cpu_ms_per_image"]
+    assert ceiling["host_ms_per_image_with_accelerator"] > 0
     pool = suite["steps"]["pool"]["figures"]["rows"]
     assert [(row["pool"], row["workers"]) for row in pool] == [
         ("threads", 1), ("threads", 2), ("processes", 1), ("processes", 2)]

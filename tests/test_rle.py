@@ -109,3 +109,23 @@ def test_other_integer_types_and_layouts_match(dtype):
 def test_a_map_that_is_not_two_dimensional_is_refused():
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         encode_label_map(np.zeros((2, 3, 1), np.int32), 1)
+
+
+def test_maps_wider_than_16_bit_columns_match():
+    """Beyond 32767 columns the changes are put in column-major order by sorting positions."""
+    rng = np.random.default_rng(5)
+    label_map = np.repeat(rng.integers(-1, 3, size=(4, 410)), 80, axis=1).astype(np.int32)
+    label_map[1, 32767:32770] = 2
+    assert label_map.shape[1] > np.iinfo(np.int16).max
+    assert_identical(label_map, 3)
+
+
+def test_characters_per_value_at_every_group_boundary():
+    """A value takes g characters when -2**(5g-1) <= v < 2**(5g-1), at both sides of each edge."""
+    from labeler.output.rle import _groups
+
+    edges = [1 << (5 * g - 1) for g in range(1, 11)]
+    values = sorted({0} | {v + d for e in edges for v in (e, -e) for d in (-1, 0, 1)})
+    expected = [next(g for g in range(1, 12) if -(1 << (5 * g - 1)) <= v < 1 << (5 * g - 1))
+                for v in values]
+    assert _groups(np.array(values, np.int64)).tolist() == expected

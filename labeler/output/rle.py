@@ -27,8 +27,6 @@ from pycocotools import mask as mask_utils
 #: Bits per character of the compressed RLE string, and the offset of its alphabet.
 _GROUP_BITS = 5
 _ALPHABET_START = 48
-#: Characters enough for any int64 count delta.
-_MAX_GROUPS = 13
 
 
 @dataclass(frozen=True)
@@ -119,8 +117,9 @@ def _label_runs(label_map: np.ndarray, n_labels: int, rows: np.ndarray | None = 
     top, bottom = grid[0], grid[-1]
     if col_first is not None:
         top, bottom = np.repeat(top, col_width), np.repeat(bottom, col_width)
-    next_cols = np.flatnonzero(top[1:] != bottom[:-1])
-    changes = np.sort(np.concatenate((vertical, (next_cols + 1) * height)))
+    next_cols = np.flatnonzero(top[1:] != bottom[:-1]) + 1
+    changes = _column_major(np.concatenate((next_cols * height, vertical)),
+                            np.concatenate((next_cols, vertical // height)), width)
     starts = np.concatenate(([0], changes)).astype(np.int64)
     stops = np.concatenate((changes, [height * width])).astype(np.int64)
     col_of, row_of = np.divmod(starts, height)
@@ -133,6 +132,16 @@ def _label_runs(label_map: np.ndarray, n_labels: int, rows: np.ndarray | None = 
     key = values.astype(np.int16) if n_labels <= np.iinfo(np.int16).max else values
     order = np.argsort(key, kind="stable")
     return _Runs(values[order].astype(np.int64), starts[order], stops[order])
+
+
+def _column_major(positions: np.ndarray, columns: np.ndarray, width: int) -> np.ndarray:
+    """``positions`` (flat column-major, distinct) in ascending order, given each one's column,
+    when they come in row-major order after each column's first row (changes between columns
+    first, then the vertical changes row by row): ascending is then a stable sort by column, a
+    radix sort on 16-bit keys."""
+    if width > np.iinfo(np.int16).max:
+        return np.sort(positions)
+    return positions[np.argsort(columns.astype(np.int16), kind="stable")]
 
 
 def _counts(runs: _Runs, n_labels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,10 +184,7 @@ def _compress(counts: np.ndarray, offsets: np.ndarray) -> tuple[bytes, np.ndarra
     values = counts.copy()
     delta = index > 2
     values[delta] -= counts[np.flatnonzero(delta) - 2]
-    groups = np.ones(len(values), np.int64)
-    for extra in range(1, _MAX_GROUPS):
-        limit = 1 << (_GROUP_BITS * extra - 1)
-        groups += (values < -limit) | (values >= limit)
+    groups = _groups(values)
     ends = np.cumsum(groups)
     owner = np.repeat(np.arange(len(values)), groups)
     position = np.arange(ends[-1] if len(ends) else 0) - (ends - groups)[owner]
@@ -187,6 +193,14 @@ def _compress(counts: np.ndarray, offsets: np.ndarray) -> tuple[bytes, np.ndarra
     chars += _ALPHABET_START
     char_offsets = np.concatenate(([0], ends))[offsets]
     return chars.astype(np.uint8).tobytes(), char_offsets
+
+
+def _groups(values: np.ndarray) -> np.ndarray:
+    """(C,) int64 characters of each value: g groups of 5 bits hold -2**(5g-1) <= v < 2**(5g-1),
+    so ``v`` needs ``bits // 5 + 1``, ``bits`` the bit length of ``v`` (of ``~v`` when negative),
+    read off the float64 exponent (exact: counts stay below 2**53)."""
+    magnitude = np.where(values < 0, ~values, values)
+    return np.frexp(magnitude.astype(np.float64))[1].astype(np.int64) // _GROUP_BITS + 1
 
 
 def _areas_and_boxes(runs: _Runs, n_labels: int,

@@ -7,11 +7,16 @@ arrays, paths or fsspec URIs; nothing is written and no Ray is started::
 
     segmenter = labeler.Labeler(method="diffseg", model="tiny", kl_threshold=0.9)
     result = segmenter.label("photo.jpg")        # or a PIL image, an (H, W, 3) uint8 array
-    result.masks.shape                           # (N, H, W) bool at the image's size
+    result.masks.shape                           # (N, H, W) bool at the image's stored size
     annotations = result.to_coco(image_id=1)     # COCO dicts with compressed RLE
     for result in segmenter.label_many(paths):   # batches of ``batch_size`` images
         if result.failed:                        # a bad file is a result, not an exception
             print(result.reason, result.detail)
+
+Paths and URIs are decoded as ``labeler run`` decodes them (the same decoder call): with
+``draft_decode`` (the default) only as large as the method's input needs, labels reported at the
+stored size, the reduction in ``result.decode_scale``. Pillow images and arrays are labeled as
+given (already decoded: ``decode_scale`` 1).
 
 ``labeler.run(job)`` runs a job (a job file path or a dict of its keys) exactly like
 ``labeler run`` and returns its :class:`~labeler.runtime.job.RunSummary`.
@@ -30,7 +35,13 @@ from PIL import Image
 
 from labeler.config import JobConfig, build_config, load_job_file
 from labeler.errors import UserError
-from labeler.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, pil_to_rgb
+from labeler.io.decode import (
+    DEFAULT_MAX_DECODED_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    pil_to_rgb,
+)
 from labeler.io.reading import read_image_bytes
 from labeler.methods.base import ImageLabels
 from labeler.methods.registry import DEFAULT_METHOD
@@ -62,6 +73,10 @@ class LabelResult:
         detail: a human-readable explanation of ``reason``.
         name_scores: (N,) float64 in [0, 1], how well each mask's name explains it (DiffSeg with
             ``names``), or None.
+        decode_scale: the factor the decoder reduced the image by before the method saw it
+            (``images.parquet``'s ``decode_scale``: 1 is full size, a side is
+            ``ceil(stored side / decode_scale)``; 1 for Pillow images and arrays), None for a
+            failed result.
     """
 
     masks: np.ndarray
@@ -71,6 +86,7 @@ class LabelResult:
     reason: str | None = None
     detail: str | None = None
     name_scores: np.ndarray | None = None
+    decode_scale: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -105,9 +121,24 @@ def _failure(reason: str, detail: str, categories: list[dict]) -> LabelResult:
                        scores=np.zeros(0), categories=categories, reason=reason, detail=detail)
 
 
-def _result(labels: ImageLabels, categories: list[dict], supercategory: str | None = None) -> LabelResult:
-    """The result of one labeled image; a method with open categories (``supercategory``:
-    DiffSeg's caption nouns) adds the image's own categories to the method's."""
+@dataclass(frozen=True)
+class _Decoded:
+    """An image as the method sees it: (h, w, 3) uint8 ``pixels``, the stored image's
+    (height, width) and the factor the decoder reduced it by."""
+
+    pixels: np.ndarray
+    stored: tuple[int, int]
+    scale: int
+
+
+def _result(labels: ImageLabels, image: _Decoded, categories: list[dict],
+            supercategory: str | None = None) -> LabelResult:
+    """The result of one labeled image, its labels scaled back (nearest) to the stored size; a
+    method with open categories (``supercategory``: DiffSeg's caption nouns) adds the image's own
+    categories to the method's."""
+    if labels.shape != image.pixels.shape[:2]:
+        raise ValueError(f"label map {labels.shape} for an image of {image.pixels.shape[:2]}")
+    labels = labels.resized(*image.stored)
     if labels.category_names is not None and supercategory is not None:
         used = {int(i): {n} for i, n in zip(labels.category_ids, labels.category_names)}
         categories = with_used_categories(categories, used, supercategory)
@@ -121,6 +152,7 @@ def _result(labels: ImageLabels, categories: list[dict], supercategory: str | No
         categories=categories,
         name_scores=None if labels.name_scores is None
         else np.asarray(labels.name_scores, dtype=np.float64)[kept],
+        decode_scale=image.scale,
     )
 
 
@@ -130,10 +162,12 @@ class Labeler:
     Args:
         method: a method name (``labeler run --help`` lists them); default: the job default.
         model: ``tiny``, a Hugging Face id or a diffusers directory (default: the method's).
-        device, dtype, batch_size, seed, max_pixels: the job settings of the same names (see
-            ``labeler run --help``; left out: the job defaults). ``batch_size`` is the images
-            per model call in :meth:`label_many`, ``max_pixels`` the decompression-bomb limit
-            for paths and URIs.
+        device, dtype, batch_size, seed, max_pixels, draft_decode: the job settings of the
+            same names (see ``labeler run --help``; left out: the job defaults).
+            ``batch_size`` is the images per model call in :meth:`label_many`, ``max_pixels``
+            the decompression-bomb limit for paths and URIs, ``draft_decode`` (default True)
+            decodes paths and URIs only as large as the method's input needs, as a run does
+            (False: at full size; the method's parity modes always decode at full size).
         storage_options: fsspec options (credentials, endpoint) for URIs.
         **settings: the method's settings, as in its job table (``[diffseg]``, ``[slime]``,
             ...), checked by the method's settings model: e.g. ``kl_threshold=0.9`` or
@@ -146,16 +180,19 @@ class Labeler:
     def __init__(self, method: str = DEFAULT_METHOD, model: str | None = None, *,
                  device: str | None = None, dtype: str | None = None,
                  batch_size: int | None = None, seed: int | None = None,
-                 max_pixels: int | None = None, storage_options: dict | None = None,
-                 **settings: Any) -> None:
+                 max_pixels: int | None = None, draft_decode: bool | None = None,
+                 storage_options: dict | None = None, **settings: Any) -> None:
         job = {"method": method, "model": model, "device": device, "dtype": dtype,
-               "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels}
+               "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels,
+               "draft_decode": draft_decode}
         values = {"input": _IN_PROCESS, "output": _IN_PROCESS, method: settings,
                   **{key: value for key, value in job.items() if value is not None}}
         self.config: JobConfig = build_config(values, {})
         self.max_pixels = self.config.max_pixels or DEFAULT_MAX_PIXELS
         self.storage_options = storage_options
         self.segmenter = self.config.build_segmenter()
+        #: the side paths and URIs are decoded down to (None: full size), as in a run
+        self.decode_side = self.config.decode_side_for(self.segmenter)
 
     @property
     def categories(self) -> list[dict]:
@@ -163,12 +200,30 @@ class Labeler:
         return list(self.segmenter.categories)
 
     def pixels(self, image: ImageInput) -> np.ndarray:
-        """The (H, W, 3) uint8 RGB array the method sees for ``image``.
+        """The (h, w, 3) uint8 RGB array the method sees for ``image`` (a path or URI: decoded
+        as a run decodes it, reduced with ``draft_decode``).
 
         Raises:
             ValueError: an array that is not uint8 (H, W), (H, W, 3) or (H, W, 4), or a file
                 that is not a readable image (``ImageDecodeError``, with its ``reason``).
         """
+        return self._decode(image).pixels
+
+    def _decode(self, image: ImageInput) -> _Decoded:
+        """``image`` as the method sees it (see :meth:`pixels`), with its stored size."""
+        if isinstance(image, str | Path):
+            data = read_image_bytes(str(image), storage_options=self.storage_options)
+            decoded = decode_image(data, max_pixels=self.max_pixels,
+                                   max_decoded_pixels=DEFAULT_MAX_DECODED_PIXELS,
+                                   needed_side=self.decode_side)
+            return _Decoded(decoded.pixels, (decoded.original_height, decoded.original_width),
+                            decoded.scale)
+        pixels = self._in_memory(image)
+        return _Decoded(pixels, pixels.shape[:2], 1)
+
+    @staticmethod
+    def _in_memory(image: ImageInput) -> np.ndarray:
+        """The RGB pixels of a Pillow image or an array (already decoded: at full size)."""
         if isinstance(image, Image.Image):
             return pil_to_rgb(image)
         if isinstance(image, np.ndarray):
@@ -178,9 +233,6 @@ class Labeler:
                 raise UserError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4); "
                                  f"got {image.dtype} {image.shape}")
             return pil_to_rgb(Image.fromarray(image))
-        if isinstance(image, str | Path):
-            data = read_image_bytes(str(image), storage_options=self.storage_options)
-            return decode_image(data, max_pixels=self.max_pixels).pixels
         raise TypeError(f"cannot label a {type(image).__name__}: give a PIL image, a numpy "
                         "array, a path or a URI")
 
@@ -208,18 +260,18 @@ class Labeler:
         supercategory = self.config.spec.open_categories(self.config.settings)
         while chunk := list(islice(iterator, self.config.batch_size)):
             prepared = [self._prepare(image, errors) for image in chunk]
-            pixels = [item for item in prepared if isinstance(item, np.ndarray)]
+            pixels = [item.pixels for item in prepared if isinstance(item, _Decoded)]
             labelled = iter(self.segmenter.label(pixels) if pixels else [])
             for item in prepared:
-                if isinstance(item, np.ndarray):
-                    yield _result(next(labelled), categories, supercategory)
+                if isinstance(item, _Decoded):
+                    yield _result(next(labelled), item, categories, supercategory)
                 else:
                     yield _failure(*item, categories)
 
-    def _prepare(self, image: ImageInput, errors: str) -> np.ndarray | tuple[str, str]:
-        """The pixels of ``image``, or ``(reason, detail)`` when it cannot be read or decoded."""
+    def _prepare(self, image: ImageInput, errors: str) -> _Decoded | tuple[str, str]:
+        """``image`` decoded, or ``(reason, detail)`` when it cannot be read or decoded."""
         try:
-            return self.pixels(image)
+            return self._decode(image)
         except ImageDecodeError as error:
             if errors == "raise":
                 raise

@@ -1,7 +1,10 @@
-"""The Python API: `labeler.Labeler` in a fresh interpreter without Ray, and `labeler.run`."""
+"""The Python API: `labeler.Labeler` in a fresh interpreter without Ray, decoding as a run does,
+and `labeler.run`."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -10,11 +13,13 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 import labeler
+from labeler.cli import main
 from tests.helpers import flat_regions_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +91,44 @@ def test_run_returns_the_summary(tmp_path):
                            "output": str(tmp_path / "out"), "workers": 1}, executor="local")
     assert summary.complete and summary.images == 1 and summary.labeled == 1
     assert json.loads((tmp_path / "out" / "coco.json").read_text())["images"][0]["file_name"] == "one.png"
+
+
+def _photo(height: int, width: int, layout: str, fmt: str) -> bytes:
+    """Flat regions with some texture, encoded as ``fmt``."""
+    image, _ = flat_regions_image(height, width, layout)
+    noise = np.random.default_rng(height * width).integers(0, 24, image.shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image // 2 + noise).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("draft_decode", "scale"), [(True, 2), (False, 1)])
+def test_the_api_labels_paths_as_a_run_does(tmp_path, labeler_cache, draft_decode, scale):
+    """The same image through `labeler run --executor local` and `Labeler.label_many`: the same
+    annotations, at the stored size, and the same decode scale (tiny's input side is 512, so
+    the 1100x1040 JPEG is decoded at 550x520 by its DCT scaling; other formats go through the
+    same decoder call, box-reduced: tests/test_draft_decode.py). Labels are made at 64 px
+    (``max_label_side``), which keeps the test cheap."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "big.jpg").write_bytes(_photo(1040, 1100, "quadrants", "JPEG"))
+    output = tmp_path / "out"
+    job = tmp_path / "job.toml"
+    job.write_text("[diffseg]\nmax_label_side = 64\n")
+    flags = [] if draft_decode else ["--no-draft-decode"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", str(job), "--method", "diffseg", "--model", "tiny", "--executor",
+                     "local", "--input", str(photos), "--output", str(output), "--no-progress",
+                     *flags]) == 0
+    coco = json.loads((output / "coco.json").read_text())
+    (image,) = coco["images"]
+    (row,) = pq.read_table(output / "images.parquet").to_pylist()
+
+    segmenter = labeler.Labeler(method="diffseg", model="tiny", draft_decode=draft_decode,
+                                max_label_side=64)
+    (result,) = segmenter.label_many([photos / "big.jpg"])
+    assert coco["annotations"] and result.to_coco(image["id"]) == coco["annotations"]
+    assert result.masks.shape[1:] == (1040, 1100) == (image["height"], image["width"])
+    assert result.decode_scale == row["decode_scale"] == scale
+    assert segmenter.pixels(photos / "big.jpg").shape == ((520, 550, 3) if draft_decode
+                                                          else (1040, 1100, 3))

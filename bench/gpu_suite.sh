@@ -51,7 +51,7 @@ if [ -n "$WHEELHOUSE" ]; then  # exactly the listed wheels (the closure), beside
   SITE="$WORK/site"
   "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELHOUSE" \
       --target "$SITE" -r "$REPO/bench/gpu_requirements.txt" \
-    && PYTHONPATH="$SITE" "$PYTHON" -c 'import diffusers, pydantic, pycocotools.mask' \
+    && PYTHONPATH="$SITE" "$PYTHON" -c 'import diffusers, pydantic, pycocotools.mask, simplejpeg' \
     || { echo "gpu_suite.sh: installing from $WHEELHOUSE failed" >&2; exit 2; }
 fi
 

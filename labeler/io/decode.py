@@ -9,6 +9,12 @@ It is labeler's only image decoder: ``labeler run`` (the shard's input), ``label
 (:mod:`labeler.methods.slime.data`) and ``labeler preview`` decode with it, so one file gives the
 same pixels everywhere. :func:`apply_orientation` orients arrays drawn in an image's stored frame.
 
+Pillow parses every header (size, mode, EXIF) and decodes every format. The pixels of the common
+JPEGs (8-bit, Huffman-coded, gray or YCbCr) are decoded by libjpeg-turbo's TurboJPEG API instead
+(:mod:`labeler.io.jpeg`, through ``simplejpeg``): the same pixels Pillow's libjpeg-turbo gives,
+at the same DCT scale, for less CPU; anything it is not sure of, or that libjpeg warns about, is
+decoded by Pillow as before.
+
 Policies (documented choices)
 -----------------------------
 * **Orientation.** The EXIF ``Orientation`` tag (values 1-8; JPEG, PNG ``eXIf``, WebP, TIFF) is
@@ -45,10 +51,11 @@ Policies (documented choices)
   produce meaningless labels. Pass ``min_side=1`` to accept every non-empty image.
 * **Memory bound.** With ``max_decoded_pixels`` (the runtime passes
   :data:`DEFAULT_MAX_DECODED_PIXELS`, 16.8 Mpx) a larger image is downscaled while it is decoded:
-  a JPEG through Pillow's ``draft`` (the decoder itself works at 1/2, 1/4 or 1/8 scale), any
+  a JPEG at DCT scale 1/2, 1/4 or 1/8 (the decoder itself works at that scale), any
   other format by an integer box reduce right after its pixel data is read, strip by strip
   (about 1 Mpx a strip), before the conversion to RGB. The peak memory of one decode is then at
-  most Pillow's buffer of the stored pixels (a JPEG's: of the drafted ones), ``B`` bytes per
+  most Pillow's buffer of the stored pixels (a JPEG's: of the drafted ones; libjpeg-turbo's
+  decode holds 3 bytes per drafted pixel, and box-reduces them strip by strip), ``B`` bytes per
   pixel of the mode Pillow holds, plus 16 bytes per decoded pixel (the reduced image and its
   conversion to 8-bit RGB, alpha composited on white), plus one strip's working set (< 32 MB).
   ``B`` is 1 for bilevel, ``L`` and ``P``; 2 for 16-bit gray (``I;16``); 4 for every other mode:
@@ -89,6 +96,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
 from labeler.errors import UserError
+from labeler.io import jpeg
 
 __all__ = [
     "DECODE_FAILURE_REASONS",
@@ -167,10 +175,6 @@ _DETAIL_MAX_CHARS: Final[int] = 300
 _STRIP_PIXELS: Final[int] = 1 << 20
 #: round(v / 257) for every 16-bit value v: 0..65535 onto 0..255.
 _UINT16_TO_UINT8: Final[np.ndarray] = ((np.arange(65536) + 128) // 257).astype(np.uint8)
-#: Huffman-coded JPEG frames (baseline, extended, progressive): at least one bit per block.
-_HUFFMAN_SOF: Final[frozenset[int]] = frozenset({0xC0, 0xC1, 0xC2})
-_SOF_MARKERS: Final[frozenset[int]] = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_SOS, _EOI = 0xDA, b"\xff\xd9"
 _HEADER_PAD: Final[bytes] = bytes(64 * 1024)
 
 
@@ -344,49 +348,6 @@ def _is_truncation(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, OSError) and ("truncated" in text or "broken data stream" in text)
-
-
-def _jpeg_data_short(data: bytes) -> str | None:
-    """Why a JPEG's image data cannot fill the frame its header declares, else None.
-
-    Every 8x8 block of every component costs a Huffman-coded JPEG at least one bit (the code of
-    its DC value, in the sequential scan or the progressive DC scan); libjpeg pads missing data
-    with grey instead of failing, so a file cut short (or a small image behind a forged header:
-    9000x9000 over 64x64 of data) would decode as grey. The bytes counted run from the first
-    scan to the first end-of-image marker. Arithmetic-coded frames (no such bound) and headers
-    that cannot be walked are left to the decoder.
-    """
-    pos, frame = 2, None
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker in (0xFF, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # fill byte, no length
-            pos += 1 if marker == 0xFF else 2
-            continue
-        length = int.from_bytes(data[pos + 2: pos + 4], "big")
-        if marker in _SOF_MARKERS:
-            frame = (marker, data[pos + 4: pos + 2 + length])
-        elif marker == _SOS:
-            break
-        pos += 2 + length
-    else:
-        return None
-    if frame is None or frame[0] not in _HUFFMAN_SOF or len(frame[1]) < 6:
-        return None
-    header = frame[1]
-    height, width, count = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5]
-    sampling = [(byte >> 4, byte & 15) for byte in header[7: 6 + 3 * count: 3]]
-    if not (height and width and sampling) or not all(h and v for h, v in sampling):
-        return None
-    h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
-    blocks = sum(math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
-                 for h, v in sampling)
-    needed = math.ceil(blocks / 8)
-    end = data.find(_EOI, pos, pos + needed + len(_EOI))  # only as far as the bound: cheap
-    available = (len(data) if end < 0 else end) - pos
-    if available >= needed:
-        return None
-    return (f"{width}x{height} JPEG: {available} bytes of image data, at least {needed} "
-            f"needed to fill its frame")
 
 
 def _load(im: Image.Image, data: bytes) -> None:
@@ -656,23 +617,57 @@ def _reduce_image(im: Image.Image, factor: int) -> Image.Image:
     return out
 
 
-def _reduce_array(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """An (H, W, 3) uint8 array box-downscaled to ``size`` (width, height) when it is larger:
-    the modes :func:`_reduce_image` left as they were."""
-    height, width = pixels.shape[:2]
-    if (width, height) == size:
+def _reduce_array(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """An (H, W, 3) uint8 array box-downscaled by an integer ``factor`` (Pillow's ``reduce``, the
+    same pixels as :func:`_reduce_image` gives), strip by strip: no full-size copy is made."""
+    if factor == 1:
         return pixels
-    return np.asarray(Image.fromarray(pixels).reduce(math.ceil(width / size[0])))
+    height, width = pixels.shape[:2]
+    out = np.empty((math.ceil(height / factor), math.ceil(width / factor), 3), np.uint8)
+    rows = _strip_rows(width, factor)
+    for top in range(0, height, rows):
+        piece = np.asarray(Image.fromarray(pixels[top: top + rows]).reduce(factor))
+        out[top // factor: top // factor + piece.shape[0]] = piece
+    return out
 
 
 def _rgb_pixels(im: Image.Image, factor: int) -> np.ndarray:
     """The (ceil(H / factor), ceil(W / factor), 3) uint8 RGB pixels of a loaded image in its
     stored frame."""
-    width, height = im.size
-    size = (math.ceil(width / factor), math.ceil(height / factor))
     if _is_wide(im.mode):
         return _gray_to_rgb(_wide_to_gray8(_wide_array(im, factor)))
-    return _reduce_array(_to_rgb_array(_reduce_image(im, factor)), size)
+    pixels = _to_rgb_array(_reduce_image(im, factor))
+    width, height = im.size
+    if pixels.shape[:2] == (math.ceil(height / factor), math.ceil(width / factor)):
+        return pixels
+    return _reduce_array(pixels, factor)  # a mode _reduce_image left as it was
+
+
+def _turbo_pixels(im: Image.Image, data: bytes, frame: jpeg.Frame | None, scale: int,
+                  factor: int) -> np.ndarray | None:
+    """The (H, W, 3) uint8 RGB pixels of a JPEG decoded by libjpeg-turbo (:func:`jpeg.decode_rgb`)
+    at the DCT ``scale`` Pillow's draft was set to, box-reduced by ``factor``: the pixels
+    :func:`_pillow_pixels` gives. None where :mod:`labeler.io.jpeg` does not decode the file
+    (or Pillow sees other than gray or RGB): decode it with Pillow."""
+    if frame is None or im.mode not in ("L", "RGB") or im.size != (
+            math.ceil(frame.width / scale), math.ceil(frame.height / scale)):
+        return None
+    pixels = jpeg.decode_rgb(data, frame, scale)
+    return None if pixels is None else _reduce_array(pixels, factor)
+
+
+def _pillow_pixels(im: Image.Image, data: bytes, factor: int) -> np.ndarray:
+    """The (H, W, 3) uint8 RGB pixels of an opened image, decoded by Pillow and box-reduced by
+    ``factor``; decoding failures as :class:`ImageDecodeError`."""
+    _load(im, data)
+    try:
+        return _rgb_pixels(im, factor)
+    except (ImageDecodeError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. lazy decoders failing on conversion
+        if _is_truncation(exc):
+            raise ImageDecodeError("truncated", _detail(exc)) from None
+        raise ImageDecodeError("decode_error", _detail(exc)) from None
 
 
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -726,7 +721,7 @@ def decode_image(
             (``width * height``) with reason ``too_many_pixels``, before decoding any pixel.
         min_side: refuse images whose shorter side is below this many pixels (``too_small``).
         max_decoded_pixels: the per-image memory bound: a larger image is downscaled while
-            decoding (JPEG: Pillow's ``draft`` at 1/2-1/8 scale; others: an integer box reduce
+            decoding (JPEG: a DCT scale of 1/2-1/8; others: an integer box reduce
             right after the pixel data is read) to at most this many pixels. None: no bound
             (every pixel is kept). ``original_width``/``original_height`` keep the stored size.
         needed_side: decode only what a consumer that resizes to this side needs: the image is
@@ -764,21 +759,16 @@ def decode_image(
             raise ImageDecodeError(
                 "too_small", f"{width}x{height}: shorter side is below {min_side} pixels"
             )
-        short = _jpeg_data_short(data) if fmt in ("JPEG", "MPO") else None
+        frame = jpeg.read_frame(data) if fmt in ("JPEG", "MPO") else None
+        short = jpeg.data_short(data, frame) if frame is not None else None
         if short:
             raise ImageDecodeError("truncated", short)
         scale = _draft(im, _factor(width, height, max_decoded_pixels, needed_side))
-        _load(im, data)
-        orientation = exif_orientation(im)
         factor = _factor(*im.size, max_decoded_pixels, needed_side)
-        try:
-            pixels = _rgb_pixels(im, factor)
-        except (ImageDecodeError, MemoryError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - e.g. lazy decoders failing on conversion
-            if _is_truncation(exc):
-                raise ImageDecodeError("truncated", _detail(exc)) from None
-            raise ImageDecodeError("decode_error", _detail(exc)) from None
+        pixels = _turbo_pixels(im, data, frame, scale, factor)
+        if pixels is None:
+            pixels = _pillow_pixels(im, data, factor)
+        orientation = exif_orientation(im)
     finally:
         im.close()
 

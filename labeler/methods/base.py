@@ -252,7 +252,7 @@ def _compact(
     scores = np.clip(sums[kept] / np.maximum(pixels[kept], 1), 0.0, 1.0)
     present = values[kept]
     if len(present) == len(values) and present[-1] == len(present) - 1:  # 0..L-1 already
-        compact = label_map.astype(np.int32)
+        compact = label_map.astype(np.int32, copy=False)  # labels never write to their grid
     else:
         lookup = np.full(len(values), -1, np.int32)
         lookup[kept] = np.arange(len(present), dtype=np.int32)

@@ -5,6 +5,7 @@ Pillow and decodes (or fails) as before."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -99,6 +100,8 @@ CORPUS = {
     "4:4:0 (TurboJPEG)": simplejpeg.encode_jpeg(PHOTO, 88, "RGB", "440"),
     "odd size 4:2:0": _jpeg(_photo(331, 97, 1), quality=90),
     "odd size 4:2:2": _jpeg(_photo(97, 331, 2), quality=90, subsampling=1),
+    **{f"bundled {path.name}": path.read_bytes()  # photos from other encoders
+       for path in (Path(__file__).parents[1] / "labeler" / "data" / "samples").glob("*.jpg")},
 }
 # needed_side for a 517x389 image -> (decode_scale, the DCT scale): 1/1, 1/2, 1/4, 1/8, and 1/8
 # followed by a box reduce by 2 (the drafted 65x49 still holds 2x the side 20)

@@ -4,7 +4,9 @@
 ``--no-draft-decode`` does) and reduced to the method's 512 px input (after, the default), alone
 and followed by the method's resize to its 512 x 512 input (``images_to_model_input``,
 antialiased), over ``--distinct`` different photos per size; the load average printed beside
-every figure.
+every figure. With ``--pillow`` each figure is also taken with JPEG pixels decoded by Pillow
+(``pillow_*_ms``: :mod:`labeler.io.jpeg`'s libjpeg-turbo path switched off, the decoder before
+it), interleaved with the default decoder's, so the two meet the same load.
 
 ``--labels``: the labels full-size and reduced decoding give, on the offline ``tiny`` model
 (input side 512): DiffSeg (defaults) ARI between the two label maps and against the true
@@ -15,12 +17,14 @@ that the decoder reduces it. Labels are compared at the stored size, as ``labele
 reports them (the reduced map scaled back, nearest).
 
     python bench/decode_bench.py --timing --sizes 1024x768,4032x3024
+    python bench/decode_bench.py --timing --formats JPEG --pillow
     python bench/decode_bench.py --labels --worlds 3 --enlarge 4
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from labeler.io import jpeg
 from labeler.io.decode import decode_image
 from labeler.methods.label_maps import resize_labels
 from labeler.methods.preprocess import images_to_model_input
@@ -68,6 +73,17 @@ def photos(width: int, height: int, count: int, fmt: str) -> list[bytes]:
     return out
 
 
+@contextlib.contextmanager
+def pillow_decoding():
+    """JPEG pixels decoded by Pillow, as before the libjpeg-turbo path (which gives the same)."""
+    turbo = jpeg.decode_rgb
+    jpeg.decode_rgb = lambda *args: None
+    try:
+        yield
+    finally:
+        jpeg.decode_rgb = turbo
+
+
 def cpu_ms(files: list[bytes], side: int | None, resize: bool, repeat: int) -> float:
     started = time.process_time()
     for _ in range(repeat):
@@ -78,8 +94,10 @@ def cpu_ms(files: list[bytes], side: int | None, resize: bool, repeat: int) -> f
     return 1000 * (time.process_time() - started) / (repeat * len(files))
 
 
-def timing(sizes: list[tuple[int, int]], formats: list[str], distinct: int, repeat: int) -> list:
+def timing(sizes: list[tuple[int, int]], formats: list[str], distinct: int, repeat: int,
+           pillow: bool = False) -> list:
     rows = []
+    decoders = (("", contextlib.nullcontext),) + ((("pillow_", pillow_decoding),) if pillow else ())
     for fmt in formats:
         for width, height in sizes:
             files = photos(width, height, distinct, fmt)
@@ -88,10 +106,14 @@ def timing(sizes: list[tuple[int, int]], formats: list[str], distinct: int, repe
                 row = {"format": fmt, "size": f"{width}x{height}", "decode_scale": scale,
                        "with_model_resize": resize}
                 for name, side in (("full_ms", None), ("reduced_ms", SIDE)):
-                    cpu_ms(files[:2], side, resize, 1)  # warm up
-                    row[name] = round(cpu_ms(files, side, resize, repeat), 2)
-                    row[name.replace("_ms", "_load")] = load()
+                    for prefix, decoding in decoders:
+                        with decoding():
+                            cpu_ms(files[:2], side, resize, 1)  # warm up
+                            row[prefix + name] = round(cpu_ms(files, side, resize, repeat), 2)
+                        row[prefix + name.replace("_ms", "_load")] = load()
                 row["speedup"] = round(row["full_ms"] / row["reduced_ms"], 2)
+                if pillow:
+                    row["turbo_speedup"] = round(row["pillow_reduced_ms"] / row["reduced_ms"], 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
@@ -207,13 +229,15 @@ def main() -> None:
     parser.add_argument("--formats", default="JPEG,PNG")
     parser.add_argument("--distinct", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pillow", action="store_true",
+                        help="also time JPEGs decoded by Pillow (the libjpeg-turbo path off)")
     parser.add_argument("--worlds", type=int, default=3)
     parser.add_argument("--enlarge", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=20, help="SLiMe fit epochs (the set used)")
     args = parser.parse_args()
     if args.timing:
         sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
-        timing(sizes, args.formats.split(","), args.distinct, args.repeat)
+        timing(sizes, args.formats.split(","), args.distinct, args.repeat, args.pillow)
     if args.labels:
         print(json.dumps({"summary": summary(labels(args.worlds, args.enlarge, args.epochs)),
                           "load": load()}), flush=True)

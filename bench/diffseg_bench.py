@@ -11,6 +11,8 @@ or any model name ``labeler run --model`` accepts.
     python bench/diffseg_bench.py --model sd15-random --device cuda --dtype bfloat16 \
         --batch-sizes 1,2,4,8,16,32 --compile
     python bench/diffseg_bench.py --model tiny --images 4 --batch-size 2 --names red,green,blue
+    python bench/diffseg_bench.py --model tiny --images 8 --batch-size 4 --captioner tiny
+    python bench/diffseg_bench.py --model tiny --batch-size 4 --captioner tiny --nouns --repeats 20
 
 Prints a table (seconds per image per stage) and a JSON line with the same figures; with
 ``--batch-sizes`` one table and JSON line per batch size as each finishes (``--images`` is then at
@@ -27,11 +29,20 @@ attends to keys of its own region of a synthetic world
 (:func:`labeler.testing.worlds.region_world`), falling off with distance:
 
     python bench/diffseg_bench.py --attention world --images 4 --batch-sizes 1,4
+
+``--captioner NAME`` names the segments from each image's caption (on synthetic colour worlds,
+which the tiny captioner captions with their colours); ``--nouns`` times only what caption naming
+adds between the caption and the UNet: the captions' nouns through the text encoder and each
+image's names row (the captioner's own ``generate`` left out), milliseconds of wall and process
+CPU per image over ``--repeats`` passes of ``--images`` worlds, with the text-encoder calls per
+batch (it reads the segmenter's ``_caption_vocabularies``, the same step before and after a
+change, so run it against two checkouts with ``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -41,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from labeler.io.decode import decode_image
 from labeler.methods.diffseg.algorithm import (
@@ -53,8 +65,11 @@ from labeler.methods.diffseg.algorithm import (
 )
 from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.models.backbone import Backbone, default_dtype, load_backbone
+from labeler.models.captioner import load_captioner
+from labeler.models.tiny.captioner import UNNAMED_COLOURS
+from labeler.models.tiny.names import COLOUR_NAMES
 from labeler.output.rle import encode_label_map
-from labeler.testing.worlds import region_world
+from labeler.testing.worlds import colour_world, region_world
 from labeler.timing import StageTimer
 
 SAMPLES = Path(__file__).resolve().parent.parent / "labeler" / "data" / "samples"
@@ -230,6 +245,10 @@ def main() -> int:
     parser.add_argument("--batch-sizes", help="comma-separated sweep, e.g. 1,2,4,8,16,32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--names", help="comma-separated vocabulary to name segments with")
+    parser.add_argument("--captioner", help="name segments from each image's caption (tiny, ...)")
+    parser.add_argument("--nouns", action="store_true",
+                        help="with --captioner: time the nouns' text encoding alone")
+    parser.add_argument("--repeats", type=int, default=10, help="passes of --nouns")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -250,7 +269,11 @@ def main() -> int:
     if args.compile:
         backbone.unet = torch.compile(backbone.unet)
     names = tuple(args.names.split(",")) if args.names else None
-    diffseg = DiffSeg(backbone, DiffSegOptions(names=names))
+    captioner = load_captioner(args.captioner, backbone.device, backbone.dtype) if args.captioner else None
+    diffseg = DiffSeg(backbone, DiffSegOptions(names=names, captioner=args.captioner), captioner)
+    if args.nouns:
+        run_nouns(diffseg, args)
+        return 0
     if not args.batch_sizes:
         run_one(diffseg, args, device, dtype, args.batch_size, args.images)
         return 0
@@ -264,11 +287,60 @@ def main() -> int:
     return 0
 
 
+def colour_worlds(count: int, size: int = 128) -> list[bytes]:
+    """``count`` PNG-encoded colour worlds (shapes of tiny's colour words and unnamed colours)."""
+    palette = np.array([*COLOUR_NAMES.values(), *UNNAMED_COLOURS])
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(colour_world(rng, palette, size)[0]).save(buffer, "PNG")
+        blobs.append(buffer.getvalue())
+    return blobs
+
+
+def run_nouns(diffseg: DiffSeg, args: argparse.Namespace) -> dict:
+    """Time caption naming's text side alone: the vocabulary step of each batch minus its
+    ``caption`` stage (the captioner's ``generate``); print and return the figures."""
+    images = [decode_image(blob).pixels for blob in colour_worlds(args.images)]
+    batches = [images[start:start + args.batch_size]
+               for start in range(0, len(images), args.batch_size)]
+    calls = []
+    hook = diffseg.backbone.text_encoder.register_forward_hook(
+        lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    with torch.no_grad():
+        diffseg._caption_vocabularies(batches[0])  # warm-up: the empty prompt encoded, cached
+        calls.clear()
+        diffseg.timer = StageTimer()
+        started, cpu = time.perf_counter(), time.process_time()
+        nouns = 0
+        for _ in range(args.repeats):
+            for batch in batches:
+                _, vocabularies = diffseg._caption_vocabularies(batch)
+                nouns += sum(len(vocabulary.names) for vocabulary in vocabularies)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    hook.remove()
+    captioning = diffseg.timer.seconds.get("caption", 0.0)
+    count = args.repeats * len(images)
+    figures = {
+        "model": args.model, "captioner": args.captioner, "batch_size": args.batch_size,
+        "images": count, "nouns_per_image": nouns / count,
+        "text_encoder_calls_per_batch": len(calls) / (args.repeats * len(batches)),
+        "prompts_encoded_per_image": sum(calls) / count,
+        "nouns_ms_per_image": 1000 * (wall - captioning) / count,
+        "caption_ms_per_image": 1000 * captioning / count,
+        "cpu_ms_per_image_with_caption": 1000 * cpu / count,
+        "load_average": os.getloadavg(),
+    }
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return figures
+
+
 def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
             batch_size: int, images_count: int) -> dict:
     """Time ``images_count`` images in batches of ``batch_size``; print and return the figures."""
     args = argparse.Namespace(**{**vars(args), "batch_size": batch_size, "images": images_count})
-    blobs = load_images(args.images)
+    blobs = colour_worlds(args.images) if args.captioner else load_images(args.images)
     first_batch_s = None  # the first warm-up batch: with --compile, the compilation of its shape
     for _ in range(args.warmup):
         started = time.perf_counter()
@@ -296,7 +368,8 @@ def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dt
     cpu = time.process_time() - cpu
 
     per_image = {stage: seconds / args.images for stage, seconds in timer.seconds.items()}
-    order = ["decode", "vae_encode", "unet_capture", "aggregate", "merge", "labeling", "naming", "rle"]
+    order = ["decode", "caption", "nouns", "vae_encode", "unet_capture", "aggregate", "merge",
+             "labeling", "naming", "rle"]
     sys.stdout.write(
         f"model={args.model} device={device} dtype={dtype} images={args.images} "
         f"batch={args.batch_size}\n"
@@ -318,6 +391,7 @@ def run_one(diffseg: DiffSeg, args: argparse.Namespace, device: torch.device, dt
         "images": args.images,
         "compile": args.compile,
         "names": args.names,
+        "captioner": args.captioner,
         "per_image_s": per_image,
         "images_per_s": args.images / total,
         "cpu_s_per_image": cpu / args.images,

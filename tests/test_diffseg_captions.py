@@ -237,3 +237,36 @@ def test_caption_naming_figures_on_twelve_worlds(tiny_backbone):
     print(counts)
     assert counts["right"] >= 0.8 * (counts["right"] + counts["wrong"]), counts
     assert counts["named_outside"] <= 0.1 * (counts["abstained"] + counts["named_outside"]), counts
+
+
+
+def test_a_batch_encodes_its_distinct_nouns_in_one_call(tiny_backbone):
+    """The batch's caption nouns go through the text encoder once, each distinct noun once, and
+    every image's names row is the one it gets alone (its own nouns encoded by themselves, as
+    they were before batching): the same context bits, so the same names, categories and
+    scores."""
+    from labeler.methods.diffseg.segmenter import DiffSeg
+    from labeler.methods.diffseg.settings import DiffSegOptions
+
+    images = [_world(seed)[0] for seed in range(4)]
+    captioner = load_captioner("tiny", torch.device("cpu"), torch.float32)
+    diffseg = DiffSeg(tiny_backbone, DiffSegOptions(captioner="tiny"), captioner)
+    nouns = [caption_nouns(caption) for caption in captioner.caption(images)]
+    distinct = set().union(*nouns)
+    assert sum(map(len, nouns)) > len(distinct)  # some noun is in two captions
+    tiny_backbone.encode_prompts([""])  # the empty prompt is encoded once and kept
+    calls = []
+    hook = tiny_backbone.text_encoder.register_forward_hook(
+        lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            contexts, vocabularies = diffseg._caption_vocabularies(images)
+            assert calls == [len(distinct)]
+            alone = [diffseg._caption_vocabularies([image]) for image in images]
+    finally:
+        hook.remove()
+        diffseg.close()
+    assert calls[1:] == [len(n) for n in nouns if n]
+    for index, (context, (vocabulary,)) in enumerate(alone):
+        assert vocabularies[index] == vocabulary and vocabulary.names == nouns[index]
+        assert torch.equal(contexts[index:index + 1], context)

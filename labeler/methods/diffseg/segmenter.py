@@ -116,7 +116,8 @@ class DiffSeg:
             raise ValueError("pass the loaded captioner exactly when the settings name one")
         self.captioner = captioner
         if self.names:
-            self.names_context, spans = self._names_context(self.names, cache=True)
+            self.names_context, spans = self._names_context(
+                self.names, backbone.encode_prompts(list(self.names)))
             count = len(self.names)
             self.vocabulary = Vocabulary(self.names, spans, tuple(range(1, count + 1)), count + 1)
         if self.options.naming:
@@ -132,16 +133,20 @@ class DiffSeg:
         #: P, the (B, N, N) aggregated attention, reused batch after batch (``workspace``)
         self.aggregated: Tensor | None = None
 
-    def _names_context(self, names: tuple[str, ...], cache: bool) -> tuple[Tensor, list[tuple[int, int]]]:
+    def _names_context(self, names: tuple[str, ...], encoded: Tensor | list[Tensor]
+                       ) -> tuple[Tensor, list[tuple[int, int]]]:
         """The names row's context, (1, T, D), and each name's token positions in it.
 
-        ``cache``: keep each name's encoding (a fixed vocabulary), or not (caption nouns are
-        open-ended). Caption nouns that do not fit one prompt are dropped from the end.
+        Args:
+            names: the row's names, in order.
+            encoded: each name's text-encoder states, (T, D) per name (as
+                :meth:`~labeler.models.backbone.Backbone.encode_prompts` gives them).
+
+        Caption nouns that do not fit one prompt are dropped from the end.
         """
         backbone = self.backbone
         empty = backbone.encode_prompts([""])[0]
         states, room = [], len(empty) - 2
-        encoded = backbone.encode_prompts(list(names), cache=cache) if names else []
         for name, row in zip(names, encoded):
             tokens = len(backbone.tokenizer(name).input_ids) - 2  # without BOS and EOS
             if tokens > room and self.captioner is not None:
@@ -153,21 +158,27 @@ class DiffSeg:
 
     def _caption_vocabularies(self, images: list[np.ndarray]) -> tuple[Tensor, list[Vocabulary]]:
         """Caption the batch (one ``generate`` call, timed as ``caption``) and build each image's
-        names row from its caption's nouns.
+        names row from its caption's nouns: the batch's distinct nouns go through the text
+        encoder in one call (timed as ``nouns``), not kept beyond the batch (caption nouns are
+        open-ended).
 
         Returns:
             contexts (B, T, D) and each image's :class:`Vocabulary`.
         """
         with self.timer.stage("caption"):
             captions = self.captioner.caption(images)
-        contexts, vocabularies = [], []
-        for caption in captions:
-            nouns = caption_nouns(caption)
-            context, spans = self._names_context(nouns, cache=False)
-            nouns = nouns[:len(spans)]
-            contexts.append(context)
-            vocabularies.append(Vocabulary(nouns, spans, tuple(category_id(n) for n in nouns),
-                                           UNNAMED_ID, caption))
+        with self.timer.stage("nouns"):
+            nouns_of = [caption_nouns(caption) for caption in captions]
+            distinct = list(dict.fromkeys(noun for nouns in nouns_of for noun in nouns))
+            encoded = dict(zip(distinct, self.backbone.encode_prompts(distinct, cache=False)
+                               if distinct else []))
+            contexts, vocabularies = [], []
+            for caption, nouns in zip(captions, nouns_of):
+                context, spans = self._names_context(nouns, [encoded[noun] for noun in nouns])
+                nouns = nouns[:len(spans)]
+                contexts.append(context)
+                vocabularies.append(Vocabulary(nouns, spans, tuple(category_id(n) for n in nouns),
+                                               UNNAMED_ID, caption))
         return torch.cat(contexts), vocabularies
 
     def close(self) -> None:

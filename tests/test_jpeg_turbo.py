@@ -5,6 +5,7 @@ Pillow and decodes (or fails) as before."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -99,6 +100,8 @@ CORPUS = {
     "4:4:0 (TurboJPEG)": simplejpeg.encode_jpeg(PHOTO, 88, "RGB", "440"),
     "odd size 4:2:0": _jpeg(_photo(331, 97, 1), quality=90),
     "odd size 4:2:2": _jpeg(_photo(97, 331, 2), quality=90, subsampling=1),
+    **{f"bundled {path.name}": path.read_bytes()  # photos from other encoders
+       for path in (Path(__file__).parents[1] / "labeler" / "data" / "samples").glob("*.jpg")},
 }
 # needed_side for a 517x389 image -> (decode_scale, the DCT scale): 1/1, 1/2, 1/4, 1/8, and 1/8
 # followed by a box reduce by 2 (the drafted 65x49 still holds 2x the side 20)
@@ -228,3 +231,17 @@ def test_read_frame_reads_the_frame_header_and_the_scan():
     assert data[frame.scan: frame.scan + 2] == b"\xff\xda"
     assert jpeg.read_frame(data[:2] + b"junk" + data[2:]) is None
     assert jpeg.read_frame(data[: frame.scan - 30]) is None
+
+
+def test_size_limits_and_the_data_bound_are_checked_before_turbojpeg_sees_a_byte(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("simplejpeg called")
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", refuse)
+    data = CORPUS["baseline 4:2:0"]
+    assert _outcome(data, max_pixels=517 * 389 - 1) == "too_many_pixels"
+    assert _outcome(data, min_side=390) == "too_small"
+    forged = bytearray(_jpeg(PHOTO[:64, :64], quality=90))  # 64x64 of data under a 9000x9000 frame
+    at = forged.index(b"\xff\xc0") + 5
+    forged[at: at + 4] = (9000).to_bytes(2, "big") * 2
+    assert _outcome(bytes(forged)) == "truncated"

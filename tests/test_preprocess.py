@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from labeler.methods.preprocess import images_to_model_input, resize_image, resize_reference
+
+REPO = Path(__file__).resolve().parent.parent
 
 #: (height, width) of odd, tall, wide, upscaled, unchanged and phone-at-1/4 images, model side 64
 #: (except the last two, at 512).
@@ -88,3 +96,15 @@ def test_model_input_on_cuda_matches_the_cpu_within_float_rounding(antialias, re
         cuda = images_to_model_input(images, size, antialias, resize, device="cuda")
         assert cuda.device.type == "cuda"
         torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+def test_preprocess_benchmark_checks_identity_and_ends_with_json():
+    command = [sys.executable, str(REPO / "bench" / "preprocess_bench.py"), "--sizes", "40x24,16x16",
+               "--side", "32", "--distinct", "2", "--repeat", "1", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    rows = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
+    assert [(row["size"], row["antialias"]) for row in rows] == [
+        ("40x24", True), ("40x24", False), ("16x16", True), ("16x16", False)]
+    assert all(row["max_abs_difference"] == 0.0 and row["now_cpu_ms_per_image"] > 0
+               and len(row["load_average"]) == 3 for row in rows)

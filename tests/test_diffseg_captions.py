@@ -270,3 +270,52 @@ def test_a_batch_encodes_its_distinct_nouns_in_one_call(tiny_backbone):
     for index, (context, (vocabulary,)) in enumerate(alone):
         assert vocabularies[index] == vocabulary and vocabulary.names == nouns[index]
         assert torch.equal(contexts[index:index + 1], context)
+
+
+def _seeded_captioner(folder, seed: int) -> None:
+    """A BLIP shaped as the tiny captioner, its weights drawn from ``seed``, saved at ``folder``
+    (over what is there) with the tiny captioner's processor."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+
+    source = tiny_captioner_dir()
+    torch.manual_seed(seed)
+    BlipForConditionalGeneration(BlipConfig.from_pretrained(source)).save_pretrained(folder)
+    BlipProcessor.from_pretrained(source).save_pretrained(folder)
+
+
+def test_a_captioner_rewritten_at_the_same_path_is_another_run(tmp_path, labeler_cache, capsys):
+    photos, output, captioner = tmp_path / "photos", tmp_path / "out", tmp_path / "captioner"
+    photos.mkdir()
+    Image.fromarray(_world(0, 64)[0]).save(photos / "a.png")
+
+    def fingerprint(name: str = str(captioner)) -> str:
+        return build_config({"input": str(photos), "output": str(output), "method": "diffseg",
+                             "model": "tiny", "diffseg": {"captioner": name}}, {}).fingerprint()
+
+    _seeded_captioner(captioner, 1)
+    first = fingerprint()
+    args = ("run", "--method", "diffseg", "--model", "tiny", "--captioner", str(captioner),
+            "--executor", "local", "--input", str(photos), "--output", str(output),
+            "--no-progress")
+    assert _cli(*args) == 0
+    labeled = (output / "coco.json").read_bytes()
+
+    _seeded_captioner(captioner, 2)  # another captioner at the same path
+    unfitted = load_captioner(str(captioner), torch.device("cpu"), torch.float32)
+    assert unfitted.max_new_tokens == 15  # tiny's 16 positions less the start token
+    unfitted.caption([_world(0, 64)[0]])  # one that never says stop ends at its last position
+    second = fingerprint()
+    assert second != first
+    capsys.readouterr()
+    assert _cli(*args) == 2  # refused, as a changed model is: nothing rewritten
+    assert "captioner_digest" in capsys.readouterr().err
+    assert (output / "coco.json").read_bytes() == labeled
+    assert _cli(*args, "--overwrite") == 0  # relabelled with the new captioner
+    assert json.loads((output / "run" / "config.json").read_text())["fingerprint"] == second
+
+    _seeded_captioner(captioner, 1)  # the first weights written again: the first run's digest
+    assert fingerprint() == first
+    for name in ("tiny", "someone/blip"):  # by name: fingerprints of earlier runs stand
+        settings = build_config({"input": "in", "output": "out", "method": "diffseg",
+                                 "diffseg": {"captioner": name}}, {}).output_settings()
+        assert "captioner_digest" not in settings["diffseg"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from transformers.utils import logging as transformers_logging
 from labeler.errors import UserError
 from labeler.io.files import folder_version, read_folder
 from labeler.io.uris import open_fs, redact_uri
-from labeler.models.fingerprint import model_fingerprint
+from labeler.models.fingerprint import model_fingerprint, weights_fingerprint
 from labeler.models.locate import TINY, ModelLoadError, hub_snapshot
 from labeler.models.safetensors_header import check_folder
 from labeler.models.tiny.model import tiny_model_dir
@@ -316,51 +315,3 @@ def _component_dir(source: str, component: str) -> str:
     if component == "unet" and (root / "config.json").is_file() and not (root / "unet").is_dir():
         return str(root)
     return str(root / component)
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-
-#: Samples of each weight file that enter its digest: enough to tell a fine-tune from its base
-#: (which changes every tensor) without reading gigabytes.
-DIGEST_SAMPLES, DIGEST_SAMPLE_BYTES = 32, 64 * 1024
-
-
-def weights_fingerprint(sources: dict[str, str]) -> str:
-    """16 hex chars over the weight files of each component directory.
-
-    A file contributes its name, its size, its safetensors header (tensor names, dtypes, shapes,
-    offsets) when it has one, and ``DIGEST_SAMPLES`` evenly spaced samples of its bytes, so two
-    checkpoints of one architecture (a fine-tuned UNet and its base) differ. Directories that do
-    not exist locally contribute their name.
-    """
-    digest = hashlib.sha256()
-    for component in sorted(sources):
-        folder = Path(sources[component])
-        digest.update(f"[{component}]".encode())
-        files = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
-        if not files:
-            digest.update(str(folder).encode())
-        for path in files:
-            digest.update(f"{path.name}:{path.stat().st_size}".encode())
-            if path.suffix == ".safetensors":
-                digest.update(_safetensors_header(path))
-            digest.update(_sampled_bytes(path))
-    return digest.hexdigest()[:16]
-
-
-def _safetensors_header(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        return handle.read(min(length, 100_000_000))
-
-
-def _sampled_bytes(path: Path) -> bytes:
-    size = path.stat().st_size
-    step = max(size // DIGEST_SAMPLES, 1)
-    chunks = []
-    with path.open("rb") as handle:
-        for offset in range(0, size, step)[:DIGEST_SAMPLES]:
-            handle.seek(offset)
-            chunks.append(handle.read(DIGEST_SAMPLE_BYTES))
-    return hashlib.sha256(b"".join(chunks)).digest()

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: The component name of a captioner in model resolution and its messages.
 CAPTIONER = "captioner"
-#: The most tokens a caption may take (greedy decoding; BLIP's captions take 8-15).
+#: The most tokens a caption may take (greedy decoding; BLIP's captions take 8-15), fewer for a
+#: decoder with fewer positions (:attr:`Captioner.max_new_tokens`).
 MAX_CAPTION_TOKENS = 30
 
 
@@ -48,6 +49,15 @@ class Captioner:
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def max_new_tokens(self) -> int:
+        """:data:`MAX_CAPTION_TOKENS`, or fewer when the text decoder has fewer positions after
+        its start token (a small model that never says stop ends its caption there instead of
+        indexing past its position table)."""
+        text = getattr(self.model.config, "text_config", self.model.config)
+        positions = getattr(text, "max_position_embeddings", None)
+        return MAX_CAPTION_TOKENS if positions is None else min(MAX_CAPTION_TOKENS, positions - 1)
+
     @torch.no_grad()
     def caption(self, images: list[np.ndarray]) -> list[str]:
         """Captions of a batch of (H_i, W_i, 3) uint8 RGB images: one ``generate`` call, greedy
@@ -55,7 +65,7 @@ class Captioner:
         inputs = self.processor(images=[Image.fromarray(image) for image in images], return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
         tokens = self.model.generate(pixel_values=pixels, do_sample=False, num_beams=1,
-                                     max_new_tokens=MAX_CAPTION_TOKENS)
+                                     max_new_tokens=self.max_new_tokens)
         return [text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 

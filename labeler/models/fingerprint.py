@@ -1,10 +1,18 @@
-"""A stable fingerprint of the parts of a model configuration that learned embeddings depend on."""
+"""Model fingerprints, computed without loading a model (no torch): of the parts of a model
+configuration that learned embeddings depend on (:func:`model_fingerprint`), of the weights a
+model folder holds (:func:`weights_fingerprint`), and of the model a run names, for its
+fingerprint (:func:`named_weights_digest`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Mapping
+from pathlib import Path
+
+from labeler.io.files import folder_version
+from labeler.models.locate import TINY
 
 UNET_KEYS = (
     "sample_size",
@@ -34,3 +42,69 @@ def model_fingerprint(unet_config: Mapping, text_config: object) -> str:
 
 def _plain(value: object) -> object:
     return list(value) if isinstance(value, (tuple, list)) else value
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+#: Samples of each weight file that enter its digest: enough to tell a fine-tune from its base
+#: (which changes every tensor) without reading gigabytes.
+DIGEST_SAMPLES, DIGEST_SAMPLE_BYTES = 32, 64 * 1024
+
+
+def weights_fingerprint(sources: dict[str, str]) -> str:
+    """16 hex chars over the weight files of each component directory.
+
+    A file contributes its name, its size, its safetensors header (tensor names, dtypes, shapes,
+    offsets) when it has one, and ``DIGEST_SAMPLES`` evenly spaced samples of its bytes, so two
+    checkpoints of one architecture (a fine-tuned UNet and its base) differ. Directories that do
+    not exist locally contribute their name.
+    """
+    digest = hashlib.sha256()
+    for component in sorted(sources):
+        folder = Path(sources[component])
+        digest.update(f"[{component}]".encode())
+        files = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+        if not files:
+            digest.update(str(folder).encode())
+        for path in files:
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+            if path.suffix == ".safetensors":
+                digest.update(_safetensors_header(path))
+            digest.update(_sampled_bytes(path))
+    return digest.hexdigest()[:16]
+
+
+def _safetensors_header(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        return handle.read(min(length, 100_000_000))
+
+
+def _sampled_bytes(path: Path) -> bytes:
+    size = path.stat().st_size
+    step = max(size // DIGEST_SAMPLES, 1)
+    chunks = []
+    with path.open("rb") as handle:
+        for offset in range(0, size, step)[:DIGEST_SAMPLES]:
+            handle.seek(offset)
+            chunks.append(handle.read(DIGEST_SAMPLE_BYTES))
+    return hashlib.sha256(b"".join(chunks)).digest()
+
+
+def named_weights_digest(name: str, component: str) -> str | None:
+    """A digest of the weights of the model folder ``name`` names, for a run's fingerprint, so
+    a model rewritten at the same path is another run.
+
+    A local folder (a path or ``file://``): :func:`weights_fingerprint` of its weight files (their
+    names, sizes, safetensors headers and sampled bytes). An fsspec URI: its files' version
+    stamps (:func:`labeler.io.files.folder_version`: paths, sizes, ETags or mtimes), one listing,
+    no bytes read. None for ``tiny`` (built by this version's code) and a Hugging Face id (a name
+    on the Hub, whatever this machine's cache holds): they enter a fingerprint by name.
+    """
+    if name == TINY:
+        return None
+    if "://" in name and not name.startswith("file://"):
+        return folder_version(name)
+    local = Path(name.removeprefix("file://")).expanduser()
+    return weights_fingerprint({component: str(local)}) if local.is_dir() else None

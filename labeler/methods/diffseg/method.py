@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from labeler.errors import UserError
 from labeler.methods.diffseg.settings import DiffSegOptions
 from labeler.methods.spec import MethodContext, MethodFlag, MethodSpec
+from labeler.models.fingerprint import named_weights_digest
 from labeler.models.locate import ModelLoadError, locate_model
 
 if TYPE_CHECKING:
@@ -52,6 +53,16 @@ def check(context: MethodContext) -> None:
         raise UserError(f"[diffseg] captioner: {error}") from None
 
 
+def fingerprint(settings: DiffSegOptions) -> dict:
+    """The table, and the digest of the captioner's weights when it is a folder
+    (:func:`labeler.models.fingerprint.named_weights_digest`): a captioner rewritten at the same
+    path is another run. Without one (no captioner, ``tiny``, a hub id) the key is left out, so
+    fingerprints of earlier runs stand."""
+    values = settings.to_dict()
+    digest = settings.captioner and named_weights_digest(settings.captioner, "captioner")
+    return {**values, "captioner_digest": digest} if digest else values
+
+
 def build(context: MethodContext) -> DiffSeg:
     """DiffSeg on the job's model, with the job's ``[diffseg]`` settings (and its captioner,
     loaded on the same device, in the same dtype)."""
@@ -76,6 +87,7 @@ SPEC = MethodSpec(
     open_categories=open_categories,
     default_model=DEFAULT_MODEL,
     check=check,
+    fingerprint=fingerprint,
     flags=(MethodFlag("names", "name segments from this vocabulary: person,car,road", "NAMES",
                       is_list=True),
            MethodFlag("captioner", "name segments from each image's caption's nouns: tiny, "

@@ -196,3 +196,13 @@ def test_huge_values_empty_maps_and_maps_without_labels():
         assert_same(np.full((4, 6), -1, np.int32), np.ones((4, 6), np.float32), size)
         assert_same(np.full((4, 6), -3, np.int64), np.ones((4, 6)), size)
     assert_same(np.zeros((0, 5), np.int32), np.zeros((0, 5), np.float32))
+
+
+def test_one_column_and_one_row_maps():
+    """Runs end at each row's end: a one-column map has one run per cell."""
+    rng = np.random.default_rng(11)
+    column = rng.integers(-1, 3, size=(40, 1))
+    for label_map in (column, column.T, np.ones((1, 1), np.int32)):
+        confidence = rng.random(label_map.shape).astype(np.float32)
+        for size in (None, (label_map.shape[0] * 2, label_map.shape[1] + 3)):
+            assert_same(label_map, confidence, size)

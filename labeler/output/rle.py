@@ -178,12 +178,12 @@ def _compress(counts: np.ndarray, offsets: np.ndarray) -> tuple[bytes, np.ndarra
         text: all labels' strings, concatenated (ASCII).
         char_offsets: (n_labels + 1,) int64, label k's string is ``text[char_offsets[k]:...]``.
     """
-    n_labels = len(offsets) - 1
-    label = np.repeat(np.arange(n_labels), np.diff(offsets))
-    index = np.arange(len(counts)) - offsets[label]
     values = counts.copy()
-    delta = index > 2
-    values[delta] -= counts[np.flatnonzero(delta) - 2]
+    values[3:] -= counts[1:-2]  # from each label's fourth count on: minus the count two before
+    for first in range(3):  # each label's first three counts stand as they are
+        at = offsets[:-1] + first
+        at = at[at < offsets[1:]]
+        values[at] = counts[at]
     groups = _groups(values)
     ends = np.cumsum(groups)
     owner = np.repeat(np.arange(len(values)), groups)

@@ -85,6 +85,16 @@ def test_model_input_takes_any_layout_of_array_and_empty_batches():
     assert images_to_model_input([], 32).shape == (0, 3, 32, 32)
 
 
+def test_model_input_off_the_cpu_takes_the_upload_path():
+    """On another device (``meta`` here: shapes only) the bytes are uploaded and resized there."""
+    images = [photo(37, 53, seed=1), photo(64, 64, seed=2)]
+    for resize in ("float", "reference"):
+        pixels = images_to_model_input(images, 64, resize=resize, device="meta")
+        assert pixels.device.type == "meta" and pixels.shape == (2, 3, 64, 64)
+        assert pixels.dtype == torch.float32
+    assert resize_image(images[0], 64, False, device="meta").shape == (3, 64, 64)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("resize", ["float", "reference"])
 @pytest.mark.parametrize("antialias", [True, False])

@@ -61,8 +61,8 @@ def _float_pixels(image: np.ndarray, channels_first: bool) -> torch.Tensor:
 
 
 def _uploaded_pixels(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The uint8 image on an accelerator as float32: one host copy of its bytes into pinned
-    memory, an asynchronous upload, the conversion on the device.
+    """The uint8 image on an accelerator as float32: one host copy of its bytes (into pinned
+    memory for CUDA, whose upload then does not wait), the conversion on the device.
 
     The pinned block goes back to PyTorch's host allocator, which reuses it only once the
     upload recorded on the stream has finished.
@@ -73,9 +73,10 @@ def _uploaded_pixels(image: np.ndarray, device: torch.device) -> torch.Tensor:
     Returns:
         (1, 3, H, W) float32 in [0, 255] on ``device`` (a channels-last view).
     """
-    pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
-    np.copyto(pinned.numpy(), image)
-    return pinned.to(device, non_blocking=True).permute(2, 0, 1)[None].float()
+    pinned = device.type == "cuda"
+    host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=pinned)
+    np.copyto(host.numpy(), image)
+    return host.to(device, non_blocking=pinned).permute(2, 0, 1)[None].float()
 
 
 def resize_image(image: np.ndarray, size: int, antialias: bool = True, mode: str = "float",

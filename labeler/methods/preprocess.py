@@ -39,9 +39,10 @@ def _float_pixels(image: np.ndarray, channels_first: bool) -> torch.Tensor:
     """A float32 copy of a uint8 image, made by NumPy in one pass (uint8 -> float32 is exact).
 
     NumPy writes into the tensor's own memory, so a read-only decoded array needs no extra copy
-    (``torch.from_numpy`` would warn on it). The layout picks the faster CPU kernel of
-    ``F.interpolate``, whose float results do not depend on it: the antialiased resize runs
-    faster on channels-first memory, the plain bilinear one on channels-last memory.
+    (``torch.from_numpy`` would warn on it). The resize reads channels-last memory (an (H, W, 3)
+    copy, the cheaper cast; ``F.interpolate``'s floats do not depend on the layout and its
+    channels-last kernels are as fast or faster on images not in cache); an image that needs no
+    resize is stored channels-first, as the batch it is divided into.
 
     Args:
         image: (H, W, 3) uint8.
@@ -108,7 +109,7 @@ def resize_image(image: np.ndarray, size: int, antialias: bool = True, mode: str
     if device.type != "cpu":
         pixels = _uploaded_pixels(image, device)
     else:
-        pixels = _float_pixels(image, channels_first=antialias or unchanged)
+        pixels = _float_pixels(image, channels_first=unchanged)
     if not unchanged:
         pixels = F.interpolate(
             pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias

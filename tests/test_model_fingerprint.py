@@ -65,6 +65,16 @@ def test_a_model_folder_digest_is_of_its_weights_not_its_path(tmp_path):
         assert named_weights_digest(name, "model") is None
 
 
+def test_a_model_folder_on_s3_enters_by_its_files_versions(s3_env):
+    fs = s3_env.filesystem()
+    s3_env.create_bucket("models")
+    fs.pipe({"models/sd/model_index.json": b"{}", "models/sd/unet/w.safetensors": b"a" * 64})
+    first = named_weights_digest("s3://models/sd", "model")
+    assert first is not None and named_weights_digest("s3://models/sd", "model") == first
+    fs.pipe("models/sd/unet/w.safetensors", b"b" * 64)  # other bytes, same name and size
+    assert named_weights_digest("s3://models/sd", "model") != first
+
+
 def test_only_digest_keys_an_earlier_record_lacks_are_unrecorded():
     recorded = {"model": "/m", "seed": 0, "diffseg": {"k": 1}}
     now = {"model": "/m", "seed": 0, "model_digest": "a", "diffseg": {"k": 1, "captioner_digest": "b"}}

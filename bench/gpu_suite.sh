@@ -13,7 +13,7 @@
 #                            the device-to-host copy), 512 images of 64 distinct ones
 #   pool                     the host step on 1..N threads vs processes (the pool's real
 #                            concurrency)
-#   pytest_gpu               `pytest -m gpu`
+#   pytest_gpu               `pytest -m gpu`: tests/test_gpu.py, the model input on CUDA vs the CPU
 # Every step runs under its own time limit with unbuffered output: its JSON lines reach the log as
 # they are printed, so a step cut short keeps its figures so far. One JSON of everything (--out).
 #
@@ -127,6 +127,6 @@ step ceiling "$(limit ceiling)" "$PYTHON" bench/runtime_ceiling.py "${CEILING[@]
   --model-ms-per-image 5 --json
 step pool "$(limit pool)" "$PYTHON" bench/runtime_ceiling.py "${POOL[@]}" --json
 step pytest_gpu "$(limit pytest)" "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
-  --junitxml "$WORK/pytest_gpu.xml" tests/test_gpu.py
+  --junitxml "$WORK/pytest_gpu.xml" tests/test_gpu.py tests/test_preprocess.py
 
 "$PYTHON" bench/gpu_suite_report.py "$WORK" "$OUT" "$SMOKE"

@@ -2,15 +2,18 @@
 
 ``ShardProcessor`` (read, decode on its prefetch thread, the model, then relabel, encode and rows
 on its post-processing pool, commit) runs over generated JPEG or PNG files, two shards at a time
-as a worker's actor runs them, with a zero-cost two-step segmenter: its device step sleeps
-``--model-ms-per-image`` per image to stand in for the model and hands over Voronoi label maps of
+as a worker's actor runs them, with a zero-cost two-step segmenter: its device step builds the
+model input as the methods do (``images_to_model_input`` to 512 x 512 on ``--device``, timed as
+``preprocess``), sleeps ``--model-ms-per-image`` per image to stand in for the model and hands
+over Voronoi label maps of
 ``--segments`` regions at each image's size; its host step relabels them with the same
 :func:`~labeler.methods.device_labels.finish_labels` the methods use on CPU. Figures:
 
 * ``images_per_second`` over the whole run (wall clock: on a shared machine it measures the
   neighbours too, so the load average is printed beside every figure);
-* seconds per image by stage (decode, model, compact, encode, rows, commit; decode runs on the
-  prefetch threads, the model on the model's thread, compact/encode/rows on the pool);
+* seconds per image by stage (decode, preprocess, model, compact, encode, rows, commit; decode
+  runs on the prefetch threads, preprocess and the model on the model's thread,
+  compact/encode/rows on the pool);
 * ``model_idle_fraction``: the share of wall time the simulated model is not running, i.e. waits
   for the rest (what a real model would spend idle);
 * from thread CPU time, robust to a shared machine's neighbours: ``cpu_ms_per_image`` by stage
@@ -19,13 +22,16 @@ as a worker's actor runs them, with a zero-cost two-step segmenter: its device s
   step runs on an accelerator, where the relabelling (``_compact_on_device`` in
   :func:`~labeler.methods.device_labels.device_step`) runs on the device. On the CPU it is
   computed from the measured stage CPU times: ``process_total`` minus ``compact``, i.e. the sum
-  of ``decode``, ``postprocess`` less ``compact`` (the encoding, rows and the pool's
+  of ``decode``, ``preprocess`` (the model input's resize, on the host in a CPU run: an upper
+  bound for a worker that resizes on its accelerator, where only the copy of each image's
+  bytes stays on the host), ``postprocess`` less ``compact`` (the encoding, rows and the pool's
   bookkeeping), ``commit`` and ``model_thread`` (the rest of the process: the reads, batching,
   the shard loop, the zero-cost model's Python; its sleep burns no CPU); it leaves out the
   device-to-host copy of the int32 map at the label grid, which a CPU run does not make. With
   ``--device cuda`` it is measured directly: the process's CPU time per image (``compact`` is
-  then only the host step's return of labels already made on the device), so the kernel
-  launches, the waits and the copy are in it. ``host_images_per_second_with_accelerator`` is
+  then only the host step's return of labels already made on the device, ``preprocess`` the
+  upload of the uint8 bytes and the resize's kernel launches), so the kernel launches, the
+  waits and the copies are in it. ``host_images_per_second_with_accelerator`` is
   its inverse (one core).
 
 Before the timed run a warm-up shard of ``WARMUP_IMAGES`` images goes through the same worker:
@@ -80,7 +86,7 @@ from labeler.methods.device_labels import (
     device_step,
     finish_labels,
 )
-from labeler.methods.preprocess import label_grid_size
+from labeler.methods.preprocess import images_to_model_input, label_grid_size
 from labeler.output import rle
 from labeler.runtime.commit import commit_shard
 from labeler.runtime.executor import SHARDS_IN_FLIGHT_PER_WORKER
@@ -95,6 +101,8 @@ from tests.s3server import S3Server
 DISTINCT = 64
 #: The methods' default cap on the label grid's long side (``max_label_side``).
 MAX_LABEL_SIDE = 1024
+#: The Stable Diffusion methods' square model input side (``images_to_model_input``).
+MODEL_INPUT_SIDE = 512
 #: Low-resolution proposal scores per label-grid side on the device (upsampled, then argmax).
 SCORE_STRIDE = 16
 #: Images of the untimed warm-up shard (one-time costs of a worker process).
@@ -145,7 +153,9 @@ class ZeroCostSegmenter:
     image, with ``distinct`` different label maps at the label grid (the image's size capped at
     ``MAX_LABEL_SIDE``, as the methods label).
 
-    On the CPU the device step (``label_raw``, timed as ``model``) sleeps (a call that releases
+    The device step (``label_raw``) first builds the model input as the methods do
+    (``images_to_model_input`` on the device, timed as ``preprocess``; the simulated model does
+    not read it). On the CPU it then (timed as ``model``) sleeps (a call that releases
     the GIL and burns no CPU, as a model on an accelerator) and hands over cached Voronoi maps
     with a winner-share confidence (:func:`winner_confidence`);
     the host step (``finish``, timed as ``compact``, on the pool's threads) relabels and resizes
@@ -176,6 +186,9 @@ class ZeroCostSegmenter:
         #: thread CPU and wall seconds spent relabelling, over all threads
         self.compact_cpu = 0.0
         self.compact_wall = 0.0
+        #: thread CPU and wall seconds spent building the model input (on the model's thread)
+        self.preprocess_cpu = 0.0
+        self.preprocess_wall = 0.0
 
     def prepare(self, height: int, width: int) -> None:
         """Make the distinct maps (or device scores) of one image size (outside the timed run)."""
@@ -196,8 +209,14 @@ class ZeroCostSegmenter:
         return MethodProvenance(method="zero-cost", model=f"{self.model_seconds * 1000:g} ms/image")
 
     def label_raw(self, images: list[np.ndarray]) -> list[RawLabels]:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        with self.timer.stage("preprocess"):  # as the methods: resized on the model's device
+            pixels = images_to_model_input(images, MODEL_INPUT_SIDE, device=self.device)
+        with self._lock:
+            self.preprocess_cpu += time.thread_time() - cpu
+            self.preprocess_wall += time.perf_counter() - wall
         with self.timer.stage("model"):
-            self._model(len(images))
+            self._model(len(pixels))
         results = []
         for image in images:
             height, width = image.shape[:2]
@@ -229,6 +248,7 @@ class ZeroCostSegmenter:
         """Forget the calls so far (after the warm-up): model events and relabelling times."""
         self.model_events.clear()
         self.compact_cpu = self.compact_wall = 0.0
+        self.preprocess_cpu = self.preprocess_wall = 0.0
 
     def model_busy_seconds(self) -> float | None:
         """Device seconds the simulated model ran (CUDA events), None on the CPU."""
@@ -382,7 +402,8 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     pipeline = {name: sum(s["pipeline"][name] for s in stats)
                 for name in ("wait_model", "wait_postprocess")}
     wall_ms = {
-        "read": total["read"], "decode": total["decode"], "model": model,
+        "read": total["read"], "decode": total["decode"],
+        "preprocess": segmenter.preprocess_wall, "model": model,
         "compact": segmenter.compact_wall, "encode": encode.wall,
         "rows": postprocess.wall - encode.wall - segmenter.compact_wall,
         "commit": total["commit"], "wait_input": total["wait_input"], **pipeline,
@@ -390,8 +411,10 @@ def run_ceiling(args: argparse.Namespace, work: Path, input_folder: Folder,
     # The model's thread: everything neither decoding, post-processing nor committing (reads,
     # batching, bookkeeping), an upper bound for that lane. Commits run on the shard's own
     # thread off the model; they share the decoding lane's core here.
-    model_thread_cpu = process_cpu - decode.cpu - postprocess.cpu - commit.cpu
-    cpu_ms = {"decode": decode.cpu, "compact": segmenter.compact_cpu, "encode": encode.cpu,
+    model_thread_cpu = (process_cpu - decode.cpu - postprocess.cpu - commit.cpu
+                        - segmenter.preprocess_cpu)
+    cpu_ms = {"decode": decode.cpu, "preprocess": segmenter.preprocess_cpu,
+              "compact": segmenter.compact_cpu, "encode": encode.cpu,
               "postprocess": postprocess.cpu, "commit": commit.cpu, "model_thread": model_thread_cpu,
               "process_total": process_cpu}
     # On the CPU the relabelling is host work an accelerator would do in its device step.

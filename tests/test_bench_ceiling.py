@@ -23,6 +23,10 @@ def test_ceiling_benchmark_labels_every_image_and_ends_with_json():
     assert figures["annotations_per_image"] > 1  # Voronoi regions became annotations
     cpu = figures["cpu_ms_per_image"]
     assert set(cpu) >= {"decode", "compact", "encode", "commit", "process_total"}
+    # the model input is built as the methods build it, and counted: the lanes add up
+    assert cpu["preprocess"] > 0 and figures["wall_ms_per_image"]["preprocess"] > 0
+    lanes = ("decode", "preprocess", "postprocess", "commit", "model_thread")
+    assert abs(sum(cpu[lane] for lane in lanes) - cpu["process_total"]) <= 0.006
     # on the CPU: the process's CPU time less the relabelling an accelerator would do
     host = figures["host_ms_per_image_with_accelerator"]
     assert abs(host - (cpu["process_total"] - cpu["compact"])) <= 0.002  # each rounded to 0.001

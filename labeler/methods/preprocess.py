@@ -35,32 +35,90 @@ def resize_reference(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized.reshape(height, width, *image.shape[2:])
 
 
-def resize_image(image: np.ndarray, size: int, antialias: bool = True, mode: str = "float") -> torch.Tensor:
+def _float_pixels(image: np.ndarray, channels_first: bool) -> torch.Tensor:
+    """A float32 copy of a uint8 image, made by NumPy in one pass (uint8 -> float32 is exact).
+
+    NumPy writes into the tensor's own memory, so a read-only decoded array needs no extra copy
+    (``torch.from_numpy`` would warn on it). The layout picks the faster CPU kernel of
+    ``F.interpolate``, whose float results do not depend on it: the antialiased resize runs
+    faster on channels-first memory, the plain bilinear one on channels-last memory.
+
+    Args:
+        image: (H, W, 3) uint8.
+        channels_first: store the copy as (3, H, W) (contiguous) instead of (H, W, 3).
+
+    Returns:
+        (1, 3, H, W) float32 in [0, 255], on the CPU.
+    """
+    height, width = image.shape[:2]
+    if channels_first:
+        pixels = torch.empty((3, height, width))
+        np.copyto(pixels.numpy(), image.transpose(2, 0, 1), casting="unsafe")
+        return pixels[None]
+    pixels = torch.empty((height, width, 3))
+    np.copyto(pixels.numpy(), image, casting="unsafe")
+    return pixels.permute(2, 0, 1)[None]
+
+
+def _uploaded_pixels(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The uint8 image on an accelerator as float32: one host copy of its bytes (into pinned
+    memory for CUDA, whose upload then does not wait), the conversion on the device.
+
+    The pinned block goes back to PyTorch's host allocator, which reuses it only once the
+    upload recorded on the stream has finished.
+
+    Args:
+        image: (H, W, 3) uint8.
+
+    Returns:
+        (1, 3, H, W) float32 in [0, 255] on ``device`` (a channels-last view).
+    """
+    pinned = device.type == "cuda"
+    host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=pinned)
+    np.copyto(host.numpy(), image)
+    return host.to(device, non_blocking=pinned).permute(2, 0, 1)[None].float()
+
+
+def resize_image(image: np.ndarray, size: int, antialias: bool = True, mode: str = "float",
+                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Resize a uint8 image to ``size`` x ``size`` as float grey levels.
+
+    On the CPU the result is bit for bit what ``F.interpolate`` gives on the image converted
+    to float32. On an accelerator only the uint8 bytes are copied from the host and the
+    conversion and resize run there; the float results then differ from the CPU's by float
+    rounding only (a few 1e-5 grey levels, other kernels' summation order). ``reference``
+    always resizes on the CPU (OpenCV); its uint8 result is then uploaded.
 
     Args:
         image: (H, W, 3) uint8.
         antialias: antialias a float downscale (ignored by ``reference``, which never does).
         mode: ``float`` (bilinear in float32, half-pixel centres) or ``reference``
             (:func:`resize_reference`: whole grey levels).
+        device: where the resize runs and the result lives.
 
     Returns:
-        (3, size, size) float32 in [0, 255].
+        (3, size, size) float32 in [0, 255], on ``device``.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     if mode == "reference":
         image = resize_reference(image, size, size)
-    tensor = torch.tensor(image).permute(2, 0, 1)[None].float()
-    if tensor.shape[-2:] != (size, size):
-        tensor = F.interpolate(
-            tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
+    device = torch.device(device)
+    unchanged = image.shape[:2] == (size, size)
+    if device.type != "cpu":
+        pixels = _uploaded_pixels(image, device)
+    else:
+        pixels = _float_pixels(image, channels_first=antialias or unchanged)
+    if not unchanged:
+        pixels = F.interpolate(
+            pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
         )
-    return tensor[0]
+    return pixels[0]
 
 
 def images_to_model_input(
-    images: list[np.ndarray], size: int, antialias: bool = True, resize: str = "float"
+    images: list[np.ndarray], size: int, antialias: bool = True, resize: str = "float",
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Resize whole images (no crop) to ``size`` x ``size`` and scale to [-1, 1].
 
@@ -69,15 +127,20 @@ def images_to_model_input(
     unlabeled. ``antialias=False`` matches the reference's plain bilinear resize up to rounding;
     the default antialiases, which matters when large photos are shrunk to 512.
     ``resize="reference"`` resizes on uint8 as the SLiMe reference (see :func:`resize_image`).
+    With ``device`` an accelerator, the host only copies each image's bytes (see
+    :func:`resize_image` for how far the results may differ from the CPU's).
 
     Args:
         images: (H_i, W_i, 3) uint8 RGB arrays.
+        device: where the resize runs and the result lives (the model's device).
 
     Returns:
-        (B, 3, size, size) float32 in [-1, 1].
+        (B, 3, size, size) float32 in [-1, 1], on ``device``.
     """
-    batch = [resize_image(image, size, antialias, resize) for image in images]
-    return torch.stack(batch).div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)
+    batch = torch.empty((len(images), 3, size, size), device=device)
+    for row, image in zip(batch, images):
+        torch.div(resize_image(image, size, antialias, resize, device), 127.5, out=row)
+    return batch.sub_(1.0).clamp_(-1.0, 1.0)
 
 
 def label_grid_size(height: int, width: int, max_side: int) -> tuple[int, int]:

@@ -133,7 +133,8 @@ class DiffewS:
         Returns:
             soft (B, C, S, S) float32 in [0, 1], C = K - 1 classes in category order; peak (B, C).
         """
-        pixels = images_to_model_input(images, self.input_size, self.options.antialias)
+        pixels = images_to_model_input(images, self.input_size, self.options.antialias,
+                                       device=self.backbone.device)
         latents = self.backbone.encode_images(pixels)
         per_class = [self.query_soft_maps(latents, bank) for bank in self.banks]
         return (torch.stack([soft for soft, _ in per_class], dim=1),

@@ -124,7 +124,7 @@ def support_latents(backbone, images: list[np.ndarray], masks: list[np.ndarray],
     Returns:
         (n, 8, size/8, size/8) in the backbone's dtype.
     """
-    pixels = images_to_model_input(images, size, antialias)
+    pixels = images_to_model_input(images, size, antialias, device=backbone.device)
     image_latents = backbone.encode_images(pixels)
     mask_latents = backbone.encode_images(mask_images(masks, size))
     return torch.cat([image_latents, mask_latents], dim=1)

@@ -142,7 +142,8 @@ def encode_dataset(backbone, samples: list[AnnotatedImage], num_classes: int, si
     encoded = []
     empty = _posterior(backbone, mask_images([np.zeros((size, size), bool)], size))[0]
     for sample in samples:
-        image = _posterior(backbone, images_to_model_input([sample.image], size))[0]
+        image = _posterior(backbone, images_to_model_input([sample.image], size,
+                                                            device=backbone.device))[0]
         present = [c for c in range(1, num_classes) if (sample.mask == c).any()]
         masks = {c: _posterior(backbone, mask_images([sample.mask == c], size))[0] if c in present else empty
                  for c in range(1, num_classes)}

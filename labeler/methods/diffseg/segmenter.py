@@ -233,7 +233,8 @@ class DiffSeg:
         backbone = self.backbone
         batch = len(images)
         with self.timer.stage("vae_encode"):
-            pixels = images_to_model_input(images, backbone.image_size, self.antialias)
+            pixels = images_to_model_input(images, backbone.image_size, self.antialias,
+                                           device=backbone.device)
             latents = backbone.encode_images(pixels)
         empty = backbone.encode_prompts([""])
         contexts = [empty.expand(batch, -1, -1)]

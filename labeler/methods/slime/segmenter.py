@@ -145,7 +145,7 @@ class Slime:
         from labeler.methods.preprocess import images_to_model_input
 
         whole = images_to_model_input([image], self.input_size, self.options.antialias,
-                                      self.options.resize)
+                                      self.options.resize, self.device)
         if self.channel_order == "bgr":
             whole = whole.flip(1)
         patches = []

@@ -26,6 +26,7 @@ from labeler.io.uris import InputError, refuse_uri_credentials
 from labeler.methods.base import Segmenter, decode_side
 from labeler.methods.registry import DEFAULT_METHOD, get_method, method_flags, methods
 from labeler.methods.spec import MethodContext, MethodSpec
+from labeler.models.fingerprint import named_weights_digest
 from labeler.settings import Settings, describe_error, parse_settings
 
 #: A protocol name for ``allow_protocols``: ``s3``, ``https``, ``file``, ...
@@ -149,6 +150,9 @@ class JobConfig(Settings):
         """The settings that change the output (what the fingerprint covers)."""
         settings = self.model_dump(mode="json", exclude={*self.SCALE_KEYS, "output", "settings"})
         settings["model"] = self.model_name or None
+        digest = self.model_name and named_weights_digest(self.model_name, "model")
+        if digest:  # a model folder: its weights, so one rewritten in place is another run
+            settings["model_digest"] = digest  # (tiny and hub ids by name: as before)
         if self.allow_protocols is None:  # the default policy: fingerprints of older runs stand
             del settings["allow_protocols"]
         if self.draft_decode:  # the default: fingerprints of older runs stand (their images
@@ -157,8 +161,13 @@ class JobConfig(Settings):
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.output_settings(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return settings_fingerprint(self.output_settings())
+
+
+def settings_fingerprint(settings: Mapping) -> str:
+    """16 hex digits over :meth:`JobConfig.output_settings`: a new run's id."""
+    blob = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def refuse_credentials(values: Mapping[str, Any]) -> None:
@@ -225,16 +234,54 @@ def route_method_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def settings_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
+def settings_difference(old: dict, new: dict) -> list[str]:
     """Human-readable lines for every key whose value differs between two settings dicts."""
-    lines = []
+    return [_line(*difference) for difference in _differences(old, new)]
+
+
+_ABSENT = object()
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in ``old``, value in ``new``) for every differing leaf; a key missing
+    from one side has ``_ABSENT`` there."""
+    found = []
     for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
-        if isinstance(before, dict) and isinstance(after, dict):
-            lines += settings_difference(before, after, f"{prefix}{key}.")
+        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            found += _differences(before, after, f"{prefix}{key}.")
         elif before != after:
-            lines.append(f"{prefix}{key}: {before!r} -> {after!r}")
-    return lines
+            found.append((f"{prefix}{key}", before, after))
+    return found
+
+
+#: Keys ending so are content digests of what a setting names (the model's weights, a method's
+#: resource): a run recorded before one entered the fingerprint lacks it, and still resumes.
+DIGEST_SUFFIX = "_digest"
+
+
+def recorded_changes(recorded: Mapping, settings: Mapping) -> tuple[list[str], list[str]]:
+    """What a run's recorded settings (``run/config.json``) say against ``settings`` now.
+
+    Returns:
+        The lines of :func:`settings_difference` for what changed (a changed run: refused),
+        and the digest keys (``model_digest``, ``diffseg.captioner_digest``) that ``settings``
+        has and the record lacks, recorded before they entered the fingerprint (not a change:
+        the run resumes and records them).
+    """
+    changes, unrecorded = [], []
+    for key, before, after in _differences(recorded, settings):
+        if before is _ABSENT and key.endswith(DIGEST_SUFFIX):
+            unrecorded.append(key)
+        else:
+            changes.append(_line(key, before, after))
+    return changes, unrecorded
+
+
+def _line(key: str, before: Any, after: Any) -> str:
+    """``key: before -> after``, a missing value shown as None."""
+    shown = [None if value is _ABSENT else value for value in (before, after)]
+    return f"{key}: {shown[0]!r} -> {shown[1]!r}"
 
 
 def load_job_file(path: str | Path) -> dict:

@@ -98,7 +98,9 @@ class MethodSpec:
             the driver before the output is touched and before Ray starts.
         flags: settings exposed as ``labeler run`` flags and top-level job keys.
         fingerprint: ``fingerprint(settings) -> dict``, what of the table enters the run
-            fingerprint (paths of resources are replaced by digests of their content).
+            fingerprint (paths of resources are replaced by digests of their content). A key
+            ending in ``_digest`` (:data:`labeler.config.DIGEST_SUFFIX`) is such a digest: a
+            run recorded before the method added it resumes, warned, and records it.
         models: ``models(context) -> [model names]`` that pre-flight must resolve offline,
             beyond ``context.model`` (e.g. the model an embedding set names).
         commands: ``commands(subparsers)`` adds the method's own command to ``labeler`` (an

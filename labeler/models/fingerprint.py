@@ -96,15 +96,32 @@ def named_weights_digest(name: str, component: str) -> str | None:
     """A digest of the weights of the model folder ``name`` names, for a run's fingerprint, so
     a model rewritten at the same path is another run.
 
-    A local folder (a path or ``file://``): :func:`weights_fingerprint` of its weight files (their
-    names, sizes, safetensors headers and sampled bytes). An fsspec URI: its files' version
+    A local folder (a path or ``file://``): :func:`weights_fingerprint` of every folder in it that
+    holds weight files (a flat component folder, or a diffusers folder's ``unet/``, ``vae/``,
+    ...), keyed by its path relative to ``name``: file names, sizes, safetensors headers and
+    ``DIGEST_SAMPLES`` samples of ``DIGEST_SAMPLE_BYTES`` per file, never the whole file. The
+    same weights copied to another path have the same digest. An fsspec URI: its files' version
     stamps (:func:`labeler.io.files.folder_version`: paths, sizes, ETags or mtimes), one listing,
-    no bytes read. None for ``tiny`` (built by this version's code) and a Hugging Face id (a name
-    on the Hub, whatever this machine's cache holds): they enter a fingerprint by name.
+    no bytes read. None for ``tiny`` (built by this version's code), a Hugging Face id (a name
+    on the Hub, whatever this machine's cache holds) and a local folder without weight files:
+    they enter a fingerprint by name.
     """
     if name == TINY:
         return None
     if "://" in name and not name.startswith("file://"):
         return folder_version(name)
     local = Path(name.removeprefix("file://")).expanduser()
-    return weights_fingerprint({component: str(local)}) if local.is_dir() else None
+    if not local.is_dir():
+        return None
+    holders = sorted({path.parent for path in local.rglob("*")
+                      if path.suffix in WEIGHT_SUFFIXES and path.is_file()})
+    if not holders:
+        return None
+    return weights_fingerprint({_component_key(component, folder.relative_to(local)): str(folder)
+                                for folder in holders})
+
+
+def _component_key(component: str, relative: Path) -> str:
+    """``component`` for the folder's root (a flat folder's digest as a component's), else
+    ``component/relative``."""
+    return component if relative == Path(".") else f"{component}/{relative.as_posix()}"

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from labeler.config import JobConfig, settings_difference
+from labeler.config import JobConfig, recorded_changes
 from labeler.io.decode import DEFAULT_MAX_PIXELS, decode_image
 from labeler.io.folders import Folder
 from labeler.io.reading import read_image_bytes
@@ -96,9 +96,10 @@ def _output_state(config: JobConfig, storage_options: dict | None) -> tuple[str,
     if not output.exists("run/config.json"):
         return "new", []
     recorded = output.read_json("run/config.json")
-    if recorded.get("fingerprint") == config.fingerprint():
-        return "resume (same settings: finished shards are skipped)", []
-    changes = settings_difference(recorded.get("settings", {}), config.output_settings())
+    changes, unrecorded = recorded_changes(recorded.get("settings", {}), config.output_settings())
+    if not changes:
+        late = f"; {', '.join(unrecorded)} recorded now" if unrecorded else ""
+        return f"resume (same settings: finished shards are skipped{late})", []
     return "holds a run with other settings (a run refuses it without --overwrite)", changes
 
 

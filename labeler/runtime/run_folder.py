@@ -33,7 +33,7 @@ import logging
 import time
 
 from labeler import __version__
-from labeler.config import JobConfig, settings_difference
+from labeler.config import JobConfig, recorded_changes, settings_fingerprint
 from labeler.errors import UserError
 from labeler.io.folders import Folder
 from labeler.io.retry import RetryPolicy
@@ -88,10 +88,12 @@ class RunFolder:
         settings = config.output_settings()
         if self.output.exists("run/config.json"):
             recorded = self.output.read_json("run/config.json")
-            if recorded["fingerprint"] == config.fingerprint():
+            changes, unrecorded = recorded_changes(recorded["settings"], settings)
+            if not changes:
+                if unrecorded:
+                    self._record_digests(recorded, settings, unrecorded)
                 return True
             if not config.overwrite:
-                changes = settings_difference(recorded["settings"], settings)
                 raise ConfigMismatchError(
                     f"{self.output.uri} holds a run with other settings:\n  "
                     + "\n  ".join(changes)
@@ -102,7 +104,7 @@ class RunFolder:
         self.output.write_json(
             "run/config.json",
             {
-                "fingerprint": config.fingerprint(),
+                "fingerprint": settings_fingerprint(settings),
                 "settings": settings,
                 "labeler_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -110,6 +112,16 @@ class RunFolder:
             },
         )
         return False
+
+    def _record_digests(self, recorded: dict, settings: dict, unrecorded: list[str]) -> None:
+        """A run recorded before ``unrecorded`` (content digests: the model's weights, a
+        method's resource) entered the fingerprint resumes: say so, and record them, so a
+        later change is refused. Its fingerprint stays: it is the run's id, in every
+        annotation already written."""
+        logger.warning("%s: the run was recorded without %s (the weights were not recorded "
+                       "then): recording it now and resuming", self.output.uri,
+                       ", ".join(unrecorded))
+        self.output.write_json("run/config.json", {**recorded, "settings": settings})
 
     def clear(self) -> None:
         """Remove the run and its outputs, all but the lease of the driver doing it."""

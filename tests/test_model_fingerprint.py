@@ -122,6 +122,10 @@ def tiny_copy(tmp_path, labeler_cache):
     return model
 
 
+def _files(folder) -> dict:
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def _perturb_unet(model) -> None:
     """Other UNet weights at the same path: every tensor scaled, same names, shapes and sizes."""
     path = str(model / "unet" / "diffusion_pytorch_model.safetensors")
@@ -150,8 +154,7 @@ def test_a_model_folder_rewritten_in_place_is_refused_on_resume(tmp_path, tiny_c
     assert "model_digest" in caplog.text and "recording it now" in caplog.text
     assert json.loads((output / "run" / "config.json").read_text()) == {
         **before, "settings": recorded["settings"]}
-    labeled = {path: path.read_bytes() for path in sorted(output.rglob("*"))
-               if path.is_file() and "lease" not in path.name}
+    labeled = _files(output)
 
     # The same weights at another path: the path is the --model setting, so another run.
     moved = tmp_path / "moved"
@@ -163,8 +166,7 @@ def test_a_model_folder_rewritten_in_place_is_refused_on_resume(tmp_path, tiny_c
     _perturb_unet(tiny_copy)
     code, err = _cli(*args)
     assert code == 2 and "model_digest: " in err and "--overwrite" in err
-    assert {path: path.read_bytes() for path in sorted(output.rglob("*"))
-            if path.is_file() and "lease" not in path.name} == labeled
+    assert _files(output) == labeled  # the lease taken and released too
     assert _cli(*args, "--overwrite")[0] == 0  # relabeled with the new weights
     assert (json.loads((output / "run" / "config.json").read_text())["settings"]["model_digest"]
             == named_weights_digest(str(tiny_copy), "model") != recorded["settings"]["model_digest"])

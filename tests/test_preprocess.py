@@ -14,6 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labeler.methods.diffews import support
+from labeler.methods.diffseg import segmenter as diffseg_segmenter
+from labeler.methods.diffseg.segmenter import DiffSeg
 from labeler.methods.preprocess import images_to_model_input, resize_image, resize_reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,6 +96,28 @@ def test_model_input_off_the_cpu_takes_the_upload_path():
         assert pixels.device.type == "meta" and pixels.shape == (2, 3, 64, 64)
         assert pixels.dtype == torch.float32
     assert resize_image(images[0], 64, False, device="meta").shape == (3, 64, 64)
+
+
+def test_methods_build_their_model_input_on_the_model_device(tiny_backbone, monkeypatch):
+    """DiffSeg and DiffewS support banks hand their backbone's device to the resize (the spy
+    stops each at its model input: the rest is not this test's)."""
+    devices = []
+
+    class Recorded(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        raise Recorded
+
+    monkeypatch.setattr(diffseg_segmenter, "images_to_model_input", spy)
+    monkeypatch.setattr(support, "images_to_model_input", spy)
+    image = photo(48, 64, seed=5)
+    with pytest.raises(Recorded):
+        DiffSeg(tiny_backbone).attention_maps([image])
+    with pytest.raises(Recorded):
+        support.support_latents(tiny_backbone, [image], [np.zeros((48, 64), bool)], 64)
+    assert devices == [tiny_backbone.device] * 2
 
 
 @pytest.mark.gpu

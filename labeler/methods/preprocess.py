@@ -87,7 +87,8 @@ def resize_image(image: np.ndarray, size: int, antialias: bool = True, mode: str
     On the CPU the result is bit for bit what ``F.interpolate`` gives on the image converted
     to float32. On an accelerator only the uint8 bytes are copied from the host and the
     conversion and resize run there; the float results then differ from the CPU's by float
-    rounding only (a few 1e-5 grey levels, other kernels' summation order). ``reference``
+    rounding only (other kernels' summation order; CUDA divides by a scalar as a multiplication
+    by its inverse): the GPU test allows 1e-5 in the [-1, 1] model input. ``reference``
     always resizes on the CPU (OpenCV); its uint8 result is then uploaded.
 
     Args:
@@ -138,7 +139,7 @@ def images_to_model_input(
     Returns:
         (B, 3, size, size) float32 in [-1, 1], on ``device``.
     """
-    batch = torch.empty((len(images), 3, size, size), device=device)
+    batch = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device)
     for row, image in zip(batch, images):
         torch.div(resize_image(image, size, antialias, resize, device), 127.5, out=row)
     return batch.sub_(1.0).clamp_(-1.0, 1.0)

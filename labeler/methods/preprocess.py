@@ -87,8 +87,8 @@ def resize_image(image: np.ndarray, size: int, antialias: bool = True, mode: str
     On the CPU the result is bit for bit what ``F.interpolate`` gives on the image converted
     to float32. On an accelerator only the uint8 bytes are copied from the host and the
     conversion and resize run there; the float results then differ from the CPU's by float
-    rounding only (other kernels' summation order; CUDA divides by a scalar as a multiplication
-    by its inverse): the GPU test allows 1e-5 in the [-1, 1] model input. ``reference``
+    rounding only (other kernels, another summation order): the GPU test allows 1e-5 in the
+    [-1, 1] model input. ``reference``
     always resizes on the CPU (OpenCV); its uint8 result is then uploaded.
 
     Args:

@@ -43,6 +43,7 @@ TESTS=(
   tests/test_export_long_names.py
   tests/test_diffews_checkpoint_storage.py
   tests/test_input_identity.py::test_an_input_replaced_between_plan_and_read_is_recorded_and_relabeled_once_restored
+  tests/test_model_fingerprint.py::test_a_model_folder_rewritten_in_place_is_refused_on_resume
 )
 
 LOAD_PIDS=()

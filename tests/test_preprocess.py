@@ -104,7 +104,7 @@ def test_methods_build_their_model_input_on_the_model_device(tiny_backbone, monk
     devices = []
 
     class Recorded(Exception):
-        pass
+        """Raised by the spy: the method reached its model input."""
 
     def spy(*args, **kwargs):
         devices.append(kwargs.get("device"))

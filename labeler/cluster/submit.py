@@ -205,9 +205,11 @@ def output_hash(config: JobConfig) -> str:
     return hashlib.sha256(config.output.rstrip("/").encode()).hexdigest()[:8]
 
 
-def submission_id_base(config: JobConfig) -> str:
-    """``labeler-<fingerprint>-<output hash>``: the same for every submission of one job."""
-    return f"{ID_PREFIX}-{config.fingerprint()}-{output_hash(config)}"
+def submission_id_base(config: JobConfig, fingerprint: str | None = None) -> str:
+    """``labeler-<fingerprint>-<output hash>``: the same for every submission of one job.
+    ``fingerprint``: ``config.fingerprint()`` when the caller has it already (computing it reads
+    the model folder's weights digest)."""
+    return f"{ID_PREFIX}-{fingerprint or config.fingerprint()}-{output_hash(config)}"
 
 
 def render_flags(flags: Mapping[str, Any]) -> list[str]:
@@ -295,14 +297,15 @@ def build_job_spec(
     if packages:
         runtime_env["pip"] = {"packages": packages, "pip_check": False}
         runtime_env["config"] = {"setup_timeout_seconds": PIP_SETUP_TIMEOUT_SECONDS}
+    fingerprint = config.fingerprint()
     metadata = {
         "labeler_version": __version__,
-        "labeler_fingerprint": config.fingerprint(),
+        "labeler_fingerprint": fingerprint,
         "labeler_output": redact_uri(config.output),
         "labeler_output_hash": output_hash(config),
     }
     return JobSpec(config=config, entrypoint=shlex.join(command), runtime_env=runtime_env,
-                   metadata=metadata, id_base=submission_id_base(config), job_file=path)
+                   metadata=metadata, id_base=submission_id_base(config, fingerprint), job_file=path)
 
 
 def declared_dependencies() -> list[str]:
